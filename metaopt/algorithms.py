@@ -1,0 +1,352 @@
+"""MAML, first-order MAML, Meta-SGD and Reptile behind one interface.
+
+Every algorithm binds a model and its hyper-parameters and offers the same three calls:
+
+* ``meta_parameters()``: what the outer optimiser updates (θ, and Meta-SGD's rates α);
+* ``meta_backward(tasks)``: adapt to each task, accumulate the meta-gradient averaged over the
+  tasks into ``.grad`` of the meta-parameters, restore the model, return per-task metrics;
+* ``adapt(task)``: a context manager yielding the model adapted to one task (for evaluation),
+  restored on exit, also when the body raises.
+
+The outer step is left to any ``torch.optim`` optimiser, so a training step reads::
+
+    outer.zero_grad()
+    metrics = algo.meta_backward(tasks)
+    outer.step()
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from metaopt.inner import (
+    INNER_OPTIMIZERS,
+    InnerOptimizer,
+    inner_transform,
+    learned_rate_sgd,
+    torchopt_order,
+)
+from metaopt.isolation import isolated
+from metaopt.task import Task
+
+__all__ = ["MAML", "MetaLearner", "MetaMetrics", "MetaSGD", "Reptile", "linear_annealing"]
+
+
+@dataclass(frozen=True)
+class MetaMetrics:
+    """Per-task losses of one ``meta_backward`` call, each a 1-D tensor with one entry per task.
+
+    Attributes:
+        support_before: support loss at θ, before adaptation.
+        support_after: support loss at the adapted parameters θ'.
+        query: query loss at θ'.
+    """
+
+    support_before: torch.Tensor
+    support_after: torch.Tensor
+    query: torch.Tensor
+
+    def means(self) -> dict[str, float]:
+        """Task-averaged values, for logging."""
+        return {
+            "support_before": self.support_before.mean().item(),
+            "support_after": self.support_after.mean().item(),
+            "query": self.query.mean().item(),
+        }
+
+
+class MetaLearner:
+    """What the four algorithms share: validation, the inner loop and ``adapt``.
+
+    Subclasses define ``meta_backward``; Meta-SGD additionally swaps the inner update rule.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        inner_lr: float,
+        inner_steps: int,
+        inner_optimizer: str = "sgd",
+    ) -> None:
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        if not any(p.requires_grad for p in model.parameters()):
+            raise ValueError("model has no trainable parameters (none with requires_grad=True)")
+        _check_positive("inner_lr", inner_lr)
+        if isinstance(inner_steps, bool) or not isinstance(inner_steps, int) or inner_steps < 1:
+            raise ValueError(f"inner_steps must be an integer >= 1, got {inner_steps!r}")
+        if inner_optimizer not in INNER_OPTIMIZERS:
+            allowed = ", ".join(INNER_OPTIMIZERS)
+            raise ValueError(f"inner_optimizer must be one of {allowed}; got {inner_optimizer!r}")
+        self.model = model
+        self.inner_lr = float(inner_lr)
+        self.inner_steps = inner_steps
+        self.inner_optimizer_name = inner_optimizer
+        self.inner_optimizer = InnerOptimizer(model, self._inner_transform())
+
+    def _inner_transform(self):  # type: ignore[no-untyped-def]
+        return inner_transform(self.inner_optimizer_name, self.inner_lr)
+
+    def meta_parameters(self) -> list[nn.Parameter]:
+        """The tensors the outer optimiser updates: the model's trainable parameters θ."""
+        return [p for p in self.model.parameters() if p.requires_grad]
+
+    def meta_backward(self, tasks: Sequence[Task], *, scale: float | None = None) -> MetaMetrics:
+        raise NotImplementedError
+
+    @contextmanager
+    def adapt(
+        self, task: Task, steps: int | None = None, *, create_graph: bool = False
+    ) -> Iterator[nn.Module]:
+        """Yield the model adapted to ``task`` by ``steps`` inner steps (default: ``inner_steps``).
+
+        Everything (parameters, buffers, inner-optimiser state, train/eval mode) is restored on
+        exit, also when the body raises. The adapted parameters stay a function of θ (first-order
+        unless ``create_graph``), so a loss of the yielded model can still be differentiated.
+        """
+        steps = self.inner_steps if steps is None else steps
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+            raise ValueError(f"steps must be an integer >= 0, got {steps!r}")
+        _check_task(task, 0)
+        with isolated(self.model, self.inner_optimizer):
+            self._inner_loop(task, 0, steps, create_graph=create_graph)
+            yield self.model
+
+    def _inner_loop(
+        self, task: Task, index: int, steps: int, *, create_graph: bool
+    ) -> torch.Tensor | None:
+        """Take ``steps`` inner steps in place; return the first support loss (at θ), detached."""
+        first = None
+        for _ in range(steps):
+            loss = _scalar(task.support_loss(self.model), "support_loss", index)
+            if first is None:
+                first = loss.detach()
+            self.inner_optimizer.step(loss, create_graph=create_graph)
+        return first
+
+    def _per_task(
+        self,
+        tasks: Sequence[Task],
+        scale: float | None,
+        step: Callable[[Task, int, float], tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
+    ) -> MetaMetrics:
+        """Run ``step(task, index, weight)`` on each task inside task isolation; stack metrics."""
+        tasks = _check_tasks(tasks)
+        weight = 1.0 / len(tasks) if scale is None else float(scale)
+        rows = []
+        for index, task in enumerate(tasks):
+            with isolated(self.model, self.inner_optimizer):
+                rows.append(step(task, index, weight))
+        before, after, query = (torch.stack(column) for column in zip(*rows, strict=True))
+        return MetaMetrics(support_before=before, support_after=after, query=query)
+
+    def _support_after(self, task: Task, index: int) -> torch.Tensor:
+        with torch.no_grad():
+            return _scalar(task.support_loss(self.model), "support_loss", index, grad=False)
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(inner_lr={self.inner_lr}, inner_steps={self.inner_steps}, "
+            f"inner_optimizer={self.inner_optimizer_name!r})"
+        )
+
+
+class MAML(MetaLearner):
+    r"""Model-Agnostic Meta-Learning (Finn et al., 2017), second order by default.
+
+    For each task :math:`\mathcal{T}_i`, ``inner_steps`` differentiable steps on the support loss,
+
+    .. math:: \theta'_i = \theta - \alpha \nabla_\theta \mathcal{L}^{s}_i(\theta)
+              \quad\text{(repeated } n \text{ times)},
+
+    then the meta-gradient :math:`\frac{1}{B}\sum_i \nabla_\theta \mathcal{L}^{q}_i(\theta'_i)`,
+    differentiating through the inner steps. With ``first_order=True`` (first-order MAML) the inner
+    gradients are treated as constants, so :math:`\partial\theta'_i/\partial\theta = I` and the
+    meta-gradient is the query gradient at :math:`\theta'_i`, applied to θ.
+
+    Args:
+        model: The network θ parameterises.
+        inner_lr: Inner learning rate α.
+        inner_steps: Inner steps n per task.
+        first_order: First-order MAML.
+        inner_optimizer: ``"sgd"`` (TorchOpt's differentiable SGD, as ``torchopt.MetaSGD``) or
+            ``"adam"`` (as ``torchopt.MetaAdam``, with ε inside the root > 0).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        inner_lr: float = 0.01,
+        inner_steps: int = 1,
+        first_order: bool = False,
+        inner_optimizer: str = "sgd",
+    ) -> None:
+        if not isinstance(first_order, bool):
+            raise TypeError(f"first_order must be a bool, got {first_order!r}")
+        self.first_order = first_order
+        super().__init__(
+            model, inner_lr=inner_lr, inner_steps=inner_steps, inner_optimizer=inner_optimizer
+        )
+
+    def meta_backward(self, tasks: Sequence[Task], *, scale: float | None = None) -> MetaMetrics:
+        """Accumulate :math:`\\frac{1}{B}\\sum_i \\nabla \\mathcal{L}^q_i(\\theta'_i)` into ``.grad``.
+
+        Args:
+            tasks: The meta-batch.
+            scale: Weight of each task's query loss (default ``1 / len(tasks)``); a sharded
+                meta-batch passes ``1 / global_batch``.
+        """
+
+        def step(task: Task, index: int, weight: float) -> tuple[torch.Tensor, ...]:
+            before = self._inner_loop(
+                task, index, self.inner_steps, create_graph=not self.first_order
+            )
+            query = _scalar(task.query_loss(self.model), "query_loss", index)
+            (query * weight).backward()
+            assert before is not None
+            return before, self._support_after(task, index), query.detach()
+
+        return self._per_task(tasks, scale, step)  # type: ignore[arg-type]
+
+    def __repr__(self) -> str:
+        return super().__repr__()[:-1] + f", first_order={self.first_order})"
+
+
+class MetaSGD(MAML):
+    r"""Meta-SGD (Li et al., 2017): MAML with a learned learning rate for every parameter entry.
+
+    .. math:: \theta'_i = \theta - \alpha \circ \nabla_\theta \mathcal{L}^{s}_i(\theta),
+
+    where α has the shape of θ, starts at ``inner_lr`` and is meta-learned together with θ by the
+    query loss. Everything else is MAML's code path. ``inner_lrs`` is an ``nn.ParameterList`` in
+    the order of ``model.parameters()``.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        inner_lr: float = 0.01,
+        inner_steps: int = 1,
+        first_order: bool = False,
+    ) -> None:
+        _check_positive("inner_lr", inner_lr)
+        if isinstance(model, nn.Module):
+            self.inner_lrs = nn.ParameterList(
+                nn.Parameter(torch.full_like(p, float(inner_lr)), requires_grad=p.requires_grad)
+                for p in model.parameters()
+            )
+            self._order = torchopt_order(model)
+        super().__init__(model, inner_lr, inner_steps, first_order, "sgd")
+
+    def _inner_transform(self):  # type: ignore[no-untyped-def]
+        return learned_rate_sgd([self.inner_lrs[i] for i in self._order])
+
+    def meta_parameters(self) -> list[nn.Parameter]:
+        """θ followed by the learned rates α of the trainable parameters."""
+        return super().meta_parameters() + [a for a in self.inner_lrs if a.requires_grad]
+
+
+class Reptile(MetaLearner):
+    r"""Reptile (Nichol et al., 2018), "On First-Order Meta-Learning Algorithms".
+
+    For each task, ``inner_steps`` plain (non-differentiable) steps on the support loss give
+    :math:`\tilde\theta_i`; the meta-gradient written into ``.grad`` is
+
+    .. math:: g = \frac{1}{B}\sum_i (\theta - \tilde\theta_i),
+
+    so that plain SGD with learning rate ε takes the Reptile step
+    :math:`\theta \leftarrow \theta + \epsilon\,\frac{1}{B}\sum_i(\tilde\theta_i - \theta)`,
+    and any other ``torch.optim`` optimiser can take it instead. One task per meta-batch is the
+    serial form of the paper, several the batched form. :func:`linear_annealing` gives the
+    seed's linearly decaying ε.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        inner_lr: float = 0.02,
+        inner_steps: int = 5,
+        inner_optimizer: str = "sgd",
+    ) -> None:
+        super().__init__(
+            model, inner_lr=inner_lr, inner_steps=inner_steps, inner_optimizer=inner_optimizer
+        )
+
+    def meta_backward(self, tasks: Sequence[Task], *, scale: float | None = None) -> MetaMetrics:
+        """Accumulate :math:`\\frac{1}{B}\\sum_i(\\theta - \\tilde\\theta_i)` into ``.grad``."""
+        params = list(self.model.parameters())
+
+        def step(task: Task, index: int, weight: float) -> tuple[torch.Tensor, ...]:
+            before = self._inner_loop(task, index, self.inner_steps, create_graph=False)
+            adapted = [p.detach() for p in self.model.parameters()]
+            for p, p_task in zip(params, adapted, strict=True):
+                if p.requires_grad:
+                    direction = (p.detach() - p_task) * weight
+                    p.grad = direction if p.grad is None else p.grad + direction
+            with torch.no_grad():
+                query = _scalar(task.query_loss(self.model), "query_loss", index, grad=False)
+            assert before is not None
+            return before, self._support_after(task, index), query
+
+        return self._per_task(tasks, scale, step)  # type: ignore[arg-type]
+
+
+def linear_annealing(
+    optimizer: torch.optim.Optimizer, total_steps: int
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """The Reptile seed's outer schedule: ε_k = ε_0 (1 − k / total_steps)."""
+    if total_steps < 1:
+        raise ValueError(f"total_steps must be >= 1, got {total_steps!r}")
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda k: max(0.0, 1.0 - k / total_steps))
+
+
+def _check_positive(name: str, value: float) -> None:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not math.isfinite(value)
+        or value <= 0
+    ):
+        raise ValueError(f"{name} must be a positive finite number, got {value!r}")
+
+
+def _check_task(task: object, index: int) -> None:
+    if not isinstance(task, Task):
+        raise TypeError(
+            f"task {index} ({type(task).__name__}) does not implement the Task protocol: "
+            "it needs support_loss(model) and query_loss(model)"
+        )
+
+
+def _check_tasks(tasks: Sequence[Task]) -> Sequence[Task]:
+    if isinstance(tasks, Task):
+        raise TypeError("tasks must be a sequence of tasks; wrap a single task in a list")
+    tasks = list(tasks)
+    if not tasks:
+        raise ValueError("tasks is empty: a meta-batch needs at least one task")
+    for index, task in enumerate(tasks):
+        _check_task(task, index)
+    return tasks
+
+
+def _scalar(loss: object, what: str, index: int, *, grad: bool = True) -> torch.Tensor:
+    if not isinstance(loss, torch.Tensor):
+        raise TypeError(f"{what} of task {index} returned {type(loss).__name__}, expected a Tensor")
+    if loss.numel() != 1 or loss.dim() > 1:
+        raise ValueError(
+            f"{what} of task {index} returned a tensor of shape {tuple(loss.shape)}; "
+            "expected a scalar (reduce it, e.g. with .mean())"
+        )
+    if grad and not loss.requires_grad:
+        raise ValueError(
+            f"{what} of task {index} does not depend on the model's parameters "
+            "(its result has requires_grad=False)"
+        )
+    return loss.reshape(())

@@ -1,0 +1,179 @@
+"""Task families: how a domain plugs into the one meta-training loop and the ``metaopt`` command.
+
+A task family is a class that says how to build the model, how to draw a meta-batch of tasks, how
+to evaluate a trained model and what to plot. The core finds families through the Python
+entry-point group ``metaopt.task_families`` (declared in a package's ``pyproject.toml``), so the
+core never imports a domain, and a user's own family plugs in exactly like the built-in ones::
+
+    [project.entry-points."metaopt.task_families"]
+    mytask = "mypackage.family:MyFamily"
+
+Configuration is a dataclass per family: :class:`TrainConfig` holds the fields every family shares;
+a family subclasses it, adds its own fields and changes defaults. Every field becomes a
+command-line flag (``inner_lr`` -> ``--inner-lr``); the help text is the field's
+``metadata["help"]``. A family may name presets (``--preset NAME``): field values applied on top
+of the defaults and below the flags the user gives.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+from torch import nn
+
+from metaopt.task import Task
+
+__all__ = ["ALGORITHMS", "ConfigError", "TaskFamily", "TrainConfig", "option"]
+
+ALGORITHMS = ("maml", "fomaml", "metasgd", "reptile")
+
+
+class ConfigError(ValueError):
+    """A configuration value is out of range; the message names the field, value and what is allowed.
+
+    The ``metaopt`` command prints it on one line and exits with status 2.
+    """
+
+
+def option(default: Any, help: str, **kwargs: Any) -> Any:
+    """A dataclass field that documents itself as a command-line flag."""
+    metadata = {"help": help, **kwargs.pop("metadata", {})}
+    return field(default=default, metadata=metadata, **kwargs)
+
+
+@dataclass
+class TrainConfig:
+    """Fields every task family shares. Families subclass this and override defaults."""
+
+    algo: str = option("maml", f"meta-learning algorithm: {', '.join(ALGORITHMS)}")
+    preset: str | None = option(None, "named preset of the family (sets several defaults)")
+    inner_steps: int = option(1, "gradient steps of adaptation to each task's support set")
+    inner_lr: float = option(
+        0.01, "inner-loop learning rate (Meta-SGD: initial per-parameter rate)"
+    )
+    inner_optimizer: str = option("sgd", "inner-loop optimiser: sgd or adam (MAML and Reptile)")
+    meta_batch: int = option(25, "tasks per meta-iteration")
+    iterations: int = option(1000, "meta-iterations (outer steps)")
+    outer_lr: float = option(1e-3, "outer-loop learning rate (Reptile: initial step size ε)")
+    outer_optimizer: str = option("adam", "outer optimiser: adam or sgd")
+    anneal: bool = option(
+        False, "anneal the outer learning rate linearly to 0 (the Reptile seed's)"
+    )
+    seed: int = option(0, "seed of the model's initialisation and of training-task sampling")
+    eval_seed: int = option(12345, "seed of the held-out evaluation tasks (disjoint stream)")
+    eval_tasks: int = option(600, "held-out tasks in the final evaluation")
+    eval_every: int = option(
+        0, "evaluate on held-out tasks every N iterations (0: only at the end)"
+    )
+    checkpoint_every: int = option(0, "save a checkpoint every N iterations (0: only at the end)")
+    out: str | None = option(None, "run directory (default: runs/<family>-<algo>-<time>)")
+
+    def validate(self) -> None:
+        """Raise :class:`ConfigError` naming the first field that is out of range."""
+        _one_of("algo", self.algo, ALGORITHMS)
+        _one_of("inner_optimizer", self.inner_optimizer, ("sgd", "adam"))
+        _one_of("outer_optimizer", self.outer_optimizer, ("adam", "sgd"))
+        for name in ("inner_steps", "meta_batch", "eval_tasks"):
+            _at_least(name, getattr(self, name), 1)
+        for name in ("iterations", "eval_every", "checkpoint_every", "seed", "eval_seed"):
+            _at_least(name, getattr(self, name), 0)
+        for name in ("inner_lr", "outer_lr"):
+            value = getattr(self, name)
+            if not value > 0 or value == float("inf"):
+                raise ConfigError(f"{_flag(name)} must be a positive finite number, got {value!r}")
+
+    @property
+    def first_order(self) -> bool:
+        return self.algo == "fomaml"
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _one_of(name: str, value: object, allowed: Sequence[object]) -> None:
+    if value not in allowed:
+        choices = ", ".join(map(str, allowed))
+        raise ConfigError(f"{_flag(name)} must be one of {choices}; got {value!r}")
+
+
+def _at_least(name: str, value: int, low: int) -> None:
+    if not isinstance(value, int) or value < low:
+        raise ConfigError(f"{_flag(name)} must be an integer >= {low}, got {value!r}")
+
+
+class TaskFamily:
+    """A domain's plug-in: subclass, set ``name`` and ``config_class``, implement the methods.
+
+    The meta-training loop (:func:`metaopt.runner.train`) calls, in order:
+    ``make_model`` once, ``sample_tasks`` once per iteration, ``iteration_metrics`` after each
+    ``meta_backward``, ``periodic_eval`` every ``eval_every`` iterations, then ``evaluate`` and
+    ``plot`` at the end. ``metaopt eval RUN_DIR`` calls ``make_model`` and ``evaluate`` again.
+
+    All randomness of training-task sampling must come from the ``rng`` handed in (a
+    :class:`numpy.random.Generator` owned by the loop, saved in checkpoints); evaluation draws its
+    tasks from ``config.eval_seed`` alone, so every algorithm is scored on the same tasks.
+    """
+
+    name: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+    config_class: ClassVar[type[TrainConfig]] = TrainConfig
+    presets: ClassVar[Mapping[str, Mapping[str, Any]]] = {}
+    #: metric name in eval.json: "mse", "accuracy" or "return"
+    metric: ClassVar[str] = "loss"
+    #: True when a larger metric is better (accuracy, return)
+    higher_is_better: ClassVar[bool] = False
+
+    def validate(self, config: TrainConfig) -> None:
+        """Family-specific checks; raise :class:`ConfigError`. Called after ``config.validate()``."""
+
+    def make_model(self, config: TrainConfig) -> nn.Module:
+        raise NotImplementedError
+
+    def sample_tasks(
+        self, config: TrainConfig, rng: np.random.Generator, num_tasks: int
+    ) -> Sequence[Task]:
+        raise NotImplementedError
+
+    def iteration_metrics(self, tasks: Sequence[Task]) -> dict[str, float]:
+        """Extra per-iteration numbers read off the tasks just used (e.g. RL returns)."""
+        return {}
+
+    def periodic_eval(self, algo: Any, config: TrainConfig) -> dict[str, float]:
+        """Cheap held-out evaluation logged every ``eval_every`` iterations."""
+        return {}
+
+    def evaluate(
+        self,
+        algo: Any,
+        config: TrainConfig,
+        run_dir: Path,
+        *,
+        num_tasks: int | None = None,
+        steps: Sequence[int] | None = None,
+    ) -> dict[str, Any]:
+        """The final evaluation: the dict written to ``eval.json``.
+
+        Shape: ``{"metric": ..., "tasks": n, "by_steps": {"0": {"mean": m, "ci95": c}, ...},
+        "baseline": {"by_steps": {...}}}`` plus any extra keys.
+        """
+        raise NotImplementedError
+
+    def plot(
+        self,
+        algo: Any,
+        config: TrainConfig,
+        run_dir: Path,
+        metrics: Sequence[Mapping[str, Any]],
+        evaluation: Mapping[str, Any],
+    ) -> list[Path]:
+        """Family-specific figures (PNG) in ``run_dir``; the loop draws the training curve itself."""
+        return []

@@ -1,0 +1,51 @@
+"""Plots shared by every family (matplotlib, Agg backend, PNG)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+
+__all__ = ["moving_average", "plot_training_curve"]
+
+
+def moving_average(values: Sequence[float], window: int) -> np.ndarray:
+    """Trailing mean over up to ``window`` points (shorter at the start)."""
+    array = np.asarray(values, dtype=np.float64)
+    if window <= 1 or array.size == 0:
+        return array
+    cumsum = np.concatenate([[0.0], np.cumsum(array)])
+    stop = np.arange(1, array.size + 1)
+    begin = np.maximum(0, stop - window)
+    return (cumsum[stop] - cumsum[begin]) / (stop - begin)
+
+
+def plot_training_curve(
+    path: Path, rows: Sequence[Mapping[str, Any]], family: str, algo: str
+) -> Path:
+    """Support loss before/after adaptation and query loss against the meta-iteration."""
+    fig, ax = plt.subplots(figsize=(7, 4))
+    if rows:
+        iterations = [row["iteration"] for row in rows]
+        window = max(1, len(rows) // 50)
+        for key, label in (
+            ("support_before", "support, before adaptation"),
+            ("support_after", "support, after adaptation"),
+            ("query", "query, after adaptation (meta-loss)"),
+        ):
+            ax.plot(iterations, moving_average([row[key] for row in rows], window), label=label)
+        ax.set_title(f"{family} / {algo}: meta-training (moving average over {window})")
+    ax.set_xlabel("meta-iteration")
+    ax.set_ylabel("loss (training tasks)")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return Path(path)

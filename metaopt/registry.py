@@ -1,0 +1,48 @@
+"""Find task families: the ``metaopt.task_families`` entry points, plus any registered in-process."""
+
+from __future__ import annotations
+
+from importlib.metadata import entry_points
+
+from metaopt.family import ConfigError, TaskFamily
+
+__all__ = ["available_families", "get_family", "register_family"]
+
+_REGISTERED: dict[str, type[TaskFamily]] = {}
+_ENTRY_POINT_GROUP = "metaopt.task_families"
+
+
+def register_family(family: type[TaskFamily]) -> type[TaskFamily]:
+    """Make ``family`` available by its ``name`` in this process (usable as a class decorator).
+
+    Installed packages should declare an entry point instead; this is for notebooks and tests.
+    """
+    if not family.name:
+        raise ValueError(f"{family.__name__}.name is empty")
+    _REGISTERED[family.name] = family
+    return family
+
+
+def available_families() -> dict[str, str]:
+    """Family name -> where it comes from (entry point value or ``registered``), sorted by name."""
+    found = {ep.name: ep.value for ep in entry_points(group=_ENTRY_POINT_GROUP)}
+    found.update({name: "registered" for name in _REGISTERED})
+    return dict(sorted(found.items()))
+
+
+def get_family(name: str) -> TaskFamily:
+    """An instance of the family called ``name``.
+
+    Raises:
+        ConfigError: for an unknown name, listing the available ones.
+    """
+    if name in _REGISTERED:
+        return _REGISTERED[name]()
+    for ep in entry_points(group=_ENTRY_POINT_GROUP):
+        if ep.name == name:
+            family = ep.load()
+            if not (isinstance(family, type) and issubclass(family, TaskFamily)):
+                raise TypeError(f"entry point {ep.value} is not a TaskFamily subclass")
+            return family()
+    choices = ", ".join(available_families()) or "none installed"
+    raise ConfigError(f"unknown task family {name!r}; available: {choices}")

@@ -1,0 +1,49 @@
+"""Meta-reinforcement learning on random tabular MDPs (Duan et al. 2016's RL² distribution).
+
+* :mod:`rl.mdp`: tasks as plain data, their distribution, exact random/optimal reference returns;
+* :mod:`rl.env`: the Gymnasium environment ``TabularMDP-v0`` (registered by :func:`register`);
+* :mod:`rl.sampler`: vectorised trajectory sampling for a whole meta-batch;
+* :mod:`rl.losses`: λ-returns / GAE and the A2C loss;
+* :mod:`rl.policy`: the actor-critic MLP;
+* :mod:`rl.task`: tasks implementing :class:`metaopt.task.Task`;
+* :mod:`rl.family`: ``metaopt train mdp``.
+"""
+
+from rl.env import ENV_ID, TabularMDPEnv, register
+from rl.losses import a2c_loss, lambda_returns, trajectory_a2c_loss
+from rl.mdp import (
+    TabularMDP,
+    TabularMDPBatch,
+    normalized_score,
+    optimal_q_values,
+    optimal_return,
+    random_policy_return,
+    sample_mdps,
+)
+from rl.policy import CategoricalMLPPolicy
+from rl.sampler import MDPTensors, Trajectories, policy_table, sample_trajectories
+from rl.task import A2CSettings, MDPTask, MDPTaskBatch
+
+__all__ = [
+    "ENV_ID",
+    "A2CSettings",
+    "CategoricalMLPPolicy",
+    "MDPTask",
+    "MDPTaskBatch",
+    "MDPTensors",
+    "TabularMDP",
+    "TabularMDPBatch",
+    "TabularMDPEnv",
+    "Trajectories",
+    "a2c_loss",
+    "lambda_returns",
+    "normalized_score",
+    "optimal_q_values",
+    "optimal_return",
+    "policy_table",
+    "random_policy_return",
+    "register",
+    "sample_mdps",
+    "sample_trajectories",
+    "trajectory_a2c_loss",
+]

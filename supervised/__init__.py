@@ -1,0 +1,1 @@
+"""Supervised few-shot task families: sine regression, binary classification, Omniglot."""

@@ -1,0 +1,207 @@
+"""The domain-free loop, run directory and command on a toy family registered in-process."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import metaopt
+from metaopt import testing as mt
+from metaopt.cli import main
+from metaopt.config import resolve_config
+from metaopt.family import TaskFamily, TrainConfig, option
+from metaopt.registry import register_family
+from metaopt.runner import NonFiniteError, evaluate_run, load_run, train
+
+
+@dataclass
+class ToyConfig(TrainConfig):
+    dim: int = option(4, "dimension of θ")
+    meta_batch: int = option(3, "tasks per meta-iteration")
+    iterations: int = option(5, "meta-iterations")
+    inner_lr: float = option(0.2, "inner learning rate")
+    eval_tasks: int = option(20, "held-out tasks")
+    poison: bool = option(False, "make the query loss NaN at iteration 2 (tests)")
+
+
+@register_family
+class ToyFamily(TaskFamily):
+    name = "toy"
+    description = "linear least-squares tasks (core tests)"
+    config_class = ToyConfig
+    presets = {"wide": {"dim": 6}}
+    metric = "mse"
+
+    def make_model(self, config: TrainConfig) -> torch.nn.Module:
+        return mt.LinearModel(np.zeros(config.dim))
+
+    def sample_tasks(self, config: TrainConfig, rng: np.random.Generator, num_tasks: int):
+        tasks = mt.random_linear_tasks(num_tasks, config.dim, rng)
+        for task in tasks:  # a shared optimum θ* = 1 plus a small per-task offset: learnable
+            optimum = 1.0 + 0.1 * rng.normal(size=config.dim)
+            task.b, task.d = task.A @ optimum, task.C @ optimum
+        self.calls = getattr(self, "calls", 0) + 1
+        if config.poison and self.calls == 2:
+            tasks[1].d = tasks[1].d * np.nan
+        return tasks
+
+    def evaluate(self, algo, config, run_dir, *, num_tasks=None, steps=None):
+        tasks = mt.random_linear_tasks(
+            num_tasks or config.eval_tasks, config.dim, np.random.default_rng(config.eval_seed)
+        )
+        by_steps = {}
+        for k in steps or (0, config.inner_steps):
+            losses = []
+            for task in tasks:
+                with algo.adapt(task, steps=k) as model:
+                    losses.append(task.query_loss(model).item())
+            mean, ci = metaopt.mean_ci95(losses)
+            by_steps[str(k)] = {"mean": mean, "ci95": ci}
+        return {"metric": "mse", "tasks": len(tasks), "by_steps": by_steps}
+
+
+def test_train_writes_a_complete_run_dir(tmp_path: Path) -> None:
+    family = ToyFamily()
+    config = resolve_config(family, {"out": str(tmp_path / "run"), "algo": "metasgd"})
+    run_dir = train(family, config, progress=False)
+    names = {p.name for p in run_dir.iterdir()}
+    assert {
+        "config.json",
+        "metrics.jsonl",
+        "checkpoint.pt",
+        "eval.json",
+        "training_curve.png",
+    } <= names
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["iteration"] for r in rows] == [1, 2, 3, 4, 5]
+    saved = json.loads((run_dir / "config.json").read_text())
+    assert saved["config"]["algo"] == "metasgd" and "torch" in saved["versions"]
+    # The checkpoint restores the trained algorithm, learned rates included.
+    _, _, algo = load_run(run_dir)
+    assert isinstance(algo, metaopt.MetaSGD)
+    assert not torch.equal(algo.inner_lrs[0], torch.full_like(algo.inner_lrs[0], 0.2))
+
+
+def test_same_seed_same_metrics(tmp_path: Path) -> None:
+    family = ToyFamily()
+    for name in ("a", "b"):
+        train(family, resolve_config(family, {"out": str(tmp_path / name)}), progress=False)
+    first = (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()
+    second = (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()
+    assert _without_time(first) == _without_time(second)
+
+
+def _without_time(lines: list[str]) -> list[dict]:
+    return [{k: v for k, v in json.loads(line).items() if k != "seconds"} for line in lines]
+
+
+def test_meta_training_lowers_the_meta_loss(tmp_path: Path) -> None:
+    family = ToyFamily()
+    config = resolve_config(
+        family, {"out": str(tmp_path / "r"), "iterations": 200, "outer_lr": 0.05}
+    )
+    run_dir = train(family, config, progress=False)
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert np.mean([r["query"] for r in rows[-50:]]) < 0.9 * np.mean(
+        [r["query"] for r in rows[:10]]
+    )
+
+
+def test_refuses_to_overwrite_a_run(tmp_path: Path) -> None:
+    family = ToyFamily()
+    train(family, resolve_config(family, {"out": str(tmp_path)}), progress=False)
+    with pytest.raises(metaopt.ConfigError, match="is not empty"):
+        train(family, resolve_config(family, {"out": str(tmp_path)}), progress=False)
+
+
+def test_non_finite_loss_stops_with_iteration_and_task(tmp_path: Path) -> None:
+    family = ToyFamily()
+    config = resolve_config(family, {"out": str(tmp_path), "poison": True})
+    with pytest.raises(NonFiniteError, match="iteration 2: query loss of task 1 is nan"):
+        train(family, config, progress=False)
+    assert (tmp_path / "checkpoint.pt").is_file()  # the last good state was saved
+
+
+def test_presets_then_flags(tmp_path: Path) -> None:
+    family = ToyFamily()
+    assert resolve_config(family, {"preset": "wide"}).dim == 6
+    assert resolve_config(family, {"preset": "wide", "dim": 3}).dim == 3
+    with pytest.raises(metaopt.ConfigError, match="--preset must be one of wide; got 'nope'"):
+        resolve_config(family, {"preset": "nope"})
+
+
+def test_cli_train_and_eval(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "run"
+    assert (
+        main(
+            ["train", "toy", "--algo", "fomaml", "--iterations", "3", "--out", str(out), "--quiet"]
+        )
+        == 0
+    )
+    assert "after  1 steps" in capsys.readouterr().out
+    assert main(["eval", str(out), "--tasks", "7", "--steps", "0,2"]) == 0
+    evaluation = json.loads((out / "eval.json").read_text())
+    assert evaluation["tasks"] == 7 and set(evaluation["by_steps"]) == {"0", "2"}
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (
+            ["train", "toy", "--algo", "sgd"],
+            "--algo must be one of maml, fomaml, metasgd, reptile; got 'sgd'",
+        ),
+        (["train", "toy", "--iterations", "-1"], "--iterations must be an integer >= 0, got -1"),
+        (
+            ["train", "toy", "--inner-lr", "0"],
+            "--inner-lr must be a positive finite number, got 0.0",
+        ),
+        (["train", "toy", "--meta-batch", "0"], "--meta-batch must be an integer >= 1, got 0"),
+        (["eval", "/nonexistent/run"], "has no config.json"),
+    ],
+)
+def test_cli_user_errors_exit_2_without_traceback(argv, message, capsys) -> None:
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_cli_unknown_family_and_bad_flag_type(capsys) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "nosuchfamily"])
+    assert exit_info.value.code == 2
+    assert "invalid choice: 'nosuchfamily'" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "toy", "--iterations", "many"])
+    assert exit_info.value.code == 2
+    assert "--iterations: invalid int value" in capsys.readouterr().err
+
+
+def test_help_documents_every_flag_with_its_default(capsys) -> None:
+    with pytest.raises(SystemExit):
+        main(["train", "toy", "--help"])
+    text = capsys.readouterr().out
+    for flag in (
+        "--algo",
+        "--inner-lr",
+        "--meta-batch",
+        "--iterations",
+        "--outer-lr",
+        "--seed",
+        "--out",
+        "--dim",
+    ):
+        assert flag in text
+    assert "default: 0.2" in text and "preset wide: 6" in text
+
+
+def test_evaluate_run_validates_options(tmp_path: Path) -> None:
+    family = ToyFamily()
+    train(family, resolve_config(family, {"out": str(tmp_path)}), progress=False)
+    with pytest.raises(metaopt.ConfigError, match="--tasks must be an integer >= 1"):
+        evaluate_run(tmp_path, num_tasks=0)

@@ -20,11 +20,13 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
+from torchopt.base import GradientTransformation
 
+from metaopt.engine import batched_forward, can_vectorise, check_losses, inner_loop
 from metaopt.inner import (
     INNER_OPTIMIZERS,
     InnerOptimizer,
@@ -33,24 +35,52 @@ from metaopt.inner import (
     torchopt_order,
 )
 from metaopt.isolation import isolated
-from metaopt.task import Task
+from metaopt.task import BatchedTasks, Task, is_batched, is_task
 
-__all__ = ["MAML", "MetaLearner", "MetaMetrics", "MetaSGD", "Reptile", "linear_annealing"]
+__all__ = [
+    "ENGINES",
+    "MAML",
+    "MetaLearner",
+    "MetaMetrics",
+    "MetaSGD",
+    "Reptile",
+    "linear_annealing",
+]
+
+#: ``loop``: one task at a time, as the papers write it. ``vmap``: all tasks at once
+#: (:mod:`metaopt.engine`). ``auto``: ``vmap`` whenever the meta-batch implements
+#: :class:`metaopt.task.BatchedTasks` and the model allows it, else ``loop``.
+ENGINES = ("auto", "loop", "vmap")
 
 
-@dataclass(frozen=True)
 class MetaMetrics:
     """Per-task losses of one ``meta_backward`` call, each a 1-D tensor with one entry per task.
 
     Attributes:
         support_before: support loss at θ, before adaptation.
-        support_after: support loss at the adapted parameters θ'.
+        support_after: support loss at the adapted parameters θ'. The vectorised engine
+            computes it on first access (one more forward pass, or for RL one more round of
+            sampling), so a caller that never reads it does not pay for it.
         query: query loss at θ'.
     """
 
-    support_before: torch.Tensor
-    support_after: torch.Tensor
-    query: torch.Tensor
+    __slots__ = ("_support_after", "query", "support_before")
+
+    def __init__(
+        self,
+        support_before: torch.Tensor,
+        support_after: torch.Tensor | Callable[[], torch.Tensor],
+        query: torch.Tensor,
+    ) -> None:
+        self.support_before = support_before
+        self._support_after = support_after
+        self.query = query
+
+    @property
+    def support_after(self) -> torch.Tensor:
+        if callable(self._support_after):
+            self._support_after = self._support_after()
+        return self._support_after
 
     def means(self) -> dict[str, float]:
         """Task-averaged values, for logging."""
@@ -59,6 +89,12 @@ class MetaMetrics:
             "support_after": self.support_after.mean().item(),
             "query": self.query.mean().item(),
         }
+
+    def __repr__(self) -> str:
+        return (
+            f"MetaMetrics(support_before={self.support_before}, "
+            f"support_after={self.support_after}, query={self.query})"
+        )
 
 
 class MetaLearner:
@@ -74,6 +110,7 @@ class MetaLearner:
         inner_lr: float,
         inner_steps: int,
         inner_optimizer: str = "sgd",
+        engine: str = "auto",
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -85,14 +122,44 @@ class MetaLearner:
         if inner_optimizer not in INNER_OPTIMIZERS:
             allowed = ", ".join(INNER_OPTIMIZERS)
             raise ValueError(f"inner_optimizer must be one of {allowed}; got {inner_optimizer!r}")
+        if engine not in ENGINES:
+            raise ValueError(f"engine must be one of {', '.join(ENGINES)}; got {engine!r}")
+        self.engine = engine
         self.model = model
         self.inner_lr = float(inner_lr)
         self.inner_steps = inner_steps
         self.inner_optimizer_name = inner_optimizer
-        self.inner_optimizer = InnerOptimizer(model, self._inner_transform())
+        self.inner_optimizer = InnerOptimizer(model, self._inner_transform(torchopt_order(model)))
 
-    def _inner_transform(self):  # type: ignore[no-untyped-def]
+    def _inner_transform(self, order: Sequence[int]) -> GradientTransformation:
+        """The inner update for gradients arriving in ``order`` (indices into ``parameters()``)."""
         return inner_transform(self.inner_optimizer_name, self.inner_lr)
+
+    def _trainable_order(self) -> list[int]:
+        return [i for i, p in enumerate(self.model.parameters()) if p.requires_grad]
+
+    def _vectorise(self, tasks: Sequence[Task]) -> bool:
+        """Whether this meta-batch goes to the vectorised engine."""
+        if self.engine == "loop":
+            return False
+        reason = can_vectorise(self.model, tasks)
+        if reason is not None and self.engine == "vmap":
+            raise TypeError(f"engine='vmap' cannot run this meta-batch: {reason}")
+        return reason is None
+
+    def _inner_loop_vmap(
+        self, tasks: BatchedTasks, *, create_graph: bool
+    ) -> tuple[Any, torch.Tensor]:
+        """Adapt all tasks at once; return the adapted batched forward and support losses at θ."""
+        params, fixed, before = inner_loop(
+            self.model,
+            tasks,
+            self._inner_transform(self._trainable_order()),
+            self.inner_steps,
+            create_graph=create_graph,
+        )
+        assert before is not None
+        return batched_forward(self.model, params, fixed), before
 
     def meta_parameters(self) -> list[nn.Parameter]:
         """The tensors the outer optimiser updates: the model's trainable parameters θ."""
@@ -134,12 +201,12 @@ class MetaLearner:
     def _per_task(
         self,
         tasks: Sequence[Task],
-        scale: float | None,
+        weight: float,
         step: Callable[[Task, int, float], tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
     ) -> MetaMetrics:
         """Run ``step(task, index, weight)`` on each task inside task isolation; stack metrics."""
-        tasks = _check_tasks(tasks)
-        weight = 1.0 / len(tasks) if scale is None else float(scale)
+        for index, task in enumerate(tasks):  # all checked before any work is done
+            _check_task(task, index)
         rows = []
         for index, task in enumerate(tasks):
             with isolated(self.model, self.inner_optimizer):
@@ -151,10 +218,18 @@ class MetaLearner:
         with torch.no_grad():
             return _scalar(task.support_loss(self.model), "support_loss", index, grad=False)
 
+    def _support_after_vmap(self, tasks: BatchedTasks, forward: Any) -> Callable[[], torch.Tensor]:
+        def compute() -> torch.Tensor:
+            with torch.no_grad():
+                losses = tasks.support_losses(forward, None)
+            return check_losses(losses, len(tasks), "support_losses")
+
+        return compute
+
     def __repr__(self) -> str:
         return (
             f"{type(self).__name__}(inner_lr={self.inner_lr}, inner_steps={self.inner_steps}, "
-            f"inner_optimizer={self.inner_optimizer_name!r})"
+            f"inner_optimizer={self.inner_optimizer_name!r}, engine={self.engine!r})"
         )
 
 
@@ -187,12 +262,17 @@ class MAML(MetaLearner):
         inner_steps: int = 1,
         first_order: bool = False,
         inner_optimizer: str = "sgd",
+        engine: str = "auto",
     ) -> None:
         if not isinstance(first_order, bool):
             raise TypeError(f"first_order must be a bool, got {first_order!r}")
         self.first_order = first_order
         super().__init__(
-            model, inner_lr=inner_lr, inner_steps=inner_steps, inner_optimizer=inner_optimizer
+            model,
+            inner_lr=inner_lr,
+            inner_steps=inner_steps,
+            inner_optimizer=inner_optimizer,
+            engine=engine,
         )
 
     def meta_backward(self, tasks: Sequence[Task], *, scale: float | None = None) -> MetaMetrics:
@@ -203,6 +283,13 @@ class MAML(MetaLearner):
             scale: Weight of each task's query loss (default ``1 / len(tasks)``); a sharded
                 meta-batch passes ``1 / global_batch``.
         """
+        tasks, weight = _check_tasks(tasks, scale)
+        if self._vectorise(tasks):
+            batch: BatchedTasks = tasks  # type: ignore[assignment]
+            forward, before = self._inner_loop_vmap(batch, create_graph=not self.first_order)
+            query = check_losses(batch.query_losses(forward), len(batch), "query_losses")
+            (query.sum() * weight).backward()
+            return MetaMetrics(before, self._support_after_vmap(batch, forward), query.detach())
 
         def step(task: Task, index: int, weight: float) -> tuple[torch.Tensor, ...]:
             before = self._inner_loop(
@@ -213,7 +300,7 @@ class MAML(MetaLearner):
             assert before is not None
             return before, self._support_after(task, index), query.detach()
 
-        return self._per_task(tasks, scale, step)  # type: ignore[arg-type]
+        return self._per_task(tasks, weight, step)  # type: ignore[arg-type]
 
     def __repr__(self) -> str:
         return super().__repr__()[:-1] + f", first_order={self.first_order})"
@@ -235,6 +322,7 @@ class MetaSGD(MAML):
         inner_lr: float = 0.01,
         inner_steps: int = 1,
         first_order: bool = False,
+        engine: str = "auto",
     ) -> None:
         _check_positive("inner_lr", inner_lr)
         if isinstance(model, nn.Module):
@@ -242,11 +330,10 @@ class MetaSGD(MAML):
                 nn.Parameter(torch.full_like(p, float(inner_lr)), requires_grad=p.requires_grad)
                 for p in model.parameters()
             )
-            self._order = torchopt_order(model)
-        super().__init__(model, inner_lr, inner_steps, first_order, "sgd")
+        super().__init__(model, inner_lr, inner_steps, first_order, "sgd", engine)
 
-    def _inner_transform(self):  # type: ignore[no-untyped-def]
-        return learned_rate_sgd([self.inner_lrs[i] for i in self._order])
+    def _inner_transform(self, order: Sequence[int]) -> GradientTransformation:
+        return learned_rate_sgd([self.inner_lrs[i] for i in order])
 
     def meta_parameters(self) -> list[nn.Parameter]:
         """θ followed by the learned rates α of the trainable parameters."""
@@ -274,14 +361,22 @@ class Reptile(MetaLearner):
         inner_lr: float = 0.02,
         inner_steps: int = 5,
         inner_optimizer: str = "sgd",
+        engine: str = "auto",
     ) -> None:
         super().__init__(
-            model, inner_lr=inner_lr, inner_steps=inner_steps, inner_optimizer=inner_optimizer
+            model,
+            inner_lr=inner_lr,
+            inner_steps=inner_steps,
+            inner_optimizer=inner_optimizer,
+            engine=engine,
         )
 
     def meta_backward(self, tasks: Sequence[Task], *, scale: float | None = None) -> MetaMetrics:
         """Accumulate :math:`\\frac{1}{B}\\sum_i(\\theta - \\tilde\\theta_i)` into ``.grad``."""
+        tasks, weight = _check_tasks(tasks, scale)
         params = list(self.model.parameters())
+        if self._vectorise(tasks):
+            return self._meta_backward_vmap(tasks, weight)  # type: ignore[arg-type]
 
         def step(task: Task, index: int, weight: float) -> tuple[torch.Tensor, ...]:
             before = self._inner_loop(task, index, self.inner_steps, create_graph=False)
@@ -295,7 +390,25 @@ class Reptile(MetaLearner):
             assert before is not None
             return before, self._support_after(task, index), query
 
-        return self._per_task(tasks, scale, step)  # type: ignore[arg-type]
+        return self._per_task(tasks, weight, step)  # type: ignore[arg-type]
+
+    def _meta_backward_vmap(self, tasks: BatchedTasks, weight: float) -> MetaMetrics:
+        params, fixed, before = inner_loop(
+            self.model,
+            tasks,
+            self._inner_transform(self._trainable_order()),
+            self.inner_steps,
+            create_graph=False,
+        )
+        assert before is not None
+        for name, p in self.model.named_parameters():
+            if p.requires_grad:
+                direction = (p.detach() - params[name].detach()).sum(0) * weight
+                p.grad = direction if p.grad is None else p.grad + direction
+        forward = batched_forward(self.model, params, fixed)
+        with torch.no_grad():
+            query = check_losses(tasks.query_losses(forward), len(tasks), "query_losses")
+        return MetaMetrics(before, self._support_after_vmap(tasks, forward), query)
 
 
 def linear_annealing(
@@ -318,22 +431,24 @@ def _check_positive(name: str, value: float) -> None:
 
 
 def _check_task(task: object, index: int) -> None:
-    if not isinstance(task, Task):
+    if not is_task(task):
         raise TypeError(
             f"task {index} ({type(task).__name__}) does not implement the Task protocol: "
             "it needs support_loss(model) and query_loss(model)"
         )
 
 
-def _check_tasks(tasks: Sequence[Task]) -> Sequence[Task]:
-    if isinstance(tasks, Task):
+def _check_tasks(tasks: Sequence[Task], scale: float | None) -> tuple[Sequence[Task], float]:
+    """The validated meta-batch (a list, unless it is a BatchedTasks) and each task's weight."""
+    if is_task(tasks):
         raise TypeError("tasks must be a sequence of tasks; wrap a single task in a list")
-    tasks = list(tasks)
-    if not tasks:
+    if not is_batched(tasks):
+        tasks = list(tasks)
+    if len(tasks) == 0:
         raise ValueError("tasks is empty: a meta-batch needs at least one task")
-    for index, task in enumerate(tasks):
-        _check_task(task, index)
-    return tasks
+    if scale is not None:
+        _check_positive("scale", scale)
+    return tasks, 1.0 / len(tasks) if scale is None else float(scale)
 
 
 def _scalar(loss: object, what: str, index: int, *, grad: bool = True) -> torch.Tensor:

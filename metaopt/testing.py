@@ -8,12 +8,15 @@ r"""Helpers for verifying meta-gradients in your own tests.
   - MAML: :math:`(I - H D)^n\, g_q` with :math:`g_q = C^\top(C\theta_n - d)` (D = αI);
   - first-order MAML: :math:`g_q`;
   - Meta-SGD, for θ as MAML with D = diag(α); for α: :math:`J_n^\top g_q` with
-    :math:`J_0 = 0`, :math:`J_{k+1} = (I - DH)J_k - \operatorname{diag}(H\theta_k - A^\top b)`;
+    :math:`J_0 = 0`, :math:`J_{k+1} = (I - DH)J_k - \operatorname{diag}(H\theta_k - A^\top b)`
+    (first-order Meta-SGD: I in place of I − DH and of I − HD);
   - Reptile: :math:`\theta - \theta_n`;
 
   each averaged over the tasks. Computed in NumPy float64, independently of autograd.
 * :func:`check_meta_gradient`: an algorithm's ``meta_backward`` against central finite
-  differences of the meta-loss.
+  differences of the meta-loss (``method="finite_differences"``, any float64 model, exact
+  meta-gradients only), or against the closed forms above (``method="closed_form"``, linear
+  least-squares tasks, all four algorithms).
 * :func:`assert_state_restored`: run a function, assert the model and optimiser are bit-identical.
 """
 
@@ -28,11 +31,13 @@ import torch
 import torchopt
 from torch import nn
 
-from metaopt.algorithms import MAML, MetaLearner, MetaSGD
+from metaopt.algorithms import MAML, MetaLearner, MetaSGD, Reptile
 
 __all__ = [
+    "CHECK_METHODS",
     "LinearModel",
     "LinearTask",
+    "LinearTaskBatch",
     "assert_state_restored",
     "check_meta_gradient",
     "fomaml_meta_gradient",
@@ -44,8 +49,8 @@ __all__ = [
 
 
 class LinearModel(nn.Module):
-    """θ split over two parameters named so that TorchOpt's order (bias, weight) differs from
-    ``parameters()`` order (weight, bias); ``forward()`` returns the flat θ in ``parameters()`` order.
+    """``forward(M) = M θ``, θ split over two parameters named so that TorchOpt's order (bias,
+    weight) differs from ``parameters()`` order (weight, bias); θ is flat in ``parameters()`` order.
     """
 
     def __init__(self, theta: np.ndarray, split: int | None = None) -> None:
@@ -55,13 +60,13 @@ class LinearModel(nn.Module):
         self.weight = nn.Parameter(torch.as_tensor(theta[:split].copy()))
         self.bias = nn.Parameter(torch.as_tensor(theta[split:].copy()))
 
-    def forward(self) -> torch.Tensor:
-        return torch.cat([p.reshape(-1) for p in self.parameters()])
+    def forward(self, M: torch.Tensor) -> torch.Tensor:
+        return M @ torch.cat([self.weight, self.bias])
 
 
 @dataclass
 class LinearTask:
-    """Least squares: support ½‖Aθ − b‖², query ½‖Cθ − d‖², θ = all parameters flattened."""
+    """Least squares: support ½‖Aθ − b‖², query ½‖Cθ − d‖² for a :class:`LinearModel`."""
 
     A: np.ndarray
     b: np.ndarray
@@ -69,10 +74,8 @@ class LinearTask:
     d: np.ndarray
 
     def _loss(self, model: nn.Module, M: np.ndarray, y: np.ndarray) -> torch.Tensor:
-        theta = torch.cat([p.reshape(-1) for p in model.parameters()])
-        residual = torch.as_tensor(M, dtype=theta.dtype) @ theta - torch.as_tensor(
-            y, dtype=theta.dtype
-        )
+        dtype = next(model.parameters()).dtype
+        residual = model(torch.as_tensor(M, dtype=dtype)) - torch.as_tensor(y, dtype=dtype)
         return 0.5 * (residual**2).sum()
 
     def support_loss(self, model: nn.Module) -> torch.Tensor:
@@ -82,12 +85,28 @@ class LinearTask:
         return self._loss(model, self.C, self.d)
 
 
+class LinearTaskBatch(list[LinearTask]):
+    """Linear tasks stacked for the vectorised engine (:class:`metaopt.task.BatchedTasks`).
+
+    Still a list of :class:`LinearTask`, so the loop engine runs the same batch.
+    """
+
+    def _stacked(self, name: str) -> torch.Tensor:
+        return torch.as_tensor(np.stack([getattr(task, name) for task in self]))
+
+    def support_losses(self, forward: Any, step: int | None) -> torch.Tensor:
+        return 0.5 * ((forward(self._stacked("A")) - self._stacked("b")) ** 2).sum(-1)
+
+    def query_losses(self, forward: Any) -> torch.Tensor:
+        return 0.5 * ((forward(self._stacked("C")) - self._stacked("d")) ** 2).sum(-1)
+
+
 def random_linear_tasks(
     num_tasks: int, dim: int, rng: np.random.Generator, rows: int = 6
-) -> list[LinearTask]:
-    """Well-conditioned random least-squares tasks (entries ~ N(0, 1/rows))."""
+) -> LinearTaskBatch:
+    """Well-conditioned random least-squares tasks (entries ~ N(0, 1/rows)), as a batch."""
     scale = 1.0 / np.sqrt(rows)
-    return [
+    return LinearTaskBatch(
         LinearTask(
             A=rng.normal(0.0, scale, (rows, dim)),
             b=rng.normal(size=rows),
@@ -95,7 +114,7 @@ def random_linear_tasks(
             d=rng.normal(size=rows),
         )
         for _ in range(num_tasks)
-    ]
+    )
 
 
 def _inner_path(task: LinearTask, theta: np.ndarray, rates: np.ndarray, steps: int) -> list:
@@ -127,16 +146,26 @@ def fomaml_meta_gradient(
 
 
 def metasgd_meta_gradient(
-    tasks: Sequence[LinearTask], theta: np.ndarray, rates: np.ndarray, steps: int
+    tasks: Sequence[LinearTask],
+    theta: np.ndarray,
+    rates: np.ndarray,
+    steps: int,
+    *,
+    first_order: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Meta-SGD: the meta-gradients for θ and for the per-entry rates α (flat, θ's layout)."""
+    """Meta-SGD: the meta-gradients for θ and for the per-entry rates α (flat, θ's layout).
+
+    With ``first_order`` the inner gradients are constants: ∂θₖ₊₁/∂θₖ = I, so the θ-part is
+    first-order MAML's and the α-part is −Σₖ ∇L_s(θₖ) ∘ ∇L_q(θₙ).
+    """
     rates = np.asarray(rates, dtype=np.float64)
     n = len(theta)
     g_theta, g_rates = np.zeros(n), np.zeros(n)
     for task in tasks:
         H = task.A.T @ task.A
         path = _inner_path(task, theta, rates, steps)
-        step_jacobian = np.eye(n) - rates[:, None] * H  # ∂θ_{k+1}/∂θ_k = I − D H
+        # ∂θ_{k+1}/∂θ_k = I − D H (I when the inner gradient is a constant)
+        step_jacobian = np.eye(n) if first_order else np.eye(n) - rates[:, None] * H
         d_theta, d_rates = np.eye(n), np.zeros((n, n))
         for theta_k in path[:-1]:
             inner_grad = H @ theta_k - task.A.T @ task.b
@@ -164,6 +193,10 @@ def _meta_loss(algo: MetaLearner, tasks: Sequence[Any]) -> float:
     return total / len(tasks)
 
 
+#: What :func:`check_meta_gradient` can compare with.
+CHECK_METHODS = ("finite_differences", "closed_form")
+
+
 def check_meta_gradient(
     algo: MetaLearner,
     tasks: Sequence[Any],
@@ -173,28 +206,39 @@ def check_meta_gradient(
     rtol: float = 1e-5,
     atol: float = 1e-8,
 ) -> None:
-    """Assert ``algo.meta_backward(tasks)`` matches central finite differences of the meta-loss.
+    """Assert that ``algo.meta_backward(tasks)`` matches an independent reference.
 
-    The meta-loss is (1/B) Σᵢ L^q_i(θ'_i) evaluated through ``algo.adapt``; each entry of each
-    meta-parameter (θ, and Meta-SGD's rates) is perturbed by ±eps. Use a float64 model and
-    deterministic tasks. Only exact meta-gradients have a finite-difference reference: second-order
-    MAML and Meta-SGD (first-order MAML and Reptile are checked against the closed forms).
+    ``method="finite_differences"``: central finite differences of the meta-loss
+    (1/B) Σᵢ L^q_i(θ'_i), evaluated through ``algo.adapt``; each entry of each meta-parameter (θ,
+    and Meta-SGD's rates) is perturbed by ±eps. Use a float64 model and deterministic tasks. Only
+    exact meta-gradients have a finite-difference reference: second-order MAML and Meta-SGD.
+
+    ``method="closed_form"``: the NumPy closed forms of this module, for every algorithm
+    (first-order MAML and Reptile included) on :class:`LinearTask` tasks with a model whose
+    flattened parameters are θ (such as :class:`LinearModel`), inner optimiser SGD.
+
+    ``.grad`` of the meta-parameters is overwritten and left at ``None``.
 
     Raises:
         AssertionError: naming the parameter, the worst entry and both values.
-        ValueError: for an algorithm without an exact meta-gradient, or a non-float64 model.
+        ValueError: for an unknown method, a non-float64 model, an algorithm without an exact
+            meta-gradient (finite differences), or tasks and models the closed forms do not
+            cover.
     """
-    if method != "finite_differences":
-        raise ValueError(f"method must be 'finite_differences', got {method!r}")
-    if not isinstance(algo, MAML) or algo.first_order:
+    if method not in CHECK_METHODS:
+        raise ValueError(f"method must be one of {', '.join(CHECK_METHODS)}; got {method!r}")
+    if method == "finite_differences" and (not isinstance(algo, MAML) or algo.first_order):
         raise ValueError(
             f"{algo!r} has no exact meta-gradient to compare with finite differences; "
-            "check first-order MAML and Reptile against the closed forms instead"
+            "check first-order MAML and Reptile with method='closed_form' instead"
         )
     params = algo.meta_parameters()
     if any(p.dtype != torch.float64 for p in params):
         raise ValueError("check_meta_gradient needs a float64 model (call model.double())")
     names = _names(algo)
+    if method == "closed_form":  # before meta_backward, so that unsupported input fails cleanly
+        references = _closed_form(algo, tasks)
+        label, short = "the closed form gives", "ref"
     for p in params:
         p.grad = None
     algo.meta_backward(tasks)
@@ -203,30 +247,87 @@ def check_meta_gradient(
     ]
     for p in params:
         p.grad = None
-    for p, grad, name in zip(params, analytic, names, strict=True):
-        numeric = torch.zeros_like(p)
-        flat = p.data.view(-1)
-        for i in range(flat.numel()):
-            original = flat[i].item()
-            flat[i] = original + eps
-            plus = _meta_loss(algo, tasks)
-            flat[i] = original - eps
-            minus = _meta_loss(algo, tasks)
-            flat[i] = original
-            numeric.view(-1)[i] = (plus - minus) / (2 * eps)
-        error = (grad - numeric).abs()
-        bound = atol + rtol * numeric.abs()
-        if bool((error > bound).any()):
-            worst = int(torch.argmax(error - bound))
-            index = (
-                tuple(int(i) for i in np.unravel_index(worst, tuple(p.shape))) if p.dim() else ()
-            )
-            raise AssertionError(
-                f"meta-gradient of {name}{list(index) if index else ''} is "
-                f"{grad.view(-1)[worst].item():.10g}, finite differences give "
-                f"{numeric.view(-1)[worst].item():.10g} (|diff| {error.view(-1)[worst].item():.3g} > "
-                f"atol {atol:g} + rtol {rtol:g} · |fd|)"
-            )
+    if method == "finite_differences":
+        references = [_finite_differences(algo, tasks, p, eps) for p in params]
+        label, short = "finite differences give", "fd"
+    for p, grad, reference, name in zip(params, analytic, references, names, strict=True):
+        _assert_entries_close(name, p, grad, reference, rtol, atol, label, short)
+
+
+def _finite_differences(
+    algo: MetaLearner, tasks: Sequence[Any], p: torch.Tensor, eps: float
+) -> torch.Tensor:
+    numeric = torch.zeros_like(p)
+    flat = p.data.view(-1)
+    for i in range(flat.numel()):
+        original = flat[i].item()
+        flat[i] = original + eps
+        plus = _meta_loss(algo, tasks)
+        flat[i] = original - eps
+        minus = _meta_loss(algo, tasks)
+        flat[i] = original
+        numeric.view(-1)[i] = (plus - minus) / (2 * eps)
+    return numeric
+
+
+def _closed_form(algo: MetaLearner, tasks: Sequence[Any]) -> list[torch.Tensor]:
+    """The closed-form meta-gradient of ``algo`` on linear tasks, one tensor per meta-parameter."""
+    tasks = list(tasks)
+    if not tasks or not all(isinstance(t, LinearTask) for t in tasks):
+        raise ValueError("method='closed_form' needs a non-empty sequence of LinearTask tasks")
+    model_params = list(algo.model.parameters())
+    if not all(p.requires_grad for p in model_params):
+        raise ValueError("method='closed_form' needs every model parameter trainable")
+    if algo.inner_optimizer_name != "sgd":
+        raise ValueError(
+            f"method='closed_form' covers inner SGD only, not {algo.inner_optimizer_name!r}"
+        )
+    theta = torch.cat([p.detach().reshape(-1) for p in model_params]).double().numpy()
+    if any(t.A.shape[1] != len(theta) or t.C.shape[1] != len(theta) for t in tasks):
+        raise ValueError(f"the tasks' matrices do not have {len(theta)} columns (θ's size)")
+    steps = algo.inner_steps
+    if isinstance(algo, MetaSGD):
+        rates = torch.cat([a.detach().reshape(-1) for a in algo.inner_lrs]).double().numpy()
+        g_theta, g_rates = metasgd_meta_gradient(
+            tasks, theta, rates, steps, first_order=algo.first_order
+        )
+        flat = np.concatenate([g_theta, g_rates])
+    elif isinstance(algo, MAML):
+        closed = fomaml_meta_gradient if algo.first_order else maml_meta_gradient
+        flat = closed(tasks, theta, algo.inner_lr, steps)
+    elif isinstance(algo, Reptile):
+        flat = reptile_meta_gradient(tasks, theta, algo.inner_lr, steps)
+    else:
+        raise ValueError(f"no closed form for {type(algo).__name__}")
+    out, start = [], 0
+    for p in algo.meta_parameters():
+        out.append(torch.as_tensor(flat[start : start + p.numel()]).reshape(p.shape))
+        start += p.numel()
+    return out
+
+
+def _assert_entries_close(
+    name: str,
+    p: torch.Tensor,
+    grad: torch.Tensor,
+    reference: torch.Tensor,
+    rtol: float,
+    atol: float,
+    label: str,
+    short: str,
+) -> None:
+    """Raise an AssertionError naming ``name`` and its worst entry unless every entry is close."""
+    error = (grad - reference).abs()
+    bound = atol + rtol * reference.abs()
+    if bool((error > bound).any()):
+        worst = int(torch.argmax(error - bound))
+        index = tuple(int(i) for i in np.unravel_index(worst, tuple(p.shape))) if p.dim() else ()
+        raise AssertionError(
+            f"meta-gradient of {name}{list(index) if index else ''} is "
+            f"{grad.view(-1)[worst].item():.10g}, {label} "
+            f"{reference.view(-1)[worst].item():.10g} (|diff| {error.view(-1)[worst].item():.3g} > "
+            f"atol {atol:g} + rtol {rtol:g} · |{short}|)"
+        )
 
 
 def _names(algo: MetaLearner) -> list[str]:

@@ -63,25 +63,31 @@ def linear_setup() -> tuple[np.ndarray, list[mt.LinearTask]]:
     return theta, mt.random_linear_tasks(4, 7, rng)
 
 
+ENGINES = pytest.mark.parametrize("engine", ["loop", "vmap"])
+
+
+@ENGINES
 @pytest.mark.parametrize("steps", [1, 3])
 @pytest.mark.parametrize("first_order", [False, True])
-def test_maml_closed_form(linear_setup, steps: int, first_order: bool) -> None:
+def test_maml_closed_form(linear_setup, steps: int, first_order: bool, engine: str) -> None:
     theta, tasks = linear_setup
     model = mt.LinearModel(theta)
-    metaopt.MAML(model, inner_lr=0.3, inner_steps=steps, first_order=first_order).meta_backward(
-        tasks
+    algo = metaopt.MAML(
+        model, inner_lr=0.3, inner_steps=steps, first_order=first_order, engine=engine
     )
+    algo.meta_backward(tasks)
     reference = (mt.fomaml_meta_gradient if first_order else mt.maml_meta_gradient)(
         tasks, theta, 0.3, steps
     )
     assert _rel(_flat_grad(model), reference) <= 1e-10
 
 
+@ENGINES
 @pytest.mark.parametrize("steps", [1, 3])
-def test_metasgd_closed_form_with_nonuniform_rates(linear_setup, steps: int) -> None:
+def test_metasgd_closed_form_with_nonuniform_rates(linear_setup, steps: int, engine: str) -> None:
     theta, tasks = linear_setup
     model = mt.LinearModel(theta, split=3)  # weight: 3 entries, bias: 4; TorchOpt sees bias first
-    algo = metaopt.MetaSGD(model, inner_lr=0.1, inner_steps=steps)
+    algo = metaopt.MetaSGD(model, inner_lr=0.1, inner_steps=steps, engine=engine)
     rates = np.random.default_rng(1).uniform(0.05, 0.4, size=7)
     with torch.no_grad():
         algo.inner_lrs[0].copy_(torch.as_tensor(rates[:3]))
@@ -93,11 +99,12 @@ def test_metasgd_closed_form_with_nonuniform_rates(linear_setup, steps: int) -> 
     assert _rel(got_rates, g_rates) <= 1e-10
 
 
+@ENGINES
 @pytest.mark.parametrize("steps", [1, 3])
-def test_reptile_closed_form(linear_setup, steps: int) -> None:
+def test_reptile_closed_form(linear_setup, steps: int, engine: str) -> None:
     theta, tasks = linear_setup
     model = mt.LinearModel(theta)
-    metaopt.Reptile(model, inner_lr=0.3, inner_steps=steps).meta_backward(tasks)
+    metaopt.Reptile(model, inner_lr=0.3, inner_steps=steps, engine=engine).meta_backward(tasks)
     reference = mt.reptile_meta_gradient(tasks, theta, 0.3, steps)
     assert _rel(_flat_grad(model), reference) <= 1e-10
 

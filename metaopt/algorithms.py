@@ -23,6 +23,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import torch
+import torchopt
 from torch import nn
 from torchopt.base import GradientTransformation
 
@@ -58,9 +59,10 @@ class MetaMetrics:
 
     Attributes:
         support_before: support loss at θ, before adaptation.
-        support_after: support loss at the adapted parameters θ'. The vectorised engine
-            computes it on first access (one more forward pass, or for RL one more round of
-            sampling), so a caller that never reads it does not pay for it.
+        support_after: support loss at the adapted parameters θ'. Computed on first access
+            (one more forward pass per task, or for RL one more round of sampling), so a caller
+            that never reads it does not pay for it; the loop engine keeps a detached copy of
+            each task's adapted parameters for it.
         query: query loss at θ'.
     """
 
@@ -202,21 +204,32 @@ class MetaLearner:
         self,
         tasks: Sequence[Task],
         weight: float,
-        step: Callable[[Task, int, float], tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
+        step: Callable[[Task, int, float], tuple[torch.Tensor, torch.Tensor]],
     ) -> MetaMetrics:
-        """Run ``step(task, index, weight)`` on each task inside task isolation; stack metrics."""
+        """Run ``step(task, index, weight) -> (support before, query)`` on each task inside task
+        isolation; keep each task's adapted state (detached) for the lazy ``support_after``."""
         for index, task in enumerate(tasks):  # all checked before any work is done
             _check_task(task, index)
-        rows = []
-        for index, task in enumerate(tasks):
-            with isolated(self.model, self.inner_optimizer):
-                rows.append(step(task, index, weight))
-        before, after, query = (torch.stack(column) for column in zip(*rows, strict=True))
-        return MetaMetrics(support_before=before, support_after=after, query=query)
+        before, query, adapted = [], [], []
+        with isolated(self.model, self.inner_optimizer) as restore:
+            for index, task in enumerate(tasks):
+                first, last = step(task, index, weight)
+                adapted.append(torchopt.extract_state_dict(self.model, by="deepcopy"))
+                restore()
+                before.append(first)
+                query.append(last)
 
-    def _support_after(self, task: Task, index: int) -> torch.Tensor:
-        with torch.no_grad():
-            return _scalar(task.support_loss(self.model), "support_loss", index, grad=False)
+        def support_after() -> torch.Tensor:
+            losses = []
+            with isolated(self.model, self.inner_optimizer) as restore, torch.no_grad():
+                for index, (task, state) in enumerate(zip(tasks, adapted, strict=True)):
+                    torchopt.recover_state_dict(self.model, state)
+                    loss = task.support_loss(self.model)
+                    losses.append(_scalar(loss, "support_loss", index, grad=False))
+                    restore()
+            return torch.stack(losses)
+
+        return MetaMetrics(torch.stack(before), support_after, torch.stack(query))
 
     def _support_after_vmap(self, tasks: BatchedTasks, forward: Any) -> Callable[[], torch.Tensor]:
         def compute() -> torch.Tensor:
@@ -298,7 +311,7 @@ class MAML(MetaLearner):
             query = _scalar(task.query_loss(self.model), "query_loss", index)
             (query * weight).backward()
             assert before is not None
-            return before, self._support_after(task, index), query.detach()
+            return before, query.detach()
 
         return self._per_task(tasks, weight, step)  # type: ignore[arg-type]
 
@@ -388,7 +401,7 @@ class Reptile(MetaLearner):
             with torch.no_grad():
                 query = _scalar(task.query_loss(self.model), "query_loss", index, grad=False)
             assert before is not None
-            return before, self._support_after(task, index), query
+            return before, query
 
         return self._per_task(tasks, weight, step)  # type: ignore[arg-type]
 

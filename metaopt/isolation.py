@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import torchopt
@@ -12,8 +12,11 @@ __all__ = ["isolated"]
 
 
 @contextmanager
-def isolated(model: nn.Module, *optimizers: torchopt.MetaOptimizer) -> Iterator[nn.Module]:
-    """Yield ``model``; on exit restore its parameters, buffers, train/eval modes and optimisers.
+def isolated(model: nn.Module, *optimizers: torchopt.MetaOptimizer) -> Iterator[Callable[[], None]]:
+    """On exit, restore ``model``'s parameters, buffers, train/eval modes and the optimisers.
+
+    Yields a ``restore()`` function that puts everything back at once, for a loop over tasks
+    inside one ``with`` block (extracting once per meta-batch, as TorchOpt's examples do).
 
     The one place where metaopt uses TorchOpt's ``extract_state_dict`` / ``recover_state_dict``
     (TorchOpt's own examples call the pair around every task). Parameters are kept by reference,
@@ -29,11 +32,16 @@ def isolated(model: nn.Module, *optimizers: torchopt.MetaOptimizer) -> Iterator[
     model_state = torchopt.extract_state_dict(model, by="reference", detach_buffers=True)
     optimizer_states = [torchopt.extract_state_dict(opt, by="reference") for opt in optimizers]
     modes = [(module, module.training) for module in model.modules()]
-    try:
-        yield model
-    finally:
+
+    def restore() -> None:
+        # recover_state_dict copies buffers again (detach_buffers), so restoring twice is safe.
         torchopt.recover_state_dict(model, model_state)
         for opt, state in zip(optimizers, optimizer_states, strict=True):
             torchopt.recover_state_dict(opt, state)
         for module, training in modes:
             module.training = training
+
+    try:
+        yield restore
+    finally:
+        restore()

@@ -282,3 +282,21 @@ def test_metrics_report_losses_before_and_after(linear_setup) -> None:
     np.testing.assert_allclose(metrics.support_before.numpy(), expected_before, rtol=1e-12)
     assert metrics.support_after.shape == metrics.query.shape == (len(tasks),)
     assert bool((metrics.support_after < metrics.support_before).all())
+
+
+@ENGINES
+@pytest.mark.parametrize("name", ["maml", "metasgd", "reptile"])
+def test_support_after_is_the_support_loss_at_the_adapted_parameters(
+    linear_setup, engine, name
+) -> None:
+    theta, tasks = linear_setup
+    model = mt.LinearModel(theta)
+    cls = {"maml": metaopt.MAML, "metasgd": metaopt.MetaSGD, "reptile": metaopt.Reptile}[name]
+    metrics = cls(model, inner_lr=0.3, inner_steps=2, engine=engine).meta_backward(tasks)
+    expected = []
+    for task in tasks:
+        adapted = mt._inner_path(task, theta, np.full(len(theta), 0.3), 2)[-1]
+        expected.append(0.5 * np.sum((task.A @ adapted - task.b) ** 2))
+    np.testing.assert_allclose(metrics.support_after.numpy(), expected, rtol=1e-12)
+    # Computed on demand, once: the model was left as it was in the meantime.
+    assert metrics.support_after is metrics.support_after

@@ -1,0 +1,609 @@
+"""``metaopt bench``: metaopt's engines against the ways people write meta-learning by hand.
+
+Every case times several implementations of *one* meta-iteration on the same data and the same
+initial parameters, in one process, after a warm-up, round-robin over the implementations so
+that machine noise falls on all of them alike, and reports medians. Before any time is printed
+it checks that all implementations computed the same meta-gradient.
+
+Baselines:
+
+* ``torchopt-loop``: the pattern of TorchOpt's examples and the seed documents, one task at a time
+  with ``torchopt.MetaSGD`` and ``extract_state_dict`` / ``recover_state_dict``;
+* ``higher``: ``higher.innerloop_ctx`` (when installed), ``copy_initial_weights=False``;
+* ``torch.func``: a hand-written ``functional_call`` + ``grad`` inner loop, ``vmap`` over tasks;
+* ``deepcopy-loop`` (Reptile): the Reptile seed's serial loop, ``deepcopy`` of the state dict,
+  manual SGD, interpolation.
+
+Domains add cases through the entry-point group ``metaopt.benchmarks`` (a function
+``cases(quick: bool) -> list[Case]``), so the reinforcement-learning case lives in ``rl/``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import math
+import os
+import statistics
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import Any
+
+import torch
+import torchopt
+from torch import nn
+from torch.func import functional_call, grad, vmap
+
+from metaopt.algorithms import MAML, MetaLearner, MetaSGD, Reptile
+
+__all__ = ["Case", "SineBatch", "memory_sweep", "peak_memory_bytes", "run_bench", "sine_cases"]
+
+Gradient = list[torch.Tensor]
+
+
+@dataclass
+class Case:
+    """One workload and the implementations that compute its meta-gradient.
+
+    Attributes:
+        name: Short identifier, e.g. ``sine-maml-1step``.
+        impls: Implementation name -> zero-argument function running one meta-iteration and
+            returning the meta-gradient (a list of tensors in a fixed order).
+        reference: The implementation others are compared with.
+        tolerance: Largest relative difference of meta-gradients accepted as "the same"; ``None``
+            when the implementations are stochastic and no agreement is expected.
+        description: What the case measures.
+    """
+
+    name: str
+    impls: dict[str, Callable[[], Gradient]]
+    reference: str
+    tolerance: float | None = 1e-4
+    description: str = ""
+    ratios_to: tuple[str, ...] = field(default_factory=tuple)
+
+
+# --------------------------------------------------------------------------- the sine workload
+
+
+class _SineTask:
+    def __init__(self, batch: SineBatch, index: int) -> None:
+        self.batch, self.index = batch, index
+        self.step = 0
+
+    def support_loss(self, model: nn.Module) -> torch.Tensor:
+        x, y = self.batch.support(self.index, self.step if torch.is_grad_enabled() else None)
+        if torch.is_grad_enabled():
+            self.step += 1
+        return ((model(x) - y) ** 2).mean()
+
+    def query_loss(self, model: nn.Module) -> torch.Tensor:
+        return ((model(self.batch.xq[self.index]) - self.batch.yq[self.index]) ** 2).mean()
+
+
+class SineBatch(list[_SineTask]):
+    """Sine regression y = A·sin(x + φ), stacked (the benchmark's own data; no domain import).
+
+    With ``minibatch`` set, inner step k uses the k-th minibatch of a per-task permutation of the
+    support points (the Reptile seed's one epoch of minibatches).
+    """
+
+    def __init__(
+        self, num_tasks: int, shots: int, *, seed: int = 0, minibatch: int | None = None
+    ) -> None:
+        g = torch.Generator().manual_seed(seed)
+        amplitude = 0.1 + 4.9 * torch.rand(num_tasks, 1, 1, generator=g)
+        phase = math.pi * torch.rand(num_tasks, 1, 1, generator=g)
+        x = 10 * torch.rand(num_tasks, 2, shots, 1, generator=g) - 5
+        y = amplitude.unsqueeze(1) * torch.sin(x + phase.unsqueeze(1))
+        self.xs, self.xq, self.ys, self.yq = x[:, 0], x[:, 1], y[:, 0], y[:, 1]
+        self.minibatch = minibatch
+        self.order = torch.stack([torch.randperm(shots, generator=g) for _ in range(num_tasks)])
+        super().__init__(_SineTask(self, i) for i in range(num_tasks))
+
+    def rows(self, step: int) -> torch.Tensor:
+        size = self.minibatch or self.xs.shape[1]
+        count = -(-self.xs.shape[1] // size)
+        start = (step % count) * size
+        return self.order[:, start : start + size]
+
+    def support(self, index: int, step: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+        if step is None or self.minibatch is None:
+            return self.xs[index], self.ys[index]
+        rows = self.rows(step)[index]
+        return self.xs[index, rows], self.ys[index, rows]
+
+    def support_losses(self, forward: Any, step: int | None) -> torch.Tensor:
+        if step is None or self.minibatch is None:
+            x, y = self.xs, self.ys
+        else:
+            rows = self.rows(step).unsqueeze(-1)
+            x, y = self.xs.gather(1, rows), self.ys.gather(1, rows)
+        return ((forward(x) - y) ** 2).mean(dim=(1, 2))
+
+    def query_losses(self, forward: Any) -> torch.Tensor:
+        return ((forward(self.xq) - self.yq) ** 2).mean(dim=(1, 2))
+
+    def reset(self) -> SineBatch:
+        for task in self:
+            task.step = 0
+        return self
+
+
+def sine_mlp(hidden: int = 40, activation: type[nn.Module] = nn.ReLU, seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(
+        nn.Linear(1, hidden),
+        activation(),
+        nn.Linear(hidden, hidden),
+        activation(),
+        nn.Linear(hidden, 1),
+    )
+
+
+def _grads(params: Sequence[torch.Tensor]) -> Gradient:
+    return [p.grad.detach().clone() if p.grad is not None else torch.zeros_like(p) for p in params]
+
+
+def _zero(params: Sequence[torch.Tensor]) -> None:
+    for p in params:
+        p.grad = None
+
+
+# --------------------------------------------------------------------------- implementations
+
+
+def _metaopt(algo: MetaLearner, batch: SineBatch, as_list: bool = False) -> Callable[[], Gradient]:
+    params = algo.meta_parameters()
+
+    def run() -> Gradient:
+        _zero(params)
+        algo.meta_backward(list(batch.reset()) if as_list else batch.reset())
+        return _grads(params)
+
+    return run
+
+
+def _torchopt_loop(
+    model: nn.Module, batch: SineBatch, steps: int, impl: torchopt.base.GradientTransformation
+) -> Callable[[], Gradient]:
+    inner = torchopt.MetaOptimizer(model, impl)
+    params = list(model.parameters())
+
+    def run() -> Gradient:
+        _zero(params)
+        model_state = torchopt.extract_state_dict(model)
+        inner_state = torchopt.extract_state_dict(inner)
+        for i, task in enumerate(batch.reset()):
+            for _ in range(steps):
+                x, y = batch.support(i, task.step)
+                task.step += 1
+                inner.step(((model(x) - y) ** 2).mean())
+            (task.query_loss(model) / len(batch)).backward()
+            torchopt.recover_state_dict(model, model_state)
+            torchopt.recover_state_dict(inner, inner_state)
+        return _grads(params)
+
+    return run
+
+
+def _higher_loop(
+    model: nn.Module, batch: SineBatch, steps: int, lr: float
+) -> Callable[[], Gradient] | None:
+    try:
+        import higher
+    except ImportError:
+        return None
+    params = list(model.parameters())
+    optimizer = torch.optim.SGD(params, lr=lr)
+
+    def run() -> Gradient:
+        _zero(params)
+        for i, task in enumerate(batch.reset()):
+            with higher.innerloop_ctx(model, optimizer, copy_initial_weights=False) as (
+                fmodel,
+                diffopt,
+            ):
+                for _ in range(steps):
+                    x, y = batch.support(i, task.step)
+                    task.step += 1
+                    diffopt.step(((fmodel(x) - y) ** 2).mean())
+                (task.query_loss(fmodel) / len(batch)).backward()
+        return _grads(params)
+
+    return run
+
+
+def _func_reference(
+    model: nn.Module,
+    batch: SineBatch,
+    steps: int,
+    lr: float,
+    rates: Sequence[torch.Tensor] | None = None,
+) -> Callable[[], Gradient]:
+    """Hand-written torch.func: functional_call + grad per task, vmap over the tasks."""
+    names = [name for name, _ in model.named_parameters()]
+    params = list(model.parameters())
+    meta = params + list(rates or [])
+
+    def loss(p: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return ((functional_call(model, p, (x,)) - y) ** 2).mean()
+
+    def task_loss(
+        p: dict[str, torch.Tensor],
+        r: dict[str, torch.Tensor],
+        xs: torch.Tensor,
+        ys: torch.Tensor,
+        xq: torch.Tensor,
+        yq: torch.Tensor,
+    ) -> torch.Tensor:
+        for _ in range(steps):
+            g = grad(loss)(p, xs, ys)
+            p = {k: p[k] - r[k] * g[k] for k in p}
+        return loss(p, xq, yq)
+
+    def run() -> Gradient:
+        _zero(meta)
+        p: dict[str, torch.Tensor] = dict(zip(names, params, strict=True))
+        r = (
+            dict(zip(names, rates, strict=True))
+            if rates is not None
+            else {k: torch.tensor(lr) for k in names}
+        )
+        losses = vmap(task_loss, in_dims=(None, None, 0, 0, 0, 0))(
+            p, r, batch.xs, batch.ys, batch.xq, batch.yq
+        )
+        losses.mean().backward()
+        return _grads(meta)
+
+    return run
+
+
+def _reptile_deepcopy(
+    model: nn.Module, batch: SineBatch, steps: int, lr: float
+) -> Callable[[], Gradient]:
+    """The Reptile seed's serial loop: deepcopy, manual SGD on minibatches, θ − θ̃ averaged."""
+    params = list(model.parameters())
+
+    def run() -> Gradient:
+        before = copy.deepcopy(model.state_dict())
+        total = [torch.zeros_like(p) for p in params]
+        for i in range(len(batch)):
+            for step in range(steps):
+                x, y = batch.support(i, step)
+                model.zero_grad()
+                ((model(x) - y) ** 2).mean().backward()
+                for p in params:
+                    assert p.grad is not None
+                    p.data -= lr * p.grad.data
+            for t, p, name in zip(
+                total, params, [n for n, _ in model.named_parameters()], strict=True
+            ):
+                t += (before[name] - p.data) / len(batch)
+            model.load_state_dict(before)
+        return total
+
+    return run
+
+
+def _reptile_func(
+    model: nn.Module, batch: SineBatch, steps: int, lr: float
+) -> Callable[[], Gradient]:
+    names = [name for name, _ in model.named_parameters()]
+    params = list(model.parameters())
+
+    def loss(p: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return ((functional_call(model, p, (x,)) - y) ** 2).mean()
+
+    def adapt(
+        p: dict[str, torch.Tensor], xs: torch.Tensor, ys: torch.Tensor, order: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        size = batch.minibatch or xs.shape[0]
+        for step in range(steps):
+            count = -(-xs.shape[0] // size)
+            rows = order[(step % count) * size : (step % count) * size + size]
+            g = grad(loss)(p, xs[rows], ys[rows])
+            p = {k: p[k] - lr * g[k] for k in p}
+        return p
+
+    def run() -> Gradient:
+        with torch.no_grad():
+            p = {k: v.detach() for k, v in zip(names, params, strict=True)}
+            adapted = vmap(adapt, in_dims=(None, 0, 0, 0))(p, batch.xs, batch.ys, batch.order)
+            return [(p[k] - adapted[k]).mean(0) for k in names]
+
+    return run
+
+
+def sine_cases(quick: bool = False) -> list[Case]:
+    """The sine configurations of the issue: MAML at 1 and 5 steps, Meta-SGD, Reptile."""
+    tasks, shots = (5, 5) if quick else (25, 10)
+    cases = []
+    for steps in (1, 5):
+        batch = SineBatch(tasks, shots)
+        impls: dict[str, Callable[[], Gradient]] = {
+            "torch.func": _func_reference(sine_mlp(), batch, steps, 0.01),
+            "metaopt-vmap": _metaopt(MAML(sine_mlp(), 0.01, steps, engine="vmap"), batch),
+            "metaopt-loop": _metaopt(
+                MAML(sine_mlp(), 0.01, steps, engine="loop"), batch, as_list=True
+            ),
+            "torchopt-loop": _torchopt_loop(sine_mlp(), batch, steps, torchopt.sgd(0.01)),
+        }
+        higher_impl = _higher_loop(sine_mlp(), batch, steps, 0.01)
+        if higher_impl is not None:
+            impls["higher"] = higher_impl
+        cases.append(
+            Case(
+                f"sine-maml-{steps}step",
+                impls,
+                reference="torch.func",
+                description=f"second-order MAML, meta-batch {tasks}, K={shots}, {steps} inner step(s), MLP 1-40-40-1",
+                ratios_to=("torchopt-loop", "torch.func"),
+            )
+        )
+    batch = SineBatch(tasks, shots)
+    vmap_algo = MetaSGD(sine_mlp(), 0.01, 1, engine="vmap")
+    loop_algo = MetaSGD(sine_mlp(), 0.01, 1, engine="loop")
+    rates = list(MetaSGD(sine_mlp(), 0.01).inner_lrs)
+    baseline_model = sine_mlp()
+    learned = MetaSGD(baseline_model, 0.01)  # its rates, handed to a plain TorchOpt loop
+    cases.append(
+        Case(
+            "sine-metasgd-1step",
+            {
+                "torch.func": _func_reference(sine_mlp(), batch, 1, 0.01, rates=rates),
+                "metaopt-vmap": _metaopt(vmap_algo, batch),
+                "metaopt-loop": _metaopt(loop_algo, batch, as_list=True),
+                "torchopt-loop": _with_rates(baseline_model, learned, batch),
+            },
+            reference="torch.func",
+            description=f"Meta-SGD (θ and α), meta-batch {tasks}, K={shots}, 1 inner step",
+            ratios_to=("torchopt-loop", "torch.func"),
+        )
+    )
+    grid = 10 if quick else 50
+    batch = SineBatch(tasks, grid, minibatch=grid // 5)
+    cases.append(
+        Case(
+            "sine-reptile-5step",
+            {
+                "torch.func": _reptile_func(sine_mlp(64, nn.Tanh), batch, 5, 0.02),
+                "metaopt-vmap": _metaopt(
+                    Reptile(sine_mlp(64, nn.Tanh), 0.02, 5, engine="vmap"), batch
+                ),
+                "metaopt-loop": _metaopt(
+                    Reptile(sine_mlp(64, nn.Tanh), 0.02, 5, engine="loop"), batch, as_list=True
+                ),
+                "deepcopy-loop": _reptile_deepcopy(sine_mlp(64, nn.Tanh), batch, 5, 0.02),
+            },
+            reference="deepcopy-loop",
+            description=f"Reptile, meta-batch {tasks}, {grid} points in minibatches of {grid // 5} (5 inner SGD steps, lr 0.02), MLP 1-64-64-1 tanh",
+            ratios_to=("deepcopy-loop", "torch.func"),
+        )
+    )
+    return cases
+
+
+def _with_rates(model: nn.Module, algo: MetaSGD, batch: SineBatch) -> Callable[[], Gradient]:
+    """A plain TorchOpt extract/recover loop with Meta-SGD's per-parameter rates."""
+    from metaopt.inner import learned_rate_sgd, torchopt_order
+
+    run_loop = _torchopt_loop(
+        model, batch, 1, learned_rate_sgd([algo.inner_lrs[i] for i in torchopt_order(model)])
+    )
+    meta = list(model.parameters()) + list(algo.inner_lrs)
+
+    def run() -> Gradient:
+        _zero(meta)
+        run_loop()
+        return _grads(meta)
+
+    return run
+
+
+# --------------------------------------------------------------------------- timing and memory
+
+
+def _relative_difference(a: Gradient, b: Gradient) -> float:
+    num = math.sqrt(sum(float(((x - y) ** 2).sum()) for x, y in zip(a, b, strict=True)))
+    den = math.sqrt(sum(float((y**2).sum()) for y in b))
+    return num / den if den else num
+
+
+def time_case(
+    case: Case, *, repeats: int, warmup: int, inner: int = 1
+) -> dict[str, dict[str, Any]]:
+    """Check agreement, then time each implementation; return name -> record fields."""
+    results = {name: fn() for name, fn in case.impls.items()}
+    reference = results[case.reference]
+    records: dict[str, dict[str, Any]] = {}
+    for name, gradient in results.items():
+        difference = _relative_difference(gradient, reference)
+        records[name] = {"max_rel_grad_diff": difference if case.tolerance is not None else None}
+        if case.tolerance is not None and not difference <= case.tolerance:
+            raise AssertionError(
+                f"{case.name}: {name}'s meta-gradient differs from {case.reference}'s by "
+                f"{difference:.3g} (relative), more than {case.tolerance:g}; timings not reported"
+            )
+    for _ in range(warmup):
+        for fn in case.impls.values():
+            fn()
+    samples: dict[str, list[float]] = {name: [] for name in case.impls}
+    for _ in range(repeats):
+        for name, fn in case.impls.items():  # round-robin: noise falls on every impl alike
+            start = time.perf_counter()
+            for _ in range(inner):
+                fn()
+            samples[name].append((time.perf_counter() - start) / inner)
+    for name in case.impls:
+        records[name]["median_s"] = statistics.median(samples[name])
+    return records
+
+
+@contextlib.contextmanager
+def _quiet_stderr() -> Iterator[None]:
+    """Silence file descriptor 2: the profiler's C++ layer logs every start and stop there."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def peak_memory_bytes(fn: Callable[[], Any]) -> int:
+    """Peak bytes allocated by torch's CPU allocator while ``fn`` runs, above what was live before.
+
+    Read from the profiler's allocation and free events (``profile_memory=True``): each operator's
+    own allocations minus frees, and the profiler's separate free events, summed in time order.
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    with _quiet_stderr(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    deltas = []
+    for event in prof.events():
+        delta = event.cpu_memory_usage if event.name == "[memory]" else event.self_cpu_memory_usage
+        if delta:
+            deltas.append((event.time_range.start, delta))
+    deltas.sort(key=lambda item: item[0])
+    live = peak = 0
+    for _, delta in deltas:
+        live += delta
+        peak = max(peak, live)
+    return peak
+
+
+def memory_sweep(steps: Sequence[int], *, quick: bool = False) -> list[dict[str, Any]]:
+    """Peak memory of one meta-iteration (vectorised engine) as inner steps grow."""
+    tasks, shots = (5, 5) if quick else (25, 10)
+    records = []
+    for k in steps:
+        batch = SineBatch(tasks, shots)
+        for name, algo in (
+            ("maml", MAML(sine_mlp(), 0.01, k)),
+            ("fomaml", MAML(sine_mlp(), 0.01, k, first_order=True)),
+            ("reptile", Reptile(sine_mlp(), 0.01, k)),
+        ):
+            run = _metaopt(algo, batch)
+            run()  # warm-up: one-off allocations are not the iteration's
+            records.append(
+                {
+                    "case": f"memory-sine-{name}",
+                    "impl": "metaopt-vmap",
+                    "inner_steps": k,
+                    "peak_bytes": peak_memory_bytes(run),
+                }
+            )
+    return records
+
+
+def plot_memory(records: Sequence[dict[str, Any]], path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for case in sorted({r["case"] for r in records}):
+        rows = [r for r in records if r["case"] == case]
+        ax.plot(
+            [r["inner_steps"] for r in rows],
+            [r["peak_bytes"] / 2**20 for r in rows],
+            "o-",
+            label=case.removeprefix("memory-sine-"),
+        )
+    ax.set_xlabel("inner steps")
+    ax.set_ylabel("peak memory of one meta-iteration (MiB)")
+    ax.set_title("sine, meta-batch 25, K=10, vectorised engine")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def domain_cases(quick: bool) -> list[Case]:
+    """Cases that installed domains register under the ``metaopt.benchmarks`` entry points."""
+    found = []
+    for ep in entry_points(group="metaopt.benchmarks"):
+        found.extend(ep.load()(quick))
+    return found
+
+
+def run_bench(
+    *,
+    quick: bool = False,
+    threads: int | None = None,
+    repeats: int | None = None,
+    cases: Sequence[str] | None = None,
+    memory: bool = True,
+    json_path: Path | None = None,
+    plot_path: Path | None = None,
+    echo: Callable[[str], None] = print,
+) -> list[dict[str, Any]]:
+    """Run the benchmark; print the table; return (and optionally save) the records."""
+    if threads is not None:
+        torch.set_num_threads(threads)
+    threads = torch.get_num_threads()
+    repeats = repeats or (3 if quick else 15)
+    all_cases = sine_cases(quick) + domain_cases(quick)
+    if cases:
+        unknown = sorted(set(cases) - {c.name for c in all_cases})
+        if unknown:
+            from metaopt.family import ConfigError
+
+            names = ", ".join(c.name for c in all_cases)
+            raise ConfigError(f"--cases: unknown case(s) {', '.join(unknown)}; available: {names}")
+        all_cases = [c for c in all_cases if c.name in cases]
+    echo(
+        f"metaopt bench: {threads} thread(s), median of {repeats} repetitions, torch {torch.__version__}"
+    )
+    records: list[dict[str, Any]] = []
+    for case in all_cases:
+        timed = time_case(case, repeats=repeats, warmup=1 if quick else 3)
+        echo(f"\n{case.name}: {case.description}")
+        header = (
+            f"  {'implementation':16s} {'median ms':>10s}"
+            + "".join(f" {'× vs ' + r:>18s}" for r in case.ratios_to)
+            + f" {'rel. grad diff':>15s}"
+        )
+        echo(header)
+        for name, fields in sorted(timed.items(), key=lambda item: item[1]["median_s"]):
+            row = {"case": case.name, "impl": name, "threads": threads, **fields}
+            ratios = {}
+            for baseline in case.ratios_to:
+                ratios[baseline] = timed[baseline]["median_s"] / fields["median_s"]
+                row[f"speedup_vs_{baseline}"] = ratios[baseline]
+            records.append(row)
+            diff = fields["max_rel_grad_diff"]
+            echo(
+                f"  {name:16s} {fields['median_s'] * 1e3:10.2f}"
+                + "".join(f" {ratios[b]:18.2f}" for b in case.ratios_to)
+                + (f" {diff:15.1e}" if diff is not None else f" {'(stochastic)':>15s}")
+            )
+    if memory:
+        steps = (1, 2, 5) if quick else (1, 2, 5, 10, 20)
+        sweep = memory_sweep(steps, quick=quick)
+        echo("\npeak memory of one meta-iteration (MiB), sine, vectorised engine:")
+        echo("  inner steps " + "".join(f"{k:>8d}" for k in steps))
+        for algo in ("maml", "fomaml", "reptile"):
+            values = [r["peak_bytes"] / 2**20 for r in sweep if r["case"] == f"memory-sine-{algo}"]
+            echo(f"  {algo:11s} " + "".join(f"{v:8.2f}" for v in values))
+        for row in sweep:
+            row["threads"] = threads
+        records.extend(sweep)
+        if plot_path is not None:
+            plot_memory(sweep, plot_path)
+    if json_path is not None:
+        Path(json_path).write_text(json.dumps(records, indent=2) + "\n")
+    return records

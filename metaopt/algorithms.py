@@ -36,7 +36,7 @@ from metaopt.inner import (
     torchopt_order,
 )
 from metaopt.isolation import isolated
-from metaopt.task import BatchedTasks, Task, is_batched, is_task
+from metaopt.task import BatchedForward, BatchedTasks, Task, is_batched, is_task
 
 __all__ = [
     "ENGINES",
@@ -187,6 +187,34 @@ class MetaLearner:
         with isolated(self.model, self.inner_optimizer):
             self._inner_loop(task, 0, steps, create_graph=create_graph)
             yield self.model
+
+    def adapt_batch(
+        self, tasks: BatchedTasks, steps: int | None = None, *, create_graph: bool = False
+    ) -> BatchedForward:
+        """All tasks of ``tasks`` adapted at once (the vectorised engine): evaluation at scale.
+
+        Returns ``forward(x)``, which applies task b's adapted parameters to ``x[b]`` (see
+        :class:`metaopt.task.BatchedTasks`). The model itself is not touched. ``steps=0`` gives
+        the unadapted parameters, one copy per task.
+
+        Raises:
+            TypeError: when ``tasks`` is not a :class:`~metaopt.task.BatchedTasks` or the model
+                cannot be vectorised (buffers updated in training mode).
+        """
+        steps = self.inner_steps if steps is None else steps
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+            raise ValueError(f"steps must be an integer >= 0, got {steps!r}")
+        reason = can_vectorise(self.model, tasks)
+        if reason is not None:
+            raise TypeError(f"adapt_batch cannot run these tasks: {reason}")
+        params, fixed, _ = inner_loop(
+            self.model,
+            tasks,
+            self._inner_transform(self._trainable_order()),
+            steps,
+            create_graph=create_graph,
+        )
+        return batched_forward(self.model, params, fixed)
 
     def _inner_loop(
         self, task: Task, index: int, steps: int, *, create_graph: bool

@@ -1,7 +1,25 @@
-"""Checkpoints written atomically: a crash mid-write never leaves a corrupt latest checkpoint."""
+"""Checkpoints that a crash cannot corrupt, and that say so when something else did.
+
+A checkpoint file is a one-line header followed by a ``torch.save`` payload::
+
+    METAOPT-CHECKPOINT {"format": 2, "bytes": 81234, "sha256": "9f2c..."}\\n<torch.save bytes>
+
+The header lets :func:`load_checkpoint` tell a truncated file (fewer bytes than announced), a
+corrupt one (checksum mismatch: ``torch.load`` alone misses most flipped bytes) and one of another
+format version apart, before anything is unpickled; the payload is read with
+``torch.load(weights_only=True)``, so a checkpoint cannot run code.
+
+:func:`save_checkpoint` writes to a temporary file in the same directory, fsyncs it and renames it
+over the target, so the target is always either the old or the new checkpoint, never half of one.
+With ``keep_previous`` the checkpoint it replaces becomes ``<stem>.prev<suffix>`` (hard-linked
+before the rename, so a complete latest checkpoint exists at every instant).
+"""
 
 from __future__ import annotations
 
+import hashlib
+import io
+import json
 import os
 import tempfile
 from pathlib import Path
@@ -9,9 +27,25 @@ from typing import Any
 
 import torch
 
-__all__ = ["CHECKPOINT_VERSION", "atomic_write_bytes", "load_checkpoint", "save_checkpoint"]
+__all__ = [
+    "CHECKPOINT_VERSION",
+    "CheckpointError",
+    "atomic_write_bytes",
+    "encode_checkpoint",
+    "load_checkpoint",
+    "previous_path",
+    "save_checkpoint",
+]
 
-CHECKPOINT_VERSION = 1
+#: Format version written into every checkpoint; a checkpoint of another version is refused.
+CHECKPOINT_VERSION = 2
+
+_MAGIC = b"METAOPT-CHECKPOINT "
+_MAX_HEADER = 4096
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file is missing, truncated, corrupt or of an incompatible format version."""
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -27,37 +61,117 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    directory = os.open(path.parent, os.O_RDONLY)
+    _fsync_directory(path.parent)
+
+
+def _fsync_directory(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
     try:
-        os.fsync(directory)
+        os.fsync(fd)
     finally:
-        os.close(directory)
+        os.close(fd)
 
 
-def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    """Save ``state`` (plus the format version) to ``path`` atomically."""
-    import io
+def previous_path(path: Path) -> Path:
+    """Where :func:`save_checkpoint` keeps the checkpoint it replaced: ``checkpoint.prev.pt``."""
+    path = Path(path)
+    return path.with_name(f"{path.stem}.prev{path.suffix}")
 
+
+def encode_checkpoint(state: dict[str, Any]) -> bytes:
+    """The bytes of a checkpoint file holding ``state`` plus the format version."""
     buffer = io.BytesIO()
     torch.save({"version": CHECKPOINT_VERSION, **state}, buffer)
-    atomic_write_bytes(Path(path), buffer.getvalue())
+    payload = buffer.getvalue()
+    header = {
+        "format": CHECKPOINT_VERSION,
+        "bytes": len(payload),
+        "sha256": hashlib.sha256(payload).hexdigest(),
+    }
+    return _MAGIC + json.dumps(header).encode() + b"\n" + payload
+
+
+def save_checkpoint(path: Path, state: dict[str, Any], *, keep_previous: bool = False) -> None:
+    """Save ``state`` to ``path`` atomically.
+
+    Args:
+        path: The checkpoint file.
+        state: Tensors, numbers, strings and containers of them (what ``torch.load`` reads with
+            ``weights_only=True``).
+        keep_previous: Keep the checkpoint being replaced as :func:`previous_path` ``(path)``.
+            The new file is complete on disk before the old one moves.
+    """
+    path = Path(path)
+    data = encode_checkpoint(state)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        if keep_previous and path.exists():
+            _link_over(path, previous_path(path))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _fsync_directory(path.parent)
+
+
+def _link_over(source: Path, target: Path) -> None:
+    """Make ``target`` another name of ``source`` (atomically replacing ``target``)."""
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    os.close(fd)
+    os.unlink(tmp)
+    try:
+        os.link(source, tmp)
+    except OSError:  # no hard links on this file system: move it (latest briefly absent)
+        os.replace(source, target)
+        return
+    try:
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
-    """Load a checkpoint written by :func:`save_checkpoint`.
+    """Load and verify a checkpoint written by :func:`save_checkpoint`.
 
     Raises:
-        ValueError: when the file is truncated, corrupt or of another format version.
+        FileNotFoundError: when ``path`` does not exist.
+        CheckpointError: when the file is truncated, corrupt, not a metaopt checkpoint or of
+            another format version; the message says which.
     """
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
-    except FileNotFoundError:
-        raise
-    except Exception as error:  # torch raises several types for a damaged file
-        raise ValueError(f"checkpoint {path} is truncated or corrupt ({error})") from error
-    if not isinstance(state, dict) or state.get("version") != CHECKPOINT_VERSION:
-        found = state.get("version") if isinstance(state, dict) else type(state).__name__
-        raise ValueError(
-            f"checkpoint {path} has format version {found!r}; this metaopt reads {CHECKPOINT_VERSION}"
+    path = Path(path)
+    data = path.read_bytes()
+    if not data.startswith(_MAGIC):
+        raise CheckpointError(
+            f"checkpoint {path} is not a metaopt checkpoint of format version "
+            f"{CHECKPOINT_VERSION} (no header; written by an older metaopt, or not a checkpoint)"
         )
+    end = data.find(b"\n", 0, _MAX_HEADER)
+    try:
+        header: Any = json.loads(data[len(_MAGIC) : end]) if end > 0 else None
+        expected, digest, found = int(header["bytes"]), str(header["sha256"]), header["format"]
+    except (ValueError, TypeError, KeyError):
+        raise CheckpointError(f"checkpoint {path} is corrupt (unreadable header)") from None
+    if found != CHECKPOINT_VERSION:
+        raise CheckpointError(
+            f"checkpoint {path} has format version {found!r}; this metaopt reads version "
+            f"{CHECKPOINT_VERSION}"
+        )
+    payload = data[end + 1 :]
+    if len(payload) < expected:
+        raise CheckpointError(
+            f"checkpoint {path} is truncated ({len(payload)} of {expected} bytes)"
+        )
+    if len(payload) > expected or hashlib.sha256(payload).hexdigest() != digest:
+        raise CheckpointError(f"checkpoint {path} is corrupt (checksum mismatch)")
+    try:
+        state = torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True)
+    except Exception as error:  # a valid checksum over an unreadable payload: a bug, or foreign
+        raise CheckpointError(f"checkpoint {path} cannot be read ({error})") from error
+    if not isinstance(state, dict) or state.get("version") != CHECKPOINT_VERSION:
+        raise CheckpointError(f"checkpoint {path} holds no version-{CHECKPOINT_VERSION} state")
     return state

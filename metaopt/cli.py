@@ -2,7 +2,9 @@
 
     metaopt train FAMILY [--algo maml|fomaml|metasgd|reptile] [flags]   meta-train, then evaluate
     metaopt eval RUN_DIR [--tasks N] [--steps 0,1,5]                  re-run a run's evaluation
+    metaopt compare FAMILY [flags] [--report DIR] [--steps 1,2,5,10]  second- vs first-order
     metaopt families                                                 list the task families
+    metaopt bench [--quick] [--threads N] [--json PATH]               time the engines
 
 User errors print one line and exit with status 2; only real bugs show a traceback.
 """
@@ -12,11 +14,15 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Sequence
+import warnings
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
 
 from metaopt.config import add_config_arguments, resolve_config
 from metaopt.family import ConfigError, TaskFamily
 from metaopt.registry import available_families, get_family
+from metaopt.runner import NonFiniteError, ResumeWarning, TrainingInterrupted
 
 __all__ = ["main"]
 
@@ -31,6 +37,36 @@ def _steps(text: str) -> list[int]:
     if not steps or min(steps) < 0:
         raise argparse.ArgumentTypeError(f"expected integers >= 0, got {text!r}")
     return steps
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
+    return value
+
+
+def _names(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+@contextmanager
+def _one_line_resume_warnings() -> Iterator[None]:
+    """Show a :class:`ResumeWarning` as one ``metaopt: warning:`` line; others as Python does."""
+    show = warnings.showwarning
+
+    def one_line(message, category, filename, lineno, file=None, line=None):  # type: ignore[no-untyped-def]
+        if issubclass(category, ResumeWarning):
+            print(f"metaopt: warning: {message}", file=sys.stderr)
+        else:
+            show(message, category, filename, lineno, file, line)
+
+    with warnings.catch_warnings():
+        warnings.showwarning = one_line
+        yield
 
 
 def _load_families() -> tuple[dict[str, TaskFamily], dict[str, str]]:
@@ -61,6 +97,23 @@ def build_parser(families: dict[str, TaskFamily]) -> argparse.ArgumentParser:
         sub = per_family.add_parser(name, help=family.description, description=family.description)
         add_config_arguments(sub, family)
         sub.add_argument("--quiet", action="store_true", help="no progress bar")
+        sub.add_argument(
+            "--resume",
+            metavar="RUN_DIR",
+            default=None,
+            help="continue the run in RUN_DIR from its latest checkpoint, bit for bit; its config "
+            "comes from RUN_DIR/config.json (flags given with it must agree, except "
+            + ", ".join("--" + n.replace("_", "-") for n in family.config_class.RESUMABLE)
+            + "; see docs/reliability.md)",
+        )
+        sub.add_argument(
+            "--checkpoint",
+            metavar="FILE",
+            dest="resume_checkpoint",
+            default=None,
+            help="with --resume: the checkpoint in RUN_DIR to continue from (default: "
+            "checkpoint.pt; checkpoint.prev.pt is the one before it)",
+        )
 
     evaluate = commands.add_parser(
         "eval",
@@ -78,7 +131,62 @@ def build_parser(families: dict[str, TaskFamily]) -> argparse.ArgumentParser:
         help="adaptation steps, e.g. 0,1,5,10 (default: the family's)",
     )
 
+    from metaopt.compare import add_compare_arguments
+
+    compare = commands.add_parser(
+        "compare",
+        help="second- vs first-order: meta-gradients, cost and learning curves of every algorithm",
+        description="Compare the meta-gradients of MAML, first-order MAML, Meta-SGD and Reptile "
+        "on the same tasks and initialisation (cosine and norm ratio against second-order MAML, "
+        "per layer, against inner steps and over training), their time and memory per "
+        "meta-iteration, and their learning curves. Writes report.md, results.json, CSV files "
+        "and plots into --report.",
+    )
+    per_family = compare.add_subparsers(dest="family", required=True, metavar="FAMILY")
+    for name, family in families.items():
+        # "resolve": should a family field share a name with a compare flag, compare's wins.
+        sub = per_family.add_parser(
+            name,
+            help=family.description,
+            description=family.description,
+            conflict_handler="resolve",
+        )
+        add_config_arguments(sub, family)
+        add_compare_arguments(sub)
+
     commands.add_parser("families", help="list the installed task families")
+
+    bench = commands.add_parser(
+        "bench",
+        help="time metaopt's engines against TorchOpt, higher and hand-written torch.func",
+        description="Time one meta-iteration of each case with every implementation, in one "
+        "process, after checking that all of them compute the same meta-gradient. Prints medians "
+        "and speed-up ratios; --json writes one record per case and implementation.",
+    )
+    bench.add_argument(
+        "--quick", action="store_true", help="tiny sizes, few repetitions (a smoke test)"
+    )
+    bench.add_argument(
+        "--threads", type=_positive_int, default=None, help="torch threads (default: torch's)"
+    )
+    bench.add_argument(
+        "--repeats",
+        type=_positive_int,
+        default=None,
+        help="timed repetitions (default: 15; quick: 3)",
+    )
+    bench.add_argument(
+        "--cases", type=_names, default=None, help="comma-separated case names (default: all)"
+    )
+    bench.add_argument(
+        "--no-memory", action="store_true", help="skip the peak-memory sweep over inner steps"
+    )
+    bench.add_argument(
+        "--json", type=Path, default=None, metavar="PATH", help="write the records as JSON"
+    )
+    bench.add_argument(
+        "--plot", type=Path, default=None, metavar="PATH", help="save the memory plot (PNG)"
+    )
     return parser
 
 
@@ -95,19 +203,49 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"{name:10s} (failed to load: {why})")
             return 0
         if args.command == "train":
-            from metaopt.runner import summarize, train
+            from metaopt.runner import resume, summarize, train
 
             family = families[args.family]
             overrides = {
                 key: value
                 for key, value in vars(args).items()
-                if key not in ("command", "family", "quiet")
+                if key not in ("command", "family", "quiet", "resume", "resume_checkpoint")
             }
-            config = resolve_config(family, overrides)
-            run_dir = train(family, config, progress=False if args.quiet else None)
+            progress = False if args.quiet else None
+            with _one_line_resume_warnings():
+                if args.resume is not None:
+                    run_dir = resume(
+                        args.resume,
+                        family=family,
+                        overrides=overrides,
+                        checkpoint=args.resume_checkpoint,
+                        progress=progress,
+                    )
+                else:
+                    if args.resume_checkpoint is not None:
+                        raise ConfigError("--checkpoint only applies with --resume RUN_DIR")
+                    config = resolve_config(family, overrides)
+                    run_dir = train(family, config, progress=progress)
             print(summarize(json.loads((run_dir / "eval.json").read_text())))
             print(f"run directory: {run_dir}")
             return 0
+        if args.command == "bench":
+            from metaopt.bench import run_bench
+
+            run_bench(
+                quick=args.quick,
+                threads=args.threads,
+                repeats=args.repeats,
+                cases=args.cases,
+                memory=not args.no_memory,
+                json_path=args.json,
+                plot_path=args.plot,
+            )
+            return 0
+        if args.command == "compare":
+            from metaopt.compare import run_compare_command
+
+            return run_compare_command(families[args.family], vars(args))
         if args.command == "eval":
             from metaopt.runner import evaluate_run, summarize
 
@@ -116,6 +254,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as error:
         print(f"metaopt: error: {error}", file=sys.stderr)
         return 2
+    except NonFiniteError as error:  # training diverged: not a bug, and not a usage error
+        print(f"metaopt: error: {error}", file=sys.stderr)
+        return 1
+    except TrainingInterrupted as stop:
+        print(f"metaopt: {stop}", file=sys.stderr)
+        return stop.exit_status
     except KeyboardInterrupt:
         print("metaopt: interrupted", file=sys.stderr)
         return 130

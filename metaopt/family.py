@@ -18,6 +18,7 @@ of the defaults and below the flags the user gives.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +32,9 @@ from metaopt.task import Task
 __all__ = ["ALGORITHMS", "ConfigError", "TaskFamily", "TrainConfig", "option"]
 
 ALGORITHMS = ("maml", "fomaml", "metasgd", "reptile")
+
+#: Largest ``--seed`` / ``--eval-seed`` (numpy's legacy global seeding takes 32 bits).
+MAX_SEED = 2**32 - 1
 
 
 class ConfigError(ValueError):
@@ -57,6 +61,10 @@ class TrainConfig:
         0.01, "inner-loop learning rate (Meta-SGD: initial per-parameter rate)"
     )
     inner_optimizer: str = option("sgd", "inner-loop optimiser: sgd or adam (MAML and Reptile)")
+    engine: str = option(
+        "auto",
+        "auto (vectorised when the tasks can be stacked), vmap, or loop (one task at a time)",
+    )
     meta_batch: int = option(25, "tasks per meta-iteration")
     iterations: int = option(1000, "meta-iterations (outer steps)")
     outer_lr: float = option(1e-3, "outer-loop learning rate (Reptile: initial step size ε)")
@@ -71,21 +79,73 @@ class TrainConfig:
         0, "evaluate on held-out tasks every N iterations (0: only at the end)"
     )
     checkpoint_every: int = option(0, "save a checkpoint every N iterations (0: only at the end)")
+    skip_nonfinite: bool = option(
+        False,
+        "skip a meta-batch whose loss or meta-gradient is NaN/inf (no outer step; counted in "
+        "the metrics' 'skipped' column) instead of stopping",
+    )
     out: str | None = option(None, "run directory (default: runs/<family>-<algo>-<time>)")
+    threads: int = option(
+        0, "torch intra-op threads (0: torch's default); tiny models run fastest on 1"
+    )
+    dist_backend: str = option(
+        "auto",
+        "under torchrun: torch.distributed backend, auto (nccl with CUDA, else gloo), gloo or nccl",
+    )
+    dist_timeout: float = option(
+        600.0, "under torchrun: seconds a rank waits for the others before all of them fail"
+    )
+
+    #: Fields that ``metaopt train FAMILY --resume RUN_DIR`` lets a flag change: they do not alter
+    #: the training trajectory (``iterations`` only while ``anneal`` is off, as the schedule
+    #: depends on it). A family may extend the tuple with harmless fields of its own.
+    RESUMABLE: ClassVar[tuple[str, ...]] = (
+        "iterations",
+        "checkpoint_every",
+        "eval_every",
+        "eval_tasks",
+        "skip_nonfinite",
+        "dist_backend",
+        "dist_timeout",
+        "threads",
+    )
 
     def validate(self) -> None:
         """Raise :class:`ConfigError` naming the first field that is out of range."""
         _one_of("algo", self.algo, ALGORITHMS)
         _one_of("inner_optimizer", self.inner_optimizer, ("sgd", "adam"))
+        _one_of("engine", self.engine, ("auto", "vmap", "loop"))
+        _one_of("dist_backend", self.dist_backend, ("auto", "gloo", "nccl"))
         _one_of("outer_optimizer", self.outer_optimizer, ("adam", "sgd"))
+        if self.algo == "metasgd" and self.inner_optimizer != "sgd":
+            raise ConfigError(
+                f"--inner-optimizer must be sgd with --algo metasgd (Meta-SGD's inner update is "
+                f"SGD with learned rates); got {self.inner_optimizer!r}"
+            )
         for name in ("inner_steps", "meta_batch", "eval_tasks"):
             _at_least(name, getattr(self, name), 1)
-        for name in ("iterations", "eval_every", "checkpoint_every", "seed", "eval_seed"):
+        for name in ("iterations", "eval_every", "checkpoint_every", "threads"):
             _at_least(name, getattr(self, name), 0)
-        for name in ("inner_lr", "outer_lr"):
+        for name in ("seed", "eval_seed"):  # numpy's legacy seeding takes 32 bits
+            _at_least(name, getattr(self, name), 0, MAX_SEED)
+        for name in ("inner_lr", "outer_lr", "dist_timeout"):
             value = getattr(self, name)
-            if not value > 0 or value == float("inf"):
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, int | float)
+                or not math.isfinite(value)
+                or value <= 0
+            ):
                 raise ConfigError(f"{_flag(name)} must be a positive finite number, got {value!r}")
+        for name in ("anneal", "skip_nonfinite"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(
+                    f"{_flag(name)} must be true or false, got {getattr(self, name)!r}"
+                )
+        for name in ("preset", "out"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, str) or not value):
+                raise ConfigError(f"{_flag(name)} must be a non-empty string, got {value!r}")
 
     @property
     def first_order(self) -> bool:
@@ -105,9 +165,14 @@ def _one_of(name: str, value: object, allowed: Sequence[object]) -> None:
         raise ConfigError(f"{_flag(name)} must be one of {choices}; got {value!r}")
 
 
-def _at_least(name: str, value: int, low: int) -> None:
-    if not isinstance(value, int) or value < low:
-        raise ConfigError(f"{_flag(name)} must be an integer >= {low}, got {value!r}")
+def _at_least(name: str, value: int, low: int, high: int | None = None) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        allowed = f">= {low}" if high is None else f"between {low} and {high}"
+        raise ConfigError(f"{_flag(name)} must be an integer {allowed}, got {value!r}")
+    if high is not None and value > high:
+        raise ConfigError(
+            f"{_flag(name)} must be an integer between {low} and {high}, got {value!r}"
+        )
 
 
 class TaskFamily:

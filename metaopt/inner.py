@@ -14,6 +14,7 @@ one scalar rate; the two share a name and nothing else.)
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torchopt
@@ -79,33 +80,55 @@ def learned_rate_sgd(rates: Sequence[torch.Tensor]) -> GradientTransformation:
     return GradientTransformation(init, update)
 
 
+def _flatten(containers: object) -> tuple[tuple[torch.Tensor, ...], Any]:
+    flat: tuple[torch.Tensor, ...]
+    flat, treespec = pytree.tree_flatten_as_tuple(containers)  # type: ignore[arg-type]
+    return flat, treespec
+
+
+def _distinct(flat: Sequence[torch.Tensor]) -> tuple[list[int], list[int]]:
+    """Positions of the distinct tensors in ``flat`` (first occurrences), and for every position
+    the index of its tensor among the distinct ones."""
+    first: dict[int, int] = {}
+    positions: list[int] = []
+    slots: list[int] = []
+    for position, tensor in enumerate(flat):
+        if id(tensor) not in first:
+            first[id(tensor)] = len(positions)
+            positions.append(position)
+        slots.append(first[id(tensor)])
+    return positions, slots
+
+
 def torchopt_order(model: nn.Module) -> list[int]:
-    """For each tensor TorchOpt's ``MetaOptimizer`` updates, its index in ``model.parameters()``.
+    """The order in which :class:`InnerOptimizer` updates parameters: indices into ``parameters()``.
 
     TorchOpt flattens each submodule's parameter dict with sorted keys (``bias`` before
     ``weight``), not in ``parameters()`` order; per-parameter state such as Meta-SGD's rates has
-    to be handed over in TorchOpt's order. A parameter shared by two submodules appears twice.
+    to be handed over in this order. A parameter that two submodules share counts once, at its
+    first place.
     """
     index = {id(p): i for i, p in enumerate(model.parameters())}
-    containers = extract_module_containers(model, with_buffers=False)[0]
-    flat: tuple[torch.Tensor, ...]
-    flat, _ = pytree.tree_flatten_as_tuple(containers)  # type: ignore[arg-type]
-    return [index[id(p)] for p in flat]
+    flat, _ = _flatten(extract_module_containers(model, with_buffers=False)[0])
+    positions, _ = _distinct(flat)
+    return [index[id(flat[position])] for position in positions]
 
 
 class InnerOptimizer(torchopt.MetaOptimizer):
-    """TorchOpt's differentiable ``MetaOptimizer`` with first-order steps and frozen parameters.
+    """TorchOpt's differentiable ``MetaOptimizer`` with first-order steps, frozen and tied parameters.
 
     With ``create_graph=True`` a step is exactly ``torchopt.MetaSGD`` / ``torchopt.MetaAdam``'s
     (tested). Parameters with ``requires_grad=False`` when the optimiser is built are left as they
-    are.
+    are. A parameter that several submodules share (``b.weight = a.weight``) is updated once, by
+    its whole gradient, and the one new tensor goes back to every submodule; TorchOpt's own step
+    would update each place separately and untie them.
     """
 
     def __init__(self, module: nn.Module, impl: GradientTransformation) -> None:
         super().__init__(module, impl)
-        flat: tuple[torch.Tensor, ...]
-        flat, _ = pytree.tree_flatten_as_tuple(self.param_containers_groups[0])  # type: ignore[arg-type]
-        self._trainable = [p.requires_grad for p in flat]
+        flat, _ = _flatten(self.param_containers_groups[0])
+        self._positions, self._slots = _distinct(flat)
+        self._trainable = [flat[position].requires_grad for position in self._positions]
 
     def step(self, loss: torch.Tensor, *, create_graph: bool = True) -> None:
         """Replace the module's parameters by their updated values θ' = θ + u(∇loss).
@@ -118,20 +141,20 @@ class InnerOptimizer(torchopt.MetaOptimizer):
         for i, (containers, state) in enumerate(
             zip(self.param_containers_groups, self.state_groups, strict=True)
         ):
-            flat_params: tuple[torch.Tensor, ...]
-            flat_params, treespec = pytree.tree_flatten_as_tuple(containers)  # type: ignore[arg-type]
+            flat, treespec = _flatten(containers)
+            params = tuple(flat[position] for position in self._positions)
             if isinstance(state, UninitializedState):
-                state = self.impl.init(flat_params)
-            wanted = [p for p, t in zip(flat_params, self._trainable, strict=True) if t]
+                state = self.impl.init(params)
+            wanted = [p for p, t in zip(params, self._trainable, strict=True) if t]
             found = iter(
                 torch.autograd.grad(loss, wanted, create_graph=create_graph, allow_unused=True)
             )
             grads = tuple(next(found) if t else None for t in self._trainable)
             updates, self.state_groups[i] = self.impl.update(
-                grads, state, params=flat_params, inplace=False
+                grads, state, params=params, inplace=False
             )
-            new_params = pytree.tree_unflatten(
-                treespec, torchopt.apply_updates(flat_params, updates, inplace=False)
-            )
-            for container, new in zip(containers, new_params, strict=True):
-                container.update(new)  # type: ignore[arg-type]
+            new = torchopt.apply_updates(params, updates, inplace=False)
+            new_flat = tuple(new[slot] for slot in self._slots)
+            new_containers = pytree.tree_unflatten(treespec, new_flat)
+            for container, values in zip(containers, new_containers, strict=True):
+                container.update(values)  # type: ignore[arg-type]

@@ -94,6 +94,10 @@ class LinearTaskBatch(list[LinearTask]):
     def _stacked(self, name: str) -> torch.Tensor:
         return torch.as_tensor(np.stack([getattr(task, name) for task in self]))
 
+    def select(self, indices: slice) -> LinearTaskBatch:
+        """The tasks ``indices`` as a batch (a shard of the meta-batch)."""
+        return LinearTaskBatch(self[indices])
+
     def support_losses(self, forward: Any, step: int | None) -> torch.Tensor:
         return 0.5 * ((forward(self._stacked("A")) - self._stacked("b")) ** 2).sum(-1)
 

@@ -21,7 +21,14 @@ from rl.mdp import (
     sample_mdps,
 )
 from rl.policy import CategoricalMLPPolicy
-from rl.sampler import MDPTensors, Trajectories, policy_table, sample_trajectories
+from rl.sampler import (
+    MDPTensors,
+    SamplingNoise,
+    Trajectories,
+    policy_table,
+    sample_trajectories,
+    simulate,
+)
 from rl.task import A2CSettings, MDPTask, MDPTaskBatch
 
 __all__ = [
@@ -31,6 +38,7 @@ __all__ = [
     "MDPTask",
     "MDPTaskBatch",
     "MDPTensors",
+    "SamplingNoise",
     "TabularMDP",
     "TabularMDPBatch",
     "TabularMDPEnv",
@@ -45,5 +53,6 @@ __all__ = [
     "register",
     "sample_mdps",
     "sample_trajectories",
+    "simulate",
     "trajectory_a2c_loss",
 ]

@@ -1,0 +1,223 @@
+"""Meta-training across processes and machines with ``torch.distributed``, launched by torchrun.
+
+The meta-batch is sharded across ranks: every rank draws the *same* full meta-batch from the
+run's seed (drawing tasks is cheap; adapting to them is not) and adapts to its own contiguous
+slice; each task's query loss is weighted by 1 / (global meta-batch), and one all-reduce sums the
+meta-gradients, so every rank holds the gradient a single process would compute and takes the
+same outer step. Uneven shards are fine: the weights, not the shard sizes, make the average.
+
+Under ``torchrun`` the environment names the rank and world size; without it, everything here
+is a no-op for a single process.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from metaopt.family import ConfigError
+
+__all__ = [
+    "DistInfo",
+    "all_reduce_gradients",
+    "any_rank",
+    "barrier",
+    "broadcast_object",
+    "check_same_config",
+    "config_hash",
+    "gather_tensor",
+    "setup",
+    "shard",
+    "shard_bounds",
+    "teardown",
+    "weighted_means",
+]
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    """Where this process stands: its rank, the world size, and the backend (None: one process)."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    backend: str | None = None
+    #: whether :func:`setup` created the process group (and :func:`teardown` may destroy it)
+    owns_group: bool = False
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0 alone writes metrics, plots and checkpoints."""
+        return self.rank == 0
+
+    @property
+    def active(self) -> bool:
+        return self.world_size > 1
+
+
+def setup(backend: str | None = None, timeout_s: float = 600.0) -> DistInfo:
+    """Join the process group torchrun describes in the environment (``WORLD_SIZE`` > 1).
+
+    Args:
+        backend: ``"gloo"`` or ``"nccl"``; ``None`` or ``"auto"``: NCCL when CUDA is available,
+            else gloo.
+        timeout_s: How long a collective waits for a rank before every rank fails with an error
+            (a rank that died must not leave the others hanging).
+    """
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size <= 1:
+        return DistInfo()
+    if backend is None or backend == "auto":
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+    if backend not in ("gloo", "nccl"):
+        raise ConfigError(f"--dist-backend must be gloo or nccl, got {backend!r}")
+    owns_group = not dist.is_initialized()
+    if owns_group:
+        dist.init_process_group(backend, timeout=timedelta(seconds=timeout_s))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if backend == "nccl":
+        torch.cuda.set_device(local_rank)
+    return DistInfo(dist.get_rank(), dist.get_world_size(), local_rank, backend, owns_group)
+
+
+def shard_bounds(num_tasks: int, rank: int, world_size: int) -> tuple[int, int]:
+    """The contiguous slice ``[start, stop)`` of ``num_tasks`` tasks that ``rank`` adapts to.
+
+    The first ``num_tasks % world_size`` ranks take one task more.
+
+    Raises:
+        ConfigError: when there are fewer tasks than ranks.
+    """
+    if num_tasks < world_size:
+        raise ConfigError(
+            f"--meta-batch {num_tasks} is smaller than the world size {world_size}: "
+            "every rank needs at least one task"
+        )
+    base, extra = divmod(num_tasks, world_size)
+    start = rank * base + min(rank, extra)
+    return start, start + base + (1 if rank < extra else 0)
+
+
+def shard(tasks: Sequence[Any], info: DistInfo) -> Sequence[Any]:
+    """This rank's slice of a meta-batch; a batch with ``select(slice)`` stays a batch."""
+    if not info.active:
+        return tasks
+    start, stop = shard_bounds(len(tasks), info.rank, info.world_size)
+    select = getattr(tasks, "select", None)
+    if callable(select):
+        return select(slice(start, stop))
+    return list(tasks)[start:stop]
+
+
+def all_reduce_gradients(params: Sequence[torch.Tensor], info: DistInfo) -> int:
+    """Sum ``.grad`` of ``params`` over the ranks, in one collective; return the bytes sent.
+
+    Missing gradients count as zeros, so every rank ends with a gradient for every parameter.
+    """
+    if not info.active:
+        return 0
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+    offset = 0
+    for p, g in zip(params, grads, strict=True):
+        p.grad = flat[offset : offset + g.numel()].view_as(g).clone()
+        offset += g.numel()
+    return flat.numel() * flat.element_size()
+
+
+def gather_tensor(values: torch.Tensor, info: DistInfo) -> torch.Tensor:
+    """Concatenate every rank's 1-D ``values`` in rank order (uneven lengths allowed)."""
+    if not info.active:
+        return values
+    values = values.detach().reshape(-1)
+    lengths = [torch.zeros(1, dtype=torch.int64) for _ in range(info.world_size)]
+    dist.all_gather(lengths, torch.tensor([values.numel()], dtype=torch.int64))
+    longest = int(max(length.item() for length in lengths))
+    padded = torch.zeros(longest, dtype=values.dtype)
+    padded[: values.numel()] = values
+    parts = [torch.zeros(longest, dtype=values.dtype) for _ in range(info.world_size)]
+    dist.all_gather(parts, padded)
+    return torch.cat(
+        [part[: int(length.item())] for part, length in zip(parts, lengths, strict=True)]
+    )
+
+
+def weighted_means(
+    values: dict[str, float], weight: int, total: int, info: DistInfo
+) -> dict[str, float]:
+    """Combine per-rank means of per-task numbers into the means over all ``total`` tasks.
+
+    Every rank must pass the same keys (the family's ``iteration_metrics`` of its shard).
+    """
+    if not info.active:
+        return values
+    keys = sorted(values)
+    sums = torch.tensor([values[k] * weight for k in keys], dtype=torch.float64)
+    dist.all_reduce(sums, op=dist.ReduceOp.SUM)
+    return {k: float(v) / total for k, v in zip(keys, sums.tolist(), strict=True)}
+
+
+def any_rank(flag: bool, info: DistInfo) -> bool:
+    """Whether ``flag`` is true on any rank (so that all ranks take the same branch)."""
+    if not info.active:
+        return flag
+    value = torch.tensor([1 if flag else 0], dtype=torch.int64)
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item())
+
+
+def broadcast_object(value: Any, info: DistInfo) -> Any:
+    """Rank 0's ``value`` on every rank."""
+    if not info.active:
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def barrier(info: DistInfo) -> None:
+    if info.active:
+        dist.barrier()
+
+
+def teardown(info: DistInfo) -> None:
+    """Leave the process group this module joined."""
+    if info.active and info.owns_group and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def config_hash(config: dict[str, Any]) -> str:
+    """A short hash of a config, compared across ranks at start-up."""
+    text = json.dumps(config, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def check_same_config(config: dict[str, Any], info: DistInfo) -> None:
+    """Every rank must train the same config; name the fields that differ if not.
+
+    Raises:
+        ConfigError: on every rank, when any two ranks' configs differ.
+    """
+    if not info.active:
+        return
+    gathered: list[Any] = [None] * info.world_size
+    dist.all_gather_object(gathered, config)
+    for rank, other in enumerate(gathered):
+        if other != gathered[0]:
+            fields = sorted(
+                k for k in set(other) | set(gathered[0]) if other.get(k) != gathered[0].get(k)
+            )
+            raise ConfigError(
+                f"rank {rank}'s config differs from rank 0's in {', '.join(fields)} "
+                f"(config hashes {config_hash(other)} vs {config_hash(gathered[0])}); "
+                "start every rank with the same flags"
+            )

@@ -1,0 +1,88 @@
+"""Held-out evaluation: returns after 0..k inner steps, references, normalised scores.
+
+Every number is a mean over held-out tasks with the half-width of its 95% confidence interval
+(:func:`metaopt.stats.mean_ci95`, 1.96·sd/sqrt(n)); a task's value is the mean undiscounted return
+of the ``trajectories`` episodes sampled for it. Differences (after − before adaptation,
+meta-learned − baseline) are paired per task.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from metaopt.algorithms import MetaLearner
+from metaopt.stats import mean_ci95
+from rl.mdp import normalized_score
+from rl.task import MDPTaskBatch
+
+__all__ = ["INTERVAL", "adaptation_returns", "curve_summary", "summarize"]
+
+INTERVAL = (
+    "mean over held-out tasks ± half-width of its 95% confidence interval, 1.96·sd/sqrt(n); a "
+    "task's value is the mean return of its sampled episodes; differences are paired per task"
+)
+
+
+def adaptation_returns(algo: MetaLearner, batch: MDPTaskBatch, steps: int) -> torch.Tensor:
+    """``[steps + 1, T]``: each task's mean episode return after 0, 1, ..., ``steps`` inner steps.
+
+    One adaptation of ``steps`` steps per task gives the whole curve: the support sample of
+    inner step k is drawn with the parameters after k steps, so its return estimates the return
+    after k steps; the last row is a query sample of the fully adapted policy.
+
+    Adaptation uses ``algo``'s own update rule (SGD or Adam at ``inner_lr``, Meta-SGD's learned
+    rates). All tasks are adapted at once by the core's vectorised engine unless ``algo`` was
+    built with ``engine="loop"``, which adapts them one by one with ``algo.adapt``; both sample
+    the same episodes (see :mod:`rl.task`), so they give the same numbers.
+
+    Args:
+        algo: The learner whose adaptation is evaluated.
+        batch: Fresh tasks (no sample drawn yet).
+        steps: Inner steps >= 0.
+    """
+    if any(task.support_returns or task.query_returns for task in batch):
+        raise ValueError("adaptation_returns needs a fresh MDPTaskBatch (its tasks were used)")
+    if algo.engine == "loop":
+        for task in batch:
+            with algo.adapt(task, steps=steps) as adapted:
+                task.sample_returns(adapted)
+    else:
+        # The algorithm's inner update, applied by the vectorised engine to every task at once.
+        batch.sample_queries(algo.adapt_batch(batch, steps))
+    return torch.stack(
+        [
+            torch.stack([r.mean() for r in [*task.support_returns, task.query_returns[-1]]])
+            for task in batch
+        ],
+        dim=1,
+    ).detach()
+
+
+def summarize(values: torch.Tensor | np.ndarray) -> dict[str, float]:
+    """``{"mean": m, "ci95": c}`` over tasks (see :data:`INTERVAL`).
+
+    Tasks whose policy diverged (non-finite logits, hence NaN returns) make the summary
+    ``{"mean": nan, "ci95": nan, "diverged_tasks": k}``: a number over the other tasks would hide
+    the failure.
+    """
+    array = np.asarray(values, dtype=np.float64).ravel()
+    diverged = int((~np.isfinite(array)).sum())
+    if diverged:
+        return {"mean": math.nan, "ci95": math.nan, "diverged_tasks": diverged}
+    mean, half_width = mean_ci95(array)
+    return {"mean": mean, "ci95": half_width}
+
+
+def curve_summary(steps: Sequence[int], curve: torch.Tensor | np.ndarray) -> dict[str, Any]:
+    """``{"<k>": {"mean", "ci95"}}`` for the rows ``steps`` of a ``[max_steps + 1, T]`` curve."""
+    return {str(k): summarize(curve[k]) for k in steps}
+
+
+def score_curve(curve: torch.Tensor, random: np.ndarray, optimal: np.ndarray) -> np.ndarray:
+    """Per-task normalised scores of every row of ``curve``."""
+    return normalized_score(curve.double().numpy(), random, optimal)

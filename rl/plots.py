@@ -1,0 +1,124 @@
+"""Figures of an ``mdp`` run: returns against meta-iteration, and against inner steps."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+
+from metaopt.plots import moving_average
+
+__all__ = ["plot_adaptation", "plot_returns"]
+
+
+def _reference_lines(ax: Any, references: Mapping[str, float]) -> None:
+    for name, style in (("optimal", ":"), ("random", "--")):
+        if name in references:
+            ax.axhline(
+                references[name],
+                color="grey",
+                linestyle=style,
+                label=f"{name} policy ({references[name]:.2f})",
+            )
+
+
+def plot_returns(
+    path: Path, rows: Sequence[Mapping[str, Any]], references: Mapping[str, float], algo: str
+) -> Path:
+    """Train and test return before and after adaptation against the meta-iteration.
+
+    Training returns (every iteration, a moving average) are lines; held-out returns (every
+    ``eval_every`` iterations) are points with their 95% confidence intervals. The random and
+    optimal policies' expected returns on the held-out tasks are horizontal lines.
+    """
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    train = [r for r in rows if "train_pre_return" in r]
+    if train:
+        window = max(1, len(train) // 50)
+        iterations = [r["iteration"] for r in train]
+        for key, label, color in (
+            ("train_pre_return", "train, before adaptation", "tab:blue"),
+            ("train_post_return", "train, after adaptation", "tab:orange"),
+        ):
+            values = moving_average([r[key] for r in train], window)
+            ax.plot(iterations, values, color=color, alpha=0.6, label=f"{label} (avg of {window})")
+    test = [r for r in rows if "test_pre_return" in r]
+    for key, label, color in (
+        ("test_pre_return", "test, before adaptation", "tab:blue"),
+        ("test_post_return", "test, after adaptation", "tab:orange"),
+    ):
+        if test:
+            ax.errorbar(
+                [r["iteration"] for r in test],
+                [r[key] for r in test],
+                yerr=[r[key + "_ci95"] for r in test],
+                fmt="o",
+                color=color,
+                markeredgecolor="black",
+                capsize=3,
+                label=label + " (95% CI)",
+            )
+    _reference_lines(ax, references)
+    ax.set_xlabel("meta-iteration")
+    ax.set_ylabel("episode return (undiscounted)")
+    ax.set_title(f"mdp / {algo}: returns before and after adaptation")
+    ax.legend(fontsize=8, loc="center right")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return Path(path)
+
+
+def plot_adaptation(path: Path, evaluation: Mapping[str, Any], algo: str) -> Path:
+    """Held-out return after k inner steps (meta-learned and baseline), with 95% CIs."""
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    curves = [("meta-learned", evaluation.get("by_steps", {}), "tab:orange")]
+    baseline = evaluation.get("baseline", {}).get("by_steps")
+    if baseline:
+        curves.append(("initial policy + SGD (baseline)", baseline, "tab:green"))
+    for label, by_steps, color in curves:
+        steps = sorted(by_steps, key=int)
+        ax.errorbar(
+            [int(k) for k in steps],
+            [by_steps[k]["mean"] for k in steps],
+            yerr=[by_steps[k]["ci95"] for k in steps],
+            marker="o",
+            color=color,
+            capsize=3,
+            label=label,
+        )
+        for k in steps:  # a diverged policy has no return to plot: say so where it would be
+            if "diverged_tasks" in by_steps[k]:
+                ax.annotate(
+                    f"diverged\non {by_steps[k]['diverged_tasks']} of\n{evaluation.get('tasks')} tasks",
+                    (int(k), 0.0),
+                    xycoords=("data", "axes fraction"),
+                    xytext=(0, 8 if color == "tab:orange" else 45),
+                    textcoords="offset points",
+                    ha="center",
+                    fontsize=7,
+                    color=color,
+                )
+    all_steps = [int(k) for _, by_steps, _ in curves for k in by_steps]
+    if all_steps:
+        ax.set_xlim(min(all_steps) - 0.5, max(all_steps) + 0.5)
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    references = {
+        name: evaluation[name]["mean"] for name in ("random", "optimal") if name in evaluation
+    }
+    _reference_lines(ax, references)
+    ax.set_xlabel("inner steps on the held-out task")
+    ax.set_ylabel("episode return")
+    ax.set_title(f"mdp / {algo}: return after adaptation ({evaluation.get('tasks')} tasks)")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return Path(path)

@@ -1,0 +1,55 @@
+"""The actor-critic network of the seed: an MLP torso with a categorical policy and a value head."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+__all__ = ["CategoricalMLPPolicy"]
+
+
+class CategoricalMLPPolicy(nn.Module):
+    """Observation -> (action logits, state value): ReLU MLP torso, policy and value heads.
+
+    The seed (TorchOpt's MAML-RL example, after Finn et al. 2017's RL experiments) shares one
+    torso of two hidden layers of 32 units between the heads. With ``shared_torso=False`` the
+    critic has its own torso of the same widths, so the value loss cannot move the policy's
+    parameters (Finn et al. fit the baseline separately from the policy). Works on any leading
+    dimensions: ``[..., S] -> ([..., A], [...])``, the policy signature of
+    :func:`rl.sampler.sample_trajectories`.
+
+    Args:
+        num_states: Observation size S (one-hot states).
+        num_actions: A.
+        hidden_sizes: Widths of the torso's hidden layers (may be empty: linear heads).
+        shared_torso: One torso for both heads (the seed's), or one each.
+    """
+
+    def __init__(
+        self,
+        num_states: int,
+        num_actions: int,
+        hidden_sizes: Sequence[int] = (32, 32),
+        shared_torso: bool = True,
+    ) -> None:
+        super().__init__()
+        self.torso, width = _mlp(num_states, hidden_sizes)
+        self.value_torso = None if shared_torso else _mlp(num_states, hidden_sizes)[0]
+        self.policy_head = nn.Linear(width, num_actions)
+        self.value_head = nn.Linear(width, 1)
+
+    def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        features = self.torso(obs)
+        critic = features if self.value_torso is None else self.value_torso(obs)
+        return self.policy_head(features), self.value_head(critic).squeeze(-1)
+
+
+def _mlp(inputs: int, hidden_sizes: Sequence[int]) -> tuple[nn.Sequential, int]:
+    layers: list[nn.Module] = []
+    width = inputs
+    for size in hidden_sizes:
+        layers += [nn.Linear(width, size), nn.ReLU()]
+        width = size
+    return nn.Sequential(*layers), width

@@ -1,0 +1,298 @@
+"""Tabular-MDP tasks for the meta-learning core: losses computed from freshly sampled trajectories.
+
+An :class:`MDPTask` implements :class:`metaopt.task.Task`. ``support_loss(model)`` samples
+trajectories in its MDP with the policy it is handed and returns their A2C loss;
+``query_loss(model)`` does the same with the adapted policy (fresh trajectories), as in MAML's RL
+experiments (Finn et al. 2017, §5.3). The core never knows that data is sampled.
+
+An :class:`MDPTaskBatch` is a sequence of such tasks and also implements
+:class:`metaopt.task.BatchedTasks`, so the core's vectorised engine adapts all its tasks at once:
+``support_losses(forward, step)`` and ``query_losses(forward)`` sample every task with its own
+parameters in one call and return one loss per task.
+
+Randomness. Every sampling *phase* (the k-th support sample of each task, the k-th query
+sample) has its noise drawn once for all tasks (:class:`rl.sampler.SamplingNoise`), in the order
+in which the phases are first needed; task b's episodes depend only on its slice. The loop engine
+(task by task) and the vectorised engine (all at once) therefore sample exactly the same
+trajectories, and compute the same losses and meta-gradients.
+
+Speed of the loop engine without changing the distribution: every task's first support call sees
+the same parameters θ (the core restores θ between tasks), so the batch simulates the first
+support phase of *all* its tasks in one vectorised call, and a task uses its share only if the
+parameters it is handed are equal, value for value, to the ones that sampled it. Any other call
+samples with the model given.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from rl.losses import trajectory_a2c_loss
+from rl.mdp import TabularMDPBatch, check_horizon, check_size
+from rl.sampler import (
+    MDPTensors,
+    PolicyFn,
+    SamplingNoise,
+    Trajectories,
+    policy_table,
+    simulate,
+)
+
+__all__ = ["A2CSettings", "MDPTask", "MDPTaskBatch"]
+
+
+@dataclass(frozen=True)
+class A2CSettings:
+    """How a task samples and scores trajectories (the seed's values by default).
+
+    Attributes:
+        trajectories: Episodes per loss evaluation (per task).
+        horizon: Steps per episode.
+        gamma: Discount γ of the λ-returns.
+        gae_lambda: λ of the λ-returns / GAE.
+        value_coef: Weight of the squared-advantage (critic) term.
+        entropy_coef: Weight of the entropy bonus.
+    """
+
+    trajectories: int = 20
+    horizon: int = 10
+    gamma: float = 0.99
+    gae_lambda: float = 0.95
+    value_coef: float = 0.5
+    entropy_coef: float = 0.0
+
+    def __post_init__(self) -> None:
+        check_size("trajectories", self.trajectories)
+        check_horizon(self.horizon)
+        for name in ("gamma", "gae_lambda"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {value!r}")
+        for name in ("value_coef", "entropy_coef"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+
+
+class MDPTask:
+    """One MDP of an :class:`MDPTaskBatch`; implements :class:`metaopt.task.Task`.
+
+    Every sample is recorded as the undiscounted episode returns it produced (``support_returns``
+    and ``query_returns``: one ``[N]`` tensor per sample, in order), so a caller can read the
+    return before adaptation (the first support sample, at θ) and after it (the query sample).
+    """
+
+    def __init__(self, batch: MDPTaskBatch, index: int) -> None:
+        self.batch = batch
+        self.index = index
+        self.support_returns: list[torch.Tensor] = []
+        self.query_returns: list[torch.Tensor] = []
+
+    def support_loss(self, model: nn.Module) -> torch.Tensor:
+        """A2C loss of trajectories sampled with ``model`` (the inner loop's objective)."""
+        phase = f"support{len(self.support_returns)}"
+        trajectories = self.batch.take_presampled(self, model) if phase == "support0" else None
+        if trajectories is None:
+            trajectories = self.batch.sample(model, phase, self.index)
+        self.support_returns.append(trajectories.episode_returns()[0])
+        return self.batch.loss(model, trajectories)
+
+    def query_loss(self, model: nn.Module) -> torch.Tensor:
+        """A2C loss of fresh trajectories sampled with the adapted ``model`` (the outer objective)."""
+        trajectories = self._query_sample(model)
+        return self.batch.loss(model, trajectories)
+
+    def sample_returns(self, model: PolicyFn) -> torch.Tensor:
+        """Episode returns ``[N]`` of a query sample under ``model`` (evaluation; no loss)."""
+        return self._query_sample(model).episode_returns()[0]
+
+    def _query_sample(self, model: PolicyFn) -> Trajectories:
+        trajectories = self.batch.sample(model, f"query{len(self.query_returns)}", self.index)
+        self.query_returns.append(trajectories.episode_returns()[0])
+        return trajectories
+
+    @property
+    def pre_return(self) -> float:
+        """Mean return of the first support sample (before adaptation); NaN if none yet."""
+        return self.support_returns[0].mean().item() if self.support_returns else math.nan
+
+    @property
+    def post_return(self) -> float:
+        """Mean return of the last query sample (after adaptation); NaN if none yet."""
+        return self.query_returns[-1].mean().item() if self.query_returns else math.nan
+
+    def __repr__(self) -> str:
+        return f"MDPTask(index={self.index}, of {len(self.batch)})"
+
+
+class MDPTaskBatch(Sequence[MDPTask]):
+    """A meta-batch of tabular-MDP tasks sharing one sampler and one random generator.
+
+    A sequence of :class:`MDPTask` (the core's loop engine) and a
+    :class:`metaopt.task.BatchedTasks` (its vectorised engine). Use a batch with one engine:
+    sampling phases are counted per task.
+
+    Args:
+        mdps: The tasks' dynamics and rewards.
+        settings: Sampling and loss settings.
+        generator: Source of all sampling randomness.
+    """
+
+    def __init__(
+        self, mdps: TabularMDPBatch, settings: A2CSettings, generator: torch.Generator
+    ) -> None:
+        self.mdps = mdps
+        self.settings = settings
+        self.generator = generator
+        self.tensors = MDPTensors.from_mdps(mdps)
+        self.tasks = [MDPTask(self, i) for i in range(len(mdps))]
+        self._noise: dict[str, SamplingNoise] = {}
+        self._presampled: dict[int, Trajectories] = {}
+        self._sampled_with: tuple[type, list[torch.Tensor]] | None = None
+        #: Mean entropy (nats) of the policy over states and tasks when the first support sample
+        #: of all tasks was drawn at once (a collapse of exploration shows here first).
+        self.pre_entropy = math.nan
+        #: For a shard made by :meth:`select`: the batch it came from and its tasks' positions.
+        self._source: tuple[MDPTaskBatch, slice] | None = None
+
+    def select(self, indices: slice) -> MDPTaskBatch:
+        """Tasks ``indices`` as a batch of their own that samples exactly as they would here.
+
+        The shard takes every phase's noise from this batch (drawn for all of its tasks, then
+        sliced), so sharding a meta-batch across processes changes no trajectory: each process
+        draws the whole batch from the run's seed and keeps its slice (see
+        :mod:`metaopt.distributed`).
+        """
+        mdps = TabularMDPBatch(self.mdps.transitions[indices], self.mdps.reward_means[indices])
+        shard = MDPTaskBatch(mdps, self.settings, self.generator)
+        shard._source = (self, indices)
+        return shard
+
+    def __len__(self) -> int:
+        return len(self.tasks)
+
+    def __getitem__(self, index):  # type: ignore[no-untyped-def]  # Sequence's int/slice overload
+        return self.tasks[index]
+
+    def __iter__(self) -> Iterator[MDPTask]:
+        return iter(self.tasks)
+
+    # -- the vectorised engine's protocol (metaopt.task.BatchedTasks) ------------------------
+
+    def support_losses(self, forward: PolicyFn, step: int | None = None) -> torch.Tensor:
+        """Support losses ``[T]``: every task sampled at once, with its own parameters.
+
+        ``step`` (the inner step, or ``None`` for the after-adaptation metric) is not needed:
+        each call is the next support phase of every task, as in the loop engine.
+        """
+        phase = f"support{len(self.tasks[0].support_returns)}"
+        trajectories = self.sample(forward, phase)
+        for task, returns in zip(self.tasks, trajectories.episode_returns(), strict=True):
+            task.support_returns.append(returns)
+        return self.loss(forward, trajectories, per_task=True)
+
+    def query_losses(self, forward: PolicyFn) -> torch.Tensor:
+        """Query losses ``[T]`` of the adapted parameters, every task sampled at once."""
+        return self.loss(forward, self.sample_queries(forward), per_task=True)
+
+    def sample_queries(self, forward: PolicyFn) -> Trajectories:
+        """The next query sample of every task at once (recorded as its query returns)."""
+        trajectories = self.sample(forward, f"query{len(self.tasks[0].query_returns)}")
+        for task, returns in zip(self.tasks, trajectories.episode_returns(), strict=True):
+            task.query_returns.append(returns)
+        return trajectories
+
+    # -- sampling and losses ----------------------------------------------------------------
+
+    def noise(self, phase: str) -> SamplingNoise:
+        """The noise of one sampling phase for every task, drawn the first time it is needed."""
+        if self._source is not None:
+            parent, indices = self._source
+            return SamplingNoise(*(x[:, indices] for x in parent.noise(phase)))
+        if phase not in self._noise:
+            s = self.settings
+            means = self.tensors.reward_means
+            self._noise[phase] = SamplingNoise.draw(
+                self.generator, s.horizon, len(self), s.trajectories, means.dtype, means.device
+            )
+        return self._noise[phase]
+
+    def sample(self, policy: PolicyFn, phase: str, index: int | None = None) -> Trajectories:
+        """Trajectories of task ``index`` (``None``: every task) in ``phase`` under ``policy``."""
+        noise = self.noise(phase)
+        if index is None:
+            if phase == "support0":
+                self.pre_entropy = _mean_entropy(policy, self.tensors)
+            return simulate(policy, self.tensors, noise)
+        return simulate(policy, self.tensors.select(index), noise.task(index))
+
+    def loss(
+        self, policy: PolicyFn, trajectories: Trajectories, *, per_task: bool = False
+    ) -> torch.Tensor:
+        """The settings' A2C loss of ``policy`` on ``trajectories`` (scalar, or ``[T]``)."""
+        s = self.settings
+        return trajectory_a2c_loss(
+            policy,
+            trajectories,
+            self.tensors.num_states,
+            gamma=s.gamma,
+            gae_lambda=s.gae_lambda,
+            value_coef=s.value_coef,
+            entropy_coef=s.entropy_coef,
+            per_task=per_task,
+        )
+
+    def take_presampled(self, task: MDPTask, model: nn.Module) -> Trajectories | None:
+        """The task's share of one batched first support sample, drawn with ``model``'s values.
+
+        On a miss (no share yet, or parameters that differ from the ones that drew it), every
+        task that has not sampled yet gets a new share drawn with ``model``. Returns ``None`` when
+        ``model`` is not an ``nn.Module`` (its parameters cannot be compared).
+        """
+        if not isinstance(model, nn.Module):
+            return None
+        if task.index not in self._presampled or not self._same_parameters(model):
+            fresh = [t.index for t in self.tasks if not t.support_returns]
+            everything = self.sample(model, "support0")
+            self._presampled = {i: everything.task(i) for i in fresh}
+            self._sampled_with = (type(model), [p.detach().clone() for p in model.parameters()])
+        return self._presampled.pop(task.index)
+
+    def _same_parameters(self, model: nn.Module) -> bool:
+        if self._sampled_with is None:
+            return False
+        kind, snapshot = self._sampled_with
+        params = list(model.parameters())
+        return (
+            type(model) is kind
+            and len(params) == len(snapshot)
+            and all(
+                p.shape == q.shape and torch.equal(p.detach(), q)
+                for p, q in zip(params, snapshot, strict=True)
+            )
+        )
+
+    # -- records ----------------------------------------------------------------------------
+
+    def pre_returns(self) -> torch.Tensor:
+        """``[T]`` mean return of each task's first support sample (before adaptation)."""
+        return torch.tensor([t.pre_return for t in self.tasks])
+
+    def post_returns(self) -> torch.Tensor:
+        """``[T]`` mean return of each task's last query sample (after adaptation)."""
+        return torch.tensor([t.post_return for t in self.tasks])
+
+
+def _mean_entropy(policy: PolicyFn, tensors: MDPTensors) -> float:
+    with torch.no_grad():
+        means = tensors.reward_means
+        logits, _ = policy_table(
+            policy, tensors.num_tasks, tensors.num_states, means.dtype, means.device
+        )
+        log_p = torch.log_softmax(logits, dim=-1)
+        return -(log_p.exp() * log_p).sum(-1).mean().item()

@@ -1,0 +1,74 @@
+"""The networks of the supervised families, and seeded construction that leaves global RNG alone."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import TypeVar
+
+import torch
+from torch import nn
+
+__all__ = ["ACTIVATIONS", "conv4", "mlp", "seeded"]
+
+ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "tanh": nn.Tanh}
+
+ModuleT = TypeVar("ModuleT", bound=nn.Module)
+
+
+def seeded(build: Callable[[], ModuleT], seed: int) -> ModuleT:
+    """Call ``build()`` with torch's generator seeded by ``seed``, then restore the generator.
+
+    ``torch.nn`` layers draw their initial weights from the global generator. Forking it makes a
+    model's initialisation a function of ``seed`` alone, whatever ran before, without changing the
+    random stream of anything that runs after.
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return build()
+
+
+def mlp(
+    in_features: int, hidden: Sequence[int], out_features: int, activation: str = "relu"
+) -> nn.Sequential:
+    """A fully connected network ``in -> hidden[0] -> ... -> out`` with ``activation`` between.
+
+    The MAML sine network is ``mlp(1, [40, 40], 1, "relu")`` (Finn et al., 2017); the Reptile seed's
+    is ``mlp(1, [64, 64], 1, "tanh")`` (Nichol et al., 2018, whose demo notes that tanh works
+    slightly better than the paper's ReLU). ``hidden=[]`` is a linear (logistic) model.
+    """
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"activation must be one of {', '.join(ACTIVATIONS)}; got {activation!r}")
+    layers: list[nn.Module] = []
+    width = in_features
+    for size in hidden:
+        layers += [nn.Linear(width, size), ACTIVATIONS[activation]()]
+        width = size
+    layers.append(nn.Linear(width, out_features))
+    return nn.Sequential(*layers)
+
+
+def conv4(
+    ways: int, *, filters: int = 64, image_size: int = 28, channels: int = 1
+) -> nn.Sequential:
+    """The few-shot image classifier of Vinyals et al. (2016), as MAML and Reptile use on Omniglot.
+
+    Four blocks of 3×3 convolution with stride 2 (padding 1), BatchNorm and ReLU take a 28×28
+    image to 2×2×``filters``; a linear head gives ``ways`` logits. Input ``[N, channels, H, W]``.
+
+    BatchNorm always normalises with the statistics of the batch it is given and keeps no running
+    averages (``track_running_stats=False``). That is how MAML and Reptile use it (a task's support
+    or query set is one batch; Nichol et al. call it the transductive setting), it leaves no
+    buffers for the inner loop to carry, and it behaves the same in train and eval mode and under
+    ``torch.func.vmap``.
+    """
+    layers: list[nn.Module] = []
+    size, width = image_size, channels
+    for _ in range(4):
+        layers += [
+            nn.Conv2d(width, filters, kernel_size=3, stride=2, padding=1),
+            nn.BatchNorm2d(filters, track_running_stats=False),
+            nn.ReLU(),
+        ]
+        size, width = (size + 1) // 2, filters
+    layers += [nn.Flatten(), nn.Linear(width * size * size, ways)]
+    return nn.Sequential(*layers)

@@ -1,0 +1,336 @@
+"""``metaopt compare`` on a small family registered in-process: outputs, numbers, command line."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import metaopt
+from metaopt import compare as mc
+from metaopt.cli import main
+from metaopt.config import resolve_config
+from metaopt.family import TaskFamily, TrainConfig, option
+from metaopt.registry import register_family
+from metaopt.runner import load_run, train
+
+
+@dataclass
+class WaveConfig(TrainConfig):
+    meta_batch: int = option(3, "tasks per meta-iteration")
+    iterations: int = option(4, "meta-iterations")
+    inner_lr: float = option(0.1, "inner learning rate")
+    outer_lr: float = option(0.01, "outer learning rate")
+    eval_tasks: int = option(4, "held-out tasks")
+    linear_support: bool = option(False, "support loss linear in θ (zero Hessian)")
+
+
+class WaveTask:
+    """Regression on a random sine; optionally a support loss that is linear in θ."""
+
+    def __init__(self, rng: np.random.Generator, linear_support: bool) -> None:
+        amplitude, phase = rng.uniform(0.5, 2.0), rng.uniform(0, np.pi)
+        x = torch.as_tensor(rng.uniform(-3, 3, size=(12, 1)))
+        self.x, self.y = x, amplitude * torch.sin(x + phase)
+        self.c = float(rng.normal())
+        self.linear_support = linear_support
+
+    def support_loss(self, model: nn.Module) -> torch.Tensor:
+        if self.linear_support:
+            return sum((self.c * p).sum() for p in model.parameters())
+        return ((model(self.x[:6]) - self.y[:6]) ** 2).mean()
+
+    def query_loss(self, model: nn.Module) -> torch.Tensor:
+        return ((model(self.x[6:]) - self.y[6:]) ** 2).mean()
+
+
+@register_family
+class WaveFamily(TaskFamily):
+    name = "compare-wave"
+    description = "sine regression with a tiny float64 MLP (compare tests)"
+    config_class = WaveConfig
+    metric = "mse"
+
+    def make_model(self, config: TrainConfig) -> nn.Module:
+        return nn.Sequential(nn.Linear(1, 8), nn.Tanh(), nn.Linear(8, 1)).double()
+
+    def sample_tasks(self, config: TrainConfig, rng: np.random.Generator, num_tasks: int):
+        return [WaveTask(rng, config.linear_support) for _ in range(num_tasks)]
+
+    def periodic_eval(self, algo, config) -> dict[str, float]:
+        return {"val_mse_after": 1.0, "val_mse_after_ci95": 0.1}
+
+    def evaluate(self, algo, config, run_dir, *, num_tasks=None, steps=None):
+        tasks = self.sample_tasks(config, np.random.default_rng(config.eval_seed), 4)
+        losses = []
+        for task in tasks:
+            with algo.adapt(task) as model:
+                losses.append(task.query_loss(model).item())
+        mean, ci = metaopt.mean_ci95(losses)
+        return {
+            "metric": "mse",
+            "tasks": 4,
+            "by_steps": {str(algo.inner_steps): {"mean": mean, "ci95": ci}},
+        }
+
+
+TINY = mc.CompareOptions(steps=(1, 3), checkpoints=2, repeats=1, heldout_tasks=3, batches=2)
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    family = WaveFamily()
+    out = tmp_path_factory.mktemp("compare") / "report"
+    results = mc.compare(family, resolve_config(family, {}), out, TINY, progress=False)
+    return out, results
+
+
+def _rows(results: dict, method: str, iteration: int | None = None) -> list[dict]:
+    return [
+        r
+        for r in results["gradients"]
+        if r["method"] == method and (iteration is None or r["iteration"] == iteration)
+    ]
+
+
+def test_writes_every_output(report) -> None:
+    out, results = report
+    for name in (
+        "report.md",
+        "results.json",
+        "config.json",
+        "gradients.csv",
+        "timing.csv",
+        "curves.csv",
+        "cosine_vs_steps.png",
+        "curves_iterations.png",
+        "curves_time.png",
+    ):
+        assert (out / name).is_file(), name
+    assert json.loads((out / "results.json").read_text())["family"] == "compare-wave"
+    text = (out / "report.md").read_text()
+    assert "| point | method | 1 step | 3 steps |" in text and "## Learning curves" in text
+    for method in ("maml", "fomaml", "metasgd", "reptile"):
+        run = out / "runs" / method
+        assert (run / "metrics.jsonl").is_file() and (run / "eval.json").is_file()
+        assert load_run(run)[1].algo == method  # ordinary run directories
+    # One CSV row per comparison over all of θ, one per layer (Sequential modules 0 and 2).
+    with open(out / "gradients.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 3 * len(results["gradients"])
+    assert {r["layer"] for r in rows} == {"all", "0", "2"}
+
+
+def test_points_methods_and_ranges(report) -> None:
+    _, results = report
+    assert results["points"] == [0, 2, 4]
+    assert len(results["gradients"]) == 3 * 2 * 4  # points × steps × (3 methods + other batch)
+    for r in results["gradients"]:
+        assert -1 - 1e-12 <= r["cosine"] <= 1 + 1e-12
+        assert r["norm_ratio"] > 0 and r["norm"] > 0
+        for layer in r["layers"].values():
+            assert -1 - 1e-12 <= layer["cosine"] <= 1 + 1e-12
+    # The snapshots are really later points of training: MAML's gradient changed.
+    norms = {r["iteration"]: r["reference_norm"] for r in results["gradients"] if r["steps"] == 1}
+    assert len(set(norms.values())) == 3
+    assert len(results["interpretation"]) == 3 + 1 + 3 + 1  # gradients, reference, costs, curves
+
+
+def test_metasgd_theta_gradient_is_mamls_with_equal_rates(report) -> None:
+    _, results = report
+    for r in _rows(results, "metasgd"):
+        assert r["cosine"] == pytest.approx(1.0, abs=1e-6)
+        assert r["norm_ratio"] == pytest.approx(1.0, abs=1e-6)
+        assert r["rates_grad_norm"] > 0
+    for r in _rows(results, "fomaml"):  # guards the above: a curved support loss separates them
+        assert r["cosine"] < 1 - 1e-6
+
+
+def test_timing_and_memory(report) -> None:
+    _, results = report
+    by = {(t["method"], t["steps"]): t for t in results["timing"]}
+    assert set(by) == {(m, s) for m in ("maml", "fomaml", "metasgd", "reptile") for s in (1, 3)}
+    assert all(t["median_s"] > 0 for t in by.values())
+    # Second-order MAML keeps the graph of every inner step; first-order MAML and Reptile do not.
+    assert by[("maml", 3)]["saved_peak_bytes"] > by[("maml", 1)]["saved_peak_bytes"]
+    assert by[("fomaml", 3)]["saved_peak_bytes"] < by[("maml", 3)]["saved_peak_bytes"]
+    assert by[("reptile", 3)]["saved_peak_bytes"] < by[("maml", 3)]["saved_peak_bytes"]
+
+
+def test_learning_curves(report) -> None:
+    _, results = report
+    assert results["family_curve_key"] == "val_mse_after"
+    assert results["curve_every"] == 1
+    for method, curve in results["curves"].items():
+        points = curve["points"]
+        assert [p["iteration"] for p in points] == [0, 1, 2, 3, 4], method
+        seconds = [p["train_seconds"] for p in points]
+        assert seconds == sorted(seconds) and seconds[-1] <= curve["train_seconds"] + 1e-9
+        assert all(math.isfinite(p[mc.HELDOUT_KEY]) for p in points)
+        assert curve["final_eval"]["at_trained_steps"]["mean"] > 0
+    # Same seed, same initialisation: every method starts from the same held-out loss.
+    starts = {c["points"][0][mc.HELDOUT_KEY] for c in results["curves"].values()}
+    assert max(starts) - min(starts) < 1e-12
+
+
+def test_snapshots_are_the_states_of_a_shorter_run(report, tmp_path: Path) -> None:
+    # The gradient at "it 2" is MAML's gradient at the state a 2-iteration run ends in.
+    _, results = report
+    family = WaveFamily()
+    run = train(
+        family, resolve_config(family, {"iterations": 2, "out": str(tmp_path)}), progress=False
+    )
+    state = mc._state(load_run(run)[2].model)
+    config = resolve_config(family, {})
+    expected = _rows(results, "fomaml", 2)[0]
+    assert expected["steps"] == 1
+    for seed, batch in zip(mc.comparison_seeds(config, 2), expected["per_batch"], strict=True):
+        again = mc.meta_gradient(family, config, "fomaml", state, steps=1, task_seed=seed)
+        reference = mc.meta_gradient(family, config, "maml", state, steps=1, task_seed=seed)
+        assert mc.agreement(reference.theta, again.theta).cosine == pytest.approx(
+            batch["cosine"], abs=1e-12
+        )
+    cosines = [b["cosine"] for b in expected["per_batch"]]
+    assert expected["cosine"] == pytest.approx(np.mean(cosines))
+    assert expected["cosine_sd"] == pytest.approx(np.std(cosines, ddof=1))
+
+
+def test_first_order_equals_second_order_for_a_linear_support_loss(tmp_path: Path) -> None:
+    # Zero support Hessian: (I − αH)ⁿ = I, so first-order MAML is exact (an independent check).
+    family = WaveFamily()
+    config = resolve_config(family, {"linear_support": True})
+    options = mc.CompareOptions(
+        methods=("fomaml",), steps=(1, 4), checkpoints=0, repeats=1, curves=False, batches=1
+    )
+    results = mc.compare(family, config, tmp_path / "r", options, progress=False)
+    rows = _rows(results, "fomaml")
+    assert [r["steps"] for r in rows] == [1, 4]
+    for r in rows:
+        assert r["cosine"] == pytest.approx(1.0, abs=1e-12)
+        assert r["norm_ratio"] == pytest.approx(1.0, abs=1e-12)
+    assert results["curves"] == {} and not (tmp_path / "r" / "curves.csv").exists()
+    # With one batch, "other batch" is an extra, independent meta-batch.
+    (other,) = [r for r in _rows(results, mc.OTHER_BATCH) if r["steps"] == 1]
+    assert len(other["per_batch"]) == 1 and other["cosine"] < 1 - 1e-6
+
+
+def test_agreement_core() -> None:
+    a = {
+        "net.0.weight": torch.tensor([[1.0, 0.0]]),
+        "net.0.bias": torch.tensor([0.0]),
+        "head.weight": torch.tensor([[0.0, 3.0]]),
+    }
+    b = {k: 2 * v for k, v in a.items()}
+    agree = mc.agreement(a, b)
+    assert agree.cosine == pytest.approx(1.0) and agree.norm_ratio == pytest.approx(2.0)
+    assert list(agree.layers) == ["net.0", "head"]
+    flipped = dict(a, **{"head.weight": -a["head.weight"]})
+    agree = mc.agreement(a, flipped)
+    assert agree.layers["head"]["cosine"] == pytest.approx(-1.0)
+    assert agree.layers["net.0"]["cosine"] == pytest.approx(1.0)
+    assert agree.cosine == pytest.approx((1 - 9) / 10)
+    assert mc.layer_of("a") == "a" and mc.layer_of("body.1.running_mean") == "body.1"
+    assert math.isnan(mc.cosine(torch.zeros(3), torch.ones(3)))
+    with pytest.raises(ValueError, match="different parameters"):
+        mc.agreement(a, {"net.0.weight": a["net.0.weight"]})
+
+
+def test_saved_tensor_meter_counts_what_autograd_keeps() -> None:
+    w = torch.randn(100, dtype=torch.float64, requires_grad=True)
+    with mc.SavedTensorMeter() as meter:
+        y = torch.tanh(w)  # saves its output: 800 bytes
+        z = torch.exp(y)  # saves its output: 800 more
+        assert meter.live_bytes == 1600
+        z.sum().backward()
+        del y, z
+    assert meter.peak_bytes == 1600 and meter.live_bytes == 0
+
+
+def test_checkpoint_iterations_and_options() -> None:
+    assert mc.checkpoint_iterations(100, 3) == [33, 67, 100]
+    assert mc.checkpoint_iterations(2, 5) == [1, 2]
+    assert mc.checkpoint_iterations(0, 3) == [] and mc.checkpoint_iterations(10, 0) == []
+    assert mc.CompareOptions(methods=("reptile",)).all_methods == ("maml", "reptile")
+    with pytest.raises(metaopt.ConfigError, match="--methods must be"):
+        mc.CompareOptions(methods=("sgd",)).validate()
+    with pytest.raises(metaopt.ConfigError, match="--steps must be integers >= 1"):
+        mc.CompareOptions(steps=(0, 1)).validate()
+    assert (
+        mc.family_curve_key(
+            ["test_post_minus_pre", "test_post_return_ci95", "test_post_return"], "return"
+        )
+        == "test_post_return"
+    )
+    assert mc.family_curve_key(["loss"], "mse") is None
+
+
+def test_cli_compare(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "cli"
+    argv = [
+        "compare",
+        "compare-wave",
+        "--iterations",
+        "2",
+        "--steps",
+        "1,2",
+        "--checkpoints",
+        "1",
+        "--repeats",
+        "1",
+        "--heldout-tasks",
+        "2",
+        "--methods",
+        "fomaml,reptile",
+        "--report",
+        str(out),
+        "--quiet",
+    ]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "# metaopt compare: compare-wave" in printed and f"report directory: {out}" in printed
+    results = json.loads((out / "results.json").read_text())
+    assert results["methods"] == ["maml", "fomaml", "reptile"] and results["points"] == [0, 2]
+    # A non-empty report directory is refused, as metaopt never overwrites a report.
+    assert main(argv) == 2
+    assert "is not empty" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--algo", "fomaml"], "--algo does not apply to metaopt compare; use --methods"),
+        (["--steps", "0,1"], "--steps must be integers >= 1"),
+        (["--methods", "maml,sgd"], "--methods must be a comma-separated subset"),
+        (["--repeats", "0"], "--repeats must be an integer >= 1"),
+        (["--inner-lr", "-1"], "--inner-lr must be a positive finite number"),
+    ],
+)
+def test_cli_compare_user_errors(extra: list[str], message: str, tmp_path: Path, capsys) -> None:
+    argv = ["compare", "compare-wave", "--report", str(tmp_path / "r"), "--quiet", *extra]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def _g(values: list[float], finite: bool = True) -> mc.MetaGradient:
+    return mc.MetaGradient({"w": torch.tensor(values)}, None, 1.0, finite)
+
+
+def test_non_finite_meta_gradients_are_counted_and_left_out() -> None:
+    nan = float("nan")
+    references = [_g([1.0, 0.0]), _g([1.0, 0.0]), _g([nan, 0.0], finite=False)]
+    others = [_g([1.0, 0.0]), _g([0.0, 1.0]), _g([1.0, 0.0])]
+    summary = mc.summarize_batches(references, others)
+    assert summary["cosine"] == pytest.approx(0.5) and summary["nonfinite_reference"] == 1
+    assert summary["nonfinite"] == 0 and len(summary["per_batch"]) == 3
+    assert mc._agreement_cell(summary, 3).endswith("[1/3 non-finite]")
+    nothing = mc.summarize_batches(references[2:], others[2:])
+    assert nothing["cosine"] is None and nothing["layers"]["w"]["cosine"] is None
+    assert mc._agreement_cell(nothing, 1) == "non-finite (1/1)"

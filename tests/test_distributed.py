@@ -169,6 +169,9 @@ def _dying_worker(rank: int, port: int, out: str) -> None:
     except Exception as error:
         message = f"{type(error).__name__}: {error}"
     Path(out, f"rank{rank}.txt").write_text(message)
+    # The group is broken: tearing it down (or letting the interpreter do so at exit) can abort
+    # inside gloo's threads. What is tested is that the collective failed instead of hanging.
+    os._exit(0)
 
 
 def _spawn(target, tmp_path: Path, timeout: float = 120) -> list[int | None]:
@@ -198,8 +201,9 @@ def test_mismatched_configs_are_refused_on_every_rank(tmp_path: Path) -> None:
 def test_a_dead_rank_stops_the_others_instead_of_hanging(tmp_path: Path) -> None:
     codes = _spawn(_dying_worker, tmp_path, timeout=90)
     assert codes[1] == 3
-    assert codes[0] == 0, "rank 0 hung or crashed instead of reporting the failure"
-    assert (tmp_path / "rank0.txt").read_text() != "no error"
+    assert codes[0] == 0, "rank 0 hung (or crashed) instead of reporting the failure"
+    message = (tmp_path / "rank0.txt").read_text()
+    assert message != "no error" and "Error" in message
 
 
 def test_metaopt_train_under_torchrun_equals_one_process(tmp_path: Path) -> None:

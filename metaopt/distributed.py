@@ -33,7 +33,7 @@ __all__ = [
     "broadcast_object",
     "check_same_config",
     "config_hash",
-    "gather_tensor",
+    "gather_tasks",
     "setup",
     "shard",
     "shard_bounds",
@@ -134,20 +134,22 @@ def all_reduce_gradients(params: Sequence[torch.Tensor], info: DistInfo) -> int:
     return flat.numel() * flat.element_size()
 
 
-def gather_tensor(values: torch.Tensor, info: DistInfo) -> torch.Tensor:
-    """Concatenate every rank's 1-D ``values`` in rank order (uneven lengths allowed)."""
+def gather_tasks(rows: torch.Tensor, num_tasks: int, info: DistInfo) -> torch.Tensor:
+    """Every rank's per-task values ``rows [k, shard]``, joined in task order: ``[k, num_tasks]``.
+
+    One collective: the shard sizes follow from :func:`shard_bounds`, so only the values travel
+    (padded to the largest shard).
+    """
     if not info.active:
-        return values
-    values = values.detach().reshape(-1)
-    lengths = [torch.zeros(1, dtype=torch.int64) for _ in range(info.world_size)]
-    dist.all_gather(lengths, torch.tensor([values.numel()], dtype=torch.int64))
-    longest = int(max(length.item() for length in lengths))
-    padded = torch.zeros(longest, dtype=values.dtype)
-    padded[: values.numel()] = values
-    parts = [torch.zeros(longest, dtype=values.dtype) for _ in range(info.world_size)]
+        return rows
+    bounds = [shard_bounds(num_tasks, rank, info.world_size) for rank in range(info.world_size)]
+    longest = max(stop - start for start, stop in bounds)
+    padded = rows.new_zeros(rows.shape[0], longest)
+    padded[:, : rows.shape[1]] = rows.detach()
+    parts = [torch.empty_like(padded) for _ in range(info.world_size)]
     dist.all_gather(parts, padded)
     return torch.cat(
-        [part[: int(length.item())] for part, length in zip(parts, lengths, strict=True)]
+        [part[:, : stop - start] for part, (start, stop) in zip(parts, bounds, strict=True)], dim=1
     )
 
 

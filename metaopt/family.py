@@ -86,7 +86,9 @@ class TrainConfig:
     )
     out: str | None = option(None, "run directory (default: runs/<family>-<algo>-<time>)")
     threads: int = option(
-        0, "torch intra-op threads (0: torch's default); tiny models run fastest on 1"
+        1,
+        "torch intra-op threads (0: torch's default); meta-learning models are small, and "
+        "one thread per process is the fastest on a machine others also use",
     )
     dist_backend: str = option(
         "auto",

@@ -259,8 +259,23 @@ def _make_run_dir(family: TaskFamily, config: TrainConfig) -> Path:
     return run_dir
 
 
+def _json_text(data: Any) -> str:
+    """Strict JSON (RFC 8259 has no NaN or Infinity): non-finite numbers are written as null."""
+    return json.dumps(_strict(data), indent=2, default=_json_default, allow_nan=False) + "\n"
+
+
+def _strict(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {key: _strict(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_strict(item) for item in value]
+    if isinstance(value, np.generic | torch.Tensor) and getattr(value, "ndim", 0) == 0:
+        value = value.item()
+    return _finite_or_none(value)
+
+
 def _write_json_atomic(path: Path, data: Any) -> None:
-    atomic_write_bytes(path, (json.dumps(data, indent=2, default=_json_default) + "\n").encode())
+    atomic_write_bytes(path, _json_text(data).encode())
 
 
 @dataclasses.dataclass
@@ -441,14 +456,10 @@ def _finite_or_none(value: Any) -> Any:
 # -- the loop -------------------------------------------------------------------------------------
 
 
-def _gathered(metrics: MetaMetrics, info: distributed.DistInfo) -> MetaMetrics:
-    """Every rank's per-task losses, in task order, on every rank."""
-    return MetaMetrics(
-        *(
-            distributed.gather_tensor(getattr(metrics, name), info)
-            for name in ("support_before", "support_after", "query")
-        )
-    )
+def _gathered(metrics: MetaMetrics, num_tasks: int, info: distributed.DistInfo) -> MetaMetrics:
+    """Every rank's per-task losses, in task order, on every rank (one collective)."""
+    rows = torch.stack([metrics.support_before, metrics.support_after, metrics.query])
+    return MetaMetrics(*distributed.gather_tasks(rows, num_tasks, info).unbind(0))
 
 
 def _loop(run: _Run, log: IO[str], stop: _StopOnSignal, progress: bool | None) -> None:
@@ -472,7 +483,7 @@ def _loop(run: _Run, log: IO[str], stop: _StopOnSignal, progress: bool | None) -
             extra = family.iteration_metrics(local)
             if run.dist.active:
                 distributed.all_reduce_gradients(params, run.dist)
-                metrics = _gathered(metrics, run.dist)
+                metrics = _gathered(metrics, len(tasks), run.dist)
                 extra = distributed.weighted_means(extra, len(local), len(tasks), run.dist)
             problem = _non_finite(metrics, algo)
             if problem is not None and not config.skip_nonfinite:
@@ -895,7 +906,7 @@ def resume(
 
 
 def _write_json(path: Path, data: Any) -> None:
-    path.write_text(json.dumps(data, indent=2, default=_json_default) + "\n")
+    path.write_text(_json_text(data))
 
 
 def _json_default(value: Any) -> Any:
@@ -946,11 +957,18 @@ def evaluate_run(
 
 def summarize(evaluation: dict[str, Any]) -> str:
     """A few lines of eval.json for the terminal."""
+
+    def shown(value: dict[str, Any]) -> str:
+        mean, ci95 = value.get("mean"), value.get("ci95")
+        if not isinstance(mean, int | float) or not math.isfinite(mean):
+            return "not finite (adaptation diverged on some tasks)"
+        return f"{mean:.4f} ± {ci95:.4f}" if isinstance(ci95, int | float) else f"{mean:.4f}"
+
     lines = [f"metric: {evaluation.get('metric')} over {evaluation.get('tasks')} held-out tasks"]
     baseline = evaluation.get("baseline", {}).get("by_steps", {})
     for step, value in evaluation.get("by_steps", {}).items():
-        line = f"  after {step:>2} steps: {value['mean']:.4f} ± {value['ci95']:.4f}"
-        if step in baseline and math.isfinite(baseline[step]["mean"]):
-            line += f"   (baseline {baseline[step]['mean']:.4f} ± {baseline[step]['ci95']:.4f})"
+        line = f"  after {step:>2} steps: {shown(value)}"
+        if step in baseline:
+            line += f"   (baseline {shown(baseline[step])})"
         lines.append(line)
     return "\n".join(lines)

@@ -13,7 +13,7 @@ returns after several inner-step counts, the exact random and optimal references
 the policy the meta-training started from, adapted by plain SGD at ``inner_lr``.
 
 Presets: ``seed`` (the defaults), ``tuned`` (two inner steps at lr 0.5) and ``tabular`` (no hidden
-layer, three inner steps at lr 10); docs/results_rl.md has what each achieves.
+layer, three inner steps at lr 10); docs/results.md has what each achieves.
 """
 
 from __future__ import annotations
@@ -134,7 +134,7 @@ class MDPFamily(TaskFamily):
         # TorchOpt's MAML-RL example: the defaults.
         "seed": {},
         # Chosen on a sweep of inner lr {0.1, 0.3, 0.5, 1}, inner steps {1, 2, 3} and
-        # trajectories {20, 40} (docs/results_rl.md): stable for all four algorithms.
+        # trajectories {20, 40} (docs/results.md): stable for all four algorithms.
         "tuned": {"inner_steps": 2, "inner_lr": 0.5},
         # A tabular actor-critic (no hidden layer: logits and values are per-state tables), whose
         # inner SGD steps can be large without interference between states.

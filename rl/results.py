@@ -1,4 +1,4 @@
-"""The learning results of docs/results_rl.md: the four algorithms under one ``mdp`` preset.
+"""The learning results of docs/results.md: the four algorithms under one ``mdp`` preset.
 
 Each algorithm is trained exactly as ``metaopt train mdp --algo ALGO --preset PRESET`` would
 (same code path, :func:`metaopt.runner.train`), one after the other, and the held-out results of

@@ -9,13 +9,11 @@ from __future__ import annotations
 import json
 import os
 import signal
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pytest
 import torch
 
 import metaopt
@@ -29,21 +27,6 @@ ALGORITHMS = ("maml", "fomaml", "metasgd", "reptile")
 
 #: Environment of a ``python -m metaopt`` subprocess: one torch thread, like the tests' process.
 SUBPROCESS_ENV = {**os.environ, "MPLBACKEND": "Agg", "OMP_NUM_THREADS": "1"}
-
-
-@pytest.fixture
-def one_thread() -> Iterator[None]:
-    """Run a test on one torch thread (then put the count back).
-
-    Bit-identical results need one thread count on both sides of a comparison, and on a shared
-    machine with few cores several threads per process slow tiny models down tenfold.
-    """
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 #: Flags that make the real families' runs cheap (their evaluation included).

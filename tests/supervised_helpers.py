@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import torch
 
 from supervised.omniglot import make_fixture
 
@@ -21,19 +19,3 @@ FIXTURE_SPLIT = {"train_classes": 12, "val_classes": 3}
 def omniglot_dir_fixture(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A read-only synthetic Omniglot folder shared by the session (copy it before changing it)."""
     return make_fixture(tmp_path_factory.mktemp("omniglot") / "data", **FIXTURE)
-
-
-@pytest.fixture(autouse=True, name="single_thread")
-def single_thread_fixture() -> Iterator[None]:
-    """Run each test with one torch thread, then restore the setting.
-
-    The supervised models are tiny: two threads on a shared 2-core machine spend their time
-    waiting on each other (measured here up to 10× slower per meta-iteration under load). Import
-    this fixture into a test module to make it apply there.
-    """
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)

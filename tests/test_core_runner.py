@@ -205,3 +205,20 @@ def test_evaluate_run_validates_options(tmp_path: Path) -> None:
     train(family, resolve_config(family, {"out": str(tmp_path)}), progress=False)
     with pytest.raises(metaopt.ConfigError, match="--tasks must be an integer >= 1"):
         evaluate_run(tmp_path, num_tasks=0)
+
+
+def test_eval_json_is_strict_json_when_adaptation_diverges(tmp_path: Path) -> None:
+    class Diverging(ToyFamily):
+        def evaluate(self, algo, config, run_dir, *, num_tasks=None, steps=None):
+            nan = {"mean": float("nan"), "ci95": float("inf")}
+            return {"metric": "mse", "tasks": 1, "by_steps": {"0": nan}}
+
+    run_dir = train(
+        Diverging(), resolve_config(ToyFamily(), {"out": str(tmp_path)}), progress=False
+    )
+
+    def refuse(constant: str) -> None:
+        raise ValueError(f"non-standard JSON constant {constant}")
+
+    evaluation = json.loads((run_dir / "eval.json").read_text(), parse_constant=refuse)
+    assert evaluation["by_steps"]["0"] == {"mean": None, "ci95": None}

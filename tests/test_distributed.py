@@ -58,9 +58,8 @@ def _worker(rank: int, port: int, out: str) -> None:
     info = distributed.setup("gloo", timeout_s=60)
     try:
         results = {name: _train(name, info, steps=5) for name in ALGORITHMS}
-        gathered = distributed.gather_tensor(
-            torch.arange(3.0) + 10 * rank if rank == 0 else torch.arange(2.0) + 10, info
-        )
+        shard = torch.arange(3.0) if rank == 0 else torch.arange(2.0) + 10  # 5 tasks: 3 + 2
+        gathered = distributed.gather_tasks(torch.stack([shard, -shard]), 5, info)
         torch.save({"results": results, "gathered": gathered}, Path(out) / f"rank{rank}.pt")
     finally:
         torch.distributed.destroy_process_group()
@@ -97,7 +96,7 @@ def test_two_ranks_equal_one_process(tmp_path: Path) -> None:
         # ... and the ranks hold identical parameters, bit for bit.
         for a, b in zip(ranks[0]["results"][name][1], ranks[1]["results"][name][1], strict=True):
             assert torch.equal(a, b)
-    expected = torch.tensor([0.0, 1.0, 2.0, 10.0, 11.0], dtype=torch.float64)
+    expected = torch.tensor([[0.0, 1.0, 2.0, 10.0, 11.0], [-0.0, -1.0, -2.0, -10.0, -11.0]])
     assert torch.equal(ranks[0]["gathered"], expected) and torch.equal(
         ranks[1]["gathered"], expected
     )

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from reliability_helpers import CHEAP, cli_flags, metrics, one_thread  # noqa: F401 - fixture
+from reliability_helpers import CHEAP, cli_flags, metrics
 
 from metaopt.cli import main
 

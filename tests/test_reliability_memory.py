@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from reliability_helpers import CHEAP, family, one_thread  # noqa: F401 - fixture
+from reliability_helpers import CHEAP, family
 
 from metaopt.config import resolve_config
 from metaopt.family import TaskFamily

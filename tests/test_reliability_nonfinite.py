@@ -7,7 +7,7 @@ import re
 from pathlib import Path
 
 import pytest
-from reliability_helpers import metrics, one_thread  # noqa: F401 - fixture
+from reliability_helpers import metrics
 
 from metaopt.checkpoint import load_checkpoint
 from metaopt.cli import main

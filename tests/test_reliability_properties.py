@@ -16,7 +16,6 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from reliability_helpers import one_thread  # noqa: F401 - fixture
 from torch import nn
 
 import metaopt

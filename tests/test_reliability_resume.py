@@ -29,7 +29,6 @@ from reliability_helpers import (
     family,
     interrupting,
     metrics,
-    one_thread,  # noqa: F401 - fixture
 )
 
 from metaopt import checkpoint as ckpt

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from reliability_helpers import RToyFamily, one_thread  # noqa: F401 - fixture
+from reliability_helpers import RToyFamily
 
 from metaopt.cli import main
 from metaopt.config import resolve_config

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -16,16 +15,6 @@ from metaopt.family import ALGORITHMS, ConfigError
 from metaopt.registry import get_family
 from metaopt.runner import evaluate_run, train
 from rl.family import MDPConfig, MDPFamily
-
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """These tensors are tiny: a second torch thread only adds contention on a shared machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 TINY = {
     "iterations": 3,
@@ -138,7 +127,6 @@ def test_config_error_is_a_config_error() -> None:
 
 @pytest.mark.parametrize("algo_name", ["maml", "metasgd"])
 def test_evaluation_curve_is_the_same_adapting_task_by_task_or_all_at_once(algo_name: str) -> None:
-    import torch
 
     import metaopt
     from rl.evaluation import adaptation_returns

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from supervised_helpers import omniglot_dir_fixture, single_thread_fixture  # noqa: F401 - fixtures
+from supervised_helpers import omniglot_dir_fixture  # noqa: F401 - fixtures
 
 import metaopt
 from supervised.adaptation import adaptation_curve, functional_rates, loop_curve, sgd_curve

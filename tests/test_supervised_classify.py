@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from supervised_helpers import single_thread_fixture  # noqa: F401 - fixture
 
 from metaopt.config import resolve_config
 from metaopt.family import ConfigError

@@ -12,7 +12,6 @@ import shlex
 from pathlib import Path
 
 import pytest
-from supervised_helpers import single_thread_fixture  # noqa: F401 - fixture
 
 from metaopt import cli
 from supervised import omniglot

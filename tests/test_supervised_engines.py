@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from supervised_helpers import FIXTURE_SPLIT, omniglot_dir_fixture, single_thread_fixture  # noqa: F401 - fixtures
+from supervised_helpers import FIXTURE_SPLIT, omniglot_dir_fixture  # noqa: F401 - fixtures
 
 import metaopt
 from metaopt.config import resolve_config

@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from supervised_helpers import single_thread_fixture  # noqa: F401 - fixture
 
 from metaopt.config import resolve_config
 from supervised.evaluation import compare, load_or_train_baseline, summarize

@@ -9,7 +9,6 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from supervised_helpers import single_thread_fixture  # noqa: F401 - fixture
 
 from metaopt.config import resolve_config
 from metaopt.family import ConfigError

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from supervised_helpers import FIXTURE_SPLIT, omniglot_dir_fixture, single_thread_fixture  # noqa: F401 - fixtures
+from supervised_helpers import FIXTURE_SPLIT, omniglot_dir_fixture  # noqa: F401 - fixtures
 
 from metaopt import cli
 from metaopt.checkpoint import load_checkpoint

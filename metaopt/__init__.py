@@ -10,12 +10,13 @@ from metaopt.family import ConfigError, TaskFamily, TrainConfig
 from metaopt.inner import InnerOptimizer, learned_rate_sgd
 from metaopt.isolation import isolated
 from metaopt.stats import mean_ci95
-from metaopt.task import Task
+from metaopt.task import BatchedTasks, Task
 
 __version__ = "0.1.0"
 
 __all__ = [
     "MAML",
+    "BatchedTasks",
     "ConfigError",
     "InnerOptimizer",
     "MetaLearner",

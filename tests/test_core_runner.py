@@ -222,3 +222,21 @@ def test_eval_json_is_strict_json_when_adaptation_diverges(tmp_path: Path) -> No
 
     evaluation = json.loads((run_dir / "eval.json").read_text(), parse_constant=refuse)
     assert evaluation["by_steps"]["0"] == {"mean": None, "ci95": None}
+
+
+def test_engine_and_threads_flags_take_effect(tmp_path: Path, monkeypatch) -> None:
+    from metaopt.runner import build_algorithm
+
+    family = ToyFamily()
+    for engine in ("loop", "vmap", "auto"):
+        config = resolve_config(family, {"engine": engine})
+        assert build_algorithm(config, family.make_model(config)).engine == engine
+    seen = []
+    monkeypatch.setattr(torch, "set_num_threads", seen.append)
+    train(family, resolve_config(family, {"out": str(tmp_path), "threads": 3}), progress=False)
+    assert seen == [3]
+    seen.clear()
+    train(
+        family, resolve_config(family, {"out": str(tmp_path / "b"), "threads": 0}), progress=False
+    )
+    assert seen == []  # 0 keeps torch's own setting

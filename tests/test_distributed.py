@@ -47,7 +47,8 @@ def _train(
     return first, [p.detach().clone() for p in algo.meta_parameters()]
 
 
-def _worker(rank: int, port: int, out: str) -> None:
+def _join(rank: int, port: int, timeout_s: float) -> distributed.DistInfo:
+    """Join a 2-process gloo group on loopback, as torchrun's environment would describe it."""
     os.environ.update(
         MASTER_ADDR="127.0.0.1",
         MASTER_PORT=str(port),
@@ -55,7 +56,11 @@ def _worker(rank: int, port: int, out: str) -> None:
         RANK=str(rank),
         LOCAL_RANK=str(rank),
     )
-    info = distributed.setup("gloo", timeout_s=60)
+    return distributed.setup("gloo", timeout_s=timeout_s)
+
+
+def _worker(rank: int, port: int, out: str) -> None:
+    info = _join(rank, port, timeout_s=60)
     try:
         results = {name: _train(name, info, steps=5) for name in ALGORITHMS}
         shard = torch.arange(3.0) if rank == 0 else torch.arange(2.0) + 10  # 5 tasks: 3 + 2
@@ -129,14 +134,7 @@ def test_single_process_is_a_no_op() -> None:
 
 
 def _mismatch_worker(rank: int, port: int, out: str) -> None:
-    os.environ.update(
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(port),
-        WORLD_SIZE="2",
-        RANK=str(rank),
-        LOCAL_RANK=str(rank),
-    )
-    info = distributed.setup("gloo", timeout_s=60)
+    info = _join(rank, port, timeout_s=60)
     try:
         distributed.check_same_config(
             {"algo": "maml", "inner_lr": 0.01 if rank == 0 else 0.1, "seed": 0}, info
@@ -150,14 +148,7 @@ def _mismatch_worker(rank: int, port: int, out: str) -> None:
 
 
 def _dying_worker(rank: int, port: int, out: str) -> None:
-    os.environ.update(
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(port),
-        WORLD_SIZE="2",
-        RANK=str(rank),
-        LOCAL_RANK=str(rank),
-    )
-    info = distributed.setup("gloo", timeout_s=20)
+    info = _join(rank, port, timeout_s=20)
     if rank == 1:
         os._exit(3)  # dies without a word, before the collective
     param = torch.nn.Parameter(torch.ones(3))

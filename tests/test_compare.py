@@ -334,3 +334,26 @@ def test_non_finite_meta_gradients_are_counted_and_left_out() -> None:
     nothing = mc.summarize_batches(references[2:], others[2:])
     assert nothing["cosine"] is None and nothing["layers"]["w"]["cosine"] is None
     assert mc._agreement_cell(nothing, 1) == "non-finite (1/1)"
+
+
+def test_same_seed_same_comparison(report, tmp_path: Path) -> None:
+    # Determinism (issue: identical results for every command): everything but the clocks repeats.
+    _, first = report
+    family = WaveFamily()
+    second = mc.compare(
+        family, resolve_config(family, {}), tmp_path / "again", TINY, progress=False
+    )
+    assert first["gradients"] == second["gradients"]
+
+    def without_clocks(value):
+        if isinstance(value, dict):
+            return {
+                k: without_clocks(v)
+                for k, v in value.items()
+                if "seconds" not in k and k not in ("run_dir", "time")
+            }
+        if isinstance(value, list):
+            return [without_clocks(v) for v in value]
+        return value
+
+    assert without_clocks(first["curves"]) == without_clocks(second["curves"])

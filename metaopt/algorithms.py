@@ -149,19 +149,13 @@ class MetaLearner:
             raise TypeError(f"engine='vmap' cannot run this meta-batch: {reason}")
         return reason is None
 
-    def _inner_loop_vmap(
-        self, tasks: BatchedTasks, *, create_graph: bool
-    ) -> tuple[Any, torch.Tensor]:
-        """Adapt all tasks at once; return the adapted batched forward and support losses at θ."""
-        params, fixed, before = inner_loop(
-            self.model,
-            tasks,
-            self._inner_transform(self._trainable_order()),
-            self.inner_steps,
-            create_graph=create_graph,
-        )
-        assert before is not None
-        return batched_forward(self.model, params, fixed), before
+    def _adapt_vmap(
+        self, tasks: BatchedTasks, steps: int, *, create_graph: bool
+    ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], torch.Tensor | None]:
+        """The vectorised engine's inner loop with this algorithm's update rule (see
+        :func:`metaopt.engine.inner_loop`)."""
+        transform = self._inner_transform(self._trainable_order())
+        return inner_loop(self.model, tasks, transform, steps, create_graph=create_graph)
 
     def meta_parameters(self) -> list[nn.Parameter]:
         """The tensors the outer optimiser updates: the model's trainable parameters θ."""
@@ -207,13 +201,7 @@ class MetaLearner:
         reason = can_vectorise(self.model, tasks)
         if reason is not None:
             raise TypeError(f"adapt_batch cannot run these tasks: {reason}")
-        params, fixed, _ = inner_loop(
-            self.model,
-            tasks,
-            self._inner_transform(self._trainable_order()),
-            steps,
-            create_graph=create_graph,
-        )
+        params, fixed, _ = self._adapt_vmap(tasks, steps, create_graph=create_graph)
         return batched_forward(self.model, params, fixed)
 
     def _inner_loop(
@@ -327,7 +315,11 @@ class MAML(MetaLearner):
         tasks, weight = _check_tasks(tasks, scale)
         if self._vectorise(tasks):
             batch: BatchedTasks = tasks  # type: ignore[assignment]
-            forward, before = self._inner_loop_vmap(batch, create_graph=not self.first_order)
+            params, fixed, before = self._adapt_vmap(
+                batch, self.inner_steps, create_graph=not self.first_order
+            )
+            assert before is not None
+            forward = batched_forward(self.model, params, fixed)
             query = check_losses(batch.query_losses(forward), len(batch), "query_losses")
             (query.sum() * weight).backward()
             return MetaMetrics(before, self._support_after_vmap(batch, forward), query.detach())
@@ -434,13 +426,7 @@ class Reptile(MetaLearner):
         return self._per_task(tasks, weight, step)  # type: ignore[arg-type]
 
     def _meta_backward_vmap(self, tasks: BatchedTasks, weight: float) -> MetaMetrics:
-        params, fixed, before = inner_loop(
-            self.model,
-            tasks,
-            self._inner_transform(self._trainable_order()),
-            self.inner_steps,
-            create_graph=False,
-        )
+        params, fixed, before = self._adapt_vmap(tasks, self.inner_steps, create_graph=False)
         assert before is not None
         for name, p in self.model.named_parameters():
             if p.requires_grad:

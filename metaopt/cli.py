@@ -5,6 +5,7 @@
     metaopt compare FAMILY [flags] [--report DIR] [--steps 1,2,5,10]  second- vs first-order
     metaopt families                                                 list the task families
     metaopt bench [--quick] [--threads N] [--json PATH]               time the engines
+    metaopt scale FAMILY [flags] [--processes 1,2] [--repeats 3]      time train at 1, 2... processes
 
 User errors print one line and exit with status 2; only real bugs show a traceback.
 """
@@ -13,9 +14,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -67,6 +69,11 @@ def _one_line_resume_warnings() -> Iterator[None]:
     with warnings.catch_warnings():
         warnings.showwarning = one_line
         yield
+
+
+def _is_main_process() -> bool:
+    """False on every rank but 0 under torchrun: the summary is printed once."""
+    return os.environ.get("RANK", "0") == "0"
 
 
 def _load_families() -> tuple[dict[str, TaskFamily], dict[str, str]]:
@@ -142,17 +149,7 @@ def build_parser(families: dict[str, TaskFamily]) -> argparse.ArgumentParser:
         "meta-iteration, and their learning curves. Writes report.md, results.json, CSV files "
         "and plots into --report.",
     )
-    per_family = compare.add_subparsers(dest="family", required=True, metavar="FAMILY")
-    for name, family in families.items():
-        # "resolve": should a family field share a name with a compare flag, compare's wins.
-        sub = per_family.add_parser(
-            name,
-            help=family.description,
-            description=family.description,
-            conflict_handler="resolve",
-        )
-        add_config_arguments(sub, family)
-        add_compare_arguments(sub)
+    _per_family(compare, families, add_compare_arguments)
 
     commands.add_parser("families", help="list the installed task families")
 
@@ -187,7 +184,42 @@ def build_parser(families: dict[str, TaskFamily]) -> argparse.ArgumentParser:
     bench.add_argument(
         "--plot", type=Path, default=None, metavar="PATH", help="save the memory plot (PNG)"
     )
+
+    from metaopt.scaling import add_scale_arguments
+
+    scale = commands.add_parser(
+        "scale",
+        help="time metaopt train at several process counts (torchrun) and check they agree",
+        description="Run metaopt train as a subprocess at each process count (torchrun for more "
+        "than one), --repeats times, interleaved. Prints the medians of per-iteration, training "
+        "and wall-clock seconds with speed-ups against the smallest count. Fails (exit status 1) "
+        "unless short runs (--check-iterations) at every count end with the same "
+        "meta-parameters, and the repeats of each count do.",
+    )
+    _per_family(scale, families, add_scale_arguments)
     return parser
+
+
+def _per_family(
+    command: argparse.ArgumentParser,
+    families: dict[str, TaskFamily],
+    add_own: Callable[[argparse.ArgumentParser], None],
+) -> None:
+    """``command FAMILY``: each family's config flags, then the command's own flags ``add_own``.
+
+    A command flag that shares a name with a config field replaces it ("resolve"): scale's
+    ``--threads`` sets the runs' threads, for one.
+    """
+    per_family = command.add_subparsers(dest="family", required=True, metavar="FAMILY")
+    for name, family in families.items():
+        sub = per_family.add_parser(
+            name,
+            help=family.description,
+            description=family.description,
+            conflict_handler="resolve",
+        )
+        add_config_arguments(sub, family)
+        add_own(sub)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -226,8 +258,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                         raise ConfigError("--checkpoint only applies with --resume RUN_DIR")
                     config = resolve_config(family, overrides)
                     run_dir = train(family, config, progress=progress)
-            print(summarize(json.loads((run_dir / "eval.json").read_text())))
-            print(f"run directory: {run_dir}")
+            if _is_main_process():
+                print(summarize(json.loads((run_dir / "eval.json").read_text())))
+                print(f"run directory: {run_dir}")
             return 0
         if args.command == "bench":
             from metaopt.bench import run_bench
@@ -242,6 +275,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 plot_path=args.plot,
             )
             return 0
+        if args.command == "scale":
+            from metaopt.scaling import run_scale_command
+
+            return run_scale_command(families[args.family], vars(args))
         if args.command == "compare":
             from metaopt.compare import run_compare_command
 
@@ -249,7 +286,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "eval":
             from metaopt.runner import evaluate_run, summarize
 
-            print(summarize(evaluate_run(args.run_dir, num_tasks=args.tasks, steps=args.steps)))
+            evaluation = evaluate_run(args.run_dir, num_tasks=args.tasks, steps=args.steps)
+            if _is_main_process():
+                print(summarize(evaluation))
             return 0
     except ConfigError as error:
         print(f"metaopt: error: {error}", file=sys.stderr)

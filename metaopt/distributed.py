@@ -6,6 +6,12 @@ slice; each task's query loss is weighted by 1 / (global meta-batch), and one al
 meta-gradients, so every rank holds the gradient a single process would compute and takes the
 same outer step. Uneven shards are fine: the weights, not the shard sizes, make the average.
 
+Evaluation is sharded the same way. The training loop enters :func:`sharding` around the
+families' ``periodic_eval`` and ``evaluate``; inside, :func:`map_tasks` has each rank compute the
+per-task values of its slice of the held-out tasks and gathers them, so every rank holds the whole
+set and summarises it identically, and :func:`on_main` runs one-off work (training a baseline) on
+rank 0 alone and hands the result to the others. Outside :func:`sharding`, both run locally.
+
 Under ``torchrun`` the environment names the rank and world size; without it, everything here
 is a no-op for a single process.
 """
@@ -15,10 +21,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
@@ -33,10 +40,14 @@ __all__ = [
     "broadcast_object",
     "check_same_config",
     "config_hash",
+    "current",
     "gather_tasks",
+    "map_tasks",
+    "on_main",
     "setup",
     "shard",
     "shard_bounds",
+    "sharding",
     "teardown",
     "weighted_means",
 ]
@@ -88,6 +99,13 @@ def setup(backend: str | None = None, timeout_s: float = 600.0) -> DistInfo:
     return DistInfo(dist.get_rank(), dist.get_world_size(), local_rank, backend, owns_group)
 
 
+def _device(info: DistInfo) -> torch.device:
+    """Where a collective's buffers must live: NCCL moves CUDA tensors only, gloo CPU ones."""
+    if info.backend == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
 def shard_bounds(num_tasks: int, rank: int, world_size: int) -> tuple[int, int]:
     """The contiguous slice ``[start, stop)`` of ``num_tasks`` tasks that ``rank`` adapts to.
 
@@ -125,11 +143,11 @@ def all_reduce_gradients(params: Sequence[torch.Tensor], info: DistInfo) -> int:
     if not info.active:
         return 0
     grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-    flat = torch.cat([g.reshape(-1) for g in grads])
+    flat = torch.cat([g.reshape(-1) for g in grads]).to(_device(info))
     dist.all_reduce(flat, op=dist.ReduceOp.SUM)
     offset = 0
     for p, g in zip(params, grads, strict=True):
-        p.grad = flat[offset : offset + g.numel()].view_as(g).clone()
+        p.grad = flat[offset : offset + g.numel()].view_as(g).to(g.device, copy=True)
         offset += g.numel()
     return flat.numel() * flat.element_size()
 
@@ -144,13 +162,91 @@ def gather_tasks(rows: torch.Tensor, num_tasks: int, info: DistInfo) -> torch.Te
         return rows
     bounds = [shard_bounds(num_tasks, rank, info.world_size) for rank in range(info.world_size)]
     longest = max(stop - start for start, stop in bounds)
-    padded = rows.new_zeros(rows.shape[0], longest)
+    padded = rows.new_zeros(rows.shape[0], longest, device=_device(info))
     padded[:, : rows.shape[1]] = rows.detach()
     parts = [torch.empty_like(padded) for _ in range(info.world_size)]
     dist.all_gather(parts, padded)
-    return torch.cat(
-        [part[:, : stop - start] for part, (start, stop) in zip(parts, bounds, strict=True)], dim=1
-    )
+    joined = [part[:, : stop - start] for part, (start, stop) in zip(parts, bounds, strict=True)]
+    return torch.cat(joined, dim=1).to(rows.device)
+
+
+T = TypeVar("T")
+
+#: The group that :func:`map_tasks` and :func:`on_main` share work across (see :func:`sharding`).
+_current = DistInfo()
+
+
+@contextmanager
+def sharding(info: DistInfo) -> Iterator[None]:
+    """Within the block, :func:`map_tasks` and :func:`on_main` share work across ``info``'s ranks.
+
+    Both are collectives: every rank of ``info`` must run the same code inside the block.
+    """
+    global _current
+    previous, _current = _current, info
+    try:
+        yield
+    finally:
+        _current = previous
+
+
+def current() -> DistInfo:
+    """The group entered with :func:`sharding`; a single process outside it."""
+    return _current
+
+
+def map_tasks(compute: Callable[[Any], torch.Tensor], tasks: Sequence[Any]) -> torch.Tensor:
+    """``compute(tasks)``, with the tasks split across the ranks of :func:`current`.
+
+    ``compute`` maps a sequence of tasks to per-task values ``[..., len(tasks)]``: the last
+    dimension follows the tasks, and a task's values must not depend on which other tasks are in
+    the sequence. Each rank calls it on its slice (:func:`shard`, so a batch with ``select``
+    stays a batch) and the slices are gathered in task order: every rank returns the
+    ``[..., len(tasks)]`` tensor (detached) that one process computing everything would. With
+    fewer tasks than ranks, every rank computes them all.
+    """
+    info = current()
+    if not info.active or len(tasks) < info.world_size:
+        return compute(tasks)
+    part = shard(tasks, info)
+    values = compute(part)
+    if values.dim() == 0 or values.shape[-1] != len(part):
+        raise ValueError(
+            f"map_tasks: compute returned shape {tuple(values.shape)} for {len(part)} tasks; "
+            "the last dimension must follow the tasks"
+        )
+    rows = values.detach().reshape(-1, len(part))
+    return gather_tasks(rows, len(tasks), info).reshape(*values.shape[:-1], len(tasks))
+
+
+def on_main(work: Callable[[], T], info: DistInfo | None = None) -> T:
+    """``work()`` run on rank 0 alone (one-off work: a run directory, a baseline); every rank
+    returns rank 0's result, pickled across.
+
+    ``info`` defaults to :func:`current`. When ``work`` fails on rank 0, every rank raises: rank 0
+    the original error, the others a :class:`ConfigError` with its message when it was one,
+    otherwise a ``RuntimeError`` that names it, instead of waiting for a result that never comes.
+    """
+    info = current() if info is None else info
+    if not info.active:
+        return work()
+    outcome: tuple[str, Any] = ("ok", None)
+    failure: Exception | None = None
+    if info.is_main:
+        try:
+            outcome = ("ok", work())
+        except ConfigError as error:
+            failure, outcome = error, ("config", str(error))
+        except Exception as error:
+            failure, outcome = error, ("error", f"{type(error).__name__}: {error}")
+    kind, value = broadcast_object(outcome, info)
+    if failure is not None:
+        raise failure
+    if kind == "config":
+        raise ConfigError(value)
+    if kind == "error":
+        raise RuntimeError(f"rank 0 failed: {value}")
+    return value
 
 
 def weighted_means(
@@ -163,7 +259,9 @@ def weighted_means(
     if not info.active:
         return values
     keys = sorted(values)
-    sums = torch.tensor([values[k] * weight for k in keys], dtype=torch.float64)
+    sums = torch.tensor(
+        [values[k] * weight for k in keys], dtype=torch.float64, device=_device(info)
+    )
     dist.all_reduce(sums, op=dist.ReduceOp.SUM)
     return {k: float(v) / total for k, v in zip(keys, sums.tolist(), strict=True)}
 
@@ -172,7 +270,7 @@ def any_rank(flag: bool, info: DistInfo) -> bool:
     """Whether ``flag`` is true on any rank (so that all ranks take the same branch)."""
     if not info.active:
         return flag
-    value = torch.tensor([1 if flag else 0], dtype=torch.int64)
+    value = torch.tensor([1 if flag else 0], dtype=torch.int64, device=_device(info))
     dist.all_reduce(value, op=dist.ReduceOp.MAX)
     return bool(value.item())
 

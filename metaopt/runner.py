@@ -536,7 +536,8 @@ def _loop(run: _Run, log: IO[str], stop: _StopOnSignal, progress: bool | None) -
             if config.skip_nonfinite:
                 row["skipped"] = run.skipped
             if config.eval_every and iteration % config.eval_every == 0:
-                row.update(family.periodic_eval(algo, config))
+                with distributed.sharding(run.dist):  # each rank evaluates a share of the tasks
+                    row.update(family.periodic_eval(algo, config))
             row = {key: _finite_or_none(value) for key, value in row.items()}
             log.write(json.dumps(row) + "\n")
             log.flush()
@@ -557,11 +558,12 @@ def _fit(run: _Run, progress: bool | None) -> Path:
         if run.saved != run.iteration:
             _save(run, log=log)
         stop.stop_if_asked(log)
-    if not run.dist.is_main:  # rank 0 evaluates and plots; the others wait for it
+    family, config, algo = run.family, run.config, run.algo
+    with distributed.sharding(run.dist):  # every rank evaluates its share of the held-out tasks
+        evaluation = family.evaluate(algo, config, run.run_dir)
+    if not run.dist.is_main:  # rank 0 writes and plots; the others wait for it
         distributed.barrier(run.dist)
         return run.run_dir
-    family, config, algo = run.family, run.config, run.algo
-    evaluation = family.evaluate(algo, config, run.run_dir)
     _write_json(run.run_dir / "eval.json", evaluation)
     from metaopt.plots import plot_training_curve
 
@@ -594,7 +596,7 @@ def train(family: TaskFamily, config: TrainConfig, *, progress: bool | None = No
             distributed.shard_bounds(config.meta_batch, info.rank, info.world_size)
             distributed.check_same_config(config.to_dict(), info)
         _apply_threads(config)
-        run_dir = _on_main(info, lambda: _new_run_dir(family, config))
+        run_dir = distributed.on_main(lambda: _new_run_dir(family, config, info.world_size), info)
         _seed_everything(config.seed)
         model = family.make_model(config)
         algo = build_algorithm(config, model)
@@ -606,7 +608,7 @@ def train(family: TaskFamily, config: TrainConfig, *, progress: bool | None = No
         distributed.teardown(info)
 
 
-def _new_run_dir(family: TaskFamily, config: TrainConfig) -> Path:
+def _new_run_dir(family: TaskFamily, config: TrainConfig, world_size: int) -> Path:
     run_dir = _make_run_dir(family, config)
     _write_json_atomic(
         run_dir / "config.json",
@@ -617,25 +619,10 @@ def _new_run_dir(family: TaskFamily, config: TrainConfig) -> Path:
             "versions": _versions(),
             "command": sys.argv,
             "threads": torch.get_num_threads(),
+            "world_size": world_size,
         },
     )
     return run_dir
-
-
-def _on_main(info: distributed.DistInfo, work: Any) -> Any:
-    """Run ``work()`` on rank 0 alone; every rank returns its result or raises its ConfigError."""
-    if not info.active:
-        return work()
-    outcome: tuple[bool, Any] = (True, None)
-    if info.is_main:
-        try:
-            outcome = (True, work())
-        except ConfigError as error:
-            outcome = (False, str(error))
-    ok, value = distributed.broadcast_object(outcome, info)
-    if not ok:
-        raise ConfigError(value)
-    return value
 
 
 # -- resuming -------------------------------------------------------------------------------------
@@ -878,11 +865,12 @@ def resume(
                     "command": sys.argv,
                     "versions": _versions(),
                     "threads": torch.get_num_threads(),
+                    "world_size": info.world_size,
                 }
             )
             _write_json_atomic(run_dir / "config.json", saved)
 
-        _on_main(info, rewrite_run_dir)
+        distributed.on_main(rewrite_run_dir, info)
         run = _Run(
             family,
             config,
@@ -944,14 +932,27 @@ def load_run(run_dir: Path) -> tuple[TaskFamily, TrainConfig, MetaLearner]:
 def evaluate_run(
     run_dir: Path, *, num_tasks: int | None = None, steps: Sequence[int] | None = None
 ) -> dict[str, Any]:
-    """Re-run the final evaluation of a saved run and rewrite its ``eval.json``."""
+    """Re-run the final evaluation of a saved run and rewrite its ``eval.json``.
+
+    Under torchrun, every rank evaluates a share of the held-out tasks and rank 0 writes.
+    """
     if num_tasks is not None and num_tasks < 1:
         raise ConfigError(f"--tasks must be an integer >= 1, got {num_tasks}")
     if steps is not None and (not steps or min(steps) < 0):
         raise ConfigError(f"--steps must be integers >= 0, got {list(steps)}")
     family, config, algo = load_run(run_dir)
-    evaluation = family.evaluate(algo, config, Path(run_dir), num_tasks=num_tasks, steps=steps)
-    _write_json(Path(run_dir) / "eval.json", evaluation)
+    info = distributed.setup(config.dist_backend, config.dist_timeout)
+    try:
+        _apply_threads(config)
+        with distributed.sharding(info):  # under torchrun, each rank evaluates a share
+            evaluation = family.evaluate(
+                algo, config, Path(run_dir), num_tasks=num_tasks, steps=steps
+            )
+        if info.is_main:
+            _write_json(Path(run_dir) / "eval.json", evaluation)
+        distributed.barrier(info)
+    finally:
+        distributed.teardown(info)
     return evaluation
 
 

@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from metaopt.algorithms import MAML, MetaLearner, MetaSGD
+from metaopt.distributed import map_tasks
 from metaopt.family import ConfigError, TaskFamily, TrainConfig, option
 from rl.evaluation import INTERVAL, adaptation_returns, curve_summary, score_curve, summarize
 from rl.mdp import (
@@ -174,7 +175,7 @@ class MDPFamily(TaskFamily):
     def periodic_eval(self, algo: MetaLearner, config: TrainConfig) -> dict[str, float]:
         config = _mdp(config)
         batch = self.test_batch(config, config.test_tasks)
-        curve = adaptation_returns(algo, batch, config.inner_steps)
+        curve = map_tasks(lambda part: adaptation_returns(algo, part, config.inner_steps), batch)
         random, optimal = self.references(config, config.test_tasks)
         pre, post = curve[0], curve[-1]
         score = normalized_score(post.double().numpy(), random, optimal)
@@ -205,9 +206,15 @@ class MDPFamily(TaskFamily):
         steps = sorted((set(EVAL_STEPS) | {trained}) if steps is None else set(steps))
         longest = max(*steps, trained)
         random, optimal = self.references(config, n)
-        meta = adaptation_returns(algo, self.test_batch(config, n), longest)
+        # Under torchrun, each rank adapts to its share of the tasks (metaopt.distributed.sharding).
+        meta = map_tasks(
+            lambda part: adaptation_returns(algo, part, longest), self.test_batch(config, n)
+        )
         baseline_algo = self.baseline(algo, config)
-        base = adaptation_returns(baseline_algo, self.test_batch(config, n), longest)
+        base = map_tasks(
+            lambda part: adaptation_returns(baseline_algo, part, longest),
+            self.test_batch(config, n),
+        )
         meta_score = score_curve(meta, random, optimal)
         base_score = score_curve(base, random, optimal)
         post = meta[trained]

@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from metaopt.algorithms import MAML, MetaLearner, MetaSGD
+from metaopt.distributed import map_tasks, on_main
 from metaopt.family import TrainConfig
 from metaopt.stats import mean_ci95
 from supervised.adaptation import adaptation_curve, describe_adaptation, sgd_curve
@@ -129,18 +130,30 @@ def load_or_train_baseline(
     run_dir: Path | None,
 ) -> nn.Module:
     """The run's baseline: loaded from ``run_dir/baseline.pt`` when it was trained with the same
-    settings, otherwise trained (:func:`train_baseline`) and saved there."""
+    settings, otherwise trained (:func:`train_baseline`) and saved there.
+
+    Under torchrun, rank 0 alone loads or trains (and writes) it and hands its weights to the
+    other ranks (:func:`metaopt.distributed.on_main`).
+    """
+    model = make_model()
+    model.load_state_dict(on_main(lambda: _load_or_train(model, config, sample, run_dir)))
+    return model
+
+
+def _load_or_train(
+    model: nn.Module, config: SupervisedConfig, sample: SampleFn, run_dir: Path | None
+) -> dict[str, torch.Tensor]:
+    """``model``'s weights, loaded from the cache or trained in place (and cached)."""
     shared = {f.name for f in dataclasses.fields(TrainConfig)}
     settings = {
         k: v for k, v in config.to_dict().items() if k not in shared and k not in _EVALUATION_ONLY
     }
-    model = make_model()
     path = None if run_dir is None else Path(run_dir) / "baseline.pt"
     if path is not None and path.is_file():
         cached = torch.load(path, map_location="cpu", weights_only=True)
         if json.loads(cached["settings"]) == json.loads(json.dumps(settings)):
-            model.load_state_dict(cached["state_dict"])
-            return model
+            model.load_state_dict(cached["state_dict"])  # checks that it fits the network
+            return model.state_dict()
     train_baseline(
         model,
         sample,
@@ -151,7 +164,7 @@ def load_or_train_baseline(
     )
     if path is not None:
         torch.save({"state_dict": model.state_dict(), "settings": json.dumps(settings)}, path)
-    return model
+    return model.state_dict()
 
 
 def baseline_algorithm(algo: MetaLearner, baseline: nn.Module) -> MetaLearner:
@@ -196,8 +209,9 @@ def evaluate_learners(
     chunk: int,
 ) -> dict[str, Any]:
     """Meta-learned and baseline curves on ``batch``, each adapted by its learner's rule."""
-    meta = adaptation_curve(algo, batch, steps, chunk=chunk)
-    base = adaptation_curve(baseline, batch, steps, chunk=chunk)
+    # Under torchrun, each rank adapts to its share of the tasks (metaopt.distributed.sharding).
+    meta = map_tasks(lambda part: adaptation_curve(algo, part, steps, chunk=chunk), batch)
+    base = map_tasks(lambda part: adaptation_curve(baseline, part, steps, chunk=chunk), batch)
     return compare(
         steps,
         meta,
@@ -221,8 +235,8 @@ def evaluate_with_sgd(
     chunk: int,
 ) -> dict[str, Any]:
     """Both models fine-tuned by plain SGD at one fixed ``lr`` (a fixed protocol)."""
-    meta = sgd_curve(model, batch, steps, lr, chunk=chunk)
-    base = sgd_curve(baseline, batch, steps, lr, chunk=chunk)
+    meta = map_tasks(lambda part: sgd_curve(model, part, steps, lr, chunk=chunk), batch)
+    base = map_tasks(lambda part: sgd_curve(baseline, part, steps, lr, chunk=chunk), batch)
     return compare(
         steps, meta, base, metric=metric, extra={"adaptation": {"rule": "sgd", "lr": lr}}
     )

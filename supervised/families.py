@@ -16,6 +16,7 @@ import numpy as np
 from torch import nn
 
 from metaopt.algorithms import MetaLearner
+from metaopt.distributed import map_tasks
 from metaopt.family import TaskFamily, TrainConfig
 from supervised import classify, omniglot, sine
 from supervised.adaptation import adaptation_curve
@@ -85,7 +86,10 @@ class SupervisedFamily(TaskFamily):
         """Mean metric on validation tasks before and after ``inner_steps`` adaptation steps."""
         rng = np.random.default_rng([config.eval_seed, 1])  # a stream apart from the final tasks
         batch = self.sample_batch(config, rng, min(PERIODIC_TASKS, config.eval_tasks), split="val")
-        curve = adaptation_curve(algo, batch, [0, config.inner_steps], chunk=self.eval_chunk)
+        steps = [0, config.inner_steps]
+        curve = map_tasks(
+            lambda part: adaptation_curve(algo, part, steps, chunk=self.eval_chunk), batch
+        )
         before, after = curve.mean(dim=1).tolist()
         return {f"val_{self.metric}_before": before, f"val_{self.metric}_after": after}
 

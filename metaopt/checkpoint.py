@@ -48,8 +48,12 @@ class CheckpointError(ValueError):
     """A checkpoint file is missing, truncated, corrupt or of an incompatible format version."""
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write to a temporary file in the same directory, fsync, then rename over ``path``."""
+def atomic_write_bytes(path: Path, data: bytes, *, keep_as: Path | None = None) -> None:
+    """Write to a temporary file in the same directory, fsync, then rename over ``path``.
+
+    With ``keep_as``, the file being replaced (if any) keeps that name too; the new file is
+    complete on disk before the old one moves.
+    """
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -57,6 +61,8 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
+        if keep_as is not None and path.exists():
+            _link_over(path, keep_as)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -101,21 +107,8 @@ def save_checkpoint(path: Path, state: dict[str, Any], *, keep_previous: bool = 
         keep_previous: Keep the checkpoint being replaced as :func:`previous_path` ``(path)``.
             The new file is complete on disk before the old one moves.
     """
-    path = Path(path)
-    data = encode_checkpoint(state)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        if keep_previous and path.exists():
-            _link_over(path, previous_path(path))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_directory(path.parent)
+    keep_as = previous_path(path) if keep_previous else None
+    atomic_write_bytes(path, encode_checkpoint(state), keep_as=keep_as)
 
 
 def _link_over(source: Path, target: Path) -> None:

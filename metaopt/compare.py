@@ -59,7 +59,7 @@ from tqdm.auto import tqdm
 
 from metaopt.algorithms import MetaLearner, MetaSGD
 from metaopt.family import ALGORITHMS, ConfigError, TaskFamily, TrainConfig
-from metaopt.runner import build_algorithm, build_outer_optimizer, train
+from metaopt.runner import build_algorithm, build_outer_optimizer, new_directory, train
 from metaopt.task import Task
 
 __all__ = [
@@ -746,16 +746,11 @@ def _prepare_report_dir(family: TaskFamily, report_dir: Path | str | None) -> Pa
     if report_dir is None:
         stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
         report_dir = Path("reports") / f"compare-{family.name}-{stamp}"
-    path = Path(report_dir)
-    if path.exists() and not path.is_dir():
-        raise ConfigError(f"--report {str(path)!r} exists and is not a directory")
-    if path.is_dir() and any(path.iterdir()):
-        raise ConfigError(
-            f"--report {str(path)!r} is not empty; choose a new directory "
-            "(metaopt never overwrites a saved report)"
-        )
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+    return new_directory(
+        Path(report_dir),
+        "--report",
+        "choose a new directory (metaopt never overwrites a saved report)",
+    )
 
 
 def _bar(total: int, desc: str, progress: bool | None) -> tqdm:

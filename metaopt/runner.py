@@ -245,18 +245,31 @@ def _make_run_dir(family: TaskFamily, config: TrainConfig) -> Path:
     else:
         stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
         run_dir = Path("runs") / f"{family.name}-{config.algo}-{stamp}"
-    if run_dir.exists() and not run_dir.is_dir():
-        raise ConfigError(f"--out {str(run_dir)!r} exists and is not a directory")
-    if run_dir.is_dir() and any(run_dir.iterdir()):
-        raise ConfigError(
-            f"--out {str(run_dir)!r} is not empty; choose a new directory, or continue the run "
-            f"there with --resume {run_dir} (metaopt never overwrites a saved run)"
-        )
+    return new_directory(
+        run_dir,
+        "--out",
+        f"choose a new directory, or continue the run there with --resume {run_dir} (metaopt "
+        "never overwrites a saved run)",
+    )
+
+
+def new_directory(path: Path, flag: str, if_not_empty: str) -> Path:
+    """``path`` as a new or empty directory (created with its parents) for a command's output.
+
+    Raises:
+        ConfigError: naming ``flag``, when ``path`` is a file, cannot be created, or is a
+            directory with something in it (the message ends with ``if_not_empty``, what to do).
+    """
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"{flag} {str(path)!r} exists and is not a directory")
+    if path.is_dir() and any(path.iterdir()):
+        raise ConfigError(f"{flag} {str(path)!r} is not empty; {if_not_empty}")
     try:
-        run_dir.mkdir(parents=True, exist_ok=True)
+        path.mkdir(parents=True, exist_ok=True)
     except OSError as error:
-        raise ConfigError(f"--out {str(run_dir)!r} cannot be created: {error}") from None
-    return run_dir
+        raise ConfigError(f"{flag} {str(path)!r} cannot be created: {error}") from None
+    return path
 
 
 def _json_text(data: Any) -> str:
@@ -592,9 +605,7 @@ def train(family: TaskFamily, config: TrainConfig, *, progress: bool | None = No
     family.validate(config)
     info = distributed.setup(config.dist_backend, config.dist_timeout)
     try:
-        if info.active:
-            distributed.shard_bounds(config.meta_batch, info.rank, info.world_size)
-            distributed.check_same_config(config.to_dict(), info)
+        _check_ranks(config, info)
         _apply_threads(config)
         run_dir = distributed.on_main(lambda: _new_run_dir(family, config, info.world_size), info)
         _seed_everything(config.seed)
@@ -606,6 +617,13 @@ def train(family: TaskFamily, config: TrainConfig, *, progress: bool | None = No
         return _fit(run, progress)
     finally:
         distributed.teardown(info)
+
+
+def _check_ranks(config: TrainConfig, info: distributed.DistInfo) -> None:
+    """Under torchrun: every rank gets a task of each meta-batch and trains the same config."""
+    if info.active:
+        distributed.shard_bounds(config.meta_batch, info.rank, info.world_size)
+        distributed.check_same_config(config.to_dict(), info)
 
 
 def _new_run_dir(family: TaskFamily, config: TrainConfig, world_size: int) -> Path:
@@ -834,9 +852,7 @@ def resume(
 
     info = distributed.setup(config.dist_backend, config.dist_timeout)
     try:
-        if info.active:
-            distributed.shard_bounds(config.meta_batch, info.rank, info.world_size)
-            distributed.check_same_config(config.to_dict(), info)
+        _check_ranks(config, info)
         _apply_threads(config)
         torch.manual_seed(config.seed)
         algo = build_algorithm(config, family.make_model(config))

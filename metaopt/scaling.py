@@ -64,6 +64,7 @@ from typing import Any
 import torch
 
 from metaopt.family import ConfigError, TaskFamily, TrainConfig
+from metaopt.runner import new_directory
 
 __all__ = [
     "DEFAULT_CHECK_ITERATIONS",
@@ -506,14 +507,6 @@ def _processes(count: int) -> str:
     return f"{count} process{'es' if count > 1 else ''}"
 
 
-def _keep_dir(keep: Path | str) -> Path:
-    path = Path(keep)
-    if path.exists() and (not path.is_dir() or any(path.iterdir())):
-        raise ConfigError(f"--keep {str(path)!r} must be a new or empty directory")
-    path.mkdir(parents=True, exist_ok=True)
-    return path
-
-
 def run_scale(
     family: TaskFamily,
     overrides: Mapping[str, Any],
@@ -556,7 +549,11 @@ def run_scale(
     separate_check = len(options.processes) > 1 and options.check_iterations < config.iterations
     check_iterations = options.check_iterations if separate_check else config.iterations
     check_flags = train_flags(family.config_class, {**overrides, "iterations": check_iterations})
-    kept = _keep_dir(keep) if keep is not None else None
+    kept = (
+        new_directory(Path(keep), "--keep", "choose a new directory for the runs")
+        if keep is not None
+        else None
+    )
     if progress is None:
 
         def progress(line: str) -> None:

@@ -160,18 +160,23 @@ class RToyFamily(TaskFamily):
         return tasks
 
     def evaluate(self, algo, config, run_dir, *, num_tasks=None, steps=None):
-        tasks = mt.random_linear_tasks(
-            num_tasks or config.eval_tasks, config.dim, np.random.default_rng(config.eval_seed)
-        )
-        by_steps = {}
-        for k in steps or (0, config.inner_steps):
-            losses = []
-            for task in tasks:
-                with algo.adapt(task, steps=k) as model:
-                    losses.append(task.query_loss(model).item())
-            mean, ci = metaopt.mean_ci95(losses)
-            by_steps[str(k)] = {"mean": mean, "ci95": ci}
-        return {"metric": "mse", "tasks": len(tasks), "by_steps": by_steps}
+        return evaluate_on_linear_tasks(algo, config, num_tasks, steps)
+
+
+def evaluate_on_linear_tasks(algo, config, num_tasks=None, steps=None) -> dict[str, Any]:
+    """A toy family's eval.json: query MSE on held-out linear tasks after 0 and k steps."""
+    tasks = mt.random_linear_tasks(
+        num_tasks or config.eval_tasks, config.dim, np.random.default_rng(config.eval_seed)
+    )
+    by_steps = {}
+    for k in steps or (0, config.inner_steps):
+        losses = []
+        for task in tasks:
+            with algo.adapt(task, steps=k) as model:
+                losses.append(task.query_loss(model).item())
+        mean, ci = metaopt.mean_ci95(losses)
+        by_steps[str(k)] = {"mean": mean, "ci95": ci}
+    return {"metric": "mse", "tasks": len(tasks), "by_steps": by_steps}
 
 
 def family(name: str) -> TaskFamily:

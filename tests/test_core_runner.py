@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from reliability_helpers import evaluate_on_linear_tasks
 
 import metaopt
 from metaopt import testing as mt
@@ -51,18 +52,7 @@ class ToyFamily(TaskFamily):
         return tasks
 
     def evaluate(self, algo, config, run_dir, *, num_tasks=None, steps=None):
-        tasks = mt.random_linear_tasks(
-            num_tasks or config.eval_tasks, config.dim, np.random.default_rng(config.eval_seed)
-        )
-        by_steps = {}
-        for k in steps or (0, config.inner_steps):
-            losses = []
-            for task in tasks:
-                with algo.adapt(task, steps=k) as model:
-                    losses.append(task.query_loss(model).item())
-            mean, ci = metaopt.mean_ci95(losses)
-            by_steps[str(k)] = {"mean": mean, "ci95": ci}
-        return {"metric": "mse", "tasks": len(tasks), "by_steps": by_steps}
+        return evaluate_on_linear_tasks(algo, config, num_tasks, steps)
 
 
 def test_train_writes_a_complete_run_dir(tmp_path: Path) -> None:

@@ -126,16 +126,7 @@ def _free_port() -> int:
 
 
 def test_two_ranks_equal_one_process(tmp_path: Path) -> None:
-    context = multiprocessing.get_context("spawn")
-    port = _free_port()
-    workers = [
-        context.Process(target=_worker, args=(rank, port, str(tmp_path))) for rank in range(2)
-    ]
-    for w in workers:
-        w.start()
-    for w in workers:
-        w.join(timeout=180)
-        assert w.exitcode == 0, f"rank exited with {w.exitcode}"
+    assert _spawn(_worker, tmp_path, timeout=180) == [0, 0]
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
     for name in ALGORITHMS:
         single_grad, single_params = _train(name, distributed.DistInfo(), steps=5)
@@ -245,6 +236,8 @@ def _dying_worker(rank: int, port: int, out: str) -> None:
 
 
 def _spawn(target, tmp_path: Path, timeout: float = 120) -> list[int | None]:
+    """``target(rank, port, tmp_path)`` on 2 spawned processes; their exit codes (None: killed
+    after ``timeout`` seconds)."""
     context = multiprocessing.get_context("spawn")
     port = _free_port()
     workers = [

@@ -269,20 +269,26 @@ def test_a_dead_rank_stops_the_others_instead_of_hanging(tmp_path: Path) -> None
     assert message != "no error" and "Error" in message
 
 
-def _metaopt(args: list[str], processes: int) -> None:
-    """``python -m metaopt ARGS`` in one process, or under torchrun with ``processes`` ranks."""
+def _launch(program: list[str], processes: int) -> str:
+    """``python PROGRAM`` in one process, or under torchrun with ``processes`` ranks; its stdout."""
     launch = [sys.executable]
     if processes > 1:
         launch += ["-m", "torch.distributed.run", "--nproc-per-node", str(processes)]
         launch += ["--master-port", str(_free_port())]
     done = subprocess.run(
-        [*launch, "-m", "metaopt", *args],
+        [*launch, *program],
         env={**os.environ, "OMP_NUM_THREADS": "1"},
         capture_output=True,
         text=True,
         timeout=300,
     )
     assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def _metaopt(args: list[str], processes: int) -> None:
+    """``metaopt ARGS`` in one process, or under torchrun with ``processes`` ranks."""
+    _launch(["-m", "metaopt", *args], processes)
 
 
 def _assert_close_json(a: object, b: object, where: str = "eval.json") -> None:
@@ -438,3 +444,15 @@ def test_every_family_and_algorithm_under_torchrun(
     _assert_close_json(
         *(json.loads((tmp_path / d / "eval.json").read_text()) for d in ("one", "two"))
     )
+
+
+def test_the_evaluation_timing_script_of_the_docs_runs(tmp_path: Path) -> None:
+    """docs/evaluate_time.py, which measured the evaluation speed-up in docs/distributed.md."""
+    run = tmp_path / "run"
+    flags = ["--iterations", "2", "--eval-tasks", "4", "--baseline-steps", "5", "--quiet"]
+    _metaopt(["train", "sine", *flags, "--out", str(run)], processes=1)
+    script = Path(__file__).parents[1] / "docs" / "evaluate_time.py"
+    for processes in (1, 2):
+        printed = _launch([str(script), str(run), "--tasks", "6", "--repeats", "2"], processes)
+        assert f"sine: evaluate on 6 tasks, {processes} process(es)" in printed
+        assert printed.count("median") == 1  # printed by rank 0 alone

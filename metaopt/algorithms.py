@@ -18,6 +18,7 @@ The outer step is left to any ``torch.optim`` optimiser, so a training step read
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -27,7 +28,15 @@ import torchopt
 from torch import nn
 from torchopt.base import GradientTransformation
 
-from metaopt.engine import batched_forward, can_vectorise, check_losses, inner_loop
+from metaopt.engine import (
+    BATCH_NORM_MODES,
+    batch_norm_mode,
+    batched_forward,
+    can_vectorise,
+    check_losses,
+    inner_loop,
+    is_batching_failure,
+)
 from metaopt.inner import (
     INNER_OPTIMIZERS,
     InnerOptimizer,
@@ -50,7 +59,8 @@ __all__ = [
 
 #: ``loop``: one task at a time, as the papers write it. ``vmap``: all tasks at once
 #: (:mod:`metaopt.engine`). ``auto``: ``vmap`` whenever the meta-batch implements
-#: :class:`metaopt.task.BatchedTasks` and the model allows it, else ``loop``.
+#: :class:`metaopt.task.BatchedTasks` and the vectorised engine computes exactly what the loop
+#: engine does on the model (:func:`metaopt.engine.can_vectorise`), else ``loop``.
 ENGINES = ("auto", "loop", "vmap")
 
 
@@ -100,9 +110,15 @@ class MetaMetrics:
 
 
 class MetaLearner:
-    """What the four algorithms share: validation, the inner loop and ``adapt``.
+    """What the four algorithms share: validation, the inner loop, the engines and ``adapt``.
 
     Subclasses define ``meta_backward``; Meta-SGD additionally swaps the inner update rule.
+
+    Attributes:
+        last_engine: The engine the last ``meta_backward`` ran on, ``"loop"`` or ``"vmap"``
+            (``None`` before the first call). With ``engine="auto"`` it is ``"vmap"`` exactly
+            when the meta-batch is a :class:`~metaopt.task.BatchedTasks` and the model passed
+            :func:`metaopt.engine.can_vectorise`.
     """
 
     def __init__(
@@ -113,6 +129,7 @@ class MetaLearner:
         inner_steps: int,
         inner_optimizer: str = "sgd",
         engine: str = "auto",
+        batch_norm: str = "running",
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -126,7 +143,13 @@ class MetaLearner:
             raise ValueError(f"inner_optimizer must be one of {allowed}; got {inner_optimizer!r}")
         if engine not in ENGINES:
             raise ValueError(f"engine must be one of {', '.join(ENGINES)}; got {engine!r}")
+        if batch_norm not in BATCH_NORM_MODES:
+            allowed = ", ".join(BATCH_NORM_MODES)
+            raise ValueError(f"batch_norm must be one of {allowed}; got {batch_norm!r}")
         self.engine = engine
+        self.batch_norm = batch_norm
+        self.last_engine: str | None = None
+        self._refused: str | None = None  # why auto stopped trying the vectorised engine
         self.model = model
         self.inner_lr = float(inner_lr)
         self.inner_steps = inner_steps
@@ -141,13 +164,69 @@ class MetaLearner:
         return [i for i, p in enumerate(self.model.parameters()) if p.requires_grad]
 
     def _vectorise(self, tasks: Sequence[Task]) -> bool:
-        """Whether this meta-batch goes to the vectorised engine."""
+        """Whether this meta-batch goes to the vectorised engine (decided before any work)."""
         if self.engine == "loop":
             return False
-        reason = can_vectorise(self.model, tasks)
+        reason = can_vectorise(self.model, tasks, self.batch_norm)
+        if reason is None and self.engine == "auto" and is_batched(tasks):
+            reason = self._refused
         if reason is not None and self.engine == "vmap":
             raise TypeError(f"engine='vmap' cannot run this meta-batch: {reason}")
+        if reason is not None and is_batched(tasks) and not self._warned:
+            self._warned = True
+            warnings.warn(
+                f"engine='auto' runs this model on the loop engine: {reason}",
+                UserWarning,
+                stacklevel=4,
+            )
         return reason is None
+
+    _warned = False
+
+    def _run(
+        self,
+        tasks: Sequence[Task],
+        vectorised: Callable[[], MetaMetrics],
+        looped: Callable[[], MetaMetrics],
+    ) -> MetaMetrics:
+        """Run one engine; on failure leave ``.grad`` as it was. Under ``auto``, an operation
+        torch.func cannot batch (found only when it runs) sends this and later calls to the loop
+        engine, with a warning."""
+        if not torch.is_grad_enabled():
+            raise RuntimeError(
+                "meta_backward needs autograd, but gradients are disabled here (inside "
+                "torch.no_grad() or torch.inference_mode()); call it outside that block"
+            )
+        grads = [(p, None if p.grad is None else p.grad.clone()) for p in self.meta_parameters()]
+
+        def restore_grads() -> None:
+            for p, grad in grads:
+                p.grad = grad
+
+        use_vmap = self._vectorise(tasks)
+        try:
+            self.last_engine = "vmap" if use_vmap else "loop"
+            return vectorised() if use_vmap else looped()
+        except Exception as error:
+            restore_grads()
+            if not (use_vmap and is_batching_failure(error)):
+                raise
+            reason = str(error).strip().splitlines()[0]
+            if self.engine == "vmap":
+                raise TypeError(f"engine='vmap' cannot run this model: {reason}") from error
+            self._refused = f"torch.func.vmap cannot batch an operation of it ({reason})"
+            self._warned = True
+            warnings.warn(
+                f"engine='auto' runs this model on the loop engine from now on: {self._refused}",
+                UserWarning,
+                stacklevel=3,
+            )
+            self.last_engine = "loop"
+            try:
+                return looped()
+            except BaseException:
+                restore_grads()
+                raise
 
     def _adapt_vmap(
         self, tasks: BatchedTasks, steps: int, *, create_graph: bool
@@ -155,7 +234,19 @@ class MetaLearner:
         """The vectorised engine's inner loop with this algorithm's update rule (see
         :func:`metaopt.engine.inner_loop`)."""
         transform = self._inner_transform(self._trainable_order())
-        return inner_loop(self.model, tasks, transform, steps, create_graph=create_graph)
+        return inner_loop(
+            self.model,
+            tasks,
+            transform,
+            steps,
+            create_graph=create_graph,
+            batch_norm=self.batch_norm,
+        )
+
+    def _forward(
+        self, params: dict[str, torch.Tensor], fixed: dict[str, torch.Tensor]
+    ) -> BatchedForward:
+        return batched_forward(self.model, params, fixed, batch_norm=self.batch_norm)
 
     def meta_parameters(self) -> list[nn.Parameter]:
         """The tensors the outer optimiser updates: the model's trainable parameters θ."""
@@ -178,7 +269,11 @@ class MetaLearner:
         if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
             raise ValueError(f"steps must be an integer >= 0, got {steps!r}")
         _check_task(task, 0)
-        with isolated(self.model, self.inner_optimizer):
+        # BatchNorm's mode outside isolation, whose restore() puts back the modes it found.
+        with (
+            batch_norm_mode(self.model, self.batch_norm),
+            isolated(self.model, self.inner_optimizer),
+        ):
             self._inner_loop(task, 0, steps, create_graph=create_graph)
             yield self.model
 
@@ -198,11 +293,11 @@ class MetaLearner:
         steps = self.inner_steps if steps is None else steps
         if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
             raise ValueError(f"steps must be an integer >= 0, got {steps!r}")
-        reason = can_vectorise(self.model, tasks)
+        reason = can_vectorise(self.model, tasks, self.batch_norm)
         if reason is not None:
             raise TypeError(f"adapt_batch cannot run these tasks: {reason}")
         params, fixed, _ = self._adapt_vmap(tasks, steps, create_graph=create_graph)
-        return batched_forward(self.model, params, fixed)
+        return self._forward(params, fixed)
 
     def _inner_loop(
         self, task: Task, index: int, steps: int, *, create_graph: bool
@@ -227,7 +322,10 @@ class MetaLearner:
         for index, task in enumerate(tasks):  # all checked before any work is done
             _check_task(task, index)
         before, query, adapted = [], [], []
-        with isolated(self.model, self.inner_optimizer) as restore:
+        with (
+            batch_norm_mode(self.model, self.batch_norm),
+            isolated(self.model, self.inner_optimizer) as restore,
+        ):
             for index, task in enumerate(tasks):
                 first, last = step(task, index, weight)
                 adapted.append(torchopt.extract_state_dict(self.model, by="deepcopy"))
@@ -237,7 +335,11 @@ class MetaLearner:
 
         def support_after() -> torch.Tensor:
             losses = []
-            with isolated(self.model, self.inner_optimizer) as restore, torch.no_grad():
+            with (
+                batch_norm_mode(self.model, self.batch_norm),
+                isolated(self.model, self.inner_optimizer) as restore,
+                torch.no_grad(),
+            ):
                 for index, (task, state) in enumerate(zip(tasks, adapted, strict=True)):
                     torchopt.recover_state_dict(self.model, state)
                     loss = task.support_loss(self.model)
@@ -258,7 +360,8 @@ class MetaLearner:
     def __repr__(self) -> str:
         return (
             f"{type(self).__name__}(inner_lr={self.inner_lr}, inner_steps={self.inner_steps}, "
-            f"inner_optimizer={self.inner_optimizer_name!r}, engine={self.engine!r})"
+            f"inner_optimizer={self.inner_optimizer_name!r}, engine={self.engine!r}, "
+            f"batch_norm={self.batch_norm!r})"
         )
 
 
@@ -281,7 +384,11 @@ class MAML(MetaLearner):
         inner_steps: Inner steps n per task.
         first_order: First-order MAML.
         inner_optimizer: ``"sgd"`` (TorchOpt's differentiable SGD, as ``torchopt.MetaSGD``) or
-            ``"adam"`` (as ``torchopt.MetaAdam``, with ε inside the root > 0).
+            ``"adam"`` (:func:`metaopt.inner.adam`: ``torchopt.MetaAdam``'s update with ε inside
+            the root > 0 and the bias correction exact in the parameters' dtype).
+        engine: ``"auto"``, ``"loop"`` or ``"vmap"`` (:data:`ENGINES`).
+        batch_norm: ``"running"`` or ``"batch"``: what BatchNorm layers do during adaptation
+            (:data:`metaopt.engine.BATCH_NORM_MODES`); the same on both engines.
     """
 
     def __init__(
@@ -292,6 +399,7 @@ class MAML(MetaLearner):
         first_order: bool = False,
         inner_optimizer: str = "sgd",
         engine: str = "auto",
+        batch_norm: str = "running",
     ) -> None:
         if not isinstance(first_order, bool):
             raise TypeError(f"first_order must be a bool, got {first_order!r}")
@@ -302,6 +410,7 @@ class MAML(MetaLearner):
             inner_steps=inner_steps,
             inner_optimizer=inner_optimizer,
             engine=engine,
+            batch_norm=batch_norm,
         )
 
     def meta_backward(self, tasks: Sequence[Task], *, scale: float | None = None) -> MetaMetrics:
@@ -313,14 +422,15 @@ class MAML(MetaLearner):
                 meta-batch passes ``1 / global_batch``.
         """
         tasks, weight = _check_tasks(tasks, scale)
-        if self._vectorise(tasks):
+
+        def vectorised() -> MetaMetrics:
             batch: BatchedTasks = tasks  # type: ignore[assignment]
             params, fixed, before = self._adapt_vmap(
                 batch, self.inner_steps, create_graph=not self.first_order
             )
             assert before is not None
-            forward = batched_forward(self.model, params, fixed)
-            query = check_losses(batch.query_losses(forward), len(batch), "query_losses")
+            forward = self._forward(params, fixed)
+            query = check_losses(batch.query_losses(forward), len(batch), "query_losses", grad=True)
             (query.sum() * weight).backward()
             return MetaMetrics(before, self._support_after_vmap(batch, forward), query.detach())
 
@@ -333,7 +443,11 @@ class MAML(MetaLearner):
             assert before is not None
             return before, query.detach()
 
-        return self._per_task(tasks, weight, step)  # type: ignore[arg-type]
+        return self._run(
+            tasks,
+            vectorised,
+            lambda: self._per_task(tasks, weight, step),  # type: ignore[arg-type]
+        )
 
     def __repr__(self) -> str:
         return super().__repr__()[:-1] + f", first_order={self.first_order})"
@@ -356,6 +470,7 @@ class MetaSGD(MAML):
         inner_steps: int = 1,
         first_order: bool = False,
         engine: str = "auto",
+        batch_norm: str = "running",
     ) -> None:
         _check_positive("inner_lr", inner_lr)
         if isinstance(model, nn.Module):
@@ -363,7 +478,7 @@ class MetaSGD(MAML):
                 nn.Parameter(torch.full_like(p, float(inner_lr)), requires_grad=p.requires_grad)
                 for p in model.parameters()
             )
-        super().__init__(model, inner_lr, inner_steps, first_order, "sgd", engine)
+        super().__init__(model, inner_lr, inner_steps, first_order, "sgd", engine, batch_norm)
 
     def _inner_transform(self, order: Sequence[int]) -> GradientTransformation:
         return learned_rate_sgd([self.inner_lrs[i] for i in order])
@@ -395,6 +510,7 @@ class Reptile(MetaLearner):
         inner_steps: int = 5,
         inner_optimizer: str = "sgd",
         engine: str = "auto",
+        batch_norm: str = "running",
     ) -> None:
         super().__init__(
             model,
@@ -402,14 +518,13 @@ class Reptile(MetaLearner):
             inner_steps=inner_steps,
             inner_optimizer=inner_optimizer,
             engine=engine,
+            batch_norm=batch_norm,
         )
 
     def meta_backward(self, tasks: Sequence[Task], *, scale: float | None = None) -> MetaMetrics:
         """Accumulate :math:`\\frac{1}{B}\\sum_i(\\theta - \\tilde\\theta_i)` into ``.grad``."""
         tasks, weight = _check_tasks(tasks, scale)
         params = list(self.model.parameters())
-        if self._vectorise(tasks):
-            return self._meta_backward_vmap(tasks, weight)  # type: ignore[arg-type]
 
         def step(task: Task, index: int, weight: float) -> tuple[torch.Tensor, ...]:
             before = self._inner_loop(task, index, self.inner_steps, create_graph=False)
@@ -423,7 +538,11 @@ class Reptile(MetaLearner):
             assert before is not None
             return before, query
 
-        return self._per_task(tasks, weight, step)  # type: ignore[arg-type]
+        return self._run(
+            tasks,
+            lambda: self._meta_backward_vmap(tasks, weight),  # type: ignore[arg-type]
+            lambda: self._per_task(tasks, weight, step),  # type: ignore[arg-type]
+        )
 
     def _meta_backward_vmap(self, tasks: BatchedTasks, weight: float) -> MetaMetrics:
         params, fixed, before = self._adapt_vmap(tasks, self.inner_steps, create_graph=False)
@@ -432,7 +551,7 @@ class Reptile(MetaLearner):
             if p.requires_grad:
                 direction = (p.detach() - params[name].detach()).sum(0) * weight
                 p.grad = direction if p.grad is None else p.grad + direction
-        forward = batched_forward(self.model, params, fixed)
+        forward = self._forward(params, fixed)
         with torch.no_grad():
             query = check_losses(tasks.query_losses(forward), len(tasks), "query_losses")
         return MetaMetrics(before, self._support_after_vmap(tasks, forward), query)

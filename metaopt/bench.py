@@ -15,7 +15,13 @@ Baselines:
   manual SGD, interpolation.
 
 Domains add cases through the entry-point group ``metaopt.benchmarks`` (a function
-``cases(quick: bool) -> list[Case]``), so the reinforcement-learning case lives in ``rl/``.
+``cases(quick: bool) -> list[Case]``), so the reinforcement-learning case lives in ``rl/`` and the
+Omniglot cases in ``supervised/``.
+
+A case that names ``flops_from`` also reports achieved FLOP/s: the meta-iteration's floating-point
+operations are counted once with ``torch.utils.flop_counter.FlopCounterMode`` (:func:`count_flops`),
+divided by each implementation's median time, and set against the machine's float32 matmul peak
+(:func:`matmul_peak`), measured in the same run at the same thread count.
 """
 
 from __future__ import annotations
@@ -41,7 +47,16 @@ from torch.func import functional_call, grad, vmap
 
 from metaopt.algorithms import MAML, MetaLearner, MetaSGD, Reptile
 
-__all__ = ["Case", "SineBatch", "memory_sweep", "peak_memory_bytes", "run_bench", "sine_cases"]
+__all__ = [
+    "Case",
+    "SineBatch",
+    "count_flops",
+    "matmul_peak",
+    "memory_sweep",
+    "peak_memory_bytes",
+    "run_bench",
+    "sine_cases",
+]
 
 Gradient = list[torch.Tensor]
 
@@ -61,6 +76,10 @@ class Case:
         stochastic: Implementations that sample their own random numbers (an RL loop stepping
             its own environments): timed, but their meta-gradient cannot be compared.
         max_repeats: Fewer repetitions for a case whose baseline takes seconds.
+        flops_from: The implementation whose meta-iteration :func:`count_flops` counts once; the
+            count stands for every implementation (they do the same arithmetic), and the bench
+            reports achieved FLOP/s and its fraction of the measured matmul peak. ``None``: no
+            FLOP figures.
     """
 
     name: str
@@ -71,6 +90,7 @@ class Case:
     ratios_to: tuple[str, ...] = field(default_factory=tuple)
     stochastic: tuple[str, ...] = field(default_factory=tuple)
     max_repeats: int | None = None
+    flops_from: str | None = None
 
 
 # --------------------------------------------------------------------------- the sine workload
@@ -438,6 +458,10 @@ def time_case(
                 f"{case.name}: {name}'s meta-gradient differs from {case.reference}'s by "
                 f"{difference:.3g} (relative), more than {case.tolerance:g}; timings not reported"
             )
+    if case.flops_from is not None:
+        flops = count_flops(case.impls[case.flops_from])
+        for fields in records.values():
+            fields["flops"] = flops
     for _ in range(warmup):
         for fn in case.impls.values():
             fn()
@@ -451,6 +475,91 @@ def time_case(
     for name in case.impls:
         records[name]["median_s"] = statistics.median(samples[name])
     return records
+
+
+def _conv_backward_flop(
+    grad_out_shape: list[int],
+    x_shape: list[int],
+    w_shape: list[int],
+    _bias: Any,
+    _stride: Any,
+    _padding: Any,
+    _dilation: Any,
+    transposed: bool,
+    _output_padding: Any,
+    _groups: int,
+    output_mask: Sequence[bool],
+    out_shape: Sequence[Any] | None = None,
+    **kwargs: Any,
+) -> int:
+    """FLOPs of ``aten.convolution_backward``, a grouped convolution counted group by group.
+
+    torch's own formula (2.13) counts the weight gradient of a grouped convolution ``groups`` times
+    over (the transposed shapes it builds lose the group division). The
+    vectorised engine runs the tasks' convolutions as one grouped convolution (one group per task),
+    so its meta-iteration would count about meta-batch times the loop's. Each half of the backward
+    (input gradient, weight gradient) costs the multiply-adds of the forward convolution.
+    """
+    from torch.utils.flop_counter import conv_flop_count
+
+    assert out_shape is not None
+    flops = 0
+    if output_mask[0]:  # input gradient: the transposed convolution of grad_out with the weight
+        flops += conv_flop_count(grad_out_shape, w_shape, list(out_shape[0]), not transposed)
+    if output_mask[1]:  # weight gradient: as many multiply-adds as the forward convolution
+        flops += conv_flop_count(x_shape, w_shape, grad_out_shape, transposed)
+    return flops
+
+
+def count_flops(fn: Callable[[], Any]) -> int:
+    """Floating-point operations of one call of ``fn``, forward and backward passes included.
+
+    Counted by ``torch.utils.flop_counter.FlopCounterMode``: matrix products and convolutions,
+    2 per multiply-add (normalisation, activations and other element-wise work are not counted),
+    with grouped convolutions' backward counted per group (:func:`_conv_backward_flop`), so that a
+    vmapped meta-iteration counts what the task-by-task loop does.
+    """
+    from torch.utils.flop_counter import FlopCounterMode
+
+    mapping = {torch.ops.aten.convolution_backward: _conv_backward_flop}
+    with FlopCounterMode(display=False, custom_mapping=mapping) as counter:
+        fn()
+    return int(counter.get_total_flops())
+
+
+def matmul_peak(*, target_s: float = 0.05, repeats: int = 10) -> dict[str, Any]:
+    """The machine's float32 matrix-product rate at torch's current thread count.
+
+    ``torch.mm`` of two n×n float32 matrices, n (a multiple of 128 from 256 to 4096) chosen from a
+    512×512 probe so that one product takes about ``target_s``; the median of ``repeats`` products
+    after a warm-up. Returns a record ``{"case": "matmul-peak", "impl": "torch.mm", "size",
+    "flops", "time_s", "flop_per_s"}`` (2·n³ FLOPs per product).
+    """
+    generator = torch.Generator().manual_seed(0)
+
+    def median_time(n: int, count: int) -> float:
+        a = torch.randn(n, n, generator=generator)
+        b = torch.randn(n, n, generator=generator)
+        out = torch.mm(a, b)  # warm-up, and the output buffer
+        samples = []
+        for _ in range(count):
+            start = time.perf_counter()
+            torch.mm(a, b, out=out)
+            samples.append(time.perf_counter() - start)
+        return statistics.median(samples)
+
+    probe = 512
+    rate = 2 * probe**3 / median_time(probe, 3)
+    n = min(4096, max(256, 128 * round((target_s * rate / 2) ** (1 / 3) / 128)))
+    seconds = median_time(n, repeats)
+    return {
+        "case": "matmul-peak",
+        "impl": "torch.mm",
+        "size": n,
+        "flops": 2 * n**3,
+        "time_s": seconds,
+        "flop_per_s": 2 * n**3 / seconds,
+    }
 
 
 @contextlib.contextmanager
@@ -575,6 +684,17 @@ def run_bench(
         f"metaopt bench: {threads} thread(s), median of {repeats} repetitions, torch {torch.__version__}"
     )
     records: list[dict[str, Any]] = []
+    peak: float | None = None
+    if any(case.flops_from is not None for case in all_cases):
+        measured = matmul_peak(target_s=0.01 if quick else 0.05, repeats=3 if quick else 10)
+        measured["threads"] = threads
+        records.append(measured)
+        peak = measured["flop_per_s"]
+        size = measured["size"]
+        echo(
+            f"matmul peak: torch.mm {size}×{size} float32, {peak / 1e9:.1f} GFLOP/s "
+            f"({measured['time_s'] * 1e3:.1f} ms, median of {3 if quick else 10})"
+        )
     for case in all_cases:
         timed = time_case(
             case,
@@ -582,10 +702,16 @@ def run_bench(
             warmup=1 if quick or case.max_repeats else 3,
         )
         echo(f"\n{case.name}: {case.description}")
+        flops = timed[case.flops_from]["flops"] if case.flops_from is not None else None
+        if flops is not None:
+            echo(
+                f"  {flops / 1e9:.2f} GFLOP per meta-iteration (FlopCounterMode, {case.flops_from})"
+            )
         header = (
             f"  {'implementation':16s} {'median ms':>10s}"
             + "".join(f" {'× vs ' + r:>18s}" for r in case.ratios_to)
             + f" {'rel. grad diff':>15s}"
+            + (f" {'GFLOP/s':>9s} {'% of peak':>10s}" if flops is not None else "")
         )
         echo(header)
         for name, fields in sorted(timed.items(), key=lambda item: item[1]["median_s"]):
@@ -594,12 +720,19 @@ def run_bench(
             for baseline in case.ratios_to:
                 ratios[baseline] = timed[baseline]["median_s"] / fields["median_s"]
                 row[f"speedup_vs_{baseline}"] = ratios[baseline]
+            flop_columns = ""
+            if flops is not None:
+                assert peak is not None
+                row["flop_per_s"] = flops / fields["median_s"]
+                row["peak_fraction"] = row["flop_per_s"] / peak
+                flop_columns = f" {row['flop_per_s'] / 1e9:9.2f} {row['peak_fraction'] * 100:10.1f}"
             records.append(row)
             diff = fields["max_rel_grad_diff"]
             echo(
                 f"  {name:16s} {fields['median_s'] * 1e3:10.2f}"
                 + "".join(f" {ratios[b]:18.2f}" for b in case.ratios_to)
                 + (f" {diff:15.1e}" if diff is not None else f" {'(stochastic)':>15s}")
+                + flop_columns
             )
     if memory:
         steps = (1, 2, 5) if quick else (1, 2, 5, 10, 20)

@@ -4,7 +4,7 @@ The loop engine (:mod:`metaopt.algorithms`) adapts one task at a time inside
 :func:`metaopt.isolated`, exactly as the papers write it. This engine holds the parameters as a
 dict of tensors with a leading task axis, ``θ_b = θ.expand(B, ...)``, evaluates all tasks'
 losses in one call through :func:`torch.func.functional_call` vmapped over that axis, and takes
-the inner steps with TorchOpt's functional optimisers (``inplace=False``).
+the inner steps with the same functional optimisers as the loop engine (``inplace=False``).
 
 Per-task gradients come from one backward pass: task *b*'s loss depends only on ``θ_b``, so the
 gradient of ``Σ_b L_b`` with respect to the stacked ``θ_b`` is, row by row, each task's own
@@ -12,12 +12,23 @@ gradient. Because ``θ_b`` is a view of θ, the outer backward of ``Σ_b w·L^q_
 per-task meta-gradients into ``θ.grad``; first-order MAML takes the inner gradients without a
 graph, so ``∂θ'_b/∂θ = I`` as in the loop engine.
 
-A meta-batch is vectorisable when it implements :class:`metaopt.task.BatchedTasks`; the
-algorithms choose this engine for such batches by default (``engine="auto"``).
+The engine gives the loop engine's answer or is not used (:func:`can_vectorise` says why):
+
+* a parameter or buffer registered in several places (a submodule used twice, tied weights) is
+  handed to every place it is registered, so the model is never re-tied or left altered;
+* a parameter the support loss does not use gets no inner update, as in the loop engine;
+* buffers of modules in training mode (BatchNorm's running statistics) get one copy per task,
+  updated during the task's adaptation and dropped afterwards, as the loop engine restores them;
+* modules whose batched form is wrong or missing are refused up front: recurrent modules (fused
+  kernels without a batching rule), embeddings with ``padding_idx`` (torch's batched backward
+  masks the padding row of the first task only) or sparse gradients, ``EmbeddingBag``, and
+  BatchNorm with a cumulative average (``momentum=None``) updating its statistics.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -27,42 +38,173 @@ from torchopt.base import GradientTransformation
 
 from metaopt.task import BatchedForward, BatchedTasks, is_batched
 
-__all__ = ["BatchedParameters", "batched_forward", "can_vectorise", "inner_loop"]
+__all__ = [
+    "BATCH_NORM_MODES",
+    "BatchedParameters",
+    "batch_norm_mode",
+    "batched_forward",
+    "can_vectorise",
+    "inner_loop",
+    "is_batching_failure",
+    "unvectorisable_module",
+]
 
 BatchedParameters = dict[str, torch.Tensor]
 
+#: ``running``: BatchNorm behaves as PyTorch defines it for the mode each layer is in (training:
+#: batch statistics, running statistics updated during adaptation and restored afterwards; eval:
+#: running statistics). ``batch``: every BatchNorm layer normalises with the statistics of the
+#: batch it is given, in training and eval mode, and its running statistics are neither read nor
+#: changed (each task normalises with its own batch, as MAML and Reptile do on Omniglot).
+BATCH_NORM_MODES = ("running", "batch")
 
-def can_vectorise(model: nn.Module, tasks: object) -> str | None:
+_BatchNorm = nn.modules.batchnorm._BatchNorm
+
+
+@contextmanager
+def batch_norm_mode(model: nn.Module, mode: str) -> Iterator[None]:
+    """Make ``model``'s BatchNorm layers behave as ``mode`` (see :data:`BATCH_NORM_MODES`)."""
+    if mode not in BATCH_NORM_MODES:
+        raise ValueError(f"batch_norm must be one of {', '.join(BATCH_NORM_MODES)}; got {mode!r}")
+    layers = [m for m in model.modules() if isinstance(m, _BatchNorm)] if mode == "batch" else []
+    saved = [(m, m.training, m.track_running_stats) for m in layers]
+    try:
+        for m in layers:  # training without tracking: batch statistics, buffers untouched
+            m.training, m.track_running_stats = True, False
+        yield
+    finally:
+        for m, training, track in saved:
+            m.training, m.track_running_stats = training, track
+
+
+def unvectorisable_module(model: nn.Module, batch_norm: str = "running") -> str | None:
+    """``None`` when the vectorised engine computes exactly what the loop engine does on every
+    submodule of ``model``; else ``"name (Type): reason"`` for the first that it would not."""
+    for name, module in model.named_modules():
+        where = f"{name or 'the model'} ({type(module).__name__})"
+        if isinstance(module, nn.RNNBase | nn.RNNCellBase):
+            return (
+                f"{where}: recurrent modules run fused kernels (aten::lstm, gru, rnn and their "
+                "cells) that torch.func.vmap has no exact batching rule for"
+            )
+        if isinstance(module, nn.Embedding | nn.EmbeddingBag) and module.sparse:
+            return f"{where}: sparse gradients (sparse=True) cannot be batched over tasks"
+        if isinstance(module, nn.EmbeddingBag):
+            return f"{where}: EmbeddingBag runs on vmap's slow per-task fallback"
+        if isinstance(module, nn.Embedding) and module.padding_idx is not None:
+            return (
+                f"{where}: with padding_idx, torch's batched embedding backward masks the padding "
+                "row of the first task only, so the other tasks would adapt it"
+            )
+        if (
+            isinstance(module, _BatchNorm)
+            and batch_norm == "running"
+            and module.training
+            and module.track_running_stats
+            and module.momentum is None
+        ):
+            return (
+                f"{where}: a cumulative running average (momentum=None) reads its batch count "
+                "as a Python number, which cannot differ between tasks"
+            )
+    return None
+
+
+def can_vectorise(model: nn.Module, tasks: object, batch_norm: str = "running") -> str | None:
     """``None`` when the vectorised engine can run ``tasks`` on ``model``, else the reason."""
     if not is_batched(tasks):
         return (
             f"the tasks ({type(tasks).__name__}) do not implement BatchedTasks "
             "(support_losses(forward, step) and query_losses(forward))"
         )
-    buffers = [name for name, _ in model.named_buffers()]
-    if buffers and model.training:
-        # BatchNorm in training mode updates running statistics in place, which cannot be
-        # vectorised over tasks; use track_running_stats=False or the loop engine.
-        return f"the model has buffers updated in training mode ({', '.join(buffers[:3])})"
-    return None
+    return unvectorisable_module(model, batch_norm)
+
+
+class _Layout:
+    """How one model's tensors reach ``functional_call`` under ``vmap``, from one walk over its
+    modules.
+
+    ``slots``: every place a tensor is registered, once, as ``(path, canonical name)``; the
+    canonical name is the tensor's first name in ``named_parameters()`` / ``named_buffers()``
+    (the first visit of a module comes in the same order with and without duplicates). A
+    submodule registered under two names is one place (its attribute is set once); tied weights
+    in two modules are two places that receive the same tensor. Handing every place its tensor
+    explicitly (``tie_weights=False``) is what keeps ``functional_call`` from setting one
+    attribute twice and restoring it to the wrong tensor.
+
+    ``trainable``: canonical names of the parameters with ``requires_grad``, in
+    ``named_parameters()`` order. ``copied``: buffers a forward may update in place (those of
+    modules in training mode, unless a BatchNorm that tracks no statistics), one copy per task.
+    ``shared``: everything else (frozen parameters, read-only buffers), the same for all tasks.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        canonical: dict[int, str] = {}
+        seen: set[tuple[int, str]] = set()
+        self.slots: list[tuple[str, str]] = []
+        self.trainable: list[str] = []
+        tensors: dict[str, torch.Tensor] = {}
+        updated: set[str] = set()
+        for prefix, module in model.named_modules(remove_duplicate=False):
+            writes = module.training and not (
+                isinstance(module, _BatchNorm) and not module.track_running_stats
+            )
+            for is_buffer, store in ((False, module._parameters), (True, module._buffers)):
+                for attr, tensor in store.items():
+                    if tensor is None or (id(module), attr) in seen:
+                        continue
+                    seen.add((id(module), attr))
+                    path = f"{prefix}.{attr}" if prefix else attr
+                    name = canonical.setdefault(id(tensor), path)
+                    self.slots.append((path, name))
+                    if name != path:
+                        continue
+                    tensors[name] = tensor
+                    if not is_buffer and tensor.requires_grad:
+                        self.trainable.append(name)
+                    elif is_buffer and writes:
+                        updated.add(name)
+        self.copied = sorted(updated)
+        per_task = set(self.trainable) | updated
+        self.shared = {name: t for name, t in tensors.items() if name not in per_task}
 
 
 def batched_forward(
-    model: nn.Module, params: BatchedParameters, fixed: dict[str, torch.Tensor]
+    model: nn.Module,
+    params: BatchedParameters,
+    fixed: dict[str, torch.Tensor],
+    *,
+    batch_norm: str = "running",
+    slots: list[tuple[str, str]] | None = None,
 ) -> BatchedForward:
     """``forward(x)`` with ``x`` stacked ``[B, ...]``: task b's parameters applied to ``x[b]``.
 
     Args:
         model: The module whose ``forward`` is called functionally.
-        params: Trainable parameters, each with a leading task axis ``[B, ...]``.
-        fixed: Frozen parameters and buffers, shared by all tasks.
+        params: Tensors with a leading task axis ``[B, ...]`` (trainable parameters and per-task
+            buffer copies), by canonical name.
+        fixed: Frozen parameters and read-only buffers, shared by all tasks.
+        batch_norm: BatchNorm behaviour (:data:`BATCH_NORM_MODES`), applied at every call.
+        slots: ``_Layout(model).slots``, when the caller has it already.
     """
+    if slots is None:
+        slots = _Layout(model).slots
 
-    def one_task(task_params: dict[str, torch.Tensor], x: Any) -> Any:
-        return torch.func.functional_call(model, {**fixed, **task_params}, (x,), strict=False)
+    def one_task(task_tensors: dict[str, torch.Tensor], x: Any) -> Any:
+        every = {**fixed, **task_tensors}
+        placed = {path: every[name] for path, name in slots if name in every}
+        return torch.func.functional_call(model, placed, (x,), tie_weights=False, strict=False)
 
     vectorised = torch.vmap(one_task, in_dims=(0, 0), randomness="different")
-    return lambda x: vectorised(params, x)
+
+    if batch_norm == "running":  # the modules as they are
+        return lambda x: vectorised(params, x)
+
+    def forward(x: Any) -> Any:
+        with batch_norm_mode(model, batch_norm):
+            return vectorised(params, x)
+
+    return forward
 
 
 def inner_loop(
@@ -72,39 +214,71 @@ def inner_loop(
     steps: int,
     *,
     create_graph: bool,
+    batch_norm: str = "running",
 ) -> tuple[BatchedParameters, dict[str, torch.Tensor], torch.Tensor | None]:
     """Adapt every task of ``tasks`` by ``steps`` differentiable steps of ``transform``.
 
+    ``transform`` receives the trainable parameters in ``named_parameters()`` order.
+
     Returns:
-        The adapted parameters ``{name: [B, ...]}``, the fixed tensors (frozen parameters and
-        buffers) and the support losses at θ (``[B]``, detached; ``None`` when ``steps == 0``).
+        The per-task tensors ``{name: [B, ...]}`` (adapted parameters and per-task buffer
+        copies), the shared tensors (frozen parameters and read-only buffers), and the support
+        losses at θ (``[B]``, detached; ``None`` when ``steps == 0``).
     """
     num_tasks = len(tasks)
-    named = list(model.named_parameters())
-    names = [name for name, p in named if p.requires_grad]
-    fixed: dict[str, torch.Tensor] = {name: p for name, p in named if not p.requires_grad}
-    fixed.update(model.named_buffers())
-    flat = tuple(p.expand(num_tasks, *p.shape) for _, p in named if p.requires_grad)
+    with batch_norm_mode(model, batch_norm):
+        layout = _Layout(model)
+    named = dict(model.named_parameters())
+    buffers = dict(model.named_buffers())
+    copies = {n: buffers[n].expand(num_tasks, *buffers[n].shape).clone() for n in layout.copied}
+    flat = tuple(named[n].expand(num_tasks, *named[n].shape) for n in layout.trainable)
     state = transform.init(flat)
     before = None
+
+    def current() -> BatchedForward:
+        params = {**dict(zip(layout.trainable, flat, strict=True)), **copies}
+        return batched_forward(
+            model, params, layout.shared, batch_norm=batch_norm, slots=layout.slots
+        )
+
     for step in range(steps):
-        forward = batched_forward(model, dict(zip(names, flat, strict=True)), fixed)
-        losses = check_losses(tasks.support_losses(forward, step), num_tasks, "support_losses")
+        losses = check_losses(
+            tasks.support_losses(current(), step), num_tasks, "support_losses", grad=True
+        )
         if before is None:
             before = losses.detach()
-        grads = torch.autograd.grad(losses.sum(), flat, create_graph=create_graph)
-        updates, state = transform.update(grads, state, params=flat, inplace=False)
+        found = torch.autograd.grad(
+            losses.sum(), flat, create_graph=create_graph, allow_unused=True
+        )
+        updates, state = transform.update(found, state, params=flat, inplace=False)
         flat = tuple(torchopt.apply_updates(flat, updates, inplace=False))
-    return dict(zip(names, flat, strict=True)), fixed, before
+    return {**dict(zip(layout.trainable, flat, strict=True)), **copies}, layout.shared, before
 
 
-def check_losses(losses: object, num_tasks: int, what: str) -> torch.Tensor:
-    """Per-task losses must be a tensor of shape ``[B]``."""
+def is_batching_failure(error: BaseException) -> bool:
+    """Whether ``error`` is torch.func's refusal to batch an operation (rather than a bug in the
+    user's loss): the vectorised engine cannot run the model, the loop engine can."""
+    text = str(error)
+    return isinstance(error, RuntimeError) and (
+        "Batching rule not implemented" in text
+        or "vmap: " in text
+        or "functorch" in text
+        or "escaped from inside a function being vmapped" in text
+    )
+
+
+def check_losses(losses: object, num_tasks: int, what: str, *, grad: bool = False) -> torch.Tensor:
+    """Per-task losses must be a tensor of shape ``[B]`` (differentiable, with ``grad``)."""
     if not isinstance(losses, torch.Tensor):
         raise TypeError(f"{what} returned {type(losses).__name__}, expected a Tensor of shape [B]")
     if tuple(losses.shape) != (num_tasks,):
         raise ValueError(
             f"{what} returned a tensor of shape {tuple(losses.shape)}; expected ({num_tasks},), "
             "one loss per task"
+        )
+    if grad and not losses.requires_grad:
+        raise ValueError(
+            f"{what} of the meta-batch (tasks 0 to {num_tasks - 1}) does not depend on the "
+            "model's parameters (its result has requires_grad=False)"
         )
     return losses

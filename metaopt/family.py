@@ -65,6 +65,12 @@ class TrainConfig:
         "auto",
         "auto (vectorised when the tasks can be stacked), vmap, or loop (one task at a time)",
     )
+    batch_norm: str = option(
+        "running",
+        "BatchNorm in adaptation: running (each layer as its train/eval mode says; running "
+        "statistics updated during a task's adaptation and restored after it) or batch (every "
+        "layer normalises with its own batch's statistics; running statistics untouched)",
+    )
     meta_batch: int = option(25, "tasks per meta-iteration")
     iterations: int = option(1000, "meta-iterations (outer steps)")
     outer_lr: float = option(1e-3, "outer-loop learning rate (Reptile: initial step size ε)")
@@ -117,6 +123,7 @@ class TrainConfig:
         _one_of("algo", self.algo, ALGORITHMS)
         _one_of("inner_optimizer", self.inner_optimizer, ("sgd", "adam"))
         _one_of("engine", self.engine, ("auto", "vmap", "loop"))
+        _one_of("batch_norm", self.batch_norm, ("running", "batch"))
         _one_of("dist_backend", self.dist_backend, ("auto", "gloo", "nccl"))
         _one_of("outer_optimizer", self.outer_optimizer, ("adam", "sgd"))
         if self.algo == "metasgd" and self.inner_optimizer != "sgd":

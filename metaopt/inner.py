@@ -9,12 +9,16 @@ would instead cut θ' off from θ and leave no meta-gradient at all.
 ``learned_rate_sgd`` is the update of Li et al.'s Meta-SGD: a per-parameter, per-entry learning
 rate α with the shape of θ, u = −α ∘ g. (TorchOpt's ``MetaSGD`` is plain differentiable SGD with
 one scalar rate; the two share a name and nothing else.)
+
+``adam`` is TorchOpt's differentiable Adam with its bias correction 1 − βᵗ computed in float64 and
+rounded once to the parameters' dtype; TorchOpt computes it in float32, which puts a float64 inner
+loop about 1e-5 (relative) off the textbook update.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torchopt
@@ -25,7 +29,9 @@ from torchopt.utils import extract_module_containers
 
 __all__ = [
     "INNER_OPTIMIZERS",
+    "AdamState",
     "InnerOptimizer",
+    "adam",
     "inner_transform",
     "learned_rate_sgd",
     "torchopt_order",
@@ -43,8 +49,96 @@ def inner_transform(name: str, lr: float) -> GradientTransformation:
     if name == "sgd":
         return torchopt.sgd(lr=lr)
     if name == "adam":
-        return torchopt.adam(lr=lr, eps_root=ADAM_EPS_ROOT, moment_requires_grad=True)
+        return adam(lr)
     raise ValueError(f"inner_optimizer must be one of {', '.join(INNER_OPTIMIZERS)}; got {name!r}")
+
+
+class AdamState(NamedTuple):
+    """Adam's moments and step counts, one entry per parameter (a count per parameter, as in
+    TorchOpt: a parameter whose gradient is ``None`` at a step keeps its moments and its count)."""
+
+    mu: tuple[torch.Tensor, ...]
+    nu: tuple[torch.Tensor, ...]
+    steps: tuple[torch.Tensor, ...]
+
+
+def adam(
+    lr: float,
+    betas: tuple[float, float] = (0.9, 0.999),
+    eps: float = 1e-8,
+    eps_root: float = ADAM_EPS_ROOT,
+) -> GradientTransformation:
+    r"""Differentiable Adam (Kingma & Ba, 2015), the update of ``torchopt.adam``:
+
+    .. math::
+        m_t = β_1 m_{t-1} + (1-β_1) g,\quad v_t = β_2 v_{t-1} + (1-β_2) g^2,\quad
+        u = -\mathrm{lr}\,\frac{m_t / (1-β_1^t)}{\sqrt{v_t / (1-β_2^t) + ε_{root}} + ε}.
+
+    The moments keep their graph, so a meta-gradient flows through them. The bias corrections
+    :math:`1-β^t` are computed in float64 and rounded once to the parameters' dtype (TorchOpt
+    rounds β to float32 first: 0.00099998713 instead of 0.001 at the first step). In float32 the
+    result equals ``torchopt.MetaAdam``'s wherever TorchOpt's float32 correction is exact.
+
+    With ``eps_root=0`` this is ``torch.optim.Adam``'s step, and the square root's derivative at
+    :math:`v = 0` (a gradient entry that has been exactly 0 at every step) is taken as 0, its
+    subgradient, instead of TorchOpt's ∞ · 0 = NaN.
+
+    Args:
+        lr: Learning rate.
+        betas: Decay rates of the first and second moments.
+        eps: Added to the root of the second moment.
+        eps_root: Added inside the root (metaopt's default 1e-8 keeps the numbers of earlier
+            releases, which ran TorchOpt's Adam with it).
+    """
+    b1, b2 = betas
+
+    def init(params: Sequence[torch.Tensor]) -> AdamState:
+        zeros = tuple(torch.zeros_like(p) for p in params)
+        counts = tuple(torch.zeros((), dtype=torch.int64, device=p.device) for p in params)
+        return AdamState(mu=zeros, nu=zeros, steps=counts)
+
+    def correction(beta: float, count: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        return (1.0 - torch.pow(beta, count.to(torch.float64))).to(like.dtype)
+
+    def root(v: torch.Tensor) -> torch.Tensor:
+        if eps_root > 0:
+            return (v + eps_root).sqrt()
+        positive = v > 0
+        return torch.where(positive, torch.where(positive, v, 1.0).sqrt(), 0.0)
+
+    def update(
+        updates: Sequence[torch.Tensor | None],
+        state: AdamState,
+        *,
+        params: object = None,
+        inplace: bool = True,
+    ) -> tuple[tuple[torch.Tensor | None, ...], AdamState]:
+        out: list[torch.Tensor | None] = []
+        mus, nus, counts = [], [], []
+        for g, mu, nu, count in zip(updates, state.mu, state.nu, state.steps, strict=True):
+            if g is None:
+                out.append(None)
+                mus.append(mu)
+                nus.append(nu)
+                counts.append(count)
+                continue
+            if g.is_sparse:
+                raise TypeError(
+                    "inner_optimizer='adam' cannot take sparse gradients (an nn.Embedding with "
+                    "sparse=True?): use inner_optimizer='sgd' or sparse=False"
+                )
+            mu = mu.mul(b1).add(g, alpha=1 - b1)
+            nu = nu.mul(b2).addcmul(g, g, value=1 - b2)
+            count = count + 1
+            mu_hat = mu.div(correction(b1, count, mu))
+            nu_hat = nu.div(correction(b2, count, nu))
+            out.append(mu_hat.div(root(nu_hat).add(eps)).mul(-lr))
+            mus.append(mu)
+            nus.append(nu)
+            counts.append(count)
+        return tuple(out), AdamState(tuple(mus), tuple(nus), tuple(counts))
+
+    return GradientTransformation(init, update)
 
 
 def learned_rate_sgd(rates: Sequence[torch.Tensor]) -> GradientTransformation:
@@ -118,8 +212,9 @@ class InnerOptimizer(torchopt.MetaOptimizer):
     """TorchOpt's differentiable ``MetaOptimizer`` with first-order steps, frozen and tied parameters.
 
     With ``create_graph=True`` a step is exactly ``torchopt.MetaSGD`` / ``torchopt.MetaAdam``'s
-    (tested). Parameters with ``requires_grad=False`` when the optimiser is built are left as they
-    are. A parameter that several submodules share (``b.weight = a.weight``) is updated once, by
+    (tested). Parameters with ``requires_grad=False`` at the time of a step (frozen before or
+    after the optimiser was built) are left as they are, and so are parameters the loss does not
+    use. A parameter that several submodules share (``b.weight = a.weight``) is updated once, by
     its whole gradient, and the one new tensor goes back to every submodule; TorchOpt's own step
     would update each place separately and untie them.
     """
@@ -128,7 +223,6 @@ class InnerOptimizer(torchopt.MetaOptimizer):
         super().__init__(module, impl)
         flat, _ = _flatten(self.param_containers_groups[0])
         self._positions, self._slots = _distinct(flat)
-        self._trainable = [flat[position].requires_grad for position in self._positions]
 
     def step(self, loss: torch.Tensor, *, create_graph: bool = True) -> None:
         """Replace the module's parameters by their updated values θ' = θ + u(∇loss).
@@ -145,11 +239,12 @@ class InnerOptimizer(torchopt.MetaOptimizer):
             params = tuple(flat[position] for position in self._positions)
             if isinstance(state, UninitializedState):
                 state = self.impl.init(params)
-            wanted = [p for p, t in zip(params, self._trainable, strict=True) if t]
+            trainable = [p.requires_grad for p in params]
+            wanted = [p for p, t in zip(params, trainable, strict=True) if t]
             found = iter(
                 torch.autograd.grad(loss, wanted, create_graph=create_graph, allow_unused=True)
             )
-            grads = tuple(next(found) if t else None for t in self._trainable)
+            grads = tuple(next(found) if t else None for t in trainable)
             updates, self.state_groups[i] = self.impl.update(
                 grads, state, params=params, inplace=False
             )

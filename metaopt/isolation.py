@@ -32,6 +32,7 @@ def isolated(model: nn.Module, *optimizers: torchopt.MetaOptimizer) -> Iterator[
     model_state = torchopt.extract_state_dict(model, by="reference", detach_buffers=True)
     optimizer_states = [torchopt.extract_state_dict(opt, by="reference") for opt in optimizers]
     modes = [(module, module.training) for module in model.modules()]
+    recurrent = [module for module, _ in modes if isinstance(module, nn.RNNBase)]
 
     def restore() -> None:
         # recover_state_dict copies buffers again (detach_buffers), so restoring twice is safe.
@@ -40,6 +41,10 @@ def isolated(model: nn.Module, *optimizers: torchopt.MetaOptimizer) -> Iterator[
             torchopt.recover_state_dict(opt, state)
         for module, training in modes:
             module.training = training
+        for module in recurrent:
+            # An RNN caches its weights in _flat_weights; recover_state_dict bypasses the
+            # __setattr__ that refreshes it, which would keep the last task's graph alive.
+            module._init_flat_weights()
 
     try:
         yield restore

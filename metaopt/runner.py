@@ -126,10 +126,15 @@ def build_algorithm(config: TrainConfig, model: torch.nn.Module) -> MetaLearner:
             first_order=config.first_order,
             inner_optimizer=config.inner_optimizer,
             engine=config.engine,
+            batch_norm=config.batch_norm,
         )
     if config.algo == "metasgd":
         return MetaSGD(
-            model, inner_lr=config.inner_lr, inner_steps=config.inner_steps, engine=config.engine
+            model,
+            inner_lr=config.inner_lr,
+            inner_steps=config.inner_steps,
+            engine=config.engine,
+            batch_norm=config.batch_norm,
         )
     if config.algo == "reptile":
         return Reptile(
@@ -138,6 +143,7 @@ def build_algorithm(config: TrainConfig, model: torch.nn.Module) -> MetaLearner:
             inner_steps=config.inner_steps,
             inner_optimizer=config.inner_optimizer,
             engine=config.engine,
+            batch_norm=config.batch_norm,
         )
     raise ConfigError(f"--algo must be one of maml, fomaml, metasgd, reptile; got {config.algo!r}")
 
@@ -478,6 +484,7 @@ def _gathered(metrics: MetaMetrics, num_tasks: int, info: distributed.DistInfo) 
 def _loop(run: _Run, log: IO[str], stop: _StopOnSignal, progress: bool | None) -> None:
     family, config, algo, outer = run.family, run.config, run.algo, run.outer
     params = algo.meta_parameters()
+    recorded_engine: str | None = None
     start = time.perf_counter() - run.seconds
     disable = (None if progress is None else not progress) if run.dist.is_main else True
     with tqdm(
@@ -493,6 +500,9 @@ def _loop(run: _Run, log: IO[str], stop: _StopOnSignal, progress: bool | None) -
             local = distributed.shard(tasks, run.dist)
             outer.zero_grad(set_to_none=True)
             metrics = algo.meta_backward(local, scale=1 / len(tasks))
+            if algo.last_engine != recorded_engine:
+                recorded_engine = algo.last_engine
+                _record_engine(run, recorded_engine)
             extra = family.iteration_metrics(local)
             if run.dist.active:
                 distributed.all_reduce_gradients(params, run.dist)
@@ -617,6 +627,23 @@ def train(family: TaskFamily, config: TrainConfig, *, progress: bool | None = No
         return _fit(run, progress)
     finally:
         distributed.teardown(info)
+
+
+def _default(config: TrainConfig, name: str) -> Any:
+    fields = {f.name: f for f in dataclasses.fields(config)}
+    return fields[name].default if name in fields else dataclasses.MISSING
+
+
+def _record_engine(run: _Run, engine: str | None) -> None:
+    """Write the engine ``meta_backward`` ran on into config.json (``engine_used``), once per
+    process and again should it change (``auto`` falling back to the loop engine)."""
+    if not run.dist.is_main:
+        return
+    path = run.run_dir / "config.json"
+    saved = json.loads(path.read_text())
+    if saved.get("engine_used") != engine:
+        saved["engine_used"] = engine
+        _write_json_atomic(path, saved)
 
 
 def _check_ranks(config: TrainConfig, info: distributed.DistInfo) -> None:
@@ -744,6 +771,8 @@ def _check_checkpoint(
                 f"checkpoint {path} has a field {name!r} that family {family.name!r} does not "
                 "know: it was written by another version of the family"
             )
+        if name not in theirs and ours[name] == _default(config, name):
+            continue  # a field added since, at the default that reproduces the old behaviour
         if name not in theirs:
             raise ConfigError(
                 f"checkpoint {path} has no field {name!r}: it was written by another version "

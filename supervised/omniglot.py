@@ -78,6 +78,11 @@ class OmniglotConfig(SupervisedConfig):
     iterations: int = option(60000, "meta-iterations (MAML paper: 60000)")
     inner_lr: float = option(0.4, "inner-loop learning rate (Meta-SGD: initial per-parameter rate)")
     meta_batch: int = option(32, "tasks per meta-iteration")
+    batch_norm: str = option(
+        "batch",
+        "BatchNorm in adaptation: batch (each task normalises with its own batch's statistics, "
+        "as MAML and Reptile do on Omniglot) or running (each layer as its train/eval mode says)",
+    )
     data_dir: str = option(
         "data/omniglot", "folder holding images_background/ and images_evaluation/"
     )

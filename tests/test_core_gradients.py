@@ -220,11 +220,18 @@ def test_inner_step_matches_torchopt_meta_optimizers(optimizer: str) -> None:
         inner = torchopt.MetaSGD(theirs, lr=0.1)
     else:
         inner = torchopt.MetaAdam(theirs, lr=0.1, eps_root=1e-8)
-    state = torchopt.extract_state_dict(theirs)
-    for _ in range(3):
-        inner.step(task.support_loss(theirs))
-    task.query_loss(theirs).backward()
-    torchopt.recover_state_dict(theirs, state)
+    # TorchOpt computes Adam's bias correction in the default dtype; with float64 as the default
+    # it is right, and metaopt's (computed in float64 always) must give the same meta-gradient.
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        state = torchopt.extract_state_dict(theirs)
+        for _ in range(3):
+            inner.step(task.support_loss(theirs))
+        task.query_loss(theirs).backward()
+        torchopt.recover_state_dict(theirs, state)
+    finally:
+        torch.set_default_dtype(default)
     np.testing.assert_allclose(_flat_grad(ours), _flat_grad(theirs), rtol=1e-12, atol=1e-15)
 
 

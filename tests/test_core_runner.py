@@ -230,3 +230,31 @@ def test_engine_and_threads_flags_take_effect(tmp_path: Path, monkeypatch) -> No
         family, resolve_config(family, {"out": str(tmp_path / "b"), "threads": 0}), progress=False
     )
     assert seen == []  # 0 keeps torch's own setting
+
+
+def test_config_json_records_the_engine_used_and_the_batch_norm_mode(tmp_path: Path) -> None:
+    family = ToyFamily()
+    for engine, used in (("auto", "vmap"), ("loop", "loop")):
+        run_dir = tmp_path / engine
+        config = resolve_config(family, {"out": str(run_dir), "engine": engine})
+        train(family, config, progress=False)
+        saved = json.loads((run_dir / "config.json").read_text())
+        assert saved["engine_used"] == used  # the toy batch is a BatchedTasks
+        assert saved["config"]["batch_norm"] == "running"
+
+
+def test_a_checkpoint_written_before_batch_norm_existed_still_resumes(tmp_path: Path) -> None:
+    # tests/fixtures/sine-v0.1.0: a 3-iteration sine run written by metaopt 0.1.0 before the
+    # batch_norm option (and engine_used) existed; its checkpoint's config lacks the field.
+    import shutil
+
+    run_dir = tmp_path / "old"
+    shutil.copytree(Path(__file__).parent / "fixtures" / "sine-v0.1.0", run_dir)
+    assert "batch_norm" not in json.loads((run_dir / "config.json").read_text())["config"]
+    argv = ["train", "sine", "--resume", str(run_dir), "--iterations", "4", "--quiet"]
+    assert main(argv) == 0
+    saved = json.loads((run_dir / "config.json").read_text())
+    assert saved["config"]["batch_norm"] == "running"
+    assert saved["engine_used"] == "vmap"
+    rows = (run_dir / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(r)["iteration"] for r in rows] == [1, 2, 3, 4]

@@ -159,14 +159,34 @@ def test_shared_parameters_match_finite_differences_in_vmap_engine() -> None:
     check_meta_gradient(algo, RegressionBatch(2, torch.float64, points=4), rtol=1e-6, atol=1e-9)
 
 
-def test_batchnorm_model_falls_back_to_loop_or_refuses_vmap() -> None:
-    model = nn.Sequential(nn.Linear(3, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 1)).double()
+@pytest.mark.parametrize("batch_norm", ["running", "batch"])
+def test_batchnorm_in_training_mode_runs_vectorised_with_the_loop_engines_answer(
+    batch_norm: str,
+) -> None:
+    # Running statistics get one copy per task, dropped afterwards (the loop engine restores
+    # them); with batch_norm="batch" they are not touched at all.
+    def model() -> nn.Module:
+        torch.manual_seed(0)
+        return nn.Sequential(
+            nn.Linear(3, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 1)
+        ).double()
+
     tasks = RegressionBatch(3, torch.float64)
-    metaopt.MAML(model, inner_lr=0.1).meta_backward(tasks)  # auto: the loop engine
-    with pytest.raises(
-        TypeError, match="engine='vmap' cannot run this meta-batch: the model has buffers"
-    ):
-        metaopt.MAML(model, inner_lr=0.1, engine="vmap").meta_backward(tasks)
+    grads = {}
+    for engine in ("loop", "auto"):
+        net = model()
+        net[1].running_mean.add_(0.5)  # a state the engines must leave as it is
+        algo = metaopt.MAML(net, inner_lr=0.1, inner_steps=2, engine=engine, batch_norm=batch_norm)
+        grads[engine], _ = meta_gradient(algo, tasks)
+        assert algo.last_engine == ("loop" if engine == "loop" else "vmap")
+        torch.testing.assert_close(net[1].running_mean, torch.full((8,), 0.5, dtype=torch.float64))
+        assert int(net[1].num_batches_tracked) == 0
+    # The bias before BatchNorm has a gradient of 0 in exact arithmetic: compare in norm.
+    assert (grads["auto"] - grads["loop"]).norm() <= 1e-12 * grads["loop"].norm()
+
+
+def test_vmap_refuses_tasks_that_are_not_batched() -> None:
+    tasks = RegressionBatch(3, torch.float64)
     with pytest.raises(TypeError, match="do not implement BatchedTasks"):
         metaopt.MAML(mlp(torch.float64), inner_lr=0.1, engine="vmap").meta_backward(list(tasks))
 
@@ -185,3 +205,90 @@ def test_bad_batched_losses_are_named() -> None:
 def test_unknown_engine() -> None:
     with pytest.raises(ValueError, match="engine must be one of auto, loop, vmap; got 'jit'"):
         metaopt.MAML(mlp(torch.float64), inner_lr=0.1, engine="jit")
+
+
+def test_a_support_loss_without_grad_is_named_by_the_vectorised_engine() -> None:
+    class Detached(RegressionBatch):
+        def support_losses(self, forward, step):
+            return super().support_losses(forward, step).detach()
+
+    model = mlp(torch.float64)
+    with pytest.raises(ValueError, match="support_losses of the meta-batch .* does not depend"):
+        metaopt.MAML(model, inner_lr=0.1, engine="vmap").meta_backward(Detached(3, torch.float64))
+    assert all(p.grad is None for p in model.parameters())
+
+
+@pytest.mark.parametrize("engine", ["loop", "vmap"])
+def test_meta_backward_under_no_grad_names_the_cause(engine: str) -> None:
+    tasks = RegressionBatch(2, torch.float64)
+    algo = metaopt.MAML(mlp(torch.float64), inner_lr=0.1, engine=engine)
+    with torch.no_grad(), pytest.raises(RuntimeError, match=r"inside torch.no_grad\(\)"):
+        algo.meta_backward(tasks if engine == "vmap" else list(tasks))
+
+
+class CellNet(nn.Module):
+    """A user's module calling a kernel that torch.func has no batching rule for, which no
+    up-front check can know about."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.w_ih = nn.Parameter(torch.randn(16, 3) / 3)
+        self.w_hh = nn.Parameter(torch.randn(16, 4) / 3)
+        self.head = nn.Linear(4, 1)
+
+    def forward(self, x):
+        zeros = x.new_zeros(x.shape[0], 4)
+        h, _ = torch.lstm_cell(x, (zeros, zeros), self.w_ih, self.w_hh)
+        return self.head(h)
+
+
+def test_auto_falls_back_when_vmap_meets_an_operation_it_cannot_batch() -> None:
+    tasks = RegressionBatch(3, torch.float64)
+    loop_model = CellNet().double()
+    loop = metaopt.MAML(loop_model, inner_lr=0.1, engine="loop")
+    want, _ = meta_gradient(loop, list(tasks))
+
+    model = CellNet().double()
+    for p in model.parameters():  # a gradient accumulated earlier must survive the failed try
+        p.grad = torch.ones_like(p)
+    algo = metaopt.MAML(model, inner_lr=0.1)
+    with pytest.warns(UserWarning, match="runs this model on the loop engine from now on"):
+        algo.meta_backward(tasks)
+    assert algo.last_engine == "loop"
+    got = torch.cat([(p.grad - 1).reshape(-1) for p in model.parameters()])
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-15)
+    algo.meta_backward(tasks)  # remembered: straight to the loop engine
+    assert algo.last_engine == "loop"
+
+    strict = metaopt.MAML(CellNet().double(), inner_lr=0.1, engine="vmap")
+    with pytest.raises(TypeError, match="engine='vmap' cannot run this model: Batching rule"):
+        strict.meta_backward(tasks)
+    assert all(p.grad is None for p in strict.model.parameters())
+
+
+def test_a_failed_loop_meta_backward_leaves_no_partial_gradient() -> None:
+    class Failing(list):
+        pass
+
+    tasks = Failing(RegressionBatch(3, torch.float64))
+    tasks[2].query_loss = lambda model: torch.ones(2, requires_grad=True)  # not a scalar
+    model = mlp(torch.float64)
+    with pytest.raises(ValueError, match="query_loss of task 2 returned a tensor of shape"):
+        metaopt.MAML(model, inner_lr=0.1, engine="loop").meta_backward(tasks)
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_last_engine_is_exposed() -> None:
+    tasks = RegressionBatch(2, torch.float64)
+    algo = metaopt.Reptile(mlp(torch.float64), inner_lr=0.1, inner_steps=1)
+    assert algo.last_engine is None
+    algo.meta_backward(tasks)
+    assert algo.last_engine == "vmap"
+    algo.meta_backward(list(tasks))
+    assert algo.last_engine == "loop"
+
+
+def test_unknown_batch_norm_mode() -> None:
+    with pytest.raises(ValueError, match="batch_norm must be one of running, batch; got 'per'"):
+        metaopt.MAML(mlp(torch.float64), inner_lr=0.1, batch_norm="per")

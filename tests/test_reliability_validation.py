@@ -51,6 +51,7 @@ BAD = [
     ("checkpoint_every", -2, "--checkpoint-every must be an integer >= 0, got -2"),
     ("skip_nonfinite", 1, "--skip-nonfinite must be true or false, got 1"),
     ("engine", "gpu", "--engine must be one of auto, vmap, loop; got 'gpu'"),
+    ("batch_norm", "per-task", "--batch-norm must be one of running, batch; got 'per-task'"),
     ("out", "", "--out must be a non-empty string, got ''"),
     ("dist_backend", "mpi", "--dist-backend must be one of auto, gloo, nccl; got 'mpi'"),
     ("dist_timeout", 0, "--dist-timeout must be a positive finite number, got 0"),

@@ -100,6 +100,10 @@ def test_omniglot_smoke(omniglot_dir: Path, tmp_path: Path) -> None:
     _check_run_dir(run_dir, family, 2)
     last = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-1])
     assert 0 <= last["val_accuracy_after"] <= 1
+    saved = json.loads((run_dir / "config.json").read_text())
+    # Each task normalises with its own batch, so the conv net runs on the vectorised engine.
+    assert saved["config"]["batch_norm"] == "batch"
+    assert saved["engine_used"] == "vmap"
 
 
 def test_reevaluation_reuses_the_cached_baseline_and_reproduces_eval_json(tmp_path: Path) -> None:

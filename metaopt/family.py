@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -224,6 +224,23 @@ class TaskFamily:
     def periodic_eval(self, algo: Any, config: TrainConfig) -> dict[str, float]:
         """Cheap held-out evaluation logged every ``eval_every`` iterations."""
         return {}
+
+    def compare_with_truth(
+        self,
+        config: TrainConfig,
+        methods: Sequence[str],
+        batches: int,
+        progress: Callable[[], None],
+    ) -> dict[str, Any] | None:
+        """For ``metaopt compare``: the methods' meta-gradients against an exact one, where the
+        family can compute it, averaged over ``batches`` meta-batches; ``None`` (the default)
+        where it cannot.
+
+        Shape: ``{"setting": {...}, "rows": [{"method", "estimator", "cosine",
+        "relative_error", "noise", "max_abs_z", "variance"}, ...], "not_applicable":
+        {method: why}}``; ``progress()`` is called once per row.
+        """
+        return None
 
     def evaluate(
         self,

@@ -18,7 +18,7 @@ layer, three inner steps at lr 10); docs/results.md has what each achieves.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,6 +30,7 @@ from torch import nn
 from metaopt.algorithms import MAML, MetaLearner, MetaSGD
 from metaopt.distributed import map_tasks
 from metaopt.family import ConfigError, TaskFamily, TrainConfig, option
+from rl.estimators import ESTIMATORS
 from rl.evaluation import INTERVAL, adaptation_returns, curve_summary, score_curve, summarize
 from rl.mdp import (
     TabularMDPBatch,
@@ -74,6 +75,12 @@ class MDPConfig(TrainConfig):
     gae_lambda: float = option(0.95, "λ of the λ-returns / GAE (0: one-step TD, 1: Monte Carlo)")
     value_coef: float = option(0.5, "weight of the squared-advantage (critic) term of the A2C loss")
     entropy_coef: float = option(0.0, "weight of the entropy bonus of the A2C loss")
+    meta_gradient: str = option(
+        "seed",
+        "meta-gradient estimator: seed (TorchOpt's example: A2C losses, no sampling term), dice "
+        "(unbiased: policy-gradient query loss with DiCE's term for the support sampling) or "
+        "lvc (ProMP's low-variance curvature)",
+    )
     hidden_sizes: tuple[int, ...] = option((32, 32), "hidden-layer widths of the policy's torso")
     shared_torso: bool = option(
         True, "policy and value heads share one torso (the seed's); --no-shared-torso: one each"
@@ -88,6 +95,10 @@ class MDPConfig(TrainConfig):
             _check_real(name, getattr(self, name), 0.0, 1.0)
         for name in ("value_coef", "entropy_coef"):
             _check_real(name, getattr(self, name), 0.0, None)
+        if self.meta_gradient not in ESTIMATORS:
+            raise ConfigError(
+                f"--meta-gradient must be one of {', '.join(ESTIMATORS)}; got {self.meta_gradient!r}"
+            )
         if not isinstance(self.hidden_sizes, tuple) or not all(
             isinstance(h, int) and not isinstance(h, bool) and h >= 1 for h in self.hidden_sizes
         ):
@@ -103,6 +114,7 @@ class MDPConfig(TrainConfig):
             gae_lambda=self.gae_lambda,
             value_coef=self.value_coef,
             entropy_coef=self.entropy_coef,
+            meta_gradient=self.meta_gradient,
         )
 
 
@@ -263,6 +275,22 @@ class MDPFamily(TaskFamily):
             plot_returns(run_dir / "rl_returns.png", metrics, references, config.algo),
             plot_adaptation(run_dir / "rl_adaptation.png", evaluation, config.algo),
         ]
+
+    def compare_with_truth(
+        self,
+        config: TrainConfig,
+        methods: Sequence[str],
+        batches: int,
+        progress: Callable[[], None],
+    ) -> dict[str, Any] | None:
+        """Each estimator of each method against the exact meta-gradient on a tiny MDP
+        (:func:`rl.truth.compare_with_truth`), at the config's inner learning rate and steps."""
+        from rl.truth import compare_with_truth
+
+        config = _mdp(config)
+        return compare_with_truth(
+            config.inner_lr, config.inner_steps, methods, batches=batches, progress=progress
+        )
 
     # -- held-out tasks and references ------------------------------------------------------
 

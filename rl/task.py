@@ -32,7 +32,13 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from rl.losses import trajectory_a2c_loss
+from rl.estimators import (
+    ESTIMATORS,
+    policy_gradient_loss,
+    sampling_record,
+    sampling_term,
+    support_objective,
+)
 from rl.mdp import TabularMDPBatch, check_horizon, check_size
 from rl.sampler import (
     MDPTensors,
@@ -57,6 +63,10 @@ class A2CSettings:
         gae_lambda: λ of the λ-returns / GAE.
         value_coef: Weight of the squared-advantage (critic) term.
         entropy_coef: Weight of the entropy bonus.
+        meta_gradient: The meta-gradient estimator, one of :data:`rl.estimators.ESTIMATORS`
+            (``seed``, ``dice``, ``lvc``): which support and query losses the task returns.
+        reward_noise: Standard deviation of the Gaussian noise on observed rewards (1 in the
+            RL² distribution; 0 gives deterministic rewards, as the exact oracle needs).
     """
 
     trajectories: int = 20
@@ -65,6 +75,8 @@ class A2CSettings:
     gae_lambda: float = 0.95
     value_coef: float = 0.5
     entropy_coef: float = 0.0
+    meta_gradient: str = "seed"
+    reward_noise: float = 1.0
 
     def __post_init__(self) -> None:
         check_size("trajectories", self.trajectories)
@@ -73,10 +85,14 @@ class A2CSettings:
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {value!r}")
-        for name in ("value_coef", "entropy_coef"):
+        for name in ("value_coef", "entropy_coef", "reward_noise"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= 0):
                 raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+        if self.meta_gradient not in ESTIMATORS:
+            raise ValueError(
+                f"meta_gradient must be one of {', '.join(ESTIMATORS)}, got {self.meta_gradient!r}"
+            )
 
 
 class MDPTask:
@@ -92,6 +108,8 @@ class MDPTask:
         self.index = index
         self.support_returns: list[torch.Tensor] = []
         self.query_returns: list[torch.Tensor] = []
+        # For the dice estimator: every support phase's log-likelihoods and baselines.
+        self._records: list[tuple[torch.Tensor, torch.Tensor]] = []
 
     def support_loss(self, model: nn.Module) -> torch.Tensor:
         """A2C loss of trajectories sampled with ``model`` (the inner loop's objective)."""
@@ -100,12 +118,23 @@ class MDPTask:
         if trajectories is None:
             trajectories = self.batch.sample(model, phase, self.index)
         self.support_returns.append(trajectories.episode_returns()[0])
-        return self.batch.loss(model, trajectories)
+        self._record_sampling(model, trajectories, first=phase == "support0")
+        return self.batch.support_objective(model, trajectories)
 
     def query_loss(self, model: nn.Module) -> torch.Tensor:
-        """A2C loss of fresh trajectories sampled with the adapted ``model`` (the outer objective)."""
+        """The outer objective on fresh trajectories sampled with the adapted ``model``: the
+        A2C loss (``seed``) or an unbiased policy gradient, with DiCE's sampling term for
+        ``dice`` (:mod:`rl.estimators`)."""
         trajectories = self._query_sample(model)
-        return self.batch.loss(model, trajectories)
+        records, self._records = self._records, []
+        return self.batch.query_objective(model, trajectories, records)
+
+    def _record_sampling(self, model: PolicyFn, trajectories: Trajectories, first: bool) -> None:
+        if self.batch.settings.meta_gradient != "dice" or not torch.is_grad_enabled():
+            return
+        if first:
+            self._records = []
+        self._records.append(sampling_record(model, trajectories, self.batch.tensors.num_states))
 
     def sample_returns(self, model: PolicyFn) -> torch.Tensor:
         """Episode returns ``[N]`` of a query sample under ``model`` (evaluation; no loss)."""
@@ -154,6 +183,8 @@ class MDPTaskBatch(Sequence[MDPTask]):
         self._noise: dict[str, SamplingNoise] = {}
         self._presampled: dict[int, Trajectories] = {}
         self._sampled_with: tuple[type, list[torch.Tensor]] | None = None
+        # The vectorised engine's records for the dice estimator (see MDPTask).
+        self._records: list[tuple[torch.Tensor, torch.Tensor]] = []
         #: Mean entropy (nats) of the policy over states and tasks when the first support sample
         #: of all tasks was drawn at once (a collapse of exploration shows here first).
         self.pre_entropy = math.nan
@@ -194,11 +225,17 @@ class MDPTaskBatch(Sequence[MDPTask]):
         trajectories = self.sample(forward, phase)
         for task, returns in zip(self.tasks, trajectories.episode_returns(), strict=True):
             task.support_returns.append(returns)
-        return self.loss(forward, trajectories, per_task=True)
+        if self.settings.meta_gradient == "dice" and torch.is_grad_enabled():
+            if phase == "support0":
+                self._records = []
+            self._records.append(sampling_record(forward, trajectories, self.tensors.num_states))
+        return self.support_objective(forward, trajectories, per_task=True)
 
     def query_losses(self, forward: PolicyFn) -> torch.Tensor:
         """Query losses ``[T]`` of the adapted parameters, every task sampled at once."""
-        return self.loss(forward, self.sample_queries(forward), per_task=True)
+        records, self._records = self._records, []
+        trajectories = self.sample_queries(forward)
+        return self.query_objective(forward, trajectories, records, per_task=True)
 
     def sample_queries(self, forward: PolicyFn) -> Trajectories:
         """The next query sample of every task at once (recorded as its query returns)."""
@@ -225,6 +262,8 @@ class MDPTaskBatch(Sequence[MDPTask]):
     def sample(self, policy: PolicyFn, phase: str, index: int | None = None) -> Trajectories:
         """Trajectories of task ``index`` (``None``: every task) in ``phase`` under ``policy``."""
         noise = self.noise(phase)
+        if self.settings.reward_noise != 1.0:
+            noise = noise._replace(normal=noise.normal * self.settings.reward_noise)
         if index is None:
             if phase == "support0":
                 self.pre_entropy = _mean_entropy(policy, self.tensors)
@@ -236,16 +275,66 @@ class MDPTaskBatch(Sequence[MDPTask]):
     ) -> torch.Tensor:
         """The settings' A2C loss of ``policy`` on ``trajectories`` (scalar, or ``[T]``)."""
         s = self.settings
-        return trajectory_a2c_loss(
+        return support_objective(
             policy,
             trajectories,
             self.tensors.num_states,
+            estimator="seed",
             gamma=s.gamma,
             gae_lambda=s.gae_lambda,
             value_coef=s.value_coef,
             entropy_coef=s.entropy_coef,
             per_task=per_task,
         )
+
+    def support_objective(
+        self, policy: PolicyFn, trajectories: Trajectories, *, per_task: bool = False
+    ) -> torch.Tensor:
+        """The inner loss of the settings' estimator (:func:`rl.estimators.support_objective`)."""
+        s = self.settings
+        return support_objective(
+            policy,
+            trajectories,
+            self.tensors.num_states,
+            estimator=s.meta_gradient,
+            gamma=s.gamma,
+            gae_lambda=s.gae_lambda,
+            value_coef=s.value_coef,
+            entropy_coef=s.entropy_coef,
+            per_task=per_task,
+        )
+
+    def query_objective(
+        self,
+        policy: PolicyFn,
+        trajectories: Trajectories,
+        records: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
+        *,
+        per_task: bool = False,
+    ) -> torch.Tensor:
+        """The outer loss of the settings' estimator (see :mod:`rl.estimators`).
+
+        Args:
+            policy: The adapted policy.
+            trajectories: Its query episodes.
+            records: The support phases' :func:`rl.estimators.sampling_record` (dice).
+        """
+        s = self.settings
+        if s.meta_gradient == "seed":
+            return self.loss(policy, trajectories, per_task=per_task)
+        loss = policy_gradient_loss(
+            policy,
+            trajectories,
+            self.tensors.num_states,
+            gamma=s.gamma,
+            gae_lambda=s.gae_lambda,
+            value_coef=s.value_coef,
+            per_task=per_task,
+        )
+        if s.meta_gradient == "dice" and records:
+            sampling = sampling_term(records, trajectories.episode_returns(), s.horizon)
+            loss = loss + (sampling if per_task else sampling.mean())
+        return loss
 
     def take_presampled(self, task: MDPTask, model: nn.Module) -> Trajectories | None:
         """The task's share of one batched first support sample, drawn with ``model``'s values.

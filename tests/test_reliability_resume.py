@@ -7,7 +7,6 @@ subprocess for the command's own path (exit status, message, no traceback).
 
 from __future__ import annotations
 
-import os
 import random
 import shutil
 import signal
@@ -95,8 +94,10 @@ def test_second_signal_stops_at_once_without_saving(tmp_path: Path) -> None:
     def sample_tasks(self, config, rng, num_tasks):
         self.calls = getattr(self, "calls", 0) + 1
         if self.calls == 5:
-            os.kill(os.getpid(), signal.SIGINT)
-            os.kill(os.getpid(), signal.SIGINT)
+            # raise_signal runs each Python handler before it returns; two os.kill calls could
+            # reach another thread and be coalesced into one handler call (a flaky test).
+            signal.raise_signal(signal.SIGINT)
+            signal.raise_signal(signal.SIGINT)
         return type(inner).sample_tasks(self, config, rng, num_tasks)
 
     impatient = type("Impatient", (type(inner),), {"sample_tasks": sample_tasks})()

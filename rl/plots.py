@@ -28,15 +28,43 @@ def _reference_lines(ax: Any, references: Mapping[str, float]) -> None:
 
 
 def plot_returns(
-    path: Path, rows: Sequence[Mapping[str, Any]], references: Mapping[str, float], algo: str
+    path: Path,
+    rows: Sequence[Mapping[str, Any]],
+    references: Mapping[str, float],
+    algo: str,
+    max_entropy: float | None = None,
 ) -> Path:
-    """Train and test return before and after adaptation against the meta-iteration.
+    """Train and test return before and after adaptation against the meta-iteration, and below
+    them the entropy of the policy before adaptation (a collapse of exploration shows there).
 
     Training returns (every iteration, a moving average) are lines; held-out returns (every
     ``eval_every`` iterations) are points with their 95% confidence intervals. The random and
-    optimal policies' expected returns on the held-out tasks are horizontal lines.
+    optimal policies' expected returns on the held-out tasks are horizontal lines; so is the
+    uniform policy's entropy ``max_entropy`` (ln A) when given.
     """
-    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    entropy = [r for r in rows if r.get("train_pre_entropy") is not None]
+    if entropy:
+        fig, (ax, below) = plt.subplots(
+            2, 1, figsize=(7.5, 6.5), sharex=True, gridspec_kw={"height_ratios": [3, 1.2]}
+        )
+        window = max(1, len(entropy) // 50)
+        below.plot(
+            [r["iteration"] for r in entropy],
+            moving_average([r["train_pre_entropy"] for r in entropy], window),
+            color="tab:green",
+            label=f"policy entropy before adaptation (avg of {window})",
+        )
+        if max_entropy is not None:
+            below.axhline(
+                max_entropy, color="grey", linestyle="--", label=f"uniform ({max_entropy:.2f})"
+            )
+        below.set_ylim(bottom=0)
+        below.set_ylabel("entropy (nats)")
+        below.set_xlabel("meta-iteration")
+        below.legend(fontsize=8, loc="lower left")
+        below.grid(alpha=0.3)
+    else:
+        fig, ax = plt.subplots(figsize=(7.5, 4.5))
     train = [r for r in rows if "train_pre_return" in r]
     if train:
         window = max(1, len(train) // 50)
@@ -64,7 +92,8 @@ def plot_returns(
                 label=label + " (95% CI)",
             )
     _reference_lines(ax, references)
-    ax.set_xlabel("meta-iteration")
+    if not entropy:
+        ax.set_xlabel("meta-iteration")
     ax.set_ylabel("episode return (undiscounted)")
     ax.set_title(f"mdp / {algo}: returns before and after adaptation")
     ax.legend(fontsize=8, loc="center right")

@@ -6,7 +6,8 @@ each ``eval.json`` are printed as rows of a Markdown table.
 
 Usage::
 
-    python -m rl.results --preset seed     # TorchOpt's MAML-RL configuration
+    python -m rl.results --preset none     # the defaults: the seed's hyper-parameters, dice
+    python -m rl.results --preset seed     # TorchOpt's MAML-RL configuration exactly
     python -m rl.results --preset tuned    # inner lr / steps chosen on a sweep
 
 Threads: one (``torch.set_num_threads(1)``), see rl/speed.py.
@@ -35,7 +36,10 @@ def fmt(entry: dict) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--preset", default="seed", help="preset of the mdp family")
+    parser.add_argument(
+        "--preset", default="seed", help="preset of the mdp family ('none': the defaults)"
+    )
+    parser.add_argument("--meta-gradient", default=None, help="override the estimator")
     parser.add_argument("--algos", default=",".join(ALGORITHMS), help="comma-separated")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="runs/rl-results", help="parent of the run directories")
@@ -46,9 +50,12 @@ def main() -> None:
     rows = []
     for algo in args.algos.split(","):
         out = Path(args.out) / f"{args.preset}-{algo}-seed{args.seed}"
-        config = resolve_config(
-            family, {"algo": algo, "preset": args.preset, "seed": args.seed, "out": str(out)}
-        )
+        overrides = {"algo": algo, "seed": args.seed, "out": str(out)}
+        if args.preset != "none":
+            overrides["preset"] = args.preset
+        if args.meta_gradient is not None:
+            overrides["meta_gradient"] = args.meta_gradient
+        config = resolve_config(family, overrides)
         start = time.perf_counter()
         run_dir = train(family, config, progress=False)
         seconds = time.perf_counter() - start

@@ -77,7 +77,12 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         config = resolve_config(
             family,
-            {"algo": args.algo, "iterations": args.iterations, "out": str(Path(tmp) / "run")},
+            {
+                "algo": args.algo,
+                "preset": "seed",  # TorchOpt's example, which the comparison reproduces
+                "iterations": args.iterations,
+                "out": str(Path(tmp) / "run"),
+            },
         )
         start = time.perf_counter()
         run_dir = train(family, config, progress=False)

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -357,6 +357,40 @@ class MetaLearner:
 
         return compute
 
+    # -- what code outside the algorithms reads, instead of checking their types -------------
+
+    def rate_parameters(self) -> list[nn.Parameter]:
+        """Meta-learned inner learning rates, one per model parameter in ``parameters()`` order
+        (Meta-SGD's α); empty for the algorithms with a fixed inner learning rate."""
+        return []
+
+    def learned_state(self) -> dict[str, Any]:
+        """What a checkpoint needs besides ``model.state_dict()`` (Meta-SGD: ``inner_lrs``)."""
+        return {}
+
+    def load_learned_state(self, state: Mapping[str, Any]) -> None:
+        """Restore what :meth:`learned_state` returned (extra keys in ``state`` are ignored)."""
+
+    def inner_sgd_rates(self) -> float | list[torch.Tensor] | None:
+        """The step sizes of the inner update when it is plain or learned-rate SGD: the scalar
+        ``inner_lr``, or Meta-SGD's rates (detached, ``parameters()`` order); ``None`` for any
+        other inner optimiser (evaluate with :meth:`adapt` then)."""
+        return self.inner_lr if self.inner_optimizer_name == "sgd" else None
+
+    def describe(self) -> dict[str, Any]:
+        """How this algorithm adapts, for reports and eval.json."""
+        return {"rule": self.inner_optimizer_name, "lr": self.inner_lr}
+
+    def untrained_baseline(self, model: nn.Module) -> MetaLearner:
+        """A learner that adapts ``model`` the way this one adapts, minus anything meta-learned:
+        the inner optimiser at ``inner_lr`` (Meta-SGD's rates start there)."""
+        return MAML(
+            model,
+            inner_lr=self.inner_lr,
+            inner_optimizer=self.inner_optimizer_name,
+            batch_norm=self.batch_norm,
+        )
+
     def __repr__(self) -> str:
         return (
             f"{type(self).__name__}(inner_lr={self.inner_lr}, inner_steps={self.inner_steps}, "
@@ -486,6 +520,29 @@ class MetaSGD(MAML):
     def meta_parameters(self) -> list[nn.Parameter]:
         """θ followed by the learned rates α of the trainable parameters."""
         return super().meta_parameters() + [a for a in self.inner_lrs if a.requires_grad]
+
+    def rate_parameters(self) -> list[nn.Parameter]:
+        return list(self.inner_lrs)
+
+    def learned_state(self) -> dict[str, Any]:
+        return {"inner_lrs": [rate.detach().clone() for rate in self.inner_lrs]}
+
+    def load_learned_state(self, state: Mapping[str, Any]) -> None:
+        with torch.no_grad():
+            for rate, saved in zip(self.inner_lrs, state["inner_lrs"], strict=True):
+                rate.copy_(saved)
+
+    def inner_sgd_rates(self) -> float | list[torch.Tensor] | None:
+        return [rate.detach() for rate in self.inner_lrs]
+
+    def describe(self) -> dict[str, Any]:
+        rates = torch.cat([r.detach().flatten() for r in self.inner_lrs])
+        return {
+            "rule": "meta-sgd (learned per-parameter rates)",
+            "rate_mean": rates.mean().item(),
+            "rate_min": rates.min().item(),
+            "rate_max": rates.max().item(),
+        }
 
 
 class Reptile(MetaLearner):

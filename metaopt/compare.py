@@ -57,7 +57,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from metaopt.algorithms import MetaLearner, MetaSGD
+from metaopt.algorithms import MetaLearner
 from metaopt.family import ALGORITHMS, ConfigError, TaskFamily, TrainConfig
 from metaopt.runner import build_algorithm, build_outer_optimizer, new_directory, train
 from metaopt.task import Task
@@ -395,8 +395,8 @@ def meta_gradient(
         if p.requires_grad
     }
     rates_norm = None
-    if isinstance(algo, MetaSGD):
-        grads = [r.grad for r in algo.inner_lrs if r.grad is not None]
+    if algo.rate_parameters():
+        grads = [r.grad for r in algo.rate_parameters() if r.grad is not None]
         rates_norm = float(_flat(grads).norm()) if grads else 0.0
     finite = all(bool(torch.isfinite(g).all()) for g in theta.values())
     return MetaGradient(theta, rates_norm, metrics.query.mean().item(), finite)
@@ -508,15 +508,12 @@ class _Timed:
         self.family, self.state, self.task_seed = family, state, task_seed
         self.config, self.algo = _algorithm(family, config, method, steps, state)
         self.outer, _ = build_outer_optimizer(self.config, self.algo)
-        self.rates = [r.detach().clone() for r in getattr(self.algo, "inner_lrs", [])]
+        self.learned = self.algo.learned_state()
 
     def reset(self) -> Sequence[Task]:
         """Back to ``state`` (rates included) and the same tasks, untimed."""
         self.algo.model.load_state_dict(self.state)
-        if isinstance(self.algo, MetaSGD):
-            with torch.no_grad():
-                for rate, saved in zip(self.algo.inner_lrs, self.rates, strict=True):
-                    rate.copy_(saved)
+        self.algo.load_learned_state(self.learned)
         return _draw(self.family, self.config, self.task_seed, self.config.meta_batch)
 
     def iteration(self, tasks: Sequence[Task]) -> float:

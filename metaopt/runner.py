@@ -162,18 +162,12 @@ def build_outer_optimizer(
 
 
 def algorithm_state(algo: MetaLearner) -> dict[str, Any]:
-    state: dict[str, Any] = {"model": algo.model.state_dict()}
-    if isinstance(algo, MetaSGD):
-        state["inner_lrs"] = [rate.detach().clone() for rate in algo.inner_lrs]
-    return state
+    return {"model": algo.model.state_dict(), **algo.learned_state()}
 
 
 def load_algorithm_state(algo: MetaLearner, state: dict[str, Any]) -> None:
     algo.model.load_state_dict(state["model"])
-    if isinstance(algo, MetaSGD):
-        with torch.no_grad():
-            for rate, saved in zip(algo.inner_lrs, state["inner_lrs"], strict=True):
-                rate.copy_(saved)
+    algo.load_learned_state(state)
 
 
 # -- random-number state --------------------------------------------------------------------------

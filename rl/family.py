@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from metaopt.algorithms import MAML, MetaLearner, MetaSGD
+from metaopt.algorithms import MetaLearner
 from metaopt.distributed import map_tasks
 from metaopt.family import ConfigError, TaskFamily, TrainConfig, option
 from rl.estimators import ESTIMATORS
@@ -269,7 +269,7 @@ class MDPFamily(TaskFamily):
                 "normalized_score": {"by_steps": curve_summary(steps, base_score)},
             },
             "meta_minus_baseline": curve_summary(steps, meta - base),
-            "adaptation": _describe(algo),
+            "adaptation": algo.describe(),
             "interval": INTERVAL,
         }
 
@@ -345,23 +345,10 @@ class MDPFamily(TaskFamily):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(config.seed)
             model = self.make_model(config)
-        optimizer = "sgd" if isinstance(algo, MetaSGD) else algo.inner_optimizer_name
-        return MAML(model, inner_lr=config.inner_lr, inner_optimizer=optimizer)
+        return algo.untrained_baseline(model)
 
 
 def _mdp(config: TrainConfig) -> MDPConfig:
     if not isinstance(config, MDPConfig):
         raise TypeError(f"the mdp family needs an MDPConfig, got {type(config).__name__}")
     return config
-
-
-def _describe(algo: MetaLearner) -> dict[str, Any]:
-    if isinstance(algo, MetaSGD):
-        rates = torch.cat([r.detach().flatten() for r in algo.inner_lrs])
-        return {
-            "rule": "meta-sgd (learned per-parameter rates)",
-            "rate_mean": rates.mean().item(),
-            "rate_min": rates.min().item(),
-            "rate_max": rates.max().item(),
-        }
-    return {"rule": algo.inner_optimizer_name, "lr": algo.inner_lr}

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 import metaopt
-from metaopt.algorithms import MetaLearner, MetaSGD
+from metaopt.algorithms import MetaLearner
 from rl.estimators import ESTIMATORS
 from rl.mdp import TabularMDP, TabularMDPBatch
 from rl.oracle import exact_meta_gradient, tiny_mdp
@@ -66,9 +66,10 @@ def _policy_part(algo: MetaLearner) -> list[torch.Tensor]:
     model = algo.model
     assert isinstance(model, CategoricalMLPPolicy)
     head = list(model.policy_head.parameters())
-    if isinstance(algo, MetaSGD):
+    rates = algo.rate_parameters()
+    if rates:
         index = {id(p): i for i, p in enumerate(model.parameters())}
-        return head + [algo.inner_lrs[index[id(p)]] for p in head]
+        return head + [rates[index[id(p)]] for p in head]
     return head
 
 

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
-from metaopt.algorithms import MetaLearner, MetaSGD
+from metaopt.algorithms import MetaLearner
 from supervised.batch import TaskBatch, task_loss, task_metric
 
 __all__ = ["adaptation_curve", "adapted_parameters", "functional_rates", "loop_curve", "sgd_curve"]
@@ -37,11 +37,7 @@ def functional_rates(algo: MetaLearner) -> float | list[torch.Tensor] | None:
     MAML, first-order MAML and Reptile with SGD inner loops: the scalar ``inner_lr``.
     Any other inner optimiser (Adam): ``None``, meaning "use ``algo.adapt``".
     """
-    if isinstance(algo, MetaSGD):
-        return [rate.detach() for rate in algo.inner_lrs]
-    if algo.inner_optimizer_name == "sgd":
-        return algo.inner_lr
-    return None
+    return algo.inner_sgd_rates()
 
 
 def adapted_parameters(
@@ -159,6 +155,4 @@ def adaptation_curve(
 
 def describe_adaptation(algo: MetaLearner) -> dict[str, Any]:
     """How ``algo`` adapts at evaluation, for eval.json."""
-    if isinstance(algo, MetaSGD):
-        return {"rule": "meta-sgd (learned per-parameter rates)"}
-    return {"rule": algo.inner_optimizer_name, "lr": algo.inner_lr}
+    return algo.describe()

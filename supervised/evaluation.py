@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from metaopt.algorithms import MAML, MetaLearner, MetaSGD
+from metaopt.algorithms import MetaLearner
 from metaopt.distributed import map_tasks, on_main
 from metaopt.family import TrainConfig
 from metaopt.stats import mean_ci95
@@ -169,8 +169,7 @@ def _load_or_train(
 
 def baseline_algorithm(algo: MetaLearner, baseline: nn.Module) -> MetaLearner:
     """A learner that adapts ``baseline`` the way ``algo`` adapts, minus anything meta-learned."""
-    optimizer = "sgd" if isinstance(algo, MetaSGD) else algo.inner_optimizer_name
-    return MAML(baseline, inner_lr=algo.inner_lr, inner_optimizer=optimizer)
+    return algo.untrained_baseline(baseline)
 
 
 def compare(

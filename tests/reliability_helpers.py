@@ -204,7 +204,10 @@ def interrupting(inner: TaskFamily, at: int, signum: int = signal.SIGTERM) -> Ta
     def sample_tasks(self, config, rng, num_tasks):
         self.calls = getattr(self, "calls", 0) + 1
         if self.calls == at:
-            os.kill(os.getpid(), signum)
+            # To this (the main) thread, whose handler runs before raise_signal returns: a
+            # process-directed os.kill may reach another thread (torch's, tqdm's) and be handled
+            # later, under load even after the test that sent it.
+            signal.raise_signal(signum)
         return type(inner).sample_tasks(self, config, rng, num_tasks)
 
     cls = type(inner)

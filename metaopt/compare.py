@@ -58,7 +58,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from metaopt.algorithms import MetaLearner
-from metaopt.family import ALGORITHMS, ConfigError, TaskFamily, TrainConfig
+from metaopt.family import ALGORITHMS, ConfigError, TaskFamily, TrainConfig, flag
 from metaopt.runner import build_algorithm, build_outer_optimizer, new_directory, train
 from metaopt.task import Task
 
@@ -168,8 +168,7 @@ class CompareOptions:
         ):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < low:
-                flag = "--" + name.replace("_", "-")
-                raise ConfigError(f"{flag} must be an integer >= {low}, got {value!r}")
+                raise ConfigError(f"{flag(name)} must be an integer >= {low}, got {value!r}")
         if self.heldout_tasks < 1:
             raise ConfigError(f"--heldout-tasks must be an integer >= 1, got {self.heldout_tasks}")
 
@@ -1508,9 +1507,9 @@ def run_compare_command(family: TaskFamily, arguments: Mapping[str, Any]) -> int
     """
     from metaopt.config import resolve_config
 
-    for name, flag, instead in (("algo", "--algo", "--methods"), ("out", "--out", "--report")):
+    for name, option, instead in (("algo", "--algo", "--methods"), ("out", "--out", "--report")):
         if name in arguments:
-            raise ConfigError(f"{flag} does not apply to metaopt compare; use {instead}")
+            raise ConfigError(f"{option} does not apply to metaopt compare; use {instead}")
     overrides = {k: v for k, v in arguments.items() if k not in (*_OWN, "command", "family")}
     config = resolve_config(family, overrides)
     options = CompareOptions(

@@ -145,16 +145,16 @@ class TrainConfig:
                 or not math.isfinite(value)
                 or value <= 0
             ):
-                raise ConfigError(f"{_flag(name)} must be a positive finite number, got {value!r}")
+                raise ConfigError(f"{flag(name)} must be a positive finite number, got {value!r}")
         for name in ("anneal", "skip_nonfinite"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(
-                    f"{_flag(name)} must be true or false, got {getattr(self, name)!r}"
+                    f"{flag(name)} must be true or false, got {getattr(self, name)!r}"
                 )
         for name in ("preset", "out"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, str) or not value):
-                raise ConfigError(f"{_flag(name)} must be a non-empty string, got {value!r}")
+                raise ConfigError(f"{flag(name)} must be a non-empty string, got {value!r}")
 
     @property
     def first_order(self) -> bool:
@@ -164,23 +164,24 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
 
-def _flag(name: str) -> str:
+def flag(name: str) -> str:
+    """The command-line flag of config field ``name``: ``inner_lr`` -> ``--inner-lr``."""
     return "--" + name.replace("_", "-")
 
 
 def _one_of(name: str, value: object, allowed: Sequence[object]) -> None:
     if value not in allowed:
         choices = ", ".join(map(str, allowed))
-        raise ConfigError(f"{_flag(name)} must be one of {choices}; got {value!r}")
+        raise ConfigError(f"{flag(name)} must be one of {choices}; got {value!r}")
 
 
 def _at_least(name: str, value: int, low: int, high: int | None = None) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < low:
         allowed = f">= {low}" if high is None else f"between {low} and {high}"
-        raise ConfigError(f"{_flag(name)} must be an integer {allowed}, got {value!r}")
+        raise ConfigError(f"{flag(name)} must be an integer {allowed}, got {value!r}")
     if high is not None and value > high:
         raise ConfigError(
-            f"{_flag(name)} must be an integer between {low} and {high}, got {value!r}"
+            f"{flag(name)} must be an integer between {low} and {high}, got {value!r}"
         )
 
 

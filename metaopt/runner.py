@@ -45,7 +45,7 @@ from metaopt.checkpoint import (
     save_checkpoint,
 )
 from metaopt.config import load_config
-from metaopt.family import ConfigError, TaskFamily, TrainConfig
+from metaopt.family import ConfigError, TaskFamily, TrainConfig, flag
 from metaopt.registry import get_family
 
 __all__ = [
@@ -667,10 +667,6 @@ def _new_run_dir(family: TaskFamily, config: TrainConfig, world_size: int) -> Pa
 # -- resuming -------------------------------------------------------------------------------------
 
 
-def _flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
-
-
 def _read_run(run_dir: Path) -> dict[str, Any]:
     path = run_dir / "config.json"
     if not path.is_file():
@@ -706,9 +702,9 @@ def _resumed_config(
             continue
         if name not in allowed:
             raise ConfigError(
-                f"{_flag(name)} {value!r} differs from the run's {current!r}: a resumed run keeps "
+                f"{flag(name)} {value!r} differs from the run's {current!r}: a resumed run keeps "
                 f"the configuration it started with (flags that may change: "
-                f"{', '.join(map(_flag, allowed))})"
+                f"{', '.join(map(flag, allowed))})"
             )
         if name == "iterations" and config.anneal:
             raise ConfigError(
@@ -774,7 +770,7 @@ def _check_checkpoint(
             )
         if theirs[name] != ours[name]:
             raise ConfigError(
-                f"checkpoint {path} was written with {_flag(name)} {theirs[name]!r} but the run's "
+                f"checkpoint {path} was written with {flag(name)} {theirs[name]!r} but the run's "
                 f"config.json has {ours[name]!r}: it belongs to another run"
             )
     mine, theirs_versions = _versions(), state.get("versions", {})

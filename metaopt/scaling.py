@@ -63,7 +63,7 @@ from typing import Any
 
 import torch
 
-from metaopt.family import ConfigError, TaskFamily, TrainConfig
+from metaopt.family import ConfigError, TaskFamily, TrainConfig, flag
 from metaopt.runner import new_directory
 
 __all__ = [
@@ -143,13 +143,13 @@ class ScaleOptions:
             raise ConfigError(
                 f"--processes must be distinct and ascending, got {list(self.processes)}"
             )
-        for flag, value in (
+        for option, value in (
             ("--repeats", self.repeats),
             ("--threads", self.threads),
             ("--check-iterations", self.check_iterations),
         ):
             if value < 1:
-                raise ConfigError(f"{flag} must be an integer >= 1, got {value}")
+                raise ConfigError(f"{option} must be an integer >= 1, got {value}")
         if not self.tolerance > 0:
             raise ConfigError(f"tolerance must be > 0, got {self.tolerance}")
 
@@ -351,10 +351,10 @@ def train_flags(config_class: type[TrainConfig], overrides: Mapping[str, Any]) -
     Raises:
         ConfigError: a field that ``metaopt scale`` sets itself, an unknown field, or ``None``.
     """
-    for name, flag in _CONTROLLED.items():
+    for name, option in _CONTROLLED.items():
         if name in overrides:
             raise ConfigError(
-                f"{flag} is set by metaopt scale itself"
+                f"{option} is set by metaopt scale itself"
                 + ("; use --keep DIR to keep the runs" if name == "out" else "")
             )
     fields = [f.name for f in dataclasses.fields(config_class)]
@@ -365,15 +365,15 @@ def train_flags(config_class: type[TrainConfig], overrides: Mapping[str, Any]) -
     for name in fields:
         if name not in overrides:
             continue
-        flag, value = "--" + name.replace("_", "-"), overrides[name]
+        option, value = flag(name), overrides[name]
         if isinstance(value, bool):
-            flags.append(flag if value else "--no-" + flag[2:])
+            flags.append(option if value else "--no-" + option[2:])
         elif isinstance(value, tuple):
-            flags += [flag, ",".join(map(str, value))]
+            flags += [option, ",".join(map(str, value))]
         elif value is None:
-            raise ConfigError(f"{flag}: None cannot be passed on the command line")
+            raise ConfigError(f"{option}: None cannot be passed on the command line")
         else:
-            flags += [flag, str(value)]
+            flags += [option, str(value)]
     return flags
 
 

@@ -34,7 +34,7 @@ from torch import nn
 
 from metaopt.algorithms import MetaLearner
 from metaopt.distributed import map_tasks
-from metaopt.family import ConfigError, TaskFamily, TrainConfig, option
+from metaopt.family import ConfigError, TaskFamily, TrainConfig, flag, option
 from rl.estimators import ESTIMATORS
 from rl.evaluation import INTERVAL, adaptation_returns, curve_summary, score_curve, summarize
 from rl.mdp import (
@@ -124,13 +124,9 @@ class MDPConfig(TrainConfig):
         )
 
 
-def _flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
-
-
 def _check_int(name: str, value: object, low: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ConfigError(f"{_flag(name)} must be an integer >= {low}, got {value!r}")
+        raise ConfigError(f"{flag(name)} must be an integer >= {low}, got {value!r}")
 
 
 def _check_real(name: str, value: object, low: float, high: float | None) -> None:
@@ -138,7 +134,7 @@ def _check_real(name: str, value: object, low: float, high: float | None) -> Non
     ok = ok and low <= value and (high is None or value <= high)  # type: ignore[operator]
     if not ok:
         allowed = f"in [{low:g}, {high:g}]" if high is not None else f"a finite number >= {low:g}"
-        raise ConfigError(f"{_flag(name)} must be {allowed}, got {value!r}")
+        raise ConfigError(f"{flag(name)} must be {allowed}, got {value!r}")
 
 
 class MDPFamily(TaskFamily):

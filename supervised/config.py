@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
-from metaopt.family import ConfigError, TrainConfig, option
+from metaopt.family import ConfigError, TrainConfig, flag, option
 
 __all__ = [
     "SupervisedConfig",
@@ -50,11 +50,6 @@ class SupervisedConfig(TrainConfig):
         check_int(self, "baseline_tasks", 1)
         check_int(self, "baseline_seed", 0)
         check_real(self, "baseline_lr", low=0.0, low_open=True)
-
-
-def flag(name: str) -> str:
-    """The command-line flag of config field ``name``: ``inner_lr`` -> ``--inner-lr``."""
-    return "--" + name.replace("_", "-")
 
 
 def check_int(config: object, name: str, low: int, high: int | None = None, why: str = "") -> None:

@@ -175,8 +175,9 @@ def sample_sine(
         A batch with ``support_x`` ``[B, K, 1]`` and ``query_x`` ``[B, Q, 1]`` (float32), and
         ``info["amplitude"]``, ``info["phase"]`` of shape ``[B]``.
     """
-    amp = rng.uniform(amplitude[0], amplitude[1], size=num_tasks)
-    phi = rng.uniform(phase[0], phase[1], size=num_tasks)
+    # + 0.0 turns −0.0 into 0.0: numpy refuses the range (0.0, −0.0) as "high − low < 0".
+    amp = rng.uniform(amplitude[0] + 0.0, amplitude[1] + 0.0, size=num_tasks)
+    phi = rng.uniform(phase[0] + 0.0, phase[1] + 0.0, size=num_tasks)
     if grid:
         points = sine_grid(x_range[0], x_range[1], grid)
         # Each row a permutation of the grid: its first `shots` entries are distinct points.
@@ -184,8 +185,8 @@ def sample_sine(
         support_x = points[picks]
         query_x = np.tile(points, (num_tasks, 1))
     else:
-        support_x = rng.uniform(x_range[0], x_range[1], size=(num_tasks, shots))
-        query_x = rng.uniform(x_range[0], x_range[1], size=(num_tasks, query))
+        support_x = rng.uniform(x_range[0] + 0.0, x_range[1] + 0.0, size=(num_tasks, shots))
+        query_x = rng.uniform(x_range[0] + 0.0, x_range[1] + 0.0, size=(num_tasks, query))
     order = None
     if minibatch:
         order = rng.permuted(np.tile(np.arange(shots), (num_tasks, 1)), axis=1)

@@ -204,9 +204,7 @@ def interrupting(inner: TaskFamily, at: int, signum: int = signal.SIGTERM) -> Ta
     def sample_tasks(self, config, rng, num_tasks):
         self.calls = getattr(self, "calls", 0) + 1
         if self.calls == at:
-            # To this (the main) thread, whose handler runs before raise_signal returns: a
-            # process-directed os.kill may reach another thread (torch's, tqdm's) and be handled
-            # later, under load even after the test that sent it.
+            # To this (the main) thread; its Python handler runs before raise_signal returns.
             signal.raise_signal(signum)
         return type(inner).sample_tasks(self, config, rng, num_tasks)
 

@@ -59,7 +59,13 @@ from tqdm.auto import tqdm
 
 from metaopt.algorithms import MetaLearner
 from metaopt.family import ALGORITHMS, ConfigError, TaskFamily, TrainConfig, flag
-from metaopt.runner import build_algorithm, build_outer_optimizer, new_directory, train
+from metaopt.runner import (
+    build_algorithm,
+    build_outer_optimizer,
+    new_directory,
+    package_versions,
+    train,
+)
 from metaopt.task import Task
 
 __all__ = [
@@ -895,7 +901,7 @@ def compare(
         "family_curve_key": family_curve_key(list(dict.fromkeys(point_keys)), family.metric),
         "threads": torch.get_num_threads(),
         "machine": platform.machine(),
-        "versions": _versions(),
+        "versions": package_versions(),
         "command": sys.argv,
         "gradients": gradients,
         "timing": [dataclasses.asdict(t) for t in timing],
@@ -905,18 +911,6 @@ def compare(
     results["interpretation"] = interpret(results)
     _write_outputs(report, results)
     return results
-
-
-def _versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    found = {"python": platform.python_version()}
-    for name in ("metaopt", "torch", "torchopt", "numpy"):
-        try:
-            found[name] = version(name)
-        except PackageNotFoundError:
-            found[name] = "not installed"
-    return found
 
 
 # -- reading the numbers -------------------------------------------------------------------------

@@ -229,7 +229,8 @@ def restore_random_state(rng: np.random.Generator, state: Mapping[str, Any]) -> 
 # -- the run directory ----------------------------------------------------------------------------
 
 
-def _versions() -> dict[str, str]:
+def package_versions() -> dict[str, str]:
+    """Python's and the packages' versions, as config.json, checkpoints and reports record them."""
     found = {"python": platform.python_version()}
     for name in ("metaopt", "torch", "torchopt", "numpy", "gymnasium"):
         try:
@@ -307,7 +308,7 @@ class _Run:
     seconds: float = 0.0
     #: iteration of the latest checkpoint on disk (None: none yet)
     saved: int | None = None
-    versions: dict[str, str] = dataclasses.field(default_factory=_versions)
+    versions: dict[str, str] = dataclasses.field(default_factory=package_versions)
     #: this process's place under torchrun (one process: rank 0 of 1)
     dist: distributed.DistInfo = dataclasses.field(default_factory=distributed.DistInfo)
 
@@ -655,7 +656,7 @@ def _new_run_dir(family: TaskFamily, config: TrainConfig, world_size: int) -> Pa
             "family": family.name,
             "config": config.to_dict(),
             "seed": config.seed,
-            "versions": _versions(),
+            "versions": package_versions(),
             "command": sys.argv,
             "threads": torch.get_num_threads(),
             "world_size": world_size,
@@ -773,7 +774,7 @@ def _check_checkpoint(
                 f"checkpoint {path} was written with {flag(name)} {theirs[name]!r} but the run's "
                 f"config.json has {ours[name]!r}: it belongs to another run"
             )
-    mine, theirs_versions = _versions(), state.get("versions", {})
+    mine, theirs_versions = package_versions(), state.get("versions", {})
     for package in ("metaopt", "torch", "torchopt", "numpy"):
         if theirs_versions.get(package) != mine.get(package):
             warnings.warn(
@@ -898,7 +899,7 @@ def resume(
                     "from_iteration": iteration,
                     "checkpoint": path.name,
                     "command": sys.argv,
-                    "versions": _versions(),
+                    "versions": package_versions(),
                     "threads": torch.get_num_threads(),
                     "world_size": info.world_size,
                 }

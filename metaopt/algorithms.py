@@ -150,6 +150,7 @@ class MetaLearner:
         self.batch_norm = batch_norm
         self.last_engine: str | None = None
         self._refused: str | None = None  # why auto stopped trying the vectorised engine
+        self._warned = False  # auto's fall-back to the loop engine is said once
         self.model = model
         self.inner_lr = float(inner_lr)
         self.inner_steps = inner_steps
@@ -181,8 +182,6 @@ class MetaLearner:
             )
         return reason is None
 
-    _warned = False
-
     def _run(
         self,
         tasks: Sequence[Task],
@@ -191,7 +190,8 @@ class MetaLearner:
     ) -> MetaMetrics:
         """Run one engine; on failure leave ``.grad`` as it was. Under ``auto``, an operation
         torch.func cannot batch (found only when it runs) sends this and later calls to the loop
-        engine, with a warning."""
+        engine, with a warning. Tasks whose losses keep state (a sampler counting its calls)
+        have seen the failed attempt's calls when the loop engine takes over."""
         if not torch.is_grad_enabled():
             raise RuntimeError(
                 "meta_backward needs autograd, but gradients are disabled here (inside "

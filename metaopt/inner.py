@@ -93,9 +93,12 @@ def adam(
     b1, b2 = betas
 
     def init(params: Sequence[torch.Tensor]) -> AdamState:
-        zeros = tuple(torch.zeros_like(p) for p in params)
         counts = tuple(torch.zeros((), dtype=torch.int64, device=p.device) for p in params)
-        return AdamState(mu=zeros, nu=zeros, steps=counts)
+        return AdamState(
+            mu=tuple(torch.zeros_like(p) for p in params),
+            nu=tuple(torch.zeros_like(p) for p in params),
+            steps=counts,
+        )
 
     def correction(beta: float, count: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
         return (1.0 - torch.pow(beta, count.to(torch.float64))).to(like.dtype)

@@ -47,8 +47,8 @@ from __future__ import annotations
 
 import torch
 
-from rl.losses import a2c_loss, lambda_returns
-from rl.sampler import PolicyFn, Trajectories, policy_table
+from rl.losses import lambda_returns, policy_lookup, trajectory_a2c_loss
+from rl.sampler import PolicyFn, Trajectories
 
 __all__ = [
     "ESTIMATORS",
@@ -79,13 +79,9 @@ def _tables(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Log-probabilities of the actions taken ``[H, T, N]`` and the values of the visited states
     and of the last next-state ``[H + 1, T, N]``, with gradient."""
-    rewards = trajectories.rewards
-    t = rewards.shape[1]
-    logits, values = policy_table(policy, t, num_states, rewards.dtype, rewards.device)
-    task = torch.arange(t, device=rewards.device).view(1, t, 1)
+    logits, values, task = policy_lookup(policy, trajectories, num_states)
     log_probs = torch.log_softmax(logits, dim=-1)[task, trajectories.states, trajectories.actions]
-    visited = torch.cat([trajectories.states, trajectories.next_states[-1:]])
-    return log_probs, values[task, visited], logits[task, trajectories.states]
+    return log_probs, values, logits[task, trajectories.states]
 
 
 def log_likelihood(
@@ -143,18 +139,19 @@ def support_objective(
     For ``lvc`` the policy term is ``−⊥A · (□(log π) − 1 + ⊥log π)``: the value and the gradient
     of the seed's ``−⊥A · log π``, with the Hessian of ``−⊥A · □(log π)``.
     """
+    if estimator != "lvc":
+        return trajectory_a2c_loss(
+            policy,
+            trajectories,
+            num_states,
+            gamma=gamma,
+            gae_lambda=gae_lambda,
+            value_coef=value_coef,
+            entropy_coef=entropy_coef,
+            per_task=per_task,
+        )
     log_probs, values, logits = _tables(policy, trajectories, num_states)
     returns = lambda_returns(trajectories.rewards, values[1:].detach(), gamma, gae_lambda)
-    if estimator != "lvc":
-        return a2c_loss(
-            logits,
-            trajectories.actions,
-            values[:-1],
-            returns,
-            value_coef,
-            entropy_coef,
-            dims=(0, 2) if per_task else None,
-        )
     dims = (0, 2) if per_task else tuple(range(log_probs.dim()))
     advantages = returns - values[:-1]
     boxed = magic_box(log_probs) - 1.0 + log_probs.detach()

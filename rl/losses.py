@@ -31,7 +31,7 @@ import torch
 
 from rl.sampler import PolicyFn, Trajectories, policy_table
 
-__all__ = ["a2c_loss", "lambda_returns", "trajectory_a2c_loss"]
+__all__ = ["a2c_loss", "lambda_returns", "policy_lookup", "trajectory_a2c_loss"]
 
 
 def lambda_returns(
@@ -137,6 +137,25 @@ def a2c_loss(
     return loss
 
 
+def policy_lookup(
+    policy: PolicyFn, trajectories: Trajectories, num_states: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One evaluation of ``policy`` on the S one-hot states of each task
+    (:func:`rl.sampler.policy_table`), for losses of ``trajectories`` to look up.
+
+    Returns:
+        The logit table ``[T, S, A]``; the values of the visited states and of the last
+        next-state ``[H + 1, T, N]``, with gradient; and the task index ``[1, T, 1]`` that
+        selects a task's row of the table for every step and episode.
+    """
+    rewards = trajectories.rewards
+    t = rewards.shape[1]
+    logit_table, value_table = policy_table(policy, t, num_states, rewards.dtype, rewards.device)
+    task = torch.arange(t, device=rewards.device).view(1, t, 1)
+    visited = torch.cat([trajectories.states, trajectories.next_states[-1:]])  # [H + 1, T, N]
+    return logit_table, value_table[task, visited], task
+
+
 def trajectory_a2c_loss(
     policy: PolicyFn,
     trajectories: Trajectories,
@@ -167,13 +186,8 @@ def trajectory_a2c_loss(
         per_task: Return one loss per task, ``[T]`` (each averaged over its own steps and
             episodes), instead of the scalar average over everything.
     """
-    rewards = trajectories.rewards
-    t = rewards.shape[1]
-    logit_table, value_table = policy_table(policy, t, num_states, rewards.dtype, rewards.device)
-    task = torch.arange(t, device=rewards.device).view(1, t, 1)
-    visited = torch.cat([trajectories.states, trajectories.next_states[-1:]])  # [H + 1, T, N]
-    values = value_table[task, visited]
-    returns = lambda_returns(rewards, values[1:].detach(), gamma, gae_lambda)
+    logit_table, values, task = policy_lookup(policy, trajectories, num_states)
+    returns = lambda_returns(trajectories.rewards, values[1:].detach(), gamma, gae_lambda)
     return a2c_loss(
         logit_table[task, trajectories.states],
         trajectories.actions,

@@ -271,15 +271,21 @@ class MDPTaskBatch(Sequence[MDPTask]):
         return simulate(policy, self.tensors.select(index), noise.task(index))
 
     def loss(
-        self, policy: PolicyFn, trajectories: Trajectories, *, per_task: bool = False
+        self,
+        policy: PolicyFn,
+        trajectories: Trajectories,
+        *,
+        per_task: bool = False,
+        estimator: str = "seed",
     ) -> torch.Tensor:
-        """The settings' A2C loss of ``policy`` on ``trajectories`` (scalar, or ``[T]``)."""
+        """The settings' A2C loss of ``policy`` on ``trajectories`` (scalar, or ``[T]``), in the
+        form ``estimator``'s inner loss takes (:func:`rl.estimators.support_objective`)."""
         s = self.settings
         return support_objective(
             policy,
             trajectories,
             self.tensors.num_states,
-            estimator="seed",
+            estimator=estimator,
             gamma=s.gamma,
             gae_lambda=s.gae_lambda,
             value_coef=s.value_coef,
@@ -290,19 +296,9 @@ class MDPTaskBatch(Sequence[MDPTask]):
     def support_objective(
         self, policy: PolicyFn, trajectories: Trajectories, *, per_task: bool = False
     ) -> torch.Tensor:
-        """The inner loss of the settings' estimator (:func:`rl.estimators.support_objective`)."""
-        s = self.settings
-        return support_objective(
-            policy,
-            trajectories,
-            self.tensors.num_states,
-            estimator=s.meta_gradient,
-            gamma=s.gamma,
-            gae_lambda=s.gae_lambda,
-            value_coef=s.value_coef,
-            entropy_coef=s.entropy_coef,
-            per_task=per_task,
-        )
+        """The inner loss of the settings' estimator."""
+        estimator = self.settings.meta_gradient
+        return self.loss(policy, trajectories, per_task=per_task, estimator=estimator)
 
     def query_objective(
         self,

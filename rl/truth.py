@@ -37,7 +37,13 @@ from rl.policy import CategoricalMLPPolicy
 from rl.sampler import MDPTensors
 from rl.task import A2CSettings, MDPTaskBatch
 
-__all__ = ["SETTING", "compare_with_truth"]
+__all__ = [
+    "SETTING",
+    "compare_with_truth",
+    "estimator_samples",
+    "exact_policy_gradient",
+    "policy_part",
+]
 
 #: The configuration where the meta-objective is enumerable: 2 states, 2 actions, horizon 2, one
 #: support episode per inner step, reward means in {0, 1, 2} without noise, a tabular policy.
@@ -62,7 +68,19 @@ def _algorithm(method: str, lr: float, steps: int, seed: int) -> MetaLearner:
     return metaopt.MAML(model, inner_lr=lr, inner_steps=steps, first_order=method == "fomaml")
 
 
-def _policy_part(algo: MetaLearner) -> list[torch.Tensor]:
+def _settings(estimator: str) -> A2CSettings:
+    return A2CSettings(
+        trajectories=SETTING["trajectories"],
+        horizon=SETTING["horizon"],
+        reward_noise=0.0,
+        meta_gradient=estimator,
+    )
+
+
+def policy_part(algo: MetaLearner) -> list[torch.Tensor]:
+    """The meta-parameters of a :class:`~rl.policy.CategoricalMLPPolicy`'s policy head, and
+    Meta-SGD's rates for them: where an estimator is compared with ∇M (the critic's parameters
+    get the value regression, an auxiliary objective)."""
     model = algo.model
     assert isinstance(model, CategoricalMLPPolicy)
     head = list(model.policy_head.parameters())
@@ -73,44 +91,41 @@ def _policy_part(algo: MetaLearner) -> list[torch.Tensor]:
     return head
 
 
-def _settings(estimator: str) -> A2CSettings:
-    return A2CSettings(
-        trajectories=SETTING["trajectories"],
-        horizon=SETTING["horizon"],
-        reward_noise=0.0,
-        meta_gradient=estimator,
-    )
-
-
-def _truth(make: Callable[[], MetaLearner], mdp: TabularMDP) -> torch.Tensor:
-    algo = make()
-    if getattr(algo, "first_order", False):  # the truth is the second-order objective's
-        algo = metaopt.MAML(algo.model, inner_lr=algo.inner_lr, inner_steps=algo.inner_steps)
+def exact_policy_gradient(
+    algo: MetaLearner, mdp: TabularMDP, settings: A2CSettings
+) -> torch.Tensor:
+    """∇M over :func:`policy_part`, flat (:func:`rl.oracle.exact_meta_gradient`)."""
     grads = dict(
         zip(
             map(id, algo.meta_parameters()),
-            exact_meta_gradient(algo, mdp, _settings("seed")),
+            exact_meta_gradient(algo, mdp, settings),
             strict=True,
         )
     )
-    return torch.cat([grads[id(p)].flatten() for p in _policy_part(algo)])
+    return torch.cat([grads[id(p)].flatten() for p in policy_part(algo)])
 
 
-def _estimates(
-    make: Callable[[], MetaLearner], mdp: TabularMDP, estimator: str, batches: int, copies: int
+def estimator_samples(
+    make: Callable[[], MetaLearner],
+    mdp: TabularMDP,
+    settings: A2CSettings,
+    batches: int,
+    copies: int,
+    seed: int,
 ) -> torch.Tensor:
+    """``[batches, P]``: each row the mean estimate of ∇M over :func:`policy_part` on a meta-batch
+    of ``copies`` copies of ``mdp`` (sampling generator seeded ``seed + row``), from a fresh
+    ``make()``. The losses are per step, so ``−H · meta-gradient`` estimates ∇M."""
     repeated = TabularMDPBatch(
         np.repeat(mdp.transitions[None], copies, 0), np.repeat(mdp.reward_means[None], copies, 0)
     )
-    settings = _settings(estimator)
     means = []
     for k in range(batches):
         algo = make()
-        batch = MDPTaskBatch(repeated, settings, torch.Generator().manual_seed(0x7C0DE + k))
+        batch = MDPTaskBatch(repeated, settings, torch.Generator().manual_seed(seed + k))
         batch.tensors = MDPTensors.from_mdps(repeated, dtype=torch.float64)
         algo.meta_backward(batch)
-        # The losses are per step: −H · gradient estimates ∇M.
-        means.append(torch.cat([-settings.horizon * p.grad.flatten() for p in _policy_part(algo)]))
+        means.append(torch.cat([-settings.horizon * p.grad.flatten() for p in policy_part(algo)]))
     return torch.stack(means)
 
 
@@ -134,10 +149,13 @@ def compare_with_truth(
         def make(method: str = method) -> MetaLearner:
             return _algorithm(method, inner_lr, inner_steps, seed)
 
-        truth = _truth(make, mdp)
+        reference = make()
+        if getattr(reference, "first_order", False):  # the truth: the second-order objective's
+            reference = metaopt.MAML(reference.model, inner_lr=inner_lr, inner_steps=inner_steps)
+        truth = exact_policy_gradient(reference, mdp, _settings("seed"))
         scale = float(truth.norm())
         for estimator in ESTIMATORS:
-            samples = _estimates(make, mdp, estimator, batches, copies)
+            samples = estimator_samples(make, mdp, _settings(estimator), batches, copies, 0x7C0DE)
             mean = samples.mean(0)
             error = samples.std(0) / math.sqrt(batches)
             z = ((mean - truth) / error.clamp_min(1e-300)).abs()

@@ -26,7 +26,6 @@ from rl.mdp import (
     sample_mdps,
 )
 from rl.oracle import (
-    exact_meta_gradient,
     exact_meta_objective,
     expected_gradient_objective,
     expected_return,
@@ -36,6 +35,7 @@ from rl.oracle import (
 from rl.policy import CategoricalMLPPolicy
 from rl.sampler import MDPTensors, sample_trajectories
 from rl.task import A2CSettings, MDPTaskBatch
+from rl.truth import estimator_samples, exact_policy_gradient
 
 Z_BOUND = 3.6
 BATCHES, COPIES = 40, 2000
@@ -128,37 +128,12 @@ def test_meta_objective_refuses_noisy_rewards_and_too_many_data_sets() -> None:
 
 
 def _estimates(make_algo, mdp: TabularMDP, settings: A2CSettings, seed: int) -> torch.Tensor:
-    """[K, P] batch means of ``−H · meta-gradient`` (an estimate of ∇M) over the policy's
-    meta-parameters (the critic's get the value regression, not ∇M)."""
-    copies = TabularMDPBatch(
-        np.repeat(mdp.transitions[None], COPIES, 0), np.repeat(mdp.reward_means[None], COPIES, 0)
-    )
-    means = []
-    for k in range(BATCHES):
-        algo = make_algo()
-        batch = MDPTaskBatch(copies, settings, torch.Generator().manual_seed(seed * 1000 + k))
-        batch.tensors = MDPTensors.from_mdps(copies, dtype=torch.float64)
-        algo.meta_backward(batch)
-        means.append(torch.cat([-settings.horizon * p.grad.flatten() for p in _policy_part(algo)]))
-    return torch.stack(means)
-
-
-def _policy_part(algo) -> list[torch.Tensor]:
-    model = algo.model
-    mine = {id(p) for p in model.policy_head.parameters()}
-    if isinstance(algo, metaopt.MetaSGD):
-        index = {id(p): i for i, p in enumerate(model.parameters())}
-        rates = [algo.inner_lrs[index[id(p)]] for p in model.policy_head.parameters()]
-        return [p for p in model.parameters() if id(p) in mine] + rates
-    return [p for p in model.parameters() if id(p) in mine]
+    """[K, P] batch means of the estimate of ∇M over the policy's meta-parameters."""
+    return estimator_samples(make_algo, mdp, settings, BATCHES, COPIES, seed * 1000)
 
 
 def _truth(make_algo, mdp: TabularMDP, settings: A2CSettings) -> torch.Tensor:
-    algo = make_algo()
-    grads = dict(
-        zip(map(id, algo.meta_parameters()), exact_meta_gradient(algo, mdp, settings), strict=True)
-    )
-    return torch.cat([grads[id(p)].flatten() for p in _policy_part(algo)])
+    return exact_policy_gradient(make_algo(), mdp, settings)
 
 
 # name -> (algorithm, support episodes per inner step: 1 uses the critic's baseline, 2 the

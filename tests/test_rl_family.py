@@ -195,3 +195,19 @@ def test_an_interrupted_run_resumes_bit_for_bit(tmp_path: Path) -> None:
         return [{k: v for k, v in json.loads(line).items() if k != "seconds"} for line in lines]
 
     assert rows(resumed) == rows(whole)
+
+
+def test_presets_pin_their_estimator_and_tabular10_is_the_documented_configuration() -> None:
+    from metaopt.config import resolve_config
+
+    family = MDPFamily()
+    assert resolve_config(family, {}).meta_gradient == "dice"  # the default: the one that learns
+    for name in ("seed", "tuned", "tabular"):  # their documented numbers used the seed's
+        assert resolve_config(family, {"preset": name}).meta_gradient == "seed"
+    best = resolve_config(family, {"preset": "tabular10"})
+    assert (best.hidden_sizes, best.inner_steps, best.inner_lr, best.meta_gradient) == (
+        (),
+        10,
+        10.0,
+        "dice",
+    )

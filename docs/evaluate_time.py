@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from metaopt import distributed, runner
+from metaopt.training import distributed, runner
 
 
 def main() -> None:

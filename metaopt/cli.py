@@ -21,10 +21,10 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
-from metaopt.config import add_config_arguments, resolve_config
-from metaopt.family import ConfigError, TaskFamily
-from metaopt.registry import available_families, get_family
-from metaopt.runner import NonFiniteError, ResumeWarning, TrainingInterrupted
+from metaopt.training import NonFiniteError, ResumeWarning, TrainingInterrupted
+from metaopt.training.config import add_config_arguments, resolve_config
+from metaopt.training.family import ConfigError, TaskFamily
+from metaopt.training.registry import available_families, get_family
 
 __all__ = ["main"]
 
@@ -138,7 +138,7 @@ def build_parser(families: dict[str, TaskFamily]) -> argparse.ArgumentParser:
         help="adaptation steps, e.g. 0,1,5,10 (default: the family's)",
     )
 
-    from metaopt.compare import add_compare_arguments
+    from metaopt.tools.compare import add_compare_arguments
 
     compare = commands.add_parser(
         "compare",
@@ -185,7 +185,7 @@ def build_parser(families: dict[str, TaskFamily]) -> argparse.ArgumentParser:
         "--plot", type=Path, default=None, metavar="PATH", help="save the memory plot (PNG)"
     )
 
-    from metaopt.scaling import add_scale_arguments
+    from metaopt.tools.scaling import add_scale_arguments
 
     scale = commands.add_parser(
         "scale",
@@ -235,7 +235,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"{name:10s} (failed to load: {why})")
             return 0
         if args.command == "train":
-            from metaopt.runner import resume, summarize, train
+            from metaopt.training import evaluation_summary, resume, train
 
             family = families[args.family]
             overrides = {
@@ -259,11 +259,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                     config = resolve_config(family, overrides)
                     run_dir = train(family, config, progress=progress)
             if _is_main_process():
-                print(summarize(json.loads((run_dir / "eval.json").read_text())))
+                print(evaluation_summary(json.loads((run_dir / "eval.json").read_text())))
                 print(f"run directory: {run_dir}")
             return 0
         if args.command == "bench":
-            from metaopt.bench import run_bench
+            from metaopt.tools.bench import run_bench
 
             run_bench(
                 quick=args.quick,
@@ -276,19 +276,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
             return 0
         if args.command == "scale":
-            from metaopt.scaling import run_scale_command
+            from metaopt.tools.scaling import run_scale_command
 
             return run_scale_command(families[args.family], vars(args))
         if args.command == "compare":
-            from metaopt.compare import run_compare_command
+            from metaopt.tools.compare import run_compare_command
 
             return run_compare_command(families[args.family], vars(args))
         if args.command == "eval":
-            from metaopt.runner import evaluate_run, summarize
+            from metaopt.training import evaluate_run, evaluation_summary
 
             evaluation = evaluate_run(args.run_dir, num_tasks=args.tasks, steps=args.steps)
             if _is_main_process():
-                print(summarize(evaluation))
+                print(evaluation_summary(evaluation))
             return 0
     except ConfigError as error:
         print(f"metaopt: error: {error}", file=sys.stderr)

@@ -18,9 +18,9 @@ import numpy as np
 import torch
 import torchopt
 
-from metaopt.bench import Case, Gradient
-from metaopt.config import resolve_config
-from metaopt.runner import build_algorithm
+from metaopt.tools.bench import Case, Gradient
+from metaopt.training import build_algorithm
+from metaopt.training.config import resolve_config
 from rl.env import TabularMDPEnv
 from rl.family import MDPFamily
 from rl.losses import a2c_loss, lambda_returns

@@ -33,8 +33,8 @@ import torch
 from torch import nn
 
 from metaopt.algorithms import MetaLearner
-from metaopt.distributed import map_tasks
-from metaopt.family import ConfigError, TaskFamily, TrainConfig, flag, option
+from metaopt.training.distributed import map_tasks
+from metaopt.training.family import ConfigError, TaskFamily, TrainConfig, flag, option
 from rl.estimators import ESTIMATORS
 from rl.evaluation import INTERVAL, adaptation_returns, curve_summary, score_curve, summarize
 from rl.mdp import (
@@ -229,7 +229,7 @@ class MDPFamily(TaskFamily):
         steps = sorted((set(EVAL_STEPS) | {trained}) if steps is None else set(steps))
         longest = max(*steps, trained)
         random, optimal = self.references(config, n)
-        # Under torchrun, each rank adapts to its share of the tasks (metaopt.distributed.sharding).
+        # Under torchrun, each rank adapts to its share of the tasks (metaopt.training.distributed.sharding).
         meta = map_tasks(
             lambda part: adaptation_returns(algo, part, longest), self.test_batch(config, n)
         )

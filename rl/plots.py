@@ -11,7 +11,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-from metaopt.plots import moving_average
+from metaopt.training.plots import moving_average
 
 __all__ = ["plot_adaptation", "plot_returns"]
 

@@ -1,7 +1,7 @@
 """The learning results of docs/results.md: the four algorithms under one ``mdp`` preset.
 
 Each algorithm is trained exactly as ``metaopt train mdp --algo ALGO --preset PRESET`` would
-(same code path, :func:`metaopt.runner.train`), one after the other, and the held-out results of
+(same code path, :func:`metaopt.training.runner.train`), one after the other, and the held-out results of
 each ``eval.json`` are printed as rows of a Markdown table.
 
 Usage::
@@ -22,9 +22,9 @@ from pathlib import Path
 
 import torch
 
-from metaopt.config import resolve_config
-from metaopt.family import ALGORITHMS
-from metaopt.runner import train
+from metaopt.training import train
+from metaopt.training.config import resolve_config
+from metaopt.training.family import ALGORITHMS
 from rl.family import MDPFamily
 
 

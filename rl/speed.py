@@ -7,7 +7,7 @@ way and a backward pass. It is timed for a few meta-iterations and extrapolated.
 
 Then the full seed configuration (500 iterations of 40 tasks × 20 trajectories × 10 steps, with
 the periodic held-out evaluation every 50 iterations and the final evaluation and plots) runs
-through ``metaopt.runner.train``, the code behind ``metaopt train mdp``.
+through ``metaopt.training.runner.train``, the code behind ``metaopt train mdp``.
 
 Usage::
 
@@ -29,8 +29,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from metaopt.config import resolve_config
-from metaopt.runner import train
+from metaopt.training import train
+from metaopt.training.config import resolve_config
 from rl.bench import gym_loop_meta_gradient
 from rl.env import TabularMDPEnv
 from rl.family import MDPFamily

@@ -197,7 +197,7 @@ class MDPTaskBatch(Sequence[MDPTask]):
         The shard takes every phase's noise from this batch (drawn for all of its tasks, then
         sliced), so sharding a meta-batch across processes changes no trajectory: each process
         draws the whole batch from the run's seed and keeps its slice (see
-        :mod:`metaopt.distributed`).
+        :mod:`metaopt.training.distributed`).
         """
         mdps = TabularMDPBatch(self.mdps.transitions[indices], self.mdps.reward_means[indices])
         shard = MDPTaskBatch(mdps, self.settings, self.generator)

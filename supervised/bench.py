@@ -29,8 +29,8 @@ import torchopt
 from torch import nn
 
 from metaopt.algorithms import MAML
-from metaopt.bench import Case, Gradient
-from metaopt.config import resolve_config
+from metaopt.tools.bench import Case, Gradient
+from metaopt.training.config import resolve_config
 from supervised.batch import TaskBatch, task_loss
 from supervised.families import OmniglotFamily
 from supervised.omniglot import OmniglotConfig, make_fixture

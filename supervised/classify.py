@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from metaopt.family import option
+from metaopt.training.family import option
 from supervised.batch import TaskBatch
 from supervised.config import SupervisedConfig, check_choice, check_int, check_real
 from supervised.models import ACTIVATIONS

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
-from metaopt.family import ConfigError, TrainConfig, flag, option
+from metaopt.training.family import ConfigError, TrainConfig, flag, option
 
 __all__ = [
     "SupervisedConfig",

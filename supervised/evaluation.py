@@ -30,9 +30,9 @@ import torch
 from torch import nn
 
 from metaopt.algorithms import MetaLearner
-from metaopt.distributed import map_tasks, on_main
-from metaopt.family import TrainConfig
 from metaopt.stats import mean_ci95
+from metaopt.training.distributed import map_tasks, on_main
+from metaopt.training.family import TrainConfig
 from supervised.adaptation import adaptation_curve, describe_adaptation, sgd_curve
 from supervised.batch import TaskBatch, task_loss
 from supervised.config import SupervisedConfig
@@ -133,7 +133,7 @@ def load_or_train_baseline(
     settings, otherwise trained (:func:`train_baseline`) and saved there.
 
     Under torchrun, rank 0 alone loads or trains (and writes) it and hands its weights to the
-    other ranks (:func:`metaopt.distributed.on_main`).
+    other ranks (:func:`metaopt.training.distributed.on_main`).
     """
     model = make_model()
     model.load_state_dict(on_main(lambda: _load_or_train(model, config, sample, run_dir)))
@@ -208,7 +208,7 @@ def evaluate_learners(
     chunk: int,
 ) -> dict[str, Any]:
     """Meta-learned and baseline curves on ``batch``, each adapted by its learner's rule."""
-    # Under torchrun, each rank adapts to its share of the tasks (metaopt.distributed.sharding).
+    # Under torchrun, each rank adapts to its share of the tasks (metaopt.training.distributed.sharding).
     meta = map_tasks(lambda part: adaptation_curve(algo, part, steps, chunk=chunk), batch)
     base = map_tasks(lambda part: adaptation_curve(baseline, part, steps, chunk=chunk), batch)
     return compare(

@@ -1,4 +1,4 @@
-"""The supervised task families, as the ``metaopt`` command and :func:`metaopt.runner.train` see them.
+"""The supervised task families, as the ``metaopt`` command and :func:`metaopt.training.runner.train` see them.
 
 ``sine``, ``classify`` and ``omniglot`` are registered in ``pyproject.toml`` under the entry-point
 group ``metaopt.task_families``. Each family samples :class:`~supervised.batch.TaskBatch` meta-batches
@@ -16,8 +16,8 @@ import numpy as np
 from torch import nn
 
 from metaopt.algorithms import MetaLearner
-from metaopt.distributed import map_tasks
-from metaopt.family import TaskFamily, TrainConfig
+from metaopt.training.distributed import map_tasks
+from metaopt.training.family import TaskFamily, TrainConfig
 from supervised import classify, omniglot, sine
 from supervised.adaptation import adaptation_curve
 from supervised.batch import TaskBatch

@@ -36,7 +36,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, UnidentifiedImageError
 
-from metaopt.family import ConfigError, option
+from metaopt.training.family import ConfigError, option
 from supervised.batch import TaskBatch
 from supervised.config import SupervisedConfig, check_int
 

@@ -22,7 +22,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from metaopt.family import ConfigError, option
+from metaopt.training.family import ConfigError, option
 from supervised.batch import TaskBatch
 from supervised.config import SupervisedConfig, check_choice, check_int, check_real, flag
 from supervised.models import ACTIVATIONS

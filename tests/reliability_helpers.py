@@ -18,10 +18,10 @@ import torch
 
 import metaopt
 from metaopt import testing as mt
-from metaopt.checkpoint import load_checkpoint
-from metaopt.family import ConfigError, TaskFamily, TrainConfig, option
-from metaopt.registry import get_family, register_family
-from metaopt.runner import WALL_TIME_KEYS
+from metaopt.training.checkpoint import load_checkpoint
+from metaopt.training.family import ConfigError, TaskFamily, TrainConfig, option
+from metaopt.training.registry import get_family, register_family
+from metaopt.training.runner import WALL_TIME_KEYS
 
 ALGORITHMS = ("maml", "fomaml", "metasgd", "reptile")
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from metaopt.bench import Case, peak_memory_bytes, run_bench, time_case
 from metaopt.cli import main
+from metaopt.tools.bench import Case, peak_memory_bytes, run_bench, time_case
 
 
 def test_quick_bench_writes_records_and_every_impl_agrees(tmp_path: Path, capsys) -> None:

@@ -14,12 +14,12 @@ import torch
 from torch import nn
 
 import metaopt
-from metaopt import compare as mc
 from metaopt.cli import main
-from metaopt.config import resolve_config
-from metaopt.family import TaskFamily, TrainConfig, option
-from metaopt.registry import register_family
-from metaopt.runner import load_run, train
+from metaopt.tools import compare as mc
+from metaopt.training import load_run, train
+from metaopt.training.config import resolve_config
+from metaopt.training.family import TaskFamily, TrainConfig, option
+from metaopt.training.registry import register_family
 
 
 @dataclass

@@ -14,10 +14,10 @@ from reliability_helpers import evaluate_on_linear_tasks
 import metaopt
 from metaopt import testing as mt
 from metaopt.cli import main
-from metaopt.config import resolve_config
-from metaopt.family import TaskFamily, TrainConfig, option
-from metaopt.registry import register_family
-from metaopt.runner import NonFiniteError, evaluate_run, load_run, train
+from metaopt.training import NonFiniteError, evaluate_run, load_run, train
+from metaopt.training.config import resolve_config
+from metaopt.training.family import TaskFamily, TrainConfig, option
+from metaopt.training.registry import register_family
 
 
 @dataclass
@@ -215,7 +215,7 @@ def test_eval_json_is_strict_json_when_adaptation_diverges(tmp_path: Path) -> No
 
 
 def test_engine_and_threads_flags_take_effect(tmp_path: Path, monkeypatch) -> None:
-    from metaopt.runner import build_algorithm
+    from metaopt.training import build_algorithm
 
     family = ToyFamily()
     for engine in ("loop", "vmap", "auto"):

@@ -16,9 +16,9 @@ import torch
 from supervised_helpers import omniglot_dir_fixture  # noqa: F401 - fixtures
 
 import metaopt
-from metaopt import distributed
 from metaopt import testing as mt
-from metaopt.checkpoint import load_checkpoint
+from metaopt.training import distributed
+from metaopt.training.checkpoint import load_checkpoint
 
 ALGORITHMS = ("maml", "metasgd", "reptile")
 META_BATCH = 5  # odd: the two shards are uneven (3 + 2 tasks)

@@ -16,9 +16,9 @@ import pytest
 import torch
 from reliability_helpers import CHEAP, family
 
-from metaopt.config import resolve_config
-from metaopt.family import TaskFamily
-from metaopt.runner import train
+from metaopt.training import train
+from metaopt.training.config import resolve_config
+from metaopt.training.family import TaskFamily
 
 pytestmark = [
     pytest.mark.usefixtures("one_thread"),

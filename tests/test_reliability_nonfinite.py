@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 from reliability_helpers import metrics
 
-from metaopt.checkpoint import load_checkpoint
 from metaopt.cli import main
-from metaopt.config import resolve_config
-from metaopt.registry import get_family
-from metaopt.runner import NonFiniteError, resume, train
+from metaopt.training import NonFiniteError, resume, train
+from metaopt.training.checkpoint import load_checkpoint
+from metaopt.training.config import resolve_config
+from metaopt.training.registry import get_family
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -30,21 +30,21 @@ from reliability_helpers import (
     metrics,
 )
 
-from metaopt import checkpoint as ckpt
 from metaopt.cli import main
-from metaopt.config import resolve_config
-from metaopt.family import ConfigError
-from metaopt.runner import (
+from metaopt.training import (
     TrainingInterrupted,
     random_state,
     restore_random_state,
     resume,
     train,
 )
+from metaopt.training import checkpoint as ckpt
+from metaopt.training.config import resolve_config
+from metaopt.training.family import ConfigError
 
 pytestmark = [
     pytest.mark.usefixtures("one_thread"),
-    pytest.mark.filterwarnings("error::metaopt.runner.ResumeWarning"),
+    pytest.mark.filterwarnings("error::metaopt.training.ResumeWarning"),
 ]
 
 ITERATIONS = {"rtoy": 12, "sine": 10, "mdp": 6}

@@ -17,10 +17,10 @@ from hypothesis import strategies as st
 from reliability_helpers import RToyFamily
 
 from metaopt.cli import main
-from metaopt.config import resolve_config
-from metaopt.family import ConfigError, TaskFamily, TrainConfig
-from metaopt.registry import get_family
-from metaopt.runner import build_algorithm, build_outer_optimizer
+from metaopt.training import build_algorithm, build_outer_optimizer
+from metaopt.training.config import resolve_config
+from metaopt.training.family import ConfigError, TaskFamily, TrainConfig
+from metaopt.training.registry import get_family
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -184,7 +184,7 @@ def small_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_config_space_of_eval(small_run: Path) -> None:
-    from metaopt.runner import evaluate_run
+    from metaopt.training import evaluate_run
 
     @settings(max_examples=25, deadline=None)
     @given(

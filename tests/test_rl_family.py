@@ -10,10 +10,10 @@ import pytest
 import torch
 
 from metaopt.cli import main
-from metaopt.config import resolve_config
-from metaopt.family import ALGORITHMS, ConfigError
-from metaopt.registry import get_family
-from metaopt.runner import evaluate_run, train
+from metaopt.training import evaluate_run, train
+from metaopt.training.config import resolve_config
+from metaopt.training.family import ALGORITHMS, ConfigError
+from metaopt.training.registry import get_family
 from rl.family import MDPConfig, MDPFamily
 
 TINY = {
@@ -180,7 +180,7 @@ def test_meta_training_makes_adaptation_pay_off(tmp_path: Path) -> None:
 
 def test_an_interrupted_run_resumes_bit_for_bit(tmp_path: Path) -> None:
     """All sampling randomness comes from the loop's generator, which checkpoints save."""
-    from metaopt.runner import resume
+    from metaopt.training import resume
 
     family = MDPFamily()
     common = {**TINY, "iterations": 4, "eval_every": 0, "checkpoint_every": 2}
@@ -198,7 +198,7 @@ def test_an_interrupted_run_resumes_bit_for_bit(tmp_path: Path) -> None:
 
 
 def test_presets_pin_their_estimator_and_tabular10_is_the_documented_configuration() -> None:
-    from metaopt.config import resolve_config
+    from metaopt.training.config import resolve_config
 
     family = MDPFamily()
     assert resolve_config(family, {}).meta_gradient == "dice"  # the default: the one that learns

@@ -217,8 +217,8 @@ def test_lvc_changes_the_curvature_not_the_inner_step() -> None:
 def test_compare_mdp_reports_every_estimator_against_the_truth(tmp_path) -> None:
     import json
 
-    from metaopt import compare as mc
-    from metaopt.config import resolve_config
+    from metaopt.tools import compare as mc
+    from metaopt.training.config import resolve_config
     from rl.family import MDPFamily
 
     family = MDPFamily()

@@ -220,8 +220,8 @@ def test_shards_of_a_batch_give_the_whole_batch_meta_gradient(algo: str) -> None
     # What torchrun's sharding relies on: every process draws the whole batch and keeps a slice.
     import numpy as np
 
-    from metaopt.config import resolve_config
-    from metaopt.runner import build_algorithm
+    from metaopt.training import build_algorithm
+    from metaopt.training.config import resolve_config
     from rl.family import MDPFamily
 
     family = MDPFamily()

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from metaopt import scaling
 from metaopt.cli import _load_families, build_parser, main
-from metaopt.scaling import (
+from metaopt.tools import scaling
+from metaopt.tools.scaling import (
     ParameterMismatch,
     RunRecord,
     ScaleFailure,
@@ -71,7 +71,7 @@ FAKE_TRAIN = """
 import json, sys
 from pathlib import Path
 import torch
-from metaopt.checkpoint import save_checkpoint
+from metaopt.training.checkpoint import save_checkpoint
 
 processes, iterations, part = (int(a) for a in sys.argv[1:4])
 out = Path(sys.argv[4])

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from metaopt.config import resolve_config
-from metaopt.family import ConfigError
+from metaopt.training.config import resolve_config
+from metaopt.training.family import ConfigError
 from supervised.classify import ClassifyConfig
 from supervised.families import ClassifyFamily
 

@@ -10,8 +10,8 @@ import torch
 from supervised_helpers import FIXTURE_SPLIT, omniglot_dir_fixture  # noqa: F401 - fixtures
 
 import metaopt
-from metaopt.config import resolve_config
-from metaopt.family import TaskFamily
+from metaopt.training.config import resolve_config
+from metaopt.training.family import TaskFamily
 from supervised.families import ClassifyFamily, OmniglotFamily, SineFamily
 
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from metaopt.config import resolve_config
+from metaopt.training.config import resolve_config
 from supervised.evaluation import compare, load_or_train_baseline, summarize
 from supervised.families import SineFamily
 from supervised.plots import plot_metric_vs_steps

@@ -13,8 +13,8 @@ import pytest
 import torch
 from supervised_helpers import FIXTURE, FIXTURE_SPLIT, omniglot_dir_fixture  # noqa: F401 - fixtures
 
-from metaopt.config import resolve_config
-from metaopt.family import ConfigError
+from metaopt.training.config import resolve_config
+from metaopt.training.family import ConfigError
 from supervised.families import OmniglotFamily
 from supervised.omniglot import (
     OmniglotConfig,

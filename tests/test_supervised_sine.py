@@ -10,8 +10,8 @@ import torch
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from metaopt.config import resolve_config
-from metaopt.family import ConfigError
+from metaopt.training.config import resolve_config
+from metaopt.training.family import ConfigError
 from supervised.families import SineFamily
 from supervised.sine import SineConfig, sample_sine
 

@@ -1,4 +1,4 @@
-"""End to end: meta-training through metaopt.runner, evaluation files, learning, the CLI."""
+"""End to end: meta-training through metaopt.training.runner, evaluation files, learning, the CLI."""
 
 from __future__ import annotations
 
@@ -15,10 +15,10 @@ import torch
 from supervised_helpers import FIXTURE_SPLIT, omniglot_dir_fixture  # noqa: F401 - fixtures
 
 from metaopt import cli
-from metaopt.checkpoint import load_checkpoint
-from metaopt.config import resolve_config
-from metaopt.family import TaskFamily
-from metaopt.runner import evaluate_run, resume, train
+from metaopt.training import evaluate_run, resume, train
+from metaopt.training.checkpoint import load_checkpoint
+from metaopt.training.config import resolve_config
+from metaopt.training.family import TaskFamily
 from supervised.evaluation import EVAL_STEPS
 from supervised.families import ClassifyFamily, OmniglotFamily, SineFamily
 

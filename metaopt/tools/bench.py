@@ -675,7 +675,7 @@ def run_bench(
     if cases:
         unknown = sorted(set(cases) - {c.name for c in all_cases})
         if unknown:
-            from metaopt.family import ConfigError
+            from metaopt.training.family import ConfigError
 
             names = ", ".join(c.name for c in all_cases)
             raise ConfigError(f"--cases: unknown case(s) {', '.join(unknown)}; available: {names}")

@@ -35,18 +35,19 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from metaopt import distributed
 from metaopt.algorithms import MAML, MetaLearner, MetaMetrics, MetaSGD, Reptile, linear_annealing
-from metaopt.checkpoint import (
+from metaopt.training import distributed
+from metaopt.training.checkpoint import (
     CheckpointError,
     atomic_write_bytes,
     load_checkpoint,
     previous_path,
     save_checkpoint,
 )
-from metaopt.config import load_config
-from metaopt.family import ConfigError, TaskFamily, TrainConfig, flag
-from metaopt.registry import get_family
+from metaopt.training.config import load_config
+from metaopt.training.family import ConfigError, TaskFamily, TrainConfig, flag
+from metaopt.training.hooks import TrainingHooks
+from metaopt.training.registry import get_family
 
 __all__ = [
     "CHECKPOINT",
@@ -63,7 +64,7 @@ __all__ = [
     "train",
 ]
 
-#: The latest checkpoint of a run directory; :func:`metaopt.checkpoint.previous_path` names the one
+#: The latest checkpoint of a run directory; :func:`metaopt.training.checkpoint.previous_path` names the one
 #: before it (``checkpoint.prev.pt``).
 CHECKPOINT = "checkpoint.pt"
 #: Where a resume from an older checkpoint moves the latest one, so that it is never rotated into
@@ -311,6 +312,7 @@ class _Run:
     versions: dict[str, str] = dataclasses.field(default_factory=package_versions)
     #: this process's place under torchrun (one process: rank 0 of 1)
     dist: distributed.DistInfo = dataclasses.field(default_factory=distributed.DistInfo)
+    hooks: Sequence[TrainingHooks] = ()
 
     @property
     def checkpoint(self) -> Path:
@@ -489,6 +491,11 @@ def _loop(run: _Run, log: IO[str], stop: _StopOnSignal, progress: bool | None) -
         disable=disable,
     ) as bar:
         for iteration in range(run.iteration + 1, config.iterations + 1):
+            if run.hooks:
+                paused = time.perf_counter()
+                for hook in run.hooks:
+                    hook.on_iteration_start(iteration, algo)
+                start += time.perf_counter() - paused
             before = random_state(run.rng)  # what a checkpoint of the last good state holds
             # Every rank draws the whole meta-batch and adapts to its shard of it.
             tasks = family.sample_tasks(config, run.rng, config.meta_batch)
@@ -554,11 +561,17 @@ def _loop(run: _Run, log: IO[str], stop: _StopOnSignal, progress: bool | None) -
             if config.skip_nonfinite:
                 row["skipped"] = run.skipped
             if config.eval_every and iteration % config.eval_every == 0:
+                paused = time.perf_counter()  # evaluations are kept out of the clock
                 with distributed.sharding(run.dist):  # each rank evaluates a share of the tasks
                     row.update(family.periodic_eval(algo, config))
+                    for hook in run.hooks:
+                        row.update(hook.on_evaluation(iteration, algo, config))
+                start += time.perf_counter() - paused
             row = {key: _finite_or_none(value) for key, value in row.items()}
             log.write(json.dumps(row) + "\n")
             log.flush()
+            for hook in run.hooks:
+                hook.on_iteration_end(iteration, row)
             if config.checkpoint_every and iteration % config.checkpoint_every == 0:
                 _save(run, log=log)
             stop.stop_if_asked(log)
@@ -573,6 +586,8 @@ def _fit(run: _Run, progress: bool | None) -> Path:
     metrics_path = run.run_dir / "metrics.jsonl" if run.dist.is_main else Path(os.devnull)
     with stop.installed(), open(metrics_path, "a") as log:
         _loop(run, log, stop, progress)
+        for hook in run.hooks:
+            hook.on_train_end(run.algo, run.config)
         if run.saved != run.iteration:
             _save(run, log=log)
         stop.stop_if_asked(log)
@@ -583,7 +598,7 @@ def _fit(run: _Run, progress: bool | None) -> Path:
         distributed.barrier(run.dist)
         return run.run_dir
     _write_json(run.run_dir / "eval.json", evaluation)
-    from metaopt.plots import plot_training_curve
+    from metaopt.training.plots import plot_training_curve
 
     # Read back rather than kept in memory: memory stays flat however long the run.
     rows = [json.loads(line) for line in (run.run_dir / "metrics.jsonl").read_text().splitlines()]
@@ -593,13 +608,21 @@ def _fit(run: _Run, progress: bool | None) -> Path:
     return run.run_dir
 
 
-def train(family: TaskFamily, config: TrainConfig, *, progress: bool | None = None) -> Path:
+def train(
+    family: TaskFamily,
+    config: TrainConfig,
+    *,
+    progress: bool | None = None,
+    hooks: Sequence[TrainingHooks] = (),
+) -> Path:
     """Meta-train ``family`` under ``config``, evaluate, plot; return the run directory.
 
     Args:
         family: The task family.
-        config: A validated config (see :func:`metaopt.config.resolve_config`).
+        config: A validated config (see :func:`metaopt.training.config.resolve_config`).
         progress: Show a progress bar; ``None`` shows one only when stderr is a terminal.
+        hooks: Called at fixed points of each iteration (:class:`TrainingHooks`); their time
+            and the periodic evaluation's are kept out of the run's clock.
 
     Raises:
         ConfigError: a config value out of range, or ``config.out`` not empty.
@@ -618,7 +641,7 @@ def train(family: TaskFamily, config: TrainConfig, *, progress: bool | None = No
         algo = build_algorithm(config, model)
         outer, schedule = build_outer_optimizer(config, algo)
         rng = np.random.default_rng(config.seed)
-        run = _Run(family, config, run_dir, algo, outer, schedule, rng, dist=info)
+        run = _Run(family, config, run_dir, algo, outer, schedule, rng, dist=info, hooks=hooks)
         return _fit(run, progress)
     finally:
         distributed.teardown(info)
@@ -826,6 +849,7 @@ def resume(
     overrides: Mapping[str, Any] | None = None,
     checkpoint: str | Path | None = None,
     progress: bool | None = None,
+    hooks: Sequence[TrainingHooks] = (),
 ) -> Path:
     """Continue the run in ``run_dir`` from its latest checkpoint, as if it had never stopped.
 
@@ -843,7 +867,7 @@ def resume(
         checkpoint: The checkpoint file to continue from, relative to ``run_dir`` (default
             ``checkpoint.pt``; ``checkpoint.prev.pt`` is the one before it). Continuing from an
             older checkpoint moves ``checkpoint.pt`` to ``checkpoint.abandoned.pt``.
-        progress: As in :func:`train`.
+        progress, hooks: As in :func:`train`.
 
     Raises:
         ConfigError: not a run directory, another family, a flag that may not change, a
@@ -920,6 +944,7 @@ def resume(
             seconds=float(state["seconds"]),
             saved=iteration if from_latest else None,
             dist=info,
+            hooks=hooks,
         )
         return _fit(run, progress)
     finally:
@@ -992,7 +1017,7 @@ def evaluate_run(
     return evaluation
 
 
-def summarize(evaluation: dict[str, Any]) -> str:
+def evaluation_summary(evaluation: dict[str, Any]) -> str:
     """A few lines of eval.json for the terminal."""
 
     def shown(value: dict[str, Any]) -> str:

@@ -50,7 +50,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from types import TracebackType
-from typing import Any, NamedTuple, cast
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -58,15 +58,16 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from metaopt.algorithms import MetaLearner
-from metaopt.family import ALGORITHMS, ConfigError, TaskFamily, TrainConfig, flag
-from metaopt.runner import (
+from metaopt.task import Task
+from metaopt.training import (
     build_algorithm,
     build_outer_optimizer,
     new_directory,
     package_versions,
     train,
 )
-from metaopt.task import Task
+from metaopt.training.family import ALGORITHMS, ConfigError, TaskFamily, TrainConfig, flag
+from metaopt.training.hooks import TrainingHooks
 
 __all__ = [
     "DEFAULT_STEPS",
@@ -590,89 +591,40 @@ def _heldout_evaluation(
     return values
 
 
-class _Observed(TaskFamily):
-    """A family seen through ``metaopt.runner.train``: snapshots θ, adds the held-out loss.
+class _Observer(TrainingHooks):
+    """Watches a ``metaopt train`` run: keeps θ at the iterations in ``snapshot_at`` and adds the
+    held-out query loss to each periodic evaluation.
 
-    Delegates every call to the wrapped family, so the run is an ordinary ``metaopt train`` run
-    (same tasks, same numbers; its directory works with ``metaopt eval``). It also keeps the model
-    state at the iterations in ``snapshot_at`` and the time it spends itself, which the caller
-    subtracts from the run's clock.
+    The run stays an ordinary ``metaopt train`` run (same tasks, same numbers; its directory works
+    with ``metaopt eval``), and the loop keeps this hook's time out of the run's clock.
     """
 
-    def __init__(self, inner: TaskFamily, snapshot_at: set[int], heldout_tasks: int) -> None:
-        self.inner = inner
+    def __init__(self, family: TaskFamily, snapshot_at: set[int], heldout_tasks: int) -> None:
+        self.family = family
         self.snapshot_at = snapshot_at
         self.heldout_tasks = heldout_tasks
-        self.model: nn.Module | None = None
-        self.iteration = 0
         self.snapshots: dict[int, ModelState] = {}
-        self.evaluations: dict[int, dict[str, float]] = {}
-        self.overhead = 0.0
-        #: Seconds spent here before the end of each iteration (its metrics row's clock).
-        self.overhead_at: dict[int, float] = {}
+        self.evaluated: list[int] = []
 
-    def validate(self, config: TrainConfig) -> None:
-        self.inner.validate(config)
+    def _snapshot(self, completed: int, algo: MetaLearner) -> None:
+        if completed in self.snapshot_at:
+            self.snapshots[completed] = _state(algo.model)
 
-    def make_model(self, config: TrainConfig) -> nn.Module:
-        self.model = self.inner.make_model(config)
-        return self.model
+    def on_iteration_start(self, iteration: int, algo: MetaLearner) -> None:
+        self._snapshot(iteration - 1, algo)
 
-    def _snapshot(self) -> None:
-        if self.iteration in self.snapshot_at and self.model is not None:
-            self.snapshots[self.iteration] = _state(self.model)
+    def on_evaluation(
+        self, iteration: int, algo: MetaLearner, config: TrainConfig
+    ) -> dict[str, float]:
+        self.evaluated.append(iteration)
+        with torch.random.fork_rng(devices=[]):
+            tasks = _draw(
+                self.family, config, [_HELDOUT_STREAM, config.eval_seed], self.heldout_tasks
+            )
+            return {HELDOUT_KEY: heldout_query_loss(algo, tasks)}
 
-    def sample_tasks(
-        self, config: TrainConfig, rng: np.random.Generator, num_tasks: int
-    ) -> Sequence[Task]:
-        start = time.perf_counter()
-        self._snapshot()  # the loop calls this first in each iteration: θ after the last step
-        self.iteration += 1
-        self.overhead += time.perf_counter() - start
-        self.overhead_at[self.iteration] = self.overhead
-        return self.inner.sample_tasks(config, rng, num_tasks)
-
-    def iteration_metrics(self, tasks: Sequence[Task]) -> dict[str, float]:
-        return self.inner.iteration_metrics(tasks)
-
-    def periodic_eval(self, algo: Any, config: TrainConfig) -> dict[str, float]:
-        start = time.perf_counter()
-        values = _heldout_evaluation(self.inner, algo, config, self.heldout_tasks)
-        self.evaluations[self.iteration] = values
-        self.overhead += time.perf_counter() - start
-        return values
-
-    def evaluate(
-        self,
-        algo: Any,
-        config: TrainConfig,
-        run_dir: Path,
-        *,
-        num_tasks: int | None = None,
-        steps: Sequence[int] | None = None,
-    ) -> dict[str, Any]:
-        self._snapshot()  # after the last iteration
-        return self.inner.evaluate(algo, config, run_dir, num_tasks=num_tasks, steps=steps)
-
-    def plot(
-        self,
-        algo: Any,
-        config: TrainConfig,
-        run_dir: Path,
-        metrics: Sequence[Mapping[str, Any]],
-        evaluation: Mapping[str, Any],
-    ) -> list[Path]:
-        return self.inner.plot(algo, config, run_dir, metrics, evaluation)
-
-
-def _observe(inner: TaskFamily, snapshot_at: set[int], heldout_tasks: int) -> _Observed:
-    # The run directory records the wrapped family's name, so ``metaopt eval`` can reload it.
-    attributes = {
-        key: getattr(inner, key)
-        for key in ("name", "description", "config_class", "presets", "metric", "higher_is_better")
-    }
-    cls = type(f"Observed{type(inner).__name__}", (_Observed,), attributes)
-    return cast(_Observed, cls(inner, snapshot_at, heldout_tasks))
+    def on_train_end(self, algo: MetaLearner, config: TrainConfig) -> None:
+        self._snapshot(config.iterations, algo)
 
 
 def _run_curve(
@@ -697,18 +649,18 @@ def _run_curve(
             **_heldout_evaluation(family, start_algo, config, heldout_tasks),
         }
     ]
-    observed = _observe(family, snapshot_at, heldout_tasks)
-    train(observed, config, progress=progress)
+    observer = _Observer(family, snapshot_at, heldout_tasks)
+    train(family, config, progress=progress, hooks=[observer])
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    evaluated = set(observer.evaluated)
+    keys = [key for key in points[0] if key not in ("iteration", "train_seconds")]
     for row in rows:
-        iteration = row["iteration"]
-        if iteration in observed.evaluations:
-            seconds = row["seconds"] - observed.overhead_at[iteration]
+        if row["iteration"] in evaluated:
             points.append(
                 {
-                    "iteration": iteration,
-                    "train_seconds": round(seconds, 4),
-                    **observed.evaluations[iteration],
+                    "iteration": row["iteration"],
+                    "train_seconds": row["seconds"],
+                    **{key: row.get(key) for key in keys},
                 }
             )
     evaluation = json.loads((run_dir / "eval.json").read_text())
@@ -719,7 +671,7 @@ def _run_curve(
         "by_steps": evaluation.get("by_steps", {}),
         "at_trained_steps": evaluation.get("by_steps", {}).get(trained),
     }
-    total = rows[-1]["seconds"] - observed.overhead_at[rows[-1]["iteration"]] if rows else 0.0
+    total = rows[-1]["seconds"] if rows else 0.0
     curve = {
         "run_dir": str(run_dir),
         "iterations": config.iterations,
@@ -727,7 +679,7 @@ def _run_curve(
         "points": points,
         "final_eval": final,
     }
-    return curve, observed.snapshots
+    return curve, observer.snapshots
 
 
 def family_curve_key(keys: Sequence[str], metric: str) -> str | None:
@@ -1499,7 +1451,7 @@ def run_compare_command(family: TaskFamily, arguments: Mapping[str, Any]) -> int
         ConfigError: for ``--algo`` or ``--out`` (compare runs every method into the report)
             and for any out-of-range value.
     """
-    from metaopt.config import resolve_config
+    from metaopt.training.config import resolve_config
 
     for name, option, instead in (("algo", "--algo", "--methods"), ("out", "--out", "--report")):
         if name in arguments:

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from metaopt.family import ConfigError, TaskFamily, TrainConfig
+from metaopt.training.family import ConfigError, TaskFamily, TrainConfig
 
 __all__ = ["add_config_arguments", "load_config", "resolve_config"]
 

@@ -30,7 +30,7 @@ from typing import Any, TypeVar
 import torch
 import torch.distributed as dist
 
-from metaopt.family import ConfigError
+from metaopt.training.family import ConfigError
 
 __all__ = [
     "DistInfo",

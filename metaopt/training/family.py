@@ -188,7 +188,7 @@ def _at_least(name: str, value: int, low: int, high: int | None = None) -> None:
 class TaskFamily:
     """A domain's plug-in: subclass, set ``name`` and ``config_class``, implement the methods.
 
-    The meta-training loop (:func:`metaopt.runner.train`) calls, in order:
+    The meta-training loop (:func:`metaopt.training.runner.train`) calls, in order:
     ``make_model`` once, ``sample_tasks`` once per iteration, ``iteration_metrics`` after each
     ``meta_backward``, ``periodic_eval`` every ``eval_every`` iterations, then ``evaluate`` and
     ``plot`` at the end. ``metaopt eval RUN_DIR`` calls ``make_model`` and ``evaluate`` again.

@@ -63,8 +63,8 @@ from typing import Any
 
 import torch
 
-from metaopt.family import ConfigError, TaskFamily, TrainConfig, flag
-from metaopt.runner import new_directory
+from metaopt.training import new_directory
+from metaopt.training.family import ConfigError, TaskFamily, TrainConfig, flag
 
 __all__ = [
     "DEFAULT_CHECK_ITERATIONS",
@@ -486,7 +486,7 @@ def _read_rows(run_dir: Path) -> list[dict[str, Any]]:
 
 
 def _final_parameters(run_dir: Path) -> dict[str, torch.Tensor]:
-    from metaopt.checkpoint import load_checkpoint
+    from metaopt.training.checkpoint import load_checkpoint
 
     state: dict[str, torch.Tensor] = load_checkpoint(run_dir / "checkpoint.pt")["algorithm"][
         "model"
@@ -536,7 +536,7 @@ def run_scale(
         ScaleFailure: a run failed, or :class:`ParameterMismatch`: the agreement runs differ
             (before any timed run), or the timed runs do (after the table and the JSON).
     """
-    from metaopt.config import resolve_config
+    from metaopt.training.config import resolve_config
 
     options.validate()
     user_flags = train_flags(family.config_class, overrides)

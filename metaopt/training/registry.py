@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from importlib.metadata import entry_points
 
-from metaopt.family import ConfigError, TaskFamily
+from metaopt.training.family import ConfigError, TaskFamily
 
 __all__ = ["available_families", "get_family", "register_family"]
 

@@ -18,7 +18,7 @@ import torch
 from metaopt.algorithms import MetaLearner
 from metaopt.stats import mean_ci95
 from rl.mdp import normalized_score
-from rl.task import MDPTaskBatch
+from rl.task import RLTaskBatch
 
 __all__ = ["INTERVAL", "adaptation_returns", "curve_summary", "summarize"]
 
@@ -28,7 +28,7 @@ INTERVAL = (
 )
 
 
-def adaptation_returns(algo: MetaLearner, batch: MDPTaskBatch, steps: int) -> torch.Tensor:
+def adaptation_returns(algo: MetaLearner, batch: RLTaskBatch, steps: int) -> torch.Tensor:
     """``[steps + 1, T]``: each task's mean episode return after 0, 1, ..., ``steps`` inner steps.
 
     One adaptation of ``steps`` steps per task gives the whole curve: the support sample of
@@ -46,7 +46,9 @@ def adaptation_returns(algo: MetaLearner, batch: MDPTaskBatch, steps: int) -> to
         steps: Inner steps >= 0.
     """
     if any(task.support_returns or task.query_returns for task in batch):
-        raise ValueError("adaptation_returns needs a fresh MDPTaskBatch (its tasks were used)")
+        raise ValueError(
+            f"adaptation_returns needs a fresh {type(batch).__name__} (its tasks were used)"
+        )
     if algo.engine == "loop":
         for task in batch:
             with algo.adapt(task, steps=steps) as adapted:

@@ -90,6 +90,8 @@ class Scores(NamedTuple):
             episodes never end before the horizon).
         continues: ``[H, T, N]`` 0 on a terminal step, else 1: the λ-returns' discount is
             γ·continues (``None``: no terminal steps).
+        normalize: Standardise the advantages of the A2C policy term per task (see
+            :func:`rl.losses.a2c_objective`).
     """
 
     log_probs: torch.Tensor
@@ -97,6 +99,7 @@ class Scores(NamedTuple):
     entropy: Callable[[], torch.Tensor]
     mask: torch.Tensor | None = None
     continues: torch.Tensor | None = None
+    normalize: bool = False
 
 
 class Scorer(Protocol):
@@ -147,6 +150,7 @@ def scored_a2c_loss(
         entropy_coef,
         dims,
         scores.mask,
+        normalize=scores.normalize,
     )
 
 

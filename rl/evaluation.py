@@ -20,7 +20,13 @@ from metaopt.stats import mean_ci95
 from rl.mdp import normalized_score
 from rl.task import RLTaskBatch
 
-__all__ = ["INTERVAL", "adaptation_returns", "curve_summary", "summarize"]
+__all__ = [
+    "INTERVAL",
+    "adaptation_returns",
+    "curve_summary",
+    "flat_summaries",
+    "summarize",
+]
 
 INTERVAL = (
     "mean over held-out tasks ± half-width of its 95% confidence interval, 1.96·sd/sqrt(n); a "
@@ -88,3 +94,13 @@ def curve_summary(steps: Sequence[int], curve: torch.Tensor | np.ndarray) -> dic
 def score_curve(curve: torch.Tensor, random: np.ndarray, optimal: np.ndarray) -> np.ndarray:
     """Per-task normalised scores of every row of ``curve``."""
     return normalized_score(curve.double().numpy(), random, optimal)
+
+
+def flat_summaries(named: dict[str, torch.Tensor | np.ndarray]) -> dict[str, float]:
+    """``{name: mean, name + "_ci95": half-width}`` for the periodic metrics' log lines."""
+    metrics = {}
+    for key, values in named.items():
+        summary = summarize(values)
+        metrics[key] = summary["mean"]
+        metrics[key + "_ci95"] = summary["ci95"]
+    return metrics

@@ -136,6 +136,11 @@ def a2c_loss(
     return a2c_objective(taken, values, returns, value_coef, entropy, entropy_coef, dims)
 
 
+def _kept(x: torch.Tensor, dims: tuple[int, ...]) -> list[int]:
+    """The shape of ``x`` with ``dims`` reduced to size 1 (to broadcast a reduction back)."""
+    return [1 if d in dims else size for d, size in enumerate(x.shape)]
+
+
 def masked_mean(
     x: torch.Tensor, dims: tuple[int, ...], mask: torch.Tensor | None = None
 ) -> torch.Tensor:
@@ -155,6 +160,8 @@ def a2c_objective(
     entropy_coef: float = 0.0,
     dims: tuple[int, ...] | None = None,
     mask: torch.Tensor | None = None,
+    *,
+    normalize: bool = False,
 ) -> torch.Tensor:
     """The A2C loss of any policy, from the log-likelihoods of the actions taken: a
     log-probability (discrete actions) or a log-density (continuous ones).
@@ -171,10 +178,18 @@ def a2c_objective(
         entropy_coef: :math:`c_e`.
         dims: Dimensions to average over (default: all, a scalar loss).
         mask: ``[...]`` 1 on the steps to count, 0 after an episode ended (default: all).
+        normalize: Standardise the advantages of the policy term over ``dims`` (mean 0, standard
+            deviation 1 over the counted steps): the step an inner SGD update takes then no
+            longer scales with the size of the returns (tens, in 2-D navigation).
     """
     dims = tuple(range(values.dim())) if dims is None else dims
     advantages = returns - values
-    policy_term = -masked_mean(log_probs * advantages.detach(), dims, mask)
+    weights = advantages.detach()
+    if normalize:
+        centred = weights - masked_mean(weights, dims, mask).view(_kept(weights, dims))
+        scale = masked_mean(centred.pow(2), dims, mask).sqrt().view(_kept(weights, dims))
+        weights = centred / (scale + 1e-8)
+    policy_term = -masked_mean(log_probs * weights, dims, mask)
     loss = policy_term + value_coef * masked_mean(advantages.pow(2), dims, mask)
     if entropy_coef:
         if entropy is None:

@@ -359,3 +359,19 @@ def test_same_seed_same_comparison(report, tmp_path: Path) -> None:
         return value
 
     assert without_clocks(first["curves"]) == without_clocks(second["curves"])
+
+
+def test_flags_are_generated_from_the_options_fields() -> None:
+    import argparse
+
+    from metaopt.training.config import dataclass_from_arguments
+
+    parser = argparse.ArgumentParser()
+    mc.add_compare_arguments(parser)
+    given = vars(parser.parse_args([]))
+    assert dataclass_from_arguments(mc.CompareOptions, given) == mc.CompareOptions()
+    argv = ["--methods", "reptile", "--steps", "2,3", "--no-curves", "--truth-batches", "0"]
+    given = vars(parser.parse_args(argv))
+    assert dataclass_from_arguments(mc.CompareOptions, given) == mc.CompareOptions(
+        methods=("reptile",), steps=(2, 3), curves=False, truth_batches=0
+    )

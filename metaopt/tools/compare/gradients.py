@@ -119,6 +119,7 @@ def meta_gradients_on(
     method: str,
     seeds: Sequence[Sequence[int]],
 ) -> list[MetaGradient]:
+    """``method``'s :func:`meta_gradient` on each of the meta-batches ``seeds`` draw."""
     return [
         meta_gradient(family, config, method, state, steps=steps, task_seed=seed) for seed in seeds
     ]
@@ -175,6 +176,7 @@ def comparison_seeds(config: TrainConfig, batches: int) -> list[list[int]]:
 
 
 def model_state(model: nn.Module) -> ModelState:
+    """A detached copy of ``model.state_dict()``: a point at which the methods are compared."""
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
@@ -209,6 +211,7 @@ def method_algorithm(
 def draw_tasks(
     family: TaskFamily, config: TrainConfig, seed: int | Sequence[int], num_tasks: int
 ) -> Sequence[Task]:
+    """``num_tasks`` tasks from a fresh ``default_rng(seed)``: identical for every caller."""
     return family.sample_tasks(config, np.random.default_rng(seed), num_tasks)
 
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from metaopt.algorithms import MetaLearner
 from metaopt.task import Task
 from metaopt.tools.compare.gradients import draw_tasks, method_algorithm
 from metaopt.tools.compare.memory import SavedTensorMeter
@@ -47,19 +48,18 @@ class Timing:
 
 
 class _Timed:
-    """One method ready to be timed: a fresh model at ``state`` and its outer optimiser."""
+    """One method ready to be timed: its algorithm around a fresh model at ``state`` (from
+    :func:`method_algorithm`, with the config it was built from) and its outer optimiser."""
 
     def __init__(
         self,
         family: TaskFamily,
-        config: TrainConfig,
-        method: str,
+        built: tuple[TrainConfig, MetaLearner],
         state: ModelState,
-        steps: int,
         task_seed: int | Sequence[int],
     ) -> None:
         self.family, self.state, self.task_seed = family, state, task_seed
-        self.config, self.algo = method_algorithm(family, config, method, steps, state)
+        self.config, self.algo = built
         self.outer, _ = build_outer_optimizer(self.config, self.algo)
         self.learned = self.algo.learned_state()
 
@@ -95,7 +95,10 @@ def time_meta_iterations(
     draws the same tasks (untimed), then times ``zero_grad``, ``meta_backward`` and the outer
     step. Sampling inside the losses (RL trajectories) is part of the time.
     """
-    timed = [_Timed(family, config, m, state, steps, task_seed) for m in methods]
+    timed = [
+        _Timed(family, method_algorithm(family, config, m, steps, state), state, task_seed)
+        for m in methods
+    ]
     peaks = []
     for t in timed:
         tasks = t.reset()

@@ -187,7 +187,7 @@ def build_parser(families: dict[str, TaskFamily]) -> argparse.ArgumentParser:
         "--plot", type=Path, default=None, metavar="PATH", help="save the memory plot (PNG)"
     )
 
-    from metaopt.tools.scaling import add_scale_arguments
+    from metaopt.tools.scale import add_scale_arguments
 
     scale = commands.add_parser(
         "scale",
@@ -287,7 +287,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
             return 0
         if args.command == "scale":
-            from metaopt.tools.scaling import run_scale_command
+            from metaopt.tools.scale import run_scale_command
 
             return run_scale_command(families[args.family], vars(args))
         if args.command == "compare":

@@ -36,9 +36,10 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, UnidentifiedImageError
 
+from metaopt.options import check_int, flag
 from metaopt.training.family import ConfigError, option
 from supervised.batch import TaskBatch
-from supervised.config import SupervisedConfig, check_int
+from supervised.config import SupervisedConfig
 
 __all__ = [
     "OMNIGLOT_URLS",
@@ -106,10 +107,10 @@ class OmniglotConfig(SupervisedConfig):
     def validate(self) -> None:
         super().validate()
         for name in ("ways", "shots", "query_shots", "image_size", "filters"):
-            check_int(self, name, 1)
+            check_int(flag(name), getattr(self, name), 1)
         for name in ("val_classes", "split_seed", "minibatch"):
-            check_int(self, name, 0)
-        check_int(self, "train_classes", 1)
+            check_int(flag(name), getattr(self, name), 0)
+        check_int(flag("train_classes"), self.train_classes, 1)
         if not self.data_dir:
             raise ConfigError("--data-dir must name a folder; got an empty string")
 

@@ -378,6 +378,18 @@ class MetaLearner:
 
     # -- what code outside the algorithms reads, instead of checking their types -------------
 
+    @property
+    def name(self) -> str:
+        """The algorithm's name in :data:`ALGORITHMS` (``--algo``)."""
+        raise NotImplementedError
+
+    @property
+    def exact_meta_gradient(self) -> bool:
+        """Whether ``meta_backward`` gives the exact gradient of the meta-loss
+        :math:`\\frac1B\\sum_i \\mathcal{L}^q_i(\\theta'_i)` (second-order MAML and Meta-SGD), which
+        finite differences of the meta-loss can check."""
+        return False
+
     def rate_parameters(self) -> list[nn.Parameter]:
         """Meta-learned inner learning rates, one per model parameter in ``parameters()`` order
         (Meta-SGD's α); empty for the algorithms with a fixed inner learning rate."""
@@ -502,6 +514,14 @@ class MAML(MetaLearner):
             lambda: self._per_task(tasks, weight, step),  # type: ignore[arg-type]
         )
 
+    @property
+    def name(self) -> str:
+        return "fomaml" if self.first_order else "maml"
+
+    @property
+    def exact_meta_gradient(self) -> bool:
+        return not self.first_order
+
     def __repr__(self) -> str:
         return super().__repr__()[:-1] + f", first_order={self.first_order})"
 
@@ -535,6 +555,10 @@ class MetaSGD(MAML):
 
     def _inner_transform(self) -> GradientTransformation:
         return learned_rate_sgd(list(self.inner_lrs))
+
+    @property
+    def name(self) -> str:
+        return "metasgd"
 
     def meta_parameters(self) -> list[nn.Parameter]:
         """θ followed by the learned rates α of the trainable parameters."""
@@ -596,6 +620,10 @@ class Reptile(MetaLearner):
             engine=engine,
             batch_norm=batch_norm,
         )
+
+    @property
+    def name(self) -> str:
+        return "reptile"
 
     def meta_backward(self, tasks: Sequence[Task], *, scale: float | None = None) -> MetaMetrics:
         """Accumulate :math:`\\frac{1}{B}\\sum_i(\\theta - \\tilde\\theta_i)` into ``.grad``."""

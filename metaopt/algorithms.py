@@ -29,11 +29,11 @@ from torchopt.base import GradientTransformation
 
 from metaopt.engine import (
     BATCH_NORM_MODES,
+    Adapted,
     batch_norm_mode,
     batched_forward,
     can_vectorise,
     check_losses,
-    inner_loop,
     inner_path,
     is_batching_failure,
 )
@@ -229,12 +229,16 @@ class MetaLearner:
                 restore_grads()
                 raise
 
-    def _adapt_vmap(
+    def _adapt_vmap(self, tasks: BatchedTasks, steps: int, *, create_graph: bool) -> Adapted:
+        """The vectorised engine's inner loop with this algorithm's update rule: the last state
+        of :func:`metaopt.engine.inner_path`."""
+        *_, last = self._vmap_path(tasks, steps, create_graph=create_graph)
+        return last
+
+    def _vmap_path(
         self, tasks: BatchedTasks, steps: int, *, create_graph: bool
-    ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], torch.Tensor | None]:
-        """The vectorised engine's inner loop with this algorithm's update rule (see
-        :func:`metaopt.engine.inner_loop`)."""
-        return inner_loop(
+    ) -> Iterator[Adapted]:
+        return inner_path(
             self.model,
             tasks,
             self._inner_transform(),
@@ -300,14 +304,7 @@ class MetaLearner:
         Raises:
             TypeError: as :meth:`adapt_batch`.
         """
-        path = inner_path(
-            self.model,
-            tasks,
-            self._inner_transform(),
-            self._batch_steps(tasks, steps),
-            create_graph=False,
-            batch_norm=self.batch_norm,
-        )
+        path = self._vmap_path(tasks, self._batch_steps(tasks, steps), create_graph=False)
         return (self._forward(params, fixed) for params, fixed, _ in path)
 
     def _batch_steps(self, tasks: BatchedTasks, steps: int | None) -> int:

@@ -40,11 +40,11 @@ from metaopt.task import BatchedForward, BatchedTasks, is_batched
 
 __all__ = [
     "BATCH_NORM_MODES",
+    "Adapted",
     "BatchedParameters",
     "batch_norm_mode",
     "batched_forward",
     "can_vectorise",
-    "inner_loop",
     "inner_path",
     "is_batching_failure",
     "unvectorisable_module",
@@ -208,24 +208,8 @@ def batched_forward(
     return forward
 
 
+#: One state of an adaptation: the per-task tensors, the shared ones, the support losses at θ.
 Adapted = tuple[BatchedParameters, dict[str, torch.Tensor], torch.Tensor | None]
-
-
-def inner_loop(
-    model: nn.Module,
-    tasks: BatchedTasks,
-    transform: GradientTransformation,
-    steps: int,
-    *,
-    create_graph: bool,
-    batch_norm: str = "running",
-) -> Adapted:
-    """Adapt every task of ``tasks`` by ``steps`` differentiable steps of ``transform``: the last
-    state of :func:`inner_path`."""
-    *_, last = inner_path(
-        model, tasks, transform, steps, create_graph=create_graph, batch_norm=batch_norm
-    )
-    return last
 
 
 def inner_path(

@@ -161,12 +161,9 @@ def learned_rate_sgd(rates: Sequence[torch.Tensor]) -> GradientTransformation:
         return EmptyState()
 
     def update(
-        updates: Sequence[torch.Tensor | None],
-        state: EmptyState,
-        *,
-        params: object = None,
-        inplace: bool = True,
+        updates: Sequence[torch.Tensor | None], state: EmptyState, **_: object
     ) -> tuple[tuple[torch.Tensor | None, ...], EmptyState]:
+        # The step needs neither the parameters nor in-place updates (``params``, ``inplace``).
         if len(updates) != len(rates):
             raise ValueError(
                 f"Meta-SGD has {len(rates)} learning rates but got {len(updates)} grads"

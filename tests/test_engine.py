@@ -103,9 +103,9 @@ def test_auto_uses_vmap_for_batches_and_loop_for_lists(monkeypatch) -> None:
     calls = []
     import metaopt.algorithms as algorithms
 
-    original = algorithms.inner_loop
+    original = algorithms.inner_path
     monkeypatch.setattr(
-        algorithms, "inner_loop", lambda *a, **k: calls.append(1) or original(*a, **k)
+        algorithms, "inner_path", lambda *a, **k: calls.append(1) or original(*a, **k)
     )
     tasks = RegressionBatch(3, torch.float64)
     algo = metaopt.MAML(mlp(torch.float64), inner_lr=0.1)

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from metaopt.options import check_int, check_real, flag
 from metaopt.training.family import TrainConfig, option
 
-__all__ = ["SupervisedConfig"]
+__all__ = ["SupervisedConfig", "paper_presets"]
+
+
+def paper_presets() -> Any:
+    """The ``preset`` field of a family whose presets are the two papers' settings."""
+    return option("maml", "named preset: maml (Finn et al. 2017) or reptile (Nichol et al. 2018)")
 
 
 @dataclass
@@ -27,6 +32,10 @@ class SupervisedConfig(TrainConfig):
     baseline_lr: float = option(1e-3, "Adam learning rate of the pretrained baseline")
     baseline_tasks: int = option(25, "tasks pooled into each baseline training step")
     baseline_seed: int = option(0, "seed of the baseline's initialisation and training tasks")
+
+    #: Fields that only say how a trained model is evaluated (or where the data lives): a
+    #: family's own fields other than these are part of a cached baseline's key.
+    EVALUATION_ONLY: ClassVar[tuple[str, ...]] = ()
 
     #: The baseline is trained at evaluation time, so its settings may change on ``--resume``.
     RESUMABLE: ClassVar[tuple[str, ...]] = (

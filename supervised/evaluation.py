@@ -56,22 +56,6 @@ INTERVAL = (
     "differences (after − before adaptation, meta-learned − baseline) are paired per task"
 )
 
-#: Fields of a family's config that do not change how its baseline is trained (evaluation-only
-#: settings and where the data lives). Every other field a family adds to ``TrainConfig`` (the
-#: task distribution, the network, the baseline's budget) is part of a cached baseline's key;
-#: ``TrainConfig``'s own fields (the algorithm, the outer loop, seeds of meta-training) are not.
-_EVALUATION_ONLY = frozenset(
-    {
-        "eval_shots",
-        "eval_query",
-        "protocol_points",
-        "protocol_steps",
-        "protocol_lr",
-        "data_dir",
-        "download",
-    }
-)
-
 SampleFn = Callable[[np.random.Generator, int], TaskBatch]
 
 
@@ -122,10 +106,11 @@ def _load_or_train(
     model: nn.Module, config: SupervisedConfig, sample: SampleFn, run_dir: Path | None
 ) -> dict[str, torch.Tensor]:
     """``model``'s weights, loaded from the cache or trained in place (and cached)."""
-    shared = {f.name for f in dataclasses.fields(TrainConfig)}
-    settings = {
-        k: v for k, v in config.to_dict().items() if k not in shared and k not in _EVALUATION_ONLY
-    }
+    # The key: every field a family adds to TrainConfig (the task distribution, the network, the
+    # baseline's budget) except those that only concern evaluation; TrainConfig's own fields
+    # (the algorithm, the outer loop, seeds of meta-training) do not change the baseline.
+    ignored = {f.name for f in dataclasses.fields(TrainConfig)} | set(config.EVALUATION_ONLY)
+    settings = {k: v for k, v in config.to_dict().items() if k not in ignored}
     path = None if run_dir is None else Path(run_dir) / "baseline.pt"
     if path is not None and path.is_file():
         cached = torch.load(path, map_location="cpu", weights_only=True)

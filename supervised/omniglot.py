@@ -39,7 +39,7 @@ from PIL import Image, ImageDraw, UnidentifiedImageError
 from metaopt.options import check_int, flag
 from metaopt.training.family import ConfigError, option
 from supervised.batch import TaskBatch
-from supervised.config import SupervisedConfig
+from supervised.config import SupervisedConfig, paper_presets
 
 __all__ = [
     "OMNIGLOT_URLS",
@@ -73,9 +73,7 @@ LAYOUT = (
 class OmniglotConfig(SupervisedConfig):
     """N-way K-shot Omniglot; the defaults are MAML's 5-way 1-shot setting (Finn et al., 2017)."""
 
-    preset: str | None = option(
-        "maml", "named preset: maml (Finn et al. 2017) or reptile (Nichol et al. 2018)"
-    )
+    preset: str | None = paper_presets()
     iterations: int = option(60000, "meta-iterations (MAML paper: 60000)")
     inner_lr: float = option(0.4, "inner-loop learning rate (Meta-SGD: initial per-parameter rate)")
     meta_batch: int = option(32, "tasks per meta-iteration")
@@ -102,7 +100,8 @@ class OmniglotConfig(SupervisedConfig):
     baseline_tasks: int = option(8, "tasks pooled into each baseline training step")
 
     #: The data may move (same images, another folder) between a run and its resumption.
-    RESUMABLE: ClassVar[tuple[str, ...]] = (*SupervisedConfig.RESUMABLE, "data_dir", "download")
+    EVALUATION_ONLY: ClassVar[tuple[str, ...]] = ("data_dir", "download")
+    RESUMABLE: ClassVar[tuple[str, ...]] = (*SupervisedConfig.RESUMABLE, *EVALUATION_ONLY)
 
     def validate(self) -> None:
         super().validate()

@@ -25,7 +25,7 @@ import torch
 from metaopt.options import check_choice, check_int, check_real, flag
 from metaopt.training.family import ConfigError, option
 from supervised.batch import TaskBatch
-from supervised.config import SupervisedConfig
+from supervised.config import SupervisedConfig, paper_presets
 from supervised.models import ACTIVATIONS
 
 __all__ = ["PRESETS", "SineConfig", "sample_sine", "sine_grid", "sine_values"]
@@ -35,9 +35,7 @@ __all__ = ["PRESETS", "SineConfig", "sample_sine", "sine_grid", "sine_values"]
 class SineConfig(SupervisedConfig):
     """Sine regression; the defaults are the ``maml`` preset (Finn et al., 2017)."""
 
-    preset: str | None = option(
-        "maml", "named preset: maml (Finn et al. 2017) or reptile (Nichol et al. 2018)"
-    )
+    preset: str | None = paper_presets()
     iterations: int = option(2000, "meta-iterations (MAML paper: 70000; see docs/supervised.md)")
     shots: int = option(10, "support points K per task")
     query: int = option(0, "query points per training task (0: same as --shots)")
@@ -62,14 +60,14 @@ class SineConfig(SupervisedConfig):
     protocol_steps: int = option(32, "10-point protocol: plain SGD steps")
     protocol_lr: float = option(0.02, "10-point protocol: SGD learning rate")
 
-    RESUMABLE: ClassVar[tuple[str, ...]] = (
-        *SupervisedConfig.RESUMABLE,
+    EVALUATION_ONLY: ClassVar[tuple[str, ...]] = (
         "eval_shots",
         "eval_query",
         "protocol_points",
         "protocol_steps",
         "protocol_lr",
     )
+    RESUMABLE: ClassVar[tuple[str, ...]] = (*SupervisedConfig.RESUMABLE, *EVALUATION_ONLY)
 
     def validate(self) -> None:
         super().validate()

@@ -18,6 +18,7 @@ The outer step is left to any ``torch.optim`` optimiser, so a training step read
 from __future__ import annotations
 
 import warnings
+from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -232,7 +233,8 @@ class MetaLearner:
     def _adapt_vmap(self, tasks: BatchedTasks, steps: int, *, create_graph: bool) -> Adapted:
         """The vectorised engine's inner loop with this algorithm's update rule: the last state
         of :func:`metaopt.engine.inner_path`."""
-        *_, last = self._vmap_path(tasks, steps, create_graph=create_graph)
+        # Only the last state is kept (``*_, last = ...`` would hold every earlier one).
+        (last,) = deque(self._vmap_path(tasks, steps, create_graph=create_graph), maxlen=1)
         return last
 
     def _vmap_path(

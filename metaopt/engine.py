@@ -249,16 +249,16 @@ def inner_path(
     state = transform.init(every)
     before = None
 
-    def current() -> BatchedForward:
+    for step in range(steps + 1):
         params = {**dict(zip(names, flat, strict=True)), **copies}
-        return batched_forward(
+        yield params, layout.shared, before
+        if step == steps:
+            return
+        forward = batched_forward(
             model, params, layout.shared, batch_norm=batch_norm, slots=layout.slots
         )
-
-    for step in range(steps):
-        yield {**dict(zip(names, flat, strict=True)), **copies}, layout.shared, before
         losses = check_losses(
-            tasks.support_losses(current(), step), num_tasks, "support_losses", grad=True
+            tasks.support_losses(forward, step), num_tasks, "support_losses", grad=True
         )
         if before is None:
             before = losses.detach()
@@ -271,7 +271,6 @@ def inner_path(
         updates, state = transform.update(tuple(grads), state, params=every, inplace=False)
         every = tuple(torchopt.apply_updates(every, updates, inplace=False))
         flat = tuple(every[i] for i in rows)
-    yield {**dict(zip(names, flat, strict=True)), **copies}, layout.shared, before
 
 
 def is_batching_failure(error: BaseException) -> bool:

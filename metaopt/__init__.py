@@ -10,6 +10,7 @@ from typing import Any
 from metaopt.algorithms import MAML, MetaLearner, MetaMetrics, MetaSGD, Reptile, linear_annealing
 from metaopt.inner import InnerOptimizer, learned_rate_sgd
 from metaopt.isolation import isolated
+from metaopt.options import ConfigError
 from metaopt.stats import mean_ci95
 from metaopt.task import BatchedTasks, Task
 
@@ -17,7 +18,7 @@ __version__ = "0.1.0"
 
 # The training machinery's public names, read from `metaopt.training` on first use so that the
 # core imports without it (docs/architecture.md).
-_TRAINING = ("ConfigError", "TaskFamily", "TrainConfig")
+_TRAINING = ("TaskFamily", "TrainConfig")
 
 
 def __getattr__(name: str) -> Any:

@@ -17,8 +17,8 @@ The outer step is left to any ``torch.optim`` optimiser, so a training step read
 
 from __future__ import annotations
 
-import math
 import warnings
+from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -30,11 +30,12 @@ from torchopt.base import GradientTransformation
 
 from metaopt.engine import (
     BATCH_NORM_MODES,
+    Adapted,
     batch_norm_mode,
     batched_forward,
     can_vectorise,
     check_losses,
-    inner_loop,
+    inner_path,
     is_batching_failure,
 )
 from metaopt.inner import (
@@ -42,12 +43,13 @@ from metaopt.inner import (
     InnerOptimizer,
     inner_transform,
     learned_rate_sgd,
-    torchopt_order,
 )
 from metaopt.isolation import isolated
+from metaopt.options import check_choice, check_int, check_real
 from metaopt.task import BatchedForward, BatchedTasks, Task, is_batched, is_task
 
 __all__ = [
+    "ALGORITHMS",
     "ENGINES",
     "MAML",
     "MetaLearner",
@@ -61,7 +63,10 @@ __all__ = [
 #: (:mod:`metaopt.engine`). ``auto``: ``vmap`` whenever the meta-batch implements
 #: :class:`metaopt.task.BatchedTasks` and the vectorised engine computes exactly what the loop
 #: engine does on the model (:func:`metaopt.engine.can_vectorise`), else ``loop``.
-ENGINES = ("auto", "loop", "vmap")
+ENGINES = ("auto", "vmap", "loop")
+
+#: The algorithms by their names on the command line: MAML, first-order MAML, Meta-SGD, Reptile.
+ALGORITHMS = ("maml", "fomaml", "metasgd", "reptile")
 
 
 class MetaMetrics:
@@ -135,17 +140,11 @@ class MetaLearner:
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         if not any(p.requires_grad for p in model.parameters()):
             raise ValueError("model has no trainable parameters (none with requires_grad=True)")
-        _check_positive("inner_lr", inner_lr)
-        if isinstance(inner_steps, bool) or not isinstance(inner_steps, int) or inner_steps < 1:
-            raise ValueError(f"inner_steps must be an integer >= 1, got {inner_steps!r}")
-        if inner_optimizer not in INNER_OPTIMIZERS:
-            allowed = ", ".join(INNER_OPTIMIZERS)
-            raise ValueError(f"inner_optimizer must be one of {allowed}; got {inner_optimizer!r}")
-        if engine not in ENGINES:
-            raise ValueError(f"engine must be one of {', '.join(ENGINES)}; got {engine!r}")
-        if batch_norm not in BATCH_NORM_MODES:
-            allowed = ", ".join(BATCH_NORM_MODES)
-            raise ValueError(f"batch_norm must be one of {allowed}; got {batch_norm!r}")
+        check_real("inner_lr", inner_lr, low=0, low_open=True)
+        check_int("inner_steps", inner_steps, 1)
+        check_choice("inner_optimizer", inner_optimizer, INNER_OPTIMIZERS)
+        check_choice("engine", engine, ENGINES)
+        check_choice("batch_norm", batch_norm, BATCH_NORM_MODES)
         self.engine = engine
         self.batch_norm = batch_norm
         self.last_engine: str | None = None
@@ -155,14 +154,17 @@ class MetaLearner:
         self.inner_lr = float(inner_lr)
         self.inner_steps = inner_steps
         self.inner_optimizer_name = inner_optimizer
-        self.inner_optimizer = InnerOptimizer(model, self._inner_transform(torchopt_order(model)))
+        self._init_learned_state()
+        self.inner_optimizer = InnerOptimizer(model, self._inner_transform())
 
-    def _inner_transform(self, order: Sequence[int]) -> GradientTransformation:
-        """The inner update for gradients arriving in ``order`` (indices into ``parameters()``)."""
+    def _init_learned_state(self) -> None:
+        """Create what the inner update meta-learns (Meta-SGD's rates), from the validated
+        hyper-parameters; nothing for the algorithms with a fixed inner update."""
+
+    def _inner_transform(self) -> GradientTransformation:
+        """The inner update rule. Both engines hand it one gradient per model parameter, in
+        ``parameters()`` order (``None`` for a frozen parameter)."""
         return inner_transform(self.inner_optimizer_name, self.inner_lr)
-
-    def _trainable_order(self) -> list[int]:
-        return [i for i, p in enumerate(self.model.parameters()) if p.requires_grad]
 
     def _vectorise(self, tasks: Sequence[Task]) -> bool:
         """Whether this meta-batch goes to the vectorised engine (decided before any work)."""
@@ -228,16 +230,20 @@ class MetaLearner:
                 restore_grads()
                 raise
 
-    def _adapt_vmap(
+    def _adapt_vmap(self, tasks: BatchedTasks, steps: int, *, create_graph: bool) -> Adapted:
+        """The vectorised engine's inner loop with this algorithm's update rule: the last state
+        of :func:`metaopt.engine.inner_path`."""
+        # Only the last state is kept (``*_, last = ...`` would hold every earlier one).
+        (last,) = deque(self._vmap_path(tasks, steps, create_graph=create_graph), maxlen=1)
+        return last
+
+    def _vmap_path(
         self, tasks: BatchedTasks, steps: int, *, create_graph: bool
-    ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], torch.Tensor | None]:
-        """The vectorised engine's inner loop with this algorithm's update rule (see
-        :func:`metaopt.engine.inner_loop`)."""
-        transform = self._inner_transform(self._trainable_order())
-        return inner_loop(
+    ) -> Iterator[Adapted]:
+        return inner_path(
             self.model,
             tasks,
-            transform,
+            self._inner_transform(),
             steps,
             create_graph=create_graph,
             batch_norm=self.batch_norm,
@@ -265,9 +271,7 @@ class MetaLearner:
         exit, also when the body raises. The adapted parameters stay a function of θ (first-order
         unless ``create_graph``), so a loss of the yielded model can still be differentiated.
         """
-        steps = self.inner_steps if steps is None else steps
-        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
-            raise ValueError(f"steps must be an integer >= 0, got {steps!r}")
+        steps = self.inner_steps if steps is None else check_int("steps", steps, 0)
         _check_task(task, 0)
         # BatchNorm's mode outside isolation, whose restore() puts back the modes it found.
         with (
@@ -290,14 +294,28 @@ class MetaLearner:
             TypeError: when ``tasks`` is not a :class:`~metaopt.task.BatchedTasks` or the model
                 cannot be vectorised (buffers updated in training mode).
         """
-        steps = self.inner_steps if steps is None else steps
-        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
-            raise ValueError(f"steps must be an integer >= 0, got {steps!r}")
+        steps = self._batch_steps(tasks, steps)
+        params, fixed, _ = self._adapt_vmap(tasks, steps, create_graph=create_graph)
+        return self._forward(params, fixed)
+
+    def adapt_batch_path(self, tasks: BatchedTasks, steps: int) -> Iterator[BatchedForward]:
+        """:meth:`adapt_batch`'s ``forward`` after 0, 1, ..., ``steps`` inner steps, one after the
+        other from a single adaptation (first-order: no graph through the inner gradients), for
+        an evaluation that reads the metric after several numbers of steps.
+
+        Raises:
+            TypeError: as :meth:`adapt_batch`.
+        """
+        path = self._vmap_path(tasks, self._batch_steps(tasks, steps), create_graph=False)
+        return (self._forward(params, fixed) for params, fixed, _ in path)
+
+    def _batch_steps(self, tasks: BatchedTasks, steps: int | None) -> int:
+        """The validated step count of a batched adaptation; TypeError when it cannot run."""
+        steps = self.inner_steps if steps is None else check_int("steps", steps, 0)
         reason = can_vectorise(self.model, tasks, self.batch_norm)
         if reason is not None:
             raise TypeError(f"adapt_batch cannot run these tasks: {reason}")
-        params, fixed, _ = self._adapt_vmap(tasks, steps, create_graph=create_graph)
-        return self._forward(params, fixed)
+        return steps
 
     def _inner_loop(
         self, task: Task, index: int, steps: int, *, create_graph: bool
@@ -358,6 +376,18 @@ class MetaLearner:
         return compute
 
     # -- what code outside the algorithms reads, instead of checking their types -------------
+
+    @property
+    def name(self) -> str:
+        """The algorithm's name in :data:`ALGORITHMS` (``--algo``)."""
+        raise NotImplementedError
+
+    @property
+    def exact_meta_gradient(self) -> bool:
+        """Whether ``meta_backward`` gives the exact gradient of the meta-loss
+        :math:`\\frac1B\\sum_i \\mathcal{L}^q_i(\\theta'_i)` (second-order MAML and Meta-SGD), which
+        finite differences of the meta-loss can check."""
+        return False
 
     def rate_parameters(self) -> list[nn.Parameter]:
         """Meta-learned inner learning rates, one per model parameter in ``parameters()`` order
@@ -465,7 +495,7 @@ class MAML(MetaLearner):
             assert before is not None
             forward = self._forward(params, fixed)
             query = check_losses(batch.query_losses(forward), len(batch), "query_losses", grad=True)
-            (query.sum() * weight).backward()
+            _backward_query(query, weight)
             return MetaMetrics(before, self._support_after_vmap(batch, forward), query.detach())
 
         def step(task: Task, index: int, weight: float) -> tuple[torch.Tensor, ...]:
@@ -473,7 +503,7 @@ class MAML(MetaLearner):
                 task, index, self.inner_steps, create_graph=not self.first_order
             )
             query = _scalar(task.query_loss(self.model), "query_loss", index)
-            (query * weight).backward()
+            _backward_query(query, weight)
             assert before is not None
             return before, query.detach()
 
@@ -482,6 +512,14 @@ class MAML(MetaLearner):
             vectorised,
             lambda: self._per_task(tasks, weight, step),  # type: ignore[arg-type]
         )
+
+    @property
+    def name(self) -> str:
+        return "fomaml" if self.first_order else "maml"
+
+    @property
+    def exact_meta_gradient(self) -> bool:
+        return not self.first_order
 
     def __repr__(self) -> str:
         return super().__repr__()[:-1] + f", first_order={self.first_order})"
@@ -506,16 +544,20 @@ class MetaSGD(MAML):
         engine: str = "auto",
         batch_norm: str = "running",
     ) -> None:
-        _check_positive("inner_lr", inner_lr)
-        if isinstance(model, nn.Module):
-            self.inner_lrs = nn.ParameterList(
-                nn.Parameter(torch.full_like(p, float(inner_lr)), requires_grad=p.requires_grad)
-                for p in model.parameters()
-            )
         super().__init__(model, inner_lr, inner_steps, first_order, "sgd", engine, batch_norm)
 
-    def _inner_transform(self, order: Sequence[int]) -> GradientTransformation:
-        return learned_rate_sgd([self.inner_lrs[i] for i in order])
+    def _init_learned_state(self) -> None:
+        self.inner_lrs = nn.ParameterList(
+            nn.Parameter(torch.full_like(p, self.inner_lr), requires_grad=p.requires_grad)
+            for p in self.model.parameters()
+        )
+
+    def _inner_transform(self) -> GradientTransformation:
+        return learned_rate_sgd(list(self.inner_lrs))
+
+    @property
+    def name(self) -> str:
+        return "metasgd"
 
     def meta_parameters(self) -> list[nn.Parameter]:
         """θ followed by the learned rates α of the trainable parameters."""
@@ -578,18 +620,19 @@ class Reptile(MetaLearner):
             batch_norm=batch_norm,
         )
 
+    @property
+    def name(self) -> str:
+        return "reptile"
+
     def meta_backward(self, tasks: Sequence[Task], *, scale: float | None = None) -> MetaMetrics:
         """Accumulate :math:`\\frac{1}{B}\\sum_i(\\theta - \\tilde\\theta_i)` into ``.grad``."""
         tasks, weight = _check_tasks(tasks, scale)
-        params = list(self.model.parameters())
+        theta = dict(self.model.named_parameters())
 
         def step(task: Task, index: int, weight: float) -> tuple[torch.Tensor, ...]:
             before = self._inner_loop(task, index, self.inner_steps, create_graph=False)
-            adapted = [p.detach() for p in self.model.parameters()]
-            for p, p_task in zip(params, adapted, strict=True):
-                if p.requires_grad:
-                    direction = (p.detach() - p_task) * weight
-                    p.grad = direction if p.grad is None else p.grad + direction
+            adapted = {n: p.unsqueeze(0) for n, p in self.model.named_parameters()}
+            _add_reptile_direction(theta, adapted, weight)
             with torch.no_grad():
                 query = _scalar(task.query_loss(self.model), "query_loss", index, grad=False)
             assert before is not None
@@ -604,14 +647,30 @@ class Reptile(MetaLearner):
     def _meta_backward_vmap(self, tasks: BatchedTasks, weight: float) -> MetaMetrics:
         params, fixed, before = self._adapt_vmap(tasks, self.inner_steps, create_graph=False)
         assert before is not None
-        for name, p in self.model.named_parameters():
-            if p.requires_grad:
-                direction = (p.detach() - params[name].detach()).sum(0) * weight
-                p.grad = direction if p.grad is None else p.grad + direction
+        _add_reptile_direction(dict(self.model.named_parameters()), params, weight)
         forward = self._forward(params, fixed)
         with torch.no_grad():
             query = check_losses(tasks.query_losses(forward), len(tasks), "query_losses")
         return MetaMetrics(before, self._support_after_vmap(tasks, forward), query)
+
+
+def _backward_query(query: torch.Tensor, weight: float) -> None:
+    """MAML's outer rule, for either engine: backward of :math:`w\\sum_i \\mathcal{L}^q_i(\\theta'_i)`
+    (``query`` holds one task's loss, or ``[B]`` of them), which adds each task's meta-gradient,
+    weighted by ``w``, to ``.grad`` of θ (and of Meta-SGD's α)."""
+    (query.sum() * weight).backward()
+
+
+def _add_reptile_direction(
+    theta: Mapping[str, nn.Parameter], adapted: Mapping[str, torch.Tensor], weight: float
+) -> None:
+    """Reptile's outer rule, for either engine: add :math:`w\\sum_i(\\theta - \\tilde\\theta_i)` to
+    ``.grad`` of each trainable θ. ``adapted`` holds the adapted parameters with a leading task
+    axis (``[B, ...]``; the loop engine passes one task as ``[1, ...]``)."""
+    for name, p in theta.items():
+        if p.requires_grad:
+            direction = (p.detach() - adapted[name].detach()).sum(0) * weight
+            p.grad = direction if p.grad is None else p.grad + direction
 
 
 def linear_annealing(
@@ -621,16 +680,6 @@ def linear_annealing(
     if total_steps < 1:
         raise ValueError(f"total_steps must be >= 1, got {total_steps!r}")
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda k: max(0.0, 1.0 - k / total_steps))
-
-
-def _check_positive(name: str, value: float) -> None:
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, int | float)
-        or not math.isfinite(value)
-        or value <= 0
-    ):
-        raise ValueError(f"{name} must be a positive finite number, got {value!r}")
 
 
 def _check_task(task: object, index: int) -> None:
@@ -650,7 +699,7 @@ def _check_tasks(tasks: Sequence[Task], scale: float | None) -> tuple[Sequence[T
     if len(tasks) == 0:
         raise ValueError("tasks is empty: a meta-batch needs at least one task")
     if scale is not None:
-        _check_positive("scale", scale)
+        check_real("scale", scale, low=0, low_open=True)
     return tasks, 1.0 / len(tasks) if scale is None else float(scale)
 
 

@@ -40,11 +40,12 @@ from metaopt.task import BatchedForward, BatchedTasks, is_batched
 
 __all__ = [
     "BATCH_NORM_MODES",
+    "Adapted",
     "BatchedParameters",
     "batch_norm_mode",
     "batched_forward",
     "can_vectorise",
-    "inner_loop",
+    "inner_path",
     "is_batching_failure",
     "unvectorisable_module",
 ]
@@ -207,7 +208,11 @@ def batched_forward(
     return forward
 
 
-def inner_loop(
+#: One state of an adaptation: the per-task tensors, the shared ones, the support losses at θ.
+Adapted = tuple[BatchedParameters, dict[str, torch.Tensor], torch.Tensor | None]
+
+
+def inner_path(
     model: nn.Module,
     tasks: BatchedTasks,
     transform: GradientTransformation,
@@ -215,15 +220,18 @@ def inner_loop(
     *,
     create_graph: bool,
     batch_norm: str = "running",
-) -> tuple[BatchedParameters, dict[str, torch.Tensor], torch.Tensor | None]:
-    """Adapt every task of ``tasks`` by ``steps`` differentiable steps of ``transform``.
+) -> Iterator[Adapted]:
+    """Adapt every task of ``tasks`` by ``steps`` differentiable steps of ``transform``, yielding
+    the state after 0, 1, ..., ``steps`` steps (an evaluation reads the whole adaptation curve
+    from one adaptation).
 
-    ``transform`` receives the trainable parameters in ``named_parameters()`` order.
+    ``transform`` receives one gradient per parameter in ``named_parameters()`` order, ``None``
+    for a frozen one, as under :class:`metaopt.inner.InnerOptimizer`.
 
-    Returns:
+    Yields:
         The per-task tensors ``{name: [B, ...]}`` (adapted parameters and per-task buffer
         copies), the shared tensors (frozen parameters and read-only buffers), and the support
-        losses at θ (``[B]``, detached; ``None`` when ``steps == 0``).
+        losses at θ (``[B]``, detached; ``None`` before the first step).
     """
     num_tasks = len(tasks)
     with batch_norm_mode(model, batch_norm):
@@ -231,28 +239,38 @@ def inner_loop(
     named = dict(model.named_parameters())
     buffers = dict(model.named_buffers())
     copies = {n: buffers[n].expand(num_tasks, *buffers[n].shape).clone() for n in layout.copied}
-    flat = tuple(named[n].expand(num_tasks, *named[n].shape) for n in layout.trainable)
-    state = transform.init(flat)
+    trainable = set(layout.trainable)
+    # Every parameter, in named_parameters() order: the trainable ones one copy per task, the
+    # frozen ones as they are (they get no gradient, hence no update).
+    every = tuple(p.expand(num_tasks, *p.shape) if n in trainable else p for n, p in named.items())
+    rows = [i for i, n in enumerate(named) if n in trainable]
+    names = [n for n in named if n in trainable]
+    flat = tuple(every[i] for i in rows)
+    state = transform.init(every)
     before = None
 
-    def current() -> BatchedForward:
-        params = {**dict(zip(layout.trainable, flat, strict=True)), **copies}
-        return batched_forward(
+    for step in range(steps + 1):
+        params = {**dict(zip(names, flat, strict=True)), **copies}
+        yield params, layout.shared, before
+        if step == steps:
+            return
+        forward = batched_forward(
             model, params, layout.shared, batch_norm=batch_norm, slots=layout.slots
         )
-
-    for step in range(steps):
         losses = check_losses(
-            tasks.support_losses(current(), step), num_tasks, "support_losses", grad=True
+            tasks.support_losses(forward, step), num_tasks, "support_losses", grad=True
         )
         if before is None:
             before = losses.detach()
-        found = torch.autograd.grad(
-            losses.sum(), flat, create_graph=create_graph, allow_unused=True
+        found = iter(
+            torch.autograd.grad(losses.sum(), flat, create_graph=create_graph, allow_unused=True)
         )
-        updates, state = transform.update(found, state, params=flat, inplace=False)
-        flat = tuple(torchopt.apply_updates(flat, updates, inplace=False))
-    return {**dict(zip(layout.trainable, flat, strict=True)), **copies}, layout.shared, before
+        grads: list[torch.Tensor | None] = [None] * len(every)
+        for i in rows:
+            grads[i] = next(found)
+        updates, state = transform.update(tuple(grads), state, params=every, inplace=False)
+        every = tuple(torchopt.apply_updates(every, updates, inplace=False))
+        flat = tuple(every[i] for i in rows)
 
 
 def is_batching_failure(error: BaseException) -> bool:

@@ -151,8 +151,9 @@ def learned_rate_sgd(rates: Sequence[torch.Tensor]) -> GradientTransformation:
     with α the shape of θ and meta-learned together with θ.
 
     Args:
-        rates: One tensor per parameter, in the order in which ``update`` receives gradients
-            (for a module under TorchOpt, :func:`torchopt_order`).
+        rates: One tensor per parameter, in the order in which ``update`` receives gradients:
+            ``parameters()`` order under :class:`InnerOptimizer` and the vectorised engine
+            (a plain ``torchopt.MetaOptimizer`` needs :func:`torchopt_order`).
     """
     rates = tuple(rates)
 
@@ -160,12 +161,9 @@ def learned_rate_sgd(rates: Sequence[torch.Tensor]) -> GradientTransformation:
         return EmptyState()
 
     def update(
-        updates: Sequence[torch.Tensor | None],
-        state: EmptyState,
-        *,
-        params: object = None,
-        inplace: bool = True,
+        updates: Sequence[torch.Tensor | None], state: EmptyState, **_: object
     ) -> tuple[tuple[torch.Tensor | None, ...], EmptyState]:
+        # The step needs neither the parameters nor in-place updates (``params``, ``inplace``).
         if len(updates) != len(rates):
             raise ValueError(
                 f"Meta-SGD has {len(rates)} learning rates but got {len(updates)} grads"
@@ -198,7 +196,8 @@ def _distinct(flat: Sequence[torch.Tensor]) -> tuple[list[int], list[int]]:
 
 
 def torchopt_order(model: nn.Module) -> list[int]:
-    """The order in which :class:`InnerOptimizer` updates parameters: indices into ``parameters()``.
+    """The order in which a plain ``torchopt.MetaOptimizer`` updates parameters: indices into
+    ``parameters()`` (:class:`InnerOptimizer` uses ``parameters()`` order itself).
 
     TorchOpt flattens each submodule's parameter dict with sorted keys (``bias`` before
     ``weight``), not in ``parameters()`` order; per-parameter state such as Meta-SGD's rates has
@@ -214,6 +213,10 @@ def torchopt_order(model: nn.Module) -> list[int]:
 class InnerOptimizer(torchopt.MetaOptimizer):
     """TorchOpt's differentiable ``MetaOptimizer`` with first-order steps, frozen and tied parameters.
 
+    The transformation receives one gradient per parameter in ``module.parameters()`` order
+    (``None`` for a frozen one), whatever order TorchOpt keeps its containers in, so that
+    per-parameter state such as Meta-SGD's rates lines up with ``parameters()``.
+
     With ``create_graph=True`` a step is exactly ``torchopt.MetaSGD`` / ``torchopt.MetaAdam``'s
     (tested). Parameters with ``requires_grad=False`` at the time of a step (frozen before or
     after the optimiser was built) are left as they are, and so are parameters the loss does not
@@ -225,7 +228,14 @@ class InnerOptimizer(torchopt.MetaOptimizer):
     def __init__(self, module: nn.Module, impl: GradientTransformation) -> None:
         super().__init__(module, impl)
         flat, _ = _flatten(self.param_containers_groups[0])
-        self._positions, self._slots = _distinct(flat)
+        positions, slots = _distinct(flat)
+        # ``impl`` sees the parameters in ``parameters()`` order, the order of the vectorised
+        # engine and of Meta-SGD's rates, rather than TorchOpt's (sorted keys per submodule).
+        distinct = {id(flat[position]): k for k, position in enumerate(positions)}
+        order = [distinct[id(p)] for p in module.parameters()]
+        place = {k: i for i, k in enumerate(order)}
+        self._gather = [positions[k] for k in order]
+        self._scatter = [place[slot] for slot in slots]
 
     def step(self, loss: torch.Tensor, *, create_graph: bool = True) -> None:
         """Replace the module's parameters by their updated values θ' = θ + u(∇loss).
@@ -239,7 +249,7 @@ class InnerOptimizer(torchopt.MetaOptimizer):
             zip(self.param_containers_groups, self.state_groups, strict=True)
         ):
             flat, treespec = _flatten(containers)
-            params = tuple(flat[position] for position in self._positions)
+            params = tuple(flat[position] for position in self._gather)
             if isinstance(state, UninitializedState):
                 state = self.impl.init(params)
             trainable = [p.requires_grad for p in params]
@@ -252,7 +262,7 @@ class InnerOptimizer(torchopt.MetaOptimizer):
                 grads, state, params=params, inplace=False
             )
             new = torchopt.apply_updates(params, updates, inplace=False)
-            new_flat = tuple(new[slot] for slot in self._slots)
+            new_flat = tuple(new[i] for i in self._scatter)
             new_containers = pytree.tree_unflatten(treespec, new_flat)
             for container, values in zip(containers, new_containers, strict=True):
                 container.update(values)  # type: ignore[arg-type]

@@ -31,7 +31,7 @@ import torch
 import torchopt
 from torch import nn
 
-from metaopt.algorithms import MAML, MetaLearner, MetaSGD, Reptile
+from metaopt.algorithms import MetaLearner
 
 __all__ = [
     "CHECK_METHODS",
@@ -189,6 +189,14 @@ def reptile_meta_gradient(
     return np.mean([theta - _inner_path(t, theta, rates, steps)[-1] for t in tasks], axis=0)
 
 
+#: The closed forms of the algorithms with one scalar inner learning rate, by ``algo.name``.
+_SCALAR_RATE_CLOSED_FORMS: dict[str, Callable[..., np.ndarray]] = {
+    "maml": maml_meta_gradient,
+    "fomaml": fomaml_meta_gradient,
+    "reptile": reptile_meta_gradient,
+}
+
+
 def _meta_loss(algo: MetaLearner, tasks: Sequence[Any]) -> float:
     total = 0.0
     for task in tasks:
@@ -231,7 +239,7 @@ def check_meta_gradient(
     """
     if method not in CHECK_METHODS:
         raise ValueError(f"method must be one of {', '.join(CHECK_METHODS)}; got {method!r}")
-    if method == "finite_differences" and (not isinstance(algo, MAML) or algo.first_order):
+    if method == "finite_differences" and not algo.exact_meta_gradient:
         raise ValueError(
             f"{algo!r} has no exact meta-gradient to compare with finite differences; "
             "check first-order MAML and Reptile with method='closed_form' instead"
@@ -282,27 +290,25 @@ def _closed_form(algo: MetaLearner, tasks: Sequence[Any]) -> list[torch.Tensor]:
     model_params = list(algo.model.parameters())
     if not all(p.requires_grad for p in model_params):
         raise ValueError("method='closed_form' needs every model parameter trainable")
-    if algo.inner_optimizer_name != "sgd":
+    rates = algo.inner_sgd_rates()
+    if rates is None:
         raise ValueError(
-            f"method='closed_form' covers inner SGD only, not {algo.inner_optimizer_name!r}"
+            f"method='closed_form' covers inner SGD only, not {algo.describe()['rule']!r}"
         )
     theta = torch.cat([p.detach().reshape(-1) for p in model_params]).double().numpy()
     if any(t.A.shape[1] != len(theta) or t.C.shape[1] != len(theta) for t in tasks):
         raise ValueError(f"the tasks' matrices do not have {len(theta)} columns (θ's size)")
     steps = algo.inner_steps
-    if isinstance(algo, MetaSGD):
-        rates = torch.cat([a.detach().reshape(-1) for a in algo.inner_lrs]).double().numpy()
+    if isinstance(rates, list):  # learned per-parameter rates: Meta-SGD
+        alpha = torch.cat([a.reshape(-1) for a in rates]).double().numpy()
         g_theta, g_rates = metasgd_meta_gradient(
-            tasks, theta, rates, steps, first_order=algo.first_order
+            tasks, theta, alpha, steps, first_order=not algo.exact_meta_gradient
         )
         flat = np.concatenate([g_theta, g_rates])
-    elif isinstance(algo, MAML):
-        closed = fomaml_meta_gradient if algo.first_order else maml_meta_gradient
-        flat = closed(tasks, theta, algo.inner_lr, steps)
-    elif isinstance(algo, Reptile):
-        flat = reptile_meta_gradient(tasks, theta, algo.inner_lr, steps)
+    elif algo.name in _SCALAR_RATE_CLOSED_FORMS:
+        flat = _SCALAR_RATE_CLOSED_FORMS[algo.name](tasks, theta, rates, steps)
     else:
-        raise ValueError(f"no closed form for {type(algo).__name__}")
+        raise ValueError(f"no closed form for {algo.name!r}")
     out, start = [], 0
     for p in algo.meta_parameters():
         out.append(torch.as_tensor(flat[start : start + p.numel()]).reshape(p.shape))
@@ -335,11 +341,14 @@ def _assert_entries_close(
 
 
 def _names(algo: MetaLearner) -> list[str]:
-    names = [n for n, p in algo.model.named_parameters() if p.requires_grad]
-    if isinstance(algo, MetaSGD):
+    """Names of ``algo.meta_parameters()``: θ's, then the learned rates' (``inner_lrs[name]``)."""
+    named = list(algo.model.named_parameters())
+    names = [n for n, p in named if p.requires_grad]
+    rates = algo.rate_parameters()
+    if rates:
         names += [
             f"inner_lrs[{n}]"
-            for (n, p), rate in zip(algo.model.named_parameters(), algo.inner_lrs, strict=True)
+            for (n, _), rate in zip(named, rates, strict=True)
             if rate.requires_grad
         ]
     return names

@@ -196,6 +196,13 @@ class TaskBatch(Sequence["SupervisedTask"]):
         )
 
 
+def _task_view(name: str) -> property:
+    """A :class:`SupervisedTask` attribute: its rows of the batch's stacked tensor ``name``."""
+    return property(
+        lambda task: getattr(task.batch, name)[task.index], doc=f"``batch.{name}[index]``"
+    )
+
+
 class SupervisedTask:
     """One task of a :class:`TaskBatch`: the :class:`metaopt.task.Task` protocol over views.
 
@@ -214,21 +221,10 @@ class SupervisedTask:
         self.index = index
         self._cursor = 0
 
-    @property
-    def support_x(self) -> torch.Tensor:
-        return self.batch.support_x[self.index]
-
-    @property
-    def support_y(self) -> torch.Tensor:
-        return self.batch.support_y[self.index]
-
-    @property
-    def query_x(self) -> torch.Tensor:
-        return self.batch.query_x[self.index]
-
-    @property
-    def query_y(self) -> torch.Tensor:
-        return self.batch.query_y[self.index]
+    support_x = _task_view("support_x")
+    support_y = _task_view("support_y")
+    query_x = _task_view("query_x")
+    query_y = _task_view("query_y")
 
     @property
     def cursor(self) -> int:

@@ -16,9 +16,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from metaopt.options import check_choice, check_int, check_real, flag
 from metaopt.training.family import option
 from supervised.batch import TaskBatch
-from supervised.config import SupervisedConfig, check_choice, check_int, check_real
+from supervised.config import SupervisedConfig
 from supervised.models import ACTIVATIONS
 
 __all__ = ["MODELS", "PRESETS", "ClassifyConfig", "sample_classify"]
@@ -45,11 +46,11 @@ class ClassifyConfig(SupervisedConfig):
     def validate(self) -> None:
         super().validate()
         for name in ("dim", "shots", "query", "hidden"):
-            check_int(self, name, 1)
-        check_int(self, "depth", 0)
-        check_real(self, "offset", low=0.0)
-        check_choice(self, "model", MODELS)
-        check_choice(self, "activation", tuple(ACTIVATIONS))
+            check_int(flag(name), getattr(self, name), 1)
+        check_int(flag("depth"), self.depth, 0)
+        check_real(flag("offset"), self.offset, low=0.0)
+        check_choice(flag("model"), self.model, MODELS)
+        check_choice(flag("activation"), self.activation, tuple(ACTIVATIONS))
 
     @property
     def hidden_layers(self) -> list[int]:

@@ -1,21 +1,19 @@
-"""Configuration fields the supervised families share, and validators whose messages name the flag."""
+"""Configuration fields the supervised families share (their checks are :mod:`metaopt.options`)."""
 
 from __future__ import annotations
 
-import math
-from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
-from metaopt.training.family import ConfigError, TrainConfig, flag, option
+from metaopt.options import check_int, check_real, flag
+from metaopt.training.family import TrainConfig, option
 
-__all__ = [
-    "SupervisedConfig",
-    "check_choice",
-    "check_int",
-    "check_real",
-    "flag",
-]
+__all__ = ["SupervisedConfig", "paper_presets"]
+
+
+def paper_presets() -> Any:
+    """The ``preset`` field of a family whose presets are the two papers' settings."""
+    return option("maml", "named preset: maml (Finn et al. 2017) or reptile (Nichol et al. 2018)")
 
 
 @dataclass
@@ -35,6 +33,10 @@ class SupervisedConfig(TrainConfig):
     baseline_tasks: int = option(25, "tasks pooled into each baseline training step")
     baseline_seed: int = option(0, "seed of the baseline's initialisation and training tasks")
 
+    #: Fields that only say how a trained model is evaluated (or where the data lives): a
+    #: family's own fields other than these are part of a cached baseline's key.
+    EVALUATION_ONLY: ClassVar[tuple[str, ...]] = ()
+
     #: The baseline is trained at evaluation time, so its settings may change on ``--resume``.
     RESUMABLE: ClassVar[tuple[str, ...]] = (
         *TrainConfig.RESUMABLE,
@@ -46,41 +48,7 @@ class SupervisedConfig(TrainConfig):
 
     def validate(self) -> None:
         super().validate()
-        check_int(self, "baseline_steps", 0)
-        check_int(self, "baseline_tasks", 1)
-        check_int(self, "baseline_seed", 0)
-        check_real(self, "baseline_lr", low=0.0, low_open=True)
-
-
-def check_int(config: object, name: str, low: int, high: int | None = None, why: str = "") -> None:
-    """Raise :class:`ConfigError` unless field ``name`` is an integer in ``[low, high]``."""
-    value = getattr(config, name)
-    ok = isinstance(value, int) and not isinstance(value, bool) and value >= low
-    if ok and high is not None:
-        ok = value <= high
-    if not ok:
-        allowed = f">= {low}" if high is None else f"between {low} and {high}"
-        raise ConfigError(f"{flag(name)} must be an integer {allowed}{why}; got {value!r}")
-
-
-def check_real(
-    config: object,
-    name: str,
-    *,
-    low: float | None = None,
-    low_open: bool = False,
-) -> None:
-    """Raise :class:`ConfigError` unless field ``name`` is a finite number above ``low``."""
-    value = getattr(config, name)
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise ConfigError(f"{flag(name)} must be a finite number; got {value!r}")
-    if low is not None and (value < low or (low_open and value == low)):
-        relation = ">" if low_open else ">="
-        raise ConfigError(f"{flag(name)} must be {relation} {low:g}; got {value!r}")
-
-
-def check_choice(config: object, name: str, allowed: Sequence[str]) -> None:
-    """Raise :class:`ConfigError` unless field ``name`` is one of ``allowed``."""
-    value = getattr(config, name)
-    if value not in allowed:
-        raise ConfigError(f"{flag(name)} must be one of {', '.join(allowed)}; got {value!r}")
+        check_int(flag("baseline_steps"), self.baseline_steps, 0)
+        check_int(flag("baseline_tasks"), self.baseline_tasks, 1)
+        check_int(flag("baseline_seed"), self.baseline_seed, 0)
+        check_real(flag("baseline_lr"), self.baseline_lr, low=0, low_open=True)

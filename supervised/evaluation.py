@@ -30,20 +30,21 @@ import torch
 from torch import nn
 
 from metaopt.algorithms import MetaLearner
-from metaopt.stats import mean_ci95
+from metaopt.stats import task_summary
 from metaopt.training.distributed import map_tasks, on_main
 from metaopt.training.family import TrainConfig
-from supervised.adaptation import adaptation_curve, describe_adaptation, sgd_curve
+from supervised.adaptation import adaptation_curve, sgd_curve
 from supervised.batch import TaskBatch, task_loss
 from supervised.config import SupervisedConfig
 
 __all__ = [
     "EVAL_STEPS",
     "INTERVAL",
-    "baseline_algorithm",
     "curve_summary",
+    "evaluate_learners",
+    "evaluate_with_sgd",
     "load_or_train_baseline",
-    "summarize",
+    "meta_vs_baseline",
     "train_baseline",
 ]
 
@@ -55,51 +56,12 @@ INTERVAL = (
     "differences (after − before adaptation, meta-learned − baseline) are paired per task"
 )
 
-#: Fields of a family's config that do not change how its baseline is trained (evaluation-only
-#: settings and where the data lives). Every other field a family adds to ``TrainConfig`` (the
-#: task distribution, the network, the baseline's budget) is part of a cached baseline's key;
-#: ``TrainConfig``'s own fields (the algorithm, the outer loop, seeds of meta-training) are not.
-_EVALUATION_ONLY = frozenset(
-    {
-        "eval_shots",
-        "eval_query",
-        "protocol_points",
-        "protocol_steps",
-        "protocol_lr",
-        "data_dir",
-        "download",
-    }
-)
-
 SampleFn = Callable[[np.random.Generator, int], TaskBatch]
-
-
-def summarize(values: torch.Tensor | np.ndarray) -> dict[str, Any]:
-    """``{"mean": m, "ci95": c}`` of per-task values (see :data:`INTERVAL`).
-
-    When adaptation diverged on some tasks (an infinite or NaN metric), the mean is reported as
-    infinite (NaN if any value is NaN), ``diverged`` counts those tasks and ``finite`` summarises
-    the others, so that a divergence is visible rather than hidden or fatal.
-    """
-    array = np.asarray(values, dtype=np.float64).ravel()
-    finite = np.isfinite(array)
-    if finite.all():
-        mean, half_width = mean_ci95(array)
-        return {"mean": mean, "ci95": half_width}
-    result: dict[str, Any] = {
-        "mean": float("nan") if np.isnan(array).any() else float(np.mean(array)),
-        "ci95": float("inf"),
-        "diverged": int((~finite).sum()),
-    }
-    if finite.any():
-        mean, half_width = mean_ci95(array[finite])
-        result["finite"] = {"mean": mean, "ci95": half_width, "tasks": int(finite.sum())}
-    return result
 
 
 def curve_summary(steps: Sequence[int], curve: torch.Tensor) -> dict[str, dict[str, float]]:
     """``{"<steps>": {"mean", "ci95"}}`` for a ``[len(steps), B]`` curve."""
-    return {str(s): summarize(row) for s, row in zip(steps, curve, strict=True)}
+    return {str(s): task_summary(row) for s, row in zip(steps, curve, strict=True)}
 
 
 def train_baseline(
@@ -144,10 +106,11 @@ def _load_or_train(
     model: nn.Module, config: SupervisedConfig, sample: SampleFn, run_dir: Path | None
 ) -> dict[str, torch.Tensor]:
     """``model``'s weights, loaded from the cache or trained in place (and cached)."""
-    shared = {f.name for f in dataclasses.fields(TrainConfig)}
-    settings = {
-        k: v for k, v in config.to_dict().items() if k not in shared and k not in _EVALUATION_ONLY
-    }
+    # The key: every field a family adds to TrainConfig (the task distribution, the network, the
+    # baseline's budget) except those that only concern evaluation; TrainConfig's own fields
+    # (the algorithm, the outer loop, seeds of meta-training) do not change the baseline.
+    ignored = {f.name for f in dataclasses.fields(TrainConfig)} | set(config.EVALUATION_ONLY)
+    settings = {k: v for k, v in config.to_dict().items() if k not in ignored}
     path = None if run_dir is None else Path(run_dir) / "baseline.pt"
     if path is not None and path.is_file():
         cached = torch.load(path, map_location="cpu", weights_only=True)
@@ -167,12 +130,7 @@ def _load_or_train(
     return model.state_dict()
 
 
-def baseline_algorithm(algo: MetaLearner, baseline: nn.Module) -> MetaLearner:
-    """A learner that adapts ``baseline`` the way ``algo`` adapts, minus anything meta-learned."""
-    return algo.untrained_baseline(baseline)
-
-
-def compare(
+def meta_vs_baseline(
     steps: Sequence[int],
     meta: torch.Tensor,
     baseline: torch.Tensor,
@@ -211,15 +169,12 @@ def evaluate_learners(
     # Under torchrun, each rank adapts to its share of the tasks (metaopt.training.distributed.sharding).
     meta = map_tasks(lambda part: adaptation_curve(algo, part, steps, chunk=chunk), batch)
     base = map_tasks(lambda part: adaptation_curve(baseline, part, steps, chunk=chunk), batch)
-    return compare(
+    return meta_vs_baseline(
         steps,
         meta,
         base,
         metric=metric,
-        extra={
-            "adaptation": describe_adaptation(algo),
-            "baseline_adaptation": describe_adaptation(baseline),
-        },
+        extra={"adaptation": algo.describe(), "baseline_adaptation": baseline.describe()},
     )
 
 
@@ -236,6 +191,6 @@ def evaluate_with_sgd(
     """Both models fine-tuned by plain SGD at one fixed ``lr`` (a fixed protocol)."""
     meta = map_tasks(lambda part: sgd_curve(model, part, steps, lr, chunk=chunk), batch)
     base = map_tasks(lambda part: sgd_curve(baseline, part, steps, lr, chunk=chunk), batch)
-    return compare(
+    return meta_vs_baseline(
         steps, meta, base, metric=metric, extra={"adaptation": {"rule": "sgd", "lr": lr}}
     )

@@ -25,7 +25,6 @@ from supervised.classify import ClassifyConfig
 from supervised.config import SupervisedConfig
 from supervised.evaluation import (
     EVAL_STEPS,
-    baseline_algorithm,
     evaluate_learners,
     evaluate_with_sgd,
     load_or_train_baseline,
@@ -109,7 +108,7 @@ class SupervisedFamily(TaskFamily):
         baseline = self.baseline(config, run_dir)
         result = evaluate_learners(
             algo,
-            baseline_algorithm(algo, baseline),
+            algo.untrained_baseline(baseline),
             batch,
             steps,
             metric=self.metric,
@@ -204,7 +203,7 @@ class SineFamily(SupervisedFamily):
         task = self.sample_batch(
             config, np.random.default_rng([config.eval_seed, 3]), 1, split="test"
         )[0]
-        baseline = baseline_algorithm(algo, self.baseline(config, run_dir))
+        baseline = algo.untrained_baseline(self.baseline(config, run_dir))
         paths.append(
             plot_sine_adaptation(
                 Path(run_dir) / "adaptation.png",

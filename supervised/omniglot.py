@@ -36,9 +36,10 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, UnidentifiedImageError
 
+from metaopt.options import check_int, flag
 from metaopt.training.family import ConfigError, option
 from supervised.batch import TaskBatch
-from supervised.config import SupervisedConfig, check_int
+from supervised.config import SupervisedConfig, paper_presets
 
 __all__ = [
     "OMNIGLOT_URLS",
@@ -72,9 +73,7 @@ LAYOUT = (
 class OmniglotConfig(SupervisedConfig):
     """N-way K-shot Omniglot; the defaults are MAML's 5-way 1-shot setting (Finn et al., 2017)."""
 
-    preset: str | None = option(
-        "maml", "named preset: maml (Finn et al. 2017) or reptile (Nichol et al. 2018)"
-    )
+    preset: str | None = paper_presets()
     iterations: int = option(60000, "meta-iterations (MAML paper: 60000)")
     inner_lr: float = option(0.4, "inner-loop learning rate (Meta-SGD: initial per-parameter rate)")
     meta_batch: int = option(32, "tasks per meta-iteration")
@@ -101,15 +100,16 @@ class OmniglotConfig(SupervisedConfig):
     baseline_tasks: int = option(8, "tasks pooled into each baseline training step")
 
     #: The data may move (same images, another folder) between a run and its resumption.
-    RESUMABLE: ClassVar[tuple[str, ...]] = (*SupervisedConfig.RESUMABLE, "data_dir", "download")
+    EVALUATION_ONLY: ClassVar[tuple[str, ...]] = ("data_dir", "download")
+    RESUMABLE: ClassVar[tuple[str, ...]] = (*SupervisedConfig.RESUMABLE, *EVALUATION_ONLY)
 
     def validate(self) -> None:
         super().validate()
         for name in ("ways", "shots", "query_shots", "image_size", "filters"):
-            check_int(self, name, 1)
+            check_int(flag(name), getattr(self, name), 1)
         for name in ("val_classes", "split_seed", "minibatch"):
-            check_int(self, name, 0)
-        check_int(self, "train_classes", 1)
+            check_int(flag(name), getattr(self, name), 0)
+        check_int(flag("train_classes"), self.train_classes, 1)
         if not self.data_dir:
             raise ConfigError("--data-dir must name a folder; got an empty string")
 

@@ -22,9 +22,10 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
+from metaopt.options import check_choice, check_int, check_real, flag
 from metaopt.training.family import ConfigError, option
 from supervised.batch import TaskBatch
-from supervised.config import SupervisedConfig, check_choice, check_int, check_real, flag
+from supervised.config import SupervisedConfig, paper_presets
 from supervised.models import ACTIVATIONS
 
 __all__ = ["PRESETS", "SineConfig", "sample_sine", "sine_grid", "sine_values"]
@@ -34,9 +35,7 @@ __all__ = ["PRESETS", "SineConfig", "sample_sine", "sine_grid", "sine_values"]
 class SineConfig(SupervisedConfig):
     """Sine regression; the defaults are the ``maml`` preset (Finn et al., 2017)."""
 
-    preset: str | None = option(
-        "maml", "named preset: maml (Finn et al. 2017) or reptile (Nichol et al. 2018)"
-    )
+    preset: str | None = paper_presets()
     iterations: int = option(2000, "meta-iterations (MAML paper: 70000; see docs/supervised.md)")
     shots: int = option(10, "support points K per task")
     query: int = option(0, "query points per training task (0: same as --shots)")
@@ -61,38 +60,38 @@ class SineConfig(SupervisedConfig):
     protocol_steps: int = option(32, "10-point protocol: plain SGD steps")
     protocol_lr: float = option(0.02, "10-point protocol: SGD learning rate")
 
-    RESUMABLE: ClassVar[tuple[str, ...]] = (
-        *SupervisedConfig.RESUMABLE,
+    EVALUATION_ONLY: ClassVar[tuple[str, ...]] = (
         "eval_shots",
         "eval_query",
         "protocol_points",
         "protocol_steps",
         "protocol_lr",
     )
+    RESUMABLE: ClassVar[tuple[str, ...]] = (*SupervisedConfig.RESUMABLE, *EVALUATION_ONLY)
 
     def validate(self) -> None:
         super().validate()
         for name in ("shots", "eval_query", "hidden", "protocol_points"):
-            check_int(self, name, 1)
+            check_int(flag(name), getattr(self, name), 1)
         for name in ("query", "depth", "grid", "minibatch", "eval_shots", "protocol_steps"):
-            check_int(self, name, 0)
+            check_int(flag(name), getattr(self, name), 0)
         for name in ("amp_min", "phase_min", "phase_max", "x_min", "x_max"):
-            check_real(self, name)
-        check_real(self, "amp_min", low=0.0)
-        check_real(self, "amp_max", low=self.amp_min)
-        check_real(self, "phase_max", low=self.phase_min)
-        check_real(self, "x_max", low=self.x_min, low_open=True)
-        check_real(self, "protocol_lr", low=0.0, low_open=True)
-        check_choice(self, "activation", tuple(ACTIVATIONS))
+            check_real(flag(name), getattr(self, name))
+        check_real(flag("amp_min"), self.amp_min, low=0.0)
+        check_real(flag("amp_max"), self.amp_max, low=self.amp_min)
+        check_real(flag("phase_max"), self.phase_max, low=self.phase_min)
+        check_real(flag("x_max"), self.x_max, low=self.x_min, low_open=True)
+        check_real(flag("protocol_lr"), self.protocol_lr, low=0.0, low_open=True)
+        check_choice(flag("activation"), self.activation, tuple(ACTIVATIONS))
         if self.grid == 1:
             raise ConfigError(f"{flag('grid')} must be 0 (uniform x) or >= 2 points; got 1")
         if self.grid:
             why = f" (the {flag('grid')} {self.grid} points of a task)"
-            check_int(self, "shots", 1, self.grid, why)
-            check_int(self, "eval_shots", 0, self.grid, why)
+            check_int(flag("shots"), self.shots, 1, self.grid, why)
+            check_int(flag("eval_shots"), self.eval_shots, 0, self.grid, why)
         check_int(
-            self,
-            "protocol_points",
+            flag("protocol_points"),
+            self.protocol_points,
             1,
             self.protocol_grid,
             f" (the {self.protocol_grid}-point grid)",

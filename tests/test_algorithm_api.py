@@ -71,3 +71,17 @@ def test_the_untrained_baseline_adapts_by_the_same_rule(name: str) -> None:
         with learner.adapt(Task(), steps=2) as model:
             adapted.append(torch.cat([p.detach().flatten() for p in model.parameters()]))
     torch.testing.assert_close(adapted[0], adapted[1], rtol=1e-12, atol=1e-15)
+
+
+def test_names_and_exactness() -> None:
+    model = _model()
+    cases = [
+        (metaopt.MAML(model), "maml", True),
+        (metaopt.MAML(model, first_order=True), "fomaml", False),
+        (metaopt.MetaSGD(_model()), "metasgd", True),
+        (metaopt.MetaSGD(_model(), first_order=True), "metasgd", False),
+        (metaopt.Reptile(model), "reptile", False),
+    ]
+    for algo, name, exact in cases:
+        assert algo.name == name and name in metaopt.algorithms.ALGORITHMS
+        assert algo.exact_meta_gradient is exact

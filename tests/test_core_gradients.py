@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 import torchopt
+from core_helpers import TanhMLP
 from torch import nn
 
 import metaopt
@@ -120,16 +121,6 @@ def test_reptile_outer_sgd_step_is_interpolation(linear_setup) -> None:
     expected = theta + 0.25 * (adapted - theta)
     got = torch.cat([p.detach().reshape(-1) for p in model.parameters()]).numpy()
     np.testing.assert_allclose(got, expected, rtol=1e-12)
-
-
-class TanhMLP(nn.Module):
-    def __init__(self, seed: int = 0) -> None:
-        super().__init__()
-        torch.manual_seed(seed)
-        self.net = nn.Sequential(nn.Linear(2, 5), nn.Tanh(), nn.Linear(5, 1)).double()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
 
 
 class RegressionTask:

@@ -4,20 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from core_helpers import BatchNormNet
 from torch import nn
 
 import metaopt
 from metaopt.testing import assert_state_restored
-
-
-class BatchNormNet(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        torch.manual_seed(0)
-        self.body = nn.Sequential(nn.Linear(3, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 1))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.body(x)
 
 
 class Task:

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+from core_helpers import StackedTasks
 from torch import nn
 
 import metaopt
 
 
-class RegressionBatch(list):
+class RegressionBatch(StackedTasks):
     """Tasks y = sin(x·w) with stacked data; usable by both engines."""
 
     def __init__(self, num_tasks: int, dtype: torch.dtype, seed: int = 0, points: int = 8) -> None:
@@ -17,26 +18,7 @@ class RegressionBatch(list):
         x = torch.randn(num_tasks, 2, points, 3, generator=g, dtype=dtype)
         w = torch.randn(num_tasks, 1, 3, 1, generator=g, dtype=dtype)
         y = torch.sin(x @ w)
-        self.xs, self.xq = x[:, 0], x[:, 1]
-        self.ys, self.yq = y[:, 0], y[:, 1]
-        super().__init__(Task(self, b) for b in range(num_tasks))
-
-    def support_losses(self, forward, step):
-        return ((forward(self.xs) - self.ys) ** 2).mean(dim=(1, 2))
-
-    def query_losses(self, forward):
-        return ((forward(self.xq) - self.yq) ** 2).mean(dim=(1, 2))
-
-
-class Task:
-    def __init__(self, batch: RegressionBatch, index: int) -> None:
-        self.batch, self.index = batch, index
-
-    def support_loss(self, model):
-        return ((model(self.batch.xs[self.index]) - self.batch.ys[self.index]) ** 2).mean()
-
-    def query_loss(self, model):
-        return ((model(self.batch.xq[self.index]) - self.batch.yq[self.index]) ** 2).mean()
+        self.stack(x[:, 0], y[:, 0], x[:, 1], y[:, 1])
 
 
 def mlp(dtype: torch.dtype, seed: int = 0) -> nn.Module:
@@ -103,9 +85,9 @@ def test_auto_uses_vmap_for_batches_and_loop_for_lists(monkeypatch) -> None:
     calls = []
     import metaopt.algorithms as algorithms
 
-    original = algorithms.inner_loop
+    original = algorithms.inner_path
     monkeypatch.setattr(
-        algorithms, "inner_loop", lambda *a, **k: calls.append(1) or original(*a, **k)
+        algorithms, "inner_path", lambda *a, **k: calls.append(1) or original(*a, **k)
     )
     tasks = RegressionBatch(3, torch.float64)
     algo = metaopt.MAML(mlp(torch.float64), inner_lr=0.1)
@@ -203,7 +185,7 @@ def test_bad_batched_losses_are_named() -> None:
 
 
 def test_unknown_engine() -> None:
-    with pytest.raises(ValueError, match="engine must be one of auto, loop, vmap; got 'jit'"):
+    with pytest.raises(ValueError, match="engine must be one of auto, vmap, loop; got 'jit'"):
         metaopt.MAML(mlp(torch.float64), inner_lr=0.1, engine="jit")
 
 

@@ -21,6 +21,7 @@ from collections.abc import Callable
 
 import pytest
 import torch
+from core_helpers import StackedTasks
 from torch import nn
 
 import metaopt
@@ -34,7 +35,7 @@ BatchNorm = nn.modules.batchnorm._BatchNorm
 # -- tasks --------------------------------------------------------------------------------------
 
 
-class ZooBatch(list):
+class ZooBatch(StackedTasks):
     """Regression tasks on inputs of any kind (vectors, token ids, sequences, images)."""
 
     def __init__(self, kind: str, num_tasks: int = 3, seed: int = 0) -> None:
@@ -47,27 +48,7 @@ class ZooBatch(list):
             shape = {"vec": (4,), "seq": (3, 4), "img": (1, 6, 6)}[kind]
             x = torch.randn(num_tasks, 2, n, *shape, generator=g, dtype=DTYPE)
         y = torch.randn(num_tasks, 2, n, 2, generator=g, dtype=DTYPE)
-        self.xs, self.xq, self.ys, self.yq = x[:, 0], x[:, 1], y[:, 0], y[:, 1]
-        super().__init__(ZooTask(self, b) for b in range(num_tasks))
-
-    def support_losses(self, forward, step):
-        return ((forward(self.xs) - self.ys) ** 2).mean(dim=(1, 2))
-
-    def query_losses(self, forward):
-        return ((forward(self.xq) - self.yq) ** 2).mean(dim=(1, 2))
-
-
-class ZooTask:
-    def __init__(self, batch: ZooBatch, index: int) -> None:
-        self.batch, self.index = batch, index
-
-    def support_loss(self, model):
-        b, i = self.batch, self.index
-        return ((model(b.xs[i]) - b.ys[i]) ** 2).mean()
-
-    def query_loss(self, model):
-        b, i = self.batch, self.index
-        return ((model(b.xq[i]) - b.yq[i]) ** 2).mean()
+        self.stack(x[:, 0], y[:, 0], x[:, 1], y[:, 1])
 
 
 # -- the zoo --------------------------------------------------------------------------------------

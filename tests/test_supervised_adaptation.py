@@ -10,7 +10,7 @@ import torch
 from supervised_helpers import omniglot_dir_fixture  # noqa: F401 - fixtures
 
 import metaopt
-from supervised.adaptation import adaptation_curve, functional_rates, loop_curve, sgd_curve
+from supervised.adaptation import adaptation_curve, batched_curve, loop_curve, sgd_curve
 from supervised.batch import TaskBatch
 from supervised.models import conv4, mlp, seeded
 from supervised.omniglot import load_omniglot, sample_episodes
@@ -49,7 +49,7 @@ def test_batched_adaptation_equals_algo_adapt(name: str) -> None:
     batch = _double(sample_sine(np.random.default_rng(0), 6, shots=10, query=20))
     model = seeded(lambda: mlp(1, [16, 16], 1), 0).double()
     algo = _learner(name, model)
-    assert functional_rates(algo) is not None  # the batched path is the one under test
+    assert algo.inner_sgd_rates() is not None  # the batched path is the one under test
     batched = adaptation_curve(algo, batch, STEPS)
     looped = loop_curve(algo, batch, STEPS)
     assert batched.shape == (len(STEPS), 6)
@@ -78,11 +78,9 @@ def test_batched_adaptation_of_the_conv_net_equals_algo_adapt(omniglot_dir: Path
     task = batch[1]
     with algo.adapt(task, steps=4) as adapted, torch.no_grad():
         expected = task.query_loss(adapted)
-    from supervised.adaptation import adapted_parameters, batched_outputs
-
-    *_, params = adapted_parameters(model, batch, 4, 0.2)
+    *_, forward = algo.adapt_batch_path(batch, 4)
     with torch.no_grad():
-        logits = batched_outputs(model, params, batch.query_x)
+        logits = forward(batch.query_x)
     got = torch.nn.functional.cross_entropy(logits[1], batch.query_y[1])
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
 
@@ -90,8 +88,10 @@ def test_batched_adaptation_of_the_conv_net_equals_algo_adapt(omniglot_dir: Path
 def test_sgd_on_a_linear_model_matches_numpy() -> None:
     batch = _double(sample_sine(np.random.default_rng(1), 5, shots=8, query=12))
     model = seeded(lambda: mlp(1, [], 1), 0).double()
-    rates = [torch.tensor([[0.03]], dtype=torch.float64), torch.tensor([0.07], dtype=torch.float64)]
-    curve = sgd_curve(model, batch, STEPS, rates)
+    algo = metaopt.MetaSGD(model, inner_lr=0.03)
+    with torch.no_grad():  # Meta-SGD's rates: 0.03 for the weight, 0.07 for the bias
+        algo.inner_lrs[1].fill_(0.07)
+    curve = batched_curve(algo, batch, STEPS)
 
     w0, b0 = model[0].weight.item(), model[0].bias.item()
     expected = np.empty((len(STEPS), 5))
@@ -117,7 +117,7 @@ def test_chunking_does_not_change_the_numbers() -> None:
 def test_adam_inner_loops_fall_back_to_algo_adapt() -> None:
     model = seeded(lambda: mlp(1, [8], 1), 0)
     algo = metaopt.MAML(model, inner_lr=0.01, inner_optimizer="adam")
-    assert functional_rates(algo) is None
+    assert algo.inner_sgd_rates() is None
     batch = sample_sine(np.random.default_rng(3), 2, shots=5, query=5)
     curve = adaptation_curve(algo, batch, [0, 2])
     task = batch[1]

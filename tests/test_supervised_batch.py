@@ -101,23 +101,11 @@ def test_select_makes_an_independent_sub_batch() -> None:
 
 
 def test_inconsistent_shapes_are_rejected() -> None:
+    support = (torch.zeros(2, 3, 1), torch.zeros(2, 3, 1))
     with pytest.raises(ValueError, match="number of tasks"):
-        TaskBatch(
-            torch.zeros(2, 3, 1),
-            torch.zeros(2, 3, 1),
-            torch.zeros(3, 3, 1),
-            torch.zeros(3, 3, 1),
-            "mse",
-        )
+        TaskBatch(*support, torch.zeros(3, 3, 1), torch.zeros(3, 3, 1), "mse")
     with pytest.raises(ValueError, match="support_order"):
-        TaskBatch(
-            torch.zeros(2, 3, 1),
-            torch.zeros(2, 3, 1),
-            torch.zeros(2, 3, 1),
-            torch.zeros(2, 3, 1),
-            "mse",
-            minibatch=2,
-        )
+        TaskBatch(*support, *support, "mse", minibatch=2)
     with pytest.raises(ValueError, match="loss must be one of"):
         TaskBatch(
             torch.zeros(2, 3, 1),

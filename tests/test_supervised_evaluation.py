@@ -10,15 +10,16 @@ import numpy as np
 import pytest
 import torch
 
+from metaopt.stats import task_summary
 from metaopt.training.config import resolve_config
-from supervised.evaluation import compare, load_or_train_baseline, summarize
+from supervised.evaluation import load_or_train_baseline, meta_vs_baseline
 from supervised.families import SineFamily
 from supervised.plots import plot_metric_vs_steps
 
 
 def test_summary_is_mean_and_normal_interval() -> None:
     values = np.random.default_rng(0).normal(3.0, 2.0, size=400)
-    summary = summarize(torch.as_tensor(values))
+    summary = task_summary(torch.as_tensor(values))
     assert summary["mean"] == pytest.approx(float(np.mean(values)))
     expected = 1.959964 * float(np.std(values, ddof=1)) / math.sqrt(400)
     assert summary["ci95"] == pytest.approx(expected, rel=1e-5)
@@ -26,16 +27,16 @@ def test_summary_is_mean_and_normal_interval() -> None:
 
 def test_divergence_is_reported_not_hidden() -> None:
     values = np.array([1.0, 2.0, np.inf, 3.0, np.inf])
-    summary = summarize(values)
+    summary = task_summary(values)
     assert summary["mean"] == math.inf and summary["diverged"] == 2
     assert summary["finite"]["tasks"] == 3 and summary["finite"]["mean"] == pytest.approx(2.0)
-    assert math.isnan(summarize(np.array([np.nan, 1.0]))["mean"])
+    assert math.isnan(task_summary(np.array([np.nan, 1.0]))["mean"])
 
 
 def test_paired_blocks() -> None:
     meta = torch.tensor([[3.0, 2.0, 4.0], [1.0, 0.5, 2.0]], dtype=torch.float64)
     base = torch.tensor([[3.0, 2.0, 4.0], [2.0, 1.5, 2.5]], dtype=torch.float64)
-    block = compare([0, 1], meta, base, metric="mse")
+    block = meta_vs_baseline([0, 1], meta, base, metric="mse")
     assert block["tasks"] == 3 and block["steps"] == [0, 1]
     assert block["by_steps"]["1"]["mean"] == pytest.approx(3.5 / 3)
     assert block["meta_minus_baseline"]["1"]["mean"] == pytest.approx(-2.5 / 3)
@@ -87,7 +88,7 @@ def test_baseline_training_is_deterministic() -> None:
 def test_metric_plot_survives_divergence(tmp_path: Path) -> None:
     meta = torch.tensor([[1.0, 2.0], [0.5, math.inf]], dtype=torch.float64)
     base = torch.tensor([[1.0, 2.0], [0.8, 1.5]], dtype=torch.float64)
-    block = compare([0, 1], meta, base, metric="mse")
+    block = meta_vs_baseline([0, 1], meta, base, metric="mse")
     evaluation = {**block, "protocol_10pt": block}
     path = plot_metric_vs_steps(tmp_path / "plot.png", evaluation, title="t", ylabel="mse")
     assert path.stat().st_size > 1000

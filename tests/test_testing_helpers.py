@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 import torchopt
+from core_helpers import BatchNormNet, TanhMLP
 from torch import nn
 
 import metaopt
@@ -22,16 +23,6 @@ from metaopt import testing as mt
 from metaopt.inner import InnerOptimizer, inner_transform
 
 # -- small float64 problems -------------------------------------------------------------------
-
-
-class TanhMLP(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        torch.manual_seed(0)
-        self.net = nn.Sequential(nn.Linear(2, 3), nn.Tanh(), nn.Linear(3, 1)).double()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
 
 
 class RegressionTask:
@@ -114,7 +105,7 @@ class FlippedReptile(metaopt.Reptile):
 
 @pytest.mark.parametrize("algorithm", [metaopt.MAML, metaopt.MetaSGD])
 def test_finite_differences_accept_a_right_meta_gradient(algorithm: type) -> None:
-    mt.check_meta_gradient(algorithm(TanhMLP(), inner_lr=0.3, inner_steps=2), TASKS)
+    mt.check_meta_gradient(algorithm(TanhMLP(hidden=3), inner_lr=0.3, inner_steps=2), TASKS)
 
 
 @pytest.mark.parametrize(
@@ -126,13 +117,13 @@ def test_finite_differences_accept_a_right_meta_gradient(algorithm: type) -> Non
     ],
 )
 def test_finite_differences_reject_a_wrong_meta_gradient(wrong: type, parameter: str) -> None:
-    algo = wrong(TanhMLP(), inner_lr=0.3, inner_steps=2)
+    algo = wrong(TanhMLP(hidden=3), inner_lr=0.3, inner_steps=2)
     with pytest.raises(AssertionError, match=f"meta-gradient of {parameter}"):
         mt.check_meta_gradient(algo, TASKS)
 
 
 def test_finite_difference_error_names_the_worst_entry_and_both_values() -> None:
-    algo = OneEntryOff(TanhMLP(), inner_lr=0.3, inner_steps=2)
+    algo = OneEntryOff(TanhMLP(hidden=3), inner_lr=0.3, inner_steps=2)
     with pytest.raises(AssertionError) as failure:
         mt.check_meta_gradient(algo, TASKS)
     message = str(failure.value)
@@ -144,13 +135,13 @@ def test_finite_difference_error_names_the_worst_entry_and_both_values() -> None
 
 def test_finite_differences_refuse_what_they_cannot_check() -> None:
     with pytest.raises(ValueError, match="no exact meta-gradient"):
-        mt.check_meta_gradient(metaopt.MAML(TanhMLP(), first_order=True), TASKS)
+        mt.check_meta_gradient(metaopt.MAML(TanhMLP(hidden=3), first_order=True), TASKS)
     with pytest.raises(ValueError, match="no exact meta-gradient"):
-        mt.check_meta_gradient(metaopt.Reptile(TanhMLP()), TASKS)
+        mt.check_meta_gradient(metaopt.Reptile(TanhMLP(hidden=3)), TASKS)
     with pytest.raises(ValueError, match="float64"):
-        mt.check_meta_gradient(metaopt.MAML(TanhMLP().float()), TASKS)
+        mt.check_meta_gradient(metaopt.MAML(TanhMLP(hidden=3).float()), TASKS)
     with pytest.raises(ValueError, match="method must be one of"):
-        mt.check_meta_gradient(metaopt.MAML(TanhMLP()), TASKS, method="autograd")
+        mt.check_meta_gradient(metaopt.MAML(TanhMLP(hidden=3)), TASKS, method="autograd")
 
 
 # -- check_meta_gradient, closed forms ---------------------------------------------------------
@@ -200,7 +191,7 @@ def test_closed_form_rejects_a_wrong_meta_gradient(wrong: type, parameter: str) 
 def test_closed_form_refuses_what_it_does_not_cover() -> None:
     theta, tasks = linear_problem()
     with pytest.raises(ValueError, match="LinearTask"):
-        mt.check_meta_gradient(metaopt.MAML(TanhMLP()), TASKS, method="closed_form")
+        mt.check_meta_gradient(metaopt.MAML(TanhMLP(hidden=3)), TASKS, method="closed_form")
     adam = metaopt.MAML(mt.LinearModel(theta), inner_optimizer="adam")
     with pytest.raises(ValueError, match="inner SGD only"):
         mt.check_meta_gradient(adam, tasks, method="closed_form")
@@ -305,23 +296,13 @@ def test_reptile_closed_form_is_the_sum_of_inner_steps() -> None:
 # -- assert_state_restored --------------------------------------------------------------------
 
 
-class BatchNormNet(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        torch.manual_seed(0)
-        self.body = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.ReLU(), nn.Linear(4, 1))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.body(x)
-
-
 def _loss(model: nn.Module) -> torch.Tensor:
     g = torch.Generator().manual_seed(0)
     return model(torch.randn(6, 3, generator=g)).pow(2).mean()
 
 
 def test_state_restored_accepts_metaopt_isolation() -> None:
-    model = BatchNormNet()
+    model = BatchNormNet(width=4)
     optimizer = InnerOptimizer(model, inner_transform("adam", 0.1))
 
     def adapt() -> None:
@@ -334,7 +315,7 @@ def test_state_restored_accepts_metaopt_isolation() -> None:
 def test_state_restored_catches_buffers_kept_by_reference() -> None:
     # The bug `metaopt.isolated` guards against: buffers saved by reference see BatchNorm's
     # in-place update of its running statistics, so "restoring" them restores nothing.
-    model = BatchNormNet()
+    model = BatchNormNet(width=4)
     optimizer = InnerOptimizer(model, inner_transform("sgd", 0.1))
 
     def leaky_adapt() -> None:
@@ -347,7 +328,7 @@ def test_state_restored_catches_buffers_kept_by_reference() -> None:
 
 
 def test_state_restored_catches_optimizer_state() -> None:
-    model = BatchNormNet().eval()
+    model = BatchNormNet(width=4).eval()
     optimizer = InnerOptimizer(model, inner_transform("adam", 0.1))
     optimizer.step(_loss(model))  # the moments are now non-zero
 
@@ -360,7 +341,7 @@ def test_state_restored_catches_optimizer_state() -> None:
 
 
 def test_state_restored_catches_modes_and_single_bits() -> None:
-    model = BatchNormNet()
+    model = BatchNormNet(width=4)
     with pytest.raises(AssertionError, match="train/eval mode"):
         mt.assert_state_restored(model, None, model.eval)
     model.train()

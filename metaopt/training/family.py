@@ -18,7 +18,6 @@ of the defaults and below the flags the user gives.
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,21 +26,23 @@ from typing import Any, ClassVar
 import numpy as np
 from torch import nn
 
+from metaopt.algorithms import ALGORITHMS, ENGINES
+from metaopt.engine import BATCH_NORM_MODES
+from metaopt.inner import INNER_OPTIMIZERS
+from metaopt.options import ConfigError, check_choice, check_int, check_real, flag
 from metaopt.task import Task
 
-__all__ = ["ALGORITHMS", "ConfigError", "TaskFamily", "TrainConfig", "option"]
-
-ALGORITHMS = ("maml", "fomaml", "metasgd", "reptile")
+# ALGORITHMS, ConfigError and flag live in the core; they stay importable from here.
+__all__ = ["ALGORITHMS", "ConfigError", "TaskFamily", "TrainConfig", "flag", "option"]
 
 #: Largest ``--seed`` / ``--eval-seed`` (numpy's legacy global seeding takes 32 bits).
 MAX_SEED = 2**32 - 1
 
+#: ``--outer-optimizer``: the ``torch.optim`` optimiser of the outer step.
+OUTER_OPTIMIZERS = ("adam", "sgd")
 
-class ConfigError(ValueError):
-    """A configuration value is out of range; the message names the field, value and what is allowed.
-
-    The ``metaopt`` command prints it on one line and exits with status 2.
-    """
+#: ``--dist-backend``: ``auto`` picks nccl with CUDA, else gloo.
+DIST_BACKENDS = ("auto", "gloo", "nccl")
 
 
 def option(default: Any, help: str, **kwargs: Any) -> Any:
@@ -120,32 +121,28 @@ class TrainConfig:
 
     def validate(self) -> None:
         """Raise :class:`ConfigError` naming the first field that is out of range."""
-        _one_of("algo", self.algo, ALGORITHMS)
-        _one_of("inner_optimizer", self.inner_optimizer, ("sgd", "adam"))
-        _one_of("engine", self.engine, ("auto", "vmap", "loop"))
-        _one_of("batch_norm", self.batch_norm, ("running", "batch"))
-        _one_of("dist_backend", self.dist_backend, ("auto", "gloo", "nccl"))
-        _one_of("outer_optimizer", self.outer_optimizer, ("adam", "sgd"))
+        for name, allowed in (
+            ("algo", ALGORITHMS),
+            ("inner_optimizer", INNER_OPTIMIZERS),
+            ("engine", ENGINES),
+            ("batch_norm", BATCH_NORM_MODES),
+            ("dist_backend", DIST_BACKENDS),
+            ("outer_optimizer", OUTER_OPTIMIZERS),
+        ):
+            check_choice(flag(name), getattr(self, name), allowed)
         if self.algo == "metasgd" and self.inner_optimizer != "sgd":
             raise ConfigError(
                 f"--inner-optimizer must be sgd with --algo metasgd (Meta-SGD's inner update is "
                 f"SGD with learned rates); got {self.inner_optimizer!r}"
             )
         for name in ("inner_steps", "meta_batch", "eval_tasks"):
-            _at_least(name, getattr(self, name), 1)
+            check_int(flag(name), getattr(self, name), 1)
         for name in ("iterations", "eval_every", "checkpoint_every", "threads"):
-            _at_least(name, getattr(self, name), 0)
+            check_int(flag(name), getattr(self, name), 0)
         for name in ("seed", "eval_seed"):  # numpy's legacy seeding takes 32 bits
-            _at_least(name, getattr(self, name), 0, MAX_SEED)
+            check_int(flag(name), getattr(self, name), 0, MAX_SEED)
         for name in ("inner_lr", "outer_lr", "dist_timeout"):
-            value = getattr(self, name)
-            if (
-                isinstance(value, bool)
-                or not isinstance(value, int | float)
-                or not math.isfinite(value)
-                or value <= 0
-            ):
-                raise ConfigError(f"{flag(name)} must be a positive finite number, got {value!r}")
+            check_real(flag(name), getattr(self, name), low=0, low_open=True)
         for name in ("anneal", "skip_nonfinite"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(
@@ -162,27 +159,6 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
-
-
-def flag(name: str) -> str:
-    """The command-line flag of config field ``name``: ``inner_lr`` -> ``--inner-lr``."""
-    return "--" + name.replace("_", "-")
-
-
-def _one_of(name: str, value: object, allowed: Sequence[object]) -> None:
-    if value not in allowed:
-        choices = ", ".join(map(str, allowed))
-        raise ConfigError(f"{flag(name)} must be one of {choices}; got {value!r}")
-
-
-def _at_least(name: str, value: int, low: int, high: int | None = None) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        allowed = f">= {low}" if high is None else f"between {low} and {high}"
-        raise ConfigError(f"{flag(name)} must be an integer {allowed}, got {value!r}")
-    if high is not None and value > high:
-        raise ConfigError(
-            f"{flag(name)} must be an integer between {low} and {high}, got {value!r}"
-        )
 
 
 class TaskFamily:

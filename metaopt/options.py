@@ -1,0 +1,101 @@
+"""Checks of configuration values whose errors name the setting, the value and what is allowed.
+
+One helper for every place a value enters: the algorithms' constructors (``inner_lr``), the
+configuration dataclasses of the ``metaopt`` command (``--inner-lr``, :func:`flag` gives a
+field's flag) and the domains' own settings. Each check raises :class:`ConfigError`, a
+``ValueError``, with one message shape::
+
+    --shots must be an integer between 1 and 50, got 60
+    --inner-lr must be a positive finite number, got 0.0
+    --activation must be one of relu, tanh; got 'gelu'
+
+The allowed values of a choice come from the constant that defines them (``ENGINES``,
+``INNER_OPTIMIZERS``, ``ALGORITHMS``), never from a literal copied next to the check. This module
+imports nothing heavier than the standard library, so a configuration validates without torch.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import TypeVar
+
+__all__ = ["ConfigError", "check_choice", "check_int", "check_real", "flag"]
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """A configuration value is out of range; the message names the field, value and what is allowed.
+
+    The ``metaopt`` command prints it on one line and exits with status 2.
+    """
+
+
+def flag(name: str) -> str:
+    """The command-line flag of config field ``name``: ``inner_lr`` -> ``--inner-lr``."""
+    return "--" + name.replace("_", "-")
+
+
+def check_int(label: str, value: object, low: int, high: int | None = None, why: str = "") -> int:
+    """``value`` if it is an integer (not a bool) in ``[low, high]``, else :class:`ConfigError`.
+
+    Args:
+        label: How the message names the setting: a flag (``--shots``) or an argument name.
+        value: The value to check.
+        low: Smallest allowed value.
+        high: Largest allowed value (``None``: no bound).
+        why: Appended to the allowed range, e.g. ``" (the --grid 50 points of a task)"``.
+    """
+    ok = isinstance(value, int) and not isinstance(value, bool) and value >= low
+    if not ok or (high is not None and value > high):  # type: ignore[operator]
+        allowed = f">= {low}" if high is None else f"between {low} and {high}"
+        raise ConfigError(f"{label} must be an integer {allowed}{why}, got {value!r}")
+    return value  # type: ignore[return-value]
+
+
+def check_real(
+    label: str,
+    value: object,
+    *,
+    low: float | None = None,
+    high: float | None = None,
+    low_open: bool = False,
+) -> float:
+    """``value`` if it is a finite real number (int or float, not a bool) in the range, else
+    :class:`ConfigError`.
+
+    Args:
+        label: How the message names the setting.
+        value: The value to check.
+        low: Lower bound (``None``: none); excluded when ``low_open``.
+        high: Upper bound, included (``None``: none).
+        low_open: Exclude ``low`` itself (``low=0, low_open=True``: a positive number).
+    """
+    ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    if ok and low is not None:
+        ok = value > low if low_open else value >= low  # type: ignore[operator]
+    if ok and high is not None:
+        ok = value <= high  # type: ignore[operator]
+    if not ok:
+        raise ConfigError(f"{label} must be {_real_range(low, high, low_open)}, got {value!r}")
+    return value  # type: ignore[return-value]
+
+
+def _real_range(low: float | None, high: float | None, low_open: bool) -> str:
+    if high is not None:
+        left = "(" if low_open else "["
+        return f"in {left}{'-inf' if low is None else f'{low:g}'}, {high:g}]"
+    if low is None:
+        return "a finite number"
+    if low == 0 and low_open:
+        return "a positive finite number"
+    return f"a finite number {'>' if low_open else '>='} {low:g}"
+
+
+def check_choice(label: str, value: T, allowed: Sequence[T]) -> T:
+    """``value`` if it is one of ``allowed``, else :class:`ConfigError` listing them."""
+    if value not in allowed:
+        choices = ", ".join(map(str, allowed))
+        raise ConfigError(f"{label} must be one of {choices}; got {value!r}")
+    return value

@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from metaopt.algorithms import MetaLearner
-from metaopt.training.distributed import map_tasks
+from metaopt.training.distributed import DistInfo, map_tasks
 from metaopt.training.family import ConfigError, TaskFamily, TrainConfig, flag, option
 from rl.estimators import ESTIMATORS
 from rl.evaluation import INTERVAL, adaptation_returns, curve_summary, score_curve, summarize
@@ -195,10 +195,14 @@ class MDPFamily(TaskFamily):
             "train_pre_entropy": tasks.pre_entropy,
         }
 
-    def periodic_eval(self, algo: MetaLearner, config: TrainConfig) -> dict[str, float]:
+    def periodic_eval(
+        self, algo: MetaLearner, config: TrainConfig, *, group: DistInfo | None = None
+    ) -> dict[str, float]:
         config = _mdp(config)
         batch = self.test_batch(config, config.test_tasks)
-        curve = map_tasks(lambda part: adaptation_returns(algo, part, config.inner_steps), batch)
+        curve = map_tasks(
+            lambda part: adaptation_returns(algo, part, config.inner_steps), batch, group
+        )
         random, optimal = self.references(config, config.test_tasks)
         pre, post = curve[0], curve[-1]
         score = normalized_score(post.double().numpy(), random, optimal)
@@ -222,6 +226,7 @@ class MDPFamily(TaskFamily):
         *,
         num_tasks: int | None = None,
         steps: Sequence[int] | None = None,
+        group: DistInfo | None = None,
     ) -> dict[str, Any]:
         config = _mdp(config)
         n = config.eval_tasks if num_tasks is None else num_tasks
@@ -229,14 +234,15 @@ class MDPFamily(TaskFamily):
         steps = sorted((set(EVAL_STEPS) | {trained}) if steps is None else set(steps))
         longest = max(*steps, trained)
         random, optimal = self.references(config, n)
-        # Under torchrun, each rank adapts to its share of the tasks (metaopt.training.distributed.sharding).
+        # Under torchrun, each rank of ``group`` adapts to its share of the tasks.
         meta = map_tasks(
-            lambda part: adaptation_returns(algo, part, longest), self.test_batch(config, n)
+            lambda part: adaptation_returns(algo, part, longest), self.test_batch(config, n), group
         )
         baseline_algo = self.baseline(algo, config)
         base = map_tasks(
             lambda part: adaptation_returns(baseline_algo, part, longest),
             self.test_batch(config, n),
+            group,
         )
         meta_score = score_curve(meta, random, optimal)
         base_score = score_curve(base, random, optimal)

@@ -13,6 +13,7 @@ User errors print one line and exit with status 2; only real bugs show a traceba
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
 import sys
@@ -24,6 +25,7 @@ from pathlib import Path
 from metaopt.training import NonFiniteError, ResumeWarning, TrainingInterrupted
 from metaopt.training.config import add_config_arguments, resolve_config
 from metaopt.training.family import ConfigError, TaskFamily
+from metaopt.training.lock import RunDirectoryLocked
 from metaopt.training.registry import available_families, get_family
 
 __all__ = ["main"]
@@ -185,7 +187,7 @@ def build_parser(families: dict[str, TaskFamily]) -> argparse.ArgumentParser:
         "--plot", type=Path, default=None, metavar="PATH", help="save the memory plot (PNG)"
     )
 
-    from metaopt.tools.scaling import add_scale_arguments
+    from metaopt.tools.scale import add_scale_arguments
 
     scale = commands.add_parser(
         "scale",
@@ -220,6 +222,15 @@ def _per_family(
         )
         add_config_arguments(sub, family)
         add_own(sub)
+
+
+def describe_os_error(error: OSError) -> str:
+    """One line for an I/O error: the file, what went wrong (the errno's meaning and name)."""
+    assert error.errno is not None
+    meaning = f"{os.strerror(error.errno)} ({errno.errorcode.get(error.errno, error.errno)})"
+    files = [str(name) for name in (error.filename, error.filename2) if name is not None]
+    where = " -> ".join(files) if files else "a file of the run"
+    return f"{where}: {meaning}; the files already written are left as they were"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -276,7 +287,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
             return 0
         if args.command == "scale":
-            from metaopt.tools.scaling import run_scale_command
+            from metaopt.tools.scale import run_scale_command
 
             return run_scale_command(families[args.family], vars(args))
         if args.command == "compare":
@@ -302,6 +313,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("metaopt: interrupted", file=sys.stderr)
         return 130
+    except RunDirectoryLocked as error:
+        print(f"metaopt: error: {error}", file=sys.stderr)
+        return 2
+    except OSError as error:
+        if error.errno is None:  # not an I/O error from the system: a bug, show the traceback
+            raise
+        print(f"metaopt: error: {describe_os_error(error)}", file=sys.stderr)
+        return 2
     parser.error(f"unknown command {args.command!r}")
     return 2
 

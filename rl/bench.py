@@ -18,7 +18,7 @@ import numpy as np
 import torch
 import torchopt
 
-from metaopt.tools.bench import Case, Gradient
+from metaopt.tools.bench import Case, Gradient, clear_grads, gradients_of
 from metaopt.training import build_algorithm
 from metaopt.training.config import resolve_config
 from rl.env import TabularMDPEnv
@@ -70,8 +70,7 @@ def gym_loop_meta_gradient(
     """One meta-iteration's meta-gradient the way TorchOpt's example computes it."""
     inner = torchopt.MetaSGD(policy, lr=0.1)
     params = list(policy.parameters())
-    for p in params:
-        p.grad = None
+    clear_grads(params)
     for task in sample_mdps(rng, tasks):
         env.reset_task(task)
         policy_state = torchopt.extract_state_dict(policy)
@@ -80,7 +79,7 @@ def gym_loop_meta_gradient(
         (_gym_loss(policy, env, generator, episodes, horizon) / tasks).backward()
         torchopt.recover_state_dict(policy, policy_state)
         torchopt.recover_state_dict(inner, inner_state)
-    return [p.grad.detach().clone() if p.grad is not None else torch.zeros_like(p) for p in params]
+    return gradients_of(params)
 
 
 def cases(quick: bool) -> list[Case]:
@@ -96,11 +95,10 @@ def cases(quick: bool) -> list[Case]:
         params = algo.meta_parameters()
 
         def run() -> Gradient:
-            for p in params:
-                p.grad = None
+            clear_grads(params)
             batch = family.sample_tasks(config, np.random.default_rng(0), tasks)  # same each call
             algo.meta_backward(batch if engine == "vmap" else list(batch))
-            return [p.grad.detach().clone() for p in params]
+            return gradients_of(params)
 
         return run
 

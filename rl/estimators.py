@@ -45,23 +45,140 @@ Reptile does not use the query loss for its update, so no estimator applies to i
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, NamedTuple, Protocol
+
 import torch
 
-from rl.losses import lambda_returns, policy_lookup, trajectory_a2c_loss
-from rl.sampler import PolicyFn, Trajectories
+from rl.losses import (
+    a2c_objective,
+    lambda_returns,
+    masked_mean,
+    policy_lookup,
+    trajectory_a2c_loss,
+)
+from rl.sampler import PolicyFn
 
 __all__ = [
     "ESTIMATORS",
+    "Scorer",
+    "Scores",
+    "TabularScorer",
     "log_likelihood",
     "magic_box",
     "policy_gradient_loss",
     "reward_to_go",
     "sampling_record",
     "sampling_term",
+    "scored_a2c_loss",
     "support_objective",
 ]
 
 ESTIMATORS = ("seed", "dice", "lvc")
+
+
+class Scores(NamedTuple):
+    """A policy evaluated on sampled episodes: all that the losses need from it.
+
+    Attributes:
+        log_probs: ``[H, T, N]`` log π(a_t | s_t) of the actions taken (a log-probability or a
+            log-density), with gradient; 0 on the steps after an episode ended.
+        values: ``[H + 1, T, N]`` V(s_t) of the visited states and of the last next-state.
+        entropy: Computes ``[H, T, N]`` H[π(· | s_t)] (only the entropy bonus needs it).
+        mask: ``[H, T, N]`` 1 on the steps inside an episode, 0 after it terminated (``None``:
+            episodes never end before the horizon).
+        continues: ``[H, T, N]`` 0 on a terminal step, else 1: the λ-returns' discount is
+            γ·continues (``None``: no terminal steps).
+        normalize: Standardise the advantages of the A2C policy term per task (see
+            :func:`rl.losses.a2c_objective`).
+    """
+
+    log_probs: torch.Tensor
+    values: torch.Tensor
+    entropy: Callable[[], torch.Tensor]
+    mask: torch.Tensor | None = None
+    continues: torch.Tensor | None = None
+    normalize: bool = False
+
+
+class Scorer(Protocol):
+    """How a family's policy scores its trajectories (:class:`TabularScorer`,
+    :class:`rl.continuous.GaussianScorer`)."""
+
+    def __call__(self, policy: Any, trajectories: Any) -> Scores: ...
+
+    def a2c_loss(
+        self,
+        policy: Any,
+        trajectories: Any,
+        *,
+        gamma: float,
+        gae_lambda: float,
+        value_coef: float,
+        entropy_coef: float,
+        per_task: bool,
+    ) -> torch.Tensor: ...
+
+
+def _returns(scores: Scores, rewards: torch.Tensor, gamma: float, lam: float) -> torch.Tensor:
+    """λ-returns of the episodes, with γ cut to 0 on terminal steps."""
+    discounts = gamma if scores.continues is None else gamma * scores.continues
+    return lambda_returns(rewards, scores.values[1:].detach(), discounts, lam)
+
+
+def scored_a2c_loss(
+    scores: Scores,
+    rewards: torch.Tensor,
+    *,
+    gamma: float,
+    gae_lambda: float,
+    value_coef: float,
+    entropy_coef: float,
+    per_task: bool,
+) -> torch.Tensor:
+    """The A2C loss (:func:`rl.losses.a2c_objective`) of scored episodes: any policy's."""
+    dims = (0, 2) if per_task else None
+    entropy = scores.entropy() if entropy_coef else None
+    returns = _returns(scores, rewards, gamma, gae_lambda)
+    return a2c_objective(
+        scores.log_probs,
+        scores.values[:-1],
+        returns,
+        value_coef,
+        entropy,
+        entropy_coef,
+        dims,
+        scores.mask,
+        normalize=scores.normalize,
+    )
+
+
+@dataclass(frozen=True)
+class TabularScorer:
+    """A categorical policy on one-hot states: one evaluation per state, then lookups
+    (:func:`rl.losses.policy_lookup`). Its A2C loss is :func:`rl.losses.trajectory_a2c_loss`."""
+
+    num_states: int
+
+    def __call__(self, policy: PolicyFn, trajectories: Any) -> Scores:
+        logits, values, task = policy_lookup(policy, trajectories, self.num_states)
+        log_pi = torch.log_softmax(logits, dim=-1)
+        log_probs = log_pi[task, trajectories.states, trajectories.actions]
+
+        def entropy() -> torch.Tensor:
+            visited = torch.log_softmax(logits[task, trajectories.states], dim=-1)
+            return -(visited.exp() * visited).sum(-1)
+
+        return Scores(log_probs, values, entropy)
+
+    def a2c_loss(self, policy: PolicyFn, trajectories: Any, **settings: Any) -> torch.Tensor:
+        return trajectory_a2c_loss(policy, trajectories, self.num_states, **settings)
+
+
+def _scorer(scorer: Scorer | int) -> Scorer:
+    """A :class:`Scorer`; an integer is the number of states of a tabular task."""
+    return TabularScorer(scorer) if isinstance(scorer, int) else scorer
 
 
 def magic_box(x: torch.Tensor) -> torch.Tensor:
@@ -74,40 +191,31 @@ def reward_to_go(rewards: torch.Tensor) -> torch.Tensor:
     return rewards.flip(0).cumsum(0).flip(0)
 
 
-def _tables(
-    policy: PolicyFn, trajectories: Trajectories, num_states: int
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Log-probabilities of the actions taken ``[H, T, N]`` and the values of the visited states
-    and of the last next-state ``[H + 1, T, N]``, with gradient."""
-    logits, values, task = policy_lookup(policy, trajectories, num_states)
-    log_probs = torch.log_softmax(logits, dim=-1)[task, trajectories.states, trajectories.actions]
-    return log_probs, values, logits[task, trajectories.states]
-
-
 def log_likelihood(
-    policy: PolicyFn, trajectories: Trajectories, num_states: int, *, per_episode: bool = False
+    policy: PolicyFn, trajectories: Any, scorer: Scorer | int, *, per_episode: bool = False
 ) -> torch.Tensor:
     """``[T]`` log-probability of each task's episodes under ``policy`` (``[T, N]``, one per
     episode, with ``per_episode``): the actions' terms, as the dynamics do not depend on the
-    parameters."""
-    log_probs, _, _ = _tables(policy, trajectories, num_states)
+    parameters. ``scorer``: the family's :class:`Scorer`, or the number of states of a tabular
+    task."""
+    log_probs = _scorer(scorer)(policy, trajectories).log_probs
     return log_probs.sum(dim=0) if per_episode else log_probs.sum(dim=(0, 2))
 
 
 def sampling_record(
-    policy: PolicyFn, trajectories: Trajectories, num_states: int
+    policy: PolicyFn, trajectories: Any, scorer: Scorer | int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """What the dice estimator keeps of one support phase: the episodes' log-likelihoods
     ``[T, N]`` (with their graph) and their baselines ``[T, N]`` (detached): the mean return of
     the other episodes of the phase, or the critic's value of the start state when N = 1."""
-    log_probs, values, _ = _tables(policy, trajectories, num_states)
+    scores = _scorer(scorer)(policy, trajectories)
     returns = trajectories.episode_returns().detach()  # [T, N]
     n = returns.shape[1]
     if n > 1:
         baselines = (returns.sum(1, keepdim=True) - returns) / (n - 1)
     else:
-        baselines = values[0].detach()  # V(s₀) of every episode: [T, 1]
-    return log_probs.sum(dim=0), baselines
+        baselines = scores.values[0].detach()  # V(s₀) of every episode: [T, 1]
+    return scores.log_probs.sum(dim=0), baselines
 
 
 def sampling_term(
@@ -124,8 +232,8 @@ def sampling_term(
 
 def support_objective(
     policy: PolicyFn,
-    trajectories: Trajectories,
-    num_states: int,
+    trajectories: Any,
+    scorer: Scorer | int,
     *,
     estimator: str,
     gamma: float,
@@ -139,33 +247,26 @@ def support_objective(
     For ``lvc`` the policy term is ``−⊥A · (□(log π) − 1 + ⊥log π)``: the value and the gradient
     of the seed's ``−⊥A · log π``, with the Hessian of ``−⊥A · □(log π)``.
     """
+    scorer = _scorer(scorer)
+    settings = {
+        "gamma": gamma,
+        "gae_lambda": gae_lambda,
+        "value_coef": value_coef,
+        "entropy_coef": entropy_coef,
+        "per_task": per_task,
+    }
     if estimator != "lvc":
-        return trajectory_a2c_loss(
-            policy,
-            trajectories,
-            num_states,
-            gamma=gamma,
-            gae_lambda=gae_lambda,
-            value_coef=value_coef,
-            entropy_coef=entropy_coef,
-            per_task=per_task,
-        )
-    log_probs, values, logits = _tables(policy, trajectories, num_states)
-    returns = lambda_returns(trajectories.rewards, values[1:].detach(), gamma, gae_lambda)
-    dims = (0, 2) if per_task else tuple(range(log_probs.dim()))
-    advantages = returns - values[:-1]
+        return scorer.a2c_loss(policy, trajectories, **settings)
+    scores = scorer(policy, trajectories)
+    log_probs = scores.log_probs
     boxed = magic_box(log_probs) - 1.0 + log_probs.detach()
-    loss = -(boxed * advantages.detach()).mean(dims) + value_coef * advantages.pow(2).mean(dims)
-    if entropy_coef:
-        log_pi = torch.log_softmax(logits, dim=-1)
-        loss = loss - entropy_coef * (-(log_pi.exp() * log_pi).sum(-1)).mean(dims)
-    return loss
+    return scored_a2c_loss(scores._replace(log_probs=boxed), trajectories.rewards, **settings)
 
 
 def policy_gradient_loss(
     policy: PolicyFn,
-    trajectories: Trajectories,
-    num_states: int,
+    trajectories: Any,
+    scorer: Scorer | int,
     *,
     gamma: float,
     gae_lambda: float,
@@ -175,14 +276,16 @@ def policy_gradient_loss(
     r"""An unbiased policy-gradient loss of the expected (undiscounted) return, per step.
 
     ``−mean(log π(aₜ|sₜ) · ⊥(Gₜ − V(sₜ)))`` with Gₜ the undiscounted reward-to-go (no
-    bootstrap: the episode ends at the horizon), whose gradient is ``−∇J / H`` in expectation
-    (V is a state baseline), plus the critic's regression on the seed's λ-returns
-    (``value_coef``), which only the critic's parameters feel when the torso is not shared.
+    bootstrap: the episode ends at the horizon or at a terminal step), whose gradient is
+    ``−∇J / H`` in expectation (V is a state baseline), plus the critic's regression on the
+    seed's λ-returns (``value_coef``), which only the critic's parameters feel when the torso is
+    not shared.
     """
-    log_probs, values, _ = _tables(policy, trajectories, num_states)
-    dims = (0, 2) if per_task else tuple(range(log_probs.dim()))
+    scores = _scorer(scorer)(policy, trajectories)
+    values, mask = scores.values, scores.mask
+    dims = (0, 2) if per_task else tuple(range(values.dim()))
     rewards = trajectories.rewards
     advantages = reward_to_go(rewards) - values[:-1].detach()
-    returns = lambda_returns(rewards, values[1:].detach(), gamma, gae_lambda)
-    critic = (returns - values[:-1]).pow(2).mean(dims)
-    return -(log_probs * advantages).mean(dims) + value_coef * critic
+    returns = _returns(scores, rewards, gamma, gae_lambda)
+    critic = masked_mean((returns - values[:-1]).pow(2), dims, mask)
+    return -masked_mean(scores.log_probs * advantages, dims, mask) + value_coef * critic

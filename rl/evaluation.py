@@ -18,9 +18,15 @@ import torch
 from metaopt.algorithms import MetaLearner
 from metaopt.stats import mean_ci95
 from rl.mdp import normalized_score
-from rl.task import MDPTaskBatch
+from rl.task import RLTaskBatch
 
-__all__ = ["INTERVAL", "adaptation_returns", "curve_summary", "summarize"]
+__all__ = [
+    "INTERVAL",
+    "adaptation_returns",
+    "curve_summary",
+    "flat_summaries",
+    "summarize",
+]
 
 INTERVAL = (
     "mean over held-out tasks ± half-width of its 95% confidence interval, 1.96·sd/sqrt(n); a "
@@ -28,7 +34,7 @@ INTERVAL = (
 )
 
 
-def adaptation_returns(algo: MetaLearner, batch: MDPTaskBatch, steps: int) -> torch.Tensor:
+def adaptation_returns(algo: MetaLearner, batch: RLTaskBatch, steps: int) -> torch.Tensor:
     """``[steps + 1, T]``: each task's mean episode return after 0, 1, ..., ``steps`` inner steps.
 
     One adaptation of ``steps`` steps per task gives the whole curve: the support sample of
@@ -46,7 +52,9 @@ def adaptation_returns(algo: MetaLearner, batch: MDPTaskBatch, steps: int) -> to
         steps: Inner steps >= 0.
     """
     if any(task.support_returns or task.query_returns for task in batch):
-        raise ValueError("adaptation_returns needs a fresh MDPTaskBatch (its tasks were used)")
+        raise ValueError(
+            f"adaptation_returns needs a fresh {type(batch).__name__} (its tasks were used)"
+        )
     if algo.engine == "loop":
         for task in batch:
             with algo.adapt(task, steps=steps) as adapted:
@@ -86,3 +94,13 @@ def curve_summary(steps: Sequence[int], curve: torch.Tensor | np.ndarray) -> dic
 def score_curve(curve: torch.Tensor, random: np.ndarray, optimal: np.ndarray) -> np.ndarray:
     """Per-task normalised scores of every row of ``curve``."""
     return normalized_score(curve.double().numpy(), random, optimal)
+
+
+def flat_summaries(named: dict[str, torch.Tensor | np.ndarray]) -> dict[str, float]:
+    """``{name: mean, name + "_ci95": half-width}`` for the periodic metrics' log lines."""
+    metrics = {}
+    for key, values in named.items():
+        summary = summarize(values)
+        metrics[key] = summary["mean"]
+        metrics[key + "_ci95"] = summary["ci95"]
+    return metrics

@@ -36,7 +36,14 @@ from metaopt.algorithms import MetaLearner
 from metaopt.training.distributed import DistInfo, map_tasks
 from metaopt.training.family import ConfigError, TaskFamily, TrainConfig, flag, option
 from rl.estimators import ESTIMATORS
-from rl.evaluation import INTERVAL, adaptation_returns, curve_summary, score_curve, summarize
+from rl.evaluation import (
+    INTERVAL,
+    adaptation_returns,
+    curve_summary,
+    flat_summaries,
+    score_curve,
+    summarize,
+)
 from rl.mdp import (
     TabularMDPBatch,
     normalized_score,
@@ -45,9 +52,9 @@ from rl.mdp import (
     sample_mdps,
 )
 from rl.policy import CategoricalMLPPolicy
-from rl.task import A2CSettings, MDPTaskBatch
+from rl.task import A2CSettings, MDPTaskBatch, RLTaskBatch
 
-__all__ = ["EVAL_STEPS", "MDPConfig", "MDPFamily"]
+__all__ = ["EVAL_STEPS", "A2CConfig", "MDPConfig", "MDPFamily"]
 
 #: Inner-step counts reported by the final evaluation (plus the trained number of steps).
 EVAL_STEPS = (0, 1, 2, 3, 5)
@@ -59,12 +66,11 @@ _SAMPLING_STREAM = 0x5A3E
 
 
 @dataclass
-class MDPConfig(TrainConfig):
-    """``metaopt train mdp`` settings; the hyper-parameters are the seed's (TorchOpt's MAML-RL
-    example), the estimator is ``dice``."""
+class A2CConfig(TrainConfig):
+    """Settings every actor-critic meta-RL family shares (the ``mdp`` family's defaults)."""
 
     inner_lr: float = option(0.1, "inner-loop learning rate (Meta-SGD: initial per-parameter rate)")
-    meta_batch: int = option(40, "tasks (MDPs) per meta-iteration")
+    meta_batch: int = option(40, "tasks per meta-iteration")
     threads: int = option(
         1, "torch intra-op threads (0: torch's default); tiny models run fastest on 1"
     )
@@ -73,8 +79,6 @@ class MDPConfig(TrainConfig):
         50, "evaluate on the held-out test tasks every N iterations (0: never)"
     )
     eval_tasks: int = option(1000, "held-out tasks in the final evaluation")
-    num_states: int = option(10, "states S of each random MDP")
-    num_actions: int = option(5, "actions A of each random MDP")
     horizon: int = option(10, "steps per episode (episodes are truncated, values bootstrap)")
     trajectories: int = option(20, "episodes sampled per task for each loss")
     gamma: float = option(0.99, "discount γ of the λ-returns")
@@ -95,7 +99,7 @@ class MDPConfig(TrainConfig):
 
     def validate(self) -> None:
         super().validate()
-        for name in ("num_states", "num_actions", "horizon", "trajectories", "test_tasks"):
+        for name in ("horizon", "trajectories", "test_tasks"):
             _check_int(name, getattr(self, name), 1)
         for name in ("gamma", "gae_lambda"):
             _check_real(name, getattr(self, name), 0.0, 1.0)
@@ -124,6 +128,21 @@ class MDPConfig(TrainConfig):
         )
 
 
+@dataclass
+class MDPConfig(A2CConfig):
+    """``metaopt train mdp`` settings; the hyper-parameters are the seed's (TorchOpt's MAML-RL
+    example), the estimator is ``dice``."""
+
+    meta_batch: int = option(40, "tasks (MDPs) per meta-iteration")
+    num_states: int = option(10, "states S of each random MDP")
+    num_actions: int = option(5, "actions A of each random MDP")
+
+    def validate(self) -> None:
+        super().validate()
+        for name in ("num_states", "num_actions"):
+            _check_int(name, getattr(self, name), 1)
+
+
 def _check_int(name: str, value: object, low: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < low:
         raise ConfigError(f"{flag(name)} must be an integer >= {low}, got {value!r}")
@@ -137,7 +156,33 @@ def _check_real(name: str, value: object, low: float, high: float | None) -> Non
         raise ConfigError(f"{flag(name)} must be {allowed}, got {value!r}")
 
 
-class MDPFamily(TaskFamily):
+class A2CFamily(TaskFamily):
+    """What the actor-critic meta-RL families share: the training returns they log, and the
+    policy meta-training started from (the baseline's starting point)."""
+
+    def iteration_metrics(self, tasks: Sequence[Any]) -> dict[str, float]:
+        if not isinstance(tasks, RLTaskBatch):
+            return {}
+        return {
+            "train_pre_return": tasks.pre_returns().mean().item(),
+            "train_post_return": tasks.post_returns().mean().item(),
+            "train_pre_entropy": tasks.pre_entropy,
+        }
+
+    def initial_model(self, config: TrainConfig) -> nn.Module:
+        """The model meta-training started from: the training loop seeds torch with
+        ``config.seed`` right before ``make_model``; the same seed under a forked RNG rebuilds it
+        without touching the global state."""
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(config.seed)
+            return self.make_model(config)
+
+    def baseline(self, algo: MetaLearner, config: TrainConfig) -> MetaLearner:
+        """The policy meta-training started from, adapted like ``algo`` minus anything learned."""
+        return algo.untrained_baseline(self.initial_model(config))
+
+
+class MDPFamily(A2CFamily):
     """Random tabular MDPs (RL², Duan et al. 2016) meta-learned with an A2C inner loss."""
 
     name = "mdp"
@@ -186,15 +231,6 @@ class MDPFamily(TaskFamily):
         generator = torch.Generator().manual_seed(int(rng.integers(2**62)))
         return MDPTaskBatch(mdps, config.a2c_settings(), generator)
 
-    def iteration_metrics(self, tasks: Sequence[Any]) -> dict[str, float]:
-        if not isinstance(tasks, MDPTaskBatch):
-            return {}
-        return {
-            "train_pre_return": tasks.pre_returns().mean().item(),
-            "train_post_return": tasks.post_returns().mean().item(),
-            "train_pre_entropy": tasks.pre_entropy,
-        }
-
     def periodic_eval(
         self, algo: MetaLearner, config: TrainConfig, *, group: DistInfo | None = None
     ) -> dict[str, float]:
@@ -206,17 +242,14 @@ class MDPFamily(TaskFamily):
         random, optimal = self.references(config, config.test_tasks)
         pre, post = curve[0], curve[-1]
         score = normalized_score(post.double().numpy(), random, optimal)
-        metrics = {}
-        for key, values in (
-            ("test_pre_return", pre),
-            ("test_post_return", post),
-            ("test_post_minus_pre", post - pre),
-            ("test_score", score),
-        ):
-            summary = summarize(values)
-            metrics[key] = summary["mean"]
-            metrics[key + "_ci95"] = summary["ci95"]
-        return metrics
+        return flat_summaries(
+            {
+                "test_pre_return": pre,
+                "test_post_return": post,
+                "test_post_minus_pre": post - pre,
+                "test_score": score,
+            }
+        )
 
     def evaluate(
         self,
@@ -337,17 +370,6 @@ class MDPFamily(TaskFamily):
                 optimal_return(mdps, config.horizon),
             )
         return self._references[key]
-
-    def baseline(self, algo: MetaLearner, config: MDPConfig) -> MetaLearner:
-        """The policy meta-training started from, adapted like ``algo`` minus anything learned.
-
-        The training loop seeds torch with ``config.seed`` right before ``make_model``; the same
-        seed under a forked RNG rebuilds that initial policy without touching the global state.
-        """
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(config.seed)
-            model = self.make_model(config)
-        return algo.untrained_baseline(model)
 
 
 def _mdp(config: TrainConfig) -> MDPConfig:

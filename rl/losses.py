@@ -31,7 +31,14 @@ import torch
 
 from rl.sampler import PolicyFn, Trajectories, policy_table
 
-__all__ = ["a2c_loss", "lambda_returns", "policy_lookup", "trajectory_a2c_loss"]
+__all__ = [
+    "a2c_loss",
+    "a2c_objective",
+    "lambda_returns",
+    "masked_mean",
+    "policy_lookup",
+    "trajectory_a2c_loss",
+]
 
 
 def lambda_returns(
@@ -110,10 +117,8 @@ def a2c_loss(
     entropy_coef: float = 0.0,
     dims: tuple[int, ...] | None = None,
 ) -> torch.Tensor:
-    """Advantage actor-critic loss, averaged over every step of every trajectory.
-
-    ``advantage = returns − values``; the policy term uses it detached (a score-function
-    estimate), the value term is its square, so the critic regresses on the λ-returns.
+    """Advantage actor-critic loss of a categorical policy (:func:`a2c_objective` of its
+    log-probabilities), averaged over every step of every trajectory.
 
     Args:
         logits: ``[..., A]`` action logits at the visited states.
@@ -125,15 +130,71 @@ def a2c_loss(
         dims: Dimensions of ``values`` to average over (default: all, a scalar loss); e.g.
             ``(0, 2)`` of ``[H, T, N]`` gives one loss per task.
     """
-    dims = tuple(range(values.dim())) if dims is None else dims
     log_probs = torch.log_softmax(logits, dim=-1)
     taken = log_probs.gather(-1, actions.unsqueeze(-1)).squeeze(-1)
+    entropy = -(log_probs.exp() * log_probs).sum(-1) if entropy_coef else None
+    return a2c_objective(taken, values, returns, value_coef, entropy, entropy_coef, dims)
+
+
+def _kept(x: torch.Tensor, dims: tuple[int, ...]) -> list[int]:
+    """The shape of ``x`` with ``dims`` reduced to size 1 (to broadcast a reduction back)."""
+    return [1 if d in dims else size for d, size in enumerate(x.shape)]
+
+
+def masked_mean(
+    x: torch.Tensor, dims: tuple[int, ...], mask: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Mean of ``x`` over ``dims``, counting only the entries where ``mask`` is 1 (steps inside
+    an episode that ended early); ``mask=None`` is the plain mean."""
+    if mask is None:
+        return x.mean(dims)
+    return (x * mask).sum(dims) / mask.sum(dims).clamp(min=1)
+
+
+def a2c_objective(
+    log_probs: torch.Tensor,
+    values: torch.Tensor,
+    returns: torch.Tensor,
+    value_coef: float = 0.5,
+    entropy: torch.Tensor | None = None,
+    entropy_coef: float = 0.0,
+    dims: tuple[int, ...] | None = None,
+    mask: torch.Tensor | None = None,
+    *,
+    normalize: bool = False,
+) -> torch.Tensor:
+    """The A2C loss of any policy, from the log-likelihoods of the actions taken: a
+    log-probability (discrete actions) or a log-density (continuous ones).
+
+    ``advantage = returns − values``; the policy term uses it detached (a score-function
+    estimate), the value term is its square, so the critic regresses on the λ-returns.
+
+    Args:
+        log_probs: ``[...]`` log π(a_t | s_t) of the actions taken, with gradient.
+        values: ``[...]`` :math:`V(s_t)`, with gradient.
+        returns: ``[...]`` λ-returns (targets, no gradient).
+        value_coef: :math:`c_v`.
+        entropy: ``[...]`` entropy of π(· | s_t); needed when ``entropy_coef`` is not 0.
+        entropy_coef: :math:`c_e`.
+        dims: Dimensions to average over (default: all, a scalar loss).
+        mask: ``[...]`` 1 on the steps to count, 0 after an episode ended (default: all).
+        normalize: Standardise the advantages of the policy term over ``dims`` (mean 0, standard
+            deviation 1 over the counted steps): the step an inner SGD update takes then no
+            longer scales with the size of the returns (tens, in 2-D navigation).
+    """
+    dims = tuple(range(values.dim())) if dims is None else dims
     advantages = returns - values
-    policy_term = -(taken * advantages.detach()).mean(dims)
-    loss = policy_term + value_coef * advantages.pow(2).mean(dims)
+    weights = advantages.detach()
+    if normalize:
+        centred = weights - masked_mean(weights, dims, mask).view(_kept(weights, dims))
+        scale = masked_mean(centred.pow(2), dims, mask).sqrt().view(_kept(weights, dims))
+        weights = centred / (scale + 1e-8)
+    policy_term = -masked_mean(log_probs * weights, dims, mask)
+    loss = policy_term + value_coef * masked_mean(advantages.pow(2), dims, mask)
     if entropy_coef:
-        entropy = -(log_probs.exp() * log_probs).sum(-1)
-        loss = loss - entropy_coef * entropy.mean(dims)
+        if entropy is None:
+            raise ValueError("a2c_objective: entropy_coef is not 0 but no entropy was given")
+        loss = loss - entropy_coef * masked_mean(entropy, dims, mask)
     return loss
 
 

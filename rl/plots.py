@@ -1,4 +1,5 @@
-"""Figures of an ``mdp`` run: returns against meta-iteration, and against inner steps."""
+"""Figures of an RL run: returns against meta-iteration and against inner steps (both
+families), and the 2-D navigation trajectories."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import matplotlib.pyplot as plt
 
 from metaopt.training.plots import moving_average
 
-__all__ = ["plot_adaptation", "plot_returns"]
+__all__ = ["plot_adaptation", "plot_nav2d", "plot_returns"]
 
 
 def _reference_lines(ax: Any, references: Mapping[str, float]) -> None:
@@ -33,6 +34,7 @@ def plot_returns(
     references: Mapping[str, float],
     algo: str,
     max_entropy: float | None = None,
+    family: str = "mdp",
 ) -> Path:
     """Train and test return before and after adaptation against the meta-iteration, and below
     them the entropy of the policy before adaptation (a collapse of exploration shows there).
@@ -95,7 +97,7 @@ def plot_returns(
     if not entropy:
         ax.set_xlabel("meta-iteration")
     ax.set_ylabel("episode return (undiscounted)")
-    ax.set_title(f"mdp / {algo}: returns before and after adaptation")
+    ax.set_title(f"{family} / {algo}: returns before and after adaptation")
     ax.legend(fontsize=8, loc="center right")
     ax.grid(alpha=0.3)
     fig.tight_layout()
@@ -104,13 +106,19 @@ def plot_returns(
     return Path(path)
 
 
-def plot_adaptation(path: Path, evaluation: Mapping[str, Any], algo: str) -> Path:
-    """Held-out return after k inner steps (meta-learned and baseline), with 95% CIs."""
+def plot_adaptation(
+    path: Path, evaluation: Mapping[str, Any], algo: str, family: str = "mdp"
+) -> Path:
+    """Held-out return after k inner steps (meta-learned and baselines), with 95% CIs."""
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
     curves = [("meta-learned", evaluation.get("by_steps", {}), "tab:orange")]
     baseline = evaluation.get("baseline", {}).get("by_steps")
+    random_start = evaluation.get("random_baseline", {}).get("by_steps")
     if baseline:
-        curves.append(("initial policy + SGD (baseline)", baseline, "tab:green"))
+        name = "pretrained policy" if random_start else "initial policy"
+        curves.append((f"{name} + SGD (baseline)", baseline, "tab:green"))
+    if random_start:
+        curves.append(("random initialisation + SGD", random_start, "tab:purple"))
     for label, by_steps, color in curves:
         steps = sorted(by_steps, key=int)
         ax.errorbar(
@@ -144,10 +152,47 @@ def plot_adaptation(path: Path, evaluation: Mapping[str, Any], algo: str) -> Pat
     _reference_lines(ax, references)
     ax.set_xlabel("inner steps on the held-out task")
     ax.set_ylabel("episode return")
-    ax.set_title(f"mdp / {algo}: return after adaptation ({evaluation.get('tasks')} tasks)")
+    ax.set_title(f"{family} / {algo}: return after adaptation ({evaluation.get('tasks')} tasks)")
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return Path(path)
+
+
+def plot_nav2d(path: Path, data: Mapping[str, Any]) -> Path:
+    """MAML's 2-D navigation picture: one row per policy (meta-learned, pretrained, random
+    initialisation), one column per held-out goal, the mean-action path from the origin before
+    adaptation and after each number of inner steps, the goal marked.
+
+    Args:
+        data: ``{"goals": [G, 2], "paths": {policy: {steps: [G, H + 1, 2]}}}``
+            (:meth:`rl.nav2d_family.Nav2DFamily.trajectories`).
+    """
+    goals, paths = data["goals"], data["paths"]
+    rows, cols = len(paths), len(goals)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.0 * cols, 3.0 * rows), squeeze=False)
+    colors = ("tab:blue", "tab:orange", "tab:green", "tab:red")
+    for r, (policy, by_steps) in enumerate(paths.items()):
+        for c, goal in enumerate(goals):
+            ax = axes[r][c]
+            for (k, path_k), color in zip(by_steps.items(), colors, strict=False):
+                label = "pre-update" if k == 0 else f"{k} grad step{'s' if k > 1 else ''}"
+                ax.plot(path_k[c, :, 0], path_k[c, :, 1], color=color, lw=1.2, label=label)
+            ax.plot(0, 0, "k.", ms=6)
+            ax.plot(goal[0], goal[1], "r*", ms=12, label="goal")
+            ax.set_xlim(-0.6, 0.6)
+            ax.set_ylim(-0.6, 0.6)
+            ax.set_aspect("equal")
+            ax.grid(alpha=0.3)
+            if c == 0:
+                ax.set_ylabel(policy)
+            if r == 0:
+                ax.set_title(f"goal ({goal[0]:+.2f}, {goal[1]:+.2f})", fontsize=9)
+    axes[0][0].legend(fontsize=7, loc="lower left")
+    fig.suptitle("2-D navigation: mean-action paths before and after adaptation")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
     plt.close(fig)
     return Path(path)

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-__all__ = ["CategoricalMLPPolicy"]
+__all__ = ["CategoricalMLPPolicy", "mlp"]
 
 
 class CategoricalMLPPolicy(nn.Module):
@@ -35,8 +35,8 @@ class CategoricalMLPPolicy(nn.Module):
         shared_torso: bool = True,
     ) -> None:
         super().__init__()
-        self.torso, width = _mlp(num_states, hidden_sizes)
-        self.value_torso = None if shared_torso else _mlp(num_states, hidden_sizes)[0]
+        self.torso, width = mlp(num_states, hidden_sizes)
+        self.value_torso = None if shared_torso else mlp(num_states, hidden_sizes)[0]
         self.policy_head = nn.Linear(width, num_actions)
         self.value_head = nn.Linear(width, 1)
 
@@ -46,7 +46,8 @@ class CategoricalMLPPolicy(nn.Module):
         return self.policy_head(features), self.value_head(critic).squeeze(-1)
 
 
-def _mlp(inputs: int, hidden_sizes: Sequence[int]) -> tuple[nn.Sequential, int]:
+def mlp(inputs: int, hidden_sizes: Sequence[int]) -> tuple[nn.Sequential, int]:
+    """A ReLU MLP torso of ``hidden_sizes`` (empty: the identity) and its output width."""
     layers: list[nn.Module] = []
     width = inputs
     for size in hidden_sizes:

@@ -28,12 +28,15 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
 
 from rl.estimators import (
     ESTIMATORS,
+    Scorer,
+    TabularScorer,
     policy_gradient_loss,
     sampling_record,
     sampling_term,
@@ -49,7 +52,7 @@ from rl.sampler import (
     simulate,
 )
 
-__all__ = ["A2CSettings", "MDPTask", "MDPTaskBatch"]
+__all__ = ["A2CSettings", "MDPTask", "MDPTaskBatch", "RLTask", "RLTaskBatch"]
 
 
 @dataclass(frozen=True)
@@ -66,7 +69,8 @@ class A2CSettings:
         meta_gradient: The meta-gradient estimator, one of :data:`rl.estimators.ESTIMATORS`
             (``seed``, ``dice``, ``lvc``): which support and query losses the task returns.
         reward_noise: Standard deviation of the Gaussian noise on observed rewards (1 in the
-            RL² distribution; 0 gives deterministic rewards, as the exact oracle needs).
+            RL² distribution; 0 gives deterministic rewards, as the exact oracle needs). Tabular
+            tasks only.
     """
 
     trajectories: int = 20
@@ -95,15 +99,15 @@ class A2CSettings:
             )
 
 
-class MDPTask:
-    """One MDP of an :class:`MDPTaskBatch`; implements :class:`metaopt.task.Task`.
+class RLTask:
+    """One task of an :class:`RLTaskBatch` (an MDP, a goal); implements :class:`metaopt.task.Task`.
 
     Every sample is recorded as the undiscounted episode returns it produced (``support_returns``
     and ``query_returns``: one ``[N]`` tensor per sample, in order), so a caller can read the
     return before adaptation (the first support sample, at θ) and after it (the query sample).
     """
 
-    def __init__(self, batch: MDPTaskBatch, index: int) -> None:
+    def __init__(self, batch: RLTaskBatch, index: int) -> None:
         self.batch = batch
         self.index = index
         self.support_returns: list[torch.Tensor] = []
@@ -129,18 +133,18 @@ class MDPTask:
         records, self._records = self._records, []
         return self.batch.query_objective(model, trajectories, records)
 
-    def _record_sampling(self, model: PolicyFn, trajectories: Trajectories, first: bool) -> None:
+    def _record_sampling(self, model: PolicyFn, trajectories: Any, first: bool) -> None:
         if self.batch.settings.meta_gradient != "dice" or not torch.is_grad_enabled():
             return
         if first:
             self._records = []
-        self._records.append(sampling_record(model, trajectories, self.batch.tensors.num_states))
+        self._records.append(sampling_record(model, trajectories, self.batch.scorer))
 
     def sample_returns(self, model: PolicyFn) -> torch.Tensor:
         """Episode returns ``[N]`` of a query sample under ``model`` (evaluation; no loss)."""
         return self._query_sample(model).episode_returns()[0]
 
-    def _query_sample(self, model: PolicyFn) -> Trajectories:
+    def _query_sample(self, model: PolicyFn) -> Any:
         trajectories = self.batch.sample(model, f"query{len(self.query_returns)}", self.index)
         self.query_returns.append(trajectories.episode_returns()[0])
         return trajectories
@@ -156,32 +160,38 @@ class MDPTask:
         return self.query_returns[-1].mean().item() if self.query_returns else math.nan
 
     def __repr__(self) -> str:
-        return f"MDPTask(index={self.index}, of {len(self.batch)})"
+        return f"{type(self).__name__}(index={self.index}, of {len(self.batch)})"
 
 
-class MDPTaskBatch(Sequence[MDPTask]):
-    """A meta-batch of tabular-MDP tasks sharing one sampler and one random generator.
+#: The tabular family's name for its tasks.
+MDPTask = RLTask
 
-    A sequence of :class:`MDPTask` (the core's loop engine) and a
+
+class RLTaskBatch(Sequence[RLTask]):
+    """A meta-batch of RL tasks sharing one sampler and one random generator; a family
+    subclasses it with its tasks' sampling (:meth:`draw_noise`, :meth:`simulate`,
+    :meth:`subset`) and its policy's :class:`rl.estimators.Scorer`.
+
+    A sequence of :class:`RLTask` (the core's loop engine) and a
     :class:`metaopt.task.BatchedTasks` (its vectorised engine). Use a batch with one engine:
     sampling phases are counted per task.
 
     Args:
-        mdps: The tasks' dynamics and rewards.
+        num_tasks: T.
         settings: Sampling and loss settings.
         generator: Source of all sampling randomness.
+        scorer: How the losses evaluate the policy on its trajectories.
     """
 
     def __init__(
-        self, mdps: TabularMDPBatch, settings: A2CSettings, generator: torch.Generator
+        self, num_tasks: int, settings: A2CSettings, generator: torch.Generator, scorer: Scorer
     ) -> None:
-        self.mdps = mdps
         self.settings = settings
         self.generator = generator
-        self.tensors = MDPTensors.from_mdps(mdps)
-        self.tasks = [MDPTask(self, i) for i in range(len(mdps))]
-        self._noise: dict[str, SamplingNoise] = {}
-        self._presampled: dict[int, Trajectories] = {}
+        self.scorer = scorer
+        self.tasks = [RLTask(self, i) for i in range(num_tasks)]
+        self._noise: dict[str, Any] = {}
+        self._presampled: dict[int, Any] = {}
         self._sampled_with: tuple[type, list[torch.Tensor]] | None = None
         # The vectorised engine's records for the dice estimator (see MDPTask).
         self._records: list[tuple[torch.Tensor, torch.Tensor]] = []
@@ -189,9 +199,32 @@ class MDPTaskBatch(Sequence[MDPTask]):
         #: of all tasks was drawn at once (a collapse of exploration shows here first).
         self.pre_entropy = math.nan
         #: For a shard made by :meth:`select`: the batch it came from and its tasks' positions.
-        self._source: tuple[MDPTaskBatch, slice] | None = None
+        self._source: tuple[RLTaskBatch, slice] | None = None
 
-    def select(self, indices: slice) -> MDPTaskBatch:
+    # -- what a family supplies --------------------------------------------------------------
+
+    def draw_noise(self) -> NamedTuple:
+        """All the randomness of one sampling phase of every task, drawn from
+        :attr:`generator`: a NamedTuple of tensors whose axis 1 is the task."""
+        raise NotImplementedError
+
+    def simulate(self, policy: PolicyFn, noise: Any, index: int | None = None) -> Any:
+        """The trajectories that ``noise`` determines under ``policy``, of every task or (with
+        ``index`` and that task's slice of the noise) of one; they have ``episode_returns()``
+        ``[T, N]`` and ``rewards`` ``[H, T, N]``."""
+        raise NotImplementedError
+
+    def subset(self, indices: slice) -> RLTaskBatch:
+        """A fresh batch of the tasks ``indices`` with the same settings and generator."""
+        raise NotImplementedError
+
+    def mean_entropy(self, policy: PolicyFn) -> float:
+        """The policy's mean entropy before adaptation, for the logs (NaN: not measured)."""
+        return math.nan
+
+    # -- sharding ------------------------------------------------------------------------------
+
+    def select(self, indices: slice) -> RLTaskBatch:
         """Tasks ``indices`` as a batch of their own that samples exactly as they would here.
 
         The shard takes every phase's noise from this batch (drawn for all of its tasks, then
@@ -199,8 +232,7 @@ class MDPTaskBatch(Sequence[MDPTask]):
         draws the whole batch from the run's seed and keeps its slice (see
         :mod:`metaopt.training.distributed`).
         """
-        mdps = TabularMDPBatch(self.mdps.transitions[indices], self.mdps.reward_means[indices])
-        shard = MDPTaskBatch(mdps, self.settings, self.generator)
+        shard = self.subset(indices)
         shard._source = (self, indices)
         return shard
 
@@ -210,7 +242,7 @@ class MDPTaskBatch(Sequence[MDPTask]):
     def __getitem__(self, index):  # type: ignore[no-untyped-def]  # Sequence's int/slice overload
         return self.tasks[index]
 
-    def __iter__(self) -> Iterator[MDPTask]:
+    def __iter__(self) -> Iterator[RLTask]:
         return iter(self.tasks)
 
     # -- the vectorised engine's protocol (metaopt.task.BatchedTasks) ------------------------
@@ -228,7 +260,7 @@ class MDPTaskBatch(Sequence[MDPTask]):
         if self.settings.meta_gradient == "dice" and torch.is_grad_enabled():
             if phase == "support0":
                 self._records = []
-            self._records.append(sampling_record(forward, trajectories, self.tensors.num_states))
+            self._records.append(sampling_record(forward, trajectories, self.scorer))
         return self.support_objective(forward, trajectories, per_task=True)
 
     def query_losses(self, forward: PolicyFn) -> torch.Tensor:
@@ -237,7 +269,7 @@ class MDPTaskBatch(Sequence[MDPTask]):
         trajectories = self.sample_queries(forward)
         return self.query_objective(forward, trajectories, records, per_task=True)
 
-    def sample_queries(self, forward: PolicyFn) -> Trajectories:
+    def sample_queries(self, forward: PolicyFn) -> Any:
         """The next query sample of every task at once (recorded as its query returns)."""
         trajectories = self.sample(forward, f"query{len(self.tasks[0].query_returns)}")
         for task, returns in zip(self.tasks, trajectories.episode_returns(), strict=True):
@@ -246,34 +278,28 @@ class MDPTaskBatch(Sequence[MDPTask]):
 
     # -- sampling and losses ----------------------------------------------------------------
 
-    def noise(self, phase: str) -> SamplingNoise:
+    def noise(self, phase: str) -> Any:
         """The noise of one sampling phase for every task, drawn the first time it is needed."""
         if self._source is not None:
             parent, indices = self._source
-            return SamplingNoise(*(x[:, indices] for x in parent.noise(phase)))
+            return _tasks_of(parent.noise(phase), indices)
         if phase not in self._noise:
-            s = self.settings
-            means = self.tensors.reward_means
-            self._noise[phase] = SamplingNoise.draw(
-                self.generator, s.horizon, len(self), s.trajectories, means.dtype, means.device
-            )
+            self._noise[phase] = self.draw_noise()
         return self._noise[phase]
 
-    def sample(self, policy: PolicyFn, phase: str, index: int | None = None) -> Trajectories:
+    def sample(self, policy: PolicyFn, phase: str, index: int | None = None) -> Any:
         """Trajectories of task ``index`` (``None``: every task) in ``phase`` under ``policy``."""
         noise = self.noise(phase)
-        if self.settings.reward_noise != 1.0:
-            noise = noise._replace(normal=noise.normal * self.settings.reward_noise)
         if index is None:
             if phase == "support0":
-                self.pre_entropy = _mean_entropy(policy, self.tensors)
-            return simulate(policy, self.tensors, noise)
-        return simulate(policy, self.tensors.select(index), noise.task(index))
+                self.pre_entropy = self.mean_entropy(policy)
+            return self.simulate(policy, noise)
+        return self.simulate(policy, _tasks_of(noise, slice(index, index + 1)), index)
 
     def loss(
         self,
         policy: PolicyFn,
-        trajectories: Trajectories,
+        trajectories: Any,
         *,
         per_task: bool = False,
         estimator: str = "seed",
@@ -284,7 +310,7 @@ class MDPTaskBatch(Sequence[MDPTask]):
         return support_objective(
             policy,
             trajectories,
-            self.tensors.num_states,
+            self.scorer,
             estimator=estimator,
             gamma=s.gamma,
             gae_lambda=s.gae_lambda,
@@ -294,7 +320,7 @@ class MDPTaskBatch(Sequence[MDPTask]):
         )
 
     def support_objective(
-        self, policy: PolicyFn, trajectories: Trajectories, *, per_task: bool = False
+        self, policy: PolicyFn, trajectories: Any, *, per_task: bool = False
     ) -> torch.Tensor:
         """The inner loss of the settings' estimator."""
         estimator = self.settings.meta_gradient
@@ -303,7 +329,7 @@ class MDPTaskBatch(Sequence[MDPTask]):
     def query_objective(
         self,
         policy: PolicyFn,
-        trajectories: Trajectories,
+        trajectories: Any,
         records: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
         *,
         per_task: bool = False,
@@ -321,7 +347,7 @@ class MDPTaskBatch(Sequence[MDPTask]):
         loss = policy_gradient_loss(
             policy,
             trajectories,
-            self.tensors.num_states,
+            self.scorer,
             gamma=s.gamma,
             gae_lambda=s.gae_lambda,
             value_coef=s.value_coef,
@@ -332,7 +358,7 @@ class MDPTaskBatch(Sequence[MDPTask]):
             loss = loss + (sampling if per_task else sampling.mean())
         return loss
 
-    def take_presampled(self, task: MDPTask, model: nn.Module) -> Trajectories | None:
+    def take_presampled(self, task: RLTask, model: nn.Module) -> Any:
         """The task's share of one batched first support sample, drawn with ``model``'s values.
 
         On a miss (no share yet, or parameters that differ from the ones that drew it), every
@@ -371,6 +397,50 @@ class MDPTaskBatch(Sequence[MDPTask]):
     def post_returns(self) -> torch.Tensor:
         """``[T]`` mean return of each task's last query sample (after adaptation)."""
         return torch.tensor([t.post_return for t in self.tasks])
+
+
+def _tasks_of(noise: Any, indices: slice) -> Any:
+    """The tasks ``indices`` of a phase's noise (axis 1 of every field)."""
+    return type(noise)(*(x[:, indices] for x in noise))
+
+
+class MDPTaskBatch(RLTaskBatch):
+    """A meta-batch of tabular-MDP tasks (:class:`RLTaskBatch` with the tabular sampler).
+
+    Args:
+        mdps: The tasks' dynamics and rewards.
+        settings: Sampling and loss settings.
+        generator: Source of all sampling randomness.
+    """
+
+    def __init__(
+        self, mdps: TabularMDPBatch, settings: A2CSettings, generator: torch.Generator
+    ) -> None:
+        self.mdps = mdps
+        self.tensors = MDPTensors.from_mdps(mdps)
+        super().__init__(len(mdps), settings, generator, TabularScorer(self.tensors.num_states))
+
+    def draw_noise(self) -> SamplingNoise:
+        s = self.settings
+        means = self.tensors.reward_means
+        return SamplingNoise.draw(
+            self.generator, s.horizon, len(self), s.trajectories, means.dtype, means.device
+        )
+
+    def simulate(
+        self, policy: PolicyFn, noise: SamplingNoise, index: int | None = None
+    ) -> Trajectories:
+        if self.settings.reward_noise != 1.0:
+            noise = noise._replace(normal=noise.normal * self.settings.reward_noise)
+        tensors = self.tensors if index is None else self.tensors.select(index)
+        return simulate(policy, tensors, noise)
+
+    def subset(self, indices: slice) -> MDPTaskBatch:
+        mdps = TabularMDPBatch(self.mdps.transitions[indices], self.mdps.reward_means[indices])
+        return MDPTaskBatch(mdps, self.settings, self.generator)
+
+    def mean_entropy(self, policy: PolicyFn) -> float:
+        return _mean_entropy(policy, self.tensors)
 
 
 def _mean_entropy(policy: PolicyFn, tensors: MDPTensors) -> float:

@@ -20,16 +20,15 @@ from __future__ import annotations
 
 import functools
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-import torch
 import torchopt
 from torch import nn
 
 from metaopt.algorithms import MAML
-from metaopt.tools.bench import Case, Gradient
+from metaopt.tools.bench import Case, Gradient, clear_grads, gradients_of
 from metaopt.training.config import resolve_config
 from supervised.batch import TaskBatch, task_loss
 from supervised.families import OmniglotFamily
@@ -68,10 +67,6 @@ def _model(quick: bool) -> nn.Module:
     return family.make_model(config)  # seeded by config.seed: every implementation starts equal
 
 
-def _grads(params: Sequence[torch.Tensor]) -> Gradient:
-    return [p.grad.detach().clone() if p.grad is not None else torch.zeros_like(p) for p in params]
-
-
 def _lazy(build: Callable[[], Callable[[], Gradient]]) -> Callable[[], Gradient]:
     """Build an implementation on its first call: listing the cases must not load the images."""
     built: list[Callable[[], Gradient]] = []
@@ -90,10 +85,9 @@ def _metaopt(quick: bool, steps: int, engine: str) -> Callable[[], Gradient]:
     params = algo.meta_parameters()
 
     def run() -> Gradient:
-        for p in params:
-            p.grad = None
+        clear_grads(params)
         algo.meta_backward(batch if engine == "vmap" else list(batch))
-        return _grads(params)
+        return gradients_of(params)
 
     return run
 
@@ -106,8 +100,7 @@ def _torchopt_loop(quick: bool, steps: int) -> Callable[[], Gradient]:
     params = list(model.parameters())
 
     def run() -> Gradient:
-        for p in params:
-            p.grad = None
+        clear_grads(params)
         model_state = torchopt.extract_state_dict(model)
         inner_state = torchopt.extract_state_dict(inner)
         for i in range(batch.num_tasks):
@@ -117,7 +110,7 @@ def _torchopt_loop(quick: bool, steps: int) -> Callable[[], Gradient]:
             (query / batch.num_tasks).backward()
             torchopt.recover_state_dict(model, model_state)
             torchopt.recover_state_dict(inner, inner_state)
-        return _grads(params)
+        return gradients_of(params)
 
     return run
 

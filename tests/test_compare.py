@@ -16,6 +16,8 @@ from torch import nn
 import metaopt
 from metaopt.cli import main
 from metaopt.tools import compare as mc
+from metaopt.tools.compare.gradients import model_state
+from metaopt.tools.compare.report import agreement_cell
 from metaopt.training import load_run, train
 from metaopt.training.config import resolve_config
 from metaopt.training.family import TaskFamily, TrainConfig, option
@@ -88,7 +90,7 @@ TINY = mc.CompareOptions(steps=(1, 3), checkpoints=2, repeats=1, heldout_tasks=3
 def report(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     family = WaveFamily()
     out = tmp_path_factory.mktemp("compare") / "report"
-    results = mc.compare(family, resolve_config(family, {}), out, TINY, progress=False)
+    results = mc.compare_methods(family, resolve_config(family, {}), out, TINY, progress=False)
     return out, results
 
 
@@ -187,7 +189,7 @@ def test_snapshots_are_the_states_of_a_shorter_run(report, tmp_path: Path) -> No
     run = train(
         family, resolve_config(family, {"iterations": 2, "out": str(tmp_path)}), progress=False
     )
-    state = mc._state(load_run(run)[2].model)
+    state = model_state(load_run(run)[2].model)
     config = resolve_config(family, {})
     expected = _rows(results, "fomaml", 2)[0]
     assert expected["steps"] == 1
@@ -209,7 +211,7 @@ def test_first_order_equals_second_order_for_a_linear_support_loss(tmp_path: Pat
     options = mc.CompareOptions(
         methods=("fomaml",), steps=(1, 4), checkpoints=0, repeats=1, curves=False, batches=1
     )
-    results = mc.compare(family, config, tmp_path / "r", options, progress=False)
+    results = mc.compare_methods(family, config, tmp_path / "r", options, progress=False)
     rows = _rows(results, "fomaml")
     assert [r["steps"] for r in rows] == [1, 4]
     for r in rows:
@@ -330,17 +332,17 @@ def test_non_finite_meta_gradients_are_counted_and_left_out() -> None:
     summary = mc.summarize_batches(references, others)
     assert summary["cosine"] == pytest.approx(0.5) and summary["nonfinite_reference"] == 1
     assert summary["nonfinite"] == 0 and len(summary["per_batch"]) == 3
-    assert mc._agreement_cell(summary, 3).endswith("[1/3 non-finite]")
+    assert agreement_cell(summary, 3).endswith("[1/3 non-finite]")
     nothing = mc.summarize_batches(references[2:], others[2:])
     assert nothing["cosine"] is None and nothing["layers"]["w"]["cosine"] is None
-    assert mc._agreement_cell(nothing, 1) == "non-finite (1/1)"
+    assert agreement_cell(nothing, 1) == "non-finite (1/1)"
 
 
 def test_same_seed_same_comparison(report, tmp_path: Path) -> None:
     # Determinism (issue: identical results for every command): everything but the clocks repeats.
     _, first = report
     family = WaveFamily()
-    second = mc.compare(
+    second = mc.compare_methods(
         family, resolve_config(family, {}), tmp_path / "again", TINY, progress=False
     )
     assert first["gradients"] == second["gradients"]
@@ -357,3 +359,19 @@ def test_same_seed_same_comparison(report, tmp_path: Path) -> None:
         return value
 
     assert without_clocks(first["curves"]) == without_clocks(second["curves"])
+
+
+def test_flags_are_generated_from_the_options_fields() -> None:
+    import argparse
+
+    from metaopt.training.config import dataclass_from_arguments
+
+    parser = argparse.ArgumentParser()
+    mc.add_compare_arguments(parser)
+    given = vars(parser.parse_args([]))
+    assert dataclass_from_arguments(mc.CompareOptions, given) == mc.CompareOptions()
+    argv = ["--methods", "reptile", "--steps", "2,3", "--no-curves", "--truth-batches", "0"]
+    given = vars(parser.parse_args(argv))
+    assert dataclass_from_arguments(mc.CompareOptions, given) == mc.CompareOptions(
+        methods=("reptile",), steps=(2, 3), curves=False, truth_batches=0
+    )

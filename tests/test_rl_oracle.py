@@ -232,7 +232,7 @@ def test_compare_mdp_reports_every_estimator_against_the_truth(tmp_path) -> None
         batches=1,
         truth_batches=2,
     )
-    results = mc.compare(family, config, tmp_path / "r", options, progress=False)
+    results = mc.compare_methods(family, config, tmp_path / "r", options, progress=False)
     rows = results["truth"]["rows"]
     assert [(r["method"], r["estimator"]) for r in rows] == [
         (m, e) for m in ("maml", "fomaml") for e in ("seed", "dice", "lvc")

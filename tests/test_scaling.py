@@ -11,17 +11,17 @@ import pytest
 import torch
 
 from metaopt.cli import _load_families, build_parser, main
-from metaopt.tools import scaling
-from metaopt.tools.scaling import (
+from metaopt.tools.scale import (
     ParameterMismatch,
     RunRecord,
     ScaleFailure,
     check_same_parameters,
     launch_command,
     median_iteration_seconds,
-    summarize,
+    summarize_runs,
     train_flags,
 )
+from metaopt.tools.scale import run as scale_run
 
 TINY = [
     "--iterations",
@@ -97,7 +97,7 @@ def _fake_runs(monkeypatch, tmp_path: Path, part: int) -> list[int]:
         launched.append(iterations)
         return [sys.executable, str(script), str(processes), str(iterations), str(part), str(out)]
 
-    monkeypatch.setattr(scaling, "launch_command", launch)
+    monkeypatch.setattr(scale_run, "launch_command", launch)
     return launched
 
 
@@ -154,7 +154,7 @@ def test_summary_is_medians_over_repeats_and_their_ratios() -> None:
         _record(1, 2, 0.024, 11.0, 20.0),
         _record(2, 2, 0.012, 7.0, 10.0),
     ]
-    one, two = summarize(records)
+    one, two = summarize_runs(records)
     # By hand: medians of (20, 30, 24) ms, (10, 12, 11) s, (15, 16, 20) s at 1 process,
     # and of (10, 16, 12) ms, (6, 8, 7) s, (12, 9, 10) s at 2.
     assert (one["processes"], one["runs"], two["processes"], two["runs"]) == (1, 3, 2, 3)
@@ -213,7 +213,7 @@ def test_bad_flags_exit_2_before_anything_runs(monkeypatch, capsys, flags, messa
     def launched(*args, **kwargs):
         raise AssertionError("a run was launched")
 
-    monkeypatch.setattr(scaling.subprocess, "run", launched)
+    monkeypatch.setattr(scale_run.subprocess, "run", launched)
     assert main(["scale", "mdp", *flags]) == 2
     err = capsys.readouterr().err
     assert err.startswith("metaopt: error: ") and message in err
@@ -233,7 +233,7 @@ def test_a_failing_run_shows_its_stderr_and_exits_1(monkeypatch, capsys) -> None
     def failing(family, flags, processes, out):
         return [sys.executable, "-c", "import sys; sys.stderr.write('boom: bad rank'); sys.exit(3)"]
 
-    monkeypatch.setattr(scaling, "launch_command", failing)
+    monkeypatch.setattr(scale_run, "launch_command", failing)
     assert main(["scale", "mdp", *TINY, "--repeats", "1"]) == 1
     err = capsys.readouterr().err
     assert "1 process, repeat 1 failed with exit status 3" in err and "boom: bad rank" in err
@@ -241,7 +241,7 @@ def test_a_failing_run_shows_its_stderr_and_exits_1(monkeypatch, capsys) -> None
 
 def test_failure_is_a_scale_failure() -> None:
     with pytest.raises(ScaleFailure, match="exit status 3"):
-        scaling._run_once([sys.executable, "-c", "raise SystemExit(3)"], {}, "a run")
+        scale_run._run_once([sys.executable, "-c", "raise SystemExit(3)"], {}, "a run")
 
 
 def test_flags_given_to_train_parse_back_to_the_same_overrides() -> None:

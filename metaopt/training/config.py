@@ -1,6 +1,11 @@
-"""Command-line flags from a family's config dataclass, and the one place a config is resolved.
+"""Command-line flags from a dataclass, and the one place a family's config is resolved.
 
 Resolution order: the dataclass defaults, then the preset's values, then the flags the user gave.
+
+:func:`add_config_arguments` gives ``metaopt train FAMILY`` its flags from the family's config;
+:func:`add_dataclass_arguments` and :func:`dataclass_from_arguments` do the same for any dataclass
+whose fields carry a ``help`` in their metadata (the tools' option classes), and build the instance
+back from the parsed arguments.
 """
 
 from __future__ import annotations
@@ -16,10 +21,17 @@ from typing import Any
 
 from metaopt.training.family import ConfigError, TaskFamily, TrainConfig
 
-__all__ = ["add_config_arguments", "load_config", "resolve_config"]
+__all__ = [
+    "add_config_arguments",
+    "add_dataclass_arguments",
+    "dataclass_arguments",
+    "dataclass_from_arguments",
+    "load_config",
+    "resolve_config",
+]
 
 
-def _field_types(config_class: type[TrainConfig]) -> dict[str, Any]:
+def _field_types(config_class: type[Any]) -> dict[str, Any]:
     return typing.get_type_hints(config_class)
 
 
@@ -70,6 +82,95 @@ def add_config_arguments(parser: argparse.ArgumentParser, family: TaskFamily) ->
             )
         else:
             parser.add_argument(flag, type=kind if kind in (int, float) else str, **kwargs)
+
+
+def _shown(value: Any) -> str:
+    """A default as the user would type it: tuples comma-separated."""
+    if isinstance(value, tuple):
+        return ",".join(map(str, value))
+    return "none" if value is None else str(value)
+
+
+def _default(f: dataclasses.Field[Any]) -> Any:
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return f.default
+
+
+def _dest(f: dataclasses.Field[Any], prefix: str) -> str:
+    return str(f.metadata.get("dest", prefix + f.name))
+
+
+def add_dataclass_arguments(
+    parser: argparse.ArgumentParser, options_class: type[Any], *, prefix: str = ""
+) -> None:
+    """One flag per field of ``options_class`` whose metadata has a ``help``; others are skipped.
+
+    The flag is ``--field-name`` and its destination ``prefix + field_name``. The field's metadata
+    may change that, and how the value is read:
+
+    * ``help``: what the flag means; ``(default: D)`` is appended, D the field's default as the
+      user would type it (``default_text`` replaces it; a ``False`` there shows none);
+    * ``flag``, ``dest``, ``metavar``: the flag's name, destination and placeholder;
+    * ``type``: the function argparse reads the text with (its errors are argparse's). Without it:
+      ``int``, ``float`` and ``Path`` fields read as such, ``tuple[int, ...]`` as comma-separated
+      values, anything else as text;
+    * ``convert``: a function applied to the text by :func:`dataclass_from_arguments` instead (so
+      that its :class:`~metaopt.training.family.ConfigError` reaches the user as it is);
+    * a ``bool`` field whose default is ``True`` gets a flag that sets it to ``False`` (its
+      ``flag`` names it, e.g. ``--no-curves``); one whose default is ``False``, a flag that sets
+      it to ``True``.
+    """
+    hints = _field_types(options_class)
+    for f in dataclasses.fields(options_class):
+        if "help" not in f.metadata:
+            continue
+        meta = f.metadata
+        flag = meta.get("flag", "--" + f.name.replace("_", "-"))
+        default = _default(f)
+        kind = _base_type(hints[f.name])
+        shown = meta.get("default_text", None if kind is bool else _shown(default))
+        help_text = meta["help"] + (f" (default: {shown})" if shown else "")
+        kwargs: dict[str, Any] = {"dest": _dest(f, prefix), "help": help_text.replace("%", "%%")}
+        if kind is bool:
+            action = "store_false" if default else "store_true"
+            parser.add_argument(flag, action=action, **kwargs)
+            continue
+        if "convert" in meta:
+            kwargs.update(type=str, default=_shown(default))
+        elif "type" in meta:
+            kwargs.update(type=meta["type"], default=default)
+        elif typing.get_origin(kind) is tuple:
+            kwargs.update(type=_parse_tuple(typing.get_args(kind)[0]), default=default)
+        else:
+            kwargs.update(type=kind if kind in (int, float, Path) else str, default=default)
+        parser.add_argument(flag, metavar=meta.get("metavar"), **kwargs)
+
+
+def dataclass_arguments(options_class: type[Any], *, prefix: str = "") -> tuple[str, ...]:
+    """The destinations :func:`add_dataclass_arguments` gives ``options_class``'s flags."""
+    return tuple(
+        _dest(f, prefix) for f in dataclasses.fields(options_class) if "help" in f.metadata
+    )
+
+
+def dataclass_from_arguments(
+    options_class: type[Any], arguments: Mapping[str, Any], *, prefix: str = ""
+) -> Any:
+    """The ``options_class`` instance of the parsed ``arguments`` (its flagged fields; the others
+    keep their defaults), each field's ``convert`` applied.
+
+    Raises:
+        ConfigError: from a field's ``convert``.
+    """
+    values: dict[str, Any] = {}
+    for f in dataclasses.fields(options_class):
+        if "help" not in f.metadata:
+            continue
+        value = arguments[_dest(f, prefix)]
+        convert = f.metadata.get("convert")
+        values[f.name] = convert(value) if convert is not None and isinstance(value, str) else value
+    return options_class(**values)
 
 
 def resolve_config(family: TaskFamily, overrides: Mapping[str, Any]) -> TrainConfig:

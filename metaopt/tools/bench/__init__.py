@@ -1,0 +1,56 @@
+"""``metaopt bench``: metaopt's engines against the ways people write meta-learning by hand.
+
+Every case times several implementations of *one* meta-iteration on the same data and the same
+initial parameters, in one process, after a warm-up, round-robin over the implementations so
+that machine noise falls on all of them alike, and reports medians. Before any time is printed
+it checks that all implementations computed the same meta-gradient.
+
+Baselines (written by the domains that register the cases):
+
+* ``torchopt-loop``: the pattern of TorchOpt's examples and the seed documents, one task at a time
+  with ``torchopt.MetaSGD`` and ``extract_state_dict`` / ``recover_state_dict``;
+* ``higher``: ``higher.innerloop_ctx`` (when installed), ``copy_initial_weights=False``;
+* ``torch.func``: a hand-written ``functional_call`` + ``grad`` inner loop, ``vmap`` over tasks;
+* ``deepcopy-loop`` (Reptile): the Reptile seed's serial loop, ``deepcopy`` of the state dict,
+  manual SGD, interpolation.
+
+Domains add cases through the entry-point group ``metaopt.benchmarks`` (a function
+``cases(quick: bool) -> list[Case]``): the sine and Omniglot cases live in ``supervised/``
+(``supervised.bench_sine``, ``supervised.bench``), the reinforcement-learning case in ``rl/``.
+
+The package: :mod:`~metaopt.tools.bench.cases` (what a case is, the registry),
+:mod:`~metaopt.tools.bench.timing` (agreement, then medians), :mod:`~metaopt.tools.bench.flops`
+(:func:`count_flops`, :func:`matmul_peak`), :mod:`~metaopt.tools.bench.memory`
+(:func:`peak_memory_bytes`, the sweep over inner steps) and :mod:`~metaopt.tools.bench.command`
+(:func:`run_bench`, the table).
+"""
+
+from metaopt.tools.bench.cases import (
+    Case,
+    Gradient,
+    MemorySweep,
+    clear_grads,
+    domain_cases,
+    gradients_of,
+)
+from metaopt.tools.bench.command import run_bench
+from metaopt.tools.bench.flops import count_flops, matmul_peak
+from metaopt.tools.bench.memory import memory_sweep, peak_memory_bytes, plot_memory
+from metaopt.tools.bench.timing import relative_difference, time_case
+
+__all__ = [
+    "Case",
+    "Gradient",
+    "MemorySweep",
+    "clear_grads",
+    "count_flops",
+    "domain_cases",
+    "gradients_of",
+    "matmul_peak",
+    "memory_sweep",
+    "peak_memory_bytes",
+    "plot_memory",
+    "relative_difference",
+    "run_bench",
+    "time_case",
+]

@@ -1,0 +1,108 @@
+"""What ``metaopt bench`` measures: cases, the memory sweep, and the domains that register them.
+
+Domains add cases through the entry-point group ``metaopt.benchmarks`` (a function
+``cases(quick: bool) -> list[Case]``): the sine cases and the Omniglot cases live in
+``supervised/``, the reinforcement-learning case in ``rl/``. The bench itself knows no domain.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from importlib.metadata import entry_points
+
+import torch
+
+__all__ = [
+    "Case",
+    "Gradient",
+    "MemorySweep",
+    "clear_grads",
+    "domain_cases",
+    "gradients_of",
+    "memory_sweeps",
+]
+
+Gradient = list[torch.Tensor]
+
+
+@dataclass(frozen=True)
+class MemorySweep:
+    """Peak memory of one meta-iteration per algorithm, as the number of inner steps grows.
+
+    Attributes:
+        name: The workload in record names: ``memory-<name>-<algorithm>``.
+        description: What is measured, for the table's title (``sine, vectorised engine``).
+        title: The plot's title (the full-size workload).
+        iterations: Inner steps k -> algorithm name -> a zero-argument function running one
+            meta-iteration at k inner steps (the algorithms in the order of the table).
+    """
+
+    name: str
+    description: str
+    title: str
+    iterations: Callable[[int], dict[str, Callable[[], object]]]
+
+
+@dataclass
+class Case:
+    """One workload and the implementations that compute its meta-gradient.
+
+    Attributes:
+        name: Short identifier, e.g. ``sine-maml-1step``.
+        impls: Implementation name -> zero-argument function running one meta-iteration and
+            returning the meta-gradient (a list of tensors in a fixed order).
+        reference: The implementation others are compared with.
+        tolerance: Largest relative difference of meta-gradients accepted as "the same".
+        description: What the case measures.
+        ratios_to: Implementations the speed-ups are stated against.
+        stochastic: Implementations that sample their own random numbers (an RL loop stepping
+            its own environments): timed, but their meta-gradient cannot be compared.
+        max_repeats: Fewer repetitions for a case whose baseline takes seconds.
+        flops_from: The implementation whose meta-iteration
+            :func:`~metaopt.tools.bench.count_flops` counts once; the count stands for every
+            implementation (they do the same arithmetic), and the bench reports achieved FLOP/s
+            and its fraction of the measured matmul peak. ``None``: no FLOP figures.
+        memory: A peak-memory sweep over inner steps on this case's workload, run once per
+            bench whichever cases are selected (``--no-memory`` skips it). ``None``: none.
+    """
+
+    name: str
+    impls: dict[str, Callable[[], Gradient]]
+    reference: str
+    tolerance: float = 1e-4
+    description: str = ""
+    ratios_to: tuple[str, ...] = field(default_factory=tuple)
+    stochastic: tuple[str, ...] = field(default_factory=tuple)
+    max_repeats: int | None = None
+    flops_from: str | None = None
+    memory: MemorySweep | None = None
+
+
+def gradients_of(params: Sequence[torch.Tensor]) -> Gradient:
+    """Copies of the parameters' ``.grad`` (zeros where there is none): one meta-gradient."""
+    return [p.grad.detach().clone() if p.grad is not None else torch.zeros_like(p) for p in params]
+
+
+def clear_grads(params: Sequence[torch.Tensor]) -> None:
+    """Drop the parameters' ``.grad`` before a meta-iteration accumulates a new one."""
+    for p in params:
+        p.grad = None
+
+
+def domain_cases(quick: bool) -> list[Case]:
+    """Cases that installed domains register under the ``metaopt.benchmarks`` entry points,
+    in the order of the entry points' names."""
+    found = []
+    for ep in sorted(entry_points(group="metaopt.benchmarks"), key=lambda ep: ep.name):
+        found.extend(ep.load()(quick))
+    return found
+
+
+def memory_sweeps(cases: Sequence[Case]) -> list[MemorySweep]:
+    """The distinct memory sweeps the cases carry, in case order."""
+    sweeps: list[MemorySweep] = []
+    for case in cases:
+        if case.memory is not None and case.memory not in sweeps:
+            sweeps.append(case.memory)
+    return sweeps

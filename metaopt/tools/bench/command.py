@@ -1,0 +1,125 @@
+"""``metaopt bench``: run the registered cases, print the table, save the records."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from metaopt.tools.bench.cases import domain_cases, memory_sweeps
+from metaopt.tools.bench.flops import matmul_peak
+from metaopt.tools.bench.memory import memory_sweep, plot_memory, sweep_table
+from metaopt.tools.bench.timing import time_case
+from metaopt.training import ConfigError
+
+__all__ = ["run_bench"]
+
+
+def run_bench(
+    *,
+    quick: bool = False,
+    threads: int | None = None,
+    repeats: int | None = None,
+    cases: Sequence[str] | None = None,
+    memory: bool = True,
+    json_path: Path | None = None,
+    plot_path: Path | None = None,
+    echo: Callable[[str], None] = print,
+) -> list[dict[str, Any]]:
+    """Run the benchmark; print the table; return (and optionally save) the records.
+
+    The cases are those the installed domains register (:func:`domain_cases`); ``cases`` selects
+    some by name. ``plot_path`` receives the first memory sweep's plot (a further sweep's goes
+    next to it, its name appended to the file's stem).
+
+    Raises:
+        ConfigError: ``cases`` names a case no domain registers.
+    """
+    if threads is not None:
+        torch.set_num_threads(threads)
+    threads = torch.get_num_threads()
+    repeats = repeats or (3 if quick else 15)
+    all_cases = domain_cases(quick)
+    sweeps = memory_sweeps(all_cases)
+    if cases:
+        unknown = sorted(set(cases) - {c.name for c in all_cases})
+        if unknown:
+            names = ", ".join(c.name for c in all_cases)
+            raise ConfigError(f"--cases: unknown case(s) {', '.join(unknown)}; available: {names}")
+        all_cases = [c for c in all_cases if c.name in cases]
+    echo(
+        f"metaopt bench: {threads} thread(s), median of {repeats} repetitions, torch {torch.__version__}"
+    )
+    records: list[dict[str, Any]] = []
+    peak: float | None = None
+    if any(case.flops_from is not None for case in all_cases):
+        measured = matmul_peak(target_s=0.01 if quick else 0.05, repeats=3 if quick else 10)
+        measured["threads"] = threads
+        records.append(measured)
+        peak = measured["flop_per_s"]
+        size = measured["size"]
+        echo(
+            f"matmul peak: torch.mm {size}×{size} float32, {peak / 1e9:.1f} GFLOP/s "
+            f"({measured['time_s'] * 1e3:.1f} ms, median of {3 if quick else 10})"
+        )
+    for case in all_cases:
+        timed = time_case(
+            case,
+            repeats=min(repeats, case.max_repeats or repeats),
+            warmup=1 if quick or case.max_repeats else 3,
+        )
+        echo(f"\n{case.name}: {case.description}")
+        flops = timed[case.flops_from]["flops"] if case.flops_from is not None else None
+        if flops is not None:
+            echo(
+                f"  {flops / 1e9:.2f} GFLOP per meta-iteration (FlopCounterMode, {case.flops_from})"
+            )
+        header = (
+            f"  {'implementation':16s} {'median ms':>10s}"
+            + "".join(f" {'× vs ' + r:>18s}" for r in case.ratios_to)
+            + f" {'rel. grad diff':>15s}"
+            + (f" {'GFLOP/s':>9s} {'% of peak':>10s}" if flops is not None else "")
+        )
+        echo(header)
+        for name, fields in sorted(timed.items(), key=lambda item: item[1]["median_s"]):
+            row = {"case": case.name, "impl": name, "threads": threads, **fields}
+            ratios = {}
+            for baseline in case.ratios_to:
+                ratios[baseline] = timed[baseline]["median_s"] / fields["median_s"]
+                row[f"speedup_vs_{baseline}"] = ratios[baseline]
+            flop_columns = ""
+            if flops is not None:
+                assert peak is not None
+                row["flop_per_s"] = flops / fields["median_s"]
+                row["peak_fraction"] = row["flop_per_s"] / peak
+                flop_columns = f" {row['flop_per_s'] / 1e9:9.2f} {row['peak_fraction'] * 100:10.1f}"
+            records.append(row)
+            diff = fields["max_rel_grad_diff"]
+            echo(
+                f"  {name:16s} {fields['median_s'] * 1e3:10.2f}"
+                + "".join(f" {ratios[b]:18.2f}" for b in case.ratios_to)
+                + (f" {diff:15.1e}" if diff is not None else f" {'(stochastic)':>15s}")
+                + flop_columns
+            )
+    if memory:
+        steps = (1, 2, 5) if quick else (1, 2, 5, 10, 20)
+        for index, sweep in enumerate(sweeps):
+            measured_sweep = memory_sweep(sweep, steps)
+            echo(f"\npeak memory of one meta-iteration (MiB), {sweep.description}:")
+            echo("  inner steps " + "".join(f"{k:>8d}" for k in steps))
+            for algo, peaks in sweep_table(sweep, measured_sweep).items():
+                echo(f"  {algo:11s} " + "".join(f"{v / 2**20:8.2f}" for v in peaks))
+            for row in measured_sweep:
+                row["threads"] = threads
+            records.extend(measured_sweep)
+            if plot_path is not None:
+                path = Path(plot_path)
+                if index:
+                    path = path.with_name(f"{path.stem}-{sweep.name}{path.suffix}")
+                plot_memory(sweep, steps, measured_sweep, path)
+    if json_path is not None:
+        Path(json_path).write_text(json.dumps(records, indent=2) + "\n")
+    return records

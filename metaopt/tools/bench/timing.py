@@ -1,0 +1,59 @@
+"""Agreement, then timing: every implementation of a case must compute the same meta-gradient
+before any of them is timed; the timing is round-robin over the implementations after a warm-up,
+so that machine noise falls on all of them alike, and reports medians."""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from typing import Any
+
+from metaopt.tools.bench.cases import Case, Gradient
+from metaopt.tools.bench.flops import count_flops
+
+__all__ = ["relative_difference", "time_case"]
+
+
+def relative_difference(a: Gradient, b: Gradient) -> float:
+    """‖a − b‖ / ‖b‖ over all tensors together (‖a − b‖ where b is zero)."""
+    num = math.sqrt(sum(float(((x - y) ** 2).sum()) for x, y in zip(a, b, strict=True)))
+    den = math.sqrt(sum(float((y**2).sum()) for y in b))
+    return num / den if den else num
+
+
+def time_case(
+    case: Case, *, repeats: int, warmup: int, inner: int = 1
+) -> dict[str, dict[str, Any]]:
+    """Check agreement, then time each implementation; return name -> record fields."""
+    results = {name: fn() for name, fn in case.impls.items()}
+    reference = results[case.reference]
+    records: dict[str, dict[str, Any]] = {}
+    for name, gradient in results.items():
+        if name in case.stochastic:
+            records[name] = {"max_rel_grad_diff": None}
+            continue
+        difference = relative_difference(gradient, reference)
+        records[name] = {"max_rel_grad_diff": difference}
+        if not difference <= case.tolerance:
+            raise AssertionError(
+                f"{case.name}: {name}'s meta-gradient differs from {case.reference}'s by "
+                f"{difference:.3g} (relative), more than {case.tolerance:g}; timings not reported"
+            )
+    if case.flops_from is not None:
+        flops = count_flops(case.impls[case.flops_from])
+        for fields in records.values():
+            fields["flops"] = flops
+    for _ in range(warmup):
+        for fn in case.impls.values():
+            fn()
+    samples: dict[str, list[float]] = {name: [] for name in case.impls}
+    for _ in range(repeats):
+        for name, fn in case.impls.items():  # round-robin: noise falls on every impl alike
+            start = time.perf_counter()
+            for _ in range(inner):
+                fn()
+            samples[name].append((time.perf_counter() - start) / inner)
+    for name in case.impls:
+        records[name]["median_s"] = statistics.median(samples[name])
+    return records

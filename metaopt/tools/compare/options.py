@@ -1,0 +1,162 @@
+"""The options of ``metaopt compare`` and the names its results use."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+
+import torch
+
+from metaopt.training import ConfigError, option
+from metaopt.training.family import ALGORITHMS, flag
+
+__all__ = [
+    "BATCH_STREAM",
+    "COLORS",
+    "DEFAULT_STEPS",
+    "HELDOUT_KEY",
+    "HELDOUT_STREAM",
+    "LABELS",
+    "OTHER_BATCH",
+    "OTHER_BATCH_STREAM",
+    "REFERENCE",
+    "CompareOptions",
+    "ModelState",
+    "parse_methods",
+    "parse_steps",
+]
+
+
+#: The algorithm every other one is compared with.
+REFERENCE = "maml"
+#: Second-order MAML on an independent meta-batch: the meta-batch sampling noise.
+OTHER_BATCH = "maml-other-batch"
+DEFAULT_STEPS = (1, 2, 5, 10)
+#: Key of the domain-free held-out loss in learning curves (and in the runs' metrics.jsonl).
+HELDOUT_KEY = "heldout_query_loss"
+
+LABELS = {
+    "maml": "MAML (second order)",
+    "fomaml": "first-order MAML",
+    "metasgd": "Meta-SGD",
+    "reptile": "Reptile",
+    OTHER_BATCH: "MAML, other batch",
+}
+COLORS = {"maml": "C0", "fomaml": "C1", "metasgd": "C2", "reptile": "C3", OTHER_BATCH: "0.55"}
+
+# Streams apart from the training tasks (which come from default_rng(seed)): the compared
+# meta-batches, the extra "other batch" of a one-batch comparison, and the held-out tasks.
+OTHER_BATCH_STREAM = 0x0B47C4
+BATCH_STREAM = 0xC0517E
+HELDOUT_STREAM = 0x4E1D0
+
+ModelState = dict[str, torch.Tensor]
+
+
+def parse_methods(text: str) -> tuple[str, ...]:
+    """``"fomaml,reptile"`` -> ``("fomaml", "reptile")`` (validated by :class:`CompareOptions`)."""
+    return tuple(part.strip() for part in text.split(",") if part.strip())
+
+
+def parse_steps(text: str) -> tuple[int, ...]:
+    """``"1,2,5"`` -> ``(1, 2, 5)``; argparse reports the error of anything else."""
+    try:
+        return tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers, got {text!r}"
+        ) from None
+
+
+@dataclass(frozen=True)
+class CompareOptions:
+    """What ``metaopt compare`` measures and how much it spends; the task flags are the config's.
+
+    Each field is a flag of ``metaopt compare FAMILY`` (its metadata: the help, and how the flag
+    reads; :func:`metaopt.training.config.add_dataclass_arguments`).
+
+    Attributes:
+        methods: Algorithms compared with second-order MAML (which is always included).
+        steps: Inner-step counts of the gradient and cost comparisons.
+        checkpoints: Points of the second-order run, evenly spaced over ``config.iterations``,
+            at which the gradients are compared again (0: at initialisation only).
+        repeats: Timed meta-iterations per method and step count (after one warm-up).
+        curve_every: Held-out evaluation every N iterations of those runs (0: about 20 points).
+        heldout_tasks: Tasks of the domain-free held-out query loss.
+        batches: Independent meta-batches the gradient comparison is averaged over.
+        truth_batches: Batches of the comparison with the exact meta-gradient, for families
+            that can compute one (``TaskFamily.compare_with_truth``); 0 skips it.
+        curves: Run full meta-training for every method (otherwise only for MAML, and only when
+            ``checkpoints`` needs it).
+    """
+
+    methods: tuple[str, ...] = option(
+        ALGORITHMS,
+        "algorithms compared with second-order MAML, always included",
+        metadata={"type": parse_methods, "metavar": "LIST"},
+    )
+    steps: tuple[int, ...] = option(
+        DEFAULT_STEPS,
+        "inner-step counts of the gradient and cost comparisons; --inner-steps sets the runs'",
+        metadata={"type": parse_steps, "metavar": "LIST", "dest": "compare_steps"},
+    )
+    checkpoints: int = option(
+        3,
+        "points of the second-order run (evenly spaced over --iterations) at which the "
+        "gradients are compared again; 0: at initialisation only",
+        metadata={"metavar": "N"},
+    )
+    repeats: int = option(
+        5, "timed meta-iterations per method and step count", metadata={"metavar": "N"}
+    )
+    curve_every: int = option(
+        0,
+        "held-out evaluation every N iterations of the runs (0: about 20 points)",
+        metadata={"metavar": "N"},
+    )
+    heldout_tasks: int = option(50, "tasks of the held-out query loss", metadata={"metavar": "N"})
+    batches: int = option(
+        4,
+        "independent meta-batches the gradient comparison is averaged over",
+        metadata={"metavar": "N"},
+    )
+    truth_batches: int = option(
+        20,
+        "batches of the comparison with the exact meta-gradient, where the family has one "
+        "(mdp); 0 skips it",
+        metadata={"metavar": "N"},
+    )
+    curves: bool = option(
+        True,
+        "skip the other methods' full runs (the second-order run still gives checkpoints)",
+        metadata={"flag": "--no-curves"},
+    )
+
+    def validate(self) -> None:
+        """Raise :class:`ConfigError` naming the first flag that is out of range."""
+        unknown = [m for m in self.methods if m not in ALGORITHMS]
+        if unknown or not self.methods:
+            raise ConfigError(
+                f"--methods must be a comma-separated subset of {', '.join(ALGORITHMS)}; "
+                f"got {','.join(self.methods)!r}"
+            )
+        if not self.steps or any(isinstance(s, bool) or s < 1 for s in self.steps):
+            raise ConfigError(f"--steps must be integers >= 1, got {list(self.steps)}")
+        for name, low in (
+            ("checkpoints", 0),
+            ("repeats", 1),
+            ("curve_every", 0),
+            ("batches", 1),
+            ("truth_batches", 0),
+        ):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < low:
+                raise ConfigError(f"{flag(name)} must be an integer >= {low}, got {value!r}")
+        if self.heldout_tasks < 1:
+            raise ConfigError(f"--heldout-tasks must be an integer >= 1, got {self.heldout_tasks}")
+
+    @property
+    def all_methods(self) -> tuple[str, ...]:
+        """Second-order MAML first, then the others in the order of ``ALGORITHMS``."""
+        chosen = set(self.methods) | {REFERENCE}
+        return tuple(m for m in ALGORITHMS if m in chosen)

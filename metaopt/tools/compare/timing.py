@@ -1,0 +1,118 @@
+"""The wall time of one meta-iteration per method, round-robin over the methods."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from metaopt.algorithms import MetaLearner
+from metaopt.task import Task
+from metaopt.tools.compare.gradients import draw_tasks, method_algorithm
+from metaopt.tools.compare.memory import SavedTensorMeter
+from metaopt.tools.compare.options import ModelState
+from metaopt.training import (
+    TaskFamily,
+    TrainConfig,
+    build_outer_optimizer,
+)
+
+__all__ = ["Timing", "time_meta_iterations"]
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Cost of one meta-iteration of one method.
+
+    Attributes:
+        method: The algorithm.
+        steps: Inner steps.
+        median_s: Median wall time of ``zero_grad``, ``meta_backward`` and the outer step.
+        q1_s: First quartile.
+        q3_s: Third quartile.
+        min_s: Fastest repetition (the least disturbed by other processes).
+        repeats: Timed repetitions (after one warm-up).
+        saved_peak_bytes: :class:`SavedTensorMeter` peak during the warm-up iteration.
+    """
+
+    method: str
+    steps: int
+    median_s: float
+    q1_s: float
+    q3_s: float
+    min_s: float
+    repeats: int
+    saved_peak_bytes: int
+
+
+class _Timed:
+    """One method ready to be timed: its algorithm around a fresh model at ``state`` (from
+    :func:`method_algorithm`, with the config it was built from) and its outer optimiser."""
+
+    def __init__(
+        self,
+        family: TaskFamily,
+        built: tuple[TrainConfig, MetaLearner],
+        state: ModelState,
+        task_seed: int | Sequence[int],
+    ) -> None:
+        self.family, self.state, self.task_seed = family, state, task_seed
+        self.config, self.algo = built
+        self.outer, _ = build_outer_optimizer(self.config, self.algo)
+        self.learned = self.algo.learned_state()
+
+    def reset(self) -> Sequence[Task]:
+        """Back to ``state`` (rates included) and the same tasks, untimed."""
+        self.algo.model.load_state_dict(self.state)
+        self.algo.load_learned_state(self.learned)
+        return draw_tasks(self.family, self.config, self.task_seed, self.config.meta_batch)
+
+    def iteration(self, tasks: Sequence[Task]) -> float:
+        start = time.perf_counter()
+        self.outer.zero_grad(set_to_none=True)
+        self.algo.meta_backward(tasks)
+        self.outer.step()
+        return time.perf_counter() - start
+
+
+def time_meta_iterations(
+    family: TaskFamily,
+    config: TrainConfig,
+    methods: Sequence[str],
+    state: ModelState,
+    *,
+    steps: int,
+    repeats: int,
+    task_seed: int | Sequence[int],
+) -> list[Timing]:
+    """Time ``repeats`` meta-iterations of each of ``methods`` from ``state`` on one meta-batch.
+
+    Each method first runs one warm-up iteration, which also measures the saved-tensor peak.
+    The timed repetitions then go round-robin over the methods, so that a change in the load of
+    the machine affects all of them alike. Each repetition restores the model to ``state`` and
+    draws the same tasks (untimed), then times ``zero_grad``, ``meta_backward`` and the outer
+    step. Sampling inside the losses (RL trajectories) is part of the time.
+    """
+    timed = [
+        _Timed(family, method_algorithm(family, config, m, steps, state), state, task_seed)
+        for m in methods
+    ]
+    peaks = []
+    for t in timed:
+        tasks = t.reset()
+        with SavedTensorMeter() as meter:
+            t.iteration(tasks)
+        peaks.append(meter.peak_bytes)
+    times: list[list[float]] = [[] for _ in timed]
+    for _ in range(repeats):
+        for t, record in zip(timed, times, strict=True):
+            record.append(t.iteration(t.reset()))
+    out = []
+    for method, record, peak in zip(methods, times, peaks, strict=True):
+        q1, median, q3 = np.percentile(record, [25, 50, 75])
+        out.append(
+            Timing(method, steps, float(median), float(q1), float(q3), min(record), repeats, peak)
+        )
+    return out

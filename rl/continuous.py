@@ -1,0 +1,258 @@
+r"""Continuous actions: a Gaussian policy, a vectorised sampler and the scoring the losses use.
+
+Any family whose actions are real vectors reuses three pieces:
+
+* :class:`GaussianMLPPolicy`: observation -> (mean, log-standard-deviation, value), with a
+  learned log-standard-deviation that does not depend on the state (Finn et al. 2017's RL
+  policies; Schulman et al. 2015's TRPO);
+* :func:`rollout`: every (task, episode) pair stepped at once through a family's
+  :class:`Dynamics`, with all randomness drawn up front (:class:`GaussianNoise`), so a sample is
+  a deterministic function of policy, tasks and noise, and task b's episodes depend only on its
+  slice of the noise (the loop and vectorised engines sample the same episodes);
+* :class:`GaussianScorer`: the policy re-evaluated with autograd on the visited observations,
+  giving the losses of :mod:`rl.estimators` the log-density of the actions taken,
+
+.. math:: \log\pi(a\mid s) = \sum_i \Big[-\frac{(a_i-\mu_i(s))^2}{2\sigma_i^2}
+          - \log\sigma_i - \tfrac12\log 2\pi\Big],
+
+instead of a categorical log-probability, and the entropy :math:`\sum_i \log\sigma_i +
+\tfrac12\log 2\pi e`. Episodes may end before the horizon (a terminal step): the steps after it
+are masked out of every mean, and the λ-returns' discount is 0 on it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import NamedTuple, Protocol
+
+import torch
+from torch import nn
+
+from rl.estimators import Scores, scored_a2c_loss
+from rl.policy import mlp
+
+__all__ = [
+    "ContinuousTrajectories",
+    "Dynamics",
+    "GaussianMLPPolicy",
+    "GaussianNoise",
+    "GaussianPolicyFn",
+    "GaussianScorer",
+    "rollout",
+]
+
+#: Observations [..., D] -> (action means [..., A], log-standard-deviations [..., A], values [...]).
+GaussianPolicyFn = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
+
+_HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
+
+
+class GaussianMLPPolicy(nn.Module):
+    """Observation -> (action mean, log-std, state value): ReLU MLPs, a learned log-std.
+
+    The action is drawn from N(μ(s), diag(σ²)) with log σ a parameter vector (state-independent,
+    as in MAML's RL experiments). The critic has its own torso of the same widths unless
+    ``shared_torso``. Works on any leading dimensions: ``[..., D] -> ([..., A], [..., A], [...])``.
+
+    Args:
+        obs_dim: D.
+        action_dim: A.
+        hidden_sizes: Hidden-layer widths (MAML's: two of 100).
+        init_log_std: Initial log σ of every action dimension.
+        shared_torso: One torso for the policy and the value heads.
+    """
+
+    def __init__(
+        self,
+        obs_dim: int,
+        action_dim: int,
+        hidden_sizes: Sequence[int] = (100, 100),
+        init_log_std: float = 0.0,
+        shared_torso: bool = False,
+    ) -> None:
+        super().__init__()
+        self.torso, width = mlp(obs_dim, hidden_sizes)
+        self.value_torso = None if shared_torso else mlp(obs_dim, hidden_sizes)[0]
+        self.mean_head = nn.Linear(width, action_dim)
+        self.value_head = nn.Linear(width, 1)
+        self.log_std = nn.Parameter(torch.full((action_dim,), float(init_log_std)))
+
+    def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        features = self.torso(obs)
+        critic = features if self.value_torso is None else self.value_torso(obs)
+        mean = self.mean_head(features)
+        return mean, self.log_std.expand_as(mean), self.value_head(critic).squeeze(-1)
+
+
+class Dynamics(Protocol):
+    """A batch of T tasks' deterministic dynamics, stepped for N episodes each at once."""
+
+    def reset(self, num_episodes: int) -> torch.Tensor:
+        """Start states ``[T, N, ...]``."""
+        ...
+
+    def observe(self, states: torch.Tensor) -> torch.Tensor:
+        """Observations ``[T, N, D]`` of ``states``."""
+        ...
+
+    def step(
+        self, states: torch.Tensor, actions: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(next states, rewards [T, N], terminal [T, N] bool)`` after ``actions [T, N, A]``."""
+        ...
+
+
+class GaussianNoise(NamedTuple):
+    """The randomness of one sampling call: ``normal`` ``[H, T, N, A]`` standard normal; the
+    action at step t is ``μ + σ · normal[t]``."""
+
+    normal: torch.Tensor
+
+    @classmethod
+    def draw(
+        cls,
+        generator: torch.Generator,
+        horizon: int,
+        num_tasks: int,
+        num_trajectories: int,
+        action_dim: int,
+        dtype: torch.dtype = torch.float32,
+    ) -> GaussianNoise:
+        shape = (horizon, num_tasks, num_trajectories, action_dim)
+        return cls(torch.randn(shape, generator=generator, dtype=dtype))
+
+
+class ContinuousTrajectories(NamedTuple):
+    """Sampled episodes, time-major.
+
+    Attributes:
+        observations: ``[H + 1, T, N, D]``; the last is the observation at the horizon (or, for
+            an episode that ended, where it ended).
+        actions: ``[H, T, N, A]`` the sampled actions (before any clipping by the dynamics).
+        rewards: ``[H, T, N]``, 0 after the episode ended.
+        mask: ``[H, T, N]`` 1 on the steps of the episode, 0 after it ended.
+        continues: ``[H, T, N]`` 0 on the terminal step, else 1.
+    """
+
+    observations: torch.Tensor
+    actions: torch.Tensor
+    rewards: torch.Tensor
+    mask: torch.Tensor
+    continues: torch.Tensor
+
+    def episode_returns(self) -> torch.Tensor:
+        """Undiscounted return of every episode, ``[T, N]``."""
+        return self.rewards.sum(0)
+
+    def task(self, index: int) -> ContinuousTrajectories:
+        """The trajectories of task ``index``, keeping a task axis of length 1."""
+        return ContinuousTrajectories(*(x[:, index : index + 1] for x in self))
+
+
+def rollout(
+    policy: GaussianPolicyFn, dynamics: Dynamics, noise: GaussianNoise
+) -> ContinuousTrajectories:
+    """Run the episodes that ``noise`` determines in every task at once (no autograd).
+
+    The only Python loop is over the H steps; each evaluates the policy once on the ``[T, N, D]``
+    observations. An episode that reaches a terminal step stays where it is, with reward 0 and
+    mask 0, until the horizon. A task whose policy outputs are not finite (a diverged inner
+    step) is simulated with zero actions and gets NaN rewards, so the divergence shows in its
+    returns and losses.
+    """
+    horizon, t, n, _ = noise.normal.shape
+    with torch.no_grad():
+        states = dynamics.reset(n)
+        alive = torch.ones((t, n), dtype=noise.normal.dtype)
+        observations, actions, rewards, masks, continues = [], [], [], [], []
+        finite = torch.ones(t, dtype=torch.bool)
+        for step in range(horizon):
+            obs = dynamics.observe(states)
+            mean, log_std, _ = policy(obs)
+            ok = torch.isfinite(mean).flatten(1).all(1) & torch.isfinite(log_std).flatten(1).all(1)
+            finite = finite & ok
+            action = mean + log_std.exp() * noise.normal[step]
+            action = torch.where(ok.view(t, 1, 1), action, 0.0)
+            following, reward, terminal = dynamics.step(states, action)
+            observations.append(obs)
+            actions.append(action)
+            rewards.append(reward * alive)
+            masks.append(alive)
+            continues.append(1.0 - terminal.to(alive.dtype) * alive)
+            states = torch.where(
+                alive.bool().view(t, n, *[1] * (states.dim() - 2)), following, states
+            )
+            alive = alive * (1.0 - terminal.to(alive.dtype))
+        observations.append(dynamics.observe(states))
+        reward_tensor = torch.stack(rewards)
+        reward_tensor = torch.where(finite.view(1, t, 1), reward_tensor, torch.nan)
+    return ContinuousTrajectories(
+        torch.stack(observations),
+        torch.stack(actions),
+        reward_tensor,
+        torch.stack(masks),
+        torch.stack(continues),
+    )
+
+
+class GaussianScorer:
+    """Scores of a Gaussian policy on its episodes (:class:`rl.estimators.Scorer`).
+
+    One forward pass per task on all ``(H + 1)·N`` visited observations gives, with gradient,
+    the log-density of every action taken (0 after the episode ended) and every value.
+
+    Args:
+        normalize_advantages: Standardise the A2C policy term's advantages per task.
+    """
+
+    def __init__(self, normalize_advantages: bool = False) -> None:
+        self.normalize_advantages = normalize_advantages
+
+    def __call__(self, policy: GaussianPolicyFn, trajectories: ContinuousTrajectories) -> Scores:
+        obs = trajectories.observations
+        steps, t, n, d = obs.shape
+        flat = obs.transpose(0, 1).reshape(t, steps * n, d)
+        mean, log_std, values = policy(flat)
+
+        def time_major(x: torch.Tensor) -> torch.Tensor:
+            return x.reshape(t, steps, n, *x.shape[2:]).transpose(0, 1)
+
+        mean, log_std, values = time_major(mean), time_major(log_std), time_major(values)
+        mean, log_std = mean[:-1], log_std[:-1]
+        z = (trajectories.actions - mean) * torch.exp(-log_std)
+        log_probs = (-0.5 * z.pow(2) - log_std - _HALF_LOG_2PI).sum(-1) * trajectories.mask
+
+        def entropy() -> torch.Tensor:
+            return (log_std + _HALF_LOG_2PI + 0.5).sum(-1)
+
+        return Scores(
+            log_probs,
+            values,
+            entropy,
+            trajectories.mask,
+            trajectories.continues,
+            self.normalize_advantages,
+        )
+
+    def a2c_loss(
+        self,
+        policy: GaussianPolicyFn,
+        trajectories: ContinuousTrajectories,
+        *,
+        gamma: float,
+        gae_lambda: float,
+        value_coef: float,
+        entropy_coef: float,
+        per_task: bool,
+    ) -> torch.Tensor:
+        """The A2C loss with log-densities (:func:`rl.estimators.scored_a2c_loss`)."""
+        return scored_a2c_loss(
+            self(policy, trajectories),
+            trajectories.rewards,
+            gamma=gamma,
+            gae_lambda=gae_lambda,
+            value_coef=value_coef,
+            entropy_coef=entropy_coef,
+            per_task=per_task,
+        )

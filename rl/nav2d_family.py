@@ -1,0 +1,266 @@
+"""``metaopt train nav2d``: MAML's 2-D navigation (Finn et al. 2017, §5.3) with a Gaussian policy.
+
+The paper's settings: goals uniform on [−0.5, 0.5]², horizon 100, 20 trajectories per gradient
+step, 20 tasks per meta-batch, inner learning rate 0.1 (vanilla policy gradient), a policy MLP
+with two hidden layers of 100 ReLU units (Finn et al. 2017, §5.3 and appendix A.2, as the issue
+quotes them). Its outer optimiser is TRPO; here it is Adam, and the inner loss is the A2C loss
+with log-densities (:mod:`rl.continuous`), its advantages standardised per task (as
+pytorch-maml-rl does), so that the inner step at lr 0.1 does not scale with the returns.
+
+The final evaluation (``eval.json``, the ``mdp`` family's shape) has the return after 0..3 inner
+steps on ``eval_tasks`` held-out goals, the paired differences after − before, and two baselines
+adapted by plain SGD at ``inner_lr``: a *pretrained* policy (the paper's: trained on the goals
+without adaptation, ``pretrain_iterations`` A2C steps of Adam at ``outer_lr``), against which
+``meta_minus_baseline`` is paired, and the *random initialisation* the meta-training started
+from (``random_baseline``, with its own ``meta_minus_random``). ``nav2d_trajectories.png`` is
+the paper's picture: mean-action trajectories before and after 1 and 3 steps, for a few
+held-out goals, of the three policies.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from metaopt.algorithms import MetaLearner
+from metaopt.training.distributed import DistInfo, map_tasks, on_main
+from metaopt.training.family import TrainConfig, option
+from rl.continuous import GaussianMLPPolicy, GaussianNoise
+from rl.evaluation import INTERVAL, adaptation_returns, curve_summary, flat_summaries, summarize
+from rl.family import A2CConfig, A2CFamily, _check_int, _check_real
+from rl.nav2d import Nav2DTaskBatch, sample_goals
+
+__all__ = ["EVAL_STEPS", "Nav2DConfig", "Nav2DFamily"]
+
+#: Inner-step counts of the final evaluation (plus the trained number of steps).
+EVAL_STEPS = (0, 1, 2, 3)
+#: Steps drawn in the trajectory picture.
+PICTURE_STEPS = (0, 1, 3)
+
+_EVAL_STREAM = 0x2D6E
+_SAMPLING_STREAM = 0x2D5A
+_PRETRAIN_STREAM = 0x2D97
+
+
+@dataclass
+class Nav2DConfig(A2CConfig):
+    """``metaopt train nav2d`` settings (the paper's where it gives them; see the module)."""
+
+    meta_batch: int = option(20, "goals per meta-iteration (the paper's 20)")
+    iterations: int = option(300, "meta-iterations (outer steps)")
+    outer_lr: float = option(3e-3, "outer-loop learning rate (Reptile: initial step size ε)")
+    eval_every: int = option(50, "evaluate on the held-out goals every N iterations (0: never)")
+    eval_tasks: int = option(400, "held-out goals in the final evaluation")
+    horizon: int = option(100, "steps per episode (the paper's 100)")
+    trajectories: int = option(20, "episodes per goal for each loss (the paper's 20)")
+    value_coef: float = option(0.5, "weight of the critic's squared-advantage term")
+    hidden_sizes: tuple[int, ...] = option((64, 64), "hidden-layer widths of policy and critic")
+    shared_torso: bool = option(False, "policy and critic share one torso (default: one each)")
+    test_tasks: int = option(100, "held-out goals of the periodic evaluation")
+    init_log_std: float = option(0.0, "initial log-standard-deviation of the Gaussian policy")
+    normalize_advantages: bool = option(
+        True, "standardise the A2C policy term's advantages per goal (--no-normalize-advantages)"
+    )
+    pretrain_iterations: int = option(
+        200, "A2C steps (Adam at --outer-lr) that make the pretrained baseline"
+    )
+
+    RESUMABLE = (*A2CConfig.RESUMABLE, "test_tasks", "pretrain_iterations")
+
+    def validate(self) -> None:
+        super().validate()
+        _check_int("pretrain_iterations", self.pretrain_iterations, 0)
+        _check_real("init_log_std", self.init_log_std, -10.0, 10.0)
+
+
+def _nav(config: TrainConfig) -> Nav2DConfig:
+    if not isinstance(config, Nav2DConfig):
+        raise TypeError(f"the nav2d family needs a Nav2DConfig, got {type(config).__name__}")
+    return config
+
+
+class Nav2DFamily(A2CFamily):
+    """MAML's 2-D navigation: reach a goal in the plane, a Gaussian policy."""
+
+    name = "nav2d"
+    description = "meta-RL 2-D navigation to a goal (MAML's continuous-control demo)"
+    config_class = Nav2DConfig
+    metric = "return"
+    higher_is_better = True
+
+    def __init__(self) -> None:
+        self._pretrained: dict[str, dict[str, torch.Tensor]] = {}
+
+    def make_model(self, config: TrainConfig) -> nn.Module:
+        config = _nav(config)
+        return GaussianMLPPolicy(
+            2, 2, config.hidden_sizes, config.init_log_std, config.shared_torso
+        )
+
+    def batch(self, config: Nav2DConfig, goals: np.ndarray, seed: int) -> Nav2DTaskBatch:
+        generator = torch.Generator().manual_seed(seed)
+        settings = config.a2c_settings()
+        return Nav2DTaskBatch(goals, settings, generator, config.normalize_advantages)
+
+    def sample_tasks(
+        self, config: TrainConfig, rng: np.random.Generator, num_tasks: int
+    ) -> Nav2DTaskBatch:
+        config = _nav(config)
+        goals = sample_goals(rng, num_tasks)
+        return self.batch(config, goals, int(rng.integers(2**62)))
+
+    def test_goals(self, config: Nav2DConfig, num_tasks: int) -> np.ndarray:
+        """The first ``num_tasks`` held-out goals of ``config.eval_seed`` (a fixed set)."""
+        return sample_goals(np.random.default_rng([_EVAL_STREAM, config.eval_seed]), num_tasks)
+
+    def test_batch(self, config: Nav2DConfig, num_tasks: int) -> Nav2DTaskBatch:
+        """Fresh held-out goals, with the same sampling noise at every evaluation."""
+        goals = self.test_goals(config, num_tasks)
+        return self.batch(config, goals, _SAMPLING_STREAM + config.eval_seed)
+
+    def periodic_eval(
+        self, algo: MetaLearner, config: TrainConfig, *, group: DistInfo | None = None
+    ) -> dict[str, float]:
+        config = _nav(config)
+        batch = self.test_batch(config, config.test_tasks)
+        curve = map_tasks(
+            lambda part: adaptation_returns(algo, part, config.inner_steps), batch, group
+        )
+        pre, post = curve[0], curve[-1]
+        return flat_summaries(
+            {"test_pre_return": pre, "test_post_return": post, "test_post_minus_pre": post - pre}
+        )
+
+    # -- baselines ------------------------------------------------------------------------
+
+    def pretrained_model(self, config: Nav2DConfig, group: DistInfo | None = None) -> nn.Module:
+        """The paper's pretrained baseline: the initial policy trained by Adam at ``outer_lr`` on
+        the A2C loss of ``pretrain_iterations`` meta-batches of goals, without adaptation (one
+        policy for every goal). Computed once per process (rank 0 of ``group`` under torchrun)."""
+        key = repr(sorted(config.to_dict().items()))
+        if key not in self._pretrained:
+            self._pretrained[key] = on_main(lambda: self._pretrain(config), group)
+        model = self.initial_model(config)
+        model.load_state_dict(self._pretrained[key])
+        return model
+
+    def _pretrain(self, config: Nav2DConfig) -> dict[str, torch.Tensor]:
+        model = self.initial_model(config)
+        optimizer = torch.optim.Adam(model.parameters(), lr=config.outer_lr)
+        rng = np.random.default_rng([_PRETRAIN_STREAM, config.seed])
+        for _ in range(config.pretrain_iterations):
+            batch = self.sample_tasks(config, rng, config.meta_batch)
+            loss = batch.loss(model, batch.sample(model, "support0"))
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+    def baselines(
+        self, algo: MetaLearner, config: Nav2DConfig, group: DistInfo | None = None
+    ) -> dict[str, MetaLearner]:
+        """The pretrained and the randomly initialised policy, adapted by ``algo``'s inner
+        optimiser at ``inner_lr``."""
+        return {
+            "baseline": algo.untrained_baseline(self.pretrained_model(config, group)),
+            "random_baseline": self.baseline(algo, config),
+        }
+
+    # -- evaluation -----------------------------------------------------------------------
+
+    def evaluate(
+        self,
+        algo: MetaLearner,
+        config: TrainConfig,
+        run_dir: Path,
+        *,
+        num_tasks: int | None = None,
+        steps: Sequence[int] | None = None,
+        group: DistInfo | None = None,
+    ) -> dict[str, Any]:
+        config = _nav(config)
+        n = config.eval_tasks if num_tasks is None else num_tasks
+        trained = config.inner_steps
+        steps = sorted((set(EVAL_STEPS) | {trained}) if steps is None else set(steps))
+        longest = max(*steps, trained)
+
+        def curve(learner: MetaLearner) -> torch.Tensor:
+            batch = self.test_batch(config, n)
+            return map_tasks(lambda part: adaptation_returns(learner, part, longest), batch, group)
+
+        meta = curve(algo)
+        result: dict[str, Any] = {
+            "metric": self.metric,
+            "higher_is_better": True,
+            "tasks": n,
+            "steps": steps,
+            "trained_steps": trained,
+            "by_steps": curve_summary(steps, meta),
+            "after_minus_before": curve_summary(steps, meta - meta[0]),
+            "post_minus_pre": {"steps": trained, **summarize(meta[trained] - meta[0])},
+        }
+        descriptions = {
+            "baseline": f"a policy pretrained on the goals without adaptation "
+            f"({config.pretrain_iterations} A2C steps of Adam), adapted by plain SGD at inner_lr",
+            "random_baseline": "the initial (not meta-trained) policy, adapted by plain SGD at "
+            "inner_lr",
+        }
+        for name, learner in self.baselines(algo, config, group).items():
+            base = curve(learner)
+            result[name] = {
+                "description": descriptions[name],
+                "by_steps": curve_summary(steps, base),
+                "after_minus_before": curve_summary(steps, base - base[0]),
+            }
+            difference = "meta_minus_baseline" if name == "baseline" else "meta_minus_random"
+            result[difference] = curve_summary(steps, meta - base)
+        result["adaptation"] = algo.describe()
+        result["interval"] = INTERVAL
+        return result
+
+    # -- pictures -------------------------------------------------------------------------
+
+    def trajectories(
+        self, algo: MetaLearner, config: Nav2DConfig, num_goals: int = 3
+    ) -> dict[str, Any]:
+        """Mean-action paths ``{policy: {steps: [G, H + 1, 2]}}`` on the first held-out goals
+        after 0, 1 and 3 inner steps (each adaptation on that goal's sampled support episodes)."""
+        learners = {"meta-learned": algo, **self.baselines(algo, config)}
+        names = {"baseline": "pretrained", "random_baseline": "random initialisation"}
+        paths: dict[str, Any] = {}
+        for key, learner in learners.items():
+            by_steps = {}
+            for k in PICTURE_STEPS:
+                batch = self.test_batch(config, num_goals)
+                forward = learner.adapt_batch(batch, k)
+                zero = GaussianNoise(torch.zeros(config.horizon, num_goals, 1, 2))
+                with torch.no_grad():
+                    observed = batch.simulate(forward, zero).observations[:, :, 0]
+                by_steps[k] = observed.transpose(0, 1).numpy()
+            paths[names.get(key, key)] = by_steps
+        return {"goals": self.test_goals(config, num_goals), "paths": paths}
+
+    def plot(
+        self,
+        algo: MetaLearner,
+        config: TrainConfig,
+        run_dir: Path,
+        metrics: Sequence[Mapping[str, Any]],
+        evaluation: Mapping[str, Any],
+    ) -> list[Path]:
+        from rl.plots import plot_adaptation, plot_nav2d, plot_returns
+
+        config = _nav(config)
+        return [
+            plot_returns(run_dir / "rl_returns.png", metrics, {}, config.algo, family=self.name),
+            plot_adaptation(
+                run_dir / "rl_adaptation.png", evaluation, config.algo, family=self.name
+            ),
+            plot_nav2d(run_dir / "nav2d_trajectories.png", self.trajectories(algo, config)),
+        ]

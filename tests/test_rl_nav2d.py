@@ -1,0 +1,156 @@
+"""2-D navigation: the environment, the vectorised Gaussian sampler against it, the log-density,
+the engines' agreement, and ``metaopt train nav2d`` / ``metaopt eval`` with a tiny budget."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+from gymnasium.utils.env_checker import check_env
+
+import metaopt
+from metaopt.cli import main
+from rl.continuous import GaussianMLPPolicy, GaussianNoise, GaussianScorer, rollout
+from rl.nav2d import ENV_ID, Nav2DDynamics, Nav2DEnv, Nav2DTaskBatch, register
+from rl.task import A2CSettings
+
+GOALS = np.array([[0.3, -0.2], [-0.05, 0.04], [0.4, 0.4]])
+
+
+def test_env_registers_explicitly_and_passes_check_env() -> None:
+    register()
+    register()  # idempotent
+    env = gym.make(ENV_ID)
+    check_env(env.unwrapped, skip_render_check=True)
+    assert env.spec is not None and env.spec.max_episode_steps == 100
+    with pytest.raises(ValueError, match="goal must be 2 finite numbers"):
+        Nav2DEnv(goal=[0.1])
+
+
+def test_sampler_replays_exactly_in_the_environment() -> None:
+    """Every sampled episode, its actions fed to the environment one by one, gives the same
+    rewards and ends at the same step."""
+    torch.manual_seed(0)
+    policy = GaussianMLPPolicy(2, 2, (8,), init_log_std=-6.0)
+    with torch.no_grad():  # a near-deterministic walk along the diagonal: goal 2 is reached
+        policy.mean_head.weight.zero_()
+        policy.mean_head.bias.fill_(0.15)
+    noise = GaussianNoise.draw(torch.Generator().manual_seed(1), 30, 3, 4, 2)
+    goals = torch.tensor(GOALS, dtype=torch.float32)
+    trajectories = rollout(policy, Nav2DDynamics(goals), noise)
+    env = Nav2DEnv(max_episode_steps=30)
+    ended = 0
+    for task in range(3):
+        env.reset_task(GOALS[task].astype(np.float32))
+        for episode in range(4):
+            env.reset()
+            for step in range(30):
+                action = trajectories.actions[step, task, episode].double().numpy()
+                _, reward, terminated, truncated, _ = env.step(action)
+                assert trajectories.mask[step, task, episode] == 1
+                assert reward == pytest.approx(
+                    trajectories.rewards[step, task, episode].item(), abs=1e-5
+                )
+                if terminated or truncated:
+                    break
+            assert trajectories.continues[step, task, episode] == (0 if terminated else 1)
+            assert trajectories.mask[step + 1 :, task, episode].sum() == 0
+            ended += terminated
+    assert ended >= 1  # the termination path was exercised
+
+
+def test_sampler_matches_the_environment_in_distribution() -> None:
+    """The environment driven by its own generator's Gaussian actions and the sampler, under the
+    same policy: mean return within 5 standard errors of each other."""
+    mean, std, goal = np.array([0.03, -0.02]), 0.1, np.array([0.2, -0.1], dtype=np.float32)
+    env, rng = Nav2DEnv(goal=goal, max_episode_steps=20), np.random.default_rng(0)
+    env_returns = []
+    for _ in range(400):
+        env.reset()
+        total, done = 0.0, False
+        while not done:
+            _, reward, terminated, truncated, _ = env.step(mean + std * rng.standard_normal(2))
+            total, done = total + reward, terminated or truncated
+        env_returns.append(total)
+
+    def policy(obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        shape = (*obs.shape[:-1], 2)
+        means = torch.tensor(mean, dtype=torch.float32).expand(shape)
+        return means, torch.full(shape, math.log(std)), obs[..., 0]
+
+    noise = GaussianNoise.draw(torch.Generator().manual_seed(0), 20, 1, 400, 2)
+    sampled = rollout(policy, Nav2DDynamics(torch.tensor(goal)[None]), noise).episode_returns()[0]
+    a, b = np.asarray(env_returns), sampled.double().numpy()
+    se = math.sqrt(a.var(ddof=1) / a.size + b.var(ddof=1) / b.size)
+    assert abs(a.mean() - b.mean()) < 5 * se
+
+
+def test_log_density_and_entropy_match_torch_distributions() -> None:
+    torch.manual_seed(0)
+    policy = GaussianMLPPolicy(2, 2, (8,), init_log_std=-0.5)
+    noise = GaussianNoise.draw(torch.Generator().manual_seed(2), 6, 2, 3, 2)
+    trajectories = rollout(policy, Nav2DDynamics(torch.zeros(2, 2) + 0.3), noise)
+    scores = GaussianScorer()(policy, trajectories)
+    mean, log_std, values = policy(trajectories.observations[:-1])
+    reference = torch.distributions.Normal(mean, log_std.exp())
+    expected = reference.log_prob(trajectories.actions).sum(-1)
+    torch.testing.assert_close(scores.log_probs, expected * trajectories.mask)
+    torch.testing.assert_close(scores.entropy(), reference.entropy().sum(-1))
+    torch.testing.assert_close(scores.values[:-1], values)
+
+
+@pytest.mark.parametrize("estimator", ["dice", "lvc"])
+def test_loop_and_vectorised_engines_agree(estimator: str) -> None:
+    settings = A2CSettings(trajectories=3, horizon=8, meta_gradient=estimator)
+    grads = []
+    for engine in ("loop", "vmap"):
+        torch.manual_seed(0)
+        policy = GaussianMLPPolicy(2, 2, (8,))
+        algo = metaopt.MAML(policy, inner_lr=0.1, engine=engine)
+        algo.meta_backward(Nav2DTaskBatch(GOALS, settings, torch.Generator().manual_seed(0)))
+        grads.append(torch.cat([p.grad.flatten() for p in policy.parameters()]))
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-4, atol=1e-5)
+    assert grads[0].abs().sum() > 0
+
+
+TINY = [
+    "--iterations", "2", "--meta-batch", "3", "--trajectories", "3", "--horizon", "10",
+    "--hidden-sizes", "8", "--eval-every", "1", "--test-tasks", "3", "--eval-tasks", "4",
+    "--pretrain-iterations", "2",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "algo",
+    ["maml", *(pytest.param(a, marks=pytest.mark.slow) for a in ("fomaml", "metasgd", "reptile"))],
+)
+def test_train_and_eval_from_the_command_line(algo: str, tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
+    run = tmp_path / "run"
+    assert main(["train", "nav2d", "--algo", algo, "--out", str(run), *TINY]) == 0
+    evaluation = json.loads((run / "eval.json").read_text())
+    assert set(evaluation["by_steps"]) == {"0", "1", "2", "3"}
+    for key in ("after_minus_before", "meta_minus_baseline", "meta_minus_random"):
+        assert set(evaluation[key]) == {"0", "1", "2", "3"}
+    assert {"baseline", "random_baseline"} <= set(evaluation)
+    assert (run / "nav2d_trajectories.png").stat().st_size > 0
+    assert main(["eval", str(run), "--tasks", "4"]) == 0
+
+
+@pytest.mark.slow
+def test_resume_continues_exactly(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Two iterations then one more by --resume give the metrics of three in one go."""
+    whole, parts = tmp_path / "whole", tmp_path / "parts"
+    flags = [f if f != "2" else "3" for f in TINY]
+    assert main(["train", "nav2d", "--out", str(whole), *flags]) == 0
+    assert main(["train", "nav2d", "--out", str(parts), *TINY]) == 0
+    assert main(["train", "nav2d", "--resume", str(parts), "--iterations", "3"]) == 0
+
+    def rows(run):  # type: ignore[no-untyped-def]
+        lines = (run / "metrics.jsonl").read_text().splitlines()
+        return [{k: v for k, v in json.loads(x).items() if k != "seconds"} for x in lines]
+
+    assert rows(whole)[-1] == rows(parts)[-1]

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from metaopt.training import distributed, runner
+from metaopt.training import distributed, load_run
 
 
 def main() -> None:
@@ -26,15 +26,14 @@ def main() -> None:
     parser.add_argument("--tasks", type=int, default=4000, help="held-out tasks (default: 4000)")
     parser.add_argument("--repeats", type=int, default=3, help="timed calls (default: 3)")
     args = parser.parse_args()
-    family, config, algo = runner.load_run(args.run_dir)
+    family, config, algo = load_run(args.run_dir)
     info = distributed.setup(config.dist_backend, config.dist_timeout)
     torch.set_num_threads(1)
     times = []
     for _ in range(args.repeats):
         distributed.barrier(info)
         start = time.perf_counter()
-        with distributed.sharding(info):
-            family.evaluate(algo, config, args.run_dir, num_tasks=args.tasks)
+        family.evaluate(algo, config, args.run_dir, num_tasks=args.tasks, group=info)
         distributed.barrier(info)
         times.append(time.perf_counter() - start)
     if info.is_main:

@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from metaopt.algorithms import MetaLearner
-from metaopt.training.distributed import map_tasks
+from metaopt.training.distributed import DistInfo, map_tasks
 from metaopt.training.family import ConfigError, TaskFamily, TrainConfig, flag, option
 from rl.estimators import ESTIMATORS
 from rl.evaluation import (
@@ -231,10 +231,14 @@ class MDPFamily(A2CFamily):
         generator = torch.Generator().manual_seed(int(rng.integers(2**62)))
         return MDPTaskBatch(mdps, config.a2c_settings(), generator)
 
-    def periodic_eval(self, algo: MetaLearner, config: TrainConfig) -> dict[str, float]:
+    def periodic_eval(
+        self, algo: MetaLearner, config: TrainConfig, *, group: DistInfo | None = None
+    ) -> dict[str, float]:
         config = _mdp(config)
         batch = self.test_batch(config, config.test_tasks)
-        curve = map_tasks(lambda part: adaptation_returns(algo, part, config.inner_steps), batch)
+        curve = map_tasks(
+            lambda part: adaptation_returns(algo, part, config.inner_steps), batch, group
+        )
         random, optimal = self.references(config, config.test_tasks)
         pre, post = curve[0], curve[-1]
         score = normalized_score(post.double().numpy(), random, optimal)
@@ -255,6 +259,7 @@ class MDPFamily(A2CFamily):
         *,
         num_tasks: int | None = None,
         steps: Sequence[int] | None = None,
+        group: DistInfo | None = None,
     ) -> dict[str, Any]:
         config = _mdp(config)
         n = config.eval_tasks if num_tasks is None else num_tasks
@@ -262,14 +267,15 @@ class MDPFamily(A2CFamily):
         steps = sorted((set(EVAL_STEPS) | {trained}) if steps is None else set(steps))
         longest = max(*steps, trained)
         random, optimal = self.references(config, n)
-        # Under torchrun, each rank adapts to its share of the tasks (metaopt.training.distributed.sharding).
+        # Under torchrun, each rank of ``group`` adapts to its share of the tasks.
         meta = map_tasks(
-            lambda part: adaptation_returns(algo, part, longest), self.test_batch(config, n)
+            lambda part: adaptation_returns(algo, part, longest), self.test_batch(config, n), group
         )
         baseline_algo = self.baseline(algo, config)
         base = map_tasks(
             lambda part: adaptation_returns(baseline_algo, part, longest),
             self.test_batch(config, n),
+            group,
         )
         meta_score = score_curve(meta, random, optimal)
         base_score = score_curve(base, random, optimal)

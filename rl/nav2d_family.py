@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from metaopt.algorithms import MetaLearner
-from metaopt.training.distributed import map_tasks, on_main
+from metaopt.training.distributed import DistInfo, map_tasks, on_main
 from metaopt.training.family import TrainConfig, option
 from rl.continuous import GaussianMLPPolicy, GaussianNoise
 from rl.evaluation import INTERVAL, adaptation_returns, curve_summary, flat_summaries, summarize
@@ -124,10 +124,14 @@ class Nav2DFamily(A2CFamily):
         goals = self.test_goals(config, num_tasks)
         return self.batch(config, goals, _SAMPLING_STREAM + config.eval_seed)
 
-    def periodic_eval(self, algo: MetaLearner, config: TrainConfig) -> dict[str, float]:
+    def periodic_eval(
+        self, algo: MetaLearner, config: TrainConfig, *, group: DistInfo | None = None
+    ) -> dict[str, float]:
         config = _nav(config)
         batch = self.test_batch(config, config.test_tasks)
-        curve = map_tasks(lambda part: adaptation_returns(algo, part, config.inner_steps), batch)
+        curve = map_tasks(
+            lambda part: adaptation_returns(algo, part, config.inner_steps), batch, group
+        )
         pre, post = curve[0], curve[-1]
         return flat_summaries(
             {"test_pre_return": pre, "test_post_return": post, "test_post_minus_pre": post - pre}
@@ -135,13 +139,13 @@ class Nav2DFamily(A2CFamily):
 
     # -- baselines ------------------------------------------------------------------------
 
-    def pretrained_model(self, config: Nav2DConfig) -> nn.Module:
+    def pretrained_model(self, config: Nav2DConfig, group: DistInfo | None = None) -> nn.Module:
         """The paper's pretrained baseline: the initial policy trained by Adam at ``outer_lr`` on
         the A2C loss of ``pretrain_iterations`` meta-batches of goals, without adaptation (one
-        policy for every goal). Computed once per process (rank 0 under torchrun)."""
+        policy for every goal). Computed once per process (rank 0 of ``group`` under torchrun)."""
         key = repr(sorted(config.to_dict().items()))
         if key not in self._pretrained:
-            self._pretrained[key] = on_main(lambda: self._pretrain(config))
+            self._pretrained[key] = on_main(lambda: self._pretrain(config), group)
         model = self.initial_model(config)
         model.load_state_dict(self._pretrained[key])
         return model
@@ -158,11 +162,13 @@ class Nav2DFamily(A2CFamily):
             optimizer.step()
         return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
-    def baselines(self, algo: MetaLearner, config: Nav2DConfig) -> dict[str, MetaLearner]:
+    def baselines(
+        self, algo: MetaLearner, config: Nav2DConfig, group: DistInfo | None = None
+    ) -> dict[str, MetaLearner]:
         """The pretrained and the randomly initialised policy, adapted by ``algo``'s inner
         optimiser at ``inner_lr``."""
         return {
-            "baseline": algo.untrained_baseline(self.pretrained_model(config)),
+            "baseline": algo.untrained_baseline(self.pretrained_model(config, group)),
             "random_baseline": self.baseline(algo, config),
         }
 
@@ -176,6 +182,7 @@ class Nav2DFamily(A2CFamily):
         *,
         num_tasks: int | None = None,
         steps: Sequence[int] | None = None,
+        group: DistInfo | None = None,
     ) -> dict[str, Any]:
         config = _nav(config)
         n = config.eval_tasks if num_tasks is None else num_tasks
@@ -185,7 +192,7 @@ class Nav2DFamily(A2CFamily):
 
         def curve(learner: MetaLearner) -> torch.Tensor:
             batch = self.test_batch(config, n)
-            return map_tasks(lambda part: adaptation_returns(learner, part, longest), batch)
+            return map_tasks(lambda part: adaptation_returns(learner, part, longest), batch, group)
 
         meta = curve(algo)
         result: dict[str, Any] = {
@@ -204,7 +211,7 @@ class Nav2DFamily(A2CFamily):
             "random_baseline": "the initial (not meta-trained) policy, adapted by plain SGD at "
             "inner_lr",
         }
-        for name, learner in self.baselines(algo, config).items():
+        for name, learner in self.baselines(algo, config, group).items():
             base = curve(learner)
             result[name] = {
                 "description": descriptions[name],

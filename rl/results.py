@@ -1,7 +1,7 @@
 """The learning results of docs/results.md: the four algorithms under one ``mdp`` preset.
 
 Each algorithm is trained exactly as ``metaopt train mdp --algo ALGO --preset PRESET`` would
-(same code path, :func:`metaopt.training.runner.train`), one after the other, and the held-out results of
+(same code path, :func:`metaopt.training.train`), one after the other, and the held-out results of
 each ``eval.json`` are printed as rows of a Markdown table.
 
 Usage::

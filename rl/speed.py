@@ -7,7 +7,7 @@ way and a backward pass. It is timed for a few meta-iterations and extrapolated.
 
 Then the full seed configuration (500 iterations of 40 tasks × 20 trajectories × 10 steps, with
 the periodic held-out evaluation every 50 iterations and the final evaluation and plots) runs
-through ``metaopt.training.runner.train``, the code behind ``metaopt train mdp``.
+through ``metaopt.training.train``, the code behind ``metaopt train mdp``.
 
 Usage::
 

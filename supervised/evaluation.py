@@ -31,7 +31,7 @@ from torch import nn
 
 from metaopt.algorithms import MetaLearner
 from metaopt.stats import task_summary
-from metaopt.training.distributed import map_tasks, on_main
+from metaopt.training.distributed import DistInfo, map_tasks, on_main
 from metaopt.training.family import TrainConfig
 from supervised.adaptation import adaptation_curve, sgd_curve
 from supervised.batch import TaskBatch, task_loss
@@ -90,15 +90,16 @@ def load_or_train_baseline(
     make_model: Callable[[], nn.Module],
     sample: SampleFn,
     run_dir: Path | None,
+    group: DistInfo | None = None,
 ) -> nn.Module:
     """The run's baseline: loaded from ``run_dir/baseline.pt`` when it was trained with the same
     settings, otherwise trained (:func:`train_baseline`) and saved there.
 
-    Under torchrun, rank 0 alone loads or trains (and writes) it and hands its weights to the
-    other ranks (:func:`metaopt.training.distributed.on_main`).
+    Under torchrun, rank 0 of ``group`` alone loads or trains (and writes) it and hands its
+    weights to the other ranks (:func:`metaopt.training.distributed.on_main`).
     """
     model = make_model()
-    model.load_state_dict(on_main(lambda: _load_or_train(model, config, sample, run_dir)))
+    model.load_state_dict(on_main(lambda: _load_or_train(model, config, sample, run_dir), group))
     return model
 
 
@@ -164,11 +165,14 @@ def evaluate_learners(
     *,
     metric: str,
     chunk: int,
+    group: DistInfo | None,
 ) -> dict[str, Any]:
-    """Meta-learned and baseline curves on ``batch``, each adapted by its learner's rule."""
-    # Under torchrun, each rank adapts to its share of the tasks (metaopt.training.distributed.sharding).
-    meta = map_tasks(lambda part: adaptation_curve(algo, part, steps, chunk=chunk), batch)
-    base = map_tasks(lambda part: adaptation_curve(baseline, part, steps, chunk=chunk), batch)
+    """Meta-learned and baseline curves on ``batch``, each adapted by its learner's rule; each
+    rank of ``group`` adapts to its share of the tasks."""
+    meta = map_tasks(lambda part: adaptation_curve(algo, part, steps, chunk=chunk), batch, group)
+    base = map_tasks(
+        lambda part: adaptation_curve(baseline, part, steps, chunk=chunk), batch, group
+    )
     return meta_vs_baseline(
         steps,
         meta,
@@ -187,10 +191,11 @@ def evaluate_with_sgd(
     lr: float,
     metric: str,
     chunk: int,
+    group: DistInfo | None,
 ) -> dict[str, Any]:
     """Both models fine-tuned by plain SGD at one fixed ``lr`` (a fixed protocol)."""
-    meta = map_tasks(lambda part: sgd_curve(model, part, steps, lr, chunk=chunk), batch)
-    base = map_tasks(lambda part: sgd_curve(baseline, part, steps, lr, chunk=chunk), batch)
+    meta = map_tasks(lambda part: sgd_curve(model, part, steps, lr, chunk=chunk), batch, group)
+    base = map_tasks(lambda part: sgd_curve(baseline, part, steps, lr, chunk=chunk), batch, group)
     return meta_vs_baseline(
         steps, meta, base, metric=metric, extra={"adaptation": {"rule": "sgd", "lr": lr}}
     )

@@ -1,4 +1,4 @@
-"""The supervised task families, as the ``metaopt`` command and :func:`metaopt.training.runner.train` see them.
+"""The supervised task families, as the ``metaopt`` command and :func:`metaopt.training.train` see them.
 
 ``sine``, ``classify`` and ``omniglot`` are registered in ``pyproject.toml`` under the entry-point
 group ``metaopt.task_families``. Each family samples :class:`~supervised.batch.TaskBatch` meta-batches
@@ -16,7 +16,7 @@ import numpy as np
 from torch import nn
 
 from metaopt.algorithms import MetaLearner
-from metaopt.training.distributed import map_tasks
+from metaopt.training.distributed import DistInfo, map_tasks
 from metaopt.training.family import TaskFamily, TrainConfig
 from supervised import classify, omniglot, sine
 from supervised.adaptation import adaptation_curve
@@ -72,22 +72,27 @@ class SupervisedFamily(TaskFamily):
         """A meta-batch of training tasks; all randomness from ``rng``."""
         return self.sample_batch(config, rng, num_tasks, split="train")
 
-    def baseline(self, config: Any, run_dir: Path | None) -> nn.Module:
+    def baseline(
+        self, config: Any, run_dir: Path | None, group: DistInfo | None = None
+    ) -> nn.Module:
         """The pretrained baseline (cached in ``run_dir/baseline.pt``)."""
         return load_or_train_baseline(
             config,
             lambda: seeded(lambda: self.build_model(config), config.baseline_seed),
             lambda rng, n: self.sample_batch(config, rng, n, split="train"),
             run_dir,
+            group,
         )
 
-    def periodic_eval(self, algo: MetaLearner, config: Any) -> dict[str, float]:
+    def periodic_eval(
+        self, algo: MetaLearner, config: Any, *, group: DistInfo | None = None
+    ) -> dict[str, float]:
         """Mean metric on validation tasks before and after ``inner_steps`` adaptation steps."""
         rng = np.random.default_rng([config.eval_seed, 1])  # a stream apart from the final tasks
         batch = self.sample_batch(config, rng, min(PERIODIC_TASKS, config.eval_tasks), split="val")
         steps = [0, config.inner_steps]
         curve = map_tasks(
-            lambda part: adaptation_curve(algo, part, steps, chunk=self.eval_chunk), batch
+            lambda part: adaptation_curve(algo, part, steps, chunk=self.eval_chunk), batch, group
         )
         before, after = curve.mean(dim=1).tolist()
         return {f"val_{self.metric}_before": before, f"val_{self.metric}_after": after}
@@ -100,12 +105,13 @@ class SupervisedFamily(TaskFamily):
         *,
         num_tasks: int | None = None,
         steps: Sequence[int] | None = None,
+        group: DistInfo | None = None,
     ) -> dict[str, Any]:
         """Metric after 0, 1, 5, 10, 32 steps on ``eval_tasks`` held-out tasks, vs the baseline."""
         n = config.eval_tasks if num_tasks is None else num_tasks
         steps = list(EVAL_STEPS if steps is None else steps)
         batch = self.sample_batch(config, np.random.default_rng(config.eval_seed), n, split="test")
-        baseline = self.baseline(config, run_dir)
+        baseline = self.baseline(config, run_dir, group)
         result = evaluate_learners(
             algo,
             algo.untrained_baseline(baseline),
@@ -113,6 +119,7 @@ class SupervisedFamily(TaskFamily):
             steps,
             metric=self.metric,
             chunk=self.eval_chunk,
+            group=group,
         )
         result["baseline"]["training"] = {
             "optimizer": "adam",
@@ -122,11 +129,18 @@ class SupervisedFamily(TaskFamily):
             "seed": config.baseline_seed,
         }
         result["eval_seed"] = config.eval_seed
-        result.update(self.extra_evaluation(algo, baseline, config, n, steps))
+        result.update(self.extra_evaluation(algo, baseline, config, n, steps, group=group))
         return result
 
     def extra_evaluation(
-        self, algo: MetaLearner, baseline: nn.Module, config: Any, num_tasks: int, steps: list[int]
+        self,
+        algo: MetaLearner,
+        baseline: nn.Module,
+        config: Any,
+        num_tasks: int,
+        steps: list[int],
+        *,
+        group: DistInfo | None = None,
     ) -> dict[str, Any]:
         """Family-specific additions to eval.json."""
         return {}
@@ -170,6 +184,8 @@ class SineFamily(SupervisedFamily):
         config: SineConfig,
         num_tasks: int,
         steps: list[int],
+        *,
+        group: DistInfo | None = None,
     ) -> dict[str, Any]:
         """The Reptile demo's protocol for every run, whatever its training preset."""
         batch = sine.sample_protocol(config, np.random.default_rng(config.eval_seed), num_tasks)
@@ -183,6 +199,7 @@ class SineFamily(SupervisedFamily):
             lr=config.protocol_lr,
             metric="mse",
             chunk=self.eval_chunk,
+            group=group,
         )
         block["description"] = (
             f"{config.protocol_points} support points of the {config.protocol_grid}-point grid, "
@@ -305,7 +322,9 @@ class OmniglotFamily(SupervisedFamily):
             minibatch=config.minibatch if split == "train" else 0,
         )
 
-    def periodic_eval(self, algo: MetaLearner, config: OmniglotConfig) -> dict[str, float]:
+    def periodic_eval(
+        self, algo: MetaLearner, config: OmniglotConfig, *, group: DistInfo | None = None
+    ) -> dict[str, float]:
         if config.val_classes == 0:
             return {}
-        return super().periodic_eval(algo, config)
+        return super().periodic_eval(algo, config, group=group)

@@ -20,8 +20,8 @@ import metaopt
 from metaopt import testing as mt
 from metaopt.training.checkpoint import load_checkpoint
 from metaopt.training.family import ConfigError, TaskFamily, TrainConfig, option
+from metaopt.training.loop import WALL_TIME_KEYS
 from metaopt.training.registry import get_family, register_family
-from metaopt.training.runner import WALL_TIME_KEYS
 
 ALGORITHMS = ("maml", "fomaml", "metasgd", "reptile")
 
@@ -159,7 +159,7 @@ class RToyFamily(TaskFamily):
             tasks.poisoned = 1
         return tasks
 
-    def evaluate(self, algo, config, run_dir, *, num_tasks=None, steps=None):
+    def evaluate(self, algo, config, run_dir, *, num_tasks=None, steps=None, group=None):
         return evaluate_on_linear_tasks(algo, config, num_tasks, steps)
 
 
@@ -189,7 +189,7 @@ def family(name: str) -> TaskFamily:
     if name == "rtoy":
         return base()
 
-    def evaluate(self, algo, config, run_dir, *, num_tasks=None, steps=None):
+    def evaluate(self, algo, config, run_dir, *, num_tasks=None, steps=None, group=None):
         return {"metric": self.metric, "tasks": 0, "by_steps": {}}
 
     def plot(self, *args, **kwargs):

@@ -66,10 +66,10 @@ class WaveFamily(TaskFamily):
     def sample_tasks(self, config: TrainConfig, rng: np.random.Generator, num_tasks: int):
         return [WaveTask(rng, config.linear_support) for _ in range(num_tasks)]
 
-    def periodic_eval(self, algo, config) -> dict[str, float]:
+    def periodic_eval(self, algo, config, *, group=None) -> dict[str, float]:
         return {"val_mse_after": 1.0, "val_mse_after_ci95": 0.1}
 
-    def evaluate(self, algo, config, run_dir, *, num_tasks=None, steps=None):
+    def evaluate(self, algo, config, run_dir, *, num_tasks=None, steps=None, group=None):
         tasks = self.sample_tasks(config, np.random.default_rng(config.eval_seed), 4)
         losses = []
         for task in tasks:

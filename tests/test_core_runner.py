@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -14,7 +15,16 @@ from reliability_helpers import evaluate_on_linear_tasks
 import metaopt
 from metaopt import testing as mt
 from metaopt.cli import main
-from metaopt.training import NonFiniteError, evaluate_run, load_run, train
+from metaopt.training import (
+    NonFiniteError,
+    TrainingHooks,
+    evaluate_run,
+    load_run,
+    resume,
+    train,
+)
+from metaopt.training import loop as training_loop
+from metaopt.training.checkpoint import load_checkpoint
 from metaopt.training.config import resolve_config
 from metaopt.training.family import TaskFamily, TrainConfig, option
 from metaopt.training.registry import register_family
@@ -51,7 +61,7 @@ class ToyFamily(TaskFamily):
             tasks[1].d = tasks[1].d * np.nan
         return tasks
 
-    def evaluate(self, algo, config, run_dir, *, num_tasks=None, steps=None):
+    def evaluate(self, algo, config, run_dir, *, num_tasks=None, steps=None, group=None):
         return evaluate_on_linear_tasks(algo, config, num_tasks, steps)
 
 
@@ -199,7 +209,7 @@ def test_evaluate_run_validates_options(tmp_path: Path) -> None:
 
 def test_eval_json_is_strict_json_when_adaptation_diverges(tmp_path: Path) -> None:
     class Diverging(ToyFamily):
-        def evaluate(self, algo, config, run_dir, *, num_tasks=None, steps=None):
+        def evaluate(self, algo, config, run_dir, *, num_tasks=None, steps=None, group=None):
             nan = {"mean": float("nan"), "ci95": float("inf")}
             return {"metric": "mse", "tasks": 1, "by_steps": {"0": nan}}
 
@@ -258,3 +268,70 @@ def test_a_checkpoint_written_before_batch_norm_existed_still_resumes(tmp_path: 
     assert saved["engine_used"] == "vmap"
     rows = (run_dir / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(r)["iteration"] for r in rows] == [1, 2, 3, 4]
+
+
+def test_hooks_are_called_in_order_on_train_and_resume_and_kept_out_of_the_clock(
+    tmp_path: Path, monkeypatch
+) -> None:
+    # The loop's clock reads a fake perf_counter that only the hooks advance (by 1000 s a call):
+    # with the hooks kept out of the clock, every row's ``seconds`` is exactly 0.
+    now = [0.0]
+    monkeypatch.setattr(training_loop, "time", SimpleNamespace(perf_counter=lambda: now[0]))
+    events: list[tuple] = []
+
+    class Recorder(TrainingHooks):
+        def __init__(self, name: str) -> None:
+            self.name = name
+            self.start_params: dict[int, dict[str, torch.Tensor]] = {}
+            self.rows: list[dict] = []
+
+        def on_iteration_start(self, iteration, algo):
+            events.append((self.name, "start", iteration))
+            state = algo.model.state_dict()
+            self.start_params[iteration] = {k: v.clone() for k, v in state.items()}
+            now[0] += 1000
+
+        def on_evaluation(self, iteration, algo, config):
+            events.append((self.name, "evaluation", iteration))
+            now[0] += 1000
+            return {f"{self.name}_at": iteration}
+
+        def on_iteration_end(self, iteration, row):
+            events.append((self.name, "end", iteration))
+            self.rows.append(dict(row))
+            now[0] += 1000
+
+        def on_train_end(self, algo, config):
+            events.append((self.name, "train_end"))
+            now[0] += 1000
+
+    def expected(iterations: range) -> list[tuple]:
+        calls: list[tuple] = []
+        for i in iterations:
+            calls += [("a", "start", i), ("b", "start", i)]
+            if i % 2 == 0:  # eval_every 2: after the family's periodic_eval
+                calls += [("a", "evaluation", i), ("b", "evaluation", i)]
+            calls += [("a", "end", i), ("b", "end", i)]
+        return [*calls, ("a", "train_end"), ("b", "train_end")]
+
+    a, b = Recorder("a"), Recorder("b")
+    family = ToyFamily()
+    config = resolve_config(family, {"out": str(tmp_path), "iterations": 3, "eval_every": 2})
+    train(family, config, progress=False, hooks=(a, b))
+    assert events == expected(range(1, 4))
+    saved = load_checkpoint(tmp_path / "checkpoint.pt")
+    assert saved["iteration"] == 3
+
+    events.clear()
+    resume(tmp_path, family=family, overrides={"iterations": 5}, progress=False, hooks=(a, b))
+    assert events == expected(range(4, 6))
+    # Iteration 4 starts from the parameters the checkpoint of iteration 3 holds.
+    for name, value in saved["algorithm"]["model"].items():
+        assert torch.equal(a.start_params[4][name], value), name
+
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [row["iteration"] for row in rows] == [1, 2, 3, 4, 5]
+    assert a.rows == b.rows == rows  # each hook sees the row as written
+    assert [row.get("a_at") for row in rows] == [None, 2, None, 4, None]
+    assert [row.get("b_at") for row in rows] == [None, 2, None, 4, None]
+    assert [row["seconds"] for row in rows] == [0.0] * 5

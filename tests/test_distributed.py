@@ -92,23 +92,22 @@ def _per_task(tasks) -> torch.Tensor:
 
 
 def _sharded_work(info: distributed.DistInfo) -> dict:
-    """What a rank computes, and is asked to compute, under ``distributed.sharding(info)``."""
+    """What a rank computes, and is asked to compute, when it shares work with ``info``'s group."""
     seen: list[list[int]] = []
 
     def compute(tasks) -> torch.Tensor:
         seen.append(list(tasks))
         return _per_task(tasks)
 
-    with distributed.sharding(info):
-        mapped = distributed.map_tasks(compute, list(range(5)))
-        few = distributed.map_tasks(compute, [7])  # fewer tasks than ranks: each rank does all
-        made = distributed.on_main(lambda: f"made by rank {info.rank}")
-        try:
-            distributed.on_main(lambda: 1 // 0)
-            failure = "no error"
-        except (RuntimeError, ZeroDivisionError) as error:
-            failure = f"{type(error).__name__}: {error}"
-    outside = distributed.map_tasks(compute, list(range(5)))  # not sharded: all tasks here
+    mapped = distributed.map_tasks(compute, list(range(5)), info)
+    few = distributed.map_tasks(compute, [7], info)  # fewer tasks than ranks: each rank does all
+    made = distributed.on_main(lambda: f"made by rank {info.rank}", info)
+    try:
+        distributed.on_main(lambda: 1 // 0, info)
+        failure = "no error"
+    except (RuntimeError, ZeroDivisionError) as error:
+        failure = f"{type(error).__name__}: {error}"
+    outside = distributed.map_tasks(compute, list(range(5)), None)  # no group: all tasks here
     return {
         "mapped": mapped,
         "few": few,

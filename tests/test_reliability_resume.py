@@ -35,7 +35,7 @@ from metaopt.training import TrainingInterrupted, resume, train
 from metaopt.training import checkpoint as ckpt
 from metaopt.training.config import resolve_config
 from metaopt.training.family import ConfigError
-from metaopt.training.runner import random_state, restore_random_state
+from metaopt.training.state import random_state, restore_random_state
 
 pytestmark = [
     pytest.mark.usefixtures("one_thread"),

@@ -1,4 +1,4 @@
-"""End to end: meta-training through metaopt.training.runner, evaluation files, learning, the CLI."""
+"""End to end: meta-training through metaopt.training.train, evaluation files, learning, the CLI."""
 
 from __future__ import annotations
 

@@ -6,11 +6,15 @@ slice; each task's query loss is weighted by 1 / (global meta-batch), and one al
 meta-gradients, so every rank holds the gradient a single process would compute and takes the
 same outer step. Uneven shards are fine: the weights, not the shard sizes, make the average.
 
-Evaluation is sharded the same way. The training loop enters :func:`sharding` around the
-families' ``periodic_eval`` and ``evaluate``; inside, :func:`map_tasks` has each rank compute the
-per-task values of its slice of the held-out tasks and gathers them, so every rank holds the whole
-set and summarises it identically, and :func:`on_main` runs one-off work (training a baseline) on
-rank 0 alone and hands the result to the others. Outside :func:`sharding`, both run locally.
+Evaluation is sharded the same way, and the group it is shared across is passed explicitly: the
+loop calls the families' ``periodic_eval`` and ``evaluate`` with ``group=`` this process's
+:class:`DistInfo`, and the families hand it on to :func:`map_tasks` and :func:`on_main`. With
+:func:`map_tasks`, each rank computes the per-task values of its slice of the held-out tasks and
+the slices are gathered, so every rank holds the whole set and summarises it identically;
+:func:`on_main` runs one-off work (training a baseline) on rank 0 alone and hands the result to the
+others. With ``group=None`` (one process, a notebook, a test calling ``evaluate`` directly) both
+simply run locally. There is no module state: what a call shares, and with whom, is in its
+arguments, so a test can run the same family code with and without a group side by side.
 
 Under ``torchrun`` the environment names the rank and world size; without it, everything here
 is a no-op for a single process.
@@ -21,8 +25,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, TypeVar
@@ -40,14 +43,12 @@ __all__ = [
     "broadcast_object",
     "check_same_config",
     "config_hash",
-    "current",
     "gather_tasks",
     "map_tasks",
     "on_main",
     "setup",
     "shard",
     "shard_bounds",
-    "sharding",
     "teardown",
     "weighted_means",
 ]
@@ -172,31 +173,12 @@ def gather_tasks(rows: torch.Tensor, num_tasks: int, info: DistInfo) -> torch.Te
 
 T = TypeVar("T")
 
-#: The group that :func:`map_tasks` and :func:`on_main` share work across (see :func:`sharding`).
-_current = DistInfo()
 
-
-@contextmanager
-def sharding(info: DistInfo) -> Iterator[None]:
-    """Within the block, :func:`map_tasks` and :func:`on_main` share work across ``info``'s ranks.
-
-    Both are collectives: every rank of ``info`` must run the same code inside the block.
-    """
-    global _current
-    previous, _current = _current, info
-    try:
-        yield
-    finally:
-        _current = previous
-
-
-def current() -> DistInfo:
-    """The group entered with :func:`sharding`; a single process outside it."""
-    return _current
-
-
-def map_tasks(compute: Callable[[Any], torch.Tensor], tasks: Sequence[Any]) -> torch.Tensor:
-    """``compute(tasks)``, with the tasks split across the ranks of :func:`current`.
+def map_tasks(
+    compute: Callable[[Any], torch.Tensor], tasks: Sequence[Any], group: DistInfo | None
+) -> torch.Tensor:
+    """``compute(tasks)``, with the tasks split across the ranks of ``group`` (``None``: this
+    process alone computes them all).
 
     ``compute`` maps a sequence of tasks to per-task values ``[..., len(tasks)]``: the last
     dimension follows the tasks, and a task's values must not depend on which other tasks are in
@@ -204,8 +186,10 @@ def map_tasks(compute: Callable[[Any], torch.Tensor], tasks: Sequence[Any]) -> t
     stays a batch) and the slices are gathered in task order: every rank returns the
     ``[..., len(tasks)]`` tensor (detached) that one process computing everything would. With
     fewer tasks than ranks, every rank computes them all.
+
+    A collective: every rank of ``group`` must call it, with the same tasks, in the same order.
     """
-    info = current()
+    info = DistInfo() if group is None else group
     if not info.active or len(tasks) < info.world_size:
         return compute(tasks)
     part = shard(tasks, info)
@@ -219,15 +203,15 @@ def map_tasks(compute: Callable[[Any], torch.Tensor], tasks: Sequence[Any]) -> t
     return gather_tasks(rows, len(tasks), info).reshape(*values.shape[:-1], len(tasks))
 
 
-def on_main(work: Callable[[], T], info: DistInfo | None = None) -> T:
-    """``work()`` run on rank 0 alone (one-off work: a run directory, a baseline); every rank
-    returns rank 0's result, pickled across.
+def on_main(work: Callable[[], T], group: DistInfo | None) -> T:
+    """``work()`` run on rank 0 of ``group`` alone (one-off work: a run directory, a baseline);
+    every rank returns rank 0's result, pickled across. ``None``: this process runs it.
 
-    ``info`` defaults to :func:`current`. When ``work`` fails on rank 0, every rank raises: rank 0
-    the original error, the others a :class:`ConfigError` with its message when it was one,
-    otherwise a ``RuntimeError`` that names it, instead of waiting for a result that never comes.
+    When ``work`` fails on rank 0, every rank raises: rank 0 the original error, the others a
+    :class:`ConfigError` with its message when it was one, otherwise a ``RuntimeError`` that names
+    it, instead of waiting for a result that never comes.
     """
-    info = current() if info is None else info
+    info = DistInfo() if group is None else group
     if not info.active:
         return work()
     outcome: tuple[str, Any] = ("ok", None)

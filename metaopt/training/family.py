@@ -21,7 +21,7 @@ import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 from torch import nn
@@ -31,6 +31,9 @@ from metaopt.engine import BATCH_NORM_MODES
 from metaopt.inner import INNER_OPTIMIZERS
 from metaopt.options import ConfigError, check_choice, check_int, check_real, flag
 from metaopt.task import Task
+
+if TYPE_CHECKING:  # a plain import would be circular: distributed imports ConfigError from here
+    from metaopt.training.distributed import DistInfo
 
 # ALGORITHMS, ConfigError and flag live in the core; they stay importable from here.
 __all__ = ["ALGORITHMS", "ConfigError", "TaskFamily", "TrainConfig", "flag", "option"]
@@ -164,7 +167,7 @@ class TrainConfig:
 class TaskFamily:
     """A domain's plug-in: subclass, set ``name`` and ``config_class``, implement the methods.
 
-    The meta-training loop (:func:`metaopt.training.runner.train`) calls, in order:
+    The meta-training loop (:func:`metaopt.training.train`) calls, in order:
     ``make_model`` once, ``sample_tasks`` once per iteration, ``iteration_metrics`` after each
     ``meta_backward``, ``periodic_eval`` every ``eval_every`` iterations, then ``evaluate`` and
     ``plot`` at the end. ``metaopt eval RUN_DIR`` calls ``make_model`` and ``evaluate`` again.
@@ -198,8 +201,14 @@ class TaskFamily:
         """Extra per-iteration numbers read off the tasks just used (e.g. RL returns)."""
         return {}
 
-    def periodic_eval(self, algo: Any, config: TrainConfig) -> dict[str, float]:
-        """Cheap held-out evaluation logged every ``eval_every`` iterations."""
+    def periodic_eval(
+        self, algo: Any, config: TrainConfig, *, group: DistInfo | None = None
+    ) -> dict[str, float]:
+        """Cheap held-out evaluation logged every ``eval_every`` iterations.
+
+        ``group``: the processes that share the evaluation under torchrun, for
+        :func:`metaopt.training.distributed.map_tasks` and ``on_main`` (``None``: this one alone).
+        """
         return {}
 
     def compare_with_truth(
@@ -227,8 +236,10 @@ class TaskFamily:
         *,
         num_tasks: int | None = None,
         steps: Sequence[int] | None = None,
+        group: DistInfo | None = None,
     ) -> dict[str, Any]:
-        """The final evaluation: the dict written to ``eval.json``.
+        """The final evaluation: the dict written to ``eval.json``; ``group`` as in
+        :meth:`periodic_eval`.
 
         Shape: ``{"metric": ..., "tasks": n, "by_steps": {"0": {"mean": m, "ci95": c}, ...},
         "baseline": {"by_steps": {...}}}`` plus any extra keys.

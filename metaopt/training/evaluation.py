@@ -1,0 +1,96 @@
+"""A saved run, read back: the trained algorithm, its evaluation again, and a summary of it.
+
+``metaopt eval RUN_DIR`` calls :func:`evaluate_run`; the tools rebuild runs with :func:`load_run`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from metaopt.algorithms import MetaLearner
+from metaopt.training import distributed
+from metaopt.training.build import apply_threads, build_algorithm
+from metaopt.training.checkpoint import CheckpointError, load_checkpoint
+from metaopt.training.config import load_config
+from metaopt.training.family import ConfigError, TaskFamily, TrainConfig
+from metaopt.training.registry import get_family
+from metaopt.training.rundir import CHECKPOINT, read_run, write_json
+from metaopt.training.state import load_algorithm_state
+
+__all__ = ["evaluate_run", "evaluation_summary", "load_run"]
+
+
+def load_run(run_dir: Path) -> tuple[TaskFamily, TrainConfig, MetaLearner]:
+    """Rebuild the family, config and trained algorithm of a saved run.
+
+    Raises:
+        ConfigError: when ``run_dir`` is not a complete run directory or its checkpoint is
+            damaged.
+    """
+    run_dir = Path(run_dir)
+    for name in ("config.json", CHECKPOINT):
+        if not (run_dir / name).is_file():
+            raise ConfigError(
+                f"RUN_DIR {str(run_dir)!r} has no {name}; is it a metaopt run directory?"
+            )
+    saved = read_run(run_dir)
+    family = get_family(saved["family"])
+    config = load_config(family, run_dir / "config.json")
+    try:
+        checkpoint = load_checkpoint(run_dir / CHECKPOINT)
+    except CheckpointError as error:
+        raise ConfigError(str(error)) from error
+    torch.manual_seed(config.seed)
+    algo = build_algorithm(config, family.make_model(config))
+    load_algorithm_state(algo, checkpoint["algorithm"])
+    return family, config, algo
+
+
+def evaluate_run(
+    run_dir: Path, *, num_tasks: int | None = None, steps: Sequence[int] | None = None
+) -> dict[str, Any]:
+    """Re-run the final evaluation of a saved run and rewrite its ``eval.json``.
+
+    Under torchrun, every rank evaluates a share of the held-out tasks and rank 0 writes.
+    """
+    if num_tasks is not None and num_tasks < 1:
+        raise ConfigError(f"--tasks must be an integer >= 1, got {num_tasks}")
+    if steps is not None and (not steps or min(steps) < 0):
+        raise ConfigError(f"--steps must be integers >= 0, got {list(steps)}")
+    family, config, algo = load_run(run_dir)
+    info = distributed.setup(config.dist_backend, config.dist_timeout)
+    try:
+        apply_threads(config)
+        evaluation = family.evaluate(
+            algo, config, Path(run_dir), num_tasks=num_tasks, steps=steps, group=info
+        )
+        if info.is_main:
+            write_json(Path(run_dir) / "eval.json", evaluation)
+        distributed.barrier(info)
+    finally:
+        distributed.teardown(info)
+    return evaluation
+
+
+def evaluation_summary(evaluation: dict[str, Any]) -> str:
+    """A few lines of eval.json for the terminal."""
+
+    def shown(value: dict[str, Any]) -> str:
+        mean, ci95 = value.get("mean"), value.get("ci95")
+        if not isinstance(mean, int | float) or not math.isfinite(mean):
+            return "not finite (adaptation diverged on some tasks)"
+        return f"{mean:.4f} ± {ci95:.4f}" if isinstance(ci95, int | float) else f"{mean:.4f}"
+
+    lines = [f"metric: {evaluation.get('metric')} over {evaluation.get('tasks')} held-out tasks"]
+    baseline = evaluation.get("baseline", {}).get("by_steps", {})
+    for step, value in evaluation.get("by_steps", {}).items():
+        line = f"  after {step:>2} steps: {shown(value)}"
+        if step in baseline:
+            line += f"   (baseline {shown(baseline[step])})"
+        lines.append(line)
+    return "\n".join(lines)

@@ -1,0 +1,310 @@
+"""The one meta-training loop. It knows nothing about sine curves or MDPs: families plug in.
+
+Each iteration draws a meta-batch from the loop's own generator, has the algorithm compute the
+meta-gradient (under torchrun, of this rank's shard, all-reduced), takes the outer step and writes
+a row of ``metrics.jsonl``; checkpoints, signals and periodic evaluation come at fixed points, and
+:class:`~metaopt.training.TrainingHooks` are called at others. A non-finite loss or meta-gradient
+stops training after saving the last good state, or with ``skip_nonfinite`` skips the batch and
+counts it. After the last iteration the family evaluates and plots.
+
+The run's clock (``seconds`` in each row and in checkpoints) is the wall-clock time of training
+alone: the hooks and the periodic evaluation are kept out of it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO, Any, NoReturn
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from metaopt.algorithms import MetaLearner, MetaMetrics
+from metaopt.training import distributed
+from metaopt.training.build import (
+    apply_threads,
+    build_algorithm,
+    build_outer_optimizer,
+    seed_everything,
+)
+from metaopt.training.family import TaskFamily, TrainConfig
+from metaopt.training.hooks import TrainingHooks
+from metaopt.training.rundir import finite_or_none, new_run_dir, record_engine, write_json
+from metaopt.training.signals import StopOnSignal
+from metaopt.training.state import Run, random_state, save
+
+__all__ = ["WALL_TIME_KEYS", "NonFiniteError", "check_ranks", "fit", "train"]
+
+#: Row keys that differ between two otherwise identical runs (wall-clock time).
+WALL_TIME_KEYS = ("seconds",)
+
+#: How an error message names each per-task loss of :class:`~metaopt.algorithms.MetaMetrics`.
+_QUANTITIES = {
+    "support_before": "support loss (before adaptation)",
+    "support_after": "support loss (after adaptation)",
+    "query": "query loss",
+}
+
+
+class NonFiniteError(FloatingPointError):
+    """A loss or meta-gradient became NaN or infinite during training.
+
+    The message names the iteration, the task and the quantity, and where the last good state was
+    saved. ``iteration`` is the iteration that failed; ``checkpoint`` the file holding the state
+    before it (``None`` if nothing could be saved).
+    """
+
+    def __init__(self, message: str, *, iteration: int, checkpoint: Path | None) -> None:
+        super().__init__(message)
+        self.iteration = iteration
+        self.checkpoint = checkpoint
+
+
+def train(
+    family: TaskFamily,
+    config: TrainConfig,
+    *,
+    progress: bool | None = None,
+    hooks: Sequence[TrainingHooks] = (),
+) -> Path:
+    """Meta-train ``family`` under ``config``, evaluate, plot; return the run directory.
+
+    Args:
+        family: The task family.
+        config: A validated config (see :func:`metaopt.training.resolve_config`).
+        progress: Show a progress bar; ``None`` shows one only when stderr is a terminal.
+        hooks: Called at fixed points of each iteration (:class:`TrainingHooks`); their time
+            and the periodic evaluation's are kept out of the run's clock.
+
+    Raises:
+        ConfigError: a config value out of range, or ``config.out`` not empty.
+        NonFiniteError: a NaN/inf loss or meta-gradient (without ``skip_nonfinite``).
+        TrainingInterrupted: SIGINT or SIGTERM; the run can be continued with
+            :func:`metaopt.training.resume`.
+    """
+    config.validate()
+    family.validate(config)
+    info = distributed.setup(config.dist_backend, config.dist_timeout)
+    try:
+        check_ranks(config, info)
+        apply_threads(config)
+        run_dir = distributed.on_main(lambda: new_run_dir(family, config, info.world_size), info)
+        seed_everything(config.seed)
+        model = family.make_model(config)
+        algo = build_algorithm(config, model)
+        outer, schedule = build_outer_optimizer(config, algo)
+        rng = np.random.default_rng(config.seed)
+        run = Run(family, config, run_dir, algo, outer, schedule, rng, dist=info, hooks=hooks)
+        return fit(run, progress)
+    finally:
+        distributed.teardown(info)
+
+
+def check_ranks(config: TrainConfig, info: distributed.DistInfo) -> None:
+    """Under torchrun: every rank gets a task of each meta-batch and trains the same config."""
+    if info.active:
+        distributed.shard_bounds(config.meta_batch, info.rank, info.world_size)
+        distributed.check_same_config(config.to_dict(), info)
+
+
+def fit(run: Run, progress: bool | None) -> Path:
+    """Train ``run`` from ``run.iteration`` to ``config.iterations``, then evaluate and plot."""
+    stop = StopOnSignal(run)
+    metrics_path = run.run_dir / "metrics.jsonl" if run.dist.is_main else Path(os.devnull)
+    with stop.installed(), open(metrics_path, "a") as log:
+        _loop(run, log, stop, progress)
+        for hook in run.hooks:
+            hook.on_train_end(run.algo, run.config)
+        if run.saved != run.iteration:
+            save(run, log=log)
+        stop.stop_if_asked(log)
+    family, config, algo = run.family, run.config, run.algo
+    # Every rank evaluates its share of the held-out tasks.
+    evaluation = family.evaluate(algo, config, run.run_dir, group=run.dist)
+    if not run.dist.is_main:  # rank 0 writes and plots; the others wait for it
+        distributed.barrier(run.dist)
+        return run.run_dir
+    write_json(run.run_dir / "eval.json", evaluation)
+    from metaopt.training.plots import plot_training_curve
+
+    # Read back rather than kept in memory: memory stays flat however long the run.
+    rows = [json.loads(line) for line in (run.run_dir / "metrics.jsonl").read_text().splitlines()]
+    plot_training_curve(run.run_dir / "training_curve.png", rows, family.name, config.algo)
+    family.plot(algo, config, run.run_dir, rows, evaluation)
+    distributed.barrier(run.dist)
+    return run.run_dir
+
+
+class _Clock:
+    """The run's training time: wall-clock time since the run began, less the pauses."""
+
+    def __init__(self, seconds: float) -> None:
+        self.start = time.perf_counter() - seconds
+
+    def seconds(self) -> float:
+        return time.perf_counter() - self.start
+
+    @contextmanager
+    def paused(self) -> Iterator[None]:
+        """Time spent in the block does not count."""
+        began = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.start += time.perf_counter() - began
+
+
+def _loop(run: Run, log: IO[str], stop: StopOnSignal, progress: bool | None) -> None:
+    family, config, algo, outer = run.family, run.config, run.algo, run.outer
+    params = algo.meta_parameters()
+    recorded_engine: str | None = None
+    clock = _Clock(run.seconds)
+    disable = (None if progress is None else not progress) if run.dist.is_main else True
+    with tqdm(
+        total=config.iterations,
+        initial=run.iteration,
+        desc=f"{family.name}/{config.algo}",
+        disable=disable,
+    ) as bar:
+        for iteration in range(run.iteration + 1, config.iterations + 1):
+            with clock.paused():
+                for hook in run.hooks:
+                    hook.on_iteration_start(iteration, algo)
+            before = random_state(run.rng)  # what a checkpoint of the last good state holds
+            # Every rank draws the whole meta-batch and adapts to its shard of it.
+            tasks = family.sample_tasks(config, run.rng, config.meta_batch)
+            local = distributed.shard(tasks, run.dist)
+            outer.zero_grad(set_to_none=True)
+            metrics = algo.meta_backward(local, scale=1 / len(tasks))
+            if algo.last_engine != recorded_engine:
+                recorded_engine = algo.last_engine
+                if run.dist.is_main:
+                    record_engine(run.run_dir, recorded_engine)
+            extra = family.iteration_metrics(local)
+            if run.dist.active:
+                distributed.all_reduce_gradients(params, run.dist)
+                metrics = _gathered(metrics, len(tasks), run.dist)
+                extra = distributed.weighted_means(extra, len(local), len(tasks), run.dist)
+            problem = _non_finite(metrics, algo)
+            if problem is not None and not config.skip_nonfinite:
+                _stop_non_finite(run, problem, iteration, tasks, before, log)
+            if problem is None:
+                outer.step()
+                if not bool(torch.stack([torch.isfinite(p).all() for p in params]).all()):
+                    latest = (
+                        f"iteration {run.saved} in {run.checkpoint}"
+                        if run.saved is not None
+                        else "none"
+                    )
+                    raise NonFiniteError(
+                        f"iteration {iteration}: the outer step made a meta-parameter non-finite "
+                        f"(outer learning rate too large?); nothing saved, the latest checkpoint "
+                        f"is {latest}",
+                        iteration=iteration,
+                        checkpoint=run.checkpoint if run.saved is not None else None,
+                    )
+            else:
+                outer.zero_grad(set_to_none=True)
+                run.skipped += 1
+            if run.schedule is not None:  # the rate follows the iteration, skipped or not
+                run.schedule.step()
+            run.iteration = iteration
+            run.seconds = clock.seconds()
+            row: dict[str, Any] = {
+                "iteration": iteration,
+                "seconds": round(run.seconds, 4),
+                **metrics.means(),
+                **extra,
+            }
+            if config.skip_nonfinite:
+                row["skipped"] = run.skipped
+            if config.eval_every and iteration % config.eval_every == 0:
+                with clock.paused():  # each rank evaluates a share of the tasks
+                    row.update(family.periodic_eval(algo, config, group=run.dist))
+                    for hook in run.hooks:
+                        row.update(hook.on_evaluation(iteration, algo, config))
+            row = {key: finite_or_none(value) for key, value in row.items()}
+            log.write(json.dumps(row) + "\n")
+            log.flush()
+            with clock.paused():
+                for hook in run.hooks:
+                    hook.on_iteration_end(iteration, row)
+            if config.checkpoint_every and iteration % config.checkpoint_every == 0:
+                save(run, log=log)
+            stop.stop_if_asked(log)
+            if row["query"] is not None:
+                bar.set_postfix(query=f"{row['query']:.4g}", refresh=False)
+            bar.update()
+
+
+def _gathered(metrics: MetaMetrics, num_tasks: int, info: distributed.DistInfo) -> MetaMetrics:
+    """Every rank's per-task losses, in task order, on every rank (one collective)."""
+    rows = torch.stack([metrics.support_before, metrics.support_after, metrics.query])
+    return MetaMetrics(*distributed.gather_tasks(rows, num_tasks, info).unbind(0))
+
+
+def _non_finite(metrics: Any, algo: MetaLearner) -> tuple[str, int | None] | None:
+    """(what is wrong, task index) for the first NaN/inf among task losses and meta-gradient."""
+    for quantity, described in _QUANTITIES.items():
+        values = getattr(metrics, quantity)
+        bad = (~torch.isfinite(values)).nonzero().flatten()
+        if len(bad):
+            task = int(bad[0])
+            return f"{described} of task {task} is {values[task].item()}", task
+    for index, p in enumerate(algo.meta_parameters()):
+        if p.grad is not None and not bool(torch.isfinite(p.grad).all()):
+            shape = tuple(p.shape)
+            return f"meta-gradient of meta-parameter {index} (shape {shape}) is not finite", None
+    return None
+
+
+def _stop_non_finite(
+    run: Run,
+    problem: tuple[str, int | None],
+    iteration: int,
+    tasks: Sequence[Any],
+    before: dict[str, Any],
+    log: IO[str],
+) -> NoReturn:
+    """Save the last good state (the parameters are still those, and ``before`` is its random
+    state) and raise :class:`NonFiniteError`, naming the task to blame where one can be found."""
+    saved = save(run, before, log=log) if run.saved != run.iteration else run.checkpoint
+    message, task = problem
+    if task is None and not run.dist.active:
+        culprit = _task_with_non_finite_gradient(run.algo, tasks)
+        message += (
+            f" (task {culprit} alone gives a non-finite meta-gradient)"
+            if culprit is not None
+            else " (no single task of the batch reproduces it)"
+        )
+    raise NonFiniteError(
+        f"iteration {iteration}: {message}; the last good state (iteration "
+        f"{run.iteration}) is saved in {saved}; --skip-nonfinite skips such batches",
+        iteration=iteration,
+        checkpoint=saved,
+    )
+
+
+def _task_with_non_finite_gradient(algo: MetaLearner, tasks: Sequence[Any]) -> int | None:
+    """The first task whose meta-gradient alone is non-finite (a diagnosis after a failure)."""
+    params = algo.meta_parameters()
+    try:
+        for index in range(len(tasks)):
+            for p in params:
+                p.grad = None
+            try:
+                algo.meta_backward([tasks[index]])
+            except Exception:  # a diagnosis must not hide the error it diagnoses
+                continue
+            if any(p.grad is not None and not bool(torch.isfinite(p.grad).all()) for p in params):
+                return index
+        return None
+    finally:
+        for p in params:
+            p.grad = None

@@ -1,0 +1,166 @@
+"""The run directory: creating it, the files written there, and reading a run back.
+
+A run directory holds ``config.json`` (resolved config, seed, package versions, the command and,
+once known, the engine used), ``metrics.jsonl`` (one JSON object per iteration),
+``checkpoint.pt`` (and ``checkpoint.prev.pt``, the one before), ``eval.json`` and PNG plots.
+JSON is written strict (RFC 8259 has no NaN or Infinity: a non-finite number becomes ``null``),
+and ``config.json`` atomically, so a crash leaves the old file or the new one, never half of one.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import platform
+import sys
+from datetime import datetime
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from metaopt.training.checkpoint import atomic_write_bytes
+from metaopt.training.family import ConfigError, TaskFamily, TrainConfig
+
+__all__ = [
+    "ABANDONED",
+    "CHECKPOINT",
+    "finite_or_none",
+    "new_directory",
+    "new_run_dir",
+    "package_versions",
+    "read_run",
+    "record_engine",
+    "write_json",
+    "write_json_atomic",
+]
+
+#: The latest checkpoint of a run directory; :func:`metaopt.training.checkpoint.previous_path` names
+#: the one before it (``checkpoint.prev.pt``).
+CHECKPOINT = "checkpoint.pt"
+#: Where a resume from an older checkpoint moves the latest one, so that it is never rotated into
+#: ``checkpoint.prev.pt``.
+ABANDONED = "checkpoint.abandoned.pt"
+
+
+def package_versions() -> dict[str, str]:
+    """Python's and the packages' versions, as config.json, checkpoints and reports record them."""
+    found = {"python": platform.python_version()}
+    for name in ("metaopt", "torch", "torchopt", "numpy", "gymnasium"):
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            found[name] = "not installed"
+    return found
+
+
+def new_directory(path: Path, flag: str, if_not_empty: str) -> Path:
+    """``path`` as a new or empty directory (created with its parents) for a command's output.
+
+    Raises:
+        ConfigError: naming ``flag``, when ``path`` is a file, cannot be created, or is a
+            directory with something in it (the message ends with ``if_not_empty``, what to do).
+    """
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"{flag} {str(path)!r} exists and is not a directory")
+    if path.is_dir() and any(path.iterdir()):
+        raise ConfigError(f"{flag} {str(path)!r} is not empty; {if_not_empty}")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ConfigError(f"{flag} {str(path)!r} cannot be created: {error}") from None
+    return path
+
+
+def new_run_dir(family: TaskFamily, config: TrainConfig, world_size: int) -> Path:
+    """A new run directory (``config.out``, or ``runs/<family>-<algo>-<time>``) with its
+    ``config.json``: what produced the run."""
+    if config.out is not None:
+        path = Path(config.out)
+    else:
+        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+        path = Path("runs") / f"{family.name}-{config.algo}-{stamp}"
+    run_dir = new_directory(
+        path,
+        "--out",
+        f"choose a new directory, or continue the run there with --resume {path} (metaopt "
+        "never overwrites a saved run)",
+    )
+    write_json_atomic(
+        run_dir / "config.json",
+        {
+            "family": family.name,
+            "config": config.to_dict(),
+            "seed": config.seed,
+            "versions": package_versions(),
+            "command": sys.argv,
+            "threads": torch.get_num_threads(),
+            "world_size": world_size,
+        },
+    )
+    return run_dir
+
+
+def read_run(run_dir: Path) -> dict[str, Any]:
+    """The contents of ``run_dir/config.json``, or a ConfigError that says what is wrong."""
+    path = run_dir / "config.json"
+    if not path.is_file():
+        raise ConfigError(
+            f"RUN_DIR {str(run_dir)!r} has no config.json; is it a metaopt run directory?"
+        )
+    try:
+        saved = json.loads(path.read_text())
+    except ValueError as error:
+        raise ConfigError(f"{path} is not valid JSON ({error})") from None
+    if not isinstance(saved, dict) or not {"family", "config"} <= set(saved):
+        raise ConfigError(f"{path} is not a metaopt config.json (no 'family' and 'config')")
+    return saved
+
+
+def record_engine(run_dir: Path, engine: str | None) -> None:
+    """Write the engine ``meta_backward`` ran on into config.json (``engine_used``), unless it is
+    there already (the loop calls this again should ``auto`` fall back to the loop engine)."""
+    path = run_dir / "config.json"
+    saved = json.loads(path.read_text())
+    if saved.get("engine_used") != engine:
+        saved["engine_used"] = engine
+        write_json_atomic(path, saved)
+
+
+def finite_or_none(value: Any) -> Any:
+    """JSON has no NaN: a non-finite number is written as null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def write_json(path: Path, data: Any) -> None:
+    path.write_text(_json_text(data))
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    atomic_write_bytes(path, _json_text(data).encode())
+
+
+def _json_text(data: Any) -> str:
+    """Strict JSON (RFC 8259 has no NaN or Infinity): non-finite numbers are written as null."""
+    return json.dumps(_strict(data), indent=2, default=_json_default, allow_nan=False) + "\n"
+
+
+def _strict(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {key: _strict(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_strict(item) for item in value]
+    if isinstance(value, np.generic | torch.Tensor) and getattr(value, "ndim", 0) == 0:
+        value = value.item()
+    return finite_or_none(value)
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, np.generic | torch.Tensor):
+        return value.item()
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")

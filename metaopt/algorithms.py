@@ -95,6 +95,7 @@ class MetaMetrics:
 
     @property
     def support_after(self) -> torch.Tensor:
+        """Per-task support loss after adaptation, ``[B]``; computed on first access."""
         if callable(self._support_after):
             self._support_after = self._support_after()
         return self._support_after
@@ -259,6 +260,8 @@ class MetaLearner:
         return [p for p in self.model.parameters() if p.requires_grad]
 
     def meta_backward(self, tasks: Sequence[Task], *, scale: float | None = None) -> MetaMetrics:
+        """Adapt to each task, accumulate the meta-gradient (averaged over the tasks, or times
+        ``scale``) into ``.grad`` of :meth:`meta_parameters`, restore the model, return metrics."""
         raise NotImplementedError
 
     @contextmanager

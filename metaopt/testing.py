@@ -79,9 +79,11 @@ class LinearTask:
         return 0.5 * (residual**2).sum()
 
     def support_loss(self, model: nn.Module) -> torch.Tensor:
+        """½‖Aθ − b‖²."""
         return self._loss(model, self.A, self.b)
 
     def query_loss(self, model: nn.Module) -> torch.Tensor:
+        """½‖Cθ − d‖²."""
         return self._loss(model, self.C, self.d)
 
 
@@ -99,9 +101,11 @@ class LinearTaskBatch(list[LinearTask]):
         return LinearTaskBatch(self[indices])
 
     def support_losses(self, forward: Any, step: int | None) -> torch.Tensor:
+        """½‖A_i θ_i − b_i‖² for every task i, ``[B]``."""
         return 0.5 * ((forward(self._stacked("A")) - self._stacked("b")) ** 2).sum(-1)
 
     def query_losses(self, forward: Any) -> torch.Tensor:
+        """½‖C_i θ_i − d_i‖² for every task i, ``[B]``."""
         return 0.5 * ((forward(self._stacked("C")) - self._stacked("d")) ** 2).sum(-1)
 
 

@@ -158,9 +158,11 @@ class TrainConfig:
 
     @property
     def first_order(self) -> bool:
+        """Whether the algorithm drops second-order terms (``--algo fomaml``)."""
         return self.algo == "fomaml"
 
     def to_dict(self) -> dict[str, Any]:
+        """Every field by name, as ``config.json`` records it."""
         return dataclasses.asdict(self)
 
 
@@ -190,11 +192,14 @@ class TaskFamily:
         """Family-specific checks; raise :class:`ConfigError`. Called after ``config.validate()``."""
 
     def make_model(self, config: TrainConfig) -> nn.Module:
+        """The model whose initialisation is meta-learned (torch is seeded before the call)."""
         raise NotImplementedError
 
     def sample_tasks(
         self, config: TrainConfig, rng: np.random.Generator, num_tasks: int
     ) -> Sequence[Task]:
+        """``num_tasks`` tasks drawn with ``rng`` (all randomness from it, so resume is exact);
+        a ``BatchedTasks`` runs on the vectorised engine."""
         raise NotImplementedError
 
     def iteration_metrics(self, tasks: Sequence[Task]) -> dict[str, float]:

@@ -39,6 +39,7 @@ class TrainingInterrupted(KeyboardInterrupt):
 
     @property
     def exit_status(self) -> int:
+        """The shell's convention for a process ended by a signal: 128 + its number."""
         return 128 + self.signum
 
 

@@ -1,0 +1,260 @@
+"""The compiled engine: one ``torch.compile``d function from θ and a meta-batch to the meta-gradient.
+
+The vectorised engine (:mod:`metaopt.engine`) runs each meta-iteration as a few hundred small
+eager operations, and on small models nearly all of its time is dispatch overhead. This engine
+writes the whole meta-iteration as a pure function of tensors and compiles it once:
+
+* the inner loop holds the parameters with a task axis, ``θ_b = θ.expand(B, ...)``, and takes
+  each step's per-task gradients as ``torch.func.grad`` of ``Σ_b L^s_b(θ_b)`` (task b's loss
+  depends on ``θ_b`` only, so row b of that gradient is task b's own), then applies the
+  algorithm's inner update (SGD, Adam, or Meta-SGD's ``θ − α ∘ g``) functionally;
+* MAML and Meta-SGD take ``torch.func.grad`` of the meta-loss ``Σ_b L^q_b(θ'_b)`` with respect to
+  θ (and α), differentiating through the inner ``grad`` (second order), or through the inner
+  steps with their gradients detached (first order: ``∂θ'_b/∂θ = I``, as the other engines);
+* Reptile needs no outer derivative: its meta-gradient is ``Σ_b (θ − θ̃_b)``.
+
+The compiled function returns the unweighted sums; :meth:`CompiledMetaGradient.__call__` scales
+them by the task weight and accumulates them into ``.grad`` eagerly, so a change of ``scale``
+never recompiles. It also returns the support losses at θ, the query losses and the adapted
+parameters (detached); the ``support_after`` metric is one eager batched forward with those,
+on first access, as in the vectorised engine.
+
+**What recompiles.** The function is compiled with static shapes (``dynamic=False``) and
+``torch.compile``'s guards decide when to compile again: a different number of tasks, support,
+query or parameter shape, dtype or device; a different type of meta-batch, or a change of a
+Python value the batch's losses read (e.g. ``TaskBatch.minibatch``); the model's modules
+switching train/eval mode. A training run sees one shape for every meta-iteration and compiles
+once; evaluation on a meta-batch of another size compiles once more. Every compile after the
+first is counted (:attr:`CompiledMetaGradient.compiles`) and warned about once, since a run
+whose shapes change every iteration would compile every iteration and should use ``vmap``.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+from torchopt.base import GradientTransformation
+
+from metaopt.engine import _Layout, batch_norm_mode, batched_forward, check_losses
+from metaopt.inner import inner_transform, learned_rate_sgd
+from metaopt.task import BatchedTasks
+
+__all__ = ["CompiledMetaGradient", "MetaGradientResult", "compile_options", "functional_meta_gradient"]
+
+Tensors = tuple[torch.Tensor, ...]
+#: What the functional meta-gradient returns: the meta-gradient's sums over tasks (θ's, then the
+#: rates' for Meta-SGD), the support losses at θ ``[B]``, the query losses ``[B]`` and the
+#: adapted parameters ``[B, ...]`` (all detached).
+MetaGradientResult = tuple[Tensors, torch.Tensor, torch.Tensor, Tensors]
+
+
+def compile_options() -> dict[str, Any]:
+    """``torch.compile`` keyword arguments of the engine: inductor, static shapes."""
+    return {"backend": "inductor", "dynamic": False, "fullgraph": True}
+
+
+def functional_meta_gradient(
+    model: nn.Module,
+    *,
+    kind: str,
+    steps: int,
+    first_order: bool,
+    inner_optimizer: str,
+    inner_lr: float,
+    learned_rates: bool,
+    batch_norm: str = "running",
+) -> Callable[[Tensors, Tensors, dict[str, torch.Tensor], BatchedTasks], MetaGradientResult]:
+    """The meta-iteration of one algorithm as a pure function (eager; compile it to go fast).
+
+    Returns ``f(theta, rates, shared, tasks)``: ``theta`` the trainable parameters (detached,
+    ``named_parameters()`` order), ``rates`` Meta-SGD's rates for them (empty otherwise),
+    ``shared`` the frozen parameters and buffers, ``tasks`` a :class:`~metaopt.task.BatchedTasks`.
+
+    Args:
+        model: The network; read for its structure only (``functional_call`` gets the tensors).
+        kind: ``"maml"`` (MAML, first-order MAML, Meta-SGD) or ``"reptile"``.
+        steps: Inner steps.
+        first_order: Treat the inner gradients as constants (MAML only).
+        inner_optimizer: ``"sgd"`` or ``"adam"`` (ignored with ``learned_rates``).
+        inner_lr: The inner learning rate.
+        learned_rates: Meta-SGD's update ``θ − α ∘ g`` with the rates ``rates``.
+        batch_norm: :data:`metaopt.engine.BATCH_NORM_MODES`.
+    """
+    if kind not in ("maml", "reptile"):
+        raise ValueError(f"kind must be 'maml' or 'reptile', got {kind!r}")
+    with batch_norm_mode(model, batch_norm):
+        layout = _Layout(model)
+    if layout.copied:
+        raise TypeError(
+            "the compiled engine cannot run a model whose buffers change during adaptation "
+            f"({', '.join(layout.copied)}: BatchNorm in training mode with running statistics); "
+            "use batch_norm='batch', eval mode, or engine='vmap'"
+        )
+    names = layout.trainable
+
+    fixed_rule = None if learned_rates else inner_transform(inner_optimizer, inner_lr)
+
+    def transform(rates: Tensors) -> GradientTransformation:
+        # Built outside the traced function: TorchOpt's constructors take a lock dynamo cannot
+        # trace. Meta-SGD's rule closes over the rates, which are inputs, so it is built inside.
+        return learned_rate_sgd(rates) if fixed_rule is None else fixed_rule
+
+    def forward(flat: Tensors, shared: dict[str, torch.Tensor]) -> Any:
+        params = dict(zip(names, flat, strict=True))
+        return batched_forward(model, params, shared, batch_norm=batch_norm, slots=layout.slots)
+
+    def adapt(
+        theta: Tensors, rates: Tensors, shared: dict[str, torch.Tensor], tasks: BatchedTasks
+    ) -> tuple[Tensors, torch.Tensor]:
+        num_tasks = len(tasks)
+        flat = tuple(p.expand(num_tasks, *p.shape) for p in theta)
+        rule = transform(rates)
+        state = rule.init(flat)
+        before = None
+        for step in range(steps):
+
+            def support(flat: Tensors, step: int = step) -> tuple[torch.Tensor, torch.Tensor]:
+                losses = tasks.support_losses(forward(flat, shared), step)
+                return losses.sum(), losses
+
+            grads, losses = torch.func.grad(support, has_aux=True)(flat)
+            if before is None:
+                before = losses
+            if first_order:
+                grads = tuple(g.detach() for g in grads)
+            updates, state = rule.update(grads, state, params=flat, inplace=False)
+            flat = tuple(p + u for p, u in zip(flat, updates, strict=True))
+        assert before is not None
+        return flat, before.detach()
+
+    def maml(
+        theta: Tensors, rates: Tensors, shared: dict[str, torch.Tensor], tasks: BatchedTasks
+    ) -> MetaGradientResult:
+        def meta_loss(
+            theta: Tensors, rates: Tensors
+        ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor, Tensors]]:
+            flat, before = adapt(theta, rates, shared, tasks)
+            query = tasks.query_losses(forward(flat, shared))
+            adapted = tuple(p.detach() for p in flat)
+            return query.sum(), (before, query.detach(), adapted)
+
+        (g_theta, g_rates), (before, query, adapted) = torch.func.grad(
+            meta_loss, argnums=(0, 1), has_aux=True
+        )(theta, rates)
+        return tuple(g_theta) + tuple(g_rates), before, query, adapted
+
+    def reptile(
+        theta: Tensors, rates: Tensors, shared: dict[str, torch.Tensor], tasks: BatchedTasks
+    ) -> MetaGradientResult:
+        flat, before = adapt(theta, rates, shared, tasks)
+        query = tasks.query_losses(forward(flat, shared))
+        directions = tuple((p - q).sum(0) for p, q in zip(theta, flat, strict=True))
+        return directions, before, query, flat
+
+    return maml if kind == "maml" else reptile
+
+
+class CompiledMetaGradient:
+    """A meta-learner's compiled meta-iteration, compiled on first use and reused after.
+
+    Call it with the meta-batch and the task weight: it accumulates ``weight ×`` the
+    meta-gradient into ``.grad`` of ``meta_parameters`` and returns ``(before, query,
+    support_after)``, the last a callable (the lazy metric).
+
+    Attributes:
+        compiles: Graphs compiled so far (1 after the first call; more means recompiles).
+        compile_seconds: Wall-clock time of the first call (tracing and compiling included).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        meta_parameters: Sequence[nn.Parameter],
+        rates: Sequence[nn.Parameter],
+        *,
+        kind: str,
+        steps: int,
+        first_order: bool,
+        inner_optimizer: str,
+        inner_lr: float,
+        batch_norm: str = "running",
+        options: dict[str, Any] | None = None,
+    ) -> None:
+        self.model = model
+        self.batch_norm = batch_norm
+        with batch_norm_mode(model, batch_norm):
+            layout = _Layout(model)
+        self._layout = layout
+        named = dict(model.named_parameters())
+        self._theta = [named[n] for n in layout.trainable]
+        index = {id(p): i for i, p in enumerate(model.parameters())}
+        self._rates = [rates[index[id(p)]] for p in self._theta] if rates else []
+        self._meta = list(meta_parameters)
+        self._function = functional_meta_gradient(
+            model,
+            kind=kind,
+            steps=steps,
+            first_order=first_order,
+            inner_optimizer=inner_optimizer,
+            inner_lr=inner_lr,
+            learned_rates=bool(rates),
+            batch_norm=batch_norm,
+        )
+        self.compiles = 0
+        self.compile_seconds: float | None = None
+        self._warned = False
+        self._compiled = torch.compile(
+            self._function, **{**compile_options(), **(options or {}), "backend": self._backend}
+        )
+        self._inner_backend = (options or {}).get("backend", "inductor")
+
+    def _backend(self, graph: torch.fx.GraphModule, example_inputs: list[Any]) -> Any:
+        """Inductor (or the chosen backend), counting compiles to see recompiles."""
+        self.compiles += 1
+        if self.compiles > 1 and not self._warned:
+            self._warned = True
+            warnings.warn(
+                "the compiled engine compiled its meta-iteration again: the meta-batch's shapes, "
+                "dtype or Python values (or the model's train/eval mode) changed. A run that "
+                "changes them every iteration pays a compile each time; use engine='vmap' there",
+                UserWarning,
+                stacklevel=2,
+            )
+        backend = torch._dynamo.lookup_backend(self._inner_backend)
+        return backend(graph, example_inputs)
+
+    def __call__(
+        self, tasks: BatchedTasks, weight: float
+    ) -> tuple[torch.Tensor, torch.Tensor, Callable[[], torch.Tensor]]:
+        theta = tuple(p.detach() for p in self._theta)
+        rates = tuple(r.detach() for r in self._rates)
+        shared = {n: t.detach() for n, t in self._layout.shared.items()}
+        start = time.perf_counter()
+        first = self.compile_seconds is None
+        with batch_norm_mode(self.model, self.batch_norm):
+            sums, before, query, adapted = self._compiled(theta, rates, shared, tasks)
+        if first:
+            self.compile_seconds = time.perf_counter() - start
+        num_tasks = len(tasks)
+        before = check_losses(before, num_tasks, "support_losses")
+        query = check_losses(query, num_tasks, "query_losses")
+        targets = self._theta + self._rates
+        for p, total in zip(targets, sums, strict=True):
+            direction = total * weight
+            p.grad = direction if p.grad is None else p.grad + direction
+
+        def support_after() -> torch.Tensor:
+            params = dict(zip(self._layout.trainable, adapted, strict=True))
+            forward = batched_forward(
+                self.model, params, shared, batch_norm=self.batch_norm, slots=self._layout.slots
+            )
+            with torch.no_grad():
+                losses = tasks.support_losses(forward, None)
+            return check_losses(losses, num_tasks, "support_losses")
+
+        return before, query, support_after

@@ -32,7 +32,9 @@ whose shapes change every iteration would compile every iteration and should use
 from __future__ import annotations
 
 import time
+import types
 import warnings
+import weakref
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -44,7 +46,14 @@ from metaopt.engine import _Layout, batch_norm_mode, batched_forward, check_loss
 from metaopt.inner import inner_transform, learned_rate_sgd
 from metaopt.task import BatchedTasks
 
-__all__ = ["CompiledMetaGradient", "MetaGradientResult", "compile_options", "functional_meta_gradient"]
+__all__ = [
+    "CompiledMetaGradient",
+    "MetaGradientResult",
+    "compile_options",
+    "compiled_meta_backward",
+    "engine_of",
+    "functional_meta_gradient",
+]
 
 Tensors = tuple[torch.Tensor, ...]
 #: What the functional meta-gradient returns: the meta-gradient's sums over tasks (θ's, then the
@@ -174,7 +183,6 @@ class CompiledMetaGradient:
     def __init__(
         self,
         model: nn.Module,
-        meta_parameters: Sequence[nn.Parameter],
         rates: Sequence[nn.Parameter],
         *,
         kind: str,
@@ -194,8 +202,7 @@ class CompiledMetaGradient:
         self._theta = [named[n] for n in layout.trainable]
         index = {id(p): i for i, p in enumerate(model.parameters())}
         self._rates = [rates[index[id(p)]] for p in self._theta] if rates else []
-        self._meta = list(meta_parameters)
-        self._function = functional_meta_gradient(
+        function = functional_meta_gradient(
             model,
             kind=kind,
             steps=steps,
@@ -205,13 +212,22 @@ class CompiledMetaGradient:
             learned_rates=bool(rates),
             batch_norm=batch_norm,
         )
+        # dynamo keeps its compiled graphs, and counts recompiles against its limit of 8, per
+        # code object; every engine's function is a closure of the same code, so each gets a
+        # copy of it, and a learner never evicts or counts against another's graphs.
+        function = types.FunctionType(
+            function.__code__.replace(),
+            function.__globals__,
+            function.__name__,
+            function.__defaults__,
+            function.__closure__,
+        )
         self.compiles = 0
         self.compile_seconds: float | None = None
         self._warned = False
-        self._compiled = torch.compile(
-            self._function, **{**compile_options(), **(options or {}), "backend": self._backend}
-        )
-        self._inner_backend = (options or {}).get("backend", "inductor")
+        options = {**compile_options(), **(options or {})}
+        self._inner_backend = options.pop("backend")
+        self._compiled = torch.compile(function, backend=self._backend, **options)
 
     def _backend(self, graph: torch.fx.GraphModule, example_inputs: list[Any]) -> Any:
         """Inductor (or the chosen backend), counting compiles to see recompiles."""
@@ -258,3 +274,48 @@ class CompiledMetaGradient:
             return check_losses(losses, num_tasks, "support_losses")
 
         return before, query, support_after
+
+
+_ENGINES: weakref.WeakKeyDictionary[Any, dict[tuple[Any, ...], CompiledMetaGradient]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def compiled_meta_backward(
+    algo: Any, tasks: BatchedTasks, weight: float, kind: str
+) -> tuple[torch.Tensor, Callable[[], torch.Tensor], torch.Tensor]:
+    """One compiled meta-iteration of ``algo`` (a :class:`metaopt.MetaLearner`): accumulate
+    ``weight ×`` its meta-gradient into ``.grad``; return ``MetaMetrics``' fields (support
+    before, lazy support after, query).
+
+    The compiled function is kept per learner and per configuration (``inner_steps``,
+    ``first_order``, inner optimiser and rate, BatchNorm mode, ``kind``), so changing one of
+    them on the learner builds (and compiles) a new one instead of running a stale graph.
+    """
+    key = (
+        kind,
+        algo.inner_steps,
+        getattr(algo, "first_order", False),
+        algo.inner_optimizer_name,
+        algo.inner_lr,
+        algo.batch_norm,
+    )
+    engines = _ENGINES.setdefault(algo, {})
+    if key not in engines:
+        engines[key] = CompiledMetaGradient(
+            algo.model,
+            algo.rate_parameters(),
+            kind=kind,
+            steps=algo.inner_steps,
+            first_order=key[2],
+            inner_optimizer=algo.inner_optimizer_name,
+            inner_lr=algo.inner_lr,
+            batch_norm=algo.batch_norm,
+        )
+    before, query, support_after = engines[key](tasks, weight)
+    return before, support_after, query
+
+
+def engine_of(algo: Any) -> list[CompiledMetaGradient]:
+    """The compiled meta-iterations ``algo`` has built so far (for compile counts and times)."""
+    return list(_ENGINES.get(algo, {}).values())

@@ -15,9 +15,9 @@ writes the whole meta-iteration as a pure function of tensors and compiles it on
 
 The compiled function returns the unweighted sums; :meth:`CompiledMetaGradient.__call__` scales
 them by the task weight and accumulates them into ``.grad`` eagerly, so a change of ``scale``
-never recompiles. It also returns the support losses at θ, the query losses and the adapted
-parameters (detached); the ``support_after`` metric is one eager batched forward with those,
-on first access, as in the vectorised engine.
+never recompiles. The per-task metrics come out of the same function: the support losses at θ,
+the query losses, and the support losses at the adapted parameters (``support_after``, one more
+forward pass that the eager engines defer until it is read, and which compiled costs little).
 
 **What recompiles.** The function is compiled with static shapes (``dynamic=False``) and
 ``torch.compile``'s guards decide when to compile again: a different number of tasks, support,
@@ -58,8 +58,8 @@ __all__ = [
 Tensors = tuple[torch.Tensor, ...]
 #: What the functional meta-gradient returns: the meta-gradient's sums over tasks (θ's, then the
 #: rates' for Meta-SGD), the support losses at θ ``[B]``, the query losses ``[B]`` and the
-#: adapted parameters ``[B, ...]`` (all detached).
-MetaGradientResult = tuple[Tensors, torch.Tensor, torch.Tensor, Tensors]
+#: support losses at the adapted parameters ``[B]`` (all detached).
+MetaGradientResult = tuple[Tensors, torch.Tensor, torch.Tensor, torch.Tensor]
 
 
 def compile_options() -> dict[str, Any]:
@@ -141,21 +141,26 @@ def functional_meta_gradient(
         assert before is not None
         return flat, before.detach()
 
+    def support_after(
+        flat: Tensors, shared: dict[str, torch.Tensor], tasks: BatchedTasks
+    ) -> torch.Tensor:
+        return tasks.support_losses(forward(flat, shared), None).detach()
+
     def maml(
         theta: Tensors, rates: Tensors, shared: dict[str, torch.Tensor], tasks: BatchedTasks
     ) -> MetaGradientResult:
         def meta_loss(
             theta: Tensors, rates: Tensors
-        ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor, Tensors]]:
+        ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
             flat, before = adapt(theta, rates, shared, tasks)
             query = tasks.query_losses(forward(flat, shared))
-            adapted = tuple(p.detach() for p in flat)
-            return query.sum(), (before, query.detach(), adapted)
+            after = support_after(tuple(p.detach() for p in flat), shared, tasks)
+            return query.sum(), (before, query.detach(), after)
 
-        (g_theta, g_rates), (before, query, adapted) = torch.func.grad(
+        (g_theta, g_rates), (before, query, after) = torch.func.grad(
             meta_loss, argnums=(0, 1), has_aux=True
         )(theta, rates)
-        return tuple(g_theta) + tuple(g_rates), before, query, adapted
+        return tuple(g_theta) + tuple(g_rates), before, query, after
 
     def reptile(
         theta: Tensors, rates: Tensors, shared: dict[str, torch.Tensor], tasks: BatchedTasks
@@ -163,7 +168,7 @@ def functional_meta_gradient(
         flat, before = adapt(theta, rates, shared, tasks)
         query = tasks.query_losses(forward(flat, shared))
         directions = tuple((p - q).sum(0) for p, q in zip(theta, flat, strict=True))
-        return directions, before, query, flat
+        return directions, before, query, support_after(flat, shared, tasks)
 
     return maml if kind == "maml" else reptile
 
@@ -172,8 +177,8 @@ class CompiledMetaGradient:
     """A meta-learner's compiled meta-iteration, compiled on first use and reused after.
 
     Call it with the meta-batch and the task weight: it accumulates ``weight ×`` the
-    meta-gradient into ``.grad`` of ``meta_parameters`` and returns ``(before, query,
-    support_after)``, the last a callable (the lazy metric).
+    meta-gradient into ``.grad`` of θ (and Meta-SGD's rates) and returns the per-task support
+    losses before adaptation, query losses and support losses after adaptation.
 
     Attributes:
         compiles: Graphs compiled so far (1 after the first call; more means recompiles).
@@ -246,34 +251,25 @@ class CompiledMetaGradient:
 
     def __call__(
         self, tasks: BatchedTasks, weight: float
-    ) -> tuple[torch.Tensor, torch.Tensor, Callable[[], torch.Tensor]]:
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         theta = tuple(p.detach() for p in self._theta)
         rates = tuple(r.detach() for r in self._rates)
         shared = {n: t.detach() for n, t in self._layout.shared.items()}
         start = time.perf_counter()
         first = self.compile_seconds is None
         with batch_norm_mode(self.model, self.batch_norm):
-            sums, before, query, adapted = self._compiled(theta, rates, shared, tasks)
+            sums, before, query, after = self._compiled(theta, rates, shared, tasks)
         if first:
             self.compile_seconds = time.perf_counter() - start
         num_tasks = len(tasks)
         before = check_losses(before, num_tasks, "support_losses")
         query = check_losses(query, num_tasks, "query_losses")
+        after = check_losses(after, num_tasks, "support_losses")
         targets = self._theta + self._rates
         for p, total in zip(targets, sums, strict=True):
             direction = total * weight
             p.grad = direction if p.grad is None else p.grad + direction
-
-        def support_after() -> torch.Tensor:
-            params = dict(zip(self._layout.trainable, adapted, strict=True))
-            forward = batched_forward(
-                self.model, params, shared, batch_norm=self.batch_norm, slots=self._layout.slots
-            )
-            with torch.no_grad():
-                losses = tasks.support_losses(forward, None)
-            return check_losses(losses, num_tasks, "support_losses")
-
-        return before, query, support_after
+        return before, query, after
 
 
 _ENGINES: weakref.WeakKeyDictionary[Any, dict[tuple[Any, ...], CompiledMetaGradient]] = (
@@ -283,10 +279,10 @@ _ENGINES: weakref.WeakKeyDictionary[Any, dict[tuple[Any, ...], CompiledMetaGradi
 
 def compiled_meta_backward(
     algo: Any, tasks: BatchedTasks, weight: float, kind: str
-) -> tuple[torch.Tensor, Callable[[], torch.Tensor], torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One compiled meta-iteration of ``algo`` (a :class:`metaopt.MetaLearner`): accumulate
     ``weight ×`` its meta-gradient into ``.grad``; return ``MetaMetrics``' fields (support
-    before, lazy support after, query).
+    losses before and after adaptation, query losses, each ``[B]``).
 
     The compiled function is kept per learner and per configuration (``inner_steps``,
     ``first_order``, inner optimiser and rate, BatchNorm mode, ``kind``), so changing one of
@@ -312,8 +308,8 @@ def compiled_meta_backward(
             inner_lr=algo.inner_lr,
             batch_norm=algo.batch_norm,
         )
-    before, query, support_after = engines[key](tasks, weight)
-    return before, support_after, query
+    before, query, after = engines[key](tasks, weight)
+    return before, after, query
 
 
 def engine_of(algo: Any) -> list[CompiledMetaGradient]:

@@ -63,7 +63,9 @@ class TrainConfig:
     inner_optimizer: str = option("sgd", "inner-loop optimiser: sgd or adam (MAML and Reptile)")
     engine: str = option(
         "auto",
-        "auto (vectorised when the tasks can be stacked), vmap, or loop (one task at a time)",
+        "auto (vectorised when the tasks can be stacked), vmap, loop (one task at a time), or "
+        "compiled (the vectorised meta-iteration torch.compile'd: a compile of tens of seconds "
+        "first, then several times faster on small models)",
     )
     batch_norm: str = option(
         "running",
@@ -122,7 +124,7 @@ class TrainConfig:
         """Raise :class:`ConfigError` naming the first field that is out of range."""
         _one_of("algo", self.algo, ALGORITHMS)
         _one_of("inner_optimizer", self.inner_optimizer, ("sgd", "adam"))
-        _one_of("engine", self.engine, ("auto", "vmap", "loop"))
+        _one_of("engine", self.engine, ("auto", "vmap", "loop", "compiled"))
         _one_of("batch_norm", self.batch_norm, ("running", "batch"))
         _one_of("dist_backend", self.dist_backend, ("auto", "gloo", "nccl"))
         _one_of("outer_optimizer", self.outer_optimizer, ("adam", "sgd"))

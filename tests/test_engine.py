@@ -203,7 +203,9 @@ def test_bad_batched_losses_are_named() -> None:
 
 
 def test_unknown_engine() -> None:
-    with pytest.raises(ValueError, match="engine must be one of auto, loop, vmap; got 'jit'"):
+    with pytest.raises(
+        ValueError, match="engine must be one of auto, loop, vmap, compiled; got 'jit'"
+    ):
         metaopt.MAML(mlp(torch.float64), inner_lr=0.1, engine="jit")
 
 

@@ -50,6 +50,7 @@ __all__ = [
     "CompiledMetaGradient",
     "MetaGradientResult",
     "compile_options",
+    "compile_seconds",
     "compiled_meta_backward",
     "engine_of",
     "functional_meta_gradient",
@@ -315,3 +316,11 @@ def compiled_meta_backward(
 def engine_of(algo: Any) -> list[CompiledMetaGradient]:
     """The compiled meta-iterations ``algo`` has built so far (for compile counts and times)."""
     return list(_ENGINES.get(algo, {}).values())
+
+
+def compile_seconds(algo: Any) -> float | None:
+    """Wall-clock seconds of ``algo``'s first compiled call(s) (tracing, compiling or loading
+    from the persistent cache, and the first run), summed over its compiled meta-iterations;
+    ``None`` before the first."""
+    times = [e.compile_seconds for e in engine_of(algo) if e.compile_seconds is not None]
+    return sum(times) if times else None

@@ -258,8 +258,16 @@ class CompiledMetaGradient:
         shared = {n: t.detach() for n, t in self._layout.shared.items()}
         start = time.perf_counter()
         first = self.compile_seconds is None
-        with batch_norm_mode(self.model, self.batch_norm):
-            sums, before, query, after = self._compiled(theta, rates, shared, tasks)
+        try:
+            with batch_norm_mode(self.model, self.batch_norm):
+                sums, before, query, after = self._compiled(theta, rates, shared, tasks)
+        except torch._dynamo.exc.Unsupported as error:
+            # e.g. sampling with an explicit torch.Generator (the RL tasks): not traceable
+            reason = str(error).strip().splitlines()[0]
+            raise TypeError(
+                f"engine='compiled' cannot trace this meta-batch's losses ({reason}); "
+                "use engine='vmap'"
+            ) from error
         if first:
             self.compile_seconds = time.perf_counter() - start
         num_tasks = len(tasks)

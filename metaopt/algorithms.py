@@ -28,6 +28,7 @@ import torchopt
 from torch import nn
 from torchopt.base import GradientTransformation
 
+from metaopt.compiled import compiled_meta_backward
 from metaopt.engine import (
     BATCH_NORM_MODES,
     Adapted,
@@ -62,8 +63,10 @@ __all__ = [
 #: ``loop``: one task at a time, as the papers write it. ``vmap``: all tasks at once
 #: (:mod:`metaopt.engine`). ``auto``: ``vmap`` whenever the meta-batch implements
 #: :class:`metaopt.task.BatchedTasks` and the vectorised engine computes exactly what the loop
-#: engine does on the model (:func:`metaopt.engine.can_vectorise`), else ``loop``.
-ENGINES = ("auto", "vmap", "loop")
+#: engine does on the model (:func:`metaopt.engine.can_vectorise`), else ``loop``. ``compiled``:
+#: the vectorised meta-iteration as one ``torch.compile``d function (:mod:`metaopt.compiled`),
+#: only when asked for: its first call compiles for tens of seconds.
+ENGINES = ("auto", "vmap", "loop", "compiled")
 
 #: The algorithms by their names on the command line: MAML, first-order MAML, Meta-SGD, Reptile.
 ALGORITHMS = ("maml", "fomaml", "metasgd", "reptile")
@@ -121,7 +124,8 @@ class MetaLearner:
     Subclasses define ``meta_backward``; Meta-SGD additionally swaps the inner update rule.
 
     Attributes:
-        last_engine: The engine the last ``meta_backward`` ran on, ``"loop"`` or ``"vmap"``
+        last_engine: The engine the last ``meta_backward`` ran on, ``"loop"``, ``"vmap"`` or
+            ``"compiled"``
             (``None`` before the first call). With ``engine="auto"`` it is ``"vmap"`` exactly
             when the meta-batch is a :class:`~metaopt.task.BatchedTasks` and the model passed
             :func:`metaopt.engine.can_vectorise`.
@@ -174,8 +178,8 @@ class MetaLearner:
         reason = can_vectorise(self.model, tasks, self.batch_norm)
         if reason is None and self.engine == "auto" and is_batched(tasks):
             reason = self._refused
-        if reason is not None and self.engine == "vmap":
-            raise TypeError(f"engine='vmap' cannot run this meta-batch: {reason}")
+        if reason is not None and self.engine in ("vmap", "compiled"):
+            raise TypeError(f"engine={self.engine!r} cannot run this meta-batch: {reason}")
         if reason is not None and is_batched(tasks) and not self._warned:
             self._warned = True
             warnings.warn(
@@ -208,15 +212,19 @@ class MetaLearner:
 
         use_vmap = self._vectorise(tasks)
         try:
-            self.last_engine = "vmap" if use_vmap else "loop"
+            self.last_engine = (
+                ("compiled" if self.engine == "compiled" else "vmap") if use_vmap else "loop"
+            )
             return vectorised() if use_vmap else looped()
         except Exception as error:
             restore_grads()
             if not (use_vmap and is_batching_failure(error)):
                 raise
             reason = str(error).strip().splitlines()[0]
-            if self.engine == "vmap":
-                raise TypeError(f"engine='vmap' cannot run this model: {reason}") from error
+            if self.engine in ("vmap", "compiled"):
+                raise TypeError(
+                    f"engine={self.engine!r} cannot run this model: {reason}"
+                ) from error
             self._refused = f"torch.func.vmap cannot batch an operation of it ({reason})"
             self._warned = True
             warnings.warn(
@@ -230,6 +238,16 @@ class MetaLearner:
             except BaseException:
                 restore_grads()
                 raise
+
+    def _compiled_or(
+        self, eager: Callable[[], MetaMetrics], tasks: Sequence[Task], weight: float, kind: str
+    ) -> Callable[[], MetaMetrics]:
+        """The vectorised engine's meta-iteration: ``eager``, or with ``engine="compiled"`` the
+        same meta-iteration compiled (:func:`metaopt.compiled.compiled_meta_backward`)."""
+        if self.engine != "compiled":
+            return eager
+        batch: BatchedTasks = tasks  # type: ignore[assignment]
+        return lambda: MetaMetrics(*compiled_meta_backward(self, batch, weight, kind))
 
     def _adapt_vmap(self, tasks: BatchedTasks, steps: int, *, create_graph: bool) -> Adapted:
         """The vectorised engine's inner loop with this algorithm's update rule: the last state
@@ -453,7 +471,7 @@ class MAML(MetaLearner):
         inner_optimizer: ``"sgd"`` (TorchOpt's differentiable SGD, as ``torchopt.MetaSGD``) or
             ``"adam"`` (:func:`metaopt.inner.adam`: ``torchopt.MetaAdam``'s update with ε inside
             the root > 0 and the bias correction exact in the parameters' dtype).
-        engine: ``"auto"``, ``"loop"`` or ``"vmap"`` (:data:`ENGINES`).
+        engine: ``"auto"``, ``"loop"``, ``"vmap"`` or ``"compiled"`` (:data:`ENGINES`).
         batch_norm: ``"running"`` or ``"batch"``: what BatchNorm layers do during adaptation
             (:data:`metaopt.engine.BATCH_NORM_MODES`); the same on both engines.
     """
@@ -512,7 +530,7 @@ class MAML(MetaLearner):
 
         return self._run(
             tasks,
-            vectorised,
+            self._compiled_or(vectorised, tasks, weight, "maml"),
             lambda: self._per_task(tasks, weight, step),  # type: ignore[arg-type]
         )
 
@@ -643,7 +661,12 @@ class Reptile(MetaLearner):
 
         return self._run(
             tasks,
-            lambda: self._meta_backward_vmap(tasks, weight),  # type: ignore[arg-type]
+            self._compiled_or(
+                lambda: self._meta_backward_vmap(tasks, weight),  # type: ignore[arg-type]
+                tasks,
+                weight,
+                "reptile",
+            ),
             lambda: self._per_task(tasks, weight, step),  # type: ignore[arg-type]
         )
 

@@ -185,7 +185,9 @@ def test_bad_batched_losses_are_named() -> None:
 
 
 def test_unknown_engine() -> None:
-    with pytest.raises(ValueError, match="engine must be one of auto, vmap, loop; got 'jit'"):
+    with pytest.raises(
+        ValueError, match="engine must be one of auto, vmap, loop, compiled; got 'jit'"
+    ):
         metaopt.MAML(mlp(torch.float64), inner_lr=0.1, engine="jit")
 
 

@@ -50,7 +50,7 @@ BAD = [
     ("eval_every", -1, "--eval-every must be an integer >= 0, got -1"),
     ("checkpoint_every", -2, "--checkpoint-every must be an integer >= 0, got -2"),
     ("skip_nonfinite", 1, "--skip-nonfinite must be true or false, got 1"),
-    ("engine", "gpu", "--engine must be one of auto, vmap, loop; got 'gpu'"),
+    ("engine", "gpu", "--engine must be one of auto, vmap, loop, compiled; got 'gpu'"),
     ("batch_norm", "per-task", "--batch-norm must be one of running, batch; got 'per-task'"),
     ("out", "", "--out must be a non-empty string, got ''"),
     ("dist_backend", "mpi", "--dist-backend must be one of auto, gloo, nccl; got 'mpi'"),

@@ -1,0 +1,130 @@
+"""The compiled engine gives the loop engine's meta-gradients and compiles once per shape.
+
+Compiling is slow (dynamo traces the meta-iteration for ~10 s even on a tiny model, inductor
+generates code for a minute or more on this machine), so the default suite compiles one learner,
+Meta-SGD second order (θ and α, differentiated through the inner gradient), with dynamo's
+``eager`` backend: dynamo's trace of the functional meta-gradient, run as traced. The module-scoped
+fixture shares it across the tests. The full grid through inductor is ``slow``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+import torch
+from test_engine import NAMES, RegressionBatch, build, meta_gradient, mlp
+from torch import nn
+
+import metaopt
+import metaopt.compiled as compiled
+
+DEFAULT_OPTIONS = compiled.compile_options()
+
+
+def fast_options() -> dict[str, object]:
+    return {**DEFAULT_OPTIONS, "backend": "eager"}
+
+
+def fresh(*learners: metaopt.MetaLearner) -> None:
+    for learner in learners:
+        for p in learner.meta_parameters():
+            p.grad = None
+
+
+def relative(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).norm() / b.norm())
+
+
+@pytest.fixture(scope="module")
+def metasgd() -> Iterator[tuple[metaopt.MetaLearner, metaopt.MetaLearner]]:
+    """A compiled Meta-SGD learner (compiled by the first test that calls it) and its loop twin."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(compiled, "compile_options", fast_options)
+        yield (
+            build("metasgd", mlp(torch.float32), "compiled", 2),
+            build("metasgd", mlp(torch.float32), "loop", 2),
+        )
+
+
+def test_compiled_metasgd_matches_the_loop_engine(metasgd) -> None:
+    algo, loop = metasgd
+    tasks = RegressionBatch(5, torch.float32)
+    fresh(algo, loop)
+    got, metrics = meta_gradient(algo, tasks)
+    want, loop_metrics = meta_gradient(loop, tasks)
+    assert algo.last_engine == "compiled"
+    assert relative(got, want) <= 1e-6
+    for field in ("support_before", "support_after", "query"):
+        torch.testing.assert_close(
+            getattr(metrics, field), getattr(loop_metrics, field), rtol=1e-5, atol=0
+        )
+
+
+def test_a_new_batch_of_the_same_shapes_does_not_recompile(metasgd) -> None:
+    algo, loop = metasgd
+    for seed in (1, 2):
+        tasks = RegressionBatch(5, torch.float32, seed=seed)
+        fresh(algo, loop)
+        got, _ = meta_gradient(algo, tasks)
+        want, _ = meta_gradient(loop, tasks)
+        assert relative(got, want) <= 1e-6
+    (engine,) = compiled.engine_of(algo)
+    assert engine.compiles == 1
+    assert engine.compile_seconds is not None and engine.compile_seconds > 0
+
+
+def test_compiled_engine_accumulates_scales_and_restores(metasgd) -> None:
+    from metaopt.testing import assert_state_restored
+
+    algo, _ = metasgd
+    tasks = RegressionBatch(5, torch.float32, seed=3)
+    fresh(algo)
+    once, _ = meta_gradient(algo, tasks)
+    # one more call, scaled by 3: .grad holds 1 + 3 = 4 times the meta-gradient
+    algo.meta_backward(tasks, scale=3 / len(tasks))
+    twice = torch.cat([p.grad.reshape(-1) for p in algo.meta_parameters()])
+    torch.testing.assert_close(twice, 4 * once, rtol=1e-5, atol=1e-7)
+    assert_state_restored(algo.model, algo.inner_optimizer, lambda: algo.meta_backward(tasks))
+
+
+def test_another_meta_batch_size_recompiles_with_a_warning(metasgd) -> None:
+    algo, loop = metasgd
+    tasks = RegressionBatch(3, torch.float32, seed=4)
+    fresh(algo, loop)
+    with pytest.warns(UserWarning, match="compiled its meta-iteration again"):
+        got, _ = meta_gradient(algo, tasks)
+    want, _ = meta_gradient(loop, tasks)
+    assert relative(got, want) <= 1e-6
+    assert compiled.engine_of(algo)[0].compiles == 2
+
+
+def test_compiled_refuses_lists_and_training_batchnorm() -> None:
+    tasks = RegressionBatch(3, torch.float32)
+    with pytest.raises(TypeError, match="engine='compiled' cannot run this meta-batch"):
+        metaopt.MAML(mlp(torch.float32), engine="compiled").meta_backward(list(tasks))
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(3, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 1))
+    with pytest.raises(TypeError, match="buffers change during adaptation"):
+        metaopt.MAML(net, engine="compiled").meta_backward(tasks)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize(("dtype", "tolerance"), [(torch.float32, 1e-6), (torch.float64, 1e-12)])
+def test_compiled_engine_agrees_with_the_loop_engine(
+    name: str, dtype: torch.dtype, tolerance: float
+) -> None:
+    """Every algorithm × first order × inner optimiser, through inductor (a compile each)."""
+    tasks = RegressionBatch(5, dtype)
+    want, loop_metrics = meta_gradient(build(name, mlp(dtype), "loop", 2), tasks)
+    algo = build(name, mlp(dtype), "compiled", 2)
+    got, metrics = meta_gradient(algo, tasks)
+    if name == "maml-adam" and dtype == torch.float32:
+        tolerance = 1e-5  # as in test_engine: Adam's second derivative amplifies float32 rounding
+    assert algo.last_engine == "compiled"
+    assert relative(got, want) <= tolerance
+    for field in ("support_before", "support_after", "query"):
+        torch.testing.assert_close(
+            getattr(metrics, field), getattr(loop_metrics, field), rtol=10 * tolerance, atol=0
+        )

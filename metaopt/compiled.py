@@ -287,35 +287,37 @@ _ENGINES: weakref.WeakKeyDictionary[Any, dict[tuple[Any, ...], CompiledMetaGradi
 
 
 def compiled_meta_backward(
-    algo: Any, tasks: BatchedTasks, weight: float, kind: str
+    algo: Any,
+    tasks: BatchedTasks,
+    weight: float,
+    kind: str,
+    *,
+    steps: int,
+    first_order: bool,
+    inner_optimizer: str,
+    inner_lr: float,
+    batch_norm: str,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """One compiled meta-iteration of ``algo`` (a :class:`metaopt.MetaLearner`): accumulate
-    ``weight ×`` its meta-gradient into ``.grad``; return ``MetaMetrics``' fields (support
-    losses before and after adaptation, query losses, each ``[B]``).
+    """One compiled meta-iteration of ``algo`` (a :class:`metaopt.MetaLearner`, which passes its
+    settings): accumulate ``weight ×`` its meta-gradient into ``.grad``; return ``MetaMetrics``'
+    fields (support losses before and after adaptation, query losses, each ``[B]``).
 
-    The compiled function is kept per learner and per configuration (``inner_steps``,
+    The compiled function is kept per learner and per configuration (``steps``,
     ``first_order``, inner optimiser and rate, BatchNorm mode, ``kind``), so changing one of
     them on the learner builds (and compiles) a new one instead of running a stale graph.
     """
-    key = (
-        kind,
-        algo.inner_steps,
-        getattr(algo, "first_order", False),
-        algo.inner_optimizer_name,
-        algo.inner_lr,
-        algo.batch_norm,
-    )
+    key = (kind, steps, first_order, inner_optimizer, inner_lr, batch_norm)
     engines = _ENGINES.setdefault(algo, {})
     if key not in engines:
         engines[key] = CompiledMetaGradient(
             algo.model,
             algo.rate_parameters(),
             kind=kind,
-            steps=algo.inner_steps,
-            first_order=key[2],
-            inner_optimizer=algo.inner_optimizer_name,
-            inner_lr=algo.inner_lr,
-            batch_norm=algo.batch_norm,
+            steps=steps,
+            first_order=first_order,
+            inner_optimizer=inner_optimizer,
+            inner_lr=inner_lr,
+            batch_norm=batch_norm,
         )
     before, query, after = engines[key](tasks, weight)
     return before, after, query

@@ -83,7 +83,7 @@ def test_engines_agree(name: str, dtype: torch.dtype, tolerance: float, steps: i
 
 def test_auto_uses_vmap_for_batches_and_loop_for_lists(monkeypatch) -> None:
     calls = []
-    import metaopt.algorithms as algorithms
+    import metaopt.algorithms.learner as algorithms
 
     original = algorithms.inner_path
     monkeypatch.setattr(

@@ -1,18 +1,8 @@
-"""MAML, first-order MAML, Meta-SGD and Reptile behind one interface.
+"""The interface every algorithm shares (:class:`MetaLearner`), its metrics, and the engines.
 
-Every algorithm binds a model and its hyper-parameters and offers the same three calls:
-
-* ``meta_parameters()``: what the outer optimiser updates (θ, and Meta-SGD's rates α);
-* ``meta_backward(tasks)``: adapt to each task, accumulate the meta-gradient averaged over the
-  tasks into ``.grad`` of the meta-parameters, restore the model, return per-task metrics;
-* ``adapt(task)``: a context manager yielding the model adapted to one task (for evaluation),
-  restored on exit, also when the body raises.
-
-The outer step is left to any ``torch.optim`` optimiser, so a training step reads::
-
-    outer.zero_grad()
-    metrics = algo.meta_backward(tasks)
-    outer.step()
+A subclass supplies its outer rule (``meta_backward``) and, where it differs from plain
+gradient descent in the inner loop, its inner update and learned state; the base class runs the
+inner loop on either engine, adapts for evaluation, and keeps the model exactly restored.
 """
 
 from __future__ import annotations
@@ -43,22 +33,10 @@ from metaopt.inner import (
     INNER_OPTIMIZERS,
     InnerOptimizer,
     inner_transform,
-    learned_rate_sgd,
 )
 from metaopt.isolation import isolated
 from metaopt.options import check_choice, check_int, check_real
 from metaopt.task import BatchedForward, BatchedTasks, Task, is_batched, is_task
-
-__all__ = [
-    "ALGORITHMS",
-    "ENGINES",
-    "MAML",
-    "MetaLearner",
-    "MetaMetrics",
-    "MetaSGD",
-    "Reptile",
-    "linear_annealing",
-]
 
 #: ``loop``: one task at a time, as the papers write it. ``vmap``: all tasks at once
 #: (:mod:`metaopt.engine`). ``auto``: ``vmap`` whenever the meta-batch implements
@@ -247,7 +225,20 @@ class MetaLearner:
         if self.engine != "compiled":
             return eager
         batch: BatchedTasks = tasks  # type: ignore[assignment]
-        return lambda: MetaMetrics(*compiled_meta_backward(self, batch, weight, kind))
+        first_order = bool(getattr(self, "first_order", False))
+        return lambda: MetaMetrics(
+            *compiled_meta_backward(
+                self,
+                batch,
+                weight,
+                kind,
+                steps=self.inner_steps,
+                first_order=first_order,
+                inner_optimizer=self.inner_optimizer_name,
+                inner_lr=self.inner_lr,
+                batch_norm=self.batch_norm,
+            )
+        )
 
     def _adapt_vmap(self, tasks: BatchedTasks, steps: int, *, create_graph: bool) -> Adapted:
         """The vectorised engine's inner loop with this algorithm's update rule: the last state
@@ -435,6 +426,8 @@ class MetaLearner:
     def untrained_baseline(self, model: nn.Module) -> MetaLearner:
         """A learner that adapts ``model`` the way this one adapts, minus anything meta-learned:
         the inner optimiser at ``inner_lr`` (Meta-SGD's rates start there)."""
+        from metaopt.algorithms.maml import MAML  # the subclass module imports this one
+
         return MAML(
             model,
             inner_lr=self.inner_lr,
@@ -448,264 +441,6 @@ class MetaLearner:
             f"inner_optimizer={self.inner_optimizer_name!r}, engine={self.engine!r}, "
             f"batch_norm={self.batch_norm!r})"
         )
-
-
-class MAML(MetaLearner):
-    r"""Model-Agnostic Meta-Learning (Finn et al., 2017), second order by default.
-
-    For each task :math:`\mathcal{T}_i`, ``inner_steps`` differentiable steps on the support loss,
-
-    .. math:: \theta'_i = \theta - \alpha \nabla_\theta \mathcal{L}^{s}_i(\theta)
-              \quad\text{(repeated } n \text{ times)},
-
-    then the meta-gradient :math:`\frac{1}{B}\sum_i \nabla_\theta \mathcal{L}^{q}_i(\theta'_i)`,
-    differentiating through the inner steps. With ``first_order=True`` (first-order MAML) the inner
-    gradients are treated as constants, so :math:`\partial\theta'_i/\partial\theta = I` and the
-    meta-gradient is the query gradient at :math:`\theta'_i`, applied to θ.
-
-    Args:
-        model: The network θ parameterises.
-        inner_lr: Inner learning rate α.
-        inner_steps: Inner steps n per task.
-        first_order: First-order MAML.
-        inner_optimizer: ``"sgd"`` (TorchOpt's differentiable SGD, as ``torchopt.MetaSGD``) or
-            ``"adam"`` (:func:`metaopt.inner.adam`: ``torchopt.MetaAdam``'s update with ε inside
-            the root > 0 and the bias correction exact in the parameters' dtype).
-        engine: ``"auto"``, ``"loop"``, ``"vmap"`` or ``"compiled"`` (:data:`ENGINES`).
-        batch_norm: ``"running"`` or ``"batch"``: what BatchNorm layers do during adaptation
-            (:data:`metaopt.engine.BATCH_NORM_MODES`); the same on both engines.
-    """
-
-    def __init__(
-        self,
-        model: nn.Module,
-        inner_lr: float = 0.01,
-        inner_steps: int = 1,
-        first_order: bool = False,
-        inner_optimizer: str = "sgd",
-        engine: str = "auto",
-        batch_norm: str = "running",
-    ) -> None:
-        if not isinstance(first_order, bool):
-            raise TypeError(f"first_order must be a bool, got {first_order!r}")
-        self.first_order = first_order
-        super().__init__(
-            model,
-            inner_lr=inner_lr,
-            inner_steps=inner_steps,
-            inner_optimizer=inner_optimizer,
-            engine=engine,
-            batch_norm=batch_norm,
-        )
-
-    def meta_backward(self, tasks: Sequence[Task], *, scale: float | None = None) -> MetaMetrics:
-        """Accumulate :math:`\\frac{1}{B}\\sum_i \\nabla \\mathcal{L}^q_i(\\theta'_i)` into ``.grad``.
-
-        Args:
-            tasks: The meta-batch.
-            scale: Weight of each task's query loss (default ``1 / len(tasks)``); a sharded
-                meta-batch passes ``1 / global_batch``.
-        """
-        tasks, weight = _check_tasks(tasks, scale)
-
-        def vectorised() -> MetaMetrics:
-            batch: BatchedTasks = tasks  # type: ignore[assignment]
-            params, fixed, before = self._adapt_vmap(
-                batch, self.inner_steps, create_graph=not self.first_order
-            )
-            assert before is not None
-            forward = self._forward(params, fixed)
-            query = check_losses(batch.query_losses(forward), len(batch), "query_losses", grad=True)
-            _backward_query(query, weight)
-            return MetaMetrics(before, self._support_after_vmap(batch, forward), query.detach())
-
-        def step(task: Task, index: int, weight: float) -> tuple[torch.Tensor, ...]:
-            before = self._inner_loop(
-                task, index, self.inner_steps, create_graph=not self.first_order
-            )
-            query = _scalar(task.query_loss(self.model), "query_loss", index)
-            _backward_query(query, weight)
-            assert before is not None
-            return before, query.detach()
-
-        return self._run(
-            tasks,
-            self._compiled_or(vectorised, tasks, weight, "maml"),
-            lambda: self._per_task(tasks, weight, step),  # type: ignore[arg-type]
-        )
-
-    @property
-    def name(self) -> str:
-        return "fomaml" if self.first_order else "maml"
-
-    @property
-    def exact_meta_gradient(self) -> bool:
-        return not self.first_order
-
-    def __repr__(self) -> str:
-        return super().__repr__()[:-1] + f", first_order={self.first_order})"
-
-
-class MetaSGD(MAML):
-    r"""Meta-SGD (Li et al., 2017): MAML with a learned learning rate for every parameter entry.
-
-    .. math:: \theta'_i = \theta - \alpha \circ \nabla_\theta \mathcal{L}^{s}_i(\theta),
-
-    where α has the shape of θ, starts at ``inner_lr`` and is meta-learned together with θ by the
-    query loss. Everything else is MAML's code path. ``inner_lrs`` is an ``nn.ParameterList`` in
-    the order of ``model.parameters()``.
-    """
-
-    def __init__(
-        self,
-        model: nn.Module,
-        inner_lr: float = 0.01,
-        inner_steps: int = 1,
-        first_order: bool = False,
-        engine: str = "auto",
-        batch_norm: str = "running",
-    ) -> None:
-        super().__init__(model, inner_lr, inner_steps, first_order, "sgd", engine, batch_norm)
-
-    def _init_learned_state(self) -> None:
-        self.inner_lrs = nn.ParameterList(
-            nn.Parameter(torch.full_like(p, self.inner_lr), requires_grad=p.requires_grad)
-            for p in self.model.parameters()
-        )
-
-    def _inner_transform(self) -> GradientTransformation:
-        return learned_rate_sgd(list(self.inner_lrs))
-
-    @property
-    def name(self) -> str:
-        return "metasgd"
-
-    def meta_parameters(self) -> list[nn.Parameter]:
-        """θ followed by the learned rates α of the trainable parameters."""
-        return super().meta_parameters() + [a for a in self.inner_lrs if a.requires_grad]
-
-    def rate_parameters(self) -> list[nn.Parameter]:
-        return list(self.inner_lrs)
-
-    def learned_state(self) -> dict[str, Any]:
-        return {"inner_lrs": [rate.detach().clone() for rate in self.inner_lrs]}
-
-    def load_learned_state(self, state: Mapping[str, Any]) -> None:
-        with torch.no_grad():
-            for rate, saved in zip(self.inner_lrs, state["inner_lrs"], strict=True):
-                rate.copy_(saved)
-
-    def inner_sgd_rates(self) -> float | list[torch.Tensor] | None:
-        return [rate.detach() for rate in self.inner_lrs]
-
-    def describe(self) -> dict[str, Any]:
-        rates = torch.cat([r.detach().flatten() for r in self.inner_lrs])
-        return {
-            "rule": "meta-sgd (learned per-parameter rates)",
-            "rate_mean": rates.mean().item(),
-            "rate_min": rates.min().item(),
-            "rate_max": rates.max().item(),
-        }
-
-
-class Reptile(MetaLearner):
-    r"""Reptile (Nichol et al., 2018), "On First-Order Meta-Learning Algorithms".
-
-    For each task, ``inner_steps`` plain (non-differentiable) steps on the support loss give
-    :math:`\tilde\theta_i`; the meta-gradient written into ``.grad`` is
-
-    .. math:: g = \frac{1}{B}\sum_i (\theta - \tilde\theta_i),
-
-    so that plain SGD with learning rate ε takes the Reptile step
-    :math:`\theta \leftarrow \theta + \epsilon\,\frac{1}{B}\sum_i(\tilde\theta_i - \theta)`,
-    and any other ``torch.optim`` optimiser can take it instead. One task per meta-batch is the
-    serial form of the paper, several the batched form. :func:`linear_annealing` gives the
-    seed's linearly decaying ε.
-    """
-
-    def __init__(
-        self,
-        model: nn.Module,
-        inner_lr: float = 0.02,
-        inner_steps: int = 5,
-        inner_optimizer: str = "sgd",
-        engine: str = "auto",
-        batch_norm: str = "running",
-    ) -> None:
-        super().__init__(
-            model,
-            inner_lr=inner_lr,
-            inner_steps=inner_steps,
-            inner_optimizer=inner_optimizer,
-            engine=engine,
-            batch_norm=batch_norm,
-        )
-
-    @property
-    def name(self) -> str:
-        return "reptile"
-
-    def meta_backward(self, tasks: Sequence[Task], *, scale: float | None = None) -> MetaMetrics:
-        """Accumulate :math:`\\frac{1}{B}\\sum_i(\\theta - \\tilde\\theta_i)` into ``.grad``."""
-        tasks, weight = _check_tasks(tasks, scale)
-        theta = dict(self.model.named_parameters())
-
-        def step(task: Task, index: int, weight: float) -> tuple[torch.Tensor, ...]:
-            before = self._inner_loop(task, index, self.inner_steps, create_graph=False)
-            adapted = {n: p.unsqueeze(0) for n, p in self.model.named_parameters()}
-            _add_reptile_direction(theta, adapted, weight)
-            with torch.no_grad():
-                query = _scalar(task.query_loss(self.model), "query_loss", index, grad=False)
-            assert before is not None
-            return before, query
-
-        return self._run(
-            tasks,
-            self._compiled_or(
-                lambda: self._meta_backward_vmap(tasks, weight),  # type: ignore[arg-type]
-                tasks,
-                weight,
-                "reptile",
-            ),
-            lambda: self._per_task(tasks, weight, step),  # type: ignore[arg-type]
-        )
-
-    def _meta_backward_vmap(self, tasks: BatchedTasks, weight: float) -> MetaMetrics:
-        params, fixed, before = self._adapt_vmap(tasks, self.inner_steps, create_graph=False)
-        assert before is not None
-        _add_reptile_direction(dict(self.model.named_parameters()), params, weight)
-        forward = self._forward(params, fixed)
-        with torch.no_grad():
-            query = check_losses(tasks.query_losses(forward), len(tasks), "query_losses")
-        return MetaMetrics(before, self._support_after_vmap(tasks, forward), query)
-
-
-def _backward_query(query: torch.Tensor, weight: float) -> None:
-    """MAML's outer rule, for either engine: backward of :math:`w\\sum_i \\mathcal{L}^q_i(\\theta'_i)`
-    (``query`` holds one task's loss, or ``[B]`` of them), which adds each task's meta-gradient,
-    weighted by ``w``, to ``.grad`` of θ (and of Meta-SGD's α)."""
-    (query.sum() * weight).backward()
-
-
-def _add_reptile_direction(
-    theta: Mapping[str, nn.Parameter], adapted: Mapping[str, torch.Tensor], weight: float
-) -> None:
-    """Reptile's outer rule, for either engine: add :math:`w\\sum_i(\\theta - \\tilde\\theta_i)` to
-    ``.grad`` of each trainable θ. ``adapted`` holds the adapted parameters with a leading task
-    axis (``[B, ...]``; the loop engine passes one task as ``[1, ...]``)."""
-    for name, p in theta.items():
-        if p.requires_grad:
-            direction = (p.detach() - adapted[name].detach()).sum(0) * weight
-            p.grad = direction if p.grad is None else p.grad + direction
-
-
-def linear_annealing(
-    optimizer: torch.optim.Optimizer, total_steps: int
-) -> torch.optim.lr_scheduler.LambdaLR:
-    """The Reptile seed's outer schedule: ε_k = ε_0 (1 − k / total_steps)."""
-    if total_steps < 1:
-        raise ValueError(f"total_steps must be >= 1, got {total_steps!r}")
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda k: max(0.0, 1.0 - k / total_steps))
 
 
 def _check_task(task: object, index: int) -> None:

@@ -1,0 +1,31 @@
+"""MAML, first-order MAML, Meta-SGD and Reptile behind one interface.
+
+Every algorithm binds a model and its hyper-parameters and offers the same three calls:
+
+* ``meta_parameters()``: what the outer optimiser updates (θ, and Meta-SGD's rates α);
+* ``meta_backward(tasks)``: adapt to each task, accumulate the meta-gradient averaged over the
+  tasks into ``.grad`` of the meta-parameters, restore the model, return per-task metrics;
+* ``adapt(task)``: a context manager yielding the model adapted to one task (for evaluation),
+  restored on exit, also when the body raises.
+
+The outer step is left to any ``torch.optim`` optimiser, so a training step reads::
+
+    outer.zero_grad()
+    metrics = algo.meta_backward(tasks)
+    outer.step()
+"""
+
+from metaopt.algorithms.learner import ALGORITHMS, ENGINES, MetaLearner, MetaMetrics
+from metaopt.algorithms.maml import MAML, MetaSGD
+from metaopt.algorithms.reptile import Reptile, linear_annealing
+
+__all__ = [
+    "ALGORITHMS",
+    "ENGINES",
+    "MAML",
+    "MetaLearner",
+    "MetaMetrics",
+    "MetaSGD",
+    "Reptile",
+    "linear_annealing",
+]

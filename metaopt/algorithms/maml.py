@@ -1,0 +1,181 @@
+"""MAML (second and first order) and Meta-SGD: the query loss after adaptation, differentiated
+back to the initialisation (and Meta-SGD's learned rates)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+from torchopt.base import GradientTransformation
+
+from metaopt.algorithms.learner import MetaLearner, MetaMetrics, _check_tasks, _scalar
+from metaopt.engine import check_losses
+from metaopt.inner import learned_rate_sgd
+from metaopt.task import BatchedTasks, Task
+
+
+class MAML(MetaLearner):
+    r"""Model-Agnostic Meta-Learning (Finn et al., 2017), second order by default.
+
+    For each task :math:`\mathcal{T}_i`, ``inner_steps`` differentiable steps on the support loss,
+
+    .. math:: \theta'_i = \theta - \alpha \nabla_\theta \mathcal{L}^{s}_i(\theta)
+              \quad\text{(repeated } n \text{ times)},
+
+    then the meta-gradient :math:`\frac{1}{B}\sum_i \nabla_\theta \mathcal{L}^{q}_i(\theta'_i)`,
+    differentiating through the inner steps. With ``first_order=True`` (first-order MAML) the inner
+    gradients are treated as constants, so :math:`\partial\theta'_i/\partial\theta = I` and the
+    meta-gradient is the query gradient at :math:`\theta'_i`, applied to θ.
+
+    Args:
+        model: The network θ parameterises.
+        inner_lr: Inner learning rate α.
+        inner_steps: Inner steps n per task.
+        first_order: First-order MAML.
+        inner_optimizer: ``"sgd"`` (TorchOpt's differentiable SGD, as ``torchopt.MetaSGD``) or
+            ``"adam"`` (:func:`metaopt.inner.adam`: ``torchopt.MetaAdam``'s update with ε inside
+            the root > 0 and the bias correction exact in the parameters' dtype).
+        engine: ``"auto"``, ``"loop"``, ``"vmap"`` or ``"compiled"`` (:data:`ENGINES`).
+        batch_norm: ``"running"`` or ``"batch"``: what BatchNorm layers do during adaptation
+            (:data:`metaopt.engine.BATCH_NORM_MODES`); the same on both engines.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        inner_lr: float = 0.01,
+        inner_steps: int = 1,
+        first_order: bool = False,
+        inner_optimizer: str = "sgd",
+        engine: str = "auto",
+        batch_norm: str = "running",
+    ) -> None:
+        if not isinstance(first_order, bool):
+            raise TypeError(f"first_order must be a bool, got {first_order!r}")
+        self.first_order = first_order
+        super().__init__(
+            model,
+            inner_lr=inner_lr,
+            inner_steps=inner_steps,
+            inner_optimizer=inner_optimizer,
+            engine=engine,
+            batch_norm=batch_norm,
+        )
+
+    def meta_backward(self, tasks: Sequence[Task], *, scale: float | None = None) -> MetaMetrics:
+        """Accumulate :math:`\\frac{1}{B}\\sum_i \\nabla \\mathcal{L}^q_i(\\theta'_i)` into ``.grad``.
+
+        Args:
+            tasks: The meta-batch.
+            scale: Weight of each task's query loss (default ``1 / len(tasks)``); a sharded
+                meta-batch passes ``1 / global_batch``.
+        """
+        tasks, weight = _check_tasks(tasks, scale)
+
+        def vectorised() -> MetaMetrics:
+            batch: BatchedTasks = tasks  # type: ignore[assignment]
+            params, fixed, before = self._adapt_vmap(
+                batch, self.inner_steps, create_graph=not self.first_order
+            )
+            assert before is not None
+            forward = self._forward(params, fixed)
+            query = check_losses(batch.query_losses(forward), len(batch), "query_losses", grad=True)
+            _backward_query(query, weight)
+            return MetaMetrics(before, self._support_after_vmap(batch, forward), query.detach())
+
+        def step(task: Task, index: int, weight: float) -> tuple[torch.Tensor, ...]:
+            before = self._inner_loop(
+                task, index, self.inner_steps, create_graph=not self.first_order
+            )
+            query = _scalar(task.query_loss(self.model), "query_loss", index)
+            _backward_query(query, weight)
+            assert before is not None
+            return before, query.detach()
+
+        return self._run(
+            tasks,
+            self._compiled_or(vectorised, tasks, weight, "maml"),
+            lambda: self._per_task(tasks, weight, step),  # type: ignore[arg-type]
+        )
+
+    @property
+    def name(self) -> str:
+        return "fomaml" if self.first_order else "maml"
+
+    @property
+    def exact_meta_gradient(self) -> bool:
+        return not self.first_order
+
+    def __repr__(self) -> str:
+        return super().__repr__()[:-1] + f", first_order={self.first_order})"
+
+
+class MetaSGD(MAML):
+    r"""Meta-SGD (Li et al., 2017): MAML with a learned learning rate for every parameter entry.
+
+    .. math:: \theta'_i = \theta - \alpha \circ \nabla_\theta \mathcal{L}^{s}_i(\theta),
+
+    where α has the shape of θ, starts at ``inner_lr`` and is meta-learned together with θ by the
+    query loss. Everything else is MAML's code path. ``inner_lrs`` is an ``nn.ParameterList`` in
+    the order of ``model.parameters()``.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        inner_lr: float = 0.01,
+        inner_steps: int = 1,
+        first_order: bool = False,
+        engine: str = "auto",
+        batch_norm: str = "running",
+    ) -> None:
+        super().__init__(model, inner_lr, inner_steps, first_order, "sgd", engine, batch_norm)
+
+    def _init_learned_state(self) -> None:
+        self.inner_lrs = nn.ParameterList(
+            nn.Parameter(torch.full_like(p, self.inner_lr), requires_grad=p.requires_grad)
+            for p in self.model.parameters()
+        )
+
+    def _inner_transform(self) -> GradientTransformation:
+        return learned_rate_sgd(list(self.inner_lrs))
+
+    @property
+    def name(self) -> str:
+        return "metasgd"
+
+    def meta_parameters(self) -> list[nn.Parameter]:
+        """θ followed by the learned rates α of the trainable parameters."""
+        return super().meta_parameters() + [a for a in self.inner_lrs if a.requires_grad]
+
+    def rate_parameters(self) -> list[nn.Parameter]:
+        return list(self.inner_lrs)
+
+    def learned_state(self) -> dict[str, Any]:
+        return {"inner_lrs": [rate.detach().clone() for rate in self.inner_lrs]}
+
+    def load_learned_state(self, state: Mapping[str, Any]) -> None:
+        with torch.no_grad():
+            for rate, saved in zip(self.inner_lrs, state["inner_lrs"], strict=True):
+                rate.copy_(saved)
+
+    def inner_sgd_rates(self) -> float | list[torch.Tensor] | None:
+        return [rate.detach() for rate in self.inner_lrs]
+
+    def describe(self) -> dict[str, Any]:
+        rates = torch.cat([r.detach().flatten() for r in self.inner_lrs])
+        return {
+            "rule": "meta-sgd (learned per-parameter rates)",
+            "rate_mean": rates.mean().item(),
+            "rate_min": rates.min().item(),
+            "rate_max": rates.max().item(),
+        }
+
+
+def _backward_query(query: torch.Tensor, weight: float) -> None:
+    """MAML's outer rule, for either engine: backward of :math:`w\\sum_i \\mathcal{L}^q_i(\\theta'_i)`
+    (``query`` holds one task's loss, or ``[B]`` of them), which adds each task's meta-gradient,
+    weighted by ``w``, to ``.grad`` of θ (and of Meta-SGD's α)."""
+    (query.sum() * weight).backward()

@@ -108,11 +108,17 @@ class RToyBatch(mt.LinearTaskBatch):
 
 
 @dataclass
-class RToyConfig(TrainConfig):
+class LinearToyConfig(TrainConfig):
+    """What the linear toy families of the tests share."""
+
     dim: int = option(4, "dimension of θ")
     meta_batch: int = option(3, "tasks per meta-iteration")
-    iterations: int = option(12, "meta-iterations")
     inner_lr: float = option(0.2, "inner learning rate")
+
+
+@dataclass
+class RToyConfig(LinearToyConfig):
+    iterations: int = option(12, "meta-iterations")
     outer_lr: float = option(0.05, "outer learning rate")
     eval_tasks: int = option(5, "held-out tasks")
     poison: float = option(0.0, "probability that task 1 of a meta-batch is poisoned (tests)")

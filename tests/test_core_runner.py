@@ -10,7 +10,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from reliability_helpers import evaluate_on_linear_tasks
+from reliability_helpers import LinearToyConfig, evaluate_on_linear_tasks
 
 import metaopt
 from metaopt import testing as mt
@@ -31,11 +31,8 @@ from metaopt.training.registry import register_family
 
 
 @dataclass
-class ToyConfig(TrainConfig):
-    dim: int = option(4, "dimension of θ")
-    meta_batch: int = option(3, "tasks per meta-iteration")
+class ToyConfig(LinearToyConfig):
     iterations: int = option(5, "meta-iterations")
-    inner_lr: float = option(0.2, "inner learning rate")
     eval_tasks: int = option(20, "held-out tasks")
     poison: bool = option(False, "make the query loss NaN at iteration 2 (tests)")
 

@@ -7,18 +7,6 @@ from dataclasses import dataclass
 from metaopt.training import ConfigError, option
 from metaopt.training.family import flag
 
-__all__ = [
-    "DEFAULT_CHECK_ITERATIONS",
-    "DEFAULT_TOLERANCE",
-    "ParameterAgreement",
-    "ParameterMismatch",
-    "RunRecord",
-    "ScaleFailure",
-    "ScaleOptions",
-    "parse_processes",
-]
-
-
 #: Largest accepted relative difference of any final meta-parameter tensor between two runs.
 DEFAULT_TOLERANCE = 1e-5
 #: Iterations of the agreement runs: few enough that no sampled action has flipped yet (the

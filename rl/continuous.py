@@ -24,13 +24,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from typing import NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import torch
 from torch import nn
 
 from rl.estimators import Scores, scored_a2c_loss
 from rl.policy import mlp
+from rl.sampler import episode_returns, task_of
 
 __all__ = [
     "ContinuousTrajectories",
@@ -46,6 +47,8 @@ __all__ = [
 GaussianPolicyFn = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
 
 _HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
+#: Scale of the initial weights of :class:`GaussianMLPPolicy`'s mean head.
+MEAN_HEAD_GAIN = 0.01
 
 
 class GaussianMLPPolicy(nn.Module):
@@ -75,6 +78,13 @@ class GaussianMLPPolicy(nn.Module):
         self.torso, width = mlp(obs_dim, hidden_sizes)
         self.value_torso = None if shared_torso else mlp(obs_dim, hidden_sizes)[0]
         self.mean_head = nn.Linear(width, action_dim)
+        # A near-zero initial mean (weights scaled by MEAN_HEAD_GAIN, bias 0; the policy-head
+        # initialisation of PPO implementations): with PyTorch's default initialisation the mean is
+        # a random constant drift of order 0.1, which with a small σ walks every episode off the
+        # plane (returns of −600 in 2-D navigation) before the gradient can turn it round.
+        with torch.no_grad():
+            self.mean_head.weight.mul_(MEAN_HEAD_GAIN)
+            self.mean_head.bias.zero_()
         self.value_head = nn.Linear(width, 1)
         self.log_std = nn.Parameter(torch.full((action_dim,), float(init_log_std)))
 
@@ -141,13 +151,8 @@ class ContinuousTrajectories(NamedTuple):
     mask: torch.Tensor
     continues: torch.Tensor
 
-    def episode_returns(self) -> torch.Tensor:
-        """Undiscounted return of every episode, ``[T, N]``."""
-        return self.rewards.sum(0)
-
-    def task(self, index: int) -> ContinuousTrajectories:
-        """The trajectories of task ``index``, keeping a task axis of length 1."""
-        return ContinuousTrajectories(*(x[:, index : index + 1] for x in self))
+    episode_returns = episode_returns
+    task = task_of
 
 
 def rollout(
@@ -236,23 +241,8 @@ class GaussianScorer:
         )
 
     def a2c_loss(
-        self,
-        policy: GaussianPolicyFn,
-        trajectories: ContinuousTrajectories,
-        *,
-        gamma: float,
-        gae_lambda: float,
-        value_coef: float,
-        entropy_coef: float,
-        per_task: bool,
+        self, policy: GaussianPolicyFn, trajectories: ContinuousTrajectories, **settings: Any
     ) -> torch.Tensor:
-        """The A2C loss with log-densities (:func:`rl.estimators.scored_a2c_loss`)."""
-        return scored_a2c_loss(
-            self(policy, trajectories),
-            trajectories.rewards,
-            gamma=gamma,
-            gae_lambda=gae_lambda,
-            value_coef=value_coef,
-            entropy_coef=entropy_coef,
-            per_task=per_task,
-        )
+        """The A2C loss with log-densities (:func:`rl.estimators.scored_a2c_loss`, whose
+        keywords ``settings`` are)."""
+        return scored_a2c_loss(self(policy, trajectories), trajectories.rewards, **settings)

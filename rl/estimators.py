@@ -108,17 +108,9 @@ class Scorer(Protocol):
 
     def __call__(self, policy: Any, trajectories: Any) -> Scores: ...
 
-    def a2c_loss(
-        self,
-        policy: Any,
-        trajectories: Any,
-        *,
-        gamma: float,
-        gae_lambda: float,
-        value_coef: float,
-        entropy_coef: float,
-        per_task: bool,
-    ) -> torch.Tensor: ...
+    def a2c_loss(self, policy: Any, trajectories: Any, **settings: Any) -> torch.Tensor:
+        """The A2C loss; ``settings`` are :func:`scored_a2c_loss`'s keywords."""
+        ...
 
 
 def _returns(scores: Scores, rewards: torch.Tensor, gamma: float, lam: float) -> torch.Tensor:
@@ -236,25 +228,16 @@ def support_objective(
     scorer: Scorer | int,
     *,
     estimator: str,
-    gamma: float,
-    gae_lambda: float,
-    value_coef: float,
-    entropy_coef: float,
-    per_task: bool,
+    **settings: Any,
 ) -> torch.Tensor:
     """The inner loss: the seed's A2C loss, with LVC's per-step magic box for ``lvc``.
 
     For ``lvc`` the policy term is ``−⊥A · (□(log π) − 1 + ⊥log π)``: the value and the gradient
-    of the seed's ``−⊥A · log π``, with the Hessian of ``−⊥A · □(log π)``.
+    of the seed's ``−⊥A · log π``, with the Hessian of ``−⊥A · □(log π)``. ``settings`` are
+    :func:`scored_a2c_loss`'s keywords (``gamma``, ``gae_lambda``, ``value_coef``,
+    ``entropy_coef``, ``per_task``).
     """
     scorer = _scorer(scorer)
-    settings = {
-        "gamma": gamma,
-        "gae_lambda": gae_lambda,
-        "value_coef": value_coef,
-        "entropy_coef": entropy_coef,
-        "per_task": per_task,
-    }
     if estimator != "lvc":
         return scorer.a2c_loss(policy, trajectories, **settings)
     scores = scorer(policy, trajectories)

@@ -181,6 +181,80 @@ class A2CFamily(TaskFamily):
         """The policy meta-training started from, adapted like ``algo`` minus anything learned."""
         return algo.untrained_baseline(self.initial_model(config))
 
+    # -- held-out evaluation, shared by the families --------------------------------------------
+
+    #: Inner-step counts of the final evaluation (plus the trained number of steps).
+    eval_steps: tuple[int, ...] = ()
+
+    def test_batch(self, config: Any, num_tasks: int) -> RLTaskBatch:
+        """The first ``num_tasks`` held-out tasks, fresh, with the same sampling noise at every
+        evaluation."""
+        raise NotImplementedError
+
+    def returns_curve(
+        self,
+        learner: MetaLearner,
+        config: Any,
+        num_tasks: int,
+        steps: int,
+        group: DistInfo | None = None,
+    ) -> torch.Tensor:
+        """``[steps + 1, T]`` returns of ``learner`` after 0..``steps`` inner steps on the held-out
+        tasks (:func:`rl.evaluation.adaptation_returns`); under torchrun each rank of ``group``
+        adapts its share of the tasks (:func:`metaopt.training.distributed.map_tasks`)."""
+        batch = self.test_batch(config, num_tasks)
+        return map_tasks(lambda part: adaptation_returns(learner, part, steps), batch, group)
+
+    def periodic_eval(
+        self, algo: MetaLearner, config: TrainConfig, *, group: DistInfo | None = None
+    ) -> dict[str, float]:
+        config = _a2c(config)
+        curve = self.returns_curve(algo, config, config.test_tasks, config.inner_steps, group)
+        pre, post = curve[0], curve[-1]
+        named = {
+            "test_pre_return": pre,
+            "test_post_return": post,
+            "test_post_minus_pre": post - pre,
+        }
+        return flat_summaries({**named, **self.periodic_extras(config, post)})
+
+    def periodic_extras(self, config: Any, post: torch.Tensor) -> dict[str, np.ndarray]:
+        """More per-task values of the periodic evaluation, from the returns after adaptation."""
+        return {}
+
+    def evaluation_plan(
+        self, config: A2CConfig, num_tasks: int | None, steps: Sequence[int] | None
+    ) -> tuple[int, list[int], int]:
+        """``(tasks, the step counts reported, the longest adaptation)`` of the final evaluation:
+        by default ``eval_tasks`` tasks and :attr:`eval_steps` plus the trained step count."""
+        n = config.eval_tasks if num_tasks is None else num_tasks
+        trained = config.inner_steps
+        chosen = sorted((set(self.eval_steps) | {trained}) if steps is None else set(steps))
+        return n, chosen, max(*chosen, trained)
+
+    def adaptation_report(
+        self, config: A2CConfig, steps: Sequence[int], meta: torch.Tensor
+    ) -> dict[str, Any]:
+        """The head of ``eval.json``: the meta-learned returns ``meta`` ``[K + 1, T]`` after each
+        of ``steps`` inner steps, and their paired gains over no adaptation."""
+        trained = config.inner_steps
+        return {
+            "metric": self.metric,
+            "higher_is_better": True,
+            "tasks": meta.shape[1],
+            "steps": list(steps),
+            "trained_steps": trained,
+            "by_steps": curve_summary(steps, meta),
+            "after_minus_before": curve_summary(steps, meta - meta[0]),
+            "post_minus_pre": {"steps": trained, **summarize(meta[trained] - meta[0])},
+        }
+
+
+def _a2c(config: TrainConfig) -> A2CConfig:
+    if not isinstance(config, A2CConfig):
+        raise TypeError(f"an actor-critic family needs an A2CConfig, got {type(config).__name__}")
+    return config
+
 
 class MDPFamily(A2CFamily):
     """Random tabular MDPs (RL², Duan et al. 2016) meta-learned with an A2C inner loss."""
@@ -211,6 +285,7 @@ class MDPFamily(A2CFamily):
     }
     metric = "return"
     higher_is_better = True
+    eval_steps = EVAL_STEPS
 
     def __init__(self) -> None:
         self._references: dict[tuple[Any, ...], tuple[np.ndarray, np.ndarray]] = {}
@@ -231,25 +306,10 @@ class MDPFamily(A2CFamily):
         generator = torch.Generator().manual_seed(int(rng.integers(2**62)))
         return MDPTaskBatch(mdps, config.a2c_settings(), generator)
 
-    def periodic_eval(
-        self, algo: MetaLearner, config: TrainConfig, *, group: DistInfo | None = None
-    ) -> dict[str, float]:
-        config = _mdp(config)
-        batch = self.test_batch(config, config.test_tasks)
-        curve = map_tasks(
-            lambda part: adaptation_returns(algo, part, config.inner_steps), batch, group
-        )
+    def periodic_extras(self, config: Any, post: torch.Tensor) -> dict[str, np.ndarray]:
+        """The normalised score ``(return − random) / (optimal − random)`` after adaptation."""
         random, optimal = self.references(config, config.test_tasks)
-        pre, post = curve[0], curve[-1]
-        score = normalized_score(post.double().numpy(), random, optimal)
-        return flat_summaries(
-            {
-                "test_pre_return": pre,
-                "test_post_return": post,
-                "test_post_minus_pre": post - pre,
-                "test_score": score,
-            }
-        )
+        return {"test_score": normalized_score(post.double().numpy(), random, optimal)}
 
     def evaluate(
         self,
@@ -262,33 +322,16 @@ class MDPFamily(A2CFamily):
         group: DistInfo | None = None,
     ) -> dict[str, Any]:
         config = _mdp(config)
-        n = config.eval_tasks if num_tasks is None else num_tasks
+        n, steps, longest = self.evaluation_plan(config, num_tasks, steps)
         trained = config.inner_steps
-        steps = sorted((set(EVAL_STEPS) | {trained}) if steps is None else set(steps))
-        longest = max(*steps, trained)
         random, optimal = self.references(config, n)
-        # Under torchrun, each rank of ``group`` adapts to its share of the tasks.
-        meta = map_tasks(
-            lambda part: adaptation_returns(algo, part, longest), self.test_batch(config, n), group
-        )
-        baseline_algo = self.baseline(algo, config)
-        base = map_tasks(
-            lambda part: adaptation_returns(baseline_algo, part, longest),
-            self.test_batch(config, n),
-            group,
-        )
+        meta = self.returns_curve(algo, config, n, longest, group)
+        base = self.returns_curve(self.baseline(algo, config), config, n, longest, group)
         meta_score = score_curve(meta, random, optimal)
         base_score = score_curve(base, random, optimal)
         post = meta[trained]
         return {
-            "metric": self.metric,
-            "higher_is_better": True,
-            "tasks": n,
-            "steps": steps,
-            "trained_steps": trained,
-            "by_steps": curve_summary(steps, meta),
-            "after_minus_before": curve_summary(steps, meta - meta[0]),
-            "post_minus_pre": {"steps": trained, **summarize(post - meta[0])},
+            **self.adaptation_report(config, steps, meta),
             "normalized_score": {
                 "steps": trained,
                 **summarize(normalized_score(post.double().numpy(), random, optimal)),

@@ -17,7 +17,7 @@ sampling call cost about one network evaluation however many episodes it draws.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 import torch
 
@@ -28,9 +28,12 @@ __all__ = [
     "PolicyFn",
     "SamplingNoise",
     "Trajectories",
+    "episode_returns",
     "policy_table",
     "sample_trajectories",
     "simulate",
+    "task_of",
+    "tasks_of",
 ]
 
 #: Observations [..., S] -> (action logits [..., A], state values [...]).
@@ -94,6 +97,29 @@ def policy_table(
     return policy(obs.expand(num_tasks, num_states, num_states))
 
 
+_Fields = TypeVar("_Fields", bound=tuple[torch.Tensor, ...])
+
+
+# Methods of the NamedTuples of sampled episodes and their noise, tabular and continuous (a
+# NamedTuple cannot inherit them from a mixin), written once here.
+
+
+def tasks_of(fields: _Fields, indices: slice) -> _Fields:
+    """The tasks ``indices`` of a NamedTuple of time-major tensors (axis 1 of every field)."""
+    return type(fields)(*(x[:, indices] for x in fields))
+
+
+def task_of(fields: _Fields, index: int) -> _Fields:
+    """Task ``index`` of a NamedTuple of time-major tensors, keeping a task axis of length 1."""
+    return tasks_of(fields, slice(index, index + 1))
+
+
+def episode_returns(trajectories: Any) -> torch.Tensor:
+    """Undiscounted return of every episode, ``[T, N]`` (the rewards are 0 after an episode
+    ended)."""
+    return trajectories.rewards.sum(0)
+
+
 class Trajectories(NamedTuple):
     """Sampled episodes, time-major: every field is ``[H, T, N]`` (horizon, tasks, trajectories).
 
@@ -106,13 +132,8 @@ class Trajectories(NamedTuple):
     rewards: torch.Tensor
     next_states: torch.Tensor
 
-    def episode_returns(self) -> torch.Tensor:
-        """Undiscounted return of every episode, ``[T, N]``."""
-        return self.rewards.sum(0)
-
-    def task(self, index: int) -> Trajectories:
-        """The trajectories of task ``index``, keeping a task axis of length 1."""
-        return Trajectories(*(x[:, index : index + 1] for x in self))
+    episode_returns = episode_returns
+    task = task_of
 
 
 class SamplingNoise(NamedTuple):
@@ -149,9 +170,7 @@ class SamplingNoise(NamedTuple):
         normal = torch.randn(shape, generator=generator, dtype=dtype, device=device)
         return cls(1.0 - uniform, normal)
 
-    def task(self, index: int) -> SamplingNoise:
-        """The noise of task ``index``, keeping a task axis of length 1."""
-        return SamplingNoise(*(x[:, index : index + 1] for x in self))
+    task = task_of
 
 
 def sample_trajectories(

@@ -50,6 +50,7 @@ from rl.sampler import (
     Trajectories,
     policy_table,
     simulate,
+    tasks_of,
 )
 
 __all__ = ["A2CSettings", "MDPTask", "MDPTaskBatch", "RLTask", "RLTaskBatch"]
@@ -282,7 +283,7 @@ class RLTaskBatch(Sequence[RLTask]):
         """The noise of one sampling phase for every task, drawn the first time it is needed."""
         if self._source is not None:
             parent, indices = self._source
-            return _tasks_of(parent.noise(phase), indices)
+            return tasks_of(parent.noise(phase), indices)
         if phase not in self._noise:
             self._noise[phase] = self.draw_noise()
         return self._noise[phase]
@@ -294,7 +295,7 @@ class RLTaskBatch(Sequence[RLTask]):
             if phase == "support0":
                 self.pre_entropy = self.mean_entropy(policy)
             return self.simulate(policy, noise)
-        return self.simulate(policy, _tasks_of(noise, slice(index, index + 1)), index)
+        return self.simulate(policy, tasks_of(noise, slice(index, index + 1)), index)
 
     def loss(
         self,
@@ -397,11 +398,6 @@ class RLTaskBatch(Sequence[RLTask]):
     def post_returns(self) -> torch.Tensor:
         """``[T]`` mean return of each task's last query sample (after adaptation)."""
         return torch.tensor([t.post_return for t in self.tasks])
-
-
-def _tasks_of(noise: Any, indices: slice) -> Any:
-    """The tasks ``indices`` of a phase's noise (axis 1 of every field)."""
-    return type(noise)(*(x[:, indices] for x in noise))
 
 
 class MDPTaskBatch(RLTaskBatch):

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 from gymnasium.utils.env_checker import check_env
+from torch import nn
 
 import metaopt
 from metaopt.cli import main
@@ -154,3 +155,20 @@ def test_resume_continues_exactly(tmp_path) -> None:  # type: ignore[no-untyped-
         return [{k: v for k, v in json.loads(x).items() if k != "seconds"} for x in lines]
 
     assert rows(whole)[-1] == rows(parts)[-1]
+
+
+def test_initial_mean_is_near_zero_everywhere_on_the_plane() -> None:
+    """The mean head starts at MEAN_HEAD_GAIN times PyTorch's initialisation, bias 0: no
+    constant drift that a small σ would follow off the plane."""
+    from rl.continuous import MEAN_HEAD_GAIN
+
+    torch.manual_seed(0)
+    policy = GaussianMLPPolicy(2, 2, (64, 64), init_log_std=-2.0)
+    grid = torch.cartesian_prod(torch.linspace(-1, 1, 11), torch.linspace(-1, 1, 11))
+    mean, log_std, _ = policy(grid)
+    torch.manual_seed(0)
+    plain = nn.Linear(64, 2)  # what the head would be without the scaling, for scale
+    assert policy.mean_head.bias.abs().max() == 0
+    assert mean.abs().max() < 0.01 < plain.weight.abs().max()
+    assert MEAN_HEAD_GAIN <= 0.01
+    torch.testing.assert_close(log_std, torch.full_like(log_std, -2.0))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -13,6 +14,7 @@ HEAVY = ("torch", "matplotlib", "gymnasium")
 
 _PROBE = """
 import sys
+from pathlib import Path
 from metaopt.cli import main
 try:
     main({argv!r})
@@ -86,3 +88,55 @@ def test_compare_help_lists_no_flag_it_refuses(capsys: pytest.CaptureFixture[str
     assert "--out " not in text and "--algo " not in text
     assert main(["compare", "sine", "--out", "x"]) == 2
     assert "--out does not apply to metaopt compare" in capsys.readouterr().err
+
+
+def test_resume_warns_of_no_thread_difference_the_config_removes(tmp_path: Path) -> None:
+    """The checkpoint's thread count is compared with the one the resumed run trains with
+    (``--threads``, applied after the checks), not with the process's count before it."""
+    import warnings
+
+    import reliability_helpers as rh
+    import torch
+
+    from metaopt.training import ResumeWarning, resume, train
+    from metaopt.training.config import resolve_config
+
+    family = rh.family("rtoy")
+    config = resolve_config(family, {"iterations": 3, "threads": 1, "out": str(tmp_path / "r")})
+    before = torch.get_num_threads()
+    try:
+        run_dir = train(family, config, progress=False)
+        torch.set_num_threads(2)  # a fresh process has torch's default, not --threads
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            resume(run_dir, family=family, overrides={"iterations": 4}, progress=False)
+    finally:
+        torch.set_num_threads(before)
+    threads = [w for w in caught if issubclass(w.category, ResumeWarning) and "threads" in str(w)]
+    assert threads == []
+
+
+def test_train_refuses_zero_iterations(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "r"
+    assert main(["train", "sine", "--iterations", "0", "--out", str(out), "--quiet"]) == 2
+    assert "--iterations must be an integer >= 1 to train, got 0" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_summary_reports_the_finite_tasks_and_the_diverged_count() -> None:
+    import math
+
+    from metaopt.stats import mean_ci95, task_summary
+    from metaopt.training import evaluation_summary
+
+    values = [1.0, 2.0, 4.0, math.inf, math.nan]
+    mean, ci95 = mean_ci95(values[:3])
+    evaluation = {"metric": "mse", "tasks": 5, "by_steps": {"5": task_summary(values)}}
+    text = evaluation_summary(evaluation)
+    assert f"{mean:.4f} ± {ci95:.4f} over the 3 finite tasks; adaptation diverged on 2" in text
+    rl = {
+        "metric": "return",
+        "tasks": 4,
+        "by_steps": {"1": {"mean": math.nan, "diverged_tasks": 4}},
+    }
+    assert "adaptation diverged on 4 tasks" in evaluation_summary(rl)

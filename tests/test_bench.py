@@ -123,3 +123,19 @@ def test_the_checkpointed_unroll_script_of_the_docs_runs() -> None:
     difference = float(printed.split("relative difference ")[1].split()[0])
     assert difference <= 1e-12
     assert "plain unroll: peak" in printed and "segments of 1: peak" in printed
+
+
+@pytest.mark.slow
+def test_the_compiled_reptile_script_of_the_docs_runs() -> None:
+    """docs/compiled_reptile.py, behind docs/performance.md's Reptile table (eager backend: the
+    trace without code generation); it checks every direction against the deep-copy loop."""
+    script = Path(__file__).parents[1] / "docs" / "compiled_reptile.py"
+    printed = subprocess.run(
+        [sys.executable, str(script), "--rounds", "1", "--backend", "eager"],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    ).stdout
+    for name in ("compiled-no-metrics", "compiled-skip-guards", "torch.func-compiled"):
+        assert name in printed

@@ -263,7 +263,7 @@ class CompiledMetaGradient:
         shared = {n: t.detach() for n, t in self._layout.shared.items()}
         start = time.perf_counter()
         first = self.compile_seconds is None
-        cache = _fx_graph_cache()
+        cache = _fx_graph_cache() if first else (0, 0)
         try:
             with batch_norm_mode(self.model, self.batch_norm):
                 sums, before, query, after = self._compiled(theta, rates, shared, tasks)

@@ -216,6 +216,12 @@ def build_parser(families: Mapping[str, DescribedFamily | None]) -> argparse.Arg
         "--no-memory", action="store_true", help="skip the peak-memory sweep over inner steps"
     )
     bench.add_argument(
+        "--no-compiled",
+        action="store_true",
+        help="skip the metaopt-compiled rows (their torch.compile takes most of a full bench's "
+        "time: minutes with a cold cache)",
+    )
+    bench.add_argument(
         "--json", type=Path, default=None, metavar="PATH", help="write the records as JSON"
     )
     bench.add_argument(
@@ -343,6 +349,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 repeats=args.repeats,
                 cases=args.cases,
                 memory=not args.no_memory,
+                compiled=not args.no_compiled,
                 json_path=args.json,
                 plot_path=args.plot,
             )

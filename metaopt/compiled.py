@@ -50,6 +50,7 @@ __all__ = [
     "CompiledMetaGradient",
     "MetaGradientResult",
     "compile_options",
+    "compile_record",
     "compile_seconds",
     "compiled_meta_backward",
     "engine_of",
@@ -184,6 +185,9 @@ class CompiledMetaGradient:
     Attributes:
         compiles: Graphs compiled so far (1 after the first call; more means recompiles).
         compile_seconds: Wall-clock time of the first call (tracing and compiling included).
+        compile_cache: Where inductor's code for the first call came from: ``"cold"`` (it
+            generated some), ``"warm"`` (all of it loaded from the persistent FX-graph cache),
+            ``None`` before the first call or with a backend that has no such cache (``eager``).
     """
 
     def __init__(
@@ -230,6 +234,7 @@ class CompiledMetaGradient:
         )
         self.compiles = 0
         self.compile_seconds: float | None = None
+        self.compile_cache: str | None = None
         self._warned = False
         options = {**compile_options(), **(options or {})}
         self._inner_backend = options.pop("backend")
@@ -258,6 +263,7 @@ class CompiledMetaGradient:
         shared = {n: t.detach() for n, t in self._layout.shared.items()}
         start = time.perf_counter()
         first = self.compile_seconds is None
+        cache = _fx_graph_cache() if first else (0, 0)
         try:
             with batch_norm_mode(self.model, self.batch_norm):
                 sums, before, query, after = self._compiled(theta, rates, shared, tasks)
@@ -270,6 +276,8 @@ class CompiledMetaGradient:
             ) from error
         if first:
             self.compile_seconds = time.perf_counter() - start
+            hits, misses = (now - then for now, then in zip(_fx_graph_cache(), cache, strict=True))
+            self.compile_cache = "cold" if misses else "warm" if hits else None
         num_tasks = len(tasks)
         before = check_losses(before, num_tasks, "support_losses")
         query = check_losses(query, num_tasks, "query_losses")
@@ -279,6 +287,12 @@ class CompiledMetaGradient:
             direction = total * weight
             p.grad = direction if p.grad is None else p.grad + direction
         return before, query, after
+
+
+def _fx_graph_cache() -> tuple[int, int]:
+    """Inductor's FX-graph cache hits and misses so far in this process."""
+    counts = torch._dynamo.utils.counters["inductor"]
+    return counts["fxgraph_cache_hit"], counts["fxgraph_cache_miss"]
 
 
 _ENGINES: weakref.WeakKeyDictionary[Any, dict[tuple[Any, ...], CompiledMetaGradient]] = (
@@ -334,3 +348,12 @@ def compile_seconds(algo: Any) -> float | None:
     ``None`` before the first."""
     times = [e.compile_seconds for e in engine_of(algo) if e.compile_seconds is not None]
     return sum(times) if times else None
+
+
+def compile_record(algo: Any) -> dict[str, Any]:
+    """``algo``'s compile as record fields: ``compile_s`` (:func:`compile_seconds`) and
+    ``compile_cache`` (``"cold"`` if any of its compiles generated code, else ``"warm"`` if they
+    loaded it from inductor's cache, else ``None``; see :class:`CompiledMetaGradient`)."""
+    caches = {e.compile_cache for e in engine_of(algo)}
+    cache = "cold" if "cold" in caches else "warm" if "warm" in caches else None
+    return {"compile_s": compile_seconds(algo), "compile_cache": cache}

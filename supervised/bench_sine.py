@@ -8,6 +8,11 @@ hand-written ``torch.func`` loop, TorchOpt's and ``higher``'s loops, the seed's 
 can index alike, so the meta-gradients can be compared to 1e-4 and the timings stay those of
 docs/performance.md.
 
+Every case has a ``metaopt-compiled`` row: the same algorithm with ``engine="compiled"``, from
+the same initial parameters on the same data. It compiles in the bench's agreement check (its
+first call), and its compile time and whether inductor's cache was cold or warm go in their own
+column (``Case.compiled``); ``metaopt bench --no-compiled`` leaves the rows out.
+
 Registered as the ``sine`` entry of the ``metaopt.benchmarks`` entry-point group; the
 ``sine-maml-1step`` case carries the peak-memory sweep (MAML, first-order MAML and Reptile at
 1, 2, 5, 10, 20 inner steps, vectorised engine).
@@ -26,6 +31,7 @@ from torch import nn
 from torch.func import functional_call, grad, vmap
 
 from metaopt.algorithms import MAML, MetaLearner, MetaSGD, Reptile
+from metaopt.compiled import compile_record
 from metaopt.inner import learned_rate_sgd, torchopt_order
 from metaopt.tools.bench import Case, Gradient, MemorySweep, clear_grads, gradients_of
 
@@ -272,13 +278,26 @@ def _reptile_func(
     return run
 
 
+def _compiled(
+    algo: MetaLearner, batch: SineBatch
+) -> tuple[dict[str, Callable[[], Gradient]], dict[str, Callable[[], dict[str, Any]]]]:
+    """The ``metaopt-compiled`` row of a case: its implementation and its compile record."""
+    return {"metaopt-compiled": _metaopt(algo, batch)}, {
+        "metaopt-compiled": lambda: compile_record(algo)
+    }
+
+
 def cases(quick: bool = False) -> list[Case]:
     """The sine configurations of the issue: MAML at 1 and 5 steps, Meta-SGD, Reptile."""
     tasks, shots = (5, 5) if quick else (25, 10)
     cases = []
     for steps in (1, 5):
         batch = SineBatch(tasks, shots)
+        compiled, compile_records = _compiled(
+            MAML(sine_mlp(), 0.01, steps, engine="compiled"), batch
+        )
         impls: dict[str, Callable[[], Gradient]] = {
+            **compiled,
             "torch.func": _func_reference(sine_mlp(), batch, steps, 0.01),
             "metaopt-vmap": _metaopt(MAML(sine_mlp(), 0.01, steps, engine="vmap"), batch),
             "metaopt-loop": _metaopt(
@@ -297,6 +316,7 @@ def cases(quick: bool = False) -> list[Case]:
                 description=f"second-order MAML, meta-batch {tasks}, K={shots}, {steps} inner step(s), MLP 1-40-40-1",
                 ratios_to=("torchopt-loop", "torch.func"),
                 memory=memory_sweep(quick) if steps == 1 else None,
+                compiled=compile_records,
             )
         )
     batch = SineBatch(tasks, shots)
@@ -305,10 +325,12 @@ def cases(quick: bool = False) -> list[Case]:
     rates = MetaSGD(sine_mlp(), 0.01).rate_parameters()
     baseline_model = sine_mlp()
     learned = MetaSGD(baseline_model, 0.01)  # its rates, handed to a plain TorchOpt loop
+    compiled, compile_records = _compiled(MetaSGD(sine_mlp(), 0.01, 1, engine="compiled"), batch)
     cases.append(
         Case(
             "sine-metasgd-1step",
             {
+                **compiled,
                 "torch.func": _func_reference(sine_mlp(), batch, 1, 0.01, rates=rates),
                 "metaopt-vmap": _metaopt(vmap_algo, batch),
                 "metaopt-loop": _metaopt(loop_algo, batch, as_list=True),
@@ -317,14 +339,19 @@ def cases(quick: bool = False) -> list[Case]:
             reference="torch.func",
             description=f"Meta-SGD (θ and α), meta-batch {tasks}, K={shots}, 1 inner step",
             ratios_to=("torchopt-loop", "torch.func"),
+            compiled=compile_records,
         )
     )
     grid = 10 if quick else 50
     batch = SineBatch(tasks, grid, minibatch=grid // 5)
+    compiled, compile_records = _compiled(
+        Reptile(sine_mlp(64, nn.Tanh), 0.02, 5, engine="compiled"), batch
+    )
     cases.append(
         Case(
             "sine-reptile-5step",
             {
+                **compiled,
                 "torch.func": _reptile_func(sine_mlp(64, nn.Tanh), batch, 5, 0.02),
                 "metaopt-vmap": _metaopt(
                     Reptile(sine_mlp(64, nn.Tanh), 0.02, 5, engine="vmap"), batch
@@ -337,6 +364,7 @@ def cases(quick: bool = False) -> list[Case]:
             reference="deepcopy-loop",
             description=f"Reptile, meta-batch {tasks}, {grid} points in minibatches of {grid // 5} (5 inner SGD steps, lr 0.02), MLP 1-64-64-1 tanh",
             ratios_to=("deepcopy-loop", "torch.func"),
+            compiled=compile_records,
         )
     )
     return cases

@@ -3,16 +3,28 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 
+import metaopt.compiled as compiled
 from metaopt.cli import main
 from metaopt.tools.bench import Case, peak_memory_bytes, run_bench, time_case
 
 
-def test_quick_bench_writes_records_and_every_impl_agrees(tmp_path: Path, capsys) -> None:
+def eager_backend() -> dict[str, object]:
+    """The compiled engine's options with dynamo's ``eager`` backend: the trace without inductor's
+    code generation (seconds instead of minutes per case)."""
+    return {"backend": "eager", "dynamic": False, "fullgraph": True}
+
+
+def test_quick_bench_writes_records_and_every_impl_agrees(
+    tmp_path: Path, capsys, monkeypatch
+) -> None:
+    monkeypatch.setattr(compiled, "compile_options", eager_backend)
     path = tmp_path / "bench.json"
     assert (
         main(
@@ -38,6 +50,14 @@ def test_quick_bench_writes_records_and_every_impl_agrees(tmp_path: Path, capsys
     assert {"sine-maml-1step", "sine-maml-5step", "sine-metasgd-1step", "sine-reptile-5step"} <= {
         r["case"] for r in timed
     }
+    sine = {"sine-maml-1step", "sine-maml-5step", "sine-metasgd-1step", "sine-reptile-5step"}
+    rows = [r for r in timed if r["impl"] == "metaopt-compiled"]
+    assert {r["case"] for r in rows} == sine
+    for row in rows:
+        # the eager backend generates no code, so there is no inductor cache to be cold or warm
+        assert row["compile_s"] > 0 and row["compile_cache"] is None
+    assert all("compile_s" not in r for r in timed if r["impl"] != "metaopt-compiled")
+    assert "compile s" in out and "metaopt-compiled" in out
     for record in timed:
         assert {"case", "impl", "median_s", "threads", "max_rel_grad_diff"} <= set(record)
         assert record["threads"] == 1 and record["median_s"] > 0
@@ -75,8 +95,47 @@ def test_peak_memory_grows_with_what_is_kept_alive() -> None:
     assert large > 5 * small  # each step saves a 40 kB activation for the backward
 
 
-def test_run_bench_selects_cases() -> None:
+def test_run_bench_selects_cases_and_skips_the_compiled_rows() -> None:
     records = run_bench(
-        quick=True, repeats=1, cases=["sine-metasgd-1step"], memory=False, echo=lambda _: None
+        quick=True,
+        repeats=1,
+        cases=["sine-metasgd-1step"],
+        memory=False,
+        compiled=False,
+        echo=lambda _: None,
     )
     assert {r["case"] for r in records} == {"sine-metasgd-1step"}
+    assert "metaopt-compiled" not in {r["impl"] for r in records}
+    assert {"torch.func", "metaopt-vmap"} <= {r["impl"] for r in records}
+
+
+def test_the_checkpointed_unroll_script_of_the_docs_runs() -> None:
+    """docs/checkpoint_unroll.py, the experiment behind docs/performance.md's checkpointing table:
+    the checkpointed unroll's meta-gradient is the plain unroll's."""
+    script = Path(__file__).parents[1] / "docs" / "checkpoint_unroll.py"
+    printed = subprocess.run(
+        [sys.executable, str(script), "--dtype", "float64", "--steps", "2", "--segment", "1"],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    ).stdout
+    difference = float(printed.split("relative difference ")[1].split()[0])
+    assert difference <= 1e-12
+    assert "plain unroll: peak" in printed and "segments of 1: peak" in printed
+
+
+@pytest.mark.slow
+def test_the_compiled_reptile_script_of_the_docs_runs() -> None:
+    """docs/compiled_reptile.py, behind docs/performance.md's Reptile table (eager backend: the
+    trace without code generation); it checks every direction against the deep-copy loop."""
+    script = Path(__file__).parents[1] / "docs" / "compiled_reptile.py"
+    printed = subprocess.run(
+        [sys.executable, str(script), "--rounds", "1", "--backend", "eager"],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    ).stdout
+    for name in ("compiled-no-metrics", "compiled-skip-guards", "torch.func-compiled"):
+        assert name in printed

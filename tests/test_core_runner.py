@@ -239,6 +239,18 @@ def test_engine_and_threads_flags_take_effect(tmp_path: Path, monkeypatch) -> No
     assert seen == []  # 0 keeps torch's own setting
 
 
+def test_compile_flag_is_engine_compiled(capsys) -> None:
+    from metaopt.cli import _load_families, build_parser
+
+    parser = build_parser(_load_families()[0])
+    assert vars(parser.parse_args(["train", "sine", "--compile"]))["engine"] == "compiled"
+    assert "engine" not in vars(parser.parse_args(["train", "sine"]))  # the default stays auto
+    assert vars(parser.parse_args(["train", "sine", "--engine", "vmap"]))["engine"] == "vmap"
+    with pytest.raises(SystemExit):
+        main(["train", "sine", "--help"])
+    assert "--compile" in capsys.readouterr().out
+
+
 def test_config_json_records_the_engine_used_and_the_batch_norm_mode(tmp_path: Path) -> None:
     family = ToyFamily()
     for engine, used in (("auto", "vmap"), ("loop", "loop")):

@@ -128,3 +128,19 @@ def test_compiled_engine_agrees_with_the_loop_engine(
         torch.testing.assert_close(
             getattr(metrics, field), getattr(loop_metrics, field), rtol=10 * tolerance, atol=0
         )
+
+
+@pytest.mark.parametrize(("hits", "misses", "want"), [(2, 0, "warm"), (1, 1, "cold")])
+def test_compile_record_says_whether_inductor_generated_code(
+    monkeypatch, hits: int, misses: int, want: str
+) -> None:
+    """Inductor's cache counters around the first call decide: a miss means generated code."""
+    monkeypatch.setattr(compiled, "compile_options", fast_options)
+    counts = iter([(5, 7), (5 + hits, 7 + misses)])
+    monkeypatch.setattr(compiled, "_fx_graph_cache", lambda: next(counts))
+    algo = build("reptile", mlp(torch.float32), "compiled", 1)
+    assert compiled.compile_record(algo) == {"compile_s": None, "compile_cache": None}
+    algo.meta_backward(RegressionBatch(3, torch.float32))
+    algo.meta_backward(RegressionBatch(3, torch.float32, seed=1))  # no more counter reads
+    record = compiled.compile_record(algo)
+    assert record["compile_cache"] == want and record["compile_s"] > 0

@@ -89,6 +89,15 @@ def add_config_arguments(
             )
         else:
             parser.add_argument(flag, type=kind if kind in (int, float) else str, **kwargs)
+        if f.name == "engine":  # the spelling of --engine compiled
+            parser.add_argument(
+                "--compile",
+                dest="engine",
+                action="store_const",
+                const="compiled",
+                default=argparse.SUPPRESS,
+                help="the same as --engine compiled",
+            )
 
 
 def _shown(value: Any) -> str:

@@ -7,9 +7,11 @@ Domains add cases through the entry-point group ``metaopt.benchmarks`` (a functi
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
+from typing import Any
 
 import torch
 
@@ -65,6 +67,12 @@ class Case:
             and its fraction of the measured matmul peak. ``None``: no FLOP figures.
         memory: A peak-memory sweep over inner steps on this case's workload, run once per
             bench whichever cases are selected (``--no-memory`` skips it). ``None``: none.
+        compiled: Implementations that ``torch.compile`` on their first call (the agreement
+            check, before any timing), each with a function called after the case has run that
+            returns the compile's record fields: ``compile_s`` (seconds of that first call) and
+            ``compile_cache`` (``"cold"``: inductor generated code; ``"warm"``: it loaded all of
+            it from its persistent cache; ``None``: a backend without that cache). The bench
+            prints them in their own column, and ``--no-compiled`` leaves these rows out.
     """
 
     name: str
@@ -77,6 +85,12 @@ class Case:
     max_repeats: int | None = None
     flops_from: str | None = None
     memory: MemorySweep | None = None
+    compiled: dict[str, Callable[[], dict[str, Any]]] = field(default_factory=dict)
+
+    def without_compiled(self) -> Case:
+        """This case without its compiled implementations (``metaopt bench --no-compiled``)."""
+        impls = {name: fn for name, fn in self.impls.items() if name not in self.compiled}
+        return dataclasses.replace(self, impls=impls, compiled={})
 
 
 def gradients_of(params: Sequence[torch.Tensor]) -> Gradient:

@@ -25,6 +25,7 @@ def run_bench(
     repeats: int | None = None,
     cases: Sequence[str] | None = None,
     memory: bool = True,
+    compiled: bool = True,
     json_path: Path | None = None,
     plot_path: Path | None = None,
     echo: Callable[[str], None] = print,
@@ -33,7 +34,10 @@ def run_bench(
 
     The cases are those the installed domains register (:func:`domain_cases`); ``cases`` selects
     some by name. ``plot_path`` receives the first memory sweep's plot (a further sweep's goes
-    next to it, its name appended to the file's stem).
+    next to it, its name appended to the file's stem). ``compiled=False`` leaves out the
+    implementations that compile on their first call (:attr:`Case.compiled`: the sine cases'
+    ``metaopt-compiled`` rows, whose compiles take most of a full bench's time); with them, their
+    rows carry ``compile_s`` and ``compile_cache`` and the table a column ``compile s``.
 
     Raises:
         ConfigError: ``cases`` names a case no domain registers.
@@ -50,6 +54,8 @@ def run_bench(
             names = ", ".join(c.name for c in all_cases)
             raise ConfigError(f"--cases: unknown case(s) {', '.join(unknown)}; available: {names}")
         all_cases = [c for c in all_cases if c.name in cases]
+    if not compiled:
+        all_cases = [c.without_compiled() for c in all_cases]
     echo(
         f"metaopt bench: {threads} thread(s), median of {repeats} repetitions, torch {torch.__version__}"
     )
@@ -82,6 +88,7 @@ def run_bench(
             + "".join(f" {'× vs ' + r:>18s}" for r in case.ratios_to)
             + f" {'rel. grad diff':>15s}"
             + (f" {'GFLOP/s':>9s} {'% of peak':>10s}" if flops is not None else "")
+            + (f" {'compile s':>15s}" if case.compiled else "")
         )
         echo(header)
         for name, fields in sorted(timed.items(), key=lambda item: item[1]["median_s"]):
@@ -96,6 +103,11 @@ def run_bench(
                 row["flop_per_s"] = flops / fields["median_s"]
                 row["peak_fraction"] = row["flop_per_s"] / peak
                 flop_columns = f" {row['flop_per_s'] / 1e9:9.2f} {row['peak_fraction'] * 100:10.1f}"
+            compile_column = ""  # the last column: blank in the rows that do not compile
+            if name in case.compiled:
+                row.update(case.compiled[name]())
+                cache = row["compile_cache"] or "no cache"
+                compile_column = f" {row['compile_s']:6.1f} {cache:>8s}"
             records.append(row)
             diff = fields["max_rel_grad_diff"]
             echo(
@@ -103,6 +115,7 @@ def run_bench(
                 + "".join(f" {ratios[b]:18.2f}" for b in case.ratios_to)
                 + (f" {diff:15.1e}" if diff is not None else f" {'(stochastic)':>15s}")
                 + flop_columns
+                + compile_column
             )
     if memory:
         steps = (1, 2, 5) if quick else (1, 2, 5, 10, 20)

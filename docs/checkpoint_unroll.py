@@ -5,7 +5,7 @@ loop of the vectorised engine, with ``torch.utils.checkpoint`` (non-reentrant) a
 ``segment`` inner steps; prints the relative difference of the meta-gradient from the plain
 unroll, and both peak memories and median times::
 
-    python benchmarks/checkpoint_unroll.py --dtype float64 --steps 20 --segment 5
+    python docs/checkpoint_unroll.py --dtype float64 --steps 20 --segment 5
 """
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ import torch
 from torch.utils.checkpoint import checkpoint
 
 from metaopt.engine import _Layout, batched_forward
-from metaopt.tools.bench import SineBatch, peak_memory_bytes, sine_mlp
+from metaopt.tools.bench import peak_memory_bytes
+from supervised.bench_sine import SineBatch, sine_mlp
 
 
 def main() -> None:

@@ -43,6 +43,11 @@ class ClassifyConfig(SupervisedConfig):
     depth: int = option(2, "hidden layers of the MLP")
     activation: str = option("relu", "hidden activation: relu or tanh")
 
+    def activation_elements(self) -> int:
+        """Support and query points, each with its inputs, label and two numbers per hidden
+        unit (pre- and post-activation)."""
+        return (self.shots + self.query) * (self.dim + 1 + 2 * sum(self.hidden_layers))
+
     def validate(self) -> None:
         super().validate()
         for name in ("dim", "shots", "query", "hidden"):

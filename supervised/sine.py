@@ -69,6 +69,12 @@ class SineConfig(SupervisedConfig):
     )
     RESUMABLE: ClassVar[tuple[str, ...]] = (*SupervisedConfig.RESUMABLE, *EVALUATION_ONLY)
 
+    def activation_elements(self) -> int:
+        """Support and query points, each with its input, target and two numbers per hidden
+        unit (pre- and post-activation)."""
+        points = self.shots + (self.query or self.shots)
+        return points * (2 + 2 * self.hidden * self.depth)
+
     def validate(self) -> None:
         super().validate()
         for name in ("shots", "eval_query", "hidden", "protocol_points"):

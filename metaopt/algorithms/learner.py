@@ -34,7 +34,7 @@ from metaopt.inner import (
     InnerOptimizer,
     inner_transform,
 )
-from metaopt.isolation import isolated
+from metaopt.isolation import MISNESTED, OneThread, isolated, leave_in_order
 from metaopt.options import check_choice, check_int, check_real
 from metaopt.task import BatchedForward, BatchedTasks, Task, is_batched, is_task
 
@@ -139,6 +139,16 @@ class MetaLearner:
         self.inner_optimizer_name = inner_optimizer
         self._init_learned_state()
         self.inner_optimizer = InnerOptimizer(model, self._inner_transform())
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """Every algorithm's ``meta_backward`` runs under the learner's one-thread guard."""
+        super().__init_subclass__(**kwargs)
+        if "meta_backward" in cls.__dict__:
+            cls.meta_backward = OneThread.guarded(cls.__dict__["meta_backward"])  # type: ignore[method-assign]
+
+    @property
+    def _one_thread(self) -> OneThread:  # created on first use: older pickles lack it
+        return self.__dict__.setdefault("_guard", OneThread())
 
     def _init_learned_state(self) -> None:
         """Create what the inner update meta-learns (Meta-SGD's rates), from the validated
@@ -285,13 +295,23 @@ class MetaLearner:
         """
         steps = self.inner_steps if steps is None else check_int("steps", steps, 0)
         _check_task(task, 0)
+        open_contexts, frame = self.__dict__.setdefault("_adapting", []), {}
         # BatchNorm's mode outside isolation, whose restore() puts back the modes it found.
-        with (
-            batch_norm_mode(self.model, self.batch_norm),
-            isolated(self.model, self.inner_optimizer),
-        ):
-            self._inner_loop(task, 0, steps, create_graph=create_graph)
-            yield self.model
+        with self._one_thread.held(self.name, "adapt"):
+            with (
+                batch_norm_mode(self.model, self.batch_norm),
+                isolated(self.model, self.inner_optimizer) as restore,
+            ):
+                frame["restore"] = restore
+                open_contexts.append(frame)
+                try:
+                    self._inner_loop(task, 0, steps, create_graph=create_graph)
+                    yield self.model
+                finally:
+                    misnested = leave_in_order(open_contexts, frame)
+            frame.get("then", lambda: None)()  # an outer context left first: its state again
+            if misnested:
+                raise RuntimeError(MISNESTED)
 
     def adapt_batch(
         self, tasks: BatchedTasks, steps: int | None = None, *, create_graph: bool = False

@@ -11,7 +11,7 @@ from typing import Any
 import torchopt
 from torch import nn
 
-__all__ = ["MISNESTED", "OneThread", "isolated", "leave_in_order"]
+__all__ = ["MISNESTED", "OneThread", "isolated", "leave_in_order", "naming_task"]
 
 
 @contextmanager
@@ -80,10 +80,12 @@ class OneThread:
         self.depth = 0
 
     @staticmethod
-    def guarded(method: Callable[..., Any]) -> Callable[..., Any]:
-        """``method`` of a learner, run under the learner's guard (``_one_thread``)."""
-        if getattr(method, "_guarded", False):
-            return method
+    def guard(cls: type, name: str) -> None:
+        """Make method ``name`` of ``cls``, if ``cls`` defines it, run under the learner's guard
+        (its ``_one_thread``)."""
+        method = cls.__dict__.get(name)
+        if method is None or getattr(method, "_guarded", False):
+            return
 
         @functools.wraps(method)
         def run(learner: Any, *args: Any, **kwargs: Any) -> Any:
@@ -91,7 +93,7 @@ class OneThread:
                 return method(learner, *args, **kwargs)
 
         run._guarded = True  # type: ignore[attr-defined]
-        return run
+        setattr(cls, name, run)
 
     @contextmanager
     def held(self, what: str, call: str) -> Iterator[None]:
@@ -126,3 +128,19 @@ def leave_in_order(open_contexts: list[dict[str, Any]], frame: dict[str, Any]) -
     for inner in later:
         inner["then"] = frame.get("then", frame["restore"])
     return bool(later)
+
+
+@contextmanager
+def naming_task(index: int) -> Iterator[None]:
+    """Re-raise torch's dtype mismatch inside task ``index``'s work as a TypeError naming the task
+    (a meta-batch mixing float32 and float64 tasks otherwise fails with torch's bare message)."""
+    try:
+        yield
+    except RuntimeError as error:
+        text = str(error)
+        if "dtype" not in text and not ("Double" in text and "Float" in text):
+            raise
+        raise TypeError(
+            f"task {index}: {text.strip().splitlines()[0]}; every task's tensors must have the "
+            "model's dtype (a meta-batch mixes float32 and float64?)"
+        ) from error

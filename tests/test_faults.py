@@ -137,10 +137,8 @@ def test_two_runs_started_on_one_directory_give_one_run(tmp_path: Path) -> None:
     assert [row["iteration"] for row in rows] == list(range(1, 13))
 
 
-def test_a_locked_directory_refuses_resume_and_eval_naming_the_holder(
-    finished: Path, tmp_path: Path
-) -> None:
-    run_dir = _copy(finished, tmp_path)
+def test_a_locked_directory_refuses_resume_and_eval_naming_the_holder(tmp_path: Path) -> None:
+    run_dir = tmp_path  # the lock is taken before anything is read
     holder = _holder(run_dir)
     try:
         for args in (["train", "sine", "--resume", str(run_dir)], ["eval", str(run_dir)]):
@@ -278,11 +276,13 @@ def test_a_full_disk_is_one_line_and_leaves_complete_files(small_disk: Path) -> 
     _assert_complete(run_dir)
 
 
-def _assert_complete(run_dir: Path) -> None:
-    """Every file of ``run_dir`` is complete (or absent), and no temporary is left."""
+def _assert_complete(run_dir: Path, *, temporaries: bool = False) -> None:
+    """Every file of ``run_dir`` is complete (or absent); no temporary is left unless
+    ``temporaries`` (a killed process's, which the next run removes)."""
     for path in run_dir.iterdir():
-        assert not path.name.endswith(".tmp"), path
-        if path.suffix == ".json":
+        if path.name.endswith(".tmp"):
+            assert temporaries, path
+        elif path.suffix == ".json":
             json.loads(path.read_text())
         elif path.name.startswith("checkpoint"):
             load_checkpoint(path)
@@ -349,3 +349,209 @@ def test_misnested_adapt_is_an_error_and_restores_the_model() -> None:
     inner.__exit__(None, None, None)
     for key, value in model.state_dict().items():
         assert torch.equal(value, start[key]), key
+
+
+@pytest.mark.parametrize("engine", ["loop", "vmap"])
+def test_no_grad_is_named_and_leaves_no_gradient(engine: str) -> None:
+    import metaopt
+    from metaopt import testing as mt
+
+    tasks = mt.random_linear_tasks(3, 3, np.random.default_rng(0))
+    model = mt.LinearModel(np.zeros(3))
+    algo = metaopt.MAML(model, inner_lr=0.1, inner_steps=1, engine=engine)
+    with torch.no_grad(), pytest.raises(RuntimeError, match=r"torch.no_grad\(\)"):
+        algo.meta_backward(tasks)
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_mixed_dtypes_name_the_task_and_leave_no_gradient() -> None:
+    import metaopt
+
+    net = torch.nn.Linear(3, 1)
+
+    class Task:
+        def __init__(self, dtype: torch.dtype) -> None:
+            self.x, self.y = torch.randn(5, 3, dtype=dtype), torch.randn(5, 1, dtype=dtype)
+
+        def support_loss(self, model: torch.nn.Module) -> torch.Tensor:
+            return ((model(self.x) - self.y) ** 2).mean()
+
+        query_loss = support_loss
+
+    algo = metaopt.MAML(net, inner_lr=0.1, inner_steps=1, engine="loop")
+    with pytest.raises(TypeError, match=r"^task 1: .*dtype"):
+        algo.meta_backward([Task(torch.float32), Task(torch.float64)])
+    assert all(p.grad is None for p in net.parameters())  # task 0's share was taken back
+
+
+# -- kill -9 during each kind of write, and at random moments (slow) ------------------------------
+
+HANG = """
+import os, sys, time
+from pathlib import Path
+target, real = sys.argv[1], os.replace
+def replace(source, destination, *args, **kwargs):
+    if Path(destination).name == target:  # the new file is complete, not yet renamed into place
+        print("writing", target, flush=True)
+        time.sleep(600)
+    return real(source, destination, *args, **kwargs)
+os.replace = replace
+from metaopt.cli import main
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+def _kill_while_writing(target: str, *args: str) -> None:
+    """Run ``metaopt ARGS`` and ``kill -9`` it the moment it renames a new ``target`` into place."""
+    process = subprocess.Popen(
+        [sys.executable, "-c", HANG, target, *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    assert process.stdout is not None
+    for line in process.stdout:
+        if line.strip() == f"writing {target}":
+            break
+    else:
+        pytest.fail(f"metaopt {' '.join(args)} never wrote {target}")
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+
+
+def _final_state(run_dir: Path) -> dict[str, Any]:
+    return load_checkpoint(run_dir / "checkpoint.pt")["algorithm"]
+
+
+def _assert_same_state(ours: Any, theirs: Any) -> None:
+    if isinstance(ours, dict):
+        assert ours.keys() == theirs.keys()
+        for key in ours:
+            _assert_same_state(ours[key], theirs[key])
+    elif isinstance(ours, torch.Tensor):
+        assert torch.equal(ours, theirs)
+    else:
+        assert ours == theirs
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "target",
+    [
+        "config.json",
+        "checkpoint.pt",
+        "checkpoint.prev.pt",
+        "baseline.pt",
+        "eval.json",
+        "training_curve.png",
+        "mse_vs_steps.png",
+    ],
+)
+def test_a_kill_during_a_write_leaves_complete_files_and_resumes_identically(
+    target: str, finished: Path, tmp_path: Path
+) -> None:
+    run_dir = tmp_path / "run"
+    args = ["train", "sine", *QUICK, "--checkpoint-every", "1"]
+    _kill_while_writing(target, *args, "--out", str(run_dir))
+    assert any(path.name.endswith(".tmp") for path in run_dir.iterdir())
+    _assert_complete(run_dir, temporaries=True)
+    if (run_dir / "config.json").exists():
+        result = _metaopt("train", "sine", "--resume", str(run_dir))
+    else:  # killed before config.json was in place: nothing to resume, the directory is free
+        result = _metaopt(*args, "--out", str(run_dir))
+    assert result.returncode == 0, result.stderr
+    _assert_complete(run_dir)
+    _assert_same_state(_final_state(run_dir), _final_state(finished))
+    assert json.loads((run_dir / "eval.json").read_text()) == json.loads(
+        (finished / "eval.json").read_text()
+    )
+
+
+@pytest.mark.slow
+def test_a_kill_while_resume_cuts_the_metrics_loses_nothing(finished: Path, tmp_path: Path) -> None:
+    run_dir = _copy(finished, tmp_path)
+    (run_dir / "checkpoint.pt").unlink()
+    os.replace(run_dir / "checkpoint.prev.pt", run_dir / "checkpoint.pt")  # iteration 11
+    _kill_while_writing("metrics.jsonl", "train", "sine", "--resume", str(run_dir))
+    assert (run_dir / "metrics.jsonl").read_text() == (finished / "metrics.jsonl").read_text()
+    result = _metaopt("train", "sine", "--resume", str(run_dir))
+    assert result.returncode == 0, result.stderr
+    _assert_same_state(_final_state(run_dir), _final_state(finished))
+
+
+@pytest.mark.slow
+def test_kill_9_at_random_moments_then_resume_is_bit_identical(
+    finished: Path, tmp_path: Path
+) -> None:
+    run_dir = tmp_path / "run"
+    args = ["train", "sine", *QUICK, "--checkpoint-every", "1"]
+    delays = np.random.default_rng(19).uniform(2.0, 9.0, size=8)
+    kills = 0
+    for delay in delays:
+        resuming = (run_dir / "config.json").exists()
+        process = _start(
+            *(["train", "sine", "--resume", str(run_dir)] if resuming else args),
+            *([] if resuming else ["--out", str(run_dir)]),
+        )
+        try:
+            process.wait(timeout=delay)
+        except subprocess.TimeoutExpired:
+            os.kill(process.pid, signal.SIGKILL)
+            process.wait()
+            kills += 1
+        if process.returncode == 0:
+            break
+        assert process.returncode in (-signal.SIGKILL, 2), process.communicate()[1]
+        if run_dir.exists():
+            _assert_complete(run_dir, temporaries=True)
+    else:
+        result = _metaopt("train", "sine", "--resume", str(run_dir))
+        assert result.returncode == 0, result.stderr
+    assert kills >= 2  # the test did kill the run, more than once
+    _assert_complete(run_dir)
+    _assert_same_state(_final_state(run_dir), _final_state(finished))
+
+
+# -- read-only directories and file-size limits (slow) --------------------------------------------
+
+
+@pytest.mark.slow
+def test_a_read_only_directory_is_one_line_and_left_as_it_was(
+    finished: Path, tmp_path: Path
+) -> None:
+    disk = tmp_path / "disk"
+    _tmpfs(disk, "4m")
+    try:
+        run_dir = disk / "run"
+        shutil.copytree(finished, run_dir)
+        (disk / "empty").mkdir()
+        before = {path.name: path.read_bytes() for path in run_dir.iterdir()}
+        remounted = subprocess.run(["mount", "-o", "remount,ro", str(disk)])
+        if remounted.returncode != 0:
+            pytest.skip("this machine does not allow a read-only remount")
+        for args in (
+            ["train", "sine", "--resume", str(run_dir)],
+            ["eval", str(run_dir)],
+            ["train", "sine", *QUICK, "--out", str(disk / "empty")],
+        ):
+            assert "Read-only file system (EROFS)" in _one_line_error(_metaopt(*args))
+        assert {path.name: path.read_bytes() for path in run_dir.iterdir()} == before
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+@pytest.mark.slow
+def test_a_file_size_limit_keeps_the_earlier_eval_json(finished: Path, tmp_path: Path) -> None:
+    import resource
+
+    run_dir = _copy(finished, tmp_path)
+    before = (run_dir / "eval.json").read_bytes()
+    assert len(before) > 4096
+
+    def limited() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))
+
+    line = _one_line_error(_metaopt("eval", str(run_dir), preexec_fn=limited))
+    assert "eval.json: File too large (EFBIG)" in line
+    assert (run_dir / "eval.json").read_bytes() == before
+    _assert_complete(run_dir)

@@ -34,7 +34,7 @@ from metaopt.inner import (
     InnerOptimizer,
     inner_transform,
 )
-from metaopt.isolation import MISNESTED, OneThread, isolated, leave_in_order
+from metaopt.isolation import MISNESTED, OneThread, isolated, leave_in_order, naming_task
 from metaopt.options import check_choice, check_int, check_real
 from metaopt.task import BatchedForward, BatchedTasks, Task, is_batched, is_task
 
@@ -143,8 +143,7 @@ class MetaLearner:
     def __init_subclass__(cls, **kwargs: Any) -> None:
         """Every algorithm's ``meta_backward`` runs under the learner's one-thread guard."""
         super().__init_subclass__(**kwargs)
-        if "meta_backward" in cls.__dict__:
-            cls.meta_backward = OneThread.guarded(cls.__dict__["meta_backward"])  # type: ignore[method-assign]
+        OneThread.guard(cls, "meta_backward")
 
     @property
     def _one_thread(self) -> OneThread:  # created on first use: older pickles lack it
@@ -377,7 +376,8 @@ class MetaLearner:
             isolated(self.model, self.inner_optimizer) as restore,
         ):
             for index, task in enumerate(tasks):
-                first, last = step(task, index, weight)
+                with naming_task(index):  # torch's dtype errors do not say which task
+                    first, last = step(task, index, weight)
                 adapted.append(torchopt.extract_state_dict(self.model, by="deepcopy"))
                 restore()
                 before.append(first)

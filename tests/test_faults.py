@@ -116,6 +116,11 @@ def finished(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return run_dir
 
 
+def _back_to_the_previous_checkpoint(run_dir: Path) -> None:
+    (run_dir / "checkpoint.pt").unlink()
+    os.replace(run_dir / "checkpoint.prev.pt", run_dir / "checkpoint.pt")
+
+
 def _copy(run_dir: Path, tmp_path: Path) -> Path:
     target = tmp_path / "copy"
     shutil.copytree(run_dir, target)
@@ -180,8 +185,7 @@ def test_metrics_a_cut_last_line_is_dropped_a_bad_line_elsewhere_stops(
     finished: Path, tmp_path: Path
 ) -> None:
     run_dir = _copy(finished, tmp_path)
-    (run_dir / "checkpoint.pt").unlink()
-    os.replace(run_dir / "checkpoint.prev.pt", run_dir / "checkpoint.pt")  # iteration 11
+    _back_to_the_previous_checkpoint(run_dir)  # iteration 11 of 12
     metrics = run_dir / "metrics.jsonl"
     lines = metrics.read_text().splitlines(keepends=True)
     lines[4] = "garbage\n"
@@ -470,8 +474,7 @@ def test_a_kill_during_a_write_leaves_complete_files_and_resumes_identically(
 @pytest.mark.slow
 def test_a_kill_while_resume_cuts_the_metrics_loses_nothing(finished: Path, tmp_path: Path) -> None:
     run_dir = _copy(finished, tmp_path)
-    (run_dir / "checkpoint.pt").unlink()
-    os.replace(run_dir / "checkpoint.prev.pt", run_dir / "checkpoint.pt")  # iteration 11
+    _back_to_the_previous_checkpoint(run_dir)  # iteration 11 of 12
     _kill_while_writing("metrics.jsonl", "train", "sine", "--resume", str(run_dir))
     assert (run_dir / "metrics.jsonl").read_text() == (finished / "metrics.jsonl").read_text()
     result = _metaopt("train", "sine", "--resume", str(run_dir))

@@ -99,11 +99,11 @@ def new_run_dir(family: TaskFamily, config: TrainConfig, world_size: int, owned:
         path = Path("runs") / f"{family.name}-{config.algo}-{stamp}"
     if path.exists() and not path.is_dir():
         raise ConfigError(f"--out {str(path)!r} exists and is not a directory")
-    path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        path.mkdir()
-    except FileExistsError:
-        pass
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.mkdir(exist_ok=True)  # atomic: of two processes, one creates it, neither fails
+    except OSError as error:
+        raise ConfigError(f"--out {str(path)!r} cannot be created: {error}") from None
     owned.enter_context(RunLock(path))
     remove_temporaries(path)
     if any(entry.name != LOCK_FILE for entry in path.iterdir()):

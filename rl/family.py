@@ -97,6 +97,13 @@ class A2CConfig(TrainConfig):
     )
     test_tasks: int = option(200, "held-out tasks of the periodic evaluation (from eval_seed)")
 
+    def activation_elements(self) -> int:
+        """Two losses (support and query) over ``trajectories`` episodes of ``horizon`` steps,
+        each step with its observation, action, reward, value and two numbers per hidden unit
+        (pre- and post-activation, policy and critic)."""
+        steps = 2 * self.trajectories * self.horizon
+        return steps * (8 + 4 * sum(self.hidden_sizes))
+
     def validate(self) -> None:
         super().validate()
         for name in ("horizon", "trajectories", "test_tasks"):

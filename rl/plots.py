@@ -12,7 +12,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-from metaopt.training.plots import moving_average
+from metaopt.training.plots import moving_average, save_figure
 
 __all__ = ["plot_adaptation", "plot_nav2d", "plot_returns"]
 
@@ -101,8 +101,7 @@ def plot_returns(
     ax.legend(fontsize=8, loc="center right")
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path, dpi=120)  # atomically: a kill leaves no half PNG
     return Path(path)
 
 
@@ -156,8 +155,7 @@ def plot_adaptation(
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path, dpi=120)  # atomically: a kill leaves no half PNG
     return Path(path)
 
 
@@ -193,6 +191,5 @@ def plot_nav2d(path: Path, data: Mapping[str, Any]) -> Path:
     axes[0][0].legend(fontsize=7, loc="lower left")
     fig.suptitle("2-D navigation: mean-action paths before and after adaptation")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path, dpi=110)  # atomically: a kill leaves no half PNG
     return Path(path)

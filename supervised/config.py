@@ -108,6 +108,12 @@ class SineConfig(SupervisedConfig):
     )
     RESUMABLE: ClassVar[tuple[str, ...]] = (*SupervisedConfig.RESUMABLE, *EVALUATION_ONLY)
 
+    def activation_elements(self) -> int:
+        """Support and query points, each with its input, target and two numbers per hidden
+        unit (pre- and post-activation)."""
+        points = self.shots + (self.query or self.shots)
+        return points * (2 + 2 * self.hidden * self.depth)
+
     def validate(self) -> None:
         super().validate()
         for name in ("shots", "eval_query", "hidden", "protocol_points"):
@@ -189,6 +195,11 @@ class ClassifyConfig(SupervisedConfig):
     hidden: int = option(40, "units per hidden layer of the MLP")
     depth: int = option(2, "hidden layers of the MLP")
     activation: str = option("relu", "hidden activation: relu or tanh")
+
+    def activation_elements(self) -> int:
+        """Support and query points, each with its inputs, label and two numbers per hidden
+        unit (pre- and post-activation)."""
+        return (self.shots + self.query) * (self.dim + 1 + 2 * sum(self.hidden_layers))
 
     def validate(self) -> None:
         super().validate()

@@ -20,6 +20,7 @@ effect when both are measured on the same tasks.
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -31,6 +32,7 @@ from torch import nn
 
 from metaopt.algorithms import MetaLearner
 from metaopt.stats import task_summary
+from metaopt.training.checkpoint import atomic_write_bytes
 from metaopt.training.distributed import DistInfo, map_tasks, on_main
 from metaopt.training.family import TrainConfig
 from supervised.adaptation import adaptation_curve, sgd_curve
@@ -114,10 +116,13 @@ def _load_or_train(
     settings = {k: v for k, v in config.to_dict().items() if k not in ignored}
     path = None if run_dir is None else Path(run_dir) / "baseline.pt"
     if path is not None and path.is_file():
-        cached = torch.load(path, map_location="cpu", weights_only=True)
-        if json.loads(cached["settings"]) == json.loads(json.dumps(settings)):
-            model.load_state_dict(cached["state_dict"])  # checks that it fits the network
-            return model.state_dict()
+        try:
+            cached = torch.load(path, map_location="cpu", weights_only=True)
+            if json.loads(cached["settings"]) == json.loads(json.dumps(settings)):
+                model.load_state_dict(cached["state_dict"])  # checks that it fits the network
+                return model.state_dict()
+        except Exception:  # a cache: one that cannot be read (cut short, foreign) is rebuilt
+            pass
     train_baseline(
         model,
         sample,
@@ -126,8 +131,10 @@ def _load_or_train(
         tasks=config.baseline_tasks,
         seed=config.baseline_seed,
     )
-    if path is not None:
-        torch.save({"state_dict": model.state_dict(), "settings": json.dumps(settings)}, path)
+    if path is not None:  # atomically: a kill leaves the old cache or the new one, never half
+        buffer = io.BytesIO()
+        torch.save({"state_dict": model.state_dict(), "settings": json.dumps(settings)}, buffer)
+        atomic_write_bytes(path, buffer.getvalue())
     return model.state_dict()
 
 

@@ -103,6 +103,13 @@ class OmniglotConfig(SupervisedConfig):
     EVALUATION_ONLY: ClassVar[tuple[str, ...]] = ("data_dir", "download")
     RESUMABLE: ClassVar[tuple[str, ...]] = (*SupervisedConfig.RESUMABLE, *EVALUATION_ONLY)
 
+    def activation_elements(self) -> int:
+        """Support and query images, each with its pixels and, per convolution block
+        (convolution, batch norm, ReLU; the side halving each time), three maps of ``filters``
+        channels: about 4 × filters numbers per pixel of the input over the four blocks."""
+        images = self.ways * (self.shots + self.query_shots)
+        return images * self.image_size**2 * (1 + 4 * self.filters)
+
     def validate(self) -> None:
         super().validate()
         for name in ("ways", "shots", "query_shots", "image_size", "filters"):

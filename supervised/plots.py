@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from metaopt.algorithms import MetaLearner
+from metaopt.training.plots import save_figure
 from supervised.batch import SupervisedTask
 
 __all__ = ["plot_metric_vs_steps", "plot_sine_adaptation"]
@@ -65,8 +66,7 @@ def plot_metric_vs_steps(
         ax.legend()
     fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path, dpi=120)  # atomically: a kill leaves no half PNG
     return Path(path)
 
 
@@ -125,6 +125,5 @@ def plot_sine_adaptation(
     ax.legend(loc="lower right", fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path, dpi=120)  # atomically: a kill leaves no half PNG
     return Path(path)

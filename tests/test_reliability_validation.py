@@ -56,6 +56,7 @@ BAD = [
     ("dist_backend", "mpi", "--dist-backend must be one of auto, gloo, nccl; got 'mpi'"),
     ("dist_timeout", 0, "--dist-timeout must be a positive finite number, got 0"),
     ("threads", -1, "--threads must be an integer >= 0, got -1"),
+    ("max_memory", -1, "--max-memory must be a finite number >= 0, got -1"),
 ]
 
 

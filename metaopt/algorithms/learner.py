@@ -34,7 +34,7 @@ from metaopt.inner import (
     InnerOptimizer,
     inner_transform,
 )
-from metaopt.isolation import isolated
+from metaopt.isolation import MISNESTED, OneThread, isolated, leave_in_order, naming_task
 from metaopt.options import ENGINES, check_choice, check_int, check_real
 from metaopt.task import BatchedForward, BatchedTasks, Task, is_batched, is_task
 
@@ -128,6 +128,15 @@ class MetaLearner:
         self.inner_optimizer_name = inner_optimizer
         self._init_learned_state()
         self.inner_optimizer = InnerOptimizer(model, self._inner_transform())
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """Every algorithm's ``meta_backward`` runs under the learner's one-thread guard."""
+        super().__init_subclass__(**kwargs)
+        OneThread.guard(cls, "meta_backward")
+
+    @property
+    def _one_thread(self) -> OneThread:  # created on first use: older pickles lack it
+        return self.__dict__.setdefault("_guard", OneThread())
 
     def _init_learned_state(self) -> None:
         """Create what the inner update meta-learns (Meta-SGD's rates), from the validated
@@ -274,13 +283,23 @@ class MetaLearner:
         """
         steps = self.inner_steps if steps is None else check_int("steps", steps, 0)
         _check_task(task, 0)
+        open_contexts, frame = self.__dict__.setdefault("_adapting", []), {}
         # BatchNorm's mode outside isolation, whose restore() puts back the modes it found.
-        with (
-            batch_norm_mode(self.model, self.batch_norm),
-            isolated(self.model, self.inner_optimizer),
-        ):
-            self._inner_loop(task, 0, steps, create_graph=create_graph)
-            yield self.model
+        with self._one_thread.held(self.name, "adapt"):
+            with (
+                batch_norm_mode(self.model, self.batch_norm),
+                isolated(self.model, self.inner_optimizer) as restore,
+            ):
+                frame["restore"] = restore
+                open_contexts.append(frame)
+                try:
+                    self._inner_loop(task, 0, steps, create_graph=create_graph)
+                    yield self.model
+                finally:
+                    misnested = leave_in_order(open_contexts, frame)
+            frame.get("then", lambda: None)()  # an outer context left first: its state again
+            if misnested:
+                raise RuntimeError(MISNESTED)
 
     def adapt_batch(
         self, tasks: BatchedTasks, steps: int | None = None, *, create_graph: bool = False
@@ -346,7 +365,8 @@ class MetaLearner:
             isolated(self.model, self.inner_optimizer) as restore,
         ):
             for index, task in enumerate(tasks):
-                first, last = step(task, index, weight)
+                with naming_task(index):  # torch's dtype errors do not say which task
+                    first, last = step(task, index, weight)
                 adapted.append(torchopt.extract_state_dict(self.model, by="deepcopy"))
                 restore()
                 before.append(first)

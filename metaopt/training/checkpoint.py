@@ -34,6 +34,7 @@ __all__ = [
     "encode_checkpoint",
     "load_checkpoint",
     "previous_path",
+    "remove_temporaries",
     "save_checkpoint",
 ]
 
@@ -53,10 +54,16 @@ def atomic_write_bytes(path: Path, data: bytes, *, keep_as: Path | None = None) 
 
     With ``keep_as``, the file being replaced (if any) keeps that name too; the new file is
     complete on disk before the old one moves.
+
+    An I/O error (no space, file too large, read-only) leaves ``path`` as it was, removes the
+    temporary file and is raised with ``path`` as its file name, so the one-line message the
+    command prints names the file being written.
     """
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp: str | None = None
     try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=_TEMPORARY)
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp's 0600 would hide the run from other users
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()
@@ -64,10 +71,35 @@ def atomic_write_bytes(path: Path, data: bytes, *, keep_as: Path | None = None) 
         if keep_as is not None and path.exists():
             _link_over(path, keep_as)
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+    except BaseException as error:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        if isinstance(error, OSError) and error.errno is not None and error.filename is None:
+            raise OSError(error.errno, os.strerror(error.errno), str(path)) from error
         raise
     _fsync_directory(path.parent)
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+#: How every temporary file of :func:`atomic_write_bytes` ends (they also start with a dot).
+_TEMPORARY = ".tmp"
+
+
+def remove_temporaries(directory: Path) -> list[Path]:
+    """Delete the temporary files that a process killed inside :func:`atomic_write_bytes` left in
+    ``directory`` (``.<name>.<random>.tmp``); the caller must own the directory (its lock), so
+    that no live writer's file is removed. Returns what was deleted."""
+    removed = []
+    for path in Path(directory).iterdir():
+        if path.name.startswith(".") and path.name.endswith(_TEMPORARY) and path.is_file():
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
 
 
 def _fsync_directory(directory: Path) -> None:

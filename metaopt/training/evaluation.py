@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -15,10 +16,12 @@ import torch
 from metaopt.algorithms import MetaLearner
 from metaopt.training import distributed
 from metaopt.training.build import apply_threads, build_algorithm
-from metaopt.training.checkpoint import CheckpointError, load_checkpoint
+from metaopt.training.checkpoint import CheckpointError, load_checkpoint, remove_temporaries
 from metaopt.training.config import load_config
 from metaopt.training.family import ConfigError, TaskFamily, TrainConfig
+from metaopt.training.lock import lock_run_dir
 from metaopt.training.registry import get_family
+from metaopt.training.resuming import check_checkpoint
 from metaopt.training.rundir import CHECKPOINT, read_run, write_json
 from metaopt.training.state import load_algorithm_state
 
@@ -41,27 +44,49 @@ def load_run(run_dir: Path) -> tuple[TaskFamily, TrainConfig, MetaLearner]:
     saved = read_run(run_dir)
     family = get_family(saved["family"])
     config = load_config(family, run_dir / "config.json")
+    path = run_dir / CHECKPOINT
     try:
-        checkpoint = load_checkpoint(run_dir / CHECKPOINT)
+        checkpoint = load_checkpoint(path)
     except CheckpointError as error:
         raise ConfigError(str(error)) from error
+    check_checkpoint(family, config, checkpoint, path, warn=False)  # as --resume checks it
     torch.manual_seed(config.seed)
     algo = build_algorithm(config, family.make_model(config))
-    load_algorithm_state(algo, checkpoint["algorithm"])
+    try:
+        load_algorithm_state(algo, checkpoint["algorithm"])
+    except (RuntimeError, ValueError, KeyError, TypeError) as error:
+        raise ConfigError(f"checkpoint {path} does not fit the run's model: {error}") from None
     return family, config, algo
 
 
 def evaluate_run(
     run_dir: Path, *, num_tasks: int | None = None, steps: Sequence[int] | None = None
 ) -> dict[str, Any]:
-    """Re-run the final evaluation of a saved run and rewrite its ``eval.json``.
+    """Re-run the final evaluation of a saved run and rewrite its ``eval.json`` (atomically: the
+    earlier file survives a failed write).
 
-    Under torchrun, every rank evaluates a share of the held-out tasks and rank 0 writes.
+    Under torchrun, every rank evaluates a share of the held-out tasks and rank 0 writes. Rank 0
+    holds the run directory's lock throughout, so no run or resume writes there meanwhile.
+
+    Raises:
+        ConfigError: not a run directory, or a checkpoint that is damaged or belongs to another
+            run (the checks of :func:`~metaopt.training.resume`).
+        RunDirectoryLocked: another process owns the directory.
     """
     if num_tasks is not None and num_tasks < 1:
         raise ConfigError(f"--tasks must be an integer >= 1, got {num_tasks}")
     if steps is not None and (not steps or min(steps) < 0):
         raise ConfigError(f"--steps must be integers >= 0, got {list(steps)}")
+    run_dir = Path(run_dir)
+    with lock_run_dir(run_dir) if run_dir.is_dir() else nullcontext() as lock:
+        if lock is not None:
+            remove_temporaries(run_dir)
+        return _evaluate_locked(run_dir, num_tasks, steps)
+
+
+def _evaluate_locked(
+    run_dir: Path, num_tasks: int | None, steps: Sequence[int] | None
+) -> dict[str, Any]:
     family, config, algo = load_run(run_dir)
     info = distributed.setup(config.dist_backend, config.dist_timeout)
     try:

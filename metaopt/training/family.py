@@ -126,6 +126,11 @@ class TrainConfig:
     dist_timeout: float = option(
         600.0, "under torchrun: seconds a rank waits for the others before all of them fail"
     )
+    max_memory: float = option(
+        0.0,
+        "GiB one meta-iteration may need by metaopt's estimate before the size flags are refused "
+        "(0: the memory available when the run starts)",
+    )
 
     #: Fields that ``metaopt train FAMILY --resume RUN_DIR`` lets a flag change: they do not alter
     #: the training trajectory (``iterations`` only while ``anneal`` is off, as the schedule
@@ -139,6 +144,7 @@ class TrainConfig:
         "dist_backend",
         "dist_timeout",
         "threads",
+        "max_memory",
     )
 
     def validate(self) -> None:
@@ -165,6 +171,7 @@ class TrainConfig:
             check_int(flag(name), getattr(self, name), 0, MAX_SEED)
         for name in ("inner_lr", "outer_lr", "dist_timeout"):
             check_real(flag(name), getattr(self, name), low=0, low_open=True)
+        check_real(flag("max_memory"), self.max_memory, low=0)
         for name in ("anneal", "skip_nonfinite"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(
@@ -183,6 +190,12 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         """Every field by name, as ``config.json`` records it."""
         return dataclasses.asdict(self)
+
+    def activation_elements(self) -> int:
+        """Numbers one task holds per inner step besides the parameters (its data and the
+        layers' outputs kept for the backward pass); the memory estimate's per-task term. A
+        family's config says; 0 here (unknown: the estimate counts parameters alone)."""
+        return 0
 
 
 @dataclass(frozen=True)
@@ -229,6 +242,32 @@ class TaskFamily:
 
     def validate(self, config: TrainConfig) -> None:
         """Family-specific checks; raise :class:`ConfigError`. Called after ``config.validate()``."""
+
+    def estimate_memory(self, config: TrainConfig) -> int | None:
+        r"""Bytes one meta-iteration needs, roughly, or None when it cannot be told.
+
+        The model is built on PyTorch's ``meta`` device (shapes only, nothing allocated) to count
+        its P parameters; with A = ``config.activation_elements()`` and 4-byte floats,
+
+        .. math:: 4\,[4P + B\,(K + 1)\,(2P + A)]
+
+        for the parameters, their gradient and the outer optimiser's two moments (4P), and for
+        each of the B tasks of the meta-batch, at each of the K inner steps and the query pass,
+        a copy of the adapted parameters and their gradient kept for the backward pass plus the
+        activations. This is what the vectorised engine holds at once (the loop engine holds one
+        task's share at a time), so it errs on the high side. None when the model cannot be
+        built on the ``meta`` device (one initialised from numpy data, say).
+        """
+        import torch  # here, not at the top: the command line imports this module without torch
+
+        try:
+            with torch.device("meta"):
+                model = self.make_model(config)
+        except Exception:  # a model built from data (numpy) cannot be built on "meta"
+            return None
+        params = sum(p.numel() for p in model.parameters())
+        per_task = (config.inner_steps + 1) * (2 * params + config.activation_elements())
+        return 4 * (4 * params + config.meta_batch * per_task)
 
     def make_model(self, config: TrainConfig) -> nn.Module:
         """The model whose initialisation is meta-learned (torch is seeded before the call)."""

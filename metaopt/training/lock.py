@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import fcntl
 import os
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 
-__all__ = ["LOCK_FILE", "RunDirectoryLocked", "RunLock"]
+__all__ = ["LOCK_FILE", "RunDirectoryLocked", "RunLock", "lock_run_dir"]
 
 LOCK_FILE = ".lock"
 
@@ -79,6 +80,15 @@ class RunLock:
 
     def __exit__(self, *exc_info: object) -> None:
         self.release()
+
+
+def lock_run_dir(run_dir: Path | str) -> AbstractContextManager[RunLock | None]:
+    """The lock this process takes on ``run_dir``: rank 0 (or a process outside torchrun) locks
+    it, the other ranks of a torchrun job, which never write there, do not (``RANK`` is set by
+    torchrun before any process group exists)."""
+    if os.environ.get("RANK", "0") != "0":
+        return nullcontext()
+    return RunLock(run_dir)
 
 
 def _read_pid(fd: int) -> int | None:

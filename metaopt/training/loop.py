@@ -17,7 +17,7 @@ import json
 import os
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import IO, Any, NoReturn
 
@@ -35,11 +35,12 @@ from metaopt.training.build import (
 )
 from metaopt.training.family import ConfigError, TaskFamily, TrainConfig
 from metaopt.training.hooks import TrainingHooks
+from metaopt.training.memory import check_memory
 from metaopt.training.rundir import finite_or_none, new_run_dir, record_engine, write_json
 from metaopt.training.signals import StopOnSignal
 from metaopt.training.state import Run, random_state, save
 
-__all__ = ["WALL_TIME_KEYS", "NonFiniteError", "check_ranks", "fit", "train"]
+__all__ = ["WALL_TIME_KEYS", "NonFiniteError", "check_ranks", "fit", "new_run", "train"]
 
 #: Row keys that differ between two otherwise identical runs (wall-clock time).
 WALL_TIME_KEYS = ("seconds",)
@@ -95,20 +96,35 @@ def train(
             f"--iterations must be an integer >= 1 to train, got {config.iterations}; "
             "metaopt eval RUN_DIR re-evaluates a trained run"
         )
+    check_memory(family, config)
     info = distributed.setup(config.dist_backend, config.dist_timeout)
     try:
         check_ranks(config, info)
         apply_threads(config)
-        run_dir = distributed.on_main(lambda: new_run_dir(family, config, info.world_size), info)
-        seed_everything(config.seed)
-        model = family.make_model(config)
-        algo = build_algorithm(config, model)
-        outer, schedule = build_outer_optimizer(config, algo)
-        rng = np.random.default_rng(config.seed)
-        run = Run(family, config, run_dir, algo, outer, schedule, rng, dist=info, hooks=hooks)
-        return fit(run, progress)
+        with ExitStack() as owned:  # rank 0 holds the run directory's lock until the end
+            run_dir = distributed.on_main(
+                lambda: new_run_dir(family, config, info.world_size, owned), info
+            )
+            return fit(new_run(family, config, run_dir, info, hooks), progress)
     finally:
         distributed.teardown(info)
+
+
+def new_run(
+    family: TaskFamily,
+    config: TrainConfig,
+    run_dir: Path,
+    info: distributed.DistInfo,
+    hooks: Sequence[TrainingHooks],
+) -> Run:
+    """A run at iteration 0: model, algorithm, optimiser and generator from ``config.seed``
+    (also what a resume without a checkpoint starts from, so it equals a fresh run)."""
+    seed_everything(config.seed)
+    model = family.make_model(config)
+    algo = build_algorithm(config, model)
+    outer, schedule = build_outer_optimizer(config, algo)
+    rng = np.random.default_rng(config.seed)
+    return Run(family, config, run_dir, algo, outer, schedule, rng, dist=info, hooks=hooks)
 
 
 def check_ranks(config: TrainConfig, info: distributed.DistInfo) -> None:

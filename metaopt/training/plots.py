@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -12,7 +13,18 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
-__all__ = ["moving_average", "plot_training_curve"]
+from metaopt.training.checkpoint import atomic_write_bytes
+
+__all__ = ["moving_average", "plot_training_curve", "save_figure"]
+
+
+def save_figure(fig: Any, path: Path, **kwargs: Any) -> None:
+    """``fig.savefig(path)`` written atomically (rendered in memory, then renamed into place):
+    a kill or a full disk leaves the earlier plot or none, never half a PNG; closes ``fig``."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format=Path(path).suffix.lstrip(".") or "png", **kwargs)
+    plt.close(fig)
+    atomic_write_bytes(Path(path), buffer.getvalue())
 
 
 def moving_average(values: Sequence[float], window: int) -> np.ndarray:
@@ -46,6 +58,5 @@ def plot_training_curve(
     ax.legend()
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path, dpi=120)
     return Path(path)

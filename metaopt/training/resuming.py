@@ -3,7 +3,8 @@
 :func:`resume` refuses a checkpoint of another family or config (naming the field that differs) and
 flags that would change the run's trajectory; it warns (:class:`~metaopt.training.ResumeWarning`)
 when other package versions or another thread count may change the last bits. ``metrics.jsonl``
-is cut back to the checkpoint's iteration, so the rows logged after it are written again.
+is cut back to the checkpoint's iteration, so the rows logged after it are written again; only a
+last line cut short by a kill is dropped, any other damaged line stops the resume.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import os
 import sys
 import warnings
 from collections.abc import Mapping, Sequence
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -27,11 +29,14 @@ from metaopt.training.checkpoint import (
     atomic_write_bytes,
     load_checkpoint,
     previous_path,
+    remove_temporaries,
 )
 from metaopt.training.config import load_config
 from metaopt.training.family import ConfigError, TaskFamily, TrainConfig, flag
 from metaopt.training.hooks import TrainingHooks
-from metaopt.training.loop import check_ranks, fit
+from metaopt.training.lock import lock_run_dir
+from metaopt.training.loop import check_ranks, fit, new_run
+from metaopt.training.memory import check_memory
 from metaopt.training.registry import get_family
 from metaopt.training.rundir import (
     ABANDONED,
@@ -47,7 +52,7 @@ from metaopt.training.state import (
     restore_random_state,
 )
 
-__all__ = ["resume"]
+__all__ = ["check_checkpoint", "resume"]
 
 
 def resume(
@@ -65,6 +70,10 @@ def resume(
     optimiser, schedule, iteration, skip count and every random-number state come from the
     checkpoint, and ``metrics.jsonl`` is cut back to the checkpoint's iteration, so the finished
     run's parameters and metrics (but the wall-clock ``seconds``) equal an uninterrupted run's.
+    A run killed before its first checkpoint starts again from iteration 0, with a
+    :class:`~metaopt.training.ResumeWarning`: no run directory is a dead end. The directory is
+    locked for the whole resume (:mod:`metaopt.training.lock`), and the temporary files a killed
+    process left there are removed.
 
     Args:
         run_dir: A directory written by :func:`~metaopt.training.train`.
@@ -83,6 +92,21 @@ def resume(
             offers the previous one when it is intact).
     """
     run_dir = Path(run_dir)
+    with lock_run_dir(run_dir) if run_dir.is_dir() else nullcontext() as lock:
+        if lock is not None:  # the owner clears what a killed process left
+            remove_temporaries(run_dir)
+        return _resume_locked(run_dir, family, overrides or {}, checkpoint, progress, hooks)
+
+
+def _resume_locked(
+    run_dir: Path,
+    family: TaskFamily | None,
+    overrides: Mapping[str, Any],
+    checkpoint: str | Path | None,
+    progress: bool | None,
+    hooks: Sequence[TrainingHooks],
+) -> Path:
+    """:func:`resume`, in a run directory this process owns."""
     saved = read_run(run_dir)
     if family is None:
         family = get_family(saved["family"])
@@ -90,13 +114,27 @@ def resume(
         raise ConfigError(
             f"RUN_DIR {str(run_dir)!r} is a run of family {saved['family']!r}, not {family.name!r}"
         )
-    config = _resumed_config(family, load_config(family, run_dir / "config.json"), overrides or {})
+    config = _resumed_config(family, load_config(family, run_dir / "config.json"), overrides)
     family.validate(config)
+    check_memory(family, config)
     path = Path(checkpoint) if checkpoint is not None else Path(CHECKPOINT)
     path = path if path.is_absolute() else run_dir / path
-    state = _load_for_resume(path, run_dir, family.name)
-    _check_checkpoint(family, config, state, path)
-    iteration = int(state["iteration"])
+    state = (
+        None
+        if _never_checkpointed(run_dir, checkpoint)
+        else _load_for_resume(path, run_dir, family.name)
+    )
+    if state is None:
+        warnings.warn(
+            f"{run_dir} has no checkpoint (the run stopped before its first one): training starts "
+            "again from iteration 0 with the run's config and seed",
+            ResumeWarning,
+            stacklevel=3,
+        )
+        iteration = 0
+    else:
+        check_checkpoint(family, config, state, path)
+        iteration = int(state["iteration"])
     if iteration > config.iterations:
         raise ConfigError(
             f"--iterations {config.iterations} is less than the checkpoint's iteration {iteration}"
@@ -106,30 +144,24 @@ def resume(
     try:
         check_ranks(config, info)
         apply_threads(config)
-        torch.manual_seed(config.seed)
-        algo = build_algorithm(config, family.make_model(config))
-        outer, schedule = build_outer_optimizer(config, algo)
-        try:
-            load_algorithm_state(algo, state["algorithm"])
-            outer.load_state_dict(state["outer"])
-            if schedule is not None:
-                schedule.load_state_dict(state["schedule"])
-        except (RuntimeError, ValueError, KeyError, TypeError) as error:
-            raise ConfigError(f"checkpoint {path} does not fit the run's model: {error}") from None
-        rng = np.random.default_rng(config.seed)
-        restore_random_state(rng, state["random"])
+        if state is None:
+            run = new_run(family, config, run_dir, info, hooks)
+            from_latest = False
+        else:
+            run = _restored_run(family, config, run_dir, state, path, info, hooks)
+            from_latest = path.resolve() == (run_dir / CHECKPOINT).resolve()
         latest = run_dir / CHECKPOINT
-        from_latest = path.resolve() == latest.resolve()
 
         def rewrite_run_dir() -> None:
-            if not from_latest and latest.exists():
+            kept = _kept_metrics(run_dir / "metrics.jsonl", iteration)  # refuses before writing
+            if state is not None and not from_latest and latest.exists():
                 os.replace(latest, run_dir / ABANDONED)  # never rotate it into checkpoint.prev.pt
-            _cut_metrics(run_dir / "metrics.jsonl", iteration)
+            atomic_write_bytes(run_dir / "metrics.jsonl", kept.encode())
             saved["config"] = config.to_dict()
             saved.setdefault("resumed", []).append(
                 {
                     "from_iteration": iteration,
-                    "checkpoint": path.name,
+                    "checkpoint": path.name if state is not None else None,
                     "command": sys.argv,
                     "versions": package_versions(),
                     "threads": torch.get_num_threads(),
@@ -139,24 +171,57 @@ def resume(
             write_json_atomic(run_dir / "config.json", saved)
 
         distributed.on_main(rewrite_run_dir, info)
-        run = Run(
-            family,
-            config,
-            run_dir,
-            algo,
-            outer,
-            schedule,
-            rng,
-            iteration=iteration,
-            skipped=int(state["skipped"]),
-            seconds=float(state["seconds"]),
-            saved=iteration if from_latest else None,
-            dist=info,
-            hooks=hooks,
-        )
         return fit(run, progress)
     finally:
         distributed.teardown(info)
+
+
+def _never_checkpointed(run_dir: Path, checkpoint: str | Path | None) -> bool:
+    """Whether the run stopped before its first checkpoint: neither checkpoint.pt nor
+    checkpoint.prev.pt exists, and no particular checkpoint was asked for."""
+    latest = run_dir / CHECKPOINT
+    return checkpoint is None and not latest.exists() and not previous_path(latest).exists()
+
+
+def _restored_run(
+    family: TaskFamily,
+    config: TrainConfig,
+    run_dir: Path,
+    state: Mapping[str, Any],
+    path: Path,
+    info: distributed.DistInfo,
+    hooks: Sequence[TrainingHooks],
+) -> Run:
+    """The run as the checkpoint ``state`` (read from ``path``) left it."""
+    torch.manual_seed(config.seed)
+    algo = build_algorithm(config, family.make_model(config))
+    outer, schedule = build_outer_optimizer(config, algo)
+    try:
+        load_algorithm_state(algo, state["algorithm"])
+        outer.load_state_dict(state["outer"])
+        if schedule is not None:
+            schedule.load_state_dict(state["schedule"])
+    except (RuntimeError, ValueError, KeyError, TypeError) as error:
+        raise ConfigError(f"checkpoint {path} does not fit the run's model: {error}") from None
+    rng = np.random.default_rng(config.seed)
+    restore_random_state(rng, state["random"])
+    iteration = int(state["iteration"])
+    from_latest = path.resolve() == (run_dir / CHECKPOINT).resolve()
+    return Run(
+        family,
+        config,
+        run_dir,
+        algo,
+        outer,
+        schedule,
+        rng,
+        iteration=iteration,
+        skipped=int(state["skipped"]),
+        seconds=float(state["seconds"]),
+        saved=iteration if from_latest else None,
+        dist=info,
+        hooks=hooks,
+    )
 
 
 def _resumed_config(
@@ -217,15 +282,26 @@ def _load_for_resume(path: Path, run_dir: Path, family: str) -> dict[str, Any]:
     raise ConfigError(f"cannot resume: {problem}{offer}")
 
 
-def _check_checkpoint(
-    family: TaskFamily, config: TrainConfig, state: Mapping[str, Any], path: Path
+def check_checkpoint(
+    family: TaskFamily,
+    config: TrainConfig,
+    state: Mapping[str, Any],
+    path: Path,
+    *,
+    warn: bool = True,
 ) -> None:
-    """Refuse a checkpoint of another family or config, naming the field that differs."""
+    """Refuse a checkpoint of another family or config, naming the field that differs; with
+    ``warn``, warn of package versions or a thread count unlike the checkpoint's."""
     if state.get("family") != family.name:
         raise ConfigError(
             f"checkpoint {path} is of family {state.get('family')!r}, the run is {family.name!r}"
         )
-    theirs = json.loads(state["config"])
+    try:
+        theirs = json.loads(state["config"])
+    except (TypeError, ValueError, KeyError):
+        theirs = None
+    if not isinstance(theirs, dict):
+        raise ConfigError(f"checkpoint {path} holds no config: it is not a metaopt run's")
     ours = json.loads(json.dumps(config.to_dict()))
     ignored = set(type(config).RESUMABLE) | {"out"}
     if config.anneal:
@@ -251,8 +327,8 @@ def _check_checkpoint(
                 f"checkpoint {path} was written with {flag(name)} {theirs[name]!r} but the run's "
                 f"config.json has {ours[name]!r}: it belongs to another run"
             )
-    # The threads this process will train with: apply_threads sets them after these checks.
-    _warn_if_environment_differs(state, config.threads or torch.get_num_threads())
+    if warn:  # the threads this process will train with: apply_threads sets them after these checks
+        _warn_if_environment_differs(state, config.threads or torch.get_num_threads())
 
 
 def _warn_if_environment_differs(state: Mapping[str, Any], threads: int) -> None:
@@ -277,26 +353,46 @@ def _warn_if_environment_differs(state: Mapping[str, Any], threads: int) -> None
         )
 
 
-def _cut_metrics(path: Path, iteration: int) -> None:
-    """Cut ``metrics.jsonl`` after ``iteration`` (rows logged after the checkpoint)."""
-    rows: list[dict[str, Any]] = []
-    lines: list[str] = []
-    if path.is_file():
-        for line in path.read_text().splitlines():
-            try:
-                row = json.loads(line)
-            except ValueError:  # a row cut short by a crash: nothing after it counts
+def _kept_metrics(path: Path, iteration: int) -> str:
+    """The text of ``metrics.jsonl`` up to row ``iteration`` (the rows after the checkpoint go:
+    they are logged again). A last line cut short by a kill is dropped with a warning; a bad
+    line anywhere else is damage no crash explains, so the resume stops, naming the line, and
+    nothing is changed.
+
+    Raises:
+        ConfigError: a line before the last one is not a JSON object with an iteration.
+    """
+    lines = path.read_text().splitlines(keepends=True) if path.is_file() else []
+    kept: list[str] = []
+    last = 0
+    for number, line in enumerate(lines, start=1):
+        try:
+            row = json.loads(line)
+            index = row["iteration"] if isinstance(row, dict) else None
+        except (ValueError, KeyError):
+            index = None
+        if not isinstance(index, int) or not line.endswith("\n"):
+            if number == len(lines):
+                warnings.warn(
+                    f"{path}: the last line ({number}) is incomplete (the run was killed while "
+                    "writing it); it is dropped",
+                    ResumeWarning,
+                    stacklevel=4,
+                )
                 break
-            if not isinstance(row, dict) or row.get("iteration", 0) > iteration:
-                break
-            rows.append(row)
-            lines.append(line)
-    atomic_write_bytes(path, "".join(line + "\n" for line in lines).encode())
-    last = rows[-1]["iteration"] if rows else 0
+            raise ConfigError(
+                f"cannot resume: line {number} of {path} is not a metrics row ({line[:60]!r}); "
+                "nothing was changed: repair or delete that line and resume again"
+            )
+        if index > iteration:
+            break
+        kept.append(line)
+        last = index
     if last != iteration:
         warnings.warn(
             f"{path} ends at iteration {last} but the checkpoint is at iteration {iteration}; "
-            "the rows in between were lost and stay missing",
+            "the rows in between were never written and stay missing",
             ResumeWarning,
-            stacklevel=3,
+            stacklevel=4,
         )
+    return "".join(kept)

@@ -3,8 +3,14 @@
 A run directory holds ``config.json`` (resolved config, seed, package versions, the command and,
 once known, the engine used), ``metrics.jsonl`` (one JSON object per iteration),
 ``checkpoint.pt`` (and ``checkpoint.prev.pt``, the one before), ``eval.json`` and PNG plots.
-JSON is written strict (RFC 8259 has no NaN or Infinity: a non-finite number becomes ``null``),
-and ``config.json`` atomically, so a crash leaves the old file or the new one, never half of one.
+JSON is written strict (RFC 8259 has no NaN or Infinity: a non-finite number becomes ``null``).
+Every file but ``metrics.jsonl`` is written atomically (a temporary file renamed over it), so a
+crash or an I/O error leaves the old file or the new one, never half of one; ``metrics.jsonl`` is
+appended to, and a resume drops a last line cut short (:mod:`metaopt.training.resuming`).
+
+One process owns a run directory at a time: :func:`new_run_dir` creates it and takes its lock
+(:mod:`metaopt.training.lock`) before looking inside, then removes the temporary files a killed
+process left.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ import json
 import math
 import platform
 import sys
+from contextlib import ExitStack
 from datetime import datetime
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -21,8 +28,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from metaopt.training.checkpoint import atomic_write_bytes
+from metaopt.training.checkpoint import atomic_write_bytes, remove_temporaries
 from metaopt.training.family import ConfigError, TaskFamily, TrainConfig
+from metaopt.training.lock import LOCK_FILE, RunLock
 
 __all__ = [
     "ABANDONED",
@@ -75,20 +83,35 @@ def new_directory(path: Path, flag: str, if_not_empty: str) -> Path:
     return path
 
 
-def new_run_dir(family: TaskFamily, config: TrainConfig, world_size: int) -> Path:
+def new_run_dir(family: TaskFamily, config: TrainConfig, world_size: int, owned: ExitStack) -> Path:
     """A new run directory (``config.out``, or ``runs/<family>-<algo>-<time>``) with its
-    ``config.json``: what produced the run."""
+    ``config.json``: what produced the run. Its lock is entered on ``owned``.
+
+    Two processes given the same ``--out`` cannot both start a run there: ``mkdir`` creates the
+    directory for one of them, the lock (taken before looking inside) admits one at a time, and
+    whoever comes second finds ``config.json`` (or the lock held) and is refused. A directory
+    holding only a stale lock file or temporary files counts as empty.
+    """
     if config.out is not None:
         path = Path(config.out)
     else:
         stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
         path = Path("runs") / f"{family.name}-{config.algo}-{stamp}"
-    run_dir = new_directory(
-        path,
-        "--out",
-        f"choose a new directory, or continue the run there with --resume {path} (metaopt "
-        "never overwrites a saved run)",
-    )
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"--out {str(path)!r} exists and is not a directory")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.mkdir(exist_ok=True)  # atomic: of two processes, one creates it, neither fails
+    except OSError as error:
+        raise ConfigError(f"--out {str(path)!r} cannot be created: {error}") from None
+    owned.enter_context(RunLock(path))
+    remove_temporaries(path)
+    if any(entry.name != LOCK_FILE for entry in path.iterdir()):
+        raise ConfigError(
+            f"--out {str(path)!r} is not empty; choose a new directory, or continue the run "
+            f"there with --resume {path} (metaopt never overwrites a saved run)"
+        )
+    run_dir = path
     write_json_atomic(
         run_dir / "config.json",
         {
@@ -117,6 +140,11 @@ def read_run(run_dir: Path) -> dict[str, Any]:
         raise ConfigError(f"{path} is not valid JSON ({error})") from None
     if not isinstance(saved, dict) or not {"family", "config"} <= set(saved):
         raise ConfigError(f"{path} is not a metaopt config.json (no 'family' and 'config')")
+    if not isinstance(saved["family"], str) or not isinstance(saved["config"], dict):
+        raise ConfigError(
+            f"{path} is damaged: 'family' must be a string and 'config' an object of flag "
+            f"values, got {type(saved['family']).__name__} and {type(saved['config']).__name__}"
+        )
     return saved
 
 
@@ -138,11 +166,12 @@ def finite_or_none(value: Any) -> Any:
 
 
 def write_json(path: Path, data: Any) -> None:
-    path.write_text(_json_text(data))
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
+    """Write ``data`` as strict JSON, atomically: an earlier file survives a failed rewrite."""
     atomic_write_bytes(path, _json_text(data).encode())
+
+
+#: The same function: every JSON file of a run directory is written atomically.
+write_json_atomic = write_json
 
 
 def _json_text(data: Any) -> str:

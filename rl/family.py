@@ -34,7 +34,7 @@ from torch import nn
 
 from metaopt.algorithms import MetaLearner
 from metaopt.training.distributed import DistInfo, map_tasks
-from metaopt.training.family import ConfigError, TaskFamily, TrainConfig, flag, option
+from metaopt.training.family import ConfigError, EvalRequest, TaskFamily, TrainConfig, flag, option
 from rl.estimators import ESTIMATORS
 from rl.evaluation import (
     INTERVAL,
@@ -223,14 +223,13 @@ class A2CFamily(TaskFamily):
         return {}
 
     def evaluation_plan(
-        self, config: A2CConfig, num_tasks: int | None, steps: Sequence[int] | None
+        self, config: A2CConfig, request: EvalRequest
     ) -> tuple[int, list[int], int]:
         """``(tasks, the step counts reported, the longest adaptation)`` of the final evaluation:
         by default ``eval_tasks`` tasks and :attr:`eval_steps` plus the trained step count."""
-        n = config.eval_tasks if num_tasks is None else num_tasks
-        trained = config.inner_steps
+        trained, steps = config.inner_steps, request.steps
         chosen = sorted((set(self.eval_steps) | {trained}) if steps is None else set(steps))
-        return n, chosen, max(*chosen, trained)
+        return request.tasks(config), chosen, max(*chosen, trained)
 
     def adaptation_report(
         self, config: A2CConfig, steps: Sequence[int], meta: torch.Tensor
@@ -312,17 +311,10 @@ class MDPFamily(A2CFamily):
         return {"test_score": normalized_score(post.double().numpy(), random, optimal)}
 
     def evaluate(
-        self,
-        algo: MetaLearner,
-        config: TrainConfig,
-        run_dir: Path,
-        *,
-        num_tasks: int | None = None,
-        steps: Sequence[int] | None = None,
-        group: DistInfo | None = None,
+        self, algo: MetaLearner, config: TrainConfig, run_dir: Path, request: EvalRequest
     ) -> dict[str, Any]:
-        config = _mdp(config)
-        n, steps, longest = self.evaluation_plan(config, num_tasks, steps)
+        config, group = _mdp(config), request.group
+        n, steps, longest = self.evaluation_plan(config, request)
         trained = config.inner_steps
         random, optimal = self.references(config, n)
         meta = self.returns_curve(algo, config, n, longest, group)

@@ -30,7 +30,7 @@ from torch import nn
 
 from metaopt.algorithms import MetaLearner
 from metaopt.training.distributed import DistInfo, on_main
-from metaopt.training.family import TrainConfig, option
+from metaopt.training.family import EvalRequest, TrainConfig, option
 from rl.continuous import GaussianMLPPolicy, GaussianNoise
 from rl.evaluation import INTERVAL, curve_summary
 from rl.family import A2CConfig, A2CFamily, _check_int, _check_real
@@ -177,17 +177,10 @@ class Nav2DFamily(A2CFamily):
     # -- evaluation -----------------------------------------------------------------------
 
     def evaluate(
-        self,
-        algo: MetaLearner,
-        config: TrainConfig,
-        run_dir: Path,
-        *,
-        num_tasks: int | None = None,
-        steps: Sequence[int] | None = None,
-        group: DistInfo | None = None,
+        self, algo: MetaLearner, config: TrainConfig, run_dir: Path, request: EvalRequest
     ) -> dict[str, Any]:
-        config = _nav(config)
-        n, steps, longest = self.evaluation_plan(config, num_tasks, steps)
+        config, group = _nav(config), request.group
+        n, steps, longest = self.evaluation_plan(config, request)
         meta = self.returns_curve(algo, config, n, longest, group)
         result = self.adaptation_report(config, steps, meta)
         descriptions = {

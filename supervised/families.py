@@ -17,7 +17,7 @@ from torch import nn
 
 from metaopt.algorithms import MetaLearner
 from metaopt.training.distributed import DistInfo, map_tasks
-from metaopt.training.family import TaskFamily, TrainConfig
+from metaopt.training.family import EvalRequest, TaskFamily, TrainConfig
 from supervised import classify, omniglot, sine
 from supervised.adaptation import adaptation_curve
 from supervised.batch import TaskBatch
@@ -98,18 +98,11 @@ class SupervisedFamily(TaskFamily):
         return {f"val_{self.metric}_before": before, f"val_{self.metric}_after": after}
 
     def evaluate(
-        self,
-        algo: MetaLearner,
-        config: Any,
-        run_dir: Path,
-        *,
-        num_tasks: int | None = None,
-        steps: Sequence[int] | None = None,
-        group: DistInfo | None = None,
+        self, algo: MetaLearner, config: Any, run_dir: Path, request: EvalRequest
     ) -> dict[str, Any]:
         """Metric after 0, 1, 5, 10, 32 steps on ``eval_tasks`` held-out tasks, vs the baseline."""
-        n = config.eval_tasks if num_tasks is None else num_tasks
-        steps = list(EVAL_STEPS if steps is None else steps)
+        n, group = request.tasks(config), request.group
+        steps = list(EVAL_STEPS if request.steps is None else request.steps)
         batch = self.sample_batch(config, np.random.default_rng(config.eval_seed), n, split="test")
         baseline = self.baseline(config, run_dir, group)
         result = evaluate_learners(

@@ -165,8 +165,8 @@ class RToyFamily(TaskFamily):
             tasks.poisoned = 1
         return tasks
 
-    def evaluate(self, algo, config, run_dir, *, num_tasks=None, steps=None, group=None):
-        return evaluate_on_linear_tasks(algo, config, num_tasks, steps)
+    def evaluate(self, algo, config, run_dir, request):
+        return evaluate_on_linear_tasks(algo, config, request.num_tasks, request.steps)
 
 
 def evaluate_on_linear_tasks(algo, config, num_tasks=None, steps=None) -> dict[str, Any]:
@@ -195,7 +195,7 @@ def family(name: str) -> TaskFamily:
     if name == "rtoy":
         return base()
 
-    def evaluate(self, algo, config, run_dir, *, num_tasks=None, steps=None, group=None):
+    def evaluate(self, algo, config, run_dir, request):
         return {"metric": self.metric, "tasks": 0, "by_steps": {}}
 
     def plot(self, *args, **kwargs):

@@ -69,7 +69,7 @@ class WaveFamily(TaskFamily):
     def periodic_eval(self, algo, config, *, group=None) -> dict[str, float]:
         return {"val_mse_after": 1.0, "val_mse_after_ci95": 0.1}
 
-    def evaluate(self, algo, config, run_dir, *, num_tasks=None, steps=None, group=None):
+    def evaluate(self, algo, config, run_dir, request):
         tasks = self.sample_tasks(config, np.random.default_rng(config.eval_seed), 4)
         losses = []
         for task in tasks:

@@ -58,8 +58,8 @@ class ToyFamily(TaskFamily):
             tasks[1].d = tasks[1].d * np.nan
         return tasks
 
-    def evaluate(self, algo, config, run_dir, *, num_tasks=None, steps=None, group=None):
-        return evaluate_on_linear_tasks(algo, config, num_tasks, steps)
+    def evaluate(self, algo, config, run_dir, request):
+        return evaluate_on_linear_tasks(algo, config, request.num_tasks, request.steps)
 
 
 def test_train_writes_a_complete_run_dir(tmp_path: Path) -> None:
@@ -206,7 +206,7 @@ def test_evaluate_run_validates_options(tmp_path: Path) -> None:
 
 def test_eval_json_is_strict_json_when_adaptation_diverges(tmp_path: Path) -> None:
     class Diverging(ToyFamily):
-        def evaluate(self, algo, config, run_dir, *, num_tasks=None, steps=None, group=None):
+        def evaluate(self, algo, config, run_dir, request):
             nan = {"mean": float("nan"), "ci95": float("inf")}
             return {"metric": "mse", "tasks": 1, "by_steps": {"0": nan}}
 

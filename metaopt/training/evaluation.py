@@ -17,7 +17,7 @@ from metaopt.training import distributed
 from metaopt.training.build import apply_threads, build_algorithm
 from metaopt.training.checkpoint import CheckpointError, load_checkpoint
 from metaopt.training.config import load_config
-from metaopt.training.family import ConfigError, TaskFamily, TrainConfig
+from metaopt.training.family import ConfigError, EvalRequest, TaskFamily, TrainConfig
 from metaopt.training.registry import get_family
 from metaopt.training.rundir import CHECKPOINT, read_run, write_json
 from metaopt.training.state import load_algorithm_state
@@ -67,7 +67,7 @@ def evaluate_run(
     try:
         apply_threads(config)
         evaluation = family.evaluate(
-            algo, config, Path(run_dir), num_tasks=num_tasks, steps=steps, group=info
+            algo, config, Path(run_dir), EvalRequest(num_tasks, steps, info)
         )
         if info.is_main:
             write_json(Path(run_dir) / "eval.json", evaluation)

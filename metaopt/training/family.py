@@ -36,7 +36,15 @@ if TYPE_CHECKING:  # a plain import would be circular: distributed imports Confi
     from metaopt.training.distributed import DistInfo
 
 # ALGORITHMS, ConfigError and flag live in the core; they stay importable from here.
-__all__ = ["ALGORITHMS", "ConfigError", "TaskFamily", "TrainConfig", "flag", "option"]
+__all__ = [
+    "ALGORITHMS",
+    "ConfigError",
+    "EvalRequest",
+    "TaskFamily",
+    "TrainConfig",
+    "flag",
+    "option",
+]
 
 #: Largest ``--seed`` / ``--eval-seed`` (numpy's legacy global seeding takes 32 bits).
 MAX_SEED = 2**32 - 1
@@ -46,6 +54,27 @@ OUTER_OPTIMIZERS = ("adam", "sgd")
 
 #: ``--dist-backend``: ``auto`` picks nccl with CUDA, else gloo.
 DIST_BACKENDS = ("auto", "gloo", "nccl")
+
+
+@dataclass(frozen=True)
+class EvalRequest:
+    """What a final evaluation covers (:meth:`TaskFamily.evaluate`); the loop asks for the
+    defaults, ``metaopt eval --tasks/--steps`` for others.
+
+    Attributes:
+        num_tasks: held-out tasks; ``None``: the config's ``eval_tasks`` (:meth:`tasks`).
+        steps: the adaptation step counts reported; ``None``: the family's own.
+        group: the processes that share the evaluation under torchrun, as in
+            :meth:`TaskFamily.periodic_eval` (``None``: this one alone).
+    """
+
+    num_tasks: int | None = None
+    steps: Sequence[int] | None = None
+    group: DistInfo | None = None
+
+    def tasks(self, config: TrainConfig) -> int:
+        """The number of held-out tasks: ``num_tasks``, else ``config.eval_tasks``."""
+        return config.eval_tasks if self.num_tasks is None else self.num_tasks
 
 
 def option(default: Any, help: str, **kwargs: Any) -> Any:
@@ -236,17 +265,9 @@ class TaskFamily:
         return None
 
     def evaluate(
-        self,
-        algo: Any,
-        config: TrainConfig,
-        run_dir: Path,
-        *,
-        num_tasks: int | None = None,
-        steps: Sequence[int] | None = None,
-        group: DistInfo | None = None,
+        self, algo: Any, config: TrainConfig, run_dir: Path, request: EvalRequest
     ) -> dict[str, Any]:
-        """The final evaluation: the dict written to ``eval.json``; ``group`` as in
-        :meth:`periodic_eval`.
+        """The final evaluation: the dict written to ``eval.json``, over what ``request`` asks.
 
         Shape: ``{"metric": ..., "tasks": n, "by_steps": {"0": {"mean": m, "ci95": c}, ...},
         "baseline": {"by_steps": {...}}}`` plus any extra keys.

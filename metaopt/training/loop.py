@@ -33,7 +33,7 @@ from metaopt.training.build import (
     build_outer_optimizer,
     seed_everything,
 )
-from metaopt.training.family import TaskFamily, TrainConfig
+from metaopt.training.family import EvalRequest, TaskFamily, TrainConfig
 from metaopt.training.hooks import TrainingHooks
 from metaopt.training.rundir import finite_or_none, new_run_dir, record_engine, write_json
 from metaopt.training.signals import StopOnSignal
@@ -126,7 +126,7 @@ def fit(run: Run, progress: bool | None) -> Path:
         stop.stop_if_asked(log)
     family, config, algo = run.family, run.config, run.algo
     # Every rank evaluates its share of the held-out tasks.
-    evaluation = family.evaluate(algo, config, run.run_dir, group=run.dist)
+    evaluation = family.evaluate(algo, config, run.run_dir, EvalRequest(group=run.dist))
     if not run.dist.is_main:  # rank 0 writes and plots; the others wait for it
         distributed.barrier(run.dist)
         return run.run_dir

@@ -34,7 +34,15 @@ from torch import nn
 
 from metaopt.algorithms import MetaLearner
 from metaopt.training.distributed import DistInfo, map_tasks
-from metaopt.training.family import ConfigError, EvalRequest, TaskFamily, TrainConfig, flag, option
+from metaopt.training.family import (
+    ConfigError,
+    EvalRequest,
+    RunResults,
+    TaskFamily,
+    TrainConfig,
+    flag,
+    option,
+)
 from rl.estimators import ESTIMATORS
 from rl.evaluation import (
     INTERVAL,
@@ -344,12 +352,7 @@ class MDPFamily(A2CFamily):
         }
 
     def plot(
-        self,
-        algo: MetaLearner,
-        config: TrainConfig,
-        run_dir: Path,
-        metrics: Sequence[Mapping[str, Any]],
-        evaluation: Mapping[str, Any],
+        self, algo: MetaLearner, config: TrainConfig, run_dir: Path, results: RunResults
     ) -> list[Path]:
         from rl.plots import plot_adaptation, plot_returns
 
@@ -359,12 +362,12 @@ class MDPFamily(A2CFamily):
         return [
             plot_returns(
                 run_dir / "rl_returns.png",
-                metrics,
+                results.metrics,
                 references,
                 config.algo,
                 max_entropy=math.log(config.num_actions),
             ),
-            plot_adaptation(run_dir / "rl_adaptation.png", evaluation, config.algo),
+            plot_adaptation(run_dir / "rl_adaptation.png", results.evaluation, config.algo),
         ]
 
     def compare_with_truth(

@@ -19,7 +19,6 @@ held-out goals, of the three policies.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,7 +29,7 @@ from torch import nn
 
 from metaopt.algorithms import MetaLearner
 from metaopt.training.distributed import DistInfo, on_main
-from metaopt.training.family import EvalRequest, TrainConfig, option
+from metaopt.training.family import EvalRequest, RunResults, TrainConfig, option
 from rl.continuous import GaussianMLPPolicy, GaussianNoise
 from rl.evaluation import INTERVAL, curve_summary
 from rl.family import A2CConfig, A2CFamily, _check_int, _check_real
@@ -225,20 +224,17 @@ class Nav2DFamily(A2CFamily):
         return {"goals": self.test_goals(config, num_goals), "paths": paths}
 
     def plot(
-        self,
-        algo: MetaLearner,
-        config: TrainConfig,
-        run_dir: Path,
-        metrics: Sequence[Mapping[str, Any]],
-        evaluation: Mapping[str, Any],
+        self, algo: MetaLearner, config: TrainConfig, run_dir: Path, results: RunResults
     ) -> list[Path]:
         from rl.plots import plot_adaptation, plot_nav2d, plot_returns
 
         config = _nav(config)
         return [
-            plot_returns(run_dir / "rl_returns.png", metrics, {}, config.algo, family=self.name),
+            plot_returns(
+                run_dir / "rl_returns.png", results.metrics, {}, config.algo, family=self.name
+            ),
             plot_adaptation(
-                run_dir / "rl_adaptation.png", evaluation, config.algo, family=self.name
+                run_dir / "rl_adaptation.png", results.evaluation, config.algo, family=self.name
             ),
             plot_nav2d(run_dir / "nav2d_trajectories.png", self.trajectories(algo, config)),
         ]

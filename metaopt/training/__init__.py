@@ -16,7 +16,14 @@ configuration and registry (``family``, ``config``, ``registry``).
 from metaopt.training.build import build_algorithm, build_outer_optimizer
 from metaopt.training.config import resolve_config
 from metaopt.training.evaluation import evaluate_run, evaluation_summary, load_run
-from metaopt.training.family import ConfigError, EvalRequest, TaskFamily, TrainConfig, option
+from metaopt.training.family import (
+    ConfigError,
+    EvalRequest,
+    RunResults,
+    TaskFamily,
+    TrainConfig,
+    option,
+)
 from metaopt.training.hooks import TrainingHooks
 from metaopt.training.loop import NonFiniteError, train
 from metaopt.training.registry import register_family
@@ -30,6 +37,7 @@ __all__ = [
     "EvalRequest",
     "NonFiniteError",
     "ResumeWarning",
+    "RunResults",
     "TaskFamily",
     "TrainConfig",
     "TrainingHooks",

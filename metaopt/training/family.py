@@ -40,6 +40,7 @@ __all__ = [
     "ALGORITHMS",
     "ConfigError",
     "EvalRequest",
+    "RunResults",
     "TaskFamily",
     "TrainConfig",
     "flag",
@@ -75,6 +76,23 @@ class EvalRequest:
     def tasks(self, config: TrainConfig) -> int:
         """The number of held-out tasks: ``num_tasks``, else ``config.eval_tasks``."""
         return config.eval_tasks if self.num_tasks is None else self.num_tasks
+
+    def step_counts(self, default: Sequence[int]) -> list[int]:
+        """The adaptation step counts reported: ``steps``, else the family's ``default``."""
+        return list(default if self.steps is None else self.steps)
+
+
+@dataclass(frozen=True)
+class RunResults:
+    """What a finished run produced, for :meth:`TaskFamily.plot` to draw.
+
+    Attributes:
+        metrics: the rows of ``metrics.jsonl``, one per logged iteration.
+        evaluation: the final evaluation, as written to ``eval.json``.
+    """
+
+    metrics: Sequence[Mapping[str, Any]]
+    evaluation: Mapping[str, Any]
 
 
 def option(default: Any, help: str, **kwargs: Any) -> Any:
@@ -275,12 +293,8 @@ class TaskFamily:
         raise NotImplementedError
 
     def plot(
-        self,
-        algo: Any,
-        config: TrainConfig,
-        run_dir: Path,
-        metrics: Sequence[Mapping[str, Any]],
-        evaluation: Mapping[str, Any],
+        self, algo: Any, config: TrainConfig, run_dir: Path, results: RunResults
     ) -> list[Path]:
-        """Family-specific figures (PNG) in ``run_dir``; the loop draws the training curve itself."""
+        """Family-specific figures (PNG) in ``run_dir`` from the run's ``results``; the loop draws
+        the training curve itself."""
         return []

@@ -33,7 +33,7 @@ from metaopt.training.build import (
     build_outer_optimizer,
     seed_everything,
 )
-from metaopt.training.family import EvalRequest, TaskFamily, TrainConfig
+from metaopt.training.family import EvalRequest, RunResults, TaskFamily, TrainConfig
 from metaopt.training.hooks import TrainingHooks
 from metaopt.training.rundir import finite_or_none, new_run_dir, record_engine, write_json
 from metaopt.training.signals import StopOnSignal
@@ -136,7 +136,7 @@ def fit(run: Run, progress: bool | None) -> Path:
     # Read back rather than kept in memory: memory stays flat however long the run.
     rows = [json.loads(line) for line in (run.run_dir / "metrics.jsonl").read_text().splitlines()]
     plot_training_curve(run.run_dir / "training_curve.png", rows, family.name, config.algo)
-    family.plot(algo, config, run.run_dir, rows, evaluation)
+    family.plot(algo, config, run.run_dir, RunResults(rows, evaluation))
     distributed.barrier(run.dist)
     return run.run_dir
 

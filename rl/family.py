@@ -26,7 +26,7 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -71,6 +71,9 @@ EVAL_STEPS = (0, 1, 2, 3, 5)
 #: training loop draws from ``numpy.random.default_rng(seed)``, even when seed == eval_seed.
 _EVAL_STREAM = 0x7E57
 _SAMPLING_STREAM = 0x5A3E
+
+#: A family's own config class (:func:`config_as`).
+C = TypeVar("C", bound=TrainConfig)
 
 
 @dataclass
@@ -257,10 +260,16 @@ class A2CFamily(TaskFamily):
         }
 
 
-def _a2c(config: TrainConfig) -> A2CConfig:
-    if not isinstance(config, A2CConfig):
-        raise TypeError(f"an actor-critic family needs an A2CConfig, got {type(config).__name__}")
+def config_as(config: TrainConfig, kind: type[C], family: str) -> C:
+    """``config`` as the ``kind`` of config the ``family`` needs: the loop hands every family a
+    :class:`TrainConfig`, and a family's own fields are only there on its own config class."""
+    if not isinstance(config, kind):
+        raise TypeError(f"{family} needs a {kind.__name__}, got {type(config).__name__}")
     return config
+
+
+def _a2c(config: TrainConfig) -> A2CConfig:
+    return config_as(config, A2CConfig, "an actor-critic family")
 
 
 class MDPFamily(A2CFamily):
@@ -411,6 +420,4 @@ class MDPFamily(A2CFamily):
 
 
 def _mdp(config: TrainConfig) -> MDPConfig:
-    if not isinstance(config, MDPConfig):
-        raise TypeError(f"the mdp family needs an MDPConfig, got {type(config).__name__}")
-    return config
+    return config_as(config, MDPConfig, "the mdp family")

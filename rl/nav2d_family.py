@@ -32,7 +32,7 @@ from metaopt.training.distributed import DistInfo, on_main
 from metaopt.training.family import EvalRequest, RunResults, TrainConfig, option
 from rl.continuous import GaussianMLPPolicy, GaussianNoise
 from rl.evaluation import INTERVAL, curve_summary
-from rl.family import A2CConfig, A2CFamily, _check_int, _check_real
+from rl.family import A2CConfig, A2CFamily, _check_int, _check_real, config_as
 from rl.nav2d import Nav2DTaskBatch, sample_goals
 
 __all__ = ["EVAL_STEPS", "Nav2DConfig", "Nav2DFamily"]
@@ -93,9 +93,7 @@ class Nav2DConfig(A2CConfig):
 
 
 def _nav(config: TrainConfig) -> Nav2DConfig:
-    if not isinstance(config, Nav2DConfig):
-        raise TypeError(f"the nav2d family needs a Nav2DConfig, got {type(config).__name__}")
-    return config
+    return config_as(config, Nav2DConfig, "the nav2d family")
 
 
 class Nav2DFamily(A2CFamily):

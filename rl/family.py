@@ -80,16 +80,16 @@ C = TypeVar("C", bound=TrainConfig)
 class A2CConfig(TrainConfig):
     """Settings every actor-critic meta-RL family shares (the ``mdp`` family's defaults)."""
 
-    inner_lr: float = option(0.1, "inner-loop learning rate (Meta-SGD: initial per-parameter rate)")
-    meta_batch: int = option(40, "tasks per meta-iteration")
+    inner_lr: float = option(0.1)
+    meta_batch: int = option(40)
     threads: int = option(
         1, "torch intra-op threads (0: torch's default); tiny models run fastest on 1"
     )
-    iterations: int = option(500, "meta-iterations (outer steps)")
+    iterations: int = option(500)
     eval_every: int = option(
         50, "evaluate on the held-out test tasks every N iterations (0: never)"
     )
-    eval_tasks: int = option(1000, "held-out tasks in the final evaluation")
+    eval_tasks: int = option(1000)
     horizon: int = option(10, "steps per episode (episodes are truncated, values bootstrap)")
     trajectories: int = option(20, "episodes sampled per task for each loss")
     gamma: float = option(0.99, "discount γ of the λ-returns")

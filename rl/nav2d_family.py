@@ -55,7 +55,7 @@ class Nav2DConfig(A2CConfig):
     iterations: int = option(
         250, "meta-iterations (outer steps; longer runs at this outer rate diverged: docs/rl.md)"
     )
-    outer_lr: float = option(3e-3, "outer-loop learning rate (Reptile: initial step size ε)")
+    outer_lr: float = option(3e-3)
     eval_every: int = option(50, "evaluate on the held-out goals every N iterations (0: never)")
     eval_tasks: int = option(400, "held-out goals in the final evaluation")
     horizon: int = option(100, "steps per episode (the paper's 100)")

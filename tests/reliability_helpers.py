@@ -112,15 +112,15 @@ class LinearToyConfig(TrainConfig):
     """What the linear toy families of the tests share."""
 
     dim: int = option(4, "dimension of θ")
-    meta_batch: int = option(3, "tasks per meta-iteration")
-    inner_lr: float = option(0.2, "inner learning rate")
+    meta_batch: int = option(3)
+    inner_lr: float = option(0.2)
 
 
 @dataclass
 class RToyConfig(LinearToyConfig):
-    iterations: int = option(12, "meta-iterations")
-    outer_lr: float = option(0.05, "outer learning rate")
-    eval_tasks: int = option(5, "held-out tasks")
+    iterations: int = option(12)
+    outer_lr: float = option(0.05)
+    eval_tasks: int = option(5)
     poison: float = option(0.0, "probability that task 1 of a meta-batch is poisoned (tests)")
     poison_kind: str = option(
         "loss", "loss: NaN query loss; grad: NaN meta-gradient only; huge: ×1e300 meta-gradient"

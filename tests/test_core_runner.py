@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,8 +33,8 @@ from metaopt.training.registry import register_family
 
 @dataclass
 class ToyConfig(LinearToyConfig):
-    iterations: int = option(5, "meta-iterations")
-    eval_tasks: int = option(20, "held-out tasks")
+    iterations: int = option(5)
+    eval_tasks: int = option(20)
     poison: bool = option(False, "make the query loss NaN at iteration 2 (tests)")
 
 
@@ -195,6 +196,18 @@ def test_help_documents_every_flag_with_its_default(capsys) -> None:
     ):
         assert flag in text
     assert "default: 0.2" in text and "preset wide: 6" in text
+
+
+def test_option_without_help_keeps_the_overridden_fields_help() -> None:
+    fields = {f.name: f for f in dataclasses.fields(ToyConfig)}
+    base = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    assert fields["iterations"].default == 5 != base["iterations"].default
+    assert fields["iterations"].metadata["help"] == base["iterations"].metadata["help"]
+    with pytest.raises(TypeError, match=r"Typo\.iteratoins: option\(\) without help must override"):
+
+        @dataclass
+        class Typo(TrainConfig):
+            iteratoins: int = option(5)
 
 
 def test_evaluate_run_validates_options(tmp_path: Path) -> None:

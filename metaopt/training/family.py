@@ -9,9 +9,9 @@ core never imports a domain, and a user's own family plugs in exactly like the b
     mytask = "mypackage.family:MyFamily"
 
 Configuration is a dataclass per family: :class:`TrainConfig` holds the fields every family shares;
-a family subclasses it, adds its own fields and changes defaults. Every field becomes a
-command-line flag (``inner_lr`` -> ``--inner-lr``); the help text is the field's
-``metadata["help"]``. A family may name presets (``--preset NAME``): field values applied on top
+a family subclasses it, adds its own fields and changes defaults (``option(default)`` alone keeps
+the base field's help). Every field becomes a command-line flag (``inner_lr`` -> ``--inner-lr``);
+the help text is the field's ``metadata["help"]``. A family may name presets (``--preset NAME``): field values applied on top
 of the defaults and below the flags the user gives.
 """
 
@@ -95,10 +95,18 @@ class RunResults:
     evaluation: Mapping[str, Any]
 
 
-def option(default: Any, help: str, **kwargs: Any) -> Any:
-    """A dataclass field that documents itself as a command-line flag."""
-    metadata = {"help": help, **kwargs.pop("metadata", {})}
-    return field(default=default, metadata=metadata, **kwargs)
+#: Metadata of an :func:`option` without help, until its config class gives it the base's help.
+_HELP_FROM_BASE = "help_from_base"
+
+
+def option(default: Any, help: str | None = None, **kwargs: Any) -> Any:
+    """A dataclass field that documents itself as a command-line flag.
+
+    Without ``help``, the field must override one of a base config (a :class:`TrainConfig`
+    subclass changing a default) and keeps that field's help and other metadata.
+    """
+    own = {"help": help} if help is not None else {_HELP_FROM_BASE: True}
+    return field(default=default, metadata={**own, **kwargs.pop("metadata", {})}, **kwargs)
 
 
 @dataclass
@@ -170,6 +178,23 @@ class TrainConfig:
         "dist_timeout",
         "threads",
     )
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """Give each ``option(default)`` without help the metadata of the base field it overrides.
+
+        This runs before ``@dataclass`` reads the class, so ``dataclasses.fields`` still lists
+        the base classes' fields.
+        """
+        super().__init_subclass__(**kwargs)
+        base = {f.name: f for f in dataclasses.fields(cls)}
+        for name, value in vars(cls).items():
+            if isinstance(value, dataclasses.Field) and value.metadata.get(_HELP_FROM_BASE):
+                if name not in base:
+                    raise TypeError(
+                        f"{cls.__name__}.{name}: option() without help must override a field "
+                        f"of a base config; give it a help text"
+                    )
+                value.metadata = base[name].metadata
 
     def validate(self) -> None:
         """Raise :class:`ConfigError` naming the first field that is out of range."""

@@ -179,23 +179,6 @@ class TrainConfig:
         "threads",
     )
 
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        """Give each ``option(default)`` without help the metadata of the base field it overrides.
-
-        This runs before ``@dataclass`` reads the class, so ``dataclasses.fields`` still lists
-        the base classes' fields.
-        """
-        super().__init_subclass__(**kwargs)
-        base = {f.name: f for f in dataclasses.fields(cls)}
-        for name, value in vars(cls).items():
-            if isinstance(value, dataclasses.Field) and value.metadata.get(_HELP_FROM_BASE):
-                if name not in base:
-                    raise TypeError(
-                        f"{cls.__name__}.{name}: option() without help must override a field "
-                        f"of a base config; give it a help text"
-                    )
-                value.metadata = base[name].metadata
-
     def validate(self) -> None:
         """Raise :class:`ConfigError` naming the first field that is out of range."""
         for name, allowed in (
@@ -229,6 +212,23 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None and (not isinstance(value, str) or not value):
                 raise ConfigError(f"{flag(name)} must be a non-empty string, got {value!r}")
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """Give each ``option(default)`` without help the metadata of the base field it overrides.
+
+        This runs before ``@dataclass`` reads the class, so ``dataclasses.fields`` still lists
+        the base classes' fields.
+        """
+        super().__init_subclass__(**kwargs)
+        base = {f.name: f for f in dataclasses.fields(cls)}
+        for name, value in vars(cls).items():
+            if isinstance(value, dataclasses.Field) and value.metadata.get(_HELP_FROM_BASE):
+                if name not in base:
+                    raise TypeError(
+                        f"{cls.__name__}.{name}: option() without help must override a field "
+                        f"of a base config; give it a help text"
+                    )
+                value.metadata = base[name].metadata
 
     @property
     def first_order(self) -> bool:

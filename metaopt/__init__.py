@@ -5,29 +5,49 @@
 >>> metrics = algo.meta_backward(tasks); outer.step()     # doctest: +SKIP
 """
 
-from typing import Any
+from typing import TYPE_CHECKING
 
-from metaopt.algorithms import MAML, MetaLearner, MetaMetrics, MetaSGD, Reptile, linear_annealing
-from metaopt.inner import InnerOptimizer, learned_rate_sgd
-from metaopt.isolation import isolated
+from metaopt._lazy import lazy_exports
 from metaopt.options import ConfigError
-from metaopt.stats import mean_ci95
-from metaopt.task import BatchedTasks, Task
+
+if TYPE_CHECKING:
+    from metaopt.algorithms import (
+        MAML,
+        MetaLearner,
+        MetaMetrics,
+        MetaSGD,
+        Reptile,
+        linear_annealing,
+    )
+    from metaopt.inner import InnerOptimizer, learned_rate_sgd
+    from metaopt.isolation import isolated
+    from metaopt.stats import mean_ci95
+    from metaopt.task import BatchedTasks, Task
+    from metaopt.training import TaskFamily, TrainConfig
 
 __version__ = "0.1.0"
 
-# The training machinery's public names, read from `metaopt.training` on first use so that the
-# core imports without it (docs/architecture.md).
-_TRAINING = ("TaskFamily", "TrainConfig")
-
-
-def __getattr__(name: str) -> Any:
-    if name in _TRAINING:
-        import metaopt.training
-
-        return getattr(metaopt.training, name)
-    raise AttributeError(f"module 'metaopt' has no attribute {name!r}")
-
+# Every name but these two is imported from its module on first use (metaopt._lazy): the
+# command line imports metaopt.cli, and with it this package, without torch. The training
+# machinery's names come from `metaopt.training`, so that the core imports without it
+# (docs/architecture.md).
+__getattr__ = lazy_exports(
+    __name__,
+    {
+        **dict.fromkeys(
+            ("MAML", "MetaLearner", "MetaMetrics", "MetaSGD", "Reptile", "linear_annealing"),
+            "metaopt.algorithms",
+        ),
+        "InnerOptimizer": "metaopt.inner",
+        "learned_rate_sgd": "metaopt.inner",
+        "isolated": "metaopt.isolation",
+        "mean_ci95": "metaopt.stats",
+        "BatchedTasks": "metaopt.task",
+        "Task": "metaopt.task",
+        "TaskFamily": "metaopt.training",
+        "TrainConfig": "metaopt.training",
+    },
+)
 
 __all__ = [
     "MAML",

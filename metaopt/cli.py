@@ -8,25 +8,30 @@
     metaopt scale FAMILY [flags] [--processes 1,2] [--repeats 3]      time train at 1, 2... processes
 
 User errors print one line and exit with status 2; only real bugs show a traceback.
+
+Building the parser imports neither torch nor matplotlib nor a domain: a family's flags come from
+its light ``metaopt.family_options`` entry point (:class:`~metaopt.training.family.FamilyOptions`),
+and only a family without one is imported, when its name is on the command line. So ``--help``,
+``--version`` and argument errors answer at once; the heavy modules load once a command runs.
 """
 
 from __future__ import annotations
 
 import argparse
+import difflib
 import errno
 import json
 import os
 import sys
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
-from metaopt.training import NonFiniteError, ResumeWarning, TrainingInterrupted
-from metaopt.training.config import add_config_arguments, resolve_config
-from metaopt.training.family import ConfigError, TaskFamily
-from metaopt.training.lock import RunDirectoryLocked
-from metaopt.training.registry import available_families, get_family
+import metaopt
+from metaopt.training.config import add_config_arguments
+from metaopt.training.family import ConfigError, FamilyOptions, TaskFamily
+from metaopt.training.registry import available_families, family_options, get_family
 
 __all__ = ["main"]
 
@@ -57,9 +62,15 @@ def _names(text: str) -> list[str]:
     return [part.strip() for part in text.split(",") if part.strip()]
 
 
+#: What the parser needs of a family: its description, config class and presets.
+DescribedFamily = FamilyOptions | TaskFamily
+
+
 @contextmanager
 def _one_line_resume_warnings() -> Iterator[None]:
     """Show a :class:`ResumeWarning` as one ``metaopt: warning:`` line; others as Python does."""
+    from metaopt.training import ResumeWarning
+
     show = warnings.showwarning
 
     def one_line(message, category, filename, lineno, file=None, line=None):  # type: ignore[no-untyped-def]
@@ -88,11 +99,29 @@ def _load_families() -> tuple[dict[str, TaskFamily], dict[str, str]]:
     return loaded, broken
 
 
-def build_parser(families: dict[str, TaskFamily]) -> argparse.ArgumentParser:
+def _described_families(argv: Sequence[str]) -> dict[str, DescribedFamily | None]:
+    """Each family's options for the parser, read without importing the family where it declares
+    them; a family that does not is imported only when ``argv`` names it (else ``None``)."""
+    described: dict[str, DescribedFamily | None] = {}
+    for name in available_families():
+        try:
+            options = family_options(name)
+            described[name] = (
+                options if options is not None else get_family(name) if name in argv else None
+            )
+        except Exception:  # a broken plug-in must not take the command down; `families` says why
+            described[name] = None
+    return described
+
+
+def build_parser(families: Mapping[str, DescribedFamily | None]) -> argparse.ArgumentParser:
+    """The ``metaopt`` parser; ``families`` maps each name to its options (``None``: listed by
+    name only, with no flags: the family is imported when it is named)."""
     parser = argparse.ArgumentParser(
         prog="metaopt",
         description="Meta-learning with MAML, first-order MAML, Meta-SGD and Reptile on TorchOpt.",
     )
+    parser.add_argument("--version", action="version", version=f"metaopt {metaopt.__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     train = commands.add_parser(
@@ -103,9 +132,13 @@ def build_parser(families: dict[str, TaskFamily]) -> argparse.ArgumentParser:
     )
     per_family = train.add_subparsers(dest="family", required=True, metavar="FAMILY")
     for name, family in families.items():
+        if family is None:
+            per_family.add_parser(name, help=_UNDESCRIBED)
+            continue
         sub = per_family.add_parser(name, help=family.description, description=family.description)
+        sub.set_defaults(subparser=sub)
         add_config_arguments(sub, family)
-        sub.add_argument("--quiet", action="store_true", help="no progress bar")
+        sub.add_argument("--quiet", action="store_true", help="no progress bar (default: off)")
         sub.add_argument(
             "--resume",
             metavar="RUN_DIR",
@@ -129,6 +162,7 @@ def build_parser(families: dict[str, TaskFamily]) -> argparse.ArgumentParser:
         help="re-run the evaluation of a saved run (rewrites its eval.json)",
         description="Re-run the held-out evaluation of a saved run directory and rewrite eval.json.",
     )
+    evaluate.set_defaults(subparser=evaluate)
     evaluate.add_argument("run_dir", metavar="RUN_DIR", help="directory written by metaopt train")
     evaluate.add_argument(
         "--tasks", type=int, default=None, help="held-out tasks (default: the run's)"
@@ -162,6 +196,7 @@ def build_parser(families: dict[str, TaskFamily]) -> argparse.ArgumentParser:
         "process, after checking that all of them compute the same meta-gradient. Prints medians "
         "and speed-up ratios; --json writes one record per case and implementation.",
     )
+    bench.set_defaults(subparser=bench)
     bench.add_argument(
         "--quick", action="store_true", help="tiny sizes, few repetitions (a smoke test)"
     )
@@ -202,9 +237,13 @@ def build_parser(families: dict[str, TaskFamily]) -> argparse.ArgumentParser:
     return parser
 
 
+#: The help of a family that declares no ``metaopt.family_options``, until it is named.
+_UNDESCRIBED = "(its description and flags: name it, e.g. --help after it)"
+
+
 def _per_family(
     command: argparse.ArgumentParser,
-    families: dict[str, TaskFamily],
+    families: Mapping[str, DescribedFamily | None],
     add_own: Callable[[argparse.ArgumentParser], None],
 ) -> None:
     """``command FAMILY``: each family's config flags, then the command's own flags ``add_own``.
@@ -214,14 +253,28 @@ def _per_family(
     """
     per_family = command.add_subparsers(dest="family", required=True, metavar="FAMILY")
     for name, family in families.items():
+        if family is None:
+            per_family.add_parser(name, help=_UNDESCRIBED)
+            continue
         sub = per_family.add_parser(
             name,
             help=family.description,
             description=family.description,
             conflict_handler="resolve",
         )
+        sub.set_defaults(subparser=sub)
         add_config_arguments(sub, family)
         add_own(sub)
+
+
+def _unknown_arguments(parser: argparse.ArgumentParser, unknown: Sequence[str]) -> None:
+    """Exit (status 2) with ``parser``'s usage, naming ``unknown`` and the closest flag."""
+    flags = [f for action in parser._actions for f in action.option_strings]
+    message = f"unrecognized arguments: {' '.join(unknown)}"
+    close = difflib.get_close_matches(unknown[0].split("=")[0], flags, n=1, cutoff=0.6)
+    if close:
+        message += f" (did you mean {close[0]}?)"
+    parser.error(message)
 
 
 def describe_os_error(error: OSError) -> str:
@@ -235,20 +288,28 @@ def describe_os_error(error: OSError) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``metaopt`` console script; returns the exit status."""
-    families, broken = _load_families()
-    parser = build_parser(families)
-    args = parser.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(_described_families(argv))
+    args, unknown = parser.parse_known_args(argv)
+    subparser = vars(args).pop("subparser", parser)
+    if unknown:  # the subcommand's usage, not the top level's, with the flag it resembles
+        _unknown_arguments(subparser, unknown)
+    # The heavy modules load from here on, once the arguments are known to be good.
+    from metaopt.training import NonFiniteError, TrainingInterrupted
+    from metaopt.training.lock import RunDirectoryLocked
+
     try:
         if args.command == "families":
+            families, broken = _load_families()
             for name, family in families.items():
                 print(f"{name:10s} {family.description}")
             for name, why in broken.items():
                 print(f"{name:10s} (failed to load: {why})")
             return 0
         if args.command == "train":
-            from metaopt.training import evaluation_summary, resume, train
+            from metaopt.training import evaluation_summary, resolve_config, resume, train
 
-            family = families[args.family]
+            family = get_family(args.family)
             overrides = {
                 key: value
                 for key, value in vars(args).items()
@@ -289,11 +350,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "scale":
             from metaopt.tools.scale import run_scale_command
 
-            return run_scale_command(families[args.family], vars(args))
+            return run_scale_command(get_family(args.family), vars(args))
         if args.command == "compare":
             from metaopt.tools.compare import run_compare_command
 
-            return run_compare_command(families[args.family], vars(args))
+            return run_compare_command(get_family(args.family), vars(args))
         if args.command == "eval":
             from metaopt.training import evaluate_run, evaluation_summary
 

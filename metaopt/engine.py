@@ -36,6 +36,7 @@ import torchopt
 from torch import nn
 from torchopt.base import GradientTransformation
 
+from metaopt.options import BATCH_NORM_MODES
 from metaopt.task import BatchedForward, BatchedTasks, is_batched
 
 __all__ = [
@@ -52,12 +53,6 @@ __all__ = [
 
 BatchedParameters = dict[str, torch.Tensor]
 
-#: ``running``: BatchNorm behaves as PyTorch defines it for the mode each layer is in (training:
-#: batch statistics, running statistics updated during adaptation and restored afterwards; eval:
-#: running statistics). ``batch``: every BatchNorm layer normalises with the statistics of the
-#: batch it is given, in training and eval mode, and its running statistics are neither read nor
-#: changed (each task normalises with its own batch, as MAML and Reptile do on Omniglot).
-BATCH_NORM_MODES = ("running", "batch")
 
 _BatchNorm = nn.modules.batchnorm._BatchNorm
 

@@ -27,6 +27,8 @@ from torchopt import pytree
 from torchopt.base import EmptyState, GradientTransformation, UninitializedState
 from torchopt.utils import extract_module_containers
 
+from metaopt.options import INNER_OPTIMIZERS
+
 __all__ = [
     "INNER_OPTIMIZERS",
     "AdamState",
@@ -37,7 +39,6 @@ __all__ = [
     "torchopt_order",
 ]
 
-INNER_OPTIMIZERS = ("sgd", "adam")
 
 #: Adam's ε inside the square root. TorchOpt's default of 0 makes d/dv sqrt(v) infinite where the
 #: second moment is 0, and the meta-gradient turns NaN after a few inner steps.

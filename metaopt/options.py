@@ -20,9 +20,43 @@ import math
 from collections.abc import Sequence
 from typing import TypeVar
 
-__all__ = ["ConfigError", "check_choice", "check_int", "check_real", "flag"]
+__all__ = [
+    "ALGORITHMS",
+    "BATCH_NORM_MODES",
+    "ENGINES",
+    "INNER_OPTIMIZERS",
+    "ConfigError",
+    "check_choice",
+    "check_int",
+    "check_real",
+    "flag",
+]
 
 T = TypeVar("T")
+
+# The choices of the core's settings live here, in a module without torch, so that the command
+# line describes them without importing the modules that implement them (which re-export them).
+
+#: The algorithms by their names on the command line: MAML, first-order MAML, Meta-SGD, Reptile.
+ALGORITHMS = ("maml", "fomaml", "metasgd", "reptile")
+
+#: ``loop``: one task at a time, as the papers write it. ``vmap``: all tasks at once
+#: (:mod:`metaopt.engine`). ``auto``: ``vmap`` whenever the meta-batch implements
+#: :class:`metaopt.task.BatchedTasks` and the vectorised engine computes exactly what the loop
+#: engine does on the model (:func:`metaopt.engine.can_vectorise`), else ``loop``. ``compiled``:
+#: the vectorised meta-iteration as one ``torch.compile``d function (:mod:`metaopt.compiled`),
+#: only when asked for: its first call compiles for tens of seconds.
+ENGINES = ("auto", "vmap", "loop", "compiled")
+
+#: Optimisers of the inner loop (:mod:`metaopt.inner`).
+INNER_OPTIMIZERS = ("sgd", "adam")
+
+#: ``running``: BatchNorm behaves as PyTorch defines it for the mode each layer is in (training:
+#: batch statistics, running statistics updated during adaptation and restored afterwards; eval:
+#: running statistics). ``batch``: every BatchNorm layer normalises with the statistics of the
+#: batch it is given, in training and eval mode, and its running statistics are neither read nor
+#: changed (each task normalises with its own batch, as MAML and Reptile do on Omniglot).
+BATCH_NORM_MODES = ("running", "batch")
 
 
 class ConfigError(ValueError):

@@ -10,54 +10,18 @@ between accuracy before and after adaptation is what meta-learning buys.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
-
 import numpy as np
 import torch
 
-from metaopt.options import check_choice, check_int, check_real, flag
-from metaopt.training.family import option
 from supervised.batch import TaskBatch
-from supervised.config import SupervisedConfig
-from supervised.models import ACTIVATIONS
+from supervised.config import CLASSIFY_MODELS as MODELS
+from supervised.config import CLASSIFY_PRESETS as PRESETS
+from supervised.config import ClassifyConfig
 
 __all__ = ["MODELS", "PRESETS", "ClassifyConfig", "sample_classify"]
 
-MODELS = ("mlp", "logistic")
-
-
-@dataclass
-class ClassifyConfig(SupervisedConfig):
-    """Binary classification with random linear boundaries."""
-
-    preset: str | None = option("maml", "named preset: maml")
-    iterations: int = option(1000)
-    inner_lr: float = option(0.1)
-    dim: int = option(2, "input dimension d")
-    shots: int = option(10, "labelled support points K per task")
-    query: int = option(50, "query points per task")
-    offset: float = option(1.0, "boundary offsets b ~ U[-offset, offset]")
-    model: str = option("mlp", "mlp or logistic (a linear model)")
-    hidden: int = option(40, "units per hidden layer of the MLP")
-    depth: int = option(2, "hidden layers of the MLP")
-    activation: str = option("relu", "hidden activation: relu or tanh")
-
-    def validate(self) -> None:
-        super().validate()
-        for name in ("dim", "shots", "query", "hidden"):
-            check_int(flag(name), getattr(self, name), 1)
-        check_int(flag("depth"), self.depth, 0)
-        check_real(flag("offset"), self.offset, low=0.0)
-        check_choice(flag("model"), self.model, MODELS)
-        check_choice(flag("activation"), self.activation, tuple(ACTIVATIONS))
-
-    @property
-    def hidden_layers(self) -> list[int]:
-        return [] if self.model == "logistic" else [self.hidden] * self.depth
-
-
-PRESETS: dict[str, dict[str, Any]] = {"maml": {}}
+# ClassifyConfig, MODELS and PRESETS live in supervised.config, which imports no torch (the
+# command line reads them); they are exported from here too.
 
 
 def sample_classify(

@@ -1,14 +1,30 @@
-"""Configuration fields the supervised families share (their checks are :mod:`metaopt.options`)."""
+"""Configuration of the supervised families: the fields they share, and ``sine``'s and ``classify``'s.
+
+Their checks are :mod:`metaopt.options`. This module imports no torch: the ``metaopt`` command
+describes the families' flags from it (the ``metaopt.family_options`` entry points).
+"""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from metaopt.options import check_int, check_real, flag
-from metaopt.training.family import TrainConfig, option
+from metaopt.options import check_choice, check_int, check_real, flag
+from metaopt.training.family import ConfigError, FamilyOptions, TrainConfig, option
 
-__all__ = ["SupervisedConfig", "paper_presets"]
+__all__ = [
+    "ACTIVATION_NAMES",
+    "CLASSIFY",
+    "SINE",
+    "ClassifyConfig",
+    "SineConfig",
+    "SupervisedConfig",
+    "paper_presets",
+]
+
+#: Hidden activations by name (:data:`supervised.models.ACTIVATIONS` maps them to modules).
+ACTIVATION_NAMES = ("relu", "tanh")
 
 
 def paper_presets() -> Any:
@@ -52,3 +68,150 @@ class SupervisedConfig(TrainConfig):
         check_int(flag("baseline_tasks"), self.baseline_tasks, 1)
         check_int(flag("baseline_seed"), self.baseline_seed, 0)
         check_real(flag("baseline_lr"), self.baseline_lr, low=0, low_open=True)
+
+
+@dataclass
+class SineConfig(SupervisedConfig):
+    """Sine regression; the defaults are the ``maml`` preset (Finn et al., 2017)."""
+
+    preset: str | None = paper_presets()
+    iterations: int = option(2000, "meta-iterations (MAML paper: 70000; see docs/supervised.md)")
+    shots: int = option(10, "support points K per task")
+    query: int = option(0, "query points per training task (0: same as --shots)")
+    amp_min: float = option(0.1, "smallest amplitude A")
+    amp_max: float = option(5.0, "largest amplitude A")
+    phase_min: float = option(0.0, "smallest phase φ")
+    phase_max: float = option(math.pi, "largest phase φ (MAML: π, Reptile seed: 2π)")
+    x_min: float = option(-5.0, "left end of the input range")
+    x_max: float = option(5.0, "right end of the input range")
+    grid: int = option(0, "0: x ~ U[x-min, x-max]; n >= 2: x on the n-point grid (Reptile: 50)")
+    minibatch: int = option(
+        0, "support points per inner step, walking one shuffled epoch (0: all of them)"
+    )
+    hidden: int = option(40, "units per hidden layer")
+    depth: int = option(2, "hidden layers")
+    activation: str = option("relu", "hidden activation: relu or tanh")
+    eval_shots: int = option(0, "support points of held-out tasks (0: same as --shots)")
+    eval_query: int = option(
+        100, "query points of held-out tasks, x ~ U[x-min, x-max] (with --grid: the grid)"
+    )
+    protocol_points: int = option(10, "10-point protocol: support points taken from the grid")
+    protocol_steps: int = option(32, "10-point protocol: plain SGD steps")
+    protocol_lr: float = option(0.02, "10-point protocol: SGD learning rate")
+
+    EVALUATION_ONLY: ClassVar[tuple[str, ...]] = (
+        "eval_shots",
+        "eval_query",
+        "protocol_points",
+        "protocol_steps",
+        "protocol_lr",
+    )
+    RESUMABLE: ClassVar[tuple[str, ...]] = (*SupervisedConfig.RESUMABLE, *EVALUATION_ONLY)
+
+    def validate(self) -> None:
+        super().validate()
+        for name in ("shots", "eval_query", "hidden", "protocol_points"):
+            check_int(flag(name), getattr(self, name), 1)
+        for name in ("query", "depth", "grid", "minibatch", "eval_shots", "protocol_steps"):
+            check_int(flag(name), getattr(self, name), 0)
+        for name in ("amp_min", "phase_min", "phase_max", "x_min", "x_max"):
+            check_real(flag(name), getattr(self, name))
+        check_real(flag("amp_min"), self.amp_min, low=0.0)
+        check_real(flag("amp_max"), self.amp_max, low=self.amp_min)
+        check_real(flag("phase_max"), self.phase_max, low=self.phase_min)
+        check_real(flag("x_max"), self.x_max, low=self.x_min, low_open=True)
+        check_real(flag("protocol_lr"), self.protocol_lr, low=0.0, low_open=True)
+        check_choice(flag("activation"), self.activation, ACTIVATION_NAMES)
+        if self.grid == 1:
+            raise ConfigError(f"{flag('grid')} must be 0 (uniform x) or >= 2 points; got 1")
+        if self.grid:
+            why = f" (the {flag('grid')} {self.grid} points of a task)"
+            check_int(flag("shots"), self.shots, 1, self.grid, why)
+            check_int(flag("eval_shots"), self.eval_shots, 0, self.grid, why)
+        check_int(
+            flag("protocol_points"),
+            self.protocol_points,
+            1,
+            self.protocol_grid,
+            f" (the {self.protocol_grid}-point grid)",
+        )
+
+    @property
+    def support_points_eval(self) -> int:
+        """Support points of a held-out task."""
+        return self.eval_shots or self.shots
+
+    @property
+    def protocol_grid(self) -> int:
+        """Points of the grid the 10-point protocol samples from and scores on."""
+        return self.grid or 50
+
+
+#: Field values of the two papers' settings, applied by ``--preset``.
+SINE_PRESETS: dict[str, dict[str, Any]] = {
+    "maml": {},
+    "reptile": {
+        "iterations": 30000,
+        "phase_max": 2 * math.pi,
+        "grid": 50,
+        "shots": 50,
+        "minibatch": 10,
+        "hidden": 64,
+        "depth": 2,
+        "activation": "tanh",
+        "algo": "reptile",
+        "inner_lr": 0.02,
+        "inner_steps": 5,
+        "meta_batch": 1,
+        "outer_optimizer": "sgd",
+        "outer_lr": 0.1,
+        "anneal": True,
+        "eval_shots": 10,
+    },
+}
+
+
+CLASSIFY_MODELS = ("mlp", "logistic")
+
+
+@dataclass
+class ClassifyConfig(SupervisedConfig):
+    """Binary classification with random linear boundaries."""
+
+    preset: str | None = option("maml", "named preset: maml")
+    iterations: int = option(1000)
+    inner_lr: float = option(0.1)
+    dim: int = option(2, "input dimension d")
+    shots: int = option(10, "labelled support points K per task")
+    query: int = option(50, "query points per task")
+    offset: float = option(1.0, "boundary offsets b ~ U[-offset, offset]")
+    model: str = option("mlp", "mlp or logistic (a linear model)")
+    hidden: int = option(40, "units per hidden layer of the MLP")
+    depth: int = option(2, "hidden layers of the MLP")
+    activation: str = option("relu", "hidden activation: relu or tanh")
+
+    def validate(self) -> None:
+        super().validate()
+        for name in ("dim", "shots", "query", "hidden"):
+            check_int(flag(name), getattr(self, name), 1)
+        check_int(flag("depth"), self.depth, 0)
+        check_real(flag("offset"), self.offset, low=0.0)
+        check_choice(flag("model"), self.model, CLASSIFY_MODELS)
+        check_choice(flag("activation"), self.activation, ACTIVATION_NAMES)
+
+    @property
+    def hidden_layers(self) -> list[int]:
+        return [] if self.model == "logistic" else [self.hidden] * self.depth
+
+
+CLASSIFY_PRESETS: dict[str, dict[str, Any]] = {"maml": {}}
+
+
+SINE = FamilyOptions(
+    "sine-wave regression y = A·sin(x + φ) (MAML and Reptile papers)", SineConfig, SINE_PRESETS
+)
+CLASSIFY = FamilyOptions(
+    "binary classification, a random linear decision boundary per task",
+    ClassifyConfig,
+    CLASSIFY_PRESETS,
+)

@@ -21,7 +21,7 @@ from supervised import classify, omniglot, sine
 from supervised.adaptation import adaptation_curve
 from supervised.batch import TaskBatch
 from supervised.classify import ClassifyConfig
-from supervised.config import SupervisedConfig
+from supervised.config import CLASSIFY, SINE, SupervisedConfig
 from supervised.evaluation import (
     EVAL_STEPS,
     evaluate_learners,
@@ -142,9 +142,9 @@ class SineFamily(SupervisedFamily):
     """Sine regression y = A·sin(x + φ) (Finn et al. 2017; Nichol et al. 2018)."""
 
     name = "sine"
-    description = "sine-wave regression y = A·sin(x + φ) (MAML and Reptile papers)"
-    config_class = SineConfig
-    presets = sine.PRESETS
+    description = SINE.description
+    config_class = SINE.config_class
+    presets = SINE.presets
     metric = "mse"
     higher_is_better = False
 
@@ -207,9 +207,9 @@ class ClassifyFamily(SupervisedFamily):
     """Binary classification with a random linear boundary per task."""
 
     name = "classify"
-    description = "binary classification, a random linear decision boundary per task"
-    config_class = ClassifyConfig
-    presets = classify.PRESETS
+    description = CLASSIFY.description
+    config_class = CLASSIFY.config_class
+    presets = CLASSIFY.presets
     metric = "accuracy"
     higher_is_better = True
 

@@ -8,9 +8,12 @@ from typing import TypeVar
 import torch
 from torch import nn
 
+from supervised.config import ACTIVATION_NAMES
+
 __all__ = ["ACTIVATIONS", "conv4", "mlp", "seeded"]
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "tanh": nn.Tanh}
+assert tuple(ACTIVATIONS) == ACTIVATION_NAMES  # the names the configs check, without torch
 
 ModuleT = TypeVar("ModuleT", bound=nn.Module)
 

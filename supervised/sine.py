@@ -16,120 +16,19 @@ Two presets reproduce the two papers' settings:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Any, ClassVar
 
 import numpy as np
 import torch
 
-from metaopt.options import check_choice, check_int, check_real, flag
-from metaopt.training.family import ConfigError, option
 from supervised.batch import TaskBatch
-from supervised.config import SupervisedConfig, paper_presets
-from supervised.models import ACTIVATIONS
+from supervised.config import SINE_PRESETS as PRESETS
+from supervised.config import SineConfig
 
 __all__ = ["PRESETS", "SineConfig", "sample_sine", "sine_grid", "sine_values"]
 
 
-@dataclass
-class SineConfig(SupervisedConfig):
-    """Sine regression; the defaults are the ``maml`` preset (Finn et al., 2017)."""
-
-    preset: str | None = paper_presets()
-    iterations: int = option(2000, "meta-iterations (MAML paper: 70000; see docs/supervised.md)")
-    shots: int = option(10, "support points K per task")
-    query: int = option(0, "query points per training task (0: same as --shots)")
-    amp_min: float = option(0.1, "smallest amplitude A")
-    amp_max: float = option(5.0, "largest amplitude A")
-    phase_min: float = option(0.0, "smallest phase φ")
-    phase_max: float = option(math.pi, "largest phase φ (MAML: π, Reptile seed: 2π)")
-    x_min: float = option(-5.0, "left end of the input range")
-    x_max: float = option(5.0, "right end of the input range")
-    grid: int = option(0, "0: x ~ U[x-min, x-max]; n >= 2: x on the n-point grid (Reptile: 50)")
-    minibatch: int = option(
-        0, "support points per inner step, walking one shuffled epoch (0: all of them)"
-    )
-    hidden: int = option(40, "units per hidden layer")
-    depth: int = option(2, "hidden layers")
-    activation: str = option("relu", "hidden activation: relu or tanh")
-    eval_shots: int = option(0, "support points of held-out tasks (0: same as --shots)")
-    eval_query: int = option(
-        100, "query points of held-out tasks, x ~ U[x-min, x-max] (with --grid: the grid)"
-    )
-    protocol_points: int = option(10, "10-point protocol: support points taken from the grid")
-    protocol_steps: int = option(32, "10-point protocol: plain SGD steps")
-    protocol_lr: float = option(0.02, "10-point protocol: SGD learning rate")
-
-    EVALUATION_ONLY: ClassVar[tuple[str, ...]] = (
-        "eval_shots",
-        "eval_query",
-        "protocol_points",
-        "protocol_steps",
-        "protocol_lr",
-    )
-    RESUMABLE: ClassVar[tuple[str, ...]] = (*SupervisedConfig.RESUMABLE, *EVALUATION_ONLY)
-
-    def validate(self) -> None:
-        super().validate()
-        for name in ("shots", "eval_query", "hidden", "protocol_points"):
-            check_int(flag(name), getattr(self, name), 1)
-        for name in ("query", "depth", "grid", "minibatch", "eval_shots", "protocol_steps"):
-            check_int(flag(name), getattr(self, name), 0)
-        for name in ("amp_min", "phase_min", "phase_max", "x_min", "x_max"):
-            check_real(flag(name), getattr(self, name))
-        check_real(flag("amp_min"), self.amp_min, low=0.0)
-        check_real(flag("amp_max"), self.amp_max, low=self.amp_min)
-        check_real(flag("phase_max"), self.phase_max, low=self.phase_min)
-        check_real(flag("x_max"), self.x_max, low=self.x_min, low_open=True)
-        check_real(flag("protocol_lr"), self.protocol_lr, low=0.0, low_open=True)
-        check_choice(flag("activation"), self.activation, tuple(ACTIVATIONS))
-        if self.grid == 1:
-            raise ConfigError(f"{flag('grid')} must be 0 (uniform x) or >= 2 points; got 1")
-        if self.grid:
-            why = f" (the {flag('grid')} {self.grid} points of a task)"
-            check_int(flag("shots"), self.shots, 1, self.grid, why)
-            check_int(flag("eval_shots"), self.eval_shots, 0, self.grid, why)
-        check_int(
-            flag("protocol_points"),
-            self.protocol_points,
-            1,
-            self.protocol_grid,
-            f" (the {self.protocol_grid}-point grid)",
-        )
-
-    @property
-    def support_points_eval(self) -> int:
-        """Support points of a held-out task."""
-        return self.eval_shots or self.shots
-
-    @property
-    def protocol_grid(self) -> int:
-        """Points of the grid the 10-point protocol samples from and scores on."""
-        return self.grid or 50
-
-
-#: Field values of the two papers' settings, applied by ``--preset``.
-PRESETS: dict[str, dict[str, Any]] = {
-    "maml": {},
-    "reptile": {
-        "iterations": 30000,
-        "phase_max": 2 * math.pi,
-        "grid": 50,
-        "shots": 50,
-        "minibatch": 10,
-        "hidden": 64,
-        "depth": 2,
-        "activation": "tanh",
-        "algo": "reptile",
-        "inner_lr": 0.02,
-        "inner_steps": 5,
-        "meta_batch": 1,
-        "outer_optimizer": "sgd",
-        "outer_lr": 0.1,
-        "anneal": True,
-        "eval_shots": 10,
-    },
-}
+# SineConfig and PRESETS live in supervised.config, which imports no torch (the command line reads
+# them); they are exported from here too.
 
 
 def sine_grid(x_min: float, x_max: float, points: int) -> np.ndarray:

@@ -15,9 +15,10 @@ The outer step is left to any ``torch.optim`` optimiser, so a training step read
     outer.step()
 """
 
-from metaopt.algorithms.learner import ALGORITHMS, ENGINES, MetaLearner, MetaMetrics
+from metaopt.algorithms.learner import MetaLearner, MetaMetrics
 from metaopt.algorithms.maml import MAML, MetaSGD
 from metaopt.algorithms.reptile import Reptile, linear_annealing
+from metaopt.options import ALGORITHMS, ENGINES  # defined without torch, for the command line
 
 __all__ = [
     "ALGORITHMS",

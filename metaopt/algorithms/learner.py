@@ -35,19 +35,8 @@ from metaopt.inner import (
     inner_transform,
 )
 from metaopt.isolation import isolated
-from metaopt.options import check_choice, check_int, check_real
+from metaopt.options import ENGINES, check_choice, check_int, check_real
 from metaopt.task import BatchedForward, BatchedTasks, Task, is_batched, is_task
-
-#: ``loop``: one task at a time, as the papers write it. ``vmap``: all tasks at once
-#: (:mod:`metaopt.engine`). ``auto``: ``vmap`` whenever the meta-batch implements
-#: :class:`metaopt.task.BatchedTasks` and the vectorised engine computes exactly what the loop
-#: engine does on the model (:func:`metaopt.engine.can_vectorise`), else ``loop``. ``compiled``:
-#: the vectorised meta-iteration as one ``torch.compile``d function (:mod:`metaopt.compiled`),
-#: only when asked for: its first call compiles for tens of seconds.
-ENGINES = ("auto", "vmap", "loop", "compiled")
-
-#: The algorithms by their names on the command line: MAML, first-order MAML, Meta-SGD, Reptile.
-ALGORITHMS = ("maml", "fomaml", "metasgd", "reptile")
 
 
 class MetaMetrics:
@@ -391,7 +380,7 @@ class MetaLearner:
 
     @property
     def name(self) -> str:
-        """The algorithm's name in :data:`ALGORITHMS` (``--algo``)."""
+        """The algorithm's name in :data:`metaopt.options.ALGORITHMS` (``--algo``)."""
         raise NotImplementedError
 
     @property

@@ -13,9 +13,9 @@ optimiser from a config), ``evaluation`` (a saved run read back and evaluated), 
 configuration and registry (``family``, ``config``, ``registry``).
 """
 
-from metaopt.training.build import build_algorithm, build_outer_optimizer
-from metaopt.training.config import resolve_config
-from metaopt.training.evaluation import evaluate_run, evaluation_summary, load_run
+from typing import TYPE_CHECKING
+
+from metaopt._lazy import lazy_exports
 from metaopt.training.family import (
     ConfigError,
     EvalRequest,
@@ -24,13 +24,41 @@ from metaopt.training.family import (
     TrainConfig,
     option,
 )
-from metaopt.training.hooks import TrainingHooks
-from metaopt.training.loop import NonFiniteError, train
-from metaopt.training.registry import register_family
-from metaopt.training.resuming import resume
-from metaopt.training.rundir import new_directory, package_versions
-from metaopt.training.signals import TrainingInterrupted
-from metaopt.training.state import ResumeWarning
+
+if TYPE_CHECKING:
+    from metaopt.training.build import build_algorithm, build_outer_optimizer
+    from metaopt.training.config import resolve_config
+    from metaopt.training.evaluation import evaluate_run, evaluation_summary, load_run
+    from metaopt.training.hooks import TrainingHooks
+    from metaopt.training.loop import NonFiniteError, train
+    from metaopt.training.registry import register_family
+    from metaopt.training.resuming import resume
+    from metaopt.training.rundir import new_directory, package_versions
+    from metaopt.training.signals import TrainingInterrupted
+    from metaopt.training.state import ResumeWarning
+
+# The names whose modules import torch are imported on first use (metaopt._lazy), so that the
+# command line reads configurations and families without torch.
+__getattr__ = lazy_exports(
+    __name__,
+    {
+        "build_algorithm": "metaopt.training.build",
+        "build_outer_optimizer": "metaopt.training.build",
+        "resolve_config": "metaopt.training.config",
+        "evaluate_run": "metaopt.training.evaluation",
+        "evaluation_summary": "metaopt.training.evaluation",
+        "load_run": "metaopt.training.evaluation",
+        "TrainingHooks": "metaopt.training.hooks",
+        "NonFiniteError": "metaopt.training.loop",
+        "train": "metaopt.training.loop",
+        "register_family": "metaopt.training.registry",
+        "resume": "metaopt.training.resuming",
+        "new_directory": "metaopt.training.rundir",
+        "package_versions": "metaopt.training.rundir",
+        "TrainingInterrupted": "metaopt.training.signals",
+        "ResumeWarning": "metaopt.training.state",
+    },
+)
 
 __all__ = [
     "ConfigError",

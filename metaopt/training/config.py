@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from metaopt.training.family import ConfigError, TaskFamily, TrainConfig
+from metaopt.training.family import ConfigError, FamilyOptions, TaskFamily, TrainConfig
 
 __all__ = [
     "add_config_arguments",
@@ -55,7 +55,9 @@ def _parse_tuple(item_type: type) -> Any:
     return parse
 
 
-def add_config_arguments(parser: argparse.ArgumentParser, family: TaskFamily) -> None:
+def add_config_arguments(
+    parser: argparse.ArgumentParser, family: TaskFamily | FamilyOptions
+) -> None:
     """One flag per field of ``family.config_class``; help shows the default (and preset values)."""
     hints = _field_types(family.config_class)
     defaults = family.config_class()
@@ -66,10 +68,15 @@ def add_config_arguments(parser: argparse.ArgumentParser, family: TaskFamily) ->
         by_preset = {
             preset: values[f.name] for preset, values in family.presets.items() if f.name in values
         }
-        shown = f"default: {default}" if default is not None else "default: none"
-        if by_preset:
-            shown += "; " + ", ".join(f"preset {p}: {v}" for p, v in by_preset.items())
-        help_text = f"{f.metadata.get('help', '')} ({shown})".replace("%", "%%")
+        help_text = f.metadata.get("help", "")
+        # A None default says nothing the help text does not (--out says where runs go).
+        notes = [] if default is None else [f"default: {_shown(default)}"]
+        notes += [f"preset {p}: {_shown(v)}" for p, v in by_preset.items()]
+        if f.name == "preset" and family.presets:
+            notes.append("presets: " + ", ".join(sorted(family.presets)))
+        if notes:
+            help_text += f" ({'; '.join(notes)})"
+        help_text = help_text.replace("%", "%%")
         kwargs: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS, "help": help_text}
         if f.name == "preset" and family.presets:
             kwargs["choices"] = sorted(family.presets)
@@ -87,7 +94,7 @@ def add_config_arguments(parser: argparse.ArgumentParser, family: TaskFamily) ->
 def _shown(value: Any) -> str:
     """A default as the user would type it: tuples comma-separated."""
     if isinstance(value, tuple):
-        return ",".join(map(str, value))
+        return ",".join(map(str, value)) if value else "empty"
     return "none" if value is None else str(value)
 
 

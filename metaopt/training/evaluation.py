@@ -82,9 +82,19 @@ def evaluation_summary(evaluation: dict[str, Any]) -> str:
 
     def shown(value: dict[str, Any]) -> str:
         mean, ci95 = value.get("mean"), value.get("ci95")
-        if not isinstance(mean, int | float) or not math.isfinite(mean):
-            return "not finite (adaptation diverged on some tasks)"
-        return f"{mean:.4f} ± {ci95:.4f}" if isinstance(ci95, int | float) else f"{mean:.4f}"
+        if isinstance(mean, int | float) and math.isfinite(mean):
+            return f"{mean:.4f} ± {ci95:.4f}" if isinstance(ci95, int | float) else f"{mean:.4f}"
+        # Divergence is reported, never averaged in: the finite tasks' numbers and the count.
+        diverged = value.get("diverged", value.get("diverged_tasks"))
+        finite = value.get("finite")
+        if diverged and isinstance(finite, dict):
+            return (
+                f"{finite['mean']:.4f} ± {finite['ci95']:.4f} over the {finite['tasks']} finite "
+                f"tasks; adaptation diverged on {diverged}"
+            )
+        if diverged:
+            return f"adaptation diverged on {diverged} tasks"
+        return "not finite (adaptation diverged on some tasks)"
 
     lines = [f"metric: {evaluation.get('metric')} over {evaluation.get('tasks')} held-out tasks"]
     baseline = evaluation.get("baseline", {}).get("by_steps", {})

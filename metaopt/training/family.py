@@ -23,16 +23,25 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-import numpy as np
-from torch import nn
+from metaopt.options import (
+    ALGORITHMS,
+    BATCH_NORM_MODES,
+    ENGINES,
+    INNER_OPTIMIZERS,
+    ConfigError,
+    check_choice,
+    check_int,
+    check_real,
+    flag,
+)
 
-from metaopt.algorithms import ALGORITHMS, ENGINES
-from metaopt.engine import BATCH_NORM_MODES
-from metaopt.inner import INNER_OPTIMIZERS
-from metaopt.options import ConfigError, check_choice, check_int, check_real, flag
-from metaopt.task import Task
+# This module imports neither torch nor numpy: the command line reads every family's flags from
+# it (and from the families' light configuration modules) without them.
+if TYPE_CHECKING:
+    import numpy as np
+    from torch import nn
 
-if TYPE_CHECKING:  # a plain import would be circular: distributed imports ConfigError from here
+    from metaopt.task import Task
     from metaopt.training.distributed import DistInfo
 
 # ALGORITHMS, ConfigError and flag live in the core; they stay importable from here.
@@ -40,6 +49,7 @@ __all__ = [
     "ALGORITHMS",
     "ConfigError",
     "EvalRequest",
+    "FamilyOptions",
     "RunResults",
     "TaskFamily",
     "TrainConfig",
@@ -238,6 +248,26 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         """Every field by name, as ``config.json`` records it."""
         return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class FamilyOptions:
+    """What the ``metaopt`` command shows of a family: its one-line description, its config
+    dataclass (one flag per field) and its presets.
+
+    A family declares one in a module that imports no torch, matplotlib or gymnasium, under the
+    entry-point group ``metaopt.family_options`` with the family's name, and its
+    :class:`TaskFamily` takes the three attributes from it. ``metaopt --help``, ``metaopt train
+    FAMILY --help`` and argument errors then answer without importing the family's module; a
+    family without one is imported when its name is on the command line::
+
+        [project.entry-points."metaopt.family_options"]
+        mytask = "mypackage.config:MYTASK"
+    """
+
+    description: str
+    config_class: type[TrainConfig]
+    presets: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)
 
 
 class TaskFamily:

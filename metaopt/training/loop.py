@@ -33,7 +33,7 @@ from metaopt.training.build import (
     build_outer_optimizer,
     seed_everything,
 )
-from metaopt.training.family import EvalRequest, RunResults, TaskFamily, TrainConfig
+from metaopt.training.family import ConfigError, EvalRequest, RunResults, TaskFamily, TrainConfig
 from metaopt.training.hooks import TrainingHooks
 from metaopt.training.rundir import finite_or_none, new_run_dir, record_engine, write_json
 from metaopt.training.signals import StopOnSignal
@@ -90,6 +90,11 @@ def train(
     """
     config.validate()
     family.validate(config)
+    if config.iterations < 1:  # 0 is a valid config (compare measures at initialisation)
+        raise ConfigError(
+            f"--iterations must be an integer >= 1 to train, got {config.iterations}; "
+            "metaopt eval RUN_DIR re-evaluates a trained run"
+        )
     info = distributed.setup(config.dist_backend, config.dist_timeout)
     try:
         check_ranks(config, info)

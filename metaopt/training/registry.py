@@ -1,15 +1,21 @@
-"""Find task families: the ``metaopt.task_families`` entry points, plus any registered in-process."""
+"""Find task families: the ``metaopt.task_families`` entry points, plus any registered in-process.
+
+:func:`family_options` reads what the command line shows of a family from the lighter
+``metaopt.family_options`` entry points (:class:`~metaopt.training.family.FamilyOptions`), so that
+parsing arguments imports no domain.
+"""
 
 from __future__ import annotations
 
 from importlib.metadata import entry_points
 
-from metaopt.training.family import ConfigError, TaskFamily
+from metaopt.training.family import ConfigError, FamilyOptions, TaskFamily
 
-__all__ = ["available_families", "get_family", "register_family"]
+__all__ = ["available_families", "family_options", "get_family", "register_family"]
 
 _REGISTERED: dict[str, type[TaskFamily]] = {}
 _ENTRY_POINT_GROUP = "metaopt.task_families"
+_OPTIONS_GROUP = "metaopt.family_options"
 
 
 def register_family(family: type[TaskFamily]) -> type[TaskFamily]:
@@ -46,3 +52,19 @@ def get_family(name: str) -> TaskFamily:
             return family()
     choices = ", ".join(available_families()) or "none installed"
     raise ConfigError(f"unknown task family {name!r}; available: {choices}")
+
+
+def family_options(name: str) -> FamilyOptions | None:
+    """The description, config class and presets of family ``name`` without importing it: from
+    its ``metaopt.family_options`` entry point, or from the class registered in-process; ``None``
+    when it declares none (the command line then imports the family itself)."""
+    if name in _REGISTERED:
+        family = _REGISTERED[name]
+        return FamilyOptions(family.description, family.config_class, family.presets)
+    for ep in entry_points(group=_OPTIONS_GROUP):
+        if ep.name == name:
+            options = ep.load()
+            if not isinstance(options, FamilyOptions):
+                raise TypeError(f"entry point {ep.value} is not a FamilyOptions")
+            return options
+    return None

@@ -251,10 +251,11 @@ def _check_checkpoint(
                 f"checkpoint {path} was written with {flag(name)} {theirs[name]!r} but the run's "
                 f"config.json has {ours[name]!r}: it belongs to another run"
             )
-    _warn_if_environment_differs(state)
+    # The threads this process will train with: apply_threads sets them after these checks.
+    _warn_if_environment_differs(state, config.threads or torch.get_num_threads())
 
 
-def _warn_if_environment_differs(state: Mapping[str, Any]) -> None:
+def _warn_if_environment_differs(state: Mapping[str, Any], threads: int) -> None:
     """A :class:`ResumeWarning` for each package version or thread count unlike the checkpoint's."""
     mine, theirs = package_versions(), state.get("versions", {})
     for package in ("metaopt", "torch", "torchopt", "numpy"):
@@ -266,10 +267,10 @@ def _warn_if_environment_differs(state: Mapping[str, Any]) -> None:
                 ResumeWarning,
                 stacklevel=4,
             )
-    if state.get("threads") != torch.get_num_threads():
+    if state.get("threads") != threads:
         warnings.warn(
-            f"the checkpoint was written with {state['threads']} torch threads, this process has "
-            f"{torch.get_num_threads()}: the continuation may differ from an uninterrupted run "
+            f"the checkpoint was written with {state['threads']} torch threads, this process "
+            f"trains with {threads}: the continuation may differ from an uninterrupted run "
             "in the last bits (torch.set_num_threads or OMP_NUM_THREADS sets it)",
             ResumeWarning,
             stacklevel=4,

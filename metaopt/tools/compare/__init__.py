@@ -42,33 +42,78 @@ names results use), :mod:`~metaopt.tools.compare.gradients` (meta-gradients and 
 :mod:`~metaopt.tools.compare.plots` and :mod:`~metaopt.tools.compare.command`.
 """
 
-from metaopt.tools.compare.command import add_compare_arguments, run_compare_command
-from metaopt.tools.compare.curves import checkpoint_iterations, family_curve_key, heldout_query_loss
-from metaopt.tools.compare.gradients import (
-    GradientAgreement,
-    MetaGradient,
-    agreement,
-    comparison_seeds,
-    cosine,
-    initial_state,
-    layer_of,
-    meta_gradient,
-    method_config,
-    summarize_batches,
+from typing import TYPE_CHECKING
+
+from metaopt._lazy import lazy_exports
+
+if TYPE_CHECKING:
+    from metaopt.tools.compare.command import add_compare_arguments, run_compare_command
+    from metaopt.tools.compare.curves import (
+        checkpoint_iterations,
+        family_curve_key,
+        heldout_query_loss,
+    )
+    from metaopt.tools.compare.gradients import (
+        GradientAgreement,
+        MetaGradient,
+        agreement,
+        comparison_seeds,
+        cosine,
+        initial_state,
+        layer_of,
+        meta_gradient,
+        method_config,
+        summarize_batches,
+    )
+    from metaopt.tools.compare.memory import SavedTensorMeter
+    from metaopt.tools.compare.options import (
+        DEFAULT_STEPS,
+        HELDOUT_KEY,
+        OTHER_BATCH,
+        REFERENCE,
+        CompareOptions,
+        parse_methods,
+    )
+    from metaopt.tools.compare.plots import plot_cosines, plot_curves
+    from metaopt.tools.compare.report import interpret, render_report
+    from metaopt.tools.compare.run import compare_methods
+    from metaopt.tools.compare.timing import Timing, time_meta_iterations
+
+# Imported on first use (metaopt._lazy): the command line adds this tool's flags without torch.
+__getattr__ = lazy_exports(
+    __name__,
+    {
+        "add_compare_arguments": "metaopt.tools.compare.command",
+        "run_compare_command": "metaopt.tools.compare.command",
+        "checkpoint_iterations": "metaopt.tools.compare.curves",
+        "family_curve_key": "metaopt.tools.compare.curves",
+        "heldout_query_loss": "metaopt.tools.compare.curves",
+        "GradientAgreement": "metaopt.tools.compare.gradients",
+        "MetaGradient": "metaopt.tools.compare.gradients",
+        "agreement": "metaopt.tools.compare.gradients",
+        "comparison_seeds": "metaopt.tools.compare.gradients",
+        "cosine": "metaopt.tools.compare.gradients",
+        "initial_state": "metaopt.tools.compare.gradients",
+        "layer_of": "metaopt.tools.compare.gradients",
+        "meta_gradient": "metaopt.tools.compare.gradients",
+        "method_config": "metaopt.tools.compare.gradients",
+        "summarize_batches": "metaopt.tools.compare.gradients",
+        "SavedTensorMeter": "metaopt.tools.compare.memory",
+        "DEFAULT_STEPS": "metaopt.tools.compare.options",
+        "HELDOUT_KEY": "metaopt.tools.compare.options",
+        "OTHER_BATCH": "metaopt.tools.compare.options",
+        "REFERENCE": "metaopt.tools.compare.options",
+        "CompareOptions": "metaopt.tools.compare.options",
+        "parse_methods": "metaopt.tools.compare.options",
+        "plot_cosines": "metaopt.tools.compare.plots",
+        "plot_curves": "metaopt.tools.compare.plots",
+        "interpret": "metaopt.tools.compare.report",
+        "render_report": "metaopt.tools.compare.report",
+        "compare_methods": "metaopt.tools.compare.run",
+        "Timing": "metaopt.tools.compare.timing",
+        "time_meta_iterations": "metaopt.tools.compare.timing",
+    },
 )
-from metaopt.tools.compare.memory import SavedTensorMeter
-from metaopt.tools.compare.options import (
-    DEFAULT_STEPS,
-    HELDOUT_KEY,
-    OTHER_BATCH,
-    REFERENCE,
-    CompareOptions,
-    parse_methods,
-)
-from metaopt.tools.compare.plots import plot_cosines, plot_curves
-from metaopt.tools.compare.report import interpret, render_report
-from metaopt.tools.compare.run import compare_methods
-from metaopt.tools.compare.timing import Timing, time_meta_iterations
 
 __all__ = [
     "DEFAULT_STEPS",

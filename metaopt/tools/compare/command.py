@@ -7,14 +7,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from metaopt.tools.compare.options import CompareOptions
-from metaopt.tools.compare.run import compare_methods
-from metaopt.training import (
-    ConfigError,
-    TaskFamily,
-)
+from metaopt.training import ConfigError, TaskFamily
 from metaopt.training.config import (
     add_dataclass_arguments,
     dataclass_arguments,
@@ -41,6 +35,10 @@ def add_compare_arguments(parser: argparse.ArgumentParser) -> None:
         help="report directory, new or empty (default: reports/compare-<family>-<time>)",
     )
     add_dataclass_arguments(parser, CompareOptions)
+    # compare runs every method into --report: the config's --algo and --out do not apply, so
+    # they are hidden (and refused with a pointer to --methods and --report if given).
+    for flag, dest in (("--algo", "algo"), ("--out", "out")):
+        parser.add_argument(flag, dest=dest, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     parser.add_argument(
         "--threads",
         type=int,
@@ -58,6 +56,10 @@ def run_compare_command(family: TaskFamily, arguments: Mapping[str, Any]) -> int
         ConfigError: for ``--algo`` or ``--out`` (compare runs every method into the report)
             and for any out-of-range value.
     """
+    import torch  # here, not above: the command line builds its parser without torch
+
+    from metaopt.tools.compare.run import compare_methods
+
     for name, option, instead in (("algo", "--algo", "--methods"), ("out", "--out", "--report")):
         if name in arguments:
             raise ConfigError(f"{option} does not apply to metaopt compare; use {instead}")

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import dataclass
-
-import torch
+from typing import TYPE_CHECKING
 
 from metaopt.training import ConfigError, option
 from metaopt.training.family import ALGORITHMS, flag
+
+if TYPE_CHECKING:  # the command line reads CompareOptions without torch
+    import torch
 
 __all__ = [
     "BATCH_STREAM",
@@ -50,7 +52,7 @@ OTHER_BATCH_STREAM = 0x0B47C4
 BATCH_STREAM = 0xC0517E
 HELDOUT_STREAM = 0x4E1D0
 
-ModelState = dict[str, torch.Tensor]
+ModelState = dict[str, "torch.Tensor"]
 
 
 def parse_methods(text: str) -> tuple[str, ...]:

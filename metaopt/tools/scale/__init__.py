@@ -48,27 +48,59 @@ The package: :mod:`~metaopt.tools.scale.options` (:class:`ScaleOptions`, records
 subprocesses) and :mod:`~metaopt.tools.scale.command`.
 """
 
-from metaopt.tools.scale.command import add_scale_arguments, run_scale_command
-from metaopt.tools.scale.measurement import (
-    check_same_parameters,
-    first_divergence,
-    largest_difference,
-    median_iteration_seconds,
-    relative_differences,
-    summarize_runs,
+from typing import TYPE_CHECKING
+
+from metaopt._lazy import lazy_exports
+
+if TYPE_CHECKING:
+    from metaopt.tools.scale.command import add_scale_arguments, run_scale_command
+    from metaopt.tools.scale.measurement import (
+        check_same_parameters,
+        first_divergence,
+        largest_difference,
+        median_iteration_seconds,
+        relative_differences,
+        summarize_runs,
+    )
+    from metaopt.tools.scale.options import (
+        DEFAULT_CHECK_ITERATIONS,
+        DEFAULT_TOLERANCE,
+        ParameterAgreement,
+        ParameterMismatch,
+        RunRecord,
+        ScaleFailure,
+        ScaleOptions,
+        parse_processes,
+    )
+    from metaopt.tools.scale.report import render_table
+    from metaopt.tools.scale.run import launch_command, run_scale, train_flags
+
+# Imported on first use (metaopt._lazy): the command line adds this tool's flags without torch.
+__getattr__ = lazy_exports(
+    __name__,
+    {
+        "add_scale_arguments": "metaopt.tools.scale.command",
+        "run_scale_command": "metaopt.tools.scale.command",
+        "check_same_parameters": "metaopt.tools.scale.measurement",
+        "first_divergence": "metaopt.tools.scale.measurement",
+        "largest_difference": "metaopt.tools.scale.measurement",
+        "median_iteration_seconds": "metaopt.tools.scale.measurement",
+        "relative_differences": "metaopt.tools.scale.measurement",
+        "summarize_runs": "metaopt.tools.scale.measurement",
+        "DEFAULT_CHECK_ITERATIONS": "metaopt.tools.scale.options",
+        "DEFAULT_TOLERANCE": "metaopt.tools.scale.options",
+        "ParameterAgreement": "metaopt.tools.scale.options",
+        "ParameterMismatch": "metaopt.tools.scale.options",
+        "RunRecord": "metaopt.tools.scale.options",
+        "ScaleFailure": "metaopt.tools.scale.options",
+        "ScaleOptions": "metaopt.tools.scale.options",
+        "parse_processes": "metaopt.tools.scale.options",
+        "render_table": "metaopt.tools.scale.report",
+        "launch_command": "metaopt.tools.scale.run",
+        "run_scale": "metaopt.tools.scale.run",
+        "train_flags": "metaopt.tools.scale.run",
+    },
 )
-from metaopt.tools.scale.options import (
-    DEFAULT_CHECK_ITERATIONS,
-    DEFAULT_TOLERANCE,
-    ParameterAgreement,
-    ParameterMismatch,
-    RunRecord,
-    ScaleFailure,
-    ScaleOptions,
-    parse_processes,
-)
-from metaopt.tools.scale.report import render_table
-from metaopt.tools.scale.run import launch_command, run_scale, train_flags
 
 __all__ = [
     "DEFAULT_CHECK_ITERATIONS",

@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 from metaopt.tools.scale.options import ScaleFailure, ScaleOptions
-from metaopt.tools.scale.run import run_scale
 from metaopt.training import TaskFamily
 from metaopt.training.config import (
     add_dataclass_arguments,
@@ -61,6 +60,8 @@ def run_scale_command(family: TaskFamily, arguments: Mapping[str, Any]) -> int:
     Raises:
         ConfigError: an out-of-range flag (exit status 2), before anything is launched.
     """
+    from metaopt.tools.scale.run import run_scale  # imports torch: not while parsing
+
     options = dataclass_from_arguments(ScaleOptions, arguments, prefix=_PREFIX)
     own = (*dataclass_arguments(ScaleOptions, prefix=_PREFIX), *_OUTPUTS, "command", "family")
     overrides = {k: v for k, v in arguments.items() if k not in own}

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from metaopt.training import distributed, load_run
+from metaopt.training import EvalRequest, distributed, load_run
 
 
 def main() -> None:
@@ -33,7 +33,7 @@ def main() -> None:
     for _ in range(args.repeats):
         distributed.barrier(info)
         start = time.perf_counter()
-        family.evaluate(algo, config, args.run_dir, num_tasks=args.tasks, group=info)
+        family.evaluate(algo, config, args.run_dir, EvalRequest(args.tasks, group=info))
         distributed.barrier(info)
         times.append(time.perf_counter() - start)
     if info.is_main:

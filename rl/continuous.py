@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from rl.estimators import Scores, scored_a2c_loss
-from rl.policy import mlp
+from rl.policy import torsos
 from rl.sampler import episode_returns, task_of
 
 __all__ = [
@@ -75,8 +75,7 @@ class GaussianMLPPolicy(nn.Module):
         shared_torso: bool = False,
     ) -> None:
         super().__init__()
-        self.torso, width = mlp(obs_dim, hidden_sizes)
-        self.value_torso = None if shared_torso else mlp(obs_dim, hidden_sizes)[0]
+        self.torso, self.value_torso, width = torsos(obs_dim, hidden_sizes, shared_torso)
         self.mean_head = nn.Linear(width, action_dim)
         # A near-zero initial mean (weights scaled by MEAN_HEAD_GAIN, bias 0; the policy-head
         # initialisation of PPO implementations): with PyTorch's default initialisation the mean is

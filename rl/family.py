@@ -26,7 +26,7 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -34,7 +34,15 @@ from torch import nn
 
 from metaopt.algorithms import MetaLearner
 from metaopt.training.distributed import DistInfo, map_tasks
-from metaopt.training.family import ConfigError, TaskFamily, TrainConfig, flag, option
+from metaopt.training.family import (
+    ConfigError,
+    EvalRequest,
+    RunResults,
+    TaskFamily,
+    TrainConfig,
+    flag,
+    option,
+)
 from rl.estimators import ESTIMATORS
 from rl.evaluation import (
     INTERVAL,
@@ -64,21 +72,24 @@ EVAL_STEPS = (0, 1, 2, 3, 5)
 _EVAL_STREAM = 0x7E57
 _SAMPLING_STREAM = 0x5A3E
 
+#: A family's own config class (:func:`config_as`).
+C = TypeVar("C", bound=TrainConfig)
+
 
 @dataclass
 class A2CConfig(TrainConfig):
     """Settings every actor-critic meta-RL family shares (the ``mdp`` family's defaults)."""
 
-    inner_lr: float = option(0.1, "inner-loop learning rate (Meta-SGD: initial per-parameter rate)")
-    meta_batch: int = option(40, "tasks per meta-iteration")
+    inner_lr: float = option(0.1)
+    meta_batch: int = option(40)
     threads: int = option(
         1, "torch intra-op threads (0: torch's default); tiny models run fastest on 1"
     )
-    iterations: int = option(500, "meta-iterations (outer steps)")
+    iterations: int = option(500)
     eval_every: int = option(
         50, "evaluate on the held-out test tasks every N iterations (0: never)"
     )
-    eval_tasks: int = option(1000, "held-out tasks in the final evaluation")
+    eval_tasks: int = option(1000)
     horizon: int = option(10, "steps per episode (episodes are truncated, values bootstrap)")
     trajectories: int = option(20, "episodes sampled per task for each loss")
     gamma: float = option(0.99, "discount γ of the λ-returns")
@@ -230,14 +241,13 @@ class A2CFamily(TaskFamily):
         return {}
 
     def evaluation_plan(
-        self, config: A2CConfig, num_tasks: int | None, steps: Sequence[int] | None
+        self, config: A2CConfig, request: EvalRequest
     ) -> tuple[int, list[int], int]:
         """``(tasks, the step counts reported, the longest adaptation)`` of the final evaluation:
         by default ``eval_tasks`` tasks and :attr:`eval_steps` plus the trained step count."""
-        n = config.eval_tasks if num_tasks is None else num_tasks
-        trained = config.inner_steps
+        trained, steps = config.inner_steps, request.steps
         chosen = sorted((set(self.eval_steps) | {trained}) if steps is None else set(steps))
-        return n, chosen, max(*chosen, trained)
+        return request.tasks(config), chosen, max(*chosen, trained)
 
     def adaptation_report(
         self, config: A2CConfig, steps: Sequence[int], meta: torch.Tensor
@@ -257,10 +267,16 @@ class A2CFamily(TaskFamily):
         }
 
 
-def _a2c(config: TrainConfig) -> A2CConfig:
-    if not isinstance(config, A2CConfig):
-        raise TypeError(f"an actor-critic family needs an A2CConfig, got {type(config).__name__}")
+def config_as(config: TrainConfig, kind: type[C], family: str) -> C:
+    """``config`` as the ``kind`` of config the ``family`` needs: the loop hands every family a
+    :class:`TrainConfig`, and a family's own fields are only there on its own config class."""
+    if not isinstance(config, kind):
+        raise TypeError(f"{family} needs a {kind.__name__}, got {type(config).__name__}")
     return config
+
+
+def _a2c(config: TrainConfig) -> A2CConfig:
+    return config_as(config, A2CConfig, "an actor-critic family")
 
 
 class MDPFamily(A2CFamily):
@@ -319,17 +335,10 @@ class MDPFamily(A2CFamily):
         return {"test_score": normalized_score(post.double().numpy(), random, optimal)}
 
     def evaluate(
-        self,
-        algo: MetaLearner,
-        config: TrainConfig,
-        run_dir: Path,
-        *,
-        num_tasks: int | None = None,
-        steps: Sequence[int] | None = None,
-        group: DistInfo | None = None,
+        self, algo: MetaLearner, config: TrainConfig, run_dir: Path, request: EvalRequest
     ) -> dict[str, Any]:
-        config = _mdp(config)
-        n, steps, longest = self.evaluation_plan(config, num_tasks, steps)
+        config, group = _mdp(config), request.group
+        n, steps, longest = self.evaluation_plan(config, request)
         trained = config.inner_steps
         random, optimal = self.references(config, n)
         meta = self.returns_curve(algo, config, n, longest, group)
@@ -359,12 +368,7 @@ class MDPFamily(A2CFamily):
         }
 
     def plot(
-        self,
-        algo: MetaLearner,
-        config: TrainConfig,
-        run_dir: Path,
-        metrics: Sequence[Mapping[str, Any]],
-        evaluation: Mapping[str, Any],
+        self, algo: MetaLearner, config: TrainConfig, run_dir: Path, results: RunResults
     ) -> list[Path]:
         from rl.plots import plot_adaptation, plot_returns
 
@@ -374,12 +378,12 @@ class MDPFamily(A2CFamily):
         return [
             plot_returns(
                 run_dir / "rl_returns.png",
-                metrics,
+                results.metrics,
                 references,
                 config.algo,
                 max_entropy=math.log(config.num_actions),
             ),
-            plot_adaptation(run_dir / "rl_adaptation.png", evaluation, config.algo),
+            plot_adaptation(run_dir / "rl_adaptation.png", results.evaluation, config.algo),
         ]
 
     def compare_with_truth(
@@ -423,6 +427,4 @@ class MDPFamily(A2CFamily):
 
 
 def _mdp(config: TrainConfig) -> MDPConfig:
-    if not isinstance(config, MDPConfig):
-        raise TypeError(f"the mdp family needs an MDPConfig, got {type(config).__name__}")
-    return config
+    return config_as(config, MDPConfig, "the mdp family")

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 
@@ -38,7 +39,30 @@ ROW_SUM_TOLERANCE = 1e-5
 
 
 @dataclass(frozen=True)
-class TabularMDP:
+class _MDPArrays:
+    """The two arrays of one task or, with a leading task dimension N, of a meta-batch:
+    ``transitions [(N,) S, A, S]`` and ``reward_means [(N,) S, A]``, validated on construction."""
+
+    transitions: np.ndarray
+    reward_means: np.ndarray
+
+    #: Whether the arrays have the leading task dimension N.
+    batched: ClassVar[bool] = False
+
+    def __post_init__(self) -> None:
+        _validate(self.transitions, self.reward_means, batched=self.batched)
+
+    @property
+    def num_states(self) -> int:
+        return int(self.transitions.shape[-3])
+
+    @property
+    def num_actions(self) -> int:
+        return int(self.transitions.shape[-2])
+
+
+@dataclass(frozen=True)
+class TabularMDP(_MDPArrays):
     """One task: the dynamics and mean rewards of a finite MDP.
 
     Attributes:
@@ -46,30 +70,12 @@ class TabularMDP:
         reward_means: ``[S, A]`` array of mean rewards R(s, a); observed rewards add N(0, 1) noise.
     """
 
-    transitions: np.ndarray
-    reward_means: np.ndarray
-
-    def __post_init__(self) -> None:
-        _validate(self.transitions, self.reward_means, batched=False)
-
-    @property
-    def num_states(self) -> int:
-        return int(self.transitions.shape[0])
-
-    @property
-    def num_actions(self) -> int:
-        return int(self.transitions.shape[1])
-
 
 @dataclass(frozen=True)
-class TabularMDPBatch(Sequence[TabularMDP]):
+class TabularMDPBatch(_MDPArrays, Sequence[TabularMDP]):
     """A meta-batch of tasks of one size: ``transitions [N, S, A, S]``, ``reward_means [N, S, A]``."""
 
-    transitions: np.ndarray
-    reward_means: np.ndarray
-
-    def __post_init__(self) -> None:
-        _validate(self.transitions, self.reward_means, batched=True)
+    batched: ClassVar[bool] = True
 
     @classmethod
     def stack(cls, mdps: Sequence[TabularMDP]) -> TabularMDPBatch:
@@ -82,14 +88,6 @@ class TabularMDPBatch(Sequence[TabularMDP]):
         return cls(
             np.stack([m.transitions for m in mdps]), np.stack([m.reward_means for m in mdps])
         )
-
-    @property
-    def num_states(self) -> int:
-        return int(self.transitions.shape[1])
-
-    @property
-    def num_actions(self) -> int:
-        return int(self.transitions.shape[2])
 
     def __len__(self) -> int:
         return int(self.transitions.shape[0])

@@ -19,7 +19,6 @@ held-out goals, of the three policies.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,10 +29,10 @@ from torch import nn
 
 from metaopt.algorithms import MetaLearner
 from metaopt.training.distributed import DistInfo, on_main
-from metaopt.training.family import TrainConfig, option
+from metaopt.training.family import EvalRequest, RunResults, TrainConfig, option
 from rl.continuous import GaussianMLPPolicy, GaussianNoise
 from rl.evaluation import INTERVAL, curve_summary
-from rl.family import A2CConfig, A2CFamily, _check_int, _check_real
+from rl.family import A2CConfig, A2CFamily, _check_int, _check_real, config_as
 from rl.nav2d import Nav2DTaskBatch, sample_goals
 
 __all__ = ["EVAL_STEPS", "Nav2DConfig", "Nav2DFamily"]
@@ -56,7 +55,7 @@ class Nav2DConfig(A2CConfig):
     iterations: int = option(
         250, "meta-iterations (outer steps; longer runs at this outer rate diverged: docs/rl.md)"
     )
-    outer_lr: float = option(3e-3, "outer-loop learning rate (Reptile: initial step size ε)")
+    outer_lr: float = option(3e-3)
     eval_every: int = option(50, "evaluate on the held-out goals every N iterations (0: never)")
     eval_tasks: int = option(400, "held-out goals in the final evaluation")
     horizon: int = option(100, "steps per episode (the paper's 100)")
@@ -94,9 +93,7 @@ class Nav2DConfig(A2CConfig):
 
 
 def _nav(config: TrainConfig) -> Nav2DConfig:
-    if not isinstance(config, Nav2DConfig):
-        raise TypeError(f"the nav2d family needs a Nav2DConfig, got {type(config).__name__}")
-    return config
+    return config_as(config, Nav2DConfig, "the nav2d family")
 
 
 class Nav2DFamily(A2CFamily):
@@ -177,17 +174,10 @@ class Nav2DFamily(A2CFamily):
     # -- evaluation -----------------------------------------------------------------------
 
     def evaluate(
-        self,
-        algo: MetaLearner,
-        config: TrainConfig,
-        run_dir: Path,
-        *,
-        num_tasks: int | None = None,
-        steps: Sequence[int] | None = None,
-        group: DistInfo | None = None,
+        self, algo: MetaLearner, config: TrainConfig, run_dir: Path, request: EvalRequest
     ) -> dict[str, Any]:
-        config = _nav(config)
-        n, steps, longest = self.evaluation_plan(config, num_tasks, steps)
+        config, group = _nav(config), request.group
+        n, steps, longest = self.evaluation_plan(config, request)
         meta = self.returns_curve(algo, config, n, longest, group)
         result = self.adaptation_report(config, steps, meta)
         descriptions = {
@@ -232,20 +222,17 @@ class Nav2DFamily(A2CFamily):
         return {"goals": self.test_goals(config, num_goals), "paths": paths}
 
     def plot(
-        self,
-        algo: MetaLearner,
-        config: TrainConfig,
-        run_dir: Path,
-        metrics: Sequence[Mapping[str, Any]],
-        evaluation: Mapping[str, Any],
+        self, algo: MetaLearner, config: TrainConfig, run_dir: Path, results: RunResults
     ) -> list[Path]:
         from rl.plots import plot_adaptation, plot_nav2d, plot_returns
 
         config = _nav(config)
         return [
-            plot_returns(run_dir / "rl_returns.png", metrics, {}, config.algo, family=self.name),
+            plot_returns(
+                run_dir / "rl_returns.png", results.metrics, {}, config.algo, family=self.name
+            ),
             plot_adaptation(
-                run_dir / "rl_adaptation.png", evaluation, config.algo, family=self.name
+                run_dir / "rl_adaptation.png", results.evaluation, config.algo, family=self.name
             ),
             plot_nav2d(run_dir / "nav2d_trajectories.png", self.trajectories(algo, config)),
         ]

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-__all__ = ["CategoricalMLPPolicy", "mlp"]
+__all__ = ["CategoricalMLPPolicy", "mlp", "torsos"]
 
 
 class CategoricalMLPPolicy(nn.Module):
@@ -35,8 +35,7 @@ class CategoricalMLPPolicy(nn.Module):
         shared_torso: bool = True,
     ) -> None:
         super().__init__()
-        self.torso, width = mlp(num_states, hidden_sizes)
-        self.value_torso = None if shared_torso else mlp(num_states, hidden_sizes)[0]
+        self.torso, self.value_torso, width = torsos(num_states, hidden_sizes, shared_torso)
         self.policy_head = nn.Linear(width, num_actions)
         self.value_head = nn.Linear(width, 1)
 
@@ -54,3 +53,12 @@ def mlp(inputs: int, hidden_sizes: Sequence[int]) -> tuple[nn.Sequential, int]:
         layers += [nn.Linear(width, size), nn.ReLU()]
         width = size
     return nn.Sequential(*layers), width
+
+
+def torsos(
+    inputs: int, hidden_sizes: Sequence[int], shared_torso: bool
+) -> tuple[nn.Sequential, nn.Sequential | None, int]:
+    """An actor-critic's torsos: the policy's :func:`mlp`, the critic's own one (``None`` when
+    the critic shares the policy's) and their output width."""
+    torso, width = mlp(inputs, hidden_sizes)
+    return torso, None if shared_torso else mlp(inputs, hidden_sizes)[0], width

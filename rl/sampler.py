@@ -67,13 +67,9 @@ class MDPTensors(NamedTuple):
     def num_tasks(self) -> int:
         return int(self.transitions.shape[0])
 
-    @property
-    def num_states(self) -> int:
-        return int(self.transitions.shape[1])
-
-    @property
-    def num_actions(self) -> int:
-        return int(self.transitions.shape[2])
+    # The layout of a TabularMDPBatch's arrays, as tensors: the same sizes.
+    num_states = TabularMDPBatch.num_states
+    num_actions = TabularMDPBatch.num_actions
 
     def select(self, index: int) -> MDPTensors:
         """The one-task batch holding task ``index``."""

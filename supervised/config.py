@@ -185,8 +185,8 @@ class ClassifyConfig(SupervisedConfig):
     """Binary classification with random linear boundaries."""
 
     preset: str | None = option("maml", "named preset: maml")
-    iterations: int = option(1000, "meta-iterations (outer steps)")
-    inner_lr: float = option(0.1, "inner-loop learning rate (Meta-SGD: initial per-parameter rate)")
+    iterations: int = option(1000)
+    inner_lr: float = option(0.1)
     dim: int = option(2, "input dimension d")
     shots: int = option(10, "labelled support points K per task")
     query: int = option(50, "query points per task")

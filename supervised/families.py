@@ -8,7 +8,6 @@ baseline on held-out tasks (see :mod:`supervised.evaluation`).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -17,7 +16,7 @@ from torch import nn
 
 from metaopt.algorithms import MetaLearner
 from metaopt.training.distributed import DistInfo, map_tasks
-from metaopt.training.family import TaskFamily, TrainConfig
+from metaopt.training.family import EvalRequest, RunResults, TaskFamily, TrainConfig
 from supervised import classify, omniglot, sine
 from supervised.adaptation import adaptation_curve
 from supervised.batch import TaskBatch
@@ -98,18 +97,10 @@ class SupervisedFamily(TaskFamily):
         return {f"val_{self.metric}_before": before, f"val_{self.metric}_after": after}
 
     def evaluate(
-        self,
-        algo: MetaLearner,
-        config: Any,
-        run_dir: Path,
-        *,
-        num_tasks: int | None = None,
-        steps: Sequence[int] | None = None,
-        group: DistInfo | None = None,
+        self, algo: MetaLearner, config: Any, run_dir: Path, request: EvalRequest
     ) -> dict[str, Any]:
         """Metric after 0, 1, 5, 10, 32 steps on ``eval_tasks`` held-out tasks, vs the baseline."""
-        n = config.eval_tasks if num_tasks is None else num_tasks
-        steps = list(EVAL_STEPS if steps is None else steps)
+        n, steps, group = request.tasks(config), request.step_counts(EVAL_STEPS), request.group
         batch = self.sample_batch(config, np.random.default_rng(config.eval_seed), n, split="test")
         baseline = self.baseline(config, run_dir, group)
         result = evaluate_learners(
@@ -129,34 +120,22 @@ class SupervisedFamily(TaskFamily):
             "seed": config.baseline_seed,
         }
         result["eval_seed"] = config.eval_seed
-        result.update(self.extra_evaluation(algo, baseline, config, n, steps, group=group))
+        result.update(self.extra_evaluation(algo, baseline, config, request))
         return result
 
     def extra_evaluation(
-        self,
-        algo: MetaLearner,
-        baseline: nn.Module,
-        config: Any,
-        num_tasks: int,
-        steps: list[int],
-        *,
-        group: DistInfo | None = None,
+        self, algo: MetaLearner, baseline: nn.Module, config: Any, request: EvalRequest
     ) -> dict[str, Any]:
-        """Family-specific additions to eval.json."""
+        """Family-specific additions to eval.json, on the held-out tasks ``request`` asks for."""
         return {}
 
     def plot(
-        self,
-        algo: MetaLearner,
-        config: Any,
-        run_dir: Path,
-        metrics: Sequence[Mapping[str, Any]],
-        evaluation: Mapping[str, Any],
+        self, algo: MetaLearner, config: Any, run_dir: Path, results: RunResults
     ) -> list[Path]:
         """``<metric>_vs_steps.png``: held-out metric against adaptation steps, with the baseline."""
         path = Path(run_dir) / f"{self.metric}_vs_steps.png"
         title = f"{self.name} / {config.algo}: adaptation on held-out tasks"
-        return [plot_metric_vs_steps(path, evaluation, title=title, ylabel=self.metric)]
+        return [plot_metric_vs_steps(path, results.evaluation, title=title, ylabel=self.metric)]
 
 
 class SineFamily(SupervisedFamily):
@@ -178,18 +157,13 @@ class SineFamily(SupervisedFamily):
         return sine.sample_from_config(config, rng, num_tasks, evaluation=split != "train")
 
     def extra_evaluation(
-        self,
-        algo: MetaLearner,
-        baseline: nn.Module,
-        config: SineConfig,
-        num_tasks: int,
-        steps: list[int],
-        *,
-        group: DistInfo | None = None,
+        self, algo: MetaLearner, baseline: nn.Module, config: SineConfig, request: EvalRequest
     ) -> dict[str, Any]:
         """The Reptile demo's protocol for every run, whatever its training preset."""
-        batch = sine.sample_protocol(config, np.random.default_rng(config.eval_seed), num_tasks)
+        rng = np.random.default_rng(config.eval_seed)
+        batch = sine.sample_protocol(config, rng, request.tasks(config))
         last = config.protocol_steps
+        steps = request.step_counts(EVAL_STEPS)
         protocol_steps = sorted({s for s in steps if s <= last} | {last})
         block = evaluate_with_sgd(
             algo.model,
@@ -199,7 +173,7 @@ class SineFamily(SupervisedFamily):
             lr=config.protocol_lr,
             metric="mse",
             chunk=self.eval_chunk,
-            group=group,
+            group=request.group,
         )
         block["description"] = (
             f"{config.protocol_points} support points of the {config.protocol_grid}-point grid, "
@@ -208,15 +182,10 @@ class SineFamily(SupervisedFamily):
         return {"protocol_10pt": block}
 
     def plot(
-        self,
-        algo: MetaLearner,
-        config: SineConfig,
-        run_dir: Path,
-        metrics: Sequence[Mapping[str, Any]],
-        evaluation: Mapping[str, Any],
+        self, algo: MetaLearner, config: SineConfig, run_dir: Path, results: RunResults
     ) -> list[Path]:
         """The metric plot, and ``adaptation.png`` (the Reptile demo's figure) on a held-out task."""
-        paths = super().plot(algo, config, run_dir, metrics, evaluation)
+        paths = super().plot(algo, config, run_dir, results)
         task = self.sample_batch(
             config, np.random.default_rng([config.eval_seed, 3]), 1, split="test"
         )[0]

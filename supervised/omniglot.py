@@ -75,8 +75,8 @@ class OmniglotConfig(SupervisedConfig):
 
     preset: str | None = paper_presets()
     iterations: int = option(60000, "meta-iterations (MAML paper: 60000)")
-    inner_lr: float = option(0.4, "inner-loop learning rate (Meta-SGD: initial per-parameter rate)")
-    meta_batch: int = option(32, "tasks per meta-iteration")
+    inner_lr: float = option(0.4)
+    meta_batch: int = option(32)
     batch_norm: str = option(
         "batch",
         "BatchNorm in adaptation: batch (each task normalises with its own batch's statistics, "
@@ -97,7 +97,7 @@ class OmniglotConfig(SupervisedConfig):
     filters: int = option(64, "filters per convolution")
     minibatch: int = option(0, "support images per inner step, walking one shuffled epoch (0: all)")
     baseline_steps: int = option(500, "Adam steps of the pretrained baseline (0: untrained)")
-    baseline_tasks: int = option(8, "tasks pooled into each baseline training step")
+    baseline_tasks: int = option(8)
 
     #: The data may move (same images, another folder) between a run and its resumption.
     EVALUATION_ONLY: ClassVar[tuple[str, ...]] = ("data_dir", "download")

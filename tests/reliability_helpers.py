@@ -112,15 +112,15 @@ class LinearToyConfig(TrainConfig):
     """What the linear toy families of the tests share."""
 
     dim: int = option(4, "dimension of θ")
-    meta_batch: int = option(3, "tasks per meta-iteration")
-    inner_lr: float = option(0.2, "inner learning rate")
+    meta_batch: int = option(3)
+    inner_lr: float = option(0.2)
 
 
 @dataclass
 class RToyConfig(LinearToyConfig):
-    iterations: int = option(12, "meta-iterations")
-    outer_lr: float = option(0.05, "outer learning rate")
-    eval_tasks: int = option(5, "held-out tasks")
+    iterations: int = option(12)
+    outer_lr: float = option(0.05)
+    eval_tasks: int = option(5)
     poison: float = option(0.0, "probability that task 1 of a meta-batch is poisoned (tests)")
     poison_kind: str = option(
         "loss", "loss: NaN query loss; grad: NaN meta-gradient only; huge: ×1e300 meta-gradient"
@@ -165,8 +165,8 @@ class RToyFamily(TaskFamily):
             tasks.poisoned = 1
         return tasks
 
-    def evaluate(self, algo, config, run_dir, *, num_tasks=None, steps=None, group=None):
-        return evaluate_on_linear_tasks(algo, config, num_tasks, steps)
+    def evaluate(self, algo, config, run_dir, request):
+        return evaluate_on_linear_tasks(algo, config, request.num_tasks, request.steps)
 
 
 def evaluate_on_linear_tasks(algo, config, num_tasks=None, steps=None) -> dict[str, Any]:
@@ -195,7 +195,7 @@ def family(name: str) -> TaskFamily:
     if name == "rtoy":
         return base()
 
-    def evaluate(self, algo, config, run_dir, *, num_tasks=None, steps=None, group=None):
+    def evaluate(self, algo, config, run_dir, request):
         return {"metric": self.metric, "tasks": 0, "by_steps": {}}
 
     def plot(self, *args, **kwargs):

@@ -26,11 +26,11 @@ from metaopt.training.registry import register_family
 
 @dataclass
 class WaveConfig(TrainConfig):
-    meta_batch: int = option(3, "tasks per meta-iteration")
-    iterations: int = option(4, "meta-iterations")
-    inner_lr: float = option(0.1, "inner learning rate")
-    outer_lr: float = option(0.01, "outer learning rate")
-    eval_tasks: int = option(4, "held-out tasks")
+    meta_batch: int = option(3)
+    iterations: int = option(4)
+    inner_lr: float = option(0.1)
+    outer_lr: float = option(0.01)
+    eval_tasks: int = option(4)
     linear_support: bool = option(False, "support loss linear in θ (zero Hessian)")
 
 
@@ -69,7 +69,7 @@ class WaveFamily(TaskFamily):
     def periodic_eval(self, algo, config, *, group=None) -> dict[str, float]:
         return {"val_mse_after": 1.0, "val_mse_after_ci95": 0.1}
 
-    def evaluate(self, algo, config, run_dir, *, num_tasks=None, steps=None, group=None):
+    def evaluate(self, algo, config, run_dir, request):
         tasks = self.sample_tasks(config, np.random.default_rng(config.eval_seed), 4)
         losses = []
         for task in tasks:

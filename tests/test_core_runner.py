@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,8 +33,8 @@ from metaopt.training.registry import register_family
 
 @dataclass
 class ToyConfig(LinearToyConfig):
-    iterations: int = option(5, "meta-iterations")
-    eval_tasks: int = option(20, "held-out tasks")
+    iterations: int = option(5)
+    eval_tasks: int = option(20)
     poison: bool = option(False, "make the query loss NaN at iteration 2 (tests)")
 
 
@@ -58,8 +59,8 @@ class ToyFamily(TaskFamily):
             tasks[1].d = tasks[1].d * np.nan
         return tasks
 
-    def evaluate(self, algo, config, run_dir, *, num_tasks=None, steps=None, group=None):
-        return evaluate_on_linear_tasks(algo, config, num_tasks, steps)
+    def evaluate(self, algo, config, run_dir, request):
+        return evaluate_on_linear_tasks(algo, config, request.num_tasks, request.steps)
 
 
 def test_train_writes_a_complete_run_dir(tmp_path: Path) -> None:
@@ -197,6 +198,18 @@ def test_help_documents_every_flag_with_its_default(capsys) -> None:
     assert "default: 0.2" in text and "preset wide: 6" in text
 
 
+def test_option_without_help_keeps_the_overridden_fields_help() -> None:
+    fields = {f.name: f for f in dataclasses.fields(ToyConfig)}
+    base = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    assert fields["iterations"].default == 5 != base["iterations"].default
+    assert fields["iterations"].metadata["help"] == base["iterations"].metadata["help"]
+    with pytest.raises(TypeError, match=r"Typo\.iteratoins: option\(\) without help must override"):
+
+        @dataclass
+        class Typo(TrainConfig):
+            iteratoins: int = option(5)
+
+
 def test_evaluate_run_validates_options(tmp_path: Path) -> None:
     family = ToyFamily()
     train(family, resolve_config(family, {"out": str(tmp_path)}), progress=False)
@@ -206,7 +219,7 @@ def test_evaluate_run_validates_options(tmp_path: Path) -> None:
 
 def test_eval_json_is_strict_json_when_adaptation_diverges(tmp_path: Path) -> None:
     class Diverging(ToyFamily):
-        def evaluate(self, algo, config, run_dir, *, num_tasks=None, steps=None, group=None):
+        def evaluate(self, algo, config, run_dir, request):
             nan = {"mean": float("nan"), "ci95": float("inf")}
             return {"metric": "mse", "tasks": 1, "by_steps": {"0": nan}}
 

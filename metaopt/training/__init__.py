@@ -16,7 +16,14 @@ configuration and registry (``family``, ``config``, ``registry``).
 from typing import TYPE_CHECKING
 
 from metaopt._lazy import lazy_exports
-from metaopt.training.family import ConfigError, TaskFamily, TrainConfig, option
+from metaopt.training.family import (
+    ConfigError,
+    EvalRequest,
+    RunResults,
+    TaskFamily,
+    TrainConfig,
+    option,
+)
 
 if TYPE_CHECKING:
     from metaopt.training.build import build_algorithm, build_outer_optimizer
@@ -55,8 +62,10 @@ __getattr__ = lazy_exports(
 
 __all__ = [
     "ConfigError",
+    "EvalRequest",
     "NonFiniteError",
     "ResumeWarning",
+    "RunResults",
     "TaskFamily",
     "TrainConfig",
     "TrainingHooks",

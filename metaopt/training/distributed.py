@@ -7,8 +7,8 @@ meta-gradients, so every rank holds the gradient a single process would compute 
 same outer step. Uneven shards are fine: the weights, not the shard sizes, make the average.
 
 Evaluation is sharded the same way, and the group it is shared across is passed explicitly: the
-loop calls the families' ``periodic_eval`` and ``evaluate`` with ``group=`` this process's
-:class:`DistInfo`, and the families hand it on to :func:`map_tasks` and :func:`on_main`. With
+loop calls the families' ``periodic_eval`` with ``group=`` this process's :class:`DistInfo`
+(``evaluate`` with it as ``EvalRequest.group``), and the families hand it on to :func:`map_tasks` and :func:`on_main`. With
 :func:`map_tasks`, each rank computes the per-task values of its slice of the held-out tasks and
 the slices are gathered, so every rank holds the whole set and summarises it identically;
 :func:`on_main` runs one-off work (training a baseline) on rank 0 alone and hands the result to the

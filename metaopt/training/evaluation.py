@@ -18,7 +18,7 @@ from metaopt.training import distributed
 from metaopt.training.build import apply_threads, build_algorithm
 from metaopt.training.checkpoint import CheckpointError, load_checkpoint, remove_temporaries
 from metaopt.training.config import load_config
-from metaopt.training.family import ConfigError, TaskFamily, TrainConfig
+from metaopt.training.family import ConfigError, EvalRequest, TaskFamily, TrainConfig
 from metaopt.training.lock import lock_run_dir
 from metaopt.training.registry import get_family
 from metaopt.training.resuming import check_checkpoint
@@ -92,7 +92,7 @@ def _evaluate_locked(
     try:
         apply_threads(config)
         evaluation = family.evaluate(
-            algo, config, Path(run_dir), num_tasks=num_tasks, steps=steps, group=info
+            algo, config, Path(run_dir), EvalRequest(num_tasks, steps, info)
         )
         if info.is_main:
             write_json(Path(run_dir) / "eval.json", evaluation)

@@ -9,9 +9,9 @@ core never imports a domain, and a user's own family plugs in exactly like the b
     mytask = "mypackage.family:MyFamily"
 
 Configuration is a dataclass per family: :class:`TrainConfig` holds the fields every family shares;
-a family subclasses it, adds its own fields and changes defaults. Every field becomes a
-command-line flag (``inner_lr`` -> ``--inner-lr``); the help text is the field's
-``metadata["help"]``. A family may name presets (``--preset NAME``): field values applied on top
+a family subclasses it, adds its own fields and changes defaults (``option(default)`` alone keeps
+the base field's help). Every field becomes a command-line flag (``inner_lr`` -> ``--inner-lr``);
+the help text is the field's ``metadata["help"]``. A family may name presets (``--preset NAME``): field values applied on top
 of the defaults and below the flags the user gives.
 """
 
@@ -48,7 +48,9 @@ if TYPE_CHECKING:
 __all__ = [
     "ALGORITHMS",
     "ConfigError",
+    "EvalRequest",
     "FamilyOptions",
+    "RunResults",
     "TaskFamily",
     "TrainConfig",
     "flag",
@@ -65,10 +67,56 @@ OUTER_OPTIMIZERS = ("adam", "sgd")
 DIST_BACKENDS = ("auto", "gloo", "nccl")
 
 
-def option(default: Any, help: str, **kwargs: Any) -> Any:
-    """A dataclass field that documents itself as a command-line flag."""
-    metadata = {"help": help, **kwargs.pop("metadata", {})}
-    return field(default=default, metadata=metadata, **kwargs)
+@dataclass(frozen=True)
+class EvalRequest:
+    """What a final evaluation covers (:meth:`TaskFamily.evaluate`); the loop asks for the
+    defaults, ``metaopt eval --tasks/--steps`` for others.
+
+    Attributes:
+        num_tasks: held-out tasks; ``None``: the config's ``eval_tasks`` (:meth:`tasks`).
+        steps: the adaptation step counts reported; ``None``: the family's own.
+        group: the processes that share the evaluation under torchrun, as in
+            :meth:`TaskFamily.periodic_eval` (``None``: this one alone).
+    """
+
+    num_tasks: int | None = None
+    steps: Sequence[int] | None = None
+    group: DistInfo | None = None
+
+    def tasks(self, config: TrainConfig) -> int:
+        """The number of held-out tasks: ``num_tasks``, else ``config.eval_tasks``."""
+        return config.eval_tasks if self.num_tasks is None else self.num_tasks
+
+    def step_counts(self, default: Sequence[int]) -> list[int]:
+        """The adaptation step counts reported: ``steps``, else the family's ``default``."""
+        return list(default if self.steps is None else self.steps)
+
+
+@dataclass(frozen=True)
+class RunResults:
+    """What a finished run produced, for :meth:`TaskFamily.plot` to draw.
+
+    Attributes:
+        metrics: the rows of ``metrics.jsonl``, one per logged iteration.
+        evaluation: the final evaluation, as written to ``eval.json``.
+    """
+
+    metrics: Sequence[Mapping[str, Any]]
+    evaluation: Mapping[str, Any]
+
+
+#: Metadata of an :func:`option` without help, until its config class gives it the base's help.
+_HELP_FROM_BASE = "help_from_base"
+
+
+def option(default: Any, help: str | None = None, **kwargs: Any) -> Any:
+    """A dataclass field that documents itself as a command-line flag.
+
+    Without ``help``, the field must override one of a base config (a :class:`TrainConfig`
+    subclass changing a default) and keeps that field's help and other metadata.
+    """
+    own = {"help": help} if help is not None else {_HELP_FROM_BASE: True}
+    return field(default=default, metadata={**own, **kwargs.pop("metadata", {})}, **kwargs)
 
 
 @dataclass
@@ -181,6 +229,23 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None and (not isinstance(value, str) or not value):
                 raise ConfigError(f"{flag(name)} must be a non-empty string, got {value!r}")
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """Give each ``option(default)`` without help the metadata of the base field it overrides.
+
+        This runs before ``@dataclass`` reads the class, so ``dataclasses.fields`` still lists
+        the base classes' fields.
+        """
+        super().__init_subclass__(**kwargs)
+        base = {f.name: f for f in dataclasses.fields(cls)}
+        for name, value in vars(cls).items():
+            if isinstance(value, dataclasses.Field) and value.metadata.get(_HELP_FROM_BASE):
+                if name not in base:
+                    raise TypeError(
+                        f"{cls.__name__}.{name}: option() without help must override a field "
+                        f"of a base config; give it a help text"
+                    )
+                value.metadata = base[name].metadata
 
     @property
     def first_order(self) -> bool:
@@ -312,17 +377,9 @@ class TaskFamily:
         return None
 
     def evaluate(
-        self,
-        algo: Any,
-        config: TrainConfig,
-        run_dir: Path,
-        *,
-        num_tasks: int | None = None,
-        steps: Sequence[int] | None = None,
-        group: DistInfo | None = None,
+        self, algo: Any, config: TrainConfig, run_dir: Path, request: EvalRequest
     ) -> dict[str, Any]:
-        """The final evaluation: the dict written to ``eval.json``; ``group`` as in
-        :meth:`periodic_eval`.
+        """The final evaluation: the dict written to ``eval.json``, over what ``request`` asks.
 
         Shape: ``{"metric": ..., "tasks": n, "by_steps": {"0": {"mean": m, "ci95": c}, ...},
         "baseline": {"by_steps": {...}}}`` plus any extra keys.
@@ -330,12 +387,8 @@ class TaskFamily:
         raise NotImplementedError
 
     def plot(
-        self,
-        algo: Any,
-        config: TrainConfig,
-        run_dir: Path,
-        metrics: Sequence[Mapping[str, Any]],
-        evaluation: Mapping[str, Any],
+        self, algo: Any, config: TrainConfig, run_dir: Path, results: RunResults
     ) -> list[Path]:
-        """Family-specific figures (PNG) in ``run_dir``; the loop draws the training curve itself."""
+        """Family-specific figures (PNG) in ``run_dir`` from the run's ``results``; the loop draws
+        the training curve itself."""
         return []

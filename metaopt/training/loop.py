@@ -33,7 +33,7 @@ from metaopt.training.build import (
     build_outer_optimizer,
     seed_everything,
 )
-from metaopt.training.family import ConfigError, TaskFamily, TrainConfig
+from metaopt.training.family import ConfigError, EvalRequest, RunResults, TaskFamily, TrainConfig
 from metaopt.training.hooks import TrainingHooks
 from metaopt.training.memory import check_memory
 from metaopt.training.rundir import finite_or_none, new_run_dir, record_engine, write_json
@@ -147,7 +147,7 @@ def fit(run: Run, progress: bool | None) -> Path:
         stop.stop_if_asked(log)
     family, config, algo = run.family, run.config, run.algo
     # Every rank evaluates its share of the held-out tasks.
-    evaluation = family.evaluate(algo, config, run.run_dir, group=run.dist)
+    evaluation = family.evaluate(algo, config, run.run_dir, EvalRequest(group=run.dist))
     if not run.dist.is_main:  # rank 0 writes and plots; the others wait for it
         distributed.barrier(run.dist)
         return run.run_dir
@@ -157,7 +157,7 @@ def fit(run: Run, progress: bool | None) -> Path:
     # Read back rather than kept in memory: memory stays flat however long the run.
     rows = [json.loads(line) for line in (run.run_dir / "metrics.jsonl").read_text().splitlines()]
     plot_training_curve(run.run_dir / "training_curve.png", rows, family.name, config.algo)
-    family.plot(algo, config, run.run_dir, rows, evaluation)
+    family.plot(algo, config, run.run_dir, RunResults(rows, evaluation))
     distributed.barrier(run.dist)
     return run.run_dir
 

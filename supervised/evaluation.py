@@ -31,8 +31,8 @@ from torch import nn
 
 from metaopt.algorithms import MetaLearner
 from metaopt.stats import task_summary
+from metaopt.training import TrainConfig, with_progress
 from metaopt.training.distributed import DistInfo, map_tasks, on_main
-from metaopt.training.family import TrainConfig
 from supervised.adaptation import adaptation_curve, sgd_curve
 from supervised.batch import TaskBatch, task_loss
 from supervised.config import SupervisedConfig
@@ -75,7 +75,7 @@ def train_baseline(
     """
     rng = np.random.default_rng(seed)
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
-    for _ in range(steps):
+    for _ in with_progress(range(steps), total=steps, desc="baseline (pretrained network)"):
         batch = sample(rng, tasks)
         x = torch.cat([batch.support_x, batch.query_x], dim=1).flatten(0, 1)
         y = torch.cat([batch.support_y, batch.query_y], dim=1).flatten(0, 1)

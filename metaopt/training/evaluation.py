@@ -78,7 +78,8 @@ def evaluate_run(
 
 
 def evaluation_summary(evaluation: dict[str, Any]) -> str:
-    """A few lines of eval.json for the terminal."""
+    """A few lines of eval.json for the terminal: each protocol's curves, with the finite tasks'
+    mean and the count of diverged tasks where adaptation diverged."""
 
     def shown(value: dict[str, Any]) -> str:
         mean, ci95 = value.get("mean"), value.get("ci95")
@@ -96,11 +97,21 @@ def evaluation_summary(evaluation: dict[str, Any]) -> str:
             return f"adaptation diverged on {diverged} tasks"
         return "not finite (adaptation diverged on some tasks)"
 
+    def table(block: dict[str, Any]) -> list[str]:
+        baseline = block.get("baseline", {}).get("by_steps", {})
+        lines = []
+        for step, value in block.get("by_steps", {}).items():
+            line = f"  after {step:>2} steps: {shown(value)}"
+            if step in baseline:
+                line += f"   (baseline {shown(baseline[step])})"
+            lines.append(line)
+        return lines
+
     lines = [f"metric: {evaluation.get('metric')} over {evaluation.get('tasks')} held-out tasks"]
-    baseline = evaluation.get("baseline", {}).get("by_steps", {})
-    for step, value in evaluation.get("by_steps", {}).items():
-        line = f"  after {step:>2} steps: {shown(value)}"
-        if step in baseline:
-            line += f"   (baseline {shown(baseline[step])})"
-        lines.append(line)
+    lines += table(evaluation)
+    # Further protocols (sine's protocol_10pt): each block with its own curves, said as well.
+    for name, block in evaluation.items():
+        if name != "baseline" and isinstance(block, dict) and "by_steps" in block:
+            lines.append(f"{name}: {block.get('description', block.get('metric'))}")
+            lines += table(block)
     return "\n".join(lines)

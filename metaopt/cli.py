@@ -166,8 +166,9 @@ def build_parser(families: Mapping[str, DescribedFamily | None]) -> argparse.Arg
 
     evaluate = commands.add_parser(
         "eval",
-        help="re-run the evaluation of a saved run (rewrites its eval.json)",
-        description="Re-run the held-out evaluation of a saved run directory and rewrite eval.json.",
+        help="re-run the evaluation of a saved run (rewrites its eval.json and plots)",
+        description="Re-run the held-out evaluation of a saved run directory and rewrite eval.json "
+        "and its plots.",
     )
     evaluate.set_defaults(subparser=evaluate)
     evaluate.add_argument("run_dir", metavar="RUN_DIR", help="directory written by metaopt train")

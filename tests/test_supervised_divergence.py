@@ -82,3 +82,18 @@ def test_the_protocol_panel_has_no_spike_and_names_its_step_size(
     assert "meta-trained for steps of 0.01" in protocol.get_title()
     assert any(text.get_text() == "1 diverged" for text in protocol.texts)
     plt.close(figure)
+
+
+def test_metaopt_eval_redraws_the_plots_of_the_new_evaluation(tmp_path: Path) -> None:
+    """Issue 17, item 9: the PNGs beside eval.json show that evaluation, not the one before."""
+    import reliability_helpers as rh
+
+    from metaopt.training import evaluate_run, train
+    from metaopt.training.config import resolve_config
+
+    family = rh.family("rtoy")
+    run_dir = train(family, resolve_config(family, {"out": str(tmp_path / "r")}), progress=False)
+    picture = run_dir / "training_curve.png"
+    picture.write_bytes(b"stale")
+    evaluate_run(run_dir, num_tasks=3)
+    assert picture.read_bytes().startswith(b"\x89PNG")

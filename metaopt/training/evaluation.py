@@ -54,7 +54,7 @@ def load_run(run_dir: Path) -> tuple[TaskFamily, TrainConfig, MetaLearner]:
 def evaluate_run(
     run_dir: Path, *, num_tasks: int | None = None, steps: Sequence[int] | None = None
 ) -> dict[str, Any]:
-    """Re-run the final evaluation of a saved run and rewrite its ``eval.json``.
+    """Re-run the final evaluation of a saved run and rewrite its ``eval.json`` and plots.
 
     Under torchrun, every rank evaluates a share of the held-out tasks and rank 0 writes.
     """
@@ -71,6 +71,9 @@ def evaluate_run(
         )
         if info.is_main:
             write_json(Path(run_dir) / "eval.json", evaluation)
+            from metaopt.training.plots import plot_run
+
+            plot_run(family, config, algo, Path(run_dir), evaluation)  # no stale pictures
         distributed.barrier(info)
     finally:
         distributed.teardown(info)

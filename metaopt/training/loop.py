@@ -143,12 +143,9 @@ def fit(run: Run, progress: bool | None) -> Path:
         distributed.barrier(run.dist)
         return run.run_dir
     write_json(run.run_dir / "eval.json", evaluation)
-    from metaopt.training.plots import plot_training_curve
+    from metaopt.training.plots import plot_run
 
-    # Read back rather than kept in memory: memory stays flat however long the run.
-    rows = [json.loads(line) for line in (run.run_dir / "metrics.jsonl").read_text().splitlines()]
-    plot_training_curve(run.run_dir / "training_curve.png", rows, family.name, config.algo)
-    family.plot(algo, config, run.run_dir, rows, evaluation)
+    plot_run(family, config, algo, run.run_dir, evaluation)
     for hook in run.hooks:
         hook.on_run_end(run.run_dir, evaluation)
     distributed.barrier(run.dist)

@@ -140,6 +140,13 @@ def build_parser(families: Mapping[str, DescribedFamily | None]) -> argparse.Arg
         add_config_arguments(sub, family)
         sub.add_argument("--quiet", action="store_true", help="no progress bar (default: off)")
         sub.add_argument(
+            "--tensorboard",
+            action="store_true",
+            help="also write TensorBoard event files into the run directory: the metrics.jsonl "
+            "scalars, the evaluation and the plots; needs pip install 'metaopt[tensorboard]'; "
+            "give it again with --resume (default: off)",
+        )
+        sub.add_argument(
             "--resume",
             metavar="RUN_DIR",
             default=None,
@@ -159,8 +166,9 @@ def build_parser(families: Mapping[str, DescribedFamily | None]) -> argparse.Arg
 
     evaluate = commands.add_parser(
         "eval",
-        help="re-run the evaluation of a saved run (rewrites its eval.json)",
-        description="Re-run the held-out evaluation of a saved run directory and rewrite eval.json.",
+        help="re-run the evaluation of a saved run (rewrites its eval.json and plots)",
+        description="Re-run the held-out evaluation of a saved run directory and rewrite eval.json "
+        "and its plots.",
     )
     evaluate.set_defaults(subparser=evaluate)
     evaluate.add_argument("run_dir", metavar="RUN_DIR", help="directory written by metaopt train")
@@ -319,10 +327,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             overrides = {
                 key: value
                 for key, value in vars(args).items()
-                if key not in ("command", "family", "quiet", "resume", "resume_checkpoint")
+                if key
+                not in ("command", "family", "quiet", "tensorboard", "resume", "resume_checkpoint")
             }
+            from metaopt.training import TensorBoardHooks, progress_to_stderr
+
             progress = False if args.quiet else None
-            with _one_line_resume_warnings():
+            hooks = [TensorBoardHooks()] if args.tensorboard else []
+            with _one_line_resume_warnings(), progress_to_stderr(quiet=args.quiet):
                 if args.resume is not None:
                     run_dir = resume(
                         args.resume,
@@ -330,12 +342,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                         overrides=overrides,
                         checkpoint=args.resume_checkpoint,
                         progress=progress,
+                        hooks=hooks,
                     )
                 else:
                     if args.resume_checkpoint is not None:
                         raise ConfigError("--checkpoint only applies with --resume RUN_DIR")
                     config = resolve_config(family, overrides)
-                    run_dir = train(family, config, progress=progress)
+                    run_dir = train(family, config, progress=progress, hooks=hooks)
             if _is_main_process():
                 print(evaluation_summary(json.loads((run_dir / "eval.json").read_text())))
                 print(f"run directory: {run_dir}")
@@ -363,9 +376,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             return run_compare_command(get_family(args.family), vars(args))
         if args.command == "eval":
-            from metaopt.training import evaluate_run, evaluation_summary
+            from metaopt.training import evaluate_run, evaluation_summary, progress_to_stderr
 
-            evaluation = evaluate_run(args.run_dir, num_tasks=args.tasks, steps=args.steps)
+            with progress_to_stderr():
+                evaluation = evaluate_run(args.run_dir, num_tasks=args.tasks, steps=args.steps)
             if _is_main_process():
                 print(evaluation_summary(evaluation))
             return 0

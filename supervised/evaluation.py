@@ -32,20 +32,23 @@ from torch import nn
 
 from metaopt.algorithms import MetaLearner
 from metaopt.stats import task_summary
+from metaopt.training import TrainConfig, with_progress
 from metaopt.training.checkpoint import atomic_write_bytes
 from metaopt.training.distributed import DistInfo, map_tasks, on_main
-from metaopt.training.family import TrainConfig
 from supervised.adaptation import adaptation_curve, sgd_curve
 from supervised.batch import TaskBatch, task_loss
 from supervised.config import SupervisedConfig
 
 __all__ = [
+    "DIVERGENCE_FACTOR",
     "EVAL_STEPS",
     "INTERVAL",
+    "LOSSES",
     "curve_summary",
     "evaluate_learners",
     "evaluate_with_sgd",
     "load_or_train_baseline",
+    "mark_diverged",
     "meta_vs_baseline",
     "train_baseline",
 ]
@@ -59,6 +62,26 @@ INTERVAL = (
 )
 
 SampleFn = Callable[[np.random.Generator, int], TaskBatch]
+
+#: Metrics that are losses (lower is better), for which a blow-up counts as divergence.
+LOSSES = ("mse",)
+
+#: A task's loss diverged after k adaptation steps when it is not finite or above this multiple of
+#: its loss before adaptation: a loss a hundred times the unadapted model's is no adapted model's,
+#: whether or not later steps bring it back. SGD that diverges grows geometrically (in the
+#: quickstart's sine 10-point protocol, SGD at 0.02 on the default model, 7 of 600 tasks pass 10⁵×
+#: and end non-finite or near 10⁹×; 2 others pass 100× for a few steps and recover to ~2×).
+DIVERGENCE_FACTOR = 100.0
+
+
+def mark_diverged(steps: Sequence[int], curve: torch.Tensor) -> torch.Tensor:
+    """``curve`` (``[len(steps), B]``, a loss) with +inf wherever a task diverged: a loss above
+    :data:`DIVERGENCE_FACTOR` times the task's loss at step 0, so that :func:`curve_summary`
+    counts it in ``diverged`` and averages only the others. Unchanged without a step 0."""
+    if 0 not in steps:
+        return curve
+    before = curve[list(steps).index(0)]
+    return torch.where(curve > DIVERGENCE_FACTOR * before, torch.inf, curve)
 
 
 def curve_summary(steps: Sequence[int], curve: torch.Tensor) -> dict[str, dict[str, float]]:
@@ -77,7 +100,7 @@ def train_baseline(
     """
     rng = np.random.default_rng(seed)
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
-    for _ in range(steps):
+    for _ in with_progress(range(steps), total=steps, desc="baseline (pretrained network)"):
         batch = sample(rng, tasks)
         x = torch.cat([batch.support_x, batch.query_x], dim=1).flatten(0, 1)
         y = torch.cat([batch.support_y, batch.query_y], dim=1).flatten(0, 1)
@@ -146,7 +169,10 @@ def meta_vs_baseline(
     metric: str,
     extra: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The eval.json block for one protocol: both curves and their paired differences."""
+    """The eval.json block for one protocol: both curves and their paired differences. For a
+    loss (:data:`LOSSES`), a task that blew up is counted as diverged (:func:`mark_diverged`)."""
+    if metric in LOSSES:
+        meta, baseline = mark_diverged(steps, meta), mark_diverged(steps, baseline)
     result: dict[str, Any] = {
         "metric": metric,
         "tasks": int(meta.shape[1]),
@@ -160,6 +186,12 @@ def meta_vs_baseline(
         result["after_minus_before"] = curve_summary(steps, meta - meta[before])
         result["baseline"]["after_minus_before"] = curve_summary(steps, baseline - baseline[before])
     result["interval"] = INTERVAL
+    if metric in LOSSES:
+        result["divergence"] = (
+            f"a task diverged after k steps when its {metric} is not finite or above "
+            f"{DIVERGENCE_FACTOR:g} times its {metric} before adaptation; means and intervals "
+            "are then those of the other tasks ('finite'), with the count in 'diverged'"
+        )
     result.update(extra or {})
     return result
 

@@ -29,11 +29,12 @@ def plot_metric_vs_steps(
     """Held-out metric against adaptation steps, meta-learned vs baseline, with 95% CI bands.
 
     Draws one panel per protocol in ``evaluation`` (the main one, and ``protocol_10pt`` when
-    present).
+    present). Where tasks diverged (:func:`supervised.evaluation.mark_diverged`) a point is the
+    mean of the other tasks, labelled with the count, never a mean that a blow-up dominates.
     """
     panels = [("held-out tasks", evaluation)]
     if "protocol_10pt" in evaluation:
-        panels.append(("10-point protocol (SGD, MSE on the grid)", evaluation["protocol_10pt"]))
+        panels.append((_protocol_name(evaluation), evaluation["protocol_10pt"]))
     fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4), squeeze=False)
     for ax, (name, block) in zip(axes[0], panels, strict=True):
         spread = []
@@ -51,9 +52,9 @@ def plot_metric_vs_steps(
                     ax.annotate(
                         f"{value['diverged']} diverged",
                         (int(step), y),
-                        xytext=(0, 6),
+                        xytext=(0, 8),
                         textcoords="offset points",
-                        ha="right",
+                        ha="center",
                         color=color,
                         fontsize=8,
                     )
@@ -68,6 +69,17 @@ def plot_metric_vs_steps(
     fig.tight_layout()
     save_figure(fig, path, dpi=120)  # atomically: a kill leaves no half PNG
     return Path(path)
+
+
+def _protocol_name(evaluation: Mapping[str, Any]) -> str:
+    """The 10-point panel's title: its step size, fixed for every run so that runs compare on
+    it, and the model's own when that differs (a step the model was not trained for may diverge)."""
+    fixed = evaluation["protocol_10pt"].get("adaptation", {}).get("lr")
+    own = evaluation.get("adaptation", {})
+    name = f"10-point protocol: SGD at {fixed:g} for every run" if fixed else "10-point protocol"
+    if fixed and own.get("rule") == "sgd" and own.get("lr") not in (None, fixed):
+        name += f"\n(this model was meta-trained for steps of {own['lr']:g})"
+    return name
 
 
 def _finite_summary(

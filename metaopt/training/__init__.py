@@ -9,7 +9,7 @@ The modules, one job each: ``loop`` (the meta-training loop: :func:`train`), ``r
 a run from a checkpoint), ``state`` (what the loop carries and a checkpoint holds), ``rundir`` (the
 run directory and its files), ``signals`` (SIGINT/SIGTERM), ``build`` (algorithm and outer
 optimiser from a config), ``evaluation`` (a saved run read back and evaluated), ``checkpoint``
-(the file format), ``distributed`` (torchrun), ``hooks``, ``plots``, and the family protocol,
+(the file format), ``distributed`` (torchrun), ``hooks``, ``progress`` (progress bars and lines), ``tensorboard``, ``plots``, and the family protocol,
 configuration and registry (``family``, ``config``, ``registry``).
 """
 
@@ -31,11 +31,13 @@ if TYPE_CHECKING:
     from metaopt.training.evaluation import evaluate_run, evaluation_summary, load_run
     from metaopt.training.hooks import TrainingHooks
     from metaopt.training.loop import NonFiniteError, train
+    from metaopt.training.progress import ProgressLog, progress_to_stderr, with_progress
     from metaopt.training.registry import register_family
     from metaopt.training.resuming import resume
     from metaopt.training.rundir import new_directory, package_versions
     from metaopt.training.signals import TrainingInterrupted
     from metaopt.training.state import ResumeWarning
+    from metaopt.training.tensorboard import TensorBoardHooks
 
 # The names whose modules import torch are imported on first use (metaopt._lazy), so that the
 # command line reads configurations and families without torch.
@@ -51,12 +53,16 @@ __getattr__ = lazy_exports(
         "TrainingHooks": "metaopt.training.hooks",
         "NonFiniteError": "metaopt.training.loop",
         "train": "metaopt.training.loop",
+        "ProgressLog": "metaopt.training.progress",
+        "progress_to_stderr": "metaopt.training.progress",
+        "with_progress": "metaopt.training.progress",
         "register_family": "metaopt.training.registry",
         "resume": "metaopt.training.resuming",
         "new_directory": "metaopt.training.rundir",
         "package_versions": "metaopt.training.rundir",
         "TrainingInterrupted": "metaopt.training.signals",
         "ResumeWarning": "metaopt.training.state",
+        "TensorBoardHooks": "metaopt.training.tensorboard",
     },
 )
 
@@ -64,9 +70,11 @@ __all__ = [
     "ConfigError",
     "EvalRequest",
     "NonFiniteError",
+    "ProgressLog",
     "ResumeWarning",
     "RunResults",
     "TaskFamily",
+    "TensorBoardHooks",
     "TrainConfig",
     "TrainingHooks",
     "TrainingInterrupted",
@@ -78,8 +86,10 @@ __all__ = [
     "new_directory",
     "option",
     "package_versions",
+    "progress_to_stderr",
     "register_family",
     "resolve_config",
     "resume",
     "train",
+    "with_progress",
 ]

@@ -62,8 +62,8 @@ def load_run(run_dir: Path) -> tuple[TaskFamily, TrainConfig, MetaLearner]:
 def evaluate_run(
     run_dir: Path, *, num_tasks: int | None = None, steps: Sequence[int] | None = None
 ) -> dict[str, Any]:
-    """Re-run the final evaluation of a saved run and rewrite its ``eval.json`` (atomically: the
-    earlier file survives a failed write).
+    """Re-run the final evaluation of a saved run and rewrite its ``eval.json`` and plots
+    (atomically: the earlier files survive a failed write).
 
     Under torchrun, every rank evaluates a share of the held-out tasks and rank 0 writes. Rank 0
     holds the run directory's lock throughout, so no run or resume writes there meanwhile.
@@ -96,6 +96,9 @@ def _evaluate_locked(
         )
         if info.is_main:
             write_json(Path(run_dir) / "eval.json", evaluation)
+            from metaopt.training.plots import plot_run
+
+            plot_run(family, config, algo, Path(run_dir), evaluation)  # no stale pictures
         distributed.barrier(info)
     finally:
         distributed.teardown(info)
@@ -103,7 +106,8 @@ def _evaluate_locked(
 
 
 def evaluation_summary(evaluation: dict[str, Any]) -> str:
-    """A few lines of eval.json for the terminal."""
+    """A few lines of eval.json for the terminal: each protocol's curves, with the finite tasks'
+    mean and the count of diverged tasks where adaptation diverged."""
 
     def shown(value: dict[str, Any]) -> str:
         mean, ci95 = value.get("mean"), value.get("ci95")
@@ -121,11 +125,21 @@ def evaluation_summary(evaluation: dict[str, Any]) -> str:
             return f"adaptation diverged on {diverged} tasks"
         return "not finite (adaptation diverged on some tasks)"
 
+    def table(block: dict[str, Any]) -> list[str]:
+        baseline = block.get("baseline", {}).get("by_steps", {})
+        lines = []
+        for step, value in block.get("by_steps", {}).items():
+            line = f"  after {step:>2} steps: {shown(value)}"
+            if step in baseline:
+                line += f"   (baseline {shown(baseline[step])})"
+            lines.append(line)
+        return lines
+
     lines = [f"metric: {evaluation.get('metric')} over {evaluation.get('tasks')} held-out tasks"]
-    baseline = evaluation.get("baseline", {}).get("by_steps", {})
-    for step, value in evaluation.get("by_steps", {}).items():
-        line = f"  after {step:>2} steps: {shown(value)}"
-        if step in baseline:
-            line += f"   (baseline {shown(baseline[step])})"
-        lines.append(line)
+    lines += table(evaluation)
+    # Further protocols (sine's protocol_10pt): each block with its own curves, said as well.
+    for name, block in evaluation.items():
+        if name != "baseline" and isinstance(block, dict) and "by_steps" in block:
+            lines.append(f"{name}: {block.get('description', block.get('metric'))}")
+            lines += table(block)
     return "\n".join(lines)

@@ -13,6 +13,7 @@ it records.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from metaopt.algorithms import MetaLearner
@@ -21,6 +22,10 @@ from metaopt.training.family import TrainConfig
 
 class TrainingHooks:
     """Called by the training loop; override the methods you need (each does nothing here)."""
+
+    def on_train_start(self, run_dir: Path, config: TrainConfig, iteration: int) -> None:
+        """Before the first iteration this process trains: ``iteration`` is the one the run
+        stands at (0 for a new run, the checkpoint's on resume). Called on every rank."""
 
     def on_iteration_start(self, iteration: int, algo: MetaLearner) -> None:
         """Before iteration ``iteration`` draws its tasks: the meta-parameters are those after
@@ -38,3 +43,6 @@ class TrainingHooks:
 
     def on_train_end(self, algo: MetaLearner, config: TrainConfig) -> None:
         """After the last iteration, before the final evaluation."""
+
+    def on_run_end(self, run_dir: Path, evaluation: Mapping[str, Any]) -> None:
+        """After the final evaluation, once ``eval.json`` and the plots are written (rank 0)."""

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
@@ -33,9 +34,10 @@ from metaopt.training.build import (
     build_outer_optimizer,
     seed_everything,
 )
-from metaopt.training.family import ConfigError, EvalRequest, RunResults, TaskFamily, TrainConfig
+from metaopt.training.family import ConfigError, EvalRequest, TaskFamily, TrainConfig
 from metaopt.training.hooks import TrainingHooks
 from metaopt.training.memory import check_memory
+from metaopt.training.progress import LOGGER, ProgressLog
 from metaopt.training.rundir import finite_or_none, new_run_dir, record_engine, write_json
 from metaopt.training.signals import StopOnSignal
 from metaopt.training.state import Run, random_state, save
@@ -79,7 +81,8 @@ def train(
     Args:
         family: The task family.
         config: A validated config (see :func:`metaopt.training.resolve_config`).
-        progress: Show a progress bar; ``None`` shows one only when stderr is a terminal.
+        progress: Show a progress bar; ``None`` shows one when stderr is a terminal and otherwise
+            logs a line every tenth of the run or minute (:mod:`metaopt.training.progress`).
         hooks: Called at fixed points of each iteration (:class:`TrainingHooks`); their time
             and the periodic evaluation's are kept out of the run's clock.
 
@@ -138,6 +141,8 @@ def fit(run: Run, progress: bool | None) -> Path:
     """Train ``run`` from ``run.iteration`` to ``config.iterations``, then evaluate and plot."""
     stop = StopOnSignal(run)
     metrics_path = run.run_dir / "metrics.jsonl" if run.dist.is_main else Path(os.devnull)
+    for hook in run.hooks:
+        hook.on_train_start(run.run_dir, run.config, run.iteration)
     with stop.installed(), open(metrics_path, "a") as log:
         _loop(run, log, stop, progress)
         for hook in run.hooks:
@@ -146,18 +151,19 @@ def fit(run: Run, progress: bool | None) -> Path:
             save(run, log=log)
         stop.stop_if_asked(log)
     family, config, algo = run.family, run.config, run.algo
+    if run.dist.is_main and progress is not False:
+        LOGGER.info("%s/%s: evaluating on held-out tasks", family.name, config.algo)
     # Every rank evaluates its share of the held-out tasks.
     evaluation = family.evaluate(algo, config, run.run_dir, EvalRequest(group=run.dist))
     if not run.dist.is_main:  # rank 0 writes and plots; the others wait for it
         distributed.barrier(run.dist)
         return run.run_dir
     write_json(run.run_dir / "eval.json", evaluation)
-    from metaopt.training.plots import plot_training_curve
+    from metaopt.training.plots import plot_run
 
-    # Read back rather than kept in memory: memory stays flat however long the run.
-    rows = [json.loads(line) for line in (run.run_dir / "metrics.jsonl").read_text().splitlines()]
-    plot_training_curve(run.run_dir / "training_curve.png", rows, family.name, config.algo)
-    family.plot(algo, config, run.run_dir, RunResults(rows, evaluation))
+    plot_run(family, config, algo, run.run_dir, evaluation)
+    for hook in run.hooks:
+        hook.on_run_end(run.run_dir, evaluation)
     distributed.barrier(run.dist)
     return run.run_dir
 
@@ -187,6 +193,9 @@ def _loop(run: Run, log: IO[str], stop: StopOnSignal, progress: bool | None) -> 
     recorded_engine: str | None = None
     clock = _Clock(run.seconds)
     disable = (None if progress is None else not progress) if run.dist.is_main else True
+    hooks = tuple(run.hooks)
+    if progress is None and run.dist.is_main and not sys.stderr.isatty():
+        hooks += (ProgressLog(f"{family.name}/{config.algo}", config.iterations),)
     with tqdm(
         total=config.iterations,
         initial=run.iteration,
@@ -195,7 +204,7 @@ def _loop(run: Run, log: IO[str], stop: StopOnSignal, progress: bool | None) -> 
     ) as bar:
         for iteration in range(run.iteration + 1, config.iterations + 1):
             with clock.paused():
-                for hook in run.hooks:
+                for hook in hooks:
                     hook.on_iteration_start(iteration, algo)
             before = random_state(run.rng)  # what a checkpoint of the last good state holds
             # Every rank draws the whole meta-batch and adapts to its shard of it.
@@ -248,13 +257,13 @@ def _loop(run: Run, log: IO[str], stop: StopOnSignal, progress: bool | None) -> 
             if config.eval_every and iteration % config.eval_every == 0:
                 with clock.paused():  # each rank evaluates a share of the tasks
                     row.update(family.periodic_eval(algo, config, group=run.dist))
-                    for hook in run.hooks:
+                    for hook in hooks:
                         row.update(hook.on_evaluation(iteration, algo, config))
             row = {key: finite_or_none(value) for key, value in row.items()}
             log.write(json.dumps(row) + "\n")
             log.flush()
             with clock.paused():
-                for hook in run.hooks:
+                for hook in hooks:
                     hook.on_iteration_end(iteration, row)
             if config.checkpoint_every and iteration % config.checkpoint_every == 0:
                 save(run, log=log)

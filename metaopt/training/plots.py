@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import io
+import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import matplotlib
 
@@ -15,7 +16,11 @@ import numpy as np
 
 from metaopt.training.checkpoint import atomic_write_bytes
 
-__all__ = ["moving_average", "plot_training_curve", "save_figure"]
+if TYPE_CHECKING:
+    from metaopt.algorithms import MetaLearner
+    from metaopt.training.family import TaskFamily, TrainConfig
+
+__all__ = ["moving_average", "plot_run", "plot_training_curve", "save_figure"]
 
 
 def save_figure(fig: Any, path: Path, **kwargs: Any) -> None:
@@ -25,6 +30,25 @@ def save_figure(fig: Any, path: Path, **kwargs: Any) -> None:
     fig.savefig(buffer, format=Path(path).suffix.lstrip(".") or "png", **kwargs)
     plt.close(fig)
     atomic_write_bytes(Path(path), buffer.getvalue())
+
+
+def plot_run(
+    family: TaskFamily,
+    config: TrainConfig,
+    algo: MetaLearner,
+    run_dir: Path,
+    evaluation: Mapping[str, Any],
+) -> None:
+    """Every plot of a run: ``training_curve.png`` from ``metrics.jsonl`` and the family's own
+    from ``evaluation``. Written after training and again by ``metaopt eval``, so the pictures
+    always show the ``eval.json`` beside them."""
+    from metaopt.training.family import RunResults
+
+    run_dir = Path(run_dir)
+    # Read back rather than kept in memory: memory stays flat however long the run.
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    plot_training_curve(run_dir / "training_curve.png", rows, family.name, config.algo)
+    family.plot(algo, config, run_dir, RunResults(rows, evaluation))
 
 
 def moving_average(values: Sequence[float], window: int) -> np.ndarray:

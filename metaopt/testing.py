@@ -138,15 +138,19 @@ def _query_grad(task: LinearTask, theta: np.ndarray) -> np.ndarray:
 
 
 def maml_meta_gradient(
-    tasks: Sequence[LinearTask], theta: np.ndarray, inner_lr: float, steps: int
+    tasks: Sequence[LinearTask], theta: np.ndarray, inner_lr: float | np.ndarray, steps: int
 ) -> np.ndarray:
-    """Second-order MAML: mean over tasks of (I − αH)ⁿ ∇L_q(θₙ)."""
+    """Second-order MAML: mean over tasks of (I − αH)ⁿ ∇L_q(θₙ).
+
+    ``inner_lr`` (here and in the other scalar-rate closed forms) may also be one rate per entry
+    of θ: 0 for an entry the inner loop does not adapt gives ANIL (``adapt=``).
+    """
     rates = np.full(len(theta), inner_lr)
     return metasgd_meta_gradient(tasks, theta, rates, steps)[0]
 
 
 def fomaml_meta_gradient(
-    tasks: Sequence[LinearTask], theta: np.ndarray, inner_lr: float, steps: int
+    tasks: Sequence[LinearTask], theta: np.ndarray, inner_lr: float | np.ndarray, steps: int
 ) -> np.ndarray:
     """First-order MAML: mean over tasks of ∇L_q(θₙ)."""
     rates = np.full(len(theta), inner_lr)
@@ -186,7 +190,7 @@ def metasgd_meta_gradient(
 
 
 def reptile_meta_gradient(
-    tasks: Sequence[LinearTask], theta: np.ndarray, inner_lr: float, steps: int
+    tasks: Sequence[LinearTask], theta: np.ndarray, inner_lr: float | np.ndarray, steps: int
 ) -> np.ndarray:
     """Reptile's direction: mean over tasks of θ − θₙ."""
     rates = np.full(len(theta), inner_lr)
@@ -300,17 +304,22 @@ def _closed_form(algo: MetaLearner, tasks: Sequence[Any]) -> list[torch.Tensor]:
             f"method='closed_form' covers inner SGD only, not {algo.describe()['rule']!r}"
         )
     theta = torch.cat([p.detach().reshape(-1) for p in model_params]).double().numpy()
+    # ANIL (adapt=): an entry the inner loop does not adapt has inner rate 0 in every closed form.
+    adapted = [algo.adapted is None or n in algo.adapted for n, _ in algo.model.named_parameters()]
+    mask = np.concatenate(
+        [np.full(p.numel(), float(a)) for p, a in zip(model_params, adapted, strict=True)]
+    )
     if any(t.A.shape[1] != len(theta) or t.C.shape[1] != len(theta) for t in tasks):
         raise ValueError(f"the tasks' matrices do not have {len(theta)} columns (θ's size)")
     steps = algo.inner_steps
     if isinstance(rates, list):  # learned per-parameter rates: Meta-SGD
-        alpha = torch.cat([a.reshape(-1) for a in rates]).double().numpy()
+        alpha = torch.cat([a.reshape(-1) for a in rates]).double().numpy() * mask
         g_theta, g_rates = metasgd_meta_gradient(
             tasks, theta, alpha, steps, first_order=not algo.exact_meta_gradient
         )
-        flat = np.concatenate([g_theta, g_rates])
+        flat = np.concatenate([g_theta, g_rates[mask > 0]])  # only adapted rates are learned
     elif algo.name in _SCALAR_RATE_CLOSED_FORMS:
-        flat = _SCALAR_RATE_CLOSED_FORMS[algo.name](tasks, theta, rates, steps)
+        flat = _SCALAR_RATE_CLOSED_FORMS[algo.name](tasks, theta, rates * mask, steps)
     else:
         raise ValueError(f"no closed form for {algo.name!r}")
     out, start = [], 0

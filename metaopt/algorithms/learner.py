@@ -18,6 +18,7 @@ import torchopt
 from torch import nn
 from torchopt.base import GradientTransformation
 
+from metaopt.algorithms.subset import Adapt, adapt_mask, resolve_adapt
 from metaopt.compiled import compiled_meta_backward
 from metaopt.engine import (
     BATCH_NORM_MODES,
@@ -29,11 +30,7 @@ from metaopt.engine import (
     inner_path,
     is_batching_failure,
 )
-from metaopt.inner import (
-    INNER_OPTIMIZERS,
-    InnerOptimizer,
-    inner_transform,
-)
+from metaopt.inner import INNER_OPTIMIZERS, InnerOptimizer, inner_transform
 from metaopt.isolation import isolated
 from metaopt.options import check_choice, check_int, check_real
 from metaopt.task import BatchedForward, BatchedTasks, Task, is_batched, is_task
@@ -118,6 +115,7 @@ class MetaLearner:
         inner_optimizer: str = "sgd",
         engine: str = "auto",
         batch_norm: str = "running",
+        adapt: Adapt = None,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -128,6 +126,13 @@ class MetaLearner:
         check_choice("inner_optimizer", inner_optimizer, INNER_OPTIMIZERS)
         check_choice("engine", engine, ENGINES)
         check_choice("batch_norm", batch_norm, BATCH_NORM_MODES)
+        #: Names of the parameters the inner loop adapts (``None``: all; ANIL, :mod:`.subset`).
+        self.adapted = resolve_adapt(model, adapt)
+        if self.adapted is not None and engine == "compiled":
+            raise ValueError(
+                "engine='compiled' adapts every parameter; with adapt= (a subset) use "
+                "engine='auto', 'vmap' or 'loop'"
+            )
         self.engine = engine
         self.batch_norm = batch_norm
         self.last_engine: str | None = None
@@ -138,7 +143,9 @@ class MetaLearner:
         self.inner_steps = inner_steps
         self.inner_optimizer_name = inner_optimizer
         self._init_learned_state()
-        self.inner_optimizer = InnerOptimizer(model, self._inner_transform())
+        self.inner_optimizer = InnerOptimizer(
+            model, self._inner_transform(), adapt_mask(model, self.adapted)
+        )
 
     def _init_learned_state(self) -> None:
         """Create what the inner update meta-learns (Meta-SGD's rates), from the validated
@@ -257,6 +264,7 @@ class MetaLearner:
             steps,
             create_graph=create_graph,
             batch_norm=self.batch_norm,
+            adapted=self.adapted,
         )
 
     def _forward(
@@ -421,7 +429,10 @@ class MetaLearner:
 
     def describe(self) -> dict[str, Any]:
         """How this algorithm adapts, for reports and eval.json."""
-        return {"rule": self.inner_optimizer_name, "lr": self.inner_lr}
+        return {"rule": self.inner_optimizer_name, "lr": self.inner_lr, **self._adapt_report()}
+
+    def _adapt_report(self) -> dict[str, Any]:
+        return {} if self.adapted is None else {"adapt": sorted(self.adapted)}
 
     def untrained_baseline(self, model: nn.Module) -> MetaLearner:
         """A learner that adapts ``model`` the way this one adapts, minus anything meta-learned:
@@ -433,13 +444,16 @@ class MetaLearner:
             inner_lr=self.inner_lr,
             inner_optimizer=self.inner_optimizer_name,
             batch_norm=self.batch_norm,
+            adapt=self.adapted,
         )
 
     def __repr__(self) -> str:
         return (
             f"{type(self).__name__}(inner_lr={self.inner_lr}, inner_steps={self.inner_steps}, "
             f"inner_optimizer={self.inner_optimizer_name!r}, engine={self.engine!r}, "
-            f"batch_norm={self.batch_norm!r})"
+            f"batch_norm={self.batch_norm!r}"
+            + ("" if self.adapted is None else f", adapt={sorted(self.adapted)}")
+            + ")"
         )
 
 

@@ -11,6 +11,7 @@ from torch import nn
 from torchopt.base import GradientTransformation
 
 from metaopt.algorithms.learner import MetaLearner, MetaMetrics, _check_tasks, _scalar
+from metaopt.algorithms.subset import Adapt, adapt_mask
 from metaopt.engine import check_losses
 from metaopt.inner import learned_rate_sgd
 from metaopt.task import BatchedTasks, Task
@@ -40,6 +41,10 @@ class MAML(MetaLearner):
         engine: ``"auto"``, ``"loop"``, ``"vmap"`` or ``"compiled"`` (:data:`ENGINES`).
         batch_norm: ``"running"`` or ``"batch"``: what BatchNorm layers do during adaptation
             (:data:`metaopt.engine.BATCH_NORM_MODES`); the same on both engines.
+        adapt: The parameters the inner loop adapts (default: all): names as
+            ``model.named_parameters()`` gives them or submodule prefixes (``["head"]`` is
+            ANIL), or a predicate ``(name, parameter) -> bool``. The others stay at θ during
+            adaptation and are still meta-learned (:mod:`metaopt.algorithms.subset`).
     """
 
     def __init__(
@@ -51,6 +56,7 @@ class MAML(MetaLearner):
         inner_optimizer: str = "sgd",
         engine: str = "auto",
         batch_norm: str = "running",
+        adapt: Adapt = None,
     ) -> None:
         if not isinstance(first_order, bool):
             raise TypeError(f"first_order must be a bool, got {first_order!r}")
@@ -62,6 +68,7 @@ class MAML(MetaLearner):
             inner_optimizer=inner_optimizer,
             engine=engine,
             batch_norm=batch_norm,
+            adapt=adapt,
         )
 
     def meta_backward(self, tasks: Sequence[Task], *, scale: float | None = None) -> MetaMetrics:
@@ -119,7 +126,8 @@ class MetaSGD(MAML):
 
     where α has the shape of θ, starts at ``inner_lr`` and is meta-learned together with θ by the
     query loss. Everything else is MAML's code path. ``inner_lrs`` is an ``nn.ParameterList`` in
-    the order of ``model.parameters()``.
+    the order of ``model.parameters()``. With ``adapt=`` a parameter the inner loop does not adapt
+    has its rate fixed at 0 (``requires_grad=False``, not meta-learned): it takes no step.
     """
 
     def __init__(
@@ -130,13 +138,19 @@ class MetaSGD(MAML):
         first_order: bool = False,
         engine: str = "auto",
         batch_norm: str = "running",
+        adapt: Adapt = None,
     ) -> None:
-        super().__init__(model, inner_lr, inner_steps, first_order, "sgd", engine, batch_norm)
+        super().__init__(
+            model, inner_lr, inner_steps, first_order, "sgd", engine, batch_norm, adapt
+        )
 
     def _init_learned_state(self) -> None:
+        adapts = adapt_mask(self.model, self.adapted) or [True] * len(list(self.model.parameters()))
         self.inner_lrs = nn.ParameterList(
-            nn.Parameter(torch.full_like(p, self.inner_lr), requires_grad=p.requires_grad)
-            for p in self.model.parameters()
+            nn.Parameter(
+                torch.full_like(p, self.inner_lr if a else 0.0), requires_grad=p.requires_grad and a
+            )
+            for p, a in zip(self.model.parameters(), adapts, strict=True)
         )
 
     def _inner_transform(self) -> GradientTransformation:
@@ -165,8 +179,9 @@ class MetaSGD(MAML):
         return [rate.detach() for rate in self.inner_lrs]
 
     def describe(self) -> dict[str, Any]:
-        rates = torch.cat([r.detach().flatten() for r in self.inner_lrs])
+        rates = torch.cat([r.detach().flatten() for r in self.inner_lrs if r.requires_grad])
         return {
+            **self._adapt_report(),
             "rule": "meta-sgd (learned per-parameter rates)",
             "rate_mean": rates.mean().item(),
             "rate_min": rates.min().item(),

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from metaopt.algorithms.learner import MetaLearner, MetaMetrics, _check_tasks, _scalar
+from metaopt.algorithms.subset import Adapt
 from metaopt.engine import check_losses
 from metaopt.task import BatchedTasks, Task
 
@@ -25,7 +26,8 @@ class Reptile(MetaLearner):
     :math:`\theta \leftarrow \theta + \epsilon\,\frac{1}{B}\sum_i(\tilde\theta_i - \theta)`,
     and any other ``torch.optim`` optimiser can take it instead. One task per meta-batch is the
     serial form of the paper, several the batched form. :func:`linear_annealing` gives the
-    seed's linearly decaying ε.
+    seed's linearly decaying ε. With ``adapt=`` (:mod:`metaopt.algorithms.subset`) a parameter
+    the inner loop does not adapt has :math:`\tilde\theta_i = \theta`, so its direction is 0.
     """
 
     def __init__(
@@ -36,6 +38,7 @@ class Reptile(MetaLearner):
         inner_optimizer: str = "sgd",
         engine: str = "auto",
         batch_norm: str = "running",
+        adapt: Adapt = None,
     ) -> None:
         super().__init__(
             model,
@@ -44,6 +47,7 @@ class Reptile(MetaLearner):
             inner_optimizer=inner_optimizer,
             engine=engine,
             batch_norm=batch_norm,
+            adapt=adapt,
         )
 
     @property

@@ -1,4 +1,5 @@
-"""metaopt: MAML, first-order MAML, Meta-SGD and Reptile on TorchOpt, through one interface.
+"""metaopt: MAML, first-order MAML, Meta-SGD, Reptile, iMAML and ANIL (``adapt=``) on TorchOpt,
+through one interface.
 
 >>> import metaopt
 >>> algo = metaopt.MAML(model, inner_lr=0.01)            # doctest: +SKIP
@@ -7,7 +8,15 @@
 
 from typing import Any
 
-from metaopt.algorithms import MAML, MetaLearner, MetaMetrics, MetaSGD, Reptile, linear_annealing
+from metaopt.algorithms import (
+    IMAML,
+    MAML,
+    MetaLearner,
+    MetaMetrics,
+    MetaSGD,
+    Reptile,
+    linear_annealing,
+)
 from metaopt.inner import InnerOptimizer, learned_rate_sgd
 from metaopt.isolation import isolated
 from metaopt.options import ConfigError
@@ -30,6 +39,7 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
+    "IMAML",
     "MAML",
     "BatchedTasks",
     "ConfigError",

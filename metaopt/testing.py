@@ -41,6 +41,7 @@ __all__ = [
     "assert_state_restored",
     "check_meta_gradient",
     "fomaml_meta_gradient",
+    "imaml_meta_gradient",
     "maml_meta_gradient",
     "metasgd_meta_gradient",
     "random_linear_tasks",
@@ -197,6 +198,29 @@ def reptile_meta_gradient(
     return np.mean([theta - _inner_path(t, theta, rates, steps)[-1] for t in tasks], axis=0)
 
 
+def imaml_meta_gradient(
+    tasks: Sequence[LinearTask], theta: np.ndarray, reg: float, mask: np.ndarray | None = None
+) -> np.ndarray:
+    """iMAML with the regularised inner problem solved exactly: mean over tasks of
+    (I + H/λ)⁻¹ ∇L_q(φ*), φ* = (H + λI)⁻¹(Aᵀb + λθ). With ``mask`` (1 for an adapted entry, 0
+    else: ANIL) only the block a is solved for, at θ of the rest b; then θ_a gets
+    λ(H_aa + λI)⁻¹ g_a and θ_b gets g_b − H_ba (H_aa + λI)⁻¹ g_a. This is the exact gradient of
+    the meta-loss L_q(φ*(θ)), so iMAML's formula has no approximation here."""
+    a = np.ones(len(theta), bool) if mask is None else np.asarray(mask) > 0
+    total = np.zeros(len(theta))
+    for task in tasks:
+        H = task.A.T @ task.A
+        solve = np.linalg.inv(H[np.ix_(a, a)] + reg * np.eye(int(a.sum())))
+        phi = np.array(theta, dtype=np.float64)
+        phi[a] = solve @ (task.A[:, a].T @ (task.b - task.A[:, ~a] @ theta[~a]) + reg * theta[a])
+        g = _query_grad(task, phi)
+        grad = g.copy()
+        grad[a] = reg * solve @ g[a]
+        grad[~a] = g[~a] - H[np.ix_(~a, a)] @ solve @ g[a]
+        total += grad
+    return total / len(tasks)
+
+
 #: The closed forms of the algorithms with one scalar inner learning rate, by ``algo.name``.
 _SCALAR_RATE_CLOSED_FORMS: dict[str, Callable[..., np.ndarray]] = {
     "maml": maml_meta_gradient,
@@ -299,7 +323,9 @@ def _closed_form(algo: MetaLearner, tasks: Sequence[Any]) -> list[torch.Tensor]:
     if not all(p.requires_grad for p in model_params):
         raise ValueError("method='closed_form' needs every model parameter trainable")
     rates = algo.inner_sgd_rates()
-    if rates is None:
+    if algo.name == "imaml":  # φ* solved exactly: the reference of the converged algorithm
+        rates = 0.0
+    elif rates is None:
         raise ValueError(
             f"method='closed_form' covers inner SGD only, not {algo.describe()['rule']!r}"
         )
@@ -318,6 +344,8 @@ def _closed_form(algo: MetaLearner, tasks: Sequence[Any]) -> list[torch.Tensor]:
             tasks, theta, alpha, steps, first_order=not algo.exact_meta_gradient
         )
         flat = np.concatenate([g_theta, g_rates[mask > 0]])  # only adapted rates are learned
+    elif algo.name == "imaml":
+        flat = imaml_meta_gradient(tasks, theta, algo.describe()["reg"], mask)
     elif algo.name in _SCALAR_RATE_CLOSED_FORMS:
         flat = _SCALAR_RATE_CLOSED_FORMS[algo.name](tasks, theta, rates * mask, steps)
     else:

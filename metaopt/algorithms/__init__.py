@@ -1,4 +1,4 @@
-"""MAML, first-order MAML, Meta-SGD and Reptile behind one interface.
+"""MAML, first-order MAML, Meta-SGD, Reptile and iMAML behind one interface; ANIL is ``adapt=``.
 
 Every algorithm binds a model and its hyper-parameters and offers the same three calls:
 
@@ -15,6 +15,7 @@ The outer step is left to any ``torch.optim`` optimiser, so a training step read
     outer.step()
 """
 
+from metaopt.algorithms.imaml import IMAML
 from metaopt.algorithms.learner import ALGORITHMS, ENGINES, MetaLearner, MetaMetrics
 from metaopt.algorithms.maml import MAML, MetaSGD
 from metaopt.algorithms.reptile import Reptile, linear_annealing
@@ -22,6 +23,7 @@ from metaopt.algorithms.reptile import Reptile, linear_annealing
 __all__ = [
     "ALGORITHMS",
     "ENGINES",
+    "IMAML",
     "MAML",
     "MetaLearner",
     "MetaMetrics",

@@ -43,8 +43,9 @@ from metaopt.task import BatchedForward, BatchedTasks, Task, is_batched, is_task
 #: only when asked for: its first call compiles for tens of seconds.
 ENGINES = ("auto", "vmap", "loop", "compiled")
 
-#: The algorithms by their names on the command line: MAML, first-order MAML, Meta-SGD, Reptile.
-ALGORITHMS = ("maml", "fomaml", "metasgd", "reptile")
+#: The algorithms by their names on the command line: MAML, first-order MAML, Meta-SGD, Reptile,
+#: iMAML.
+ALGORITHMS = ("maml", "fomaml", "metasgd", "reptile", "imaml")
 
 
 class MetaMetrics:

@@ -158,3 +158,31 @@ def test_adapt_restores_the_model_and_reports() -> None:
         model, algo.inner_optimizer, lambda: algo.meta_backward([RegressionTask(1)])
     )
     assert algo.name == "imaml" and algo.describe()["reg"] == 2.0 and not algo.exact_meta_gradient
+
+
+@pytest.mark.parametrize("batch_norm", ["running", "batch"])
+def test_batchnorm_in_training_mode_on_both_engines(batch_norm: str) -> None:
+    # BatchNorm updates its buffers in place; iMAML's functional losses run on copies of them, and
+    # the model's statistics are left as they were.
+    from test_engine import RegressionBatch, meta_gradient
+
+    tasks = RegressionBatch(3, torch.float64)
+    grads = {}
+    for engine in ("loop", "vmap"):
+        torch.manual_seed(0)
+        net = torch.nn.Sequential(
+            torch.nn.Linear(3, 8), torch.nn.BatchNorm1d(8), torch.nn.ReLU(), torch.nn.Linear(8, 1)
+        ).double()
+        algo = metaopt.IMAML(
+            net,
+            inner_lr=0.1,
+            inner_steps=3,
+            reg=5.0,
+            cg_steps=100,
+            cg_tol=1e-11,
+            engine=engine,
+            batch_norm=batch_norm,
+        )
+        grads[engine], _ = meta_gradient(algo, tasks)
+        assert float(net[1].running_mean.abs().max()) == 0
+    assert (grads["loop"] - grads["vmap"]).norm() <= 1e-7 * grads["loop"].norm()

@@ -157,8 +157,11 @@ class IMAML(MetaLearner):
 
             def losses(phi: Tensors, th: dict[str, torch.Tensor], query: bool) -> torch.Tensor:
                 every = {n: t.expand(len(batch), *t.shape) for n, t in th.items()}
+                # Fresh buffer copies: BatchNorm in training mode updates them in place, which
+                # torch.func.grad allows only on tensors made inside the transformed function.
+                buffers = {n: t.clone() for n, t in copies.items()}
                 forward = self._forward(
-                    {**every, **dict(zip(names, phi, strict=True)), **copies}, fixed
+                    {**every, **dict(zip(names, phi, strict=True)), **buffers}, fixed
                 )
                 if query:
                     return batch.query_losses(forward)
@@ -180,9 +183,9 @@ class IMAML(MetaLearner):
             def losses(phi: Tensors, th: dict[str, torch.Tensor], query: bool) -> torch.Tensor:
                 loss = task.query_loss if query else task.support_loss
                 call = _Call(self.model, loss)
-                tensors = {
-                    f"model.{n}": t for n, t in {**th, **dict(zip(names, phi, strict=True))}.items()
-                }
+                every = {**th, **dict(zip(names, phi, strict=True))}
+                every.update((n, b.clone()) for n, b in self.model.named_buffers())  # as above
+                tensors = {f"model.{n}": t for n, t in every.items()}
                 return torch.func.functional_call(call, tensors, ())
 
             with _quiet():

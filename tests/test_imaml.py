@@ -186,3 +186,31 @@ def test_batchnorm_in_training_mode_on_both_engines(batch_norm: str) -> None:
         grads[engine], _ = meta_gradient(algo, tasks)
         assert float(net[1].running_mean.abs().max()) == 0
     assert (grads["loop"] - grads["vmap"]).norm() <= 1e-7 * grads["loop"].norm()
+
+
+@pytest.mark.slow  # the profiler's start-up: about 11 s
+def test_memory_does_not_grow_with_the_inner_steps() -> None:
+    # Peak bytes of one meta-iteration (benchmarks/imaml_memory.py on a smaller model): MAML keeps
+    # every inner step's graph, iMAML none, so only MAML's peak grows with the steps.
+    from test_engine import RegressionBatch
+
+    from metaopt.tools.bench import peak_memory_bytes
+
+    tasks = RegressionBatch(4, torch.float32, points=16)
+
+    def peak(cls, steps: int, **kwargs) -> int:
+        torch.manual_seed(0)
+        net = torch.nn.Sequential(
+            torch.nn.Linear(3, 64),
+            torch.nn.Tanh(),
+            torch.nn.Linear(64, 64),
+            torch.nn.Tanh(),
+            torch.nn.Linear(64, 1),
+        )
+        algo = cls(net, inner_lr=0.01, inner_steps=steps, engine="vmap", **kwargs)
+        algo.meta_backward(tasks)
+        return peak_memory_bytes(lambda: algo.meta_backward(tasks))
+
+    imaml = {"reg": 10.0, "cg_steps": 5, "cg_tol": 0.5}
+    assert peak(metaopt.MAML, 16) > 4 * peak(metaopt.MAML, 2)
+    assert peak(metaopt.IMAML, 16, **imaml) <= 1.05 * peak(metaopt.IMAML, 2, **imaml)

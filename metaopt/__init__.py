@@ -1,4 +1,5 @@
-"""metaopt: MAML, first-order MAML, Meta-SGD and Reptile on TorchOpt, through one interface.
+"""metaopt: MAML, first-order MAML, Meta-SGD, Reptile, iMAML and ANIL (``adapt=``) on TorchOpt,
+through one interface.
 
 >>> import metaopt
 >>> algo = metaopt.MAML(model, inner_lr=0.01)            # doctest: +SKIP
@@ -12,6 +13,7 @@ from metaopt.options import ConfigError
 
 if TYPE_CHECKING:
     from metaopt.algorithms import (
+        IMAML,
         MAML,
         MetaLearner,
         MetaMetrics,
@@ -35,7 +37,15 @@ __getattr__ = lazy_exports(
     __name__,
     {
         **dict.fromkeys(
-            ("MAML", "MetaLearner", "MetaMetrics", "MetaSGD", "Reptile", "linear_annealing"),
+            (
+                "IMAML",
+                "MAML",
+                "MetaLearner",
+                "MetaMetrics",
+                "MetaSGD",
+                "Reptile",
+                "linear_annealing",
+            ),
             "metaopt.algorithms",
         ),
         "InnerOptimizer": "metaopt.inner",
@@ -50,6 +60,7 @@ __getattr__ = lazy_exports(
 )
 
 __all__ = [
+    "IMAML",
     "MAML",
     "BatchedTasks",
     "ConfigError",

@@ -309,7 +309,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if unknown:  # the subcommand's usage, not the top level's, with the flag it resembles
         _unknown_arguments(subparser, unknown)
     # The heavy modules load from here on, once the arguments are known to be good.
-    from metaopt.training import NonFiniteError, TrainingInterrupted
+    from metaopt.training import TrainingInterrupted
     from metaopt.training.lock import RunDirectoryLocked
 
     try:
@@ -386,7 +386,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as error:
         print(f"metaopt: error: {error}", file=sys.stderr)
         return 2
-    except NonFiniteError as error:  # training diverged: not a bug, and not a usage error
+    except FloatingPointError as error:  # training diverged (NonFiniteError, a failed iMAML
+        # solve): not a bug, and not a usage error
         print(f"metaopt: error: {error}", file=sys.stderr)
         return 1
     except TrainingInterrupted as stop:

@@ -27,7 +27,7 @@ The engine gives the loop engine's answer or is not used (:func:`can_vectorise` 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -215,13 +215,16 @@ def inner_path(
     *,
     create_graph: bool,
     batch_norm: str = "running",
+    adapted: Collection[str] | None = None,
 ) -> Iterator[Adapted]:
     """Adapt every task of ``tasks`` by ``steps`` differentiable steps of ``transform``, yielding
     the state after 0, 1, ..., ``steps`` steps (an evaluation reads the whole adaptation curve
     from one adaptation).
 
     ``transform`` receives one gradient per parameter in ``named_parameters()`` order, ``None``
-    for a frozen one, as under :class:`metaopt.inner.InnerOptimizer`.
+    for a frozen one, as under :class:`metaopt.inner.InnerOptimizer`. ``adapted`` (names;
+    ``None``: every trainable parameter) limits the update to those parameters: the others get
+    ``None`` too, but keep their per-task copy of θ, through which the meta-gradient reaches them.
 
     Yields:
         The per-task tensors ``{name: [B, ...]}`` (adapted parameters and per-task buffer
@@ -238,14 +241,14 @@ def inner_path(
     # Every parameter, in named_parameters() order: the trainable ones one copy per task, the
     # frozen ones as they are (they get no gradient, hence no update).
     every = tuple(p.expand(num_tasks, *p.shape) if n in trainable else p for n, p in named.items())
-    rows = [i for i, n in enumerate(named) if n in trainable]
-    names = [n for n in named if n in trainable]
+    per_task = [(i, n) for i, n in enumerate(named) if n in trainable]
+    rows = [i for i, n in per_task if adapted is None or n in adapted]
     flat = tuple(every[i] for i in rows)
     state = transform.init(every)
     before = None
 
     for step in range(steps + 1):
-        params = {**dict(zip(names, flat, strict=True)), **copies}
+        params = {**{n: every[i] for i, n in per_task}, **copies}
         yield params, layout.shared, before
         if step == steps:
             return

@@ -223,11 +223,19 @@ class InnerOptimizer(torchopt.MetaOptimizer):
     after the optimiser was built) are left as they are, and so are parameters the loss does not
     use. A parameter that several submodules share (``b.weight = a.weight``) is updated once, by
     its whole gradient, and the one new tensor goes back to every submodule; TorchOpt's own step
-    would update each place separately and untie them.
+    would update each place separately and untie them. ``adapted`` (one flag per parameter in
+    ``parameters()`` order; ``None``: all) leaves the unflagged parameters as they are, as if
+    frozen (ANIL's body, :mod:`metaopt.algorithms.subset`).
     """
 
-    def __init__(self, module: nn.Module, impl: GradientTransformation) -> None:
+    def __init__(
+        self,
+        module: nn.Module,
+        impl: GradientTransformation,
+        adapted: Sequence[bool] | None = None,
+    ) -> None:
         super().__init__(module, impl)
+        self._adapted = None if adapted is None else list(adapted)
         flat, _ = _flatten(self.param_containers_groups[0])
         positions, slots = _distinct(flat)
         # ``impl`` sees the parameters in ``parameters()`` order, the order of the vectorised
@@ -254,6 +262,8 @@ class InnerOptimizer(torchopt.MetaOptimizer):
             if isinstance(state, UninitializedState):
                 state = self.impl.init(params)
             trainable = [p.requires_grad for p in params]
+            if self._adapted is not None:
+                trainable = [t and a for t, a in zip(trainable, self._adapted, strict=True)]
             wanted = [p for p, t in zip(params, trainable, strict=True) if t]
             found = iter(
                 torch.autograd.grad(loss, wanted, create_graph=create_graph, allow_unused=True)

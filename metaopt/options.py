@@ -37,8 +37,9 @@ T = TypeVar("T")
 # The choices of the core's settings live here, in a module without torch, so that the command
 # line describes them without importing the modules that implement them (which re-export them).
 
-#: The algorithms by their names on the command line: MAML, first-order MAML, Meta-SGD, Reptile.
-ALGORITHMS = ("maml", "fomaml", "metasgd", "reptile")
+#: The algorithms by their names on the command line: MAML, first-order MAML, Meta-SGD, Reptile,
+#: iMAML.
+ALGORITHMS = ("maml", "fomaml", "metasgd", "reptile", "imaml")
 
 #: ``loop``: one task at a time, as the papers write it. ``vmap``: all tasks at once
 #: (:mod:`metaopt.engine`). ``auto``: ``vmap`` whenever the meta-batch implements

@@ -41,6 +41,7 @@ __all__ = [
     "assert_state_restored",
     "check_meta_gradient",
     "fomaml_meta_gradient",
+    "imaml_meta_gradient",
     "maml_meta_gradient",
     "metasgd_meta_gradient",
     "random_linear_tasks",
@@ -138,15 +139,19 @@ def _query_grad(task: LinearTask, theta: np.ndarray) -> np.ndarray:
 
 
 def maml_meta_gradient(
-    tasks: Sequence[LinearTask], theta: np.ndarray, inner_lr: float, steps: int
+    tasks: Sequence[LinearTask], theta: np.ndarray, inner_lr: float | np.ndarray, steps: int
 ) -> np.ndarray:
-    """Second-order MAML: mean over tasks of (I − αH)ⁿ ∇L_q(θₙ)."""
+    """Second-order MAML: mean over tasks of (I − αH)ⁿ ∇L_q(θₙ).
+
+    ``inner_lr`` (here and in the other scalar-rate closed forms) may also be one rate per entry
+    of θ: 0 for an entry the inner loop does not adapt gives ANIL (``adapt=``).
+    """
     rates = np.full(len(theta), inner_lr)
     return metasgd_meta_gradient(tasks, theta, rates, steps)[0]
 
 
 def fomaml_meta_gradient(
-    tasks: Sequence[LinearTask], theta: np.ndarray, inner_lr: float, steps: int
+    tasks: Sequence[LinearTask], theta: np.ndarray, inner_lr: float | np.ndarray, steps: int
 ) -> np.ndarray:
     """First-order MAML: mean over tasks of ∇L_q(θₙ)."""
     rates = np.full(len(theta), inner_lr)
@@ -186,11 +191,34 @@ def metasgd_meta_gradient(
 
 
 def reptile_meta_gradient(
-    tasks: Sequence[LinearTask], theta: np.ndarray, inner_lr: float, steps: int
+    tasks: Sequence[LinearTask], theta: np.ndarray, inner_lr: float | np.ndarray, steps: int
 ) -> np.ndarray:
     """Reptile's direction: mean over tasks of θ − θₙ."""
     rates = np.full(len(theta), inner_lr)
     return np.mean([theta - _inner_path(t, theta, rates, steps)[-1] for t in tasks], axis=0)
+
+
+def imaml_meta_gradient(
+    tasks: Sequence[LinearTask], theta: np.ndarray, reg: float, mask: np.ndarray | None = None
+) -> np.ndarray:
+    """iMAML with the regularised inner problem solved exactly: mean over tasks of
+    (I + H/λ)⁻¹ ∇L_q(φ*), φ* = (H + λI)⁻¹(Aᵀb + λθ). With ``mask`` (1 for an adapted entry, 0
+    else: ANIL) only the block a is solved for, at θ of the rest b; then θ_a gets
+    λ(H_aa + λI)⁻¹ g_a and θ_b gets g_b − H_ba (H_aa + λI)⁻¹ g_a. This is the exact gradient of
+    the meta-loss L_q(φ*(θ)), so iMAML's formula has no approximation here."""
+    a = np.ones(len(theta), bool) if mask is None else np.asarray(mask) > 0
+    total = np.zeros(len(theta))
+    for task in tasks:
+        H = task.A.T @ task.A
+        solve = np.linalg.inv(H[np.ix_(a, a)] + reg * np.eye(int(a.sum())))
+        phi = np.array(theta, dtype=np.float64)
+        phi[a] = solve @ (task.A[:, a].T @ (task.b - task.A[:, ~a] @ theta[~a]) + reg * theta[a])
+        g = _query_grad(task, phi)
+        grad = g.copy()
+        grad[a] = reg * solve @ g[a]
+        grad[~a] = g[~a] - H[np.ix_(~a, a)] @ solve @ g[a]
+        total += grad
+    return total / len(tasks)
 
 
 #: The closed forms of the algorithms with one scalar inner learning rate, by ``algo.name``.
@@ -295,22 +323,31 @@ def _closed_form(algo: MetaLearner, tasks: Sequence[Any]) -> list[torch.Tensor]:
     if not all(p.requires_grad for p in model_params):
         raise ValueError("method='closed_form' needs every model parameter trainable")
     rates = algo.inner_sgd_rates()
-    if rates is None:
+    if algo.name == "imaml":  # φ* solved exactly: the reference of the converged algorithm
+        rates = 0.0
+    elif rates is None:
         raise ValueError(
             f"method='closed_form' covers inner SGD only, not {algo.describe()['rule']!r}"
         )
     theta = torch.cat([p.detach().reshape(-1) for p in model_params]).double().numpy()
+    # ANIL (adapt=): an entry the inner loop does not adapt has inner rate 0 in every closed form.
+    adapted = [algo.adapted is None or n in algo.adapted for n, _ in algo.model.named_parameters()]
+    mask = np.concatenate(
+        [np.full(p.numel(), float(a)) for p, a in zip(model_params, adapted, strict=True)]
+    )
     if any(t.A.shape[1] != len(theta) or t.C.shape[1] != len(theta) for t in tasks):
         raise ValueError(f"the tasks' matrices do not have {len(theta)} columns (θ's size)")
     steps = algo.inner_steps
     if isinstance(rates, list):  # learned per-parameter rates: Meta-SGD
-        alpha = torch.cat([a.reshape(-1) for a in rates]).double().numpy()
+        alpha = torch.cat([a.reshape(-1) for a in rates]).double().numpy() * mask
         g_theta, g_rates = metasgd_meta_gradient(
             tasks, theta, alpha, steps, first_order=not algo.exact_meta_gradient
         )
-        flat = np.concatenate([g_theta, g_rates])
+        flat = np.concatenate([g_theta, g_rates[mask > 0]])  # only adapted rates are learned
+    elif algo.name == "imaml":
+        flat = imaml_meta_gradient(tasks, theta, algo.describe()["reg"], mask)
     elif algo.name in _SCALAR_RATE_CLOSED_FORMS:
-        flat = _SCALAR_RATE_CLOSED_FORMS[algo.name](tasks, theta, rates, steps)
+        flat = _SCALAR_RATE_CLOSED_FORMS[algo.name](tasks, theta, rates * mask, steps)
     else:
         raise ValueError(f"no closed form for {algo.name!r}")
     out, start = [], 0

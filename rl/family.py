@@ -117,6 +117,12 @@ class A2CConfig(TrainConfig):
 
     def validate(self) -> None:
         super().validate()
+        if self.algo == "imaml":  # its CG solve needs one fixed support loss per task
+            raise ConfigError(
+                "--algo imaml is not available for RL families: its implicit gradient "
+                "re-evaluates the support loss, which samples new trajectories at every call, so "
+                "the linear system it solves would change under it"
+            )
         for name in ("horizon", "trajectories", "test_tasks"):
             _check_int(name, getattr(self, name), 1)
         for name in ("gamma", "gae_lambda"):

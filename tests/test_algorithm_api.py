@@ -81,6 +81,7 @@ def test_names_and_exactness() -> None:
         (metaopt.MetaSGD(_model()), "metasgd", True),
         (metaopt.MetaSGD(_model(), first_order=True), "metasgd", False),
         (metaopt.Reptile(model), "reptile", False),
+        (metaopt.IMAML(model), "imaml", False),
     ]
     for algo, name, exact in cases:
         assert algo.name == name and name in metaopt.algorithms.ALGORITHMS

@@ -152,7 +152,7 @@ def test_cli_train_and_eval(tmp_path: Path, capsys) -> None:
     [
         (
             ["train", "toy", "--algo", "sgd"],
-            "--algo must be one of maml, fomaml, metasgd, reptile; got 'sgd'",
+            "--algo must be one of maml, fomaml, metasgd, reptile, imaml; got 'sgd'",
         ),
         (["train", "toy", "--iterations", "-1"], "--iterations must be an integer >= 0, got -1"),
         (

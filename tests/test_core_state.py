@@ -28,6 +28,8 @@ ALGORITHMS = {
     "maml-adam": lambda m: metaopt.MAML(m, inner_lr=0.1, inner_steps=2, inner_optimizer="adam"),
     "metasgd": lambda m: metaopt.MetaSGD(m, inner_lr=0.1, inner_steps=2),
     "reptile": lambda m: metaopt.Reptile(m, inner_lr=0.1, inner_steps=3),
+    "imaml": lambda m: metaopt.IMAML(m, inner_lr=0.1, inner_steps=3, reg=2.0, cg_steps=30),
+    "maml-anil": lambda m: metaopt.MAML(m, inner_lr=0.1, inner_steps=2, adapt=["body.3"]),
 }
 
 

@@ -29,8 +29,10 @@ def mlp(dtype: torch.dtype, seed: int = 0) -> nn.Module:
 
 
 def build(name: str, model: nn.Module, engine: str, steps: int) -> metaopt.MetaLearner:
+    adapt = ["4"] if name.endswith("-anil") else None  # ANIL: the last layer adapts
+    name = name.removesuffix("-anil")
     if name == "metasgd":
-        algo = metaopt.MetaSGD(model, inner_lr=0.05, inner_steps=steps, engine=engine)
+        algo = metaopt.MetaSGD(model, inner_lr=0.05, inner_steps=steps, engine=engine, adapt=adapt)
         with torch.no_grad():  # non-uniform rates, the same for both engines
             for i, rate in enumerate(algo.inner_lrs):
                 rate.mul_(
@@ -40,7 +42,7 @@ def build(name: str, model: nn.Module, engine: str, steps: int) -> metaopt.MetaL
                 )
         return algo
     if name == "reptile":
-        return metaopt.Reptile(model, inner_lr=0.05, inner_steps=steps, engine=engine)
+        return metaopt.Reptile(model, inner_lr=0.05, inner_steps=steps, engine=engine, adapt=adapt)
     optimizer = "adam" if name.endswith("adam") else "sgd"
     first_order = name.startswith("fomaml")
     return metaopt.MAML(
@@ -50,6 +52,7 @@ def build(name: str, model: nn.Module, engine: str, steps: int) -> metaopt.MetaL
         first_order=first_order,
         inner_optimizer=optimizer,
         engine=engine,
+        adapt=adapt,
     )
 
 
@@ -59,6 +62,7 @@ def meta_gradient(algo: metaopt.MetaLearner, tasks) -> tuple[torch.Tensor, metao
 
 
 NAMES = ["maml", "fomaml", "maml-adam", "fomaml-adam", "metasgd", "reptile"]
+NAMES += ["maml-anil", "fomaml-anil", "metasgd-anil", "reptile-anil"]
 
 
 @pytest.mark.parametrize("name", NAMES)

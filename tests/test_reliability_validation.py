@@ -27,7 +27,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 #: (field, bad value, the message) for every field of TrainConfig; a new field without a line here
 #: fails test_every_field_is_audited.
 BAD = [
-    ("algo", "sgd", "--algo must be one of maml, fomaml, metasgd, reptile; got 'sgd'"),
+    ("algo", "sgd", "--algo must be one of maml, fomaml, metasgd, reptile, imaml; got 'sgd'"),
     ("preset", "", "--preset must be one of none; got ''"),
     ("inner_steps", 0, "--inner-steps must be an integer >= 1, got 0"),
     ("inner_steps", True, "--inner-steps must be an integer >= 1, got True"),
@@ -57,6 +57,10 @@ BAD = [
     ("dist_timeout", 0, "--dist-timeout must be a positive finite number, got 0"),
     ("threads", -1, "--threads must be an integer >= 0, got -1"),
     ("max_memory", -1, "--max-memory must be a finite number >= 0, got -1"),
+    ("adapt", 3, "--adapt takes comma-separated names, got 3"),
+    ("reg", 0.0, "--reg must be a positive finite number, got 0.0"),
+    ("cg_steps", 0, "--cg-steps must be an integer >= 1, got 0"),
+    ("cg_tol", -1.0, "--cg-tol must be a positive finite number, got -1.0"),
 ]
 
 

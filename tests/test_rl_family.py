@@ -39,7 +39,12 @@ def test_the_family_is_found_through_its_entry_point() -> None:
     assert defaults.hidden_sizes == (32, 32) and defaults.test_tasks >= 200
 
 
-@pytest.mark.parametrize("algo", ALGORITHMS)
+def test_imaml_is_refused_by_name() -> None:
+    with pytest.raises(ConfigError, match="--algo imaml is not available for RL families"):
+        resolve_config(MDPFamily(), {**TINY, "algo": "imaml"})
+
+
+@pytest.mark.parametrize("algo", [a for a in ALGORITHMS if a != "imaml"])
 def test_smoke_meta_training(algo: str, tmp_path: Path) -> None:
     family = MDPFamily()
     extra = {"inner_steps": 2} if algo == "reptile" else {}

@@ -134,3 +134,25 @@ def test_tensorboard_on_resume_drops_the_events_after_the_checkpoint(tmp_path: P
     assert [e.step for e in events.Scalars("query")] == [1, 2, 3, 4, 5, 6]
     rows = rh.metrics(run_dir)
     assert [e.value for e in events.Scalars("query")] == pytest.approx([r["query"] for r in rows])
+
+
+def test_tensorboard_publishes_only_complete_event_files(tmp_path: Path, monkeypatch) -> None:
+    """Events are staged and copied into the run directory whole: between publications the run
+    directory holds the last complete copy, never a file still being appended to."""
+    pytest.importorskip("tensorboard")
+    from metaopt.training import tensorboard as tb
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    monkeypatch.setattr(tb, "PUBLISH_SECONDS", 3600.0)
+    hooks = TensorBoardHooks()
+    hooks.on_train_start(run_dir, resolve_config(rh.family("rtoy"), {}), 0)
+    hooks.on_iteration_end(1, {"iteration": 1, "query": 0.5})
+    assert list(run_dir.iterdir()) == []  # staged, not yet published
+    monkeypatch.setattr(tb, "PUBLISH_SECONDS", 0.0)
+    hooks.on_iteration_end(2, {"iteration": 2, "query": 0.25})
+    (published,) = run_dir.iterdir()
+    staged = hooks._staging / published.name
+    assert published.read_bytes() == staged.read_bytes()
+    hooks.on_run_end(run_dir, {"by_steps": {}})
+    assert hooks._staging is None and [p.name for p in run_dir.iterdir()] == [published.name]

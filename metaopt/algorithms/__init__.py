@@ -1,4 +1,4 @@
-"""MAML, first-order MAML, Meta-SGD and Reptile behind one interface.
+"""MAML, first-order MAML, Meta-SGD, Reptile and iMAML behind one interface; ANIL is ``adapt=``.
 
 Every algorithm binds a model and its hyper-parameters and offers the same three calls:
 
@@ -15,6 +15,7 @@ The outer step is left to any ``torch.optim`` optimiser, so a training step read
     outer.step()
 """
 
+from metaopt.algorithms.imaml import IMAML, ConjugateGradientError
 from metaopt.algorithms.learner import MetaLearner, MetaMetrics
 from metaopt.algorithms.maml import MAML, MetaSGD
 from metaopt.algorithms.reptile import Reptile, linear_annealing
@@ -23,7 +24,9 @@ from metaopt.options import ALGORITHMS, ENGINES  # defined without torch, for th
 __all__ = [
     "ALGORITHMS",
     "ENGINES",
+    "IMAML",
     "MAML",
+    "ConjugateGradientError",
     "MetaLearner",
     "MetaMetrics",
     "MetaSGD",

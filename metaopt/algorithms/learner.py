@@ -18,6 +18,8 @@ import torchopt
 from torch import nn
 from torchopt.base import GradientTransformation
 
+from metaopt.algorithms.checks import check_task, scalar_loss
+from metaopt.algorithms.subset import Adapt, adapt_mask, resolve_adapt
 from metaopt.compiled import compiled_meta_backward
 from metaopt.engine import (
     BATCH_NORM_MODES,
@@ -29,14 +31,10 @@ from metaopt.engine import (
     inner_path,
     is_batching_failure,
 )
-from metaopt.inner import (
-    INNER_OPTIMIZERS,
-    InnerOptimizer,
-    inner_transform,
-)
+from metaopt.inner import INNER_OPTIMIZERS, InnerOptimizer, inner_transform
 from metaopt.isolation import MISNESTED, OneThread, isolated, leave_in_order, naming_task
 from metaopt.options import ENGINES, check_choice, check_int, check_real
-from metaopt.task import BatchedForward, BatchedTasks, Task, is_batched, is_task
+from metaopt.task import BatchedForward, BatchedTasks, Task, is_batched
 
 
 class MetaMetrics:
@@ -101,12 +99,12 @@ class MetaLearner:
     def __init__(
         self,
         model: nn.Module,
-        *,
         inner_lr: float,
         inner_steps: int,
         inner_optimizer: str = "sgd",
         engine: str = "auto",
         batch_norm: str = "running",
+        adapt: Adapt = None,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -117,6 +115,13 @@ class MetaLearner:
         check_choice("inner_optimizer", inner_optimizer, INNER_OPTIMIZERS)
         check_choice("engine", engine, ENGINES)
         check_choice("batch_norm", batch_norm, BATCH_NORM_MODES)
+        #: Names of the parameters the inner loop adapts (``None``: all; ANIL, :mod:`.subset`).
+        self.adapted = resolve_adapt(model, adapt)
+        if self.adapted is not None and engine == "compiled":
+            raise ValueError(
+                "engine='compiled' adapts every parameter; with adapt= (a subset) use "
+                "engine='auto', 'vmap' or 'loop'"
+            )
         self.engine = engine
         self.batch_norm = batch_norm
         self.last_engine: str | None = None
@@ -127,7 +132,9 @@ class MetaLearner:
         self.inner_steps = inner_steps
         self.inner_optimizer_name = inner_optimizer
         self._init_learned_state()
-        self.inner_optimizer = InnerOptimizer(model, self._inner_transform())
+        self.inner_optimizer = InnerOptimizer(
+            model, self._inner_transform(), adapt_mask(model, self.adapted)
+        )
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         """Every algorithm's ``meta_backward`` runs under the learner's one-thread guard."""
@@ -255,6 +262,7 @@ class MetaLearner:
             steps,
             create_graph=create_graph,
             batch_norm=self.batch_norm,
+            adapted=self.adapted,
         )
 
     def _forward(
@@ -282,7 +290,7 @@ class MetaLearner:
         unless ``create_graph``), so a loss of the yielded model can still be differentiated.
         """
         steps = self.inner_steps if steps is None else check_int("steps", steps, 0)
-        _check_task(task, 0)
+        check_task(task, 0)
         open_contexts, frame = self.__dict__.setdefault("_adapting", []), {}
         # BatchNorm's mode outside isolation, whose restore() puts back the modes it found.
         with self._one_thread.held(self.name, "adapt"):
@@ -343,7 +351,7 @@ class MetaLearner:
         """Take ``steps`` inner steps in place; return the first support loss (at θ), detached."""
         first = None
         for _ in range(steps):
-            loss = _scalar(task.support_loss(self.model), "support_loss", index)
+            loss = scalar_loss(task.support_loss(self.model), "support_loss", index)
             if first is None:
                 first = loss.detach()
             self.inner_optimizer.step(loss, create_graph=create_graph)
@@ -358,7 +366,7 @@ class MetaLearner:
         """Run ``step(task, index, weight) -> (support before, query)`` on each task inside task
         isolation; keep each task's adapted state (detached) for the lazy ``support_after``."""
         for index, task in enumerate(tasks):  # all checked before any work is done
-            _check_task(task, index)
+            check_task(task, index)
         before, query, adapted = [], [], []
         with (
             batch_norm_mode(self.model, self.batch_norm),
@@ -382,7 +390,7 @@ class MetaLearner:
                 for index, (task, state) in enumerate(zip(tasks, adapted, strict=True)):
                     torchopt.recover_state_dict(self.model, state)
                     loss = task.support_loss(self.model)
-                    losses.append(_scalar(loss, "support_loss", index, grad=False))
+                    losses.append(scalar_loss(loss, "support_loss", index, grad=False))
                     restore()
             return torch.stack(losses)
 
@@ -430,60 +438,24 @@ class MetaLearner:
 
     def describe(self) -> dict[str, Any]:
         """How this algorithm adapts, for reports and eval.json."""
-        return {"rule": self.inner_optimizer_name, "lr": self.inner_lr}
+        return {"rule": self.inner_optimizer_name, "lr": self.inner_lr, **self._adapt_report()}
+
+    def _adapt_report(self) -> dict[str, Any]:
+        return {} if self.adapted is None else {"adapt": sorted(self.adapted)}
 
     def untrained_baseline(self, model: nn.Module) -> MetaLearner:
         """A learner that adapts ``model`` the way this one adapts, minus anything meta-learned:
         the inner optimiser at ``inner_lr`` (Meta-SGD's rates start there)."""
         from metaopt.algorithms.maml import MAML  # the subclass module imports this one
 
-        return MAML(
-            model,
-            inner_lr=self.inner_lr,
-            inner_optimizer=self.inner_optimizer_name,
-            batch_norm=self.batch_norm,
-        )
+        name, norm, adapt = self.inner_optimizer_name, self.batch_norm, self.adapted
+        return MAML(model, self.inner_lr, inner_optimizer=name, batch_norm=norm, adapt=adapt)
 
     def __repr__(self) -> str:
         return (
             f"{type(self).__name__}(inner_lr={self.inner_lr}, inner_steps={self.inner_steps}, "
             f"inner_optimizer={self.inner_optimizer_name!r}, engine={self.engine!r}, "
-            f"batch_norm={self.batch_norm!r})"
+            f"batch_norm={self.batch_norm!r}"
+            + ("" if self.adapted is None else f", adapt={sorted(self.adapted)}")
+            + ")"
         )
-
-
-def _check_task(task: object, index: int) -> None:
-    if not is_task(task):
-        raise TypeError(
-            f"task {index} ({type(task).__name__}) does not implement the Task protocol: "
-            "it needs support_loss(model) and query_loss(model)"
-        )
-
-
-def _check_tasks(tasks: Sequence[Task], scale: float | None) -> tuple[Sequence[Task], float]:
-    """The validated meta-batch (a list, unless it is a BatchedTasks) and each task's weight."""
-    if is_task(tasks):
-        raise TypeError("tasks must be a sequence of tasks; wrap a single task in a list")
-    if not is_batched(tasks):
-        tasks = list(tasks)
-    if len(tasks) == 0:
-        raise ValueError("tasks is empty: a meta-batch needs at least one task")
-    if scale is not None:
-        check_real("scale", scale, low=0, low_open=True)
-    return tasks, 1.0 / len(tasks) if scale is None else float(scale)
-
-
-def _scalar(loss: object, what: str, index: int, *, grad: bool = True) -> torch.Tensor:
-    if not isinstance(loss, torch.Tensor):
-        raise TypeError(f"{what} of task {index} returned {type(loss).__name__}, expected a Tensor")
-    if loss.numel() != 1 or loss.dim() > 1:
-        raise ValueError(
-            f"{what} of task {index} returned a tensor of shape {tuple(loss.shape)}; "
-            "expected a scalar (reduce it, e.g. with .mean())"
-        )
-    if grad and not loss.requires_grad:
-        raise ValueError(
-            f"{what} of task {index} does not depend on the model's parameters "
-            "(its result has requires_grad=False)"
-        )
-    return loss.reshape(())

@@ -10,7 +10,9 @@ import torch
 from torch import nn
 from torchopt.base import GradientTransformation
 
-from metaopt.algorithms.learner import MetaLearner, MetaMetrics, _check_tasks, _scalar
+from metaopt.algorithms.checks import check_tasks, scalar_loss
+from metaopt.algorithms.learner import MetaLearner, MetaMetrics
+from metaopt.algorithms.subset import Adapt, adapt_mask
 from metaopt.engine import check_losses
 from metaopt.inner import learned_rate_sgd
 from metaopt.task import BatchedTasks, Task
@@ -40,6 +42,10 @@ class MAML(MetaLearner):
         engine: ``"auto"``, ``"loop"``, ``"vmap"`` or ``"compiled"`` (:data:`ENGINES`).
         batch_norm: ``"running"`` or ``"batch"``: what BatchNorm layers do during adaptation
             (:data:`metaopt.engine.BATCH_NORM_MODES`); the same on both engines.
+        adapt: The parameters the inner loop adapts (default: all): names as
+            ``model.named_parameters()`` gives them or submodule prefixes (``["head"]`` is
+            ANIL), or a predicate ``(name, parameter) -> bool``. The others stay at θ during
+            adaptation and are still meta-learned (:mod:`metaopt.algorithms.subset`).
     """
 
     def __init__(
@@ -51,18 +57,12 @@ class MAML(MetaLearner):
         inner_optimizer: str = "sgd",
         engine: str = "auto",
         batch_norm: str = "running",
+        adapt: Adapt = None,
     ) -> None:
         if not isinstance(first_order, bool):
             raise TypeError(f"first_order must be a bool, got {first_order!r}")
         self.first_order = first_order
-        super().__init__(
-            model,
-            inner_lr=inner_lr,
-            inner_steps=inner_steps,
-            inner_optimizer=inner_optimizer,
-            engine=engine,
-            batch_norm=batch_norm,
-        )
+        super().__init__(model, inner_lr, inner_steps, inner_optimizer, engine, batch_norm, adapt)
 
     def meta_backward(self, tasks: Sequence[Task], *, scale: float | None = None) -> MetaMetrics:
         """Accumulate :math:`\\frac{1}{B}\\sum_i \\nabla \\mathcal{L}^q_i(\\theta'_i)` into ``.grad``.
@@ -72,7 +72,7 @@ class MAML(MetaLearner):
             scale: Weight of each task's query loss (default ``1 / len(tasks)``); a sharded
                 meta-batch passes ``1 / global_batch``.
         """
-        tasks, weight = _check_tasks(tasks, scale)
+        tasks, weight = check_tasks(tasks, scale)
 
         def vectorised() -> MetaMetrics:
             batch: BatchedTasks = tasks  # type: ignore[assignment]
@@ -89,7 +89,7 @@ class MAML(MetaLearner):
             before = self._inner_loop(
                 task, index, self.inner_steps, create_graph=not self.first_order
             )
-            query = _scalar(task.query_loss(self.model), "query_loss", index)
+            query = scalar_loss(task.query_loss(self.model), "query_loss", index)
             _backward_query(query, weight)
             assert before is not None
             return before, query.detach()
@@ -119,7 +119,8 @@ class MetaSGD(MAML):
 
     where α has the shape of θ, starts at ``inner_lr`` and is meta-learned together with θ by the
     query loss. Everything else is MAML's code path. ``inner_lrs`` is an ``nn.ParameterList`` in
-    the order of ``model.parameters()``.
+    the order of ``model.parameters()``. With ``adapt=`` a parameter the inner loop does not adapt
+    has its rate fixed at 0 (``requires_grad=False``, not meta-learned): it takes no step.
     """
 
     def __init__(
@@ -130,13 +131,19 @@ class MetaSGD(MAML):
         first_order: bool = False,
         engine: str = "auto",
         batch_norm: str = "running",
+        adapt: Adapt = None,
     ) -> None:
-        super().__init__(model, inner_lr, inner_steps, first_order, "sgd", engine, batch_norm)
+        super().__init__(
+            model, inner_lr, inner_steps, first_order, "sgd", engine, batch_norm, adapt
+        )
 
     def _init_learned_state(self) -> None:
+        adapts = adapt_mask(self.model, self.adapted) or [True] * len(list(self.model.parameters()))
         self.inner_lrs = nn.ParameterList(
-            nn.Parameter(torch.full_like(p, self.inner_lr), requires_grad=p.requires_grad)
-            for p in self.model.parameters()
+            nn.Parameter(
+                torch.full_like(p, self.inner_lr if a else 0.0), requires_grad=p.requires_grad and a
+            )
+            for p, a in zip(self.model.parameters(), adapts, strict=True)
         )
 
     def _inner_transform(self) -> GradientTransformation:
@@ -165,8 +172,9 @@ class MetaSGD(MAML):
         return [rate.detach() for rate in self.inner_lrs]
 
     def describe(self) -> dict[str, Any]:
-        rates = torch.cat([r.detach().flatten() for r in self.inner_lrs])
+        rates = torch.cat([r.detach().flatten() for r in self.inner_lrs if r.requires_grad])
         return {
+            **self._adapt_report(),
             "rule": "meta-sgd (learned per-parameter rates)",
             "rate_mean": rates.mean().item(),
             "rate_min": rates.min().item(),

@@ -8,7 +8,9 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import nn
 
-from metaopt.algorithms.learner import MetaLearner, MetaMetrics, _check_tasks, _scalar
+from metaopt.algorithms.checks import check_tasks, scalar_loss
+from metaopt.algorithms.learner import MetaLearner, MetaMetrics
+from metaopt.algorithms.subset import Adapt
 from metaopt.engine import check_losses
 from metaopt.task import BatchedTasks, Task
 
@@ -25,7 +27,8 @@ class Reptile(MetaLearner):
     :math:`\theta \leftarrow \theta + \epsilon\,\frac{1}{B}\sum_i(\tilde\theta_i - \theta)`,
     and any other ``torch.optim`` optimiser can take it instead. One task per meta-batch is the
     serial form of the paper, several the batched form. :func:`linear_annealing` gives the
-    seed's linearly decaying ε.
+    seed's linearly decaying ε. With ``adapt=`` (:mod:`metaopt.algorithms.subset`) a parameter
+    the inner loop does not adapt has :math:`\tilde\theta_i = \theta`, so its direction is 0.
     """
 
     def __init__(
@@ -36,15 +39,9 @@ class Reptile(MetaLearner):
         inner_optimizer: str = "sgd",
         engine: str = "auto",
         batch_norm: str = "running",
+        adapt: Adapt = None,
     ) -> None:
-        super().__init__(
-            model,
-            inner_lr=inner_lr,
-            inner_steps=inner_steps,
-            inner_optimizer=inner_optimizer,
-            engine=engine,
-            batch_norm=batch_norm,
-        )
+        super().__init__(model, inner_lr, inner_steps, inner_optimizer, engine, batch_norm, adapt)
 
     @property
     def name(self) -> str:
@@ -52,7 +49,7 @@ class Reptile(MetaLearner):
 
     def meta_backward(self, tasks: Sequence[Task], *, scale: float | None = None) -> MetaMetrics:
         """Accumulate :math:`\\frac{1}{B}\\sum_i(\\theta - \\tilde\\theta_i)` into ``.grad``."""
-        tasks, weight = _check_tasks(tasks, scale)
+        tasks, weight = check_tasks(tasks, scale)
         theta = dict(self.model.named_parameters())
 
         def step(task: Task, index: int, weight: float) -> tuple[torch.Tensor, ...]:
@@ -60,7 +57,7 @@ class Reptile(MetaLearner):
             adapted = {n: p.unsqueeze(0) for n, p in self.model.named_parameters()}
             _add_reptile_direction(theta, adapted, weight)
             with torch.no_grad():
-                query = _scalar(task.query_loss(self.model), "query_loss", index, grad=False)
+                query = scalar_loss(task.query_loss(self.model), "query_loss", index, grad=False)
             assert before is not None
             return before, query
 

@@ -12,19 +12,38 @@ from typing import Any
 import numpy as np
 import torch
 
-from metaopt.algorithms import MAML, MetaLearner, MetaSGD, Reptile, linear_annealing
+from metaopt.algorithms import (
+    ALGORITHMS,
+    IMAML,
+    MAML,
+    MetaLearner,
+    MetaSGD,
+    Reptile,
+    linear_annealing,
+)
+from metaopt.algorithms.subset import head_prefix
 from metaopt.training.family import ConfigError, TrainConfig
 
 __all__ = ["apply_threads", "build_algorithm", "build_outer_optimizer", "seed_everything"]
 
 
 def build_algorithm(config: TrainConfig, model: torch.nn.Module) -> MetaLearner:
-    """The algorithm named by ``config.algo`` around ``model``."""
+    """The algorithm named by ``config.algo`` around ``model``, adapting ``config.adapt``."""
+    names = [name.strip() for name in config.adapt.split(",") if name.strip()]
+    try:
+        adapt = [head_prefix(model) if name == "anil" else name for name in names] or None
+        return _build(config, model, adapt)
+    except ValueError as error:  # adapt= names what the model does not have
+        raise ConfigError(f"--adapt {config.adapt}: {error}") from error
+
+
+def _build(config: TrainConfig, model: torch.nn.Module, adapt: list[str] | None) -> MetaLearner:
     shared: dict[str, Any] = {
         "inner_lr": config.inner_lr,
         "inner_steps": config.inner_steps,
         "engine": config.engine,
         "batch_norm": config.batch_norm,
+        "adapt": adapt,
     }
     if config.algo in ("maml", "fomaml"):
         return MAML(
@@ -37,7 +56,14 @@ def build_algorithm(config: TrainConfig, model: torch.nn.Module) -> MetaLearner:
         return MetaSGD(model, **shared)
     if config.algo == "reptile":
         return Reptile(model, inner_optimizer=config.inner_optimizer, **shared)
-    raise ConfigError(f"--algo must be one of maml, fomaml, metasgd, reptile; got {config.algo!r}")
+    if config.algo == "imaml":
+        solver: dict[str, Any] = {
+            "reg": config.reg,
+            "cg_steps": config.cg_steps,
+            "cg_tol": config.cg_tol,
+        }
+        return IMAML(model, inner_optimizer=config.inner_optimizer, **solver, **shared)
+    raise ConfigError(f"--algo must be one of {', '.join(ALGORITHMS)}; got {config.algo!r}")
 
 
 def build_outer_optimizer(

@@ -129,7 +129,20 @@ class TrainConfig:
     inner_lr: float = option(
         0.01, "inner-loop learning rate (Meta-SGD: initial per-parameter rate)"
     )
-    inner_optimizer: str = option("sgd", "inner-loop optimiser: sgd or adam (MAML and Reptile)")
+    inner_optimizer: str = option(
+        "sgd", "inner-loop optimiser: sgd or adam (MAML, Reptile and iMAML)"
+    )
+    adapt: str = option(
+        "",
+        "parameters the inner loop adapts, comma-separated names or submodule prefixes as "
+        "model.named_parameters() gives them (the rest held at θ during adaptation and still "
+        "meta-learned); anil: the model's last layer (ANIL); default: all",
+    )
+    reg: float = option(1.0, "iMAML: λ, the pull of the inner problem towards θ")
+    cg_steps: int = option(10, "iMAML: conjugate-gradient iterations per meta-gradient")
+    cg_tol: float = option(
+        1e-3, "iMAML: largest relative CG residual accepted (beyond it training stops)"
+    )
     engine: str = option(
         "auto",
         "auto (vectorised when the tasks can be stacked), vmap, loop (one task at a time), or "
@@ -211,13 +224,13 @@ class TrainConfig:
                 f"--inner-optimizer must be sgd with --algo metasgd (Meta-SGD's inner update is "
                 f"SGD with learned rates); got {self.inner_optimizer!r}"
             )
-        for name in ("inner_steps", "meta_batch", "eval_tasks"):
+        for name in ("inner_steps", "meta_batch", "eval_tasks", "cg_steps"):
             check_int(flag(name), getattr(self, name), 1)
         for name in ("iterations", "eval_every", "checkpoint_every", "threads"):
             check_int(flag(name), getattr(self, name), 0)
         for name in ("seed", "eval_seed"):  # numpy's legacy seeding takes 32 bits
             check_int(flag(name), getattr(self, name), 0, MAX_SEED)
-        for name in ("inner_lr", "outer_lr", "dist_timeout"):
+        for name in ("inner_lr", "outer_lr", "dist_timeout", "reg", "cg_tol"):
             check_real(flag(name), getattr(self, name), low=0, low_open=True)
         check_real(flag("max_memory"), self.max_memory, low=0)
         for name in ("anneal", "skip_nonfinite"):
@@ -225,6 +238,8 @@ class TrainConfig:
                 raise ConfigError(
                     f"{flag(name)} must be true or false, got {getattr(self, name)!r}"
                 )
+        if not isinstance(self.adapt, str):
+            raise ConfigError(f"--adapt takes comma-separated names, got {self.adapt!r}")
         for name in ("preset", "out"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, str) or not value):

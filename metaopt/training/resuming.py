@@ -306,7 +306,10 @@ def check_checkpoint(
     ignored = set(type(config).RESUMABLE) | {"out"}
     if config.anneal:
         ignored.discard("iterations")
-    defaults = {f.name: f.default for f in dataclasses.fields(config)}
+    # As JSON holds them (a tuple default reads back as a list), to compare with ``ours``.
+    defaults = json.loads(
+        json.dumps({f.name: f.default for f in dataclasses.fields(config)}, default=repr)
+    )
     for name in sorted(set(theirs) | set(ours)):
         if name in ignored:
             continue

@@ -14,12 +14,21 @@ shows one run per directory):
 On resume the writer drops the events past the checkpoint's iteration (TensorBoard's
 ``purge_step``), as :func:`~metaopt.training.resume` cuts ``metrics.jsonl`` back. It needs the
 ``tensorboard`` package: ``pip install metaopt[tensorboard]``.
+
+An event file grows by appending, so a kill would leave its last record cut. The writer therefore
+writes into a private staging folder and publishes each event file into the run directory
+atomically (a complete copy, renamed into place; :func:`metaopt.training.checkpoint.
+atomic_write_bytes`) at most every :data:`PUBLISH_SECONDS` and at the end: the run directory
+holds complete event files only, at most that many seconds behind.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import shutil
+import tempfile
+import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -27,10 +36,14 @@ from typing import Any
 import numpy as np
 import torch
 
+from metaopt.training.checkpoint import atomic_write_bytes
 from metaopt.training.family import ConfigError, TrainConfig
 from metaopt.training.hooks import TrainingHooks
 
-__all__ = ["TensorBoardHooks", "evaluation_scalars"]
+__all__ = ["PUBLISH_SECONDS", "TensorBoardHooks", "evaluation_scalars"]
+
+#: Longest time between two publications of the event files into the run directory.
+PUBLISH_SECONDS = 10.0
 
 
 def evaluation_scalars(
@@ -76,13 +89,27 @@ class TensorBoardHooks(TrainingHooks):
         self._writer_class = SummaryWriter
         self._writer: Any = None
         self._iteration = 0
+        self._run_dir = Path()
+        self._staging: Path | None = None
+        self._published = 0.0
 
     def on_train_start(self, run_dir: Path, config: TrainConfig, iteration: int) -> None:
         distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
         if distributed and torch.distributed.get_rank() != 0:
             return  # rank 0 writes the run directory
         self._iteration = iteration
-        self._writer = self._writer_class(log_dir=str(run_dir), purge_step=iteration + 1)
+        self._run_dir = Path(run_dir)
+        self._staging = Path(tempfile.mkdtemp(prefix="metaopt-tensorboard-"))
+        self._writer = self._writer_class(log_dir=str(self._staging), purge_step=iteration + 1)
+        self._published = time.monotonic()
+
+    def _publish(self) -> None:
+        """Copy every staged event file, complete, into the run directory (atomically)."""
+        assert self._staging is not None
+        self._writer.flush()
+        for events in sorted(self._staging.iterdir()):
+            atomic_write_bytes(self._run_dir / events.name, events.read_bytes())
+        self._published = time.monotonic()
 
     def on_iteration_end(self, iteration: int, row: Mapping[str, Any]) -> None:
         if self._writer is None:
@@ -91,7 +118,8 @@ class TensorBoardHooks(TrainingHooks):
         for key, value in row.items():
             if key != "iteration" and (value is None or isinstance(value, int | float)):
                 self._writer.add_scalar(key, math.nan if value is None else value, iteration)
-        self._writer.flush()
+        if time.monotonic() - self._published >= PUBLISH_SECONDS:
+            self._publish()
 
     def on_run_end(self, run_dir: Path, evaluation: Mapping[str, Any]) -> None:
         if self._writer is None:
@@ -105,5 +133,9 @@ class TensorBoardHooks(TrainingHooks):
             with Image.open(png) as image:
                 pixels = np.asarray(image.convert("RGB"))
             self._writer.add_image(png.stem, pixels, self._iteration, dataformats="HWC")
+        self._publish()
         self._writer.close()
         self._writer = None
+        if self._staging is not None:
+            shutil.rmtree(self._staging, ignore_errors=True)
+            self._staging = None

@@ -138,13 +138,10 @@ class SupervisedFamily(TaskFamily):
         return [plot_metric_vs_steps(path, results.evaluation, title=title, ylabel=self.metric)]
 
 
-class SineFamily(SupervisedFamily):
+class SineFamily(SupervisedFamily, options=SINE):
     """Sine regression y = A·sin(x + φ) (Finn et al. 2017; Nichol et al. 2018)."""
 
     name = "sine"
-    description = SINE.description
-    config_class = SINE.config_class
-    presets = SINE.presets
     metric = "mse"
     higher_is_better = False
 
@@ -203,13 +200,10 @@ class SineFamily(SupervisedFamily):
         return paths
 
 
-class ClassifyFamily(SupervisedFamily):
+class ClassifyFamily(SupervisedFamily, options=CLASSIFY):
     """Binary classification with a random linear boundary per task."""
 
     name = "classify"
-    description = CLASSIFY.description
-    config_class = CLASSIFY.config_class
-    presets = CLASSIFY.presets
     metric = "accuracy"
     higher_is_better = True
 

@@ -357,3 +357,16 @@ def test_hooks_are_called_in_order_on_train_and_resume_and_kept_out_of_the_clock
     assert [row.get("a_at") for row in rows] == [None, 2, None, 4, None]
     assert [row.get("b_at") for row in rows] == [None, 2, None, 4, None]
     assert [row["seconds"] for row in rows] == [0.0] * 5
+
+
+def test_a_family_takes_its_description_config_and_presets_from_its_options() -> None:
+    from metaopt.training.family import FamilyOptions
+
+    options = FamilyOptions("toy tasks, declared once", ToyConfig, {"wide": {"dim": 6}})
+
+    class Declared(TaskFamily, options=options):
+        name = "declared"
+
+    assert Declared.description == "toy tasks, declared once"
+    assert Declared.config_class is ToyConfig and Declared.presets == {"wide": {"dim": 6}}
+    assert ToyFamily.description == "linear least-squares tasks (core tests)"  # untouched

@@ -320,6 +320,15 @@ class TaskFamily:
     #: True when a larger metric is better (accuracy, return)
     higher_is_better: ClassVar[bool] = False
 
+    def __init_subclass__(cls, options: FamilyOptions | None = None, **kwargs: Any) -> None:
+        """``class Lines(TaskFamily, options=LINES)`` takes ``description``, ``config_class``
+        and ``presets`` from the family's :class:`FamilyOptions`, so they are written once."""
+        super().__init_subclass__(**kwargs)
+        if options is not None:
+            cls.description = options.description
+            cls.config_class = options.config_class
+            cls.presets = options.presets
+
     def validate(self, config: TrainConfig) -> None:
         """Family-specific checks; raise :class:`ConfigError`. Called after ``config.validate()``."""
 

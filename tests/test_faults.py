@@ -41,6 +41,30 @@ def _holder(run_dir: Path) -> subprocess.Popen[str]:
     return process
 
 
+SLOW_PID = """
+import fcntl, os, sys, time
+fd = os.open(sys.argv[1] + "/.lock", os.O_RDWR | os.O_CREAT, 0o644)
+fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+print("locked", flush=True)
+time.sleep(0.3)  # a holder caught between taking the lock and writing its pid
+os.write(fd, f"{os.getpid()}\\n".encode())
+time.sleep(60)
+"""
+
+
+def test_a_holder_that_has_not_written_its_pid_yet_is_still_named(tmp_path: Path) -> None:
+    process = subprocess.Popen(
+        [sys.executable, "-c", SLOW_PID, str(tmp_path)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert process.stdout is not None and process.stdout.readline().strip() == "locked"
+        with pytest.raises(RunDirectoryLocked, match=rf"in use by process {process.pid}"):
+            RunLock(tmp_path).acquire()
+    finally:
+        process.kill()
+        process.wait()
+
+
 def test_a_second_owner_is_refused_naming_the_holder(tmp_path: Path) -> None:
     holder = _holder(tmp_path)
     try:

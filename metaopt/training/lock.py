@@ -14,12 +14,15 @@ from __future__ import annotations
 
 import fcntl
 import os
+import time
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 
 __all__ = ["LOCK_FILE", "RunDirectoryLocked", "RunLock", "lock_run_dir"]
 
 LOCK_FILE = ".lock"
+#: Reads of the holder's pid, 10 ms apart, before the message says "another process".
+PID_WAIT_TRIES = 100
 
 
 class RunDirectoryLocked(RuntimeError):
@@ -58,7 +61,13 @@ class RunLock:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
+            # The holder writes its pid just after taking the lock: give it a moment to.
             holder = _read_pid(fd)
+            for _ in range(PID_WAIT_TRIES):
+                if holder is not None:
+                    break
+                time.sleep(0.01)
+                holder = _read_pid(fd)
             os.close(fd)
             raise RunDirectoryLocked(self.run_dir, holder) from None
         except BaseException:

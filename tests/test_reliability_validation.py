@@ -107,6 +107,17 @@ def test_cli_user_errors_exit_2_in_one_line(
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1
 
 
+def test_an_adapt_the_model_lacks_is_refused_before_the_run_directory_exists(
+    tmp_path: Path, capsys
+) -> None:
+    out = tmp_path / "run"
+    with pytest.raises(ConfigError, match="--adapt nope: adapt: 'nope' names no parameter"):
+        resolve_config(RToyFamily(), {"adapt": "nope"})
+    assert main(["train", "rtoy", "--adapt", "nope", "--out", str(out), "--quiet"]) == 2
+    assert "names no parameter" in capsys.readouterr().err
+    assert not out.exists()  # so the same --out works once the flag is fixed
+
+
 @pytest.mark.parametrize("argv", [["--inner-lr", "fast"], ["--skip-nonfinite", "yes"], ["--nope"]])
 def test_cli_flag_syntax_errors_exit_2_without_traceback(argv: list[str], capsys) -> None:
     with pytest.raises(SystemExit) as exit_info:

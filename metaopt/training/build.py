@@ -22,9 +22,15 @@ from metaopt.algorithms import (
     linear_annealing,
 )
 from metaopt.algorithms.subset import head_prefix
-from metaopt.training.family import ConfigError, TrainConfig
+from metaopt.training.family import ConfigError, TaskFamily, TrainConfig
 
-__all__ = ["apply_threads", "build_algorithm", "build_outer_optimizer", "seed_everything"]
+__all__ = [
+    "apply_threads",
+    "build_algorithm",
+    "build_outer_optimizer",
+    "check_adapt",
+    "seed_everything",
+]
 
 
 def build_algorithm(config: TrainConfig, model: torch.nn.Module) -> MetaLearner:
@@ -35,6 +41,20 @@ def build_algorithm(config: TrainConfig, model: torch.nn.Module) -> MetaLearner:
         return _build(config, model, adapt)
     except ValueError as error:  # adapt= names what the model does not have
         raise ConfigError(f"--adapt {config.adapt}: {error}") from error
+
+
+def check_adapt(family: TaskFamily, config: TrainConfig) -> None:
+    """Refuse an ``--adapt`` the family's model cannot take, before anything touches the disk.
+
+    The only setting checked against the model itself: it builds one (cheap next to a run) and
+    leaves the global random state as it found it.
+
+    Raises:
+        ConfigError: ``config.adapt`` names what the model does not have, or nothing trainable.
+    """
+    if config.adapt:
+        with torch.random.fork_rng(devices=[]):
+            build_algorithm(config, family.make_model(config))
 
 
 def _build(config: TrainConfig, model: torch.nn.Module, adapt: list[str] | None) -> MetaLearner:

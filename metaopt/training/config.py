@@ -193,7 +193,8 @@ def resolve_config(family: TaskFamily, overrides: Mapping[str, Any]) -> TrainCon
     """Defaults, then the preset (``overrides["preset"]`` or the family's default), then overrides.
 
     Raises:
-        ConfigError: unknown preset or field, or a value out of range.
+        ConfigError: unknown preset or field, a value out of range, or an ``adapt`` the
+            family's model does not have.
     """
     names = {f.name for f in dataclasses.fields(family.config_class)}
     unknown = sorted(set(overrides) - names)
@@ -210,6 +211,10 @@ def resolve_config(family: TaskFamily, overrides: Mapping[str, Any]) -> TrainCon
     config = family.config_class(**values)
     config.validate()
     family.validate(config)
+    if config.adapt:
+        from metaopt.training.build import check_adapt  # torch, only when the model is asked
+
+        check_adapt(family, config)
     return config
 
 

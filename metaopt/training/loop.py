@@ -32,6 +32,7 @@ from metaopt.training.build import (
     apply_threads,
     build_algorithm,
     build_outer_optimizer,
+    check_adapt,
     seed_everything,
 )
 from metaopt.training.family import ConfigError, EvalRequest, TaskFamily, TrainConfig
@@ -100,6 +101,7 @@ def train(
             "metaopt eval RUN_DIR re-evaluates a trained run"
         )
     check_memory(family, config)
+    check_adapt(family, config)
     info = distributed.setup(config.dist_backend, config.dist_timeout)
     try:
         check_ranks(config, info)

@@ -68,13 +68,15 @@ DescribedFamily = FamilyOptions | TaskFamily
 
 @contextmanager
 def _one_line_resume_warnings() -> Iterator[None]:
-    """Show a :class:`ResumeWarning` as one ``metaopt: warning:`` line; others as Python does."""
+    """Show a :class:`ResumeWarning` or :class:`NegativeRateWarning` as one ``metaopt: warning:``
+    line; others as Python does."""
+    from metaopt.algorithms import NegativeRateWarning
     from metaopt.training import ResumeWarning
 
     show = warnings.showwarning
 
     def one_line(message, category, filename, lineno, file=None, line=None):  # type: ignore[no-untyped-def]
-        if issubclass(category, ResumeWarning):
+        if issubclass(category, (ResumeWarning, NegativeRateWarning)):
             print(f"metaopt: warning: {message}", file=sys.stderr)
         else:
             show(message, category, filename, lineno, file, line)

@@ -73,7 +73,7 @@ def _build(config: TrainConfig, model: torch.nn.Module, adapt: list[str] | None)
             **shared,
         )
     if config.algo == "metasgd":  # its inner update is SGD with the learned rates
-        return MetaSGD(model, **shared)
+        return MetaSGD(model, positive_rates=config.positive_rates, **shared)
     if config.algo == "reptile":
         return Reptile(model, inner_optimizer=config.inner_optimizer, **shared)
     if config.algo == "imaml":

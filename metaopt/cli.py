@@ -303,7 +303,19 @@ def describe_os_error(error: OSError) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``metaopt`` console script; returns the exit status."""
+    """Entry point of the ``metaopt`` console script; returns the exit status.
+
+    Ctrl-C before training installs its own handler (while torch and the family load, or the
+    run is being set up) is one line and status 130, not a traceback of whatever was importing.
+    """
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:
+        print("metaopt: interrupted", file=sys.stderr)
+        return 130
+
+
+def _main(argv: Sequence[str] | None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser(_described_families(argv))
     args, unknown = parser.parse_known_args(argv)

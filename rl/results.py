@@ -6,7 +6,7 @@ each ``eval.json`` are printed as rows of a Markdown table.
 
 Usage::
 
-    python -m rl.results --preset none     # the defaults: the seed's hyper-parameters, dice
+    python -m rl.results --preset none     # the defaults: MAML-RL example's settings, dice
     python -m rl.results --preset seed     # TorchOpt's MAML-RL configuration exactly
     python -m rl.results --preset tuned    # inner lr / steps chosen on a sweep
 

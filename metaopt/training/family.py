@@ -165,7 +165,7 @@ class TrainConfig:
     outer_lr: float = option(1e-3, "outer-loop learning rate (Reptile: initial step size ε)")
     outer_optimizer: str = option("adam", "outer optimiser: adam or sgd")
     anneal: bool = option(
-        False, "anneal the outer learning rate linearly to 0 (the Reptile seed's)"
+        False, "anneal the outer learning rate linearly to 0 (the Reptile demo's)"
     )
     seed: int = option(0, "seed of the model's initialisation and of training-task sampling")
     eval_seed: int = option(12345, "seed of the held-out evaluation tasks (disjoint stream)")

@@ -357,6 +357,8 @@ class MDPFamily(A2CFamily):
         return {
             **self.adaptation_report(config, steps, meta),
             "normalized_score": {
+                "description": "normalised score (return − random) / (optimal − random), "
+                "0 for the random policy and 1 for the optimal one",
                 "steps": trained,
                 **summarize(normalized_score(post.double().numpy(), random, optimal)),
                 "by_steps": curve_summary(steps, meta_score),
@@ -390,6 +392,7 @@ class MDPFamily(A2CFamily):
                 references,
                 config.algo,
                 max_entropy=math.log(config.num_actions),
+                reference_tasks=config.test_tasks,
             ),
             plot_adaptation(run_dir / "rl_adaptation.png", results.evaluation, config.algo),
         ]

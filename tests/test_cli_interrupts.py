@@ -4,11 +4,23 @@ starts, and during the final evaluation. One line, status 130, and what to do ne
 from __future__ import annotations
 
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
-from test_faults import _start
+
+
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def _start(*args: str) -> subprocess.Popen[str]:
+    """``python -m metaopt ARGS`` with SIGINT at its default: a test run started in the background
+    by a non-interactive shell ignores SIGINT, and its children would inherit that."""
+    command = [sys.executable, "-m", "metaopt", *args]
+    return subprocess.Popen(command, stderr=subprocess.PIPE, text=True, preexec_fn=_default_sigint)
 
 
 def _loading_torch(pid: int) -> bool:

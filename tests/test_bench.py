@@ -128,6 +128,24 @@ def test_the_checkpointed_unroll_script_of_the_docs_runs() -> None:
     assert "plain unroll: peak" in printed and "segments of 1: peak" in printed
 
 
+def test_the_unroll_memory_script_of_the_docs_runs() -> None:
+    """docs/unroll_memory.py, behind docs/performance.md's checkpointed-unrolling table: the
+    shipped option's meta-gradient is the plain unroll's, and it holds less at 6 steps."""
+    script = Path(__file__).parents[1] / "docs" / "unroll_memory.py"
+    printed = subprocess.run(
+        [sys.executable, str(script), "--steps", "6", "--checkpoints", "2", "--repeats", "1"]
+        + ["--tasks", "4", "--dtype", "float64"],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    ).stdout
+    row = printed.splitlines()[2].split()
+    assert row[0] == "6" and float(row[2]) < float(row[1])  # checkpointed peak below the plain
+    assert int(row[6]) == 9  # schedule_cost(6, 2) steps without a graph
+    assert float(row[7]) <= 1e-12
+
+
 @pytest.mark.slow
 def test_the_compiled_reptile_script_of_the_docs_runs() -> None:
     """docs/compiled_reptile.py, behind docs/performance.md's Reptile table (eager backend: the

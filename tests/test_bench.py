@@ -132,9 +132,9 @@ def test_the_unroll_memory_script_of_the_docs_runs() -> None:
     """docs/unroll_memory.py, behind docs/performance.md's checkpointed-unrolling table: the
     shipped option's meta-gradient is the plain unroll's, and it holds less at 6 steps."""
     script = Path(__file__).parents[1] / "docs" / "unroll_memory.py"
+    flags = ["--steps", "6", "--checkpoints", "2", "--repeats", "1", "--tasks", "4"]
     printed = subprocess.run(
-        [sys.executable, str(script), "--steps", "6", "--checkpoints", "2", "--repeats", "1"]
-        + ["--tasks", "4", "--dtype", "float64"],
+        [sys.executable, str(script), *flags, "--dtype", "float64"],
         check=True,
         capture_output=True,
         text=True,

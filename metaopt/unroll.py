@@ -125,6 +125,7 @@ class _Unroll:
         self.names = list(dict(model.named_parameters()))
         trainable = set(layout.trainable)
         self.per_task = [i for i, n in enumerate(self.names) if n in trainable]
+        self.is_per_task = set(self.per_task)
         self.rows = [i for i in self.per_task if adapted is None or self.names[i] in adapted]
         self.losses: dict[int, torch.Tensor] = {}
 
@@ -154,7 +155,7 @@ class _Unroll:
         result keeps its graph back to detached leaves of ``state``, which are returned too."""
         every, opt = state
         every = tuple(
-            p.detach().requires_grad_() if i in self.per_task else p for i, p in enumerate(every)
+            p.detach().requires_grad_() if i in self.is_per_task else p for i, p in enumerate(every)
         )
         flat, spec = pytree.tree_flatten(opt)
         if graph:
@@ -194,8 +195,7 @@ class _Unroll:
             if updates[i] is not None:
                 outputs.append(updates[i])
                 cotangents.append(adjoint[k])
-        opt_out = [t for t in pytree.tree_flatten(new_opt)[0] if _float(t)]
-        for t, a in zip(opt_out, adjoint[count:], strict=True):
+        for t, a in zip(_float_leaves(new_opt), adjoint[count:], strict=True):
             if t.requires_grad:
                 outputs.append(t)
                 cotangents.append(a)
@@ -226,7 +226,7 @@ class _CheckpointedUnroll(torch.autograd.Function):
         num_tasks = len(unroll.tasks)
         named = list(unroll.model.parameters())
         every = tuple(
-            p.detach().expand(num_tasks, *p.shape) if i in unroll.per_task else p
+            p.detach().expand(num_tasks, *p.shape) if i in unroll.is_per_task else p
             for i, p in enumerate(named)
         )
         held = {0: (every, unroll.transform.init(every))}
@@ -249,9 +249,8 @@ class _CheckpointedUnroll(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx: Any, *grads: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         unroll, held = ctx.unroll, ctx.held
-        opt_size = sum(1 for t in pytree.tree_flatten(held[0][1])[0] if _float(t))
+        # the parameters' adjoints from the query loss; the optimiser state's start at zero
         adjoint = list(grads) + [torch.zeros_like(t) for t in _float_leaves(held[0][1])]
-        assert len(adjoint) == len(grads) + opt_size
         extra_grads = [torch.zeros_like(t) for t in ctx.extra]
         with torch.enable_grad():
             for action, a, m in ctx.actions:

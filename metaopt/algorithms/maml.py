@@ -54,6 +54,10 @@ class MAML(MetaLearner):
             bounded memory, for more time. ``None``: the plain unroll, every step's graph kept.
     """
 
+    #: Checkpointed unrolling's held states (``None``: the plain unroll; also for learners
+    #: pickled before the option existed).
+    unroll_checkpoints: int | None = None
+
     def __init__(
         self,
         model: nn.Module,
@@ -135,7 +139,7 @@ class MAML(MetaLearner):
         return not self.first_order
 
     def __repr__(self) -> str:
-        checkpoints = self.__dict__.get("unroll_checkpoints")  # older pickles lack it
+        checkpoints = self.unroll_checkpoints
         extra = "" if checkpoints is None else f", unroll_checkpoints={checkpoints}"
         return super().__repr__()[:-1] + f", first_order={self.first_order}{extra})"
 

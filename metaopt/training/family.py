@@ -145,8 +145,8 @@ class TrainConfig:
     )
     unroll_checkpoints: int | None = option(
         None,
-        "maml and metasgd: checkpointed unrolling, at most N inner states held at once and the "
-        "others recomputed in the backward pass (memory bounded for long unrolls, for more "
+        "maml and metasgd: checkpointed unrolling, at most this many inner states held at once and "
+        "the others recomputed in the backward pass (memory bounded for long unrolls, for more "
         "time; vectorised engine); default: the plain unroll, every step kept",
     )
     engine: str = option(

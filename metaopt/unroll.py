@@ -37,7 +37,7 @@ from torch import nn
 from torchopt import pytree
 from torchopt.base import GradientTransformation
 
-from metaopt.engine import Adapted, _Layout, batch_norm_mode, batched_forward, check_losses
+from metaopt.engine import Adapted, batched_forward, check_losses, static_layout
 from metaopt.task import BatchedTasks
 
 __all__ = ["UnrollMismatchError", "checkpointed_adapt", "schedule_cost"]
@@ -112,14 +112,7 @@ class _Unroll:
         batch_norm: str,
         adapted: Collection[str] | None,
     ) -> None:
-        with batch_norm_mode(model, batch_norm):
-            layout = _Layout(model)
-        if layout.copied:
-            raise TypeError(
-                "unroll_checkpoints cannot recompute inner steps that update buffers "
-                f"({', '.join(layout.copied)}: BatchNorm in training mode with running "
-                "statistics); use batch_norm='batch', eval mode, or no unroll_checkpoints"
-            )
+        layout = static_layout(model, batch_norm, "unroll_checkpoints", "no unroll_checkpoints")
         self.model, self.tasks, self.transform = model, tasks, transform
         self.batch_norm, self.layout = batch_norm, layout
         self.names = list(dict(model.named_parameters()))

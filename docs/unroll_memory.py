@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import time
+import statistics
 
 import torch
 
 from metaopt.algorithms import MAML
-from metaopt.tools.bench import peak_memory_bytes
+from metaopt.tools.bench import peak_memory_bytes, round_robin
 from metaopt.unroll import schedule_cost
 from supervised.bench_sine import SineBatch, sine_mlp
 
@@ -52,13 +52,8 @@ def main() -> None:
         plain, checkpointed = runs["plain"](), runs["ckpt"]()
         difference = float((checkpointed - plain).norm() / plain.norm())
         peaks = {label: peak_memory_bytes(run) / 2**20 for label, run in runs.items()}
-        times: dict[str, list[float]] = {label: [] for label in runs}
-        for _ in range(args.repeats):
-            for label, run in runs.items():
-                start = time.perf_counter()
-                run()
-                times[label].append(time.perf_counter() - start)
-        median = {label: sorted(t)[len(t) // 2] * 1e3 for label, t in times.items()}
+        times = round_robin(runs, args.repeats)
+        median = {label: statistics.median(t) * 1e3 for label, t in times.items()}
         print(
             f"{steps:5d} {peaks['plain']:10.2f} {peaks['ckpt']:9.2f} {median['plain']:9.2f}"
             f" {median['ckpt']:8.2f} {median['ckpt'] / median['plain']:7.2f}"

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
         Reptile,
         linear_annealing,
     )
+    from metaopt.curves import AdaptationCurves, evaluate
     from metaopt.inner import InnerOptimizer, learned_rate_sgd
     from metaopt.isolation import isolated
     from metaopt.stats import mean_ci95
@@ -48,6 +49,8 @@ __getattr__ = lazy_exports(
             ),
             "metaopt.algorithms",
         ),
+        "AdaptationCurves": "metaopt.curves",
+        "evaluate": "metaopt.curves",
         "InnerOptimizer": "metaopt.inner",
         "learned_rate_sgd": "metaopt.inner",
         "isolated": "metaopt.isolation",
@@ -62,6 +65,7 @@ __getattr__ = lazy_exports(
 __all__ = [
     "IMAML",
     "MAML",
+    "AdaptationCurves",
     "BatchedTasks",
     "ConfigError",
     "InnerOptimizer",
@@ -73,6 +77,7 @@ __all__ = [
     "TaskFamily",
     "TrainConfig",
     "__version__",
+    "evaluate",
     "isolated",
     "learned_rate_sgd",
     "linear_annealing",

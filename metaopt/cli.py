@@ -68,13 +68,15 @@ DescribedFamily = FamilyOptions | TaskFamily
 
 @contextmanager
 def _one_line_resume_warnings() -> Iterator[None]:
-    """Show a :class:`ResumeWarning` as one ``metaopt: warning:`` line; others as Python does."""
+    """Show a :class:`ResumeWarning` or :class:`NegativeRateWarning` as one ``metaopt: warning:``
+    line; others as Python does."""
+    from metaopt.algorithms import NegativeRateWarning
     from metaopt.training import ResumeWarning
 
     show = warnings.showwarning
 
     def one_line(message, category, filename, lineno, file=None, line=None):  # type: ignore[no-untyped-def]
-        if issubclass(category, ResumeWarning):
+        if issubclass(category, (ResumeWarning, NegativeRateWarning)):
             print(f"metaopt: warning: {message}", file=sys.stderr)
         else:
             show(message, category, filename, lineno, file, line)
@@ -301,7 +303,19 @@ def describe_os_error(error: OSError) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``metaopt`` console script; returns the exit status."""
+    """Entry point of the ``metaopt`` console script; returns the exit status.
+
+    Ctrl-C before training installs its own handler (while torch and the family load, or the
+    run is being set up) is one line and status 130, not a traceback of whatever was importing.
+    """
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:
+        print("metaopt: interrupted", file=sys.stderr)
+        return 130
+
+
+def _main(argv: Sequence[str] | None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser(_described_families(argv))
     args, unknown = parser.parse_known_args(argv)

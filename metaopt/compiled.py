@@ -85,6 +85,7 @@ def functional_meta_gradient(
     inner_lr: float,
     learned_rates: bool,
     batch_norm: str = "running",
+    positive_rates: bool = False,
 ) -> Callable[[Tensors, Tensors, dict[str, torch.Tensor], BatchedTasks], MetaGradientResult]:
     """The meta-iteration of one algorithm as a pure function (eager; compile it to go fast).
 
@@ -100,6 +101,7 @@ def functional_meta_gradient(
         inner_optimizer: ``"sgd"`` or ``"adam"`` (ignored with ``learned_rates``).
         inner_lr: The inner learning rate.
         learned_rates: Meta-SGD's update ``θ − α ∘ g`` with the rates ``rates``.
+        positive_rates: ``rates`` are ρ and α = softplus(ρ) (``MetaSGD(positive_rates=True)``).
         batch_norm: :data:`metaopt.engine.BATCH_NORM_MODES`.
     """
     if kind not in ("maml", "reptile"):
@@ -112,7 +114,9 @@ def functional_meta_gradient(
     def transform(rates: Tensors) -> GradientTransformation:
         # Built outside the traced function: TorchOpt's constructors take a lock dynamo cannot
         # trace. Meta-SGD's rule closes over the rates, which are inputs, so it is built inside.
-        return learned_rate_sgd(rates) if fixed_rule is None else fixed_rule
+        if fixed_rule is None:
+            return learned_rate_sgd(rates, positive=positive_rates)
+        return fixed_rule
 
     def forward(flat: Tensors, shared: dict[str, torch.Tensor]) -> Any:
         params = dict(zip(names, flat, strict=True))
@@ -201,6 +205,7 @@ class CompiledMetaGradient:
         inner_lr: float,
         batch_norm: str = "running",
         options: dict[str, Any] | None = None,
+        positive_rates: bool = False,
     ) -> None:
         self.model = model
         self.batch_norm = batch_norm
@@ -220,6 +225,7 @@ class CompiledMetaGradient:
             inner_lr=inner_lr,
             learned_rates=bool(rates),
             batch_norm=batch_norm,
+            positive_rates=positive_rates,
         )
         # dynamo keeps its compiled graphs, and counts recompiles against its limit of 8, per
         # code object; every engine's function is a closure of the same code, so each gets a
@@ -310,6 +316,7 @@ def compiled_meta_backward(
     inner_optimizer: str,
     inner_lr: float,
     batch_norm: str,
+    positive_rates: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One compiled meta-iteration of ``algo`` (a :class:`metaopt.MetaLearner`, which passes its
     settings): accumulate ``weight ×`` its meta-gradient into ``.grad``; return ``MetaMetrics``'
@@ -319,7 +326,7 @@ def compiled_meta_backward(
     ``first_order``, inner optimiser and rate, BatchNorm mode, ``kind``), so changing one of
     them on the learner builds (and compiles) a new one instead of running a stale graph.
     """
-    key = (kind, steps, first_order, inner_optimizer, inner_lr, batch_norm)
+    key = (kind, steps, first_order, inner_optimizer, inner_lr, batch_norm, positive_rates)
     engines = _ENGINES.setdefault(algo, {})
     if key not in engines:
         engines[key] = CompiledMetaGradient(
@@ -331,6 +338,7 @@ def compiled_meta_backward(
             inner_optimizer=inner_optimizer,
             inner_lr=inner_lr,
             batch_norm=batch_norm,
+            positive_rates=positive_rates,
         )
     before, query, after = engines[key](tasks, weight)
     return before, after, query

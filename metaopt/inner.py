@@ -17,6 +17,7 @@ loop about 1e-5 (relative) off the textbook update.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
@@ -36,6 +37,8 @@ __all__ = [
     "adam",
     "inner_transform",
     "learned_rate_sgd",
+    "positive_rates",
+    "softplus_inverse",
     "torchopt_order",
 ]
 
@@ -145,7 +148,9 @@ def adam(
     return GradientTransformation(init, update)
 
 
-def learned_rate_sgd(rates: Sequence[torch.Tensor]) -> GradientTransformation:
+def learned_rate_sgd(
+    rates: Sequence[torch.Tensor], *, positive: bool = False
+) -> GradientTransformation:
     """Meta-SGD's inner update u = −α ∘ g with one learnable rate tensor per parameter.
 
     Li et al. (2017), "Meta-SGD: Learning to Learn Quickly for Few-Shot Learning": θ' = θ − α ∘ ∇L(θ),
@@ -155,6 +160,9 @@ def learned_rate_sgd(rates: Sequence[torch.Tensor]) -> GradientTransformation:
         rates: One tensor per parameter, in the order in which ``update`` receives gradients:
             ``parameters()`` order under :class:`InnerOptimizer` and the vectorised engine
             (a plain ``torchopt.MetaOptimizer`` needs :func:`torchopt_order`).
+        positive: The tensors are unconstrained ρ and the rates are α = softplus(ρ) =
+            log(1 + e^ρ) > 0 (:func:`positive_rates`), computed at every step so that the
+            meta-gradient reaches ρ (dα/dρ = sigmoid(ρ)). Default: the tensors are α itself.
     """
     rates = tuple(rates)
 
@@ -169,11 +177,23 @@ def learned_rate_sgd(rates: Sequence[torch.Tensor]) -> GradientTransformation:
             raise ValueError(
                 f"Meta-SGD has {len(rates)} learning rates but got {len(updates)} grads"
             )
+        alphas = positive_rates(rates) if positive else rates
         return tuple(
-            None if g is None else -a * g for a, g in zip(rates, updates, strict=True)
+            None if g is None else -a * g for a, g in zip(alphas, updates, strict=True)
         ), state
 
     return GradientTransformation(init, update)
+
+
+def positive_rates(raw: Sequence[torch.Tensor]) -> tuple[torch.Tensor, ...]:
+    """Meta-SGD's positive rates α = softplus(ρ) = log(1 + e^ρ) of unconstrained ρ
+    (differentiable: dα/dρ = sigmoid(ρ))."""
+    return tuple(nn.functional.softplus(r) for r in raw)
+
+
+def softplus_inverse(alpha: float) -> float:
+    """ρ with softplus(ρ) = ``alpha`` > 0: the raw value at which a positive rate starts."""
+    return alpha + math.log(-math.expm1(-alpha))
 
 
 def _flatten(containers: object) -> tuple[tuple[torch.Tensor, ...], Any]:

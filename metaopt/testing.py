@@ -343,6 +343,9 @@ def _closed_form(algo: MetaLearner, tasks: Sequence[Any]) -> list[torch.Tensor]:
         g_theta, g_rates = metasgd_meta_gradient(
             tasks, theta, alpha, steps, first_order=not algo.exact_meta_gradient
         )
+        if "softplus" in algo.describe().get("rates", ""):  # α = softplus(ρ): dα/dρ = sigmoid(ρ)
+            raw = torch.cat([r.detach().reshape(-1) for r in algo.rate_parameters()]).double()
+            g_rates = g_rates * torch.sigmoid(raw).numpy()
         flat = np.concatenate([g_theta, g_rates[mask > 0]])  # only adapted rates are learned
     elif algo.name == "imaml":
         flat = imaml_meta_gradient(tasks, theta, algo.describe()["reg"], mask)

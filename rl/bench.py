@@ -1,4 +1,4 @@
-"""The RL case of ``metaopt bench``: one outer iteration of the seed configuration.
+"""The RL case of ``metaopt bench``: one outer iteration of the MAML-RL example's configuration.
 
 TorchOpt's MAML-RL example (seeds/002): 40 tasks × 20 trajectories × 10 steps, one inner SGD step
 at lr 0.1, A2C loss. metaopt's engines against the example's own pattern: for every task, step a

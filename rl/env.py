@@ -126,8 +126,8 @@ class TabularMDPEnv(gym.Env[np.ndarray, np.int64]):
 def register() -> None:
     """Register ``TabularMDP-v0`` with Gymnasium (idempotent; call it before ``gymnasium.make``).
 
-    The registered defaults are the seed's: 10 states, 5 actions, ``max_episode_steps=10``;
-    ``gymnasium.make`` overrides any of them.
+    The registered defaults are those of TorchOpt's MAML-RL example: 10 states, 5 actions,
+    ``max_episode_steps=10``; ``gymnasium.make`` overrides any of them.
     """
     if ENV_ID in gym.registry:
         return

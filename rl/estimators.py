@@ -29,13 +29,13 @@ log-likelihoods. The estimators (``A2CSettings.meta_gradient``):
     bₖᵢ of episode i is the mean return of the *other* episodes of its phase: independent of τₖᵢ
     given the phase's policy, so the term stays unbiased, and specific to the task, so it removes
     most of the variance (with one episode per phase, the critic's value of the start state).
-    The support loss is the seed's A2C loss: U is unchanged.
+    The support loss is the MAML-RL example's A2C loss: U is unchanged.
 ``lvc``
     ProMP's low-variance curvature estimator (Rothfuss et al. 2019): the support loss's policy
     term uses □(log π(a|s)) per step, so that its Hessian, which the meta-gradient contains,
     gains the per-step score outer products Σₜ ∇log π ∇log πᵀ Aₜ. Same first derivative (the
-    inner update is the seed's), no sampling term in the query loss, which is ``dice``'s policy
-    gradient. Low variance, biased.
+    inner update is the MAML-RL example's), no sampling term in the query loss, which is
+    ``dice``'s policy gradient. Low variance, biased.
 
 Gradients through the advantage weights of an inner loss (the critic's values) are not taken:
 the advantages are constants of each loss, as in every A2C meta-RL implementation. The exact
@@ -230,11 +230,11 @@ def support_objective(
     estimator: str,
     **settings: Any,
 ) -> torch.Tensor:
-    """The inner loss: the seed's A2C loss, with LVC's per-step magic box for ``lvc``.
+    """The inner loss: the MAML-RL example's A2C loss, with LVC's per-step magic box for ``lvc``.
 
     For ``lvc`` the policy term is ``−⊥A · (□(log π) − 1 + ⊥log π)``: the value and the gradient
-    of the seed's ``−⊥A · log π``, with the Hessian of ``−⊥A · □(log π)``. ``settings`` are
-    :func:`scored_a2c_loss`'s keywords (``gamma``, ``gae_lambda``, ``value_coef``,
+    of the MAML-RL example's ``−⊥A · log π``, with the Hessian of ``−⊥A · □(log π)``.
+    ``settings`` are :func:`scored_a2c_loss`'s keywords (``gamma``, ``gae_lambda``, ``value_coef``,
     ``entropy_coef``, ``per_task``).
     """
     scorer = _scorer(scorer)
@@ -261,8 +261,8 @@ def policy_gradient_loss(
     ``−mean(log π(aₜ|sₜ) · ⊥(Gₜ − V(sₜ)))`` with Gₜ the undiscounted reward-to-go (no
     bootstrap: the episode ends at the horizon or at a terminal step), whose gradient is
     ``−∇J / H`` in expectation (V is a state baseline), plus the critic's regression on the
-    seed's λ-returns (``value_coef``), which only the critic's parameters feel when the torso is
-    not shared.
+    MAML-RL example's λ-returns (``value_coef``), which only the critic's parameters feel when
+    the torso is not shared.
     """
     scores = _scorer(scorer)(policy, trajectories)
     values, mask = scores.values, scores.mask

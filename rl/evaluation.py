@@ -1,14 +1,13 @@
 """Held-out evaluation: returns after 0..k inner steps, references, normalised scores.
 
 Every number is a mean over held-out tasks with the half-width of its 95% confidence interval
-(:func:`metaopt.stats.mean_ci95`, 1.96·sd/sqrt(n)); a task's value is the mean undiscounted return
+(:func:`metaopt.stats.task_summary`, 1.96·sd/sqrt(n)); a task's value is the mean undiscounted return
 of the ``trajectories`` episodes sampled for it. Differences (after − before adaptation,
 meta-learned − baseline) are paired per task.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -16,7 +15,7 @@ import numpy as np
 import torch
 
 from metaopt.algorithms import MetaLearner
-from metaopt.stats import mean_ci95
+from metaopt.stats import task_summary
 from rl.mdp import normalized_score
 from rl.task import RLTaskBatch
 
@@ -71,19 +70,15 @@ def adaptation_returns(algo: MetaLearner, batch: RLTaskBatch, steps: int) -> tor
     ).detach()
 
 
-def summarize(values: torch.Tensor | np.ndarray) -> dict[str, float]:
-    """``{"mean": m, "ci95": c}`` over tasks (see :data:`INTERVAL`).
+def summarize(values: torch.Tensor | np.ndarray) -> dict[str, Any]:
+    """``{"mean": m, "ci95": c}`` over tasks (see :data:`INTERVAL`): the supervised families'
+    :func:`metaopt.stats.task_summary`, so that eval.json reads alike in every domain.
 
-    Tasks whose policy diverged (non-finite logits, hence NaN returns) make the summary
-    ``{"mean": nan, "ci95": nan, "diverged_tasks": k}``: a number over the other tasks would hide
-    the failure.
+    Tasks whose policy diverged (non-finite logits, hence NaN returns) are counted in
+    ``diverged`` and the others summarised in ``finite`` (``{"mean", "ci95", "tasks"}``); the
+    top-level mean is then NaN, never a number that hides the failure.
     """
-    array = np.asarray(values, dtype=np.float64).ravel()
-    diverged = int((~np.isfinite(array)).sum())
-    if diverged:
-        return {"mean": math.nan, "ci95": math.nan, "diverged_tasks": diverged}
-    mean, half_width = mean_ci95(array)
-    return {"mean": mean, "ci95": half_width}
+    return task_summary(np.asarray(values, dtype=np.float64))
 
 
 def curve_summary(steps: Sequence[int], curve: torch.Tensor | np.ndarray) -> dict[str, Any]:

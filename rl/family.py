@@ -14,10 +14,10 @@ numbers, with the normalised score ``(return − random) / (optimal − random)`
 returns after several inner-step counts, the exact random and optimal references, and a baseline:
 the policy the meta-training started from, adapted by plain SGD at ``inner_lr``.
 
-Presets: ``seed`` (the defaults with the seed's estimator), ``tuned`` (two inner steps at lr 0.5)
-and ``tabular`` (no hidden layer, three inner steps at lr 10), the last two also with the seed's
-estimator they were chosen with, and ``tabular10`` (no hidden layer, ten inner steps at lr 10,
-dice); docs/results.md has what each achieves.
+Presets: ``seed`` (the defaults with the estimator of TorchOpt's MAML-RL example), ``tuned`` (two
+inner steps at lr 0.5) and ``tabular`` (no hidden layer, three inner steps at lr 10), the last two
+also with the MAML-RL example's estimator they were chosen with, and ``tabular10`` (no hidden layer,
+ten inner steps at lr 10, dice); docs/results.md has what each achieves.
 """
 
 from __future__ import annotations
@@ -104,7 +104,9 @@ class A2CConfig(TrainConfig):
     )
     hidden_sizes: tuple[int, ...] = option((32, 32), "hidden-layer widths of the policy's torso")
     shared_torso: bool = option(
-        True, "policy and value heads share one torso (the seed's); --no-shared-torso: one each"
+        True,
+        "policy and value heads share one torso (as TorchOpt's MAML-RL example); "
+        "--no-shared-torso: one each",
     )
     test_tasks: int = option(200, "held-out tasks of the periodic evaluation (from eval_seed)")
 
@@ -160,8 +162,8 @@ class A2CConfig(TrainConfig):
 
 @dataclass
 class MDPConfig(A2CConfig):
-    """``metaopt train mdp`` settings; the hyper-parameters are the seed's (TorchOpt's MAML-RL
-    example), the estimator is ``dice``."""
+    """``metaopt train mdp`` settings; the hyper-parameters are those of TorchOpt's MAML-RL
+    example, the estimator is ``dice``."""
 
     meta_batch: int = option(40, "tasks (MDPs) per meta-iteration")
     num_states: int = option(10, "states S of each random MDP")
@@ -303,8 +305,8 @@ class MDPFamily(A2CFamily):
         # TorchOpt's MAML-RL example exactly: the default hyper-parameters with its estimator.
         "seed": {"meta_gradient": "seed"},
         # Chosen on a sweep of inner lr {0.1, 0.3, 0.5, 1}, inner steps {1, 2, 3} and
-        # trajectories {20, 40} (docs/results.md), with the seed's estimator: stable for all
-        # four algorithms.
+        # trajectories {20, 40} (docs/results.md), with the MAML-RL example's estimator: stable
+        # for all four algorithms.
         "tuned": {"inner_steps": 2, "inner_lr": 0.5, "meta_gradient": "seed"},
         # A tabular actor-critic (no hidden layer: logits and values are per-state tables), whose
         # inner SGD steps can be large without interference between states.
@@ -361,6 +363,8 @@ class MDPFamily(A2CFamily):
         return {
             **self.adaptation_report(config, steps, meta),
             "normalized_score": {
+                "description": "normalised score (return − random) / (optimal − random), "
+                "0 for the random policy and 1 for the optimal one",
                 "steps": trained,
                 **summarize(normalized_score(post.double().numpy(), random, optimal)),
                 "by_steps": curve_summary(steps, meta_score),
@@ -394,6 +398,7 @@ class MDPFamily(A2CFamily):
                 references,
                 config.algo,
                 max_entropy=math.log(config.num_actions),
+                reference_tasks=config.test_tasks,
             ),
             plot_adaptation(run_dir / "rl_adaptation.png", results.evaluation, config.algo),
         ]

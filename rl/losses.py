@@ -125,8 +125,8 @@ def a2c_loss(
         actions: ``[...]`` actions taken.
         values: ``[...]`` :math:`V(s_t)`, with gradient.
         returns: ``[...]`` λ-returns (targets, no gradient).
-        value_coef: :math:`c_v` (the seed's 0.5).
-        entropy_coef: :math:`c_e`, entropy bonus (default off, as in the seed).
+        value_coef: :math:`c_v` (the MAML-RL example's 0.5).
+        entropy_coef: :math:`c_e`, entropy bonus (default off, as in the MAML-RL example).
         dims: Dimensions of ``values`` to average over (default: all, a scalar loss); e.g.
             ``(0, 2)`` of ``[H, T, N]`` gives one loss per task.
     """

@@ -156,8 +156,8 @@ class _ReplayTask:
 def exact_meta_objective(algo: MetaLearner, mdp: TabularMDP, settings: A2CSettings) -> torch.Tensor:
     """M(θ) = E over the support samples of J(θ after ``algo.inner_steps`` inner steps), exactly.
 
-    Each inner step k uses ``settings.trajectories`` fresh episodes of the policy θₖ it has
-    reached, scored by the settings' support loss (``settings.meta_gradient`` picks the seed's or
+    Each inner step k uses ``settings.trajectories`` fresh episodes of the policy θₖ it has reached,
+    scored by the settings' support loss (``settings.meta_gradient`` picks the MAML-RL example's or
     LVC's form: the same values and first derivatives); the sum runs over every sequence of such
     samples, weighted by its probability under the policies that draw it. Rewards must be
     deterministic (``settings.reward_noise == 0``). Differentiable in the algorithm's

@@ -3,6 +3,7 @@ families), and the 2-D navigation trajectories."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -17,15 +18,29 @@ from metaopt.training.plots import moving_average, save_figure
 __all__ = ["plot_adaptation", "plot_nav2d", "plot_returns"]
 
 
-def _reference_lines(ax: Any, references: Mapping[str, float]) -> None:
+def _reference_lines(ax: Any, references: Mapping[str, float], tasks: int | None = None) -> None:
+    """The random and optimal policies' mean returns, over the ``tasks`` held-out tasks the
+    plotted returns were measured on (the figures of one run may use different sets: the
+    periodic evaluation's ``--test-tasks`` and the final evaluation's ``--eval-tasks``)."""
+    over = "" if tasks is None else f", mean over the {tasks} tasks"
     for name, style in (("optimal", ":"), ("random", "--")):
         if name in references:
             ax.axhline(
                 references[name],
                 color="grey",
                 linestyle=style,
-                label=f"{name} policy ({references[name]:.2f})",
+                label=f"{name} policy ({references[name]:.2f}{over})",
             )
+
+
+def _point(value: Mapping[str, Any]) -> tuple[float, float, int | None]:
+    """Mean, CI half-width and diverged count of one summary: where some tasks diverged, the
+    finite tasks' mean and interval (NaN, not drawn, when none is finite)."""
+    diverged = value.get("diverged", value.get("diverged_tasks"))  # the latter: older runs
+    if not diverged:
+        return value["mean"], value["ci95"], None
+    finite = value.get("finite", {})
+    return finite.get("mean", math.nan), finite.get("ci95", math.nan), int(diverged)
 
 
 def plot_returns(
@@ -35,6 +50,7 @@ def plot_returns(
     algo: str,
     max_entropy: float | None = None,
     family: str = "mdp",
+    reference_tasks: int | None = None,
 ) -> Path:
     """Train and test return before and after adaptation against the meta-iteration, and below
     them the entropy of the policy before adaptation (a collapse of exploration shows there).
@@ -42,7 +58,8 @@ def plot_returns(
     Training returns (every iteration, a moving average) are lines; held-out returns (every
     ``eval_every`` iterations) are points with their 95% confidence intervals. The random and
     optimal policies' expected returns on the held-out tasks are horizontal lines; so is the
-    uniform policy's entropy ``max_entropy`` (ln A) when given.
+    uniform policy's entropy ``max_entropy`` (ln A) when given. ``reference_tasks``: how many
+    held-out tasks the references average over (said in the legend).
     """
     entropy = [r for r in rows if r.get("train_pre_entropy") is not None]
     if entropy:
@@ -93,7 +110,7 @@ def plot_returns(
                 capsize=3,
                 label=label + " (95% CI)",
             )
-    _reference_lines(ax, references)
+    _reference_lines(ax, references, reference_tasks)
     if not entropy:
         ax.set_xlabel("meta-iteration")
     ax.set_ylabel("episode return (undiscounted)")
@@ -108,7 +125,8 @@ def plot_returns(
 def plot_adaptation(
     path: Path, evaluation: Mapping[str, Any], algo: str, family: str = "mdp"
 ) -> Path:
-    """Held-out return after k inner steps (meta-learned and baselines), with 95% CIs."""
+    """Held-out return after k inner steps (meta-learned and baselines), with 95% CIs. Where
+    some tasks diverged, a point is the finite tasks' mean, labelled with the diverged count."""
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
     curves = [("meta-learned", evaluation.get("by_steps", {}), "tab:orange")]
     baseline = evaluation.get("baseline", {}).get("by_steps")
@@ -120,27 +138,30 @@ def plot_adaptation(
         curves.append(("random initialisation + SGD", random_start, "tab:purple"))
     for label, by_steps, color in curves:
         steps = sorted(by_steps, key=int)
+        points = [_point(by_steps[k]) for k in steps]
         ax.errorbar(
             [int(k) for k in steps],
-            [by_steps[k]["mean"] for k in steps],
-            yerr=[by_steps[k]["ci95"] for k in steps],
+            [mean for mean, _, _ in points],
+            yerr=[half for _, half, _ in points],
             marker="o",
             color=color,
             capsize=3,
             label=label,
         )
-        for k in steps:  # a diverged policy has no return to plot: say so where it would be
-            if "diverged_tasks" in by_steps[k]:
-                ax.annotate(
-                    f"diverged\non {by_steps[k]['diverged_tasks']} of\n{evaluation.get('tasks')} tasks",
-                    (int(k), 0.0),
-                    xycoords=("data", "axes fraction"),
-                    xytext=(0, 8 if color == "tab:orange" else 45),
-                    textcoords="offset points",
-                    ha="center",
-                    fontsize=7,
-                    color=color,
-                )
+        for k, (mean, _, diverged) in zip(steps, points, strict=True):
+            if diverged is None:  # say so where the point is (or would be), never average it in
+                continue
+            finite = "" if math.isfinite(mean) else " (no finite task)"
+            ax.annotate(
+                f"{diverged} of {evaluation.get('tasks')}\ndiverged{finite}",
+                (int(k), mean) if math.isfinite(mean) else (int(k), 0.05),
+                xycoords="data" if math.isfinite(mean) else ("data", "axes fraction"),
+                xytext=(0, 10 if color == "tab:orange" else 28),  # above the points
+                textcoords="offset points",
+                ha="center",
+                fontsize=7,
+                color=color,
+            )
     all_steps = [int(k) for _, by_steps, _ in curves for k in by_steps]
     if all_steps:
         ax.set_xlim(min(all_steps) - 0.5, max(all_steps) + 0.5)
@@ -148,7 +169,7 @@ def plot_adaptation(
     references = {
         name: evaluation[name]["mean"] for name in ("random", "optimal") if name in evaluation
     }
-    _reference_lines(ax, references)
+    _reference_lines(ax, references, evaluation.get("tasks"))
     ax.set_xlabel("inner steps on the held-out task")
     ax.set_ylabel("episode return")
     ax.set_title(f"{family} / {algo}: return after adaptation ({evaluation.get('tasks')} tasks)")

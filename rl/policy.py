@@ -1,4 +1,5 @@
-"""The actor-critic network of the seed: an MLP torso with a categorical policy and a value head."""
+"""The actor-critic network of TorchOpt's MAML-RL example: an MLP torso with a categorical policy
+and a value head."""
 
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ class CategoricalMLPPolicy(nn.Module):
         num_states: Observation size S (one-hot states).
         num_actions: A.
         hidden_sizes: Widths of the torso's hidden layers (may be empty: linear heads).
-        shared_torso: One torso for both heads (the seed's), or one each.
+        shared_torso: One torso for both heads (the MAML-RL example's), or one each.
     """
 
     def __init__(

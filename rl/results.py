@@ -6,7 +6,7 @@ each ``eval.json`` are printed as rows of a Markdown table.
 
 Usage::
 
-    python -m rl.results --preset none     # the defaults: the seed's hyper-parameters, dice
+    python -m rl.results --preset none     # the defaults: MAML-RL example's settings, dice
     python -m rl.results --preset seed     # TorchOpt's MAML-RL configuration exactly
     python -m rl.results --preset tuned    # inner lr / steps chosen on a sweep
 
@@ -29,8 +29,12 @@ from rl.family import MDPFamily
 
 
 def fmt(entry: dict) -> str:
-    if "diverged_tasks" in entry:
-        return f"diverged on {entry['diverged_tasks']} tasks"
+    diverged = entry.get("diverged", entry.get("diverged_tasks"))  # the latter: older runs
+    if diverged:
+        finite = entry.get("finite")
+        if finite:
+            return f"{finite['mean']:.2f} ± {finite['ci95']:.2f} ({diverged} tasks diverged)"
+        return f"diverged on {diverged} tasks"
     return f"{entry['mean']:.2f} ± {entry['ci95']:.2f}"
 
 

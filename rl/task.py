@@ -58,7 +58,7 @@ __all__ = ["A2CSettings", "MDPTask", "MDPTaskBatch", "RLTask", "RLTaskBatch"]
 
 @dataclass(frozen=True)
 class A2CSettings:
-    """How a task samples and scores trajectories (the seed's values by default).
+    """How a task samples and scores trajectories (the MAML-RL example's values by default).
 
     Attributes:
         trajectories: Episodes per loss evaluation (per task).

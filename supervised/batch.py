@@ -80,7 +80,7 @@ class TaskBatch(Sequence["SupervisedTask"]):
         loss: One of :data:`LOSSES`.
         minibatch: When set, each inner step (each ``support_loss`` call with gradients enabled)
             sees the next ``minibatch`` support points of one shuffled epoch instead of the whole
-            support set: the Reptile seed's inner SGD. ``None``: full batch.
+            support set: the Reptile demo's inner SGD. ``None``: full batch.
         support_order: ``[B, K]`` permutation of the support points that defines the epoch's
             minibatches; required when ``minibatch`` is set.
         info: Per-task parameters of the generating distribution (amplitudes, phases, decision

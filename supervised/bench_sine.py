@@ -1,11 +1,11 @@
 """The sine cases of ``metaopt bench``: MAML at 1 and 5 inner steps, Meta-SGD, Reptile.
 
-Sine regression y = A·sin(x + φ) with A ~ U[0.1, 5], φ ~ U[0, π], x ~ U[-5, 5] (Finn et al.,
-2017), stacked in tensors by the benchmark's own :class:`SineBatch` rather than the ``sine``
-family's sampler: the bench draws its tasks from a ``torch.Generator`` and walks the Reptile seed's
+Sine regression y = A·sin(x + φ) with A ~ U[0.1, 5], φ ~ U[0, π], x ~ U[-5, 5] (Finn et al., 2017),
+stacked in tensors by the benchmark's own :class:`SineBatch` rather than the ``sine`` family's
+sampler: the bench draws its tasks from a ``torch.Generator`` and walks the Reptile demo's
 minibatches in a fixed per-task permutation that every implementation (metaopt's engines, a
-hand-written ``torch.func`` loop, TorchOpt's and ``higher``'s loops, the seed's ``deepcopy`` loop)
-can index alike, so the meta-gradients can be compared to 1e-4 and the timings stay those of
+hand-written ``torch.func`` loop, TorchOpt's and ``higher``'s loops, the Reptile demo's ``deepcopy``
+loop) can index alike, so the meta-gradients can be compared to 1e-4 and the timings stay those of
 docs/performance.md.
 
 Every case has a ``metaopt-compiled`` row: the same algorithm with ``engine="compiled"``, from
@@ -65,7 +65,7 @@ class SineBatch(list[_SineTask]):
     """Sine regression y = A·sin(x + φ), stacked (the benchmark's own data; no domain import).
 
     With ``minibatch`` set, inner step k uses the k-th minibatch of a per-task permutation of the
-    support points (the Reptile seed's one epoch of minibatches).
+    support points (the Reptile demo's one epoch of minibatches).
     """
 
     def __init__(
@@ -233,7 +233,7 @@ def _func_reference(
 def _reptile_deepcopy(
     model: nn.Module, batch: SineBatch, steps: int, lr: float
 ) -> Callable[[], Gradient]:
-    """The Reptile seed's serial loop: deepcopy, manual SGD on minibatches, θ − θ̃ averaged."""
+    """The Reptile demo's serial loop: deepcopy, manual SGD on minibatches, θ − θ̃ averaged."""
     params = list(model.parameters())
 
     def run() -> Gradient:

@@ -135,7 +135,15 @@ class SupervisedFamily(TaskFamily):
         """``<metric>_vs_steps.png``: held-out metric against adaptation steps, with the baseline."""
         path = Path(run_dir) / f"{self.metric}_vs_steps.png"
         title = f"{self.name} / {config.algo}: adaptation on held-out tasks"
-        return [plot_metric_vs_steps(path, results.evaluation, title=title, ylabel=self.metric)]
+        return [
+            plot_metric_vs_steps(
+                path,
+                results.evaluation,
+                title=title,
+                ylabel=self.metric,
+                trained_steps=config.inner_steps,
+            )
+        ]
 
 
 class SineFamily(SupervisedFamily, options=SINE):

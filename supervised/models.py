@@ -35,7 +35,7 @@ def mlp(
 ) -> nn.Sequential:
     """A fully connected network ``in -> hidden[0] -> ... -> out`` with ``activation`` between.
 
-    The MAML sine network is ``mlp(1, [40, 40], 1, "relu")`` (Finn et al., 2017); the Reptile seed's
+    The MAML sine network is ``mlp(1, [40, 40], 1, "relu")`` (Finn et al., 2017); the Reptile demo's
     is ``mlp(1, [64, 64], 1, "tanh")`` (Nichol et al., 2018, whose demo notes that tanh works
     slightly better than the paper's ReLU). ``hidden=[]`` is a linear (logistic) model.
     """

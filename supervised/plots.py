@@ -16,6 +16,7 @@ import torch
 from metaopt.algorithms import MetaLearner
 from metaopt.training.plots import save_figure
 from supervised.batch import SupervisedTask
+from supervised.evaluation import DIVERGENCE_FACTOR
 
 __all__ = ["plot_metric_vs_steps", "plot_sine_adaptation"]
 
@@ -24,12 +25,17 @@ SNAPSHOTS = (0, 8, 16, 24, 32)
 
 
 def plot_metric_vs_steps(
-    path: Path, evaluation: Mapping[str, Any], *, title: str, ylabel: str
+    path: Path,
+    evaluation: Mapping[str, Any],
+    *,
+    title: str,
+    ylabel: str,
+    trained_steps: int | None = None,
 ) -> Path:
     """Held-out metric against adaptation steps, meta-learned vs baseline, with 95% CI bands.
 
     Draws one panel per protocol in ``evaluation`` (the main one, and ``protocol_10pt`` when
-    present). Where tasks diverged (:func:`supervised.evaluation.mark_diverged`) a point is the
+    present); ``trained_steps`` (the inner steps of meta-training) is marked on the main panel. Where tasks diverged (:func:`supervised.evaluation.mark_diverged`) a point is the
     mean of the other tasks, labelled with the count, never a mean that a blow-up dominates.
     """
     panels = [("held-out tasks", evaluation)]
@@ -60,6 +66,13 @@ def plot_metric_vs_steps(
                     )
         if spread and max(spread) > 100 * min(spread):
             ax.set_yscale("log")
+        if trained_steps is not None and block is evaluation:
+            ax.axvline(
+                trained_steps,
+                color="0.4",
+                linestyle=":",
+                label=f"meta-trained for {trained_steps} step{'s' if trained_steps != 1 else ''}",
+            )
         ax.set_xlabel("adaptation steps")
         ax.set_ylabel(ylabel)
         ax.set_title(f"{name} ({block['tasks']} tasks, 95% CI)")
@@ -115,27 +128,63 @@ def plot_sine_adaptation(
     title: str = "",
 ) -> Path:
     """The Reptile demo's figure: the true curve, the support points, and the meta-learned model's
-    predictions after 0, 8, 16, 24 and 32 adaptation steps (blue to red); the baseline after 32
-    steps dashed."""
+    predictions after 0, 8, 16, 24 and 32 adaptation steps (blue to red) and after the number of
+    steps it was meta-trained for (``algo.inner_steps``, drawn thick); the baseline after 32
+    steps dashed.
+
+    A prediction whose MSE on the curve is not finite or above
+    :data:`~supervised.evaluation.DIVERGENCE_FACTOR` times the unadapted model's is not drawn
+    (it would be a vertical line): its legend entry says it diverged, as does the title.
+    """
     amplitude = float(task.batch.info["amplitude"][task.index])
     phase = float(task.batch.info["phase"][task.index])
     x = torch.linspace(x_range[0], x_range[1], 200).unsqueeze(-1)
     truth = amplitude * np.sin(x.squeeze(-1).numpy() + phase)
+    trained, last = algo.inner_steps, SNAPSHOTS[-1]
+    steps = sorted(set(SNAPSHOTS) | {trained})
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    predictions = _predictions(algo, task, x, SNAPSHOTS)
-    for k, prediction in zip(SNAPSHOTS, predictions, strict=True):
-        frac = k / SNAPSHOTS[-1]
-        ax.plot(x, prediction, color=(frac, 0, 1 - frac), label=f"after {k} steps")
+    predictions = dict(zip(steps, _predictions(algo, task, x, steps), strict=True))
+    errors = {k: _curve_mse(p, truth, predictions[0]) for k, p in predictions.items()}
+    for k, prediction in predictions.items():
+        frac = k / last if k <= last else 1.0
+        label = f"after {k} step{'s' if k != 1 else ''}"
+        if k == trained:
+            label += " (meta-trained for)"
+        style = {"color": (frac, 0, 1 - frac), "linewidth": 2.5 if k == trained else 1.2}
+        if errors[k] is None:  # a legend entry without a line
+            ax.plot([], [], ":", label=f"{label}: diverged, not drawn", **style)
+        else:
+            ax.plot(x, prediction, label=label, **style)
     if baseline is not None:
-        (after,) = _predictions(baseline, task, x, [SNAPSHOTS[-1]])
-        ax.plot(x, after, "--", color="0.5", label=f"baseline after {SNAPSHOTS[-1]} steps")
+        (after,) = _predictions(baseline, task, x, [last])
+        (before,) = _predictions(baseline, task, x, [0])
+        if _curve_mse(after, truth, before) is None:
+            ax.plot([], [], "--", color="0.5", label=f"baseline after {last} steps: diverged")
+        else:
+            ax.plot(x, after, "--", color="0.5", label=f"baseline after {last} steps")
     ax.plot(x, truth, color=(0, 0.7, 0), linewidth=2, label="true")
     ax.plot(task.support_x.squeeze(-1), task.support_y.squeeze(-1), "kx", label="support")
-    mse = float(np.mean((predictions[-1] - truth) ** 2))
-    ax.set_title(f"{title} (MSE on the curve after {SNAPSHOTS[-1]} steps: {mse:.3f})")
+    shown = [trained] if trained == last else [trained, last]
+    parts = [
+        f"{k} step{'s' if k != 1 else ''}: "
+        + ("diverged" if errors[k] is None else f"{errors[k]:.3f}")
+        for k in shown
+    ]
+    ax.set_title(f"{title}\nMSE on the curve after " + ", after ".join(parts), fontsize=10)
     ax.set_ylim(-max(5.0, amplitude + 1), max(5.0, amplitude + 1))
-    ax.legend(loc="lower right", fontsize=8)
+    ax.legend(loc="lower right", fontsize=7)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     save_figure(fig, path, dpi=120)  # atomically: a kill leaves no half PNG
     return Path(path)
+
+
+def _curve_mse(prediction: np.ndarray, truth: np.ndarray, before: np.ndarray) -> float | None:
+    """MSE of ``prediction`` on the curve; ``None`` when it diverged (not finite, or above
+    :data:`DIVERGENCE_FACTOR` times the MSE of the unadapted prediction ``before``)."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        mse = float(np.mean((prediction.astype(np.float64) - truth) ** 2))
+        start = float(np.mean((before.astype(np.float64) - truth) ** 2))
+    if not np.isfinite(mse) or mse > DIVERGENCE_FACTOR * start:
+        return None
+    return mse

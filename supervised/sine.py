@@ -32,7 +32,7 @@ __all__ = ["PRESETS", "SineConfig", "sample_sine", "sine_grid", "sine_values"]
 
 
 def sine_grid(x_min: float, x_max: float, points: int) -> np.ndarray:
-    """The evenly spaced inputs of a grid task (the Reptile seed's ``np.linspace(-5, 5, 50)``)."""
+    """The evenly spaced inputs of a grid task (the Reptile demo's ``np.linspace(-5, 5, 50)``)."""
     return np.linspace(x_min, x_max, points)
 
 

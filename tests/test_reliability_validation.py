@@ -50,6 +50,7 @@ BAD = [
     ("eval_every", -1, "--eval-every must be an integer >= 0, got -1"),
     ("checkpoint_every", -2, "--checkpoint-every must be an integer >= 0, got -2"),
     ("skip_nonfinite", 1, "--skip-nonfinite must be true or false, got 1"),
+    ("positive_rates", "yes", "--positive-rates must be true or false, got 'yes'"),
     ("engine", "gpu", "--engine must be one of auto, vmap, loop, compiled; got 'gpu'"),
     ("batch_norm", "per-task", "--batch-norm must be one of running, batch; got 'per-task'"),
     ("out", "", "--out must be a non-empty string, got ''"),
@@ -76,6 +77,11 @@ def test_each_field_names_itself_its_value_and_the_range(
 
 def test_every_field_is_audited() -> None:
     assert {f.name for f in dataclasses.fields(TrainConfig)} == {name for name, _, _ in BAD}
+
+
+def test_positive_rates_is_refused_for_algorithms_without_learned_rates() -> None:
+    with pytest.raises(ConfigError, match="--positive-rates applies to --algo metasgd"):
+        resolve_config(RToyFamily(), {"algo": "maml", "positive_rates": True})
 
 
 def test_metasgd_refuses_an_inner_optimizer_it_would_ignore() -> None:

@@ -153,11 +153,48 @@ def test_evaluation_curve_is_the_same_adapting_task_by_task_or_all_at_once(algo_
 
 
 def test_summaries_report_diverged_tasks_instead_of_a_number() -> None:
+    from metaopt.stats import task_summary
     from rl.evaluation import summarize
 
     assert summarize(np.array([1.0, 3.0]))["mean"] == 2.0
     diverged = summarize(np.array([1.0, np.nan, np.nan]))
-    assert np.isnan(diverged["mean"]) and diverged["diverged_tasks"] == 2
+    # The keys of the supervised families' eval.json: `diverged`, and `finite` for the others.
+    assert np.isnan(diverged["mean"]) and diverged["diverged"] == 2
+    assert diverged["finite"] == {"mean": 1.0, "ci95": float("inf"), "tasks": 1}
+    values = np.array([1.0, 2.5, np.nan, 4.0, np.inf])
+    assert json.dumps(summarize(values)) == json.dumps(task_summary(values))  # NaN == NaN
+
+
+def test_rl_figures_show_finite_tasks_and_the_diverged_count_and_say_what_references_average(
+    tmp_path: Path, monkeypatch
+) -> None:
+    import rl.plots as plots
+
+    figures = []
+    monkeypatch.setattr(plots, "save_figure", lambda fig, path, **_: figures.append(fig))
+    point = {"mean": 10.0, "ci95": 0.5}
+    split = {"mean": float("nan"), "ci95": float("inf"), "diverged": 3,
+             "finite": {"mean": 12.0, "ci95": 0.4, "tasks": 97}}  # fmt: skip
+    old = {"mean": float("nan"), "ci95": float("nan"), "diverged_tasks": 100}  # an older run's
+    evaluation = {
+        "tasks": 100,
+        "by_steps": {"0": point, "1": point, "5": point},
+        "baseline": {"by_steps": {"0": point, "1": split, "5": old}},
+        "optimal": {"mean": 21.96, "ci95": 0.1},
+        "random": {"mean": 5.0, "ci95": 0.1},
+    }
+    plots.plot_adaptation(tmp_path / "a.png", evaluation, "maml")
+    plots.plot_returns(tmp_path / "r.png", [], {"optimal": 22.08}, "maml", reference_tasks=40)
+    adaptation, returns = (fig.axes[0] for fig in figures)
+    texts = [t.get_text() for t in adaptation.texts]
+    assert texts == ["3 of 100\ndiverged", "100 of 100\ndiverged (no finite task)"]
+    baseline_line = adaptation.containers[1].lines[0]  # errorbar: the baseline's data line
+    assert list(baseline_line.get_ydata())[:2] == [10.0, 12.0]
+    labels = adaptation.get_legend_handles_labels()[1]
+    assert "optimal policy (21.96, mean over the 100 tasks)" in labels
+    assert (
+        "optimal policy (22.08, mean over the 40 tasks)" in returns.get_legend_handles_labels()[1]
+    )
 
 
 def test_meta_training_makes_adaptation_pay_off(tmp_path: Path) -> None:

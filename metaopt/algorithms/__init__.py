@@ -17,7 +17,7 @@ The outer step is left to any ``torch.optim`` optimiser, so a training step read
 
 from metaopt.algorithms.imaml import IMAML, ConjugateGradientError
 from metaopt.algorithms.learner import MetaLearner, MetaMetrics
-from metaopt.algorithms.maml import MAML, MetaSGD
+from metaopt.algorithms.maml import MAML, MetaSGD, NegativeRateWarning
 from metaopt.algorithms.reptile import Reptile, linear_annealing
 from metaopt.options import ALGORITHMS, ENGINES  # defined without torch, for the command line
 
@@ -30,6 +30,7 @@ __all__ = [
     "MetaLearner",
     "MetaMetrics",
     "MetaSGD",
+    "NegativeRateWarning",
     "Reptile",
     "linear_annealing",
 ]

@@ -242,6 +242,7 @@ class MetaLearner:
                 inner_optimizer=self.inner_optimizer_name,
                 inner_lr=self.inner_lr,
                 batch_norm=self.batch_norm,
+                positive_rates=bool(getattr(self, "positive_rates", False)),
             )
         )
 
@@ -420,7 +421,8 @@ class MetaLearner:
 
     def rate_parameters(self) -> list[nn.Parameter]:
         """Meta-learned inner learning rates, one per model parameter in ``parameters()`` order
-        (Meta-SGD's α); empty for the algorithms with a fixed inner learning rate."""
+        (Meta-SGD's α, or ρ with α = softplus(ρ) under ``positive_rates``; the rates themselves
+        are :meth:`inner_sgd_rates`); empty for the algorithms with a fixed inner learning rate."""
         return []
 
     def learned_state(self) -> dict[str, Any]:

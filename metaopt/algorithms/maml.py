@@ -3,6 +3,7 @@ back to the initialisation (and Meta-SGD's learned rates)."""
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -14,7 +15,7 @@ from metaopt.algorithms.checks import check_tasks, scalar_loss
 from metaopt.algorithms.learner import MetaLearner, MetaMetrics
 from metaopt.algorithms.subset import Adapt, adapt_mask
 from metaopt.engine import can_vectorise, check_losses
-from metaopt.inner import learned_rate_sgd
+from metaopt.inner import learned_rate_sgd, positive_rates, softplus_inverse
 from metaopt.options import check_int
 from metaopt.task import BatchedTasks, Task
 from metaopt.unroll import checkpointed_adapt
@@ -144,6 +145,11 @@ class MAML(MetaLearner):
         return super().__repr__()[:-1] + f", first_order={self.first_order}{extra})"
 
 
+class NegativeRateWarning(UserWarning):
+    """A raw Meta-SGD rate has turned negative (said once per learner; the command line prints it
+    as one ``metaopt: warning:`` line)."""
+
+
 class MetaSGD(MAML):
     r"""Meta-SGD (Li et al., 2017): MAML with a learned learning rate for every parameter entry.
 
@@ -153,6 +159,16 @@ class MetaSGD(MAML):
     query loss. Everything else is MAML's code path. ``inner_lrs`` is an ``nn.ParameterList`` in
     the order of ``model.parameters()``. With ``adapt=`` a parameter the inner loop does not adapt
     has its rate fixed at 0 (``requires_grad=False``, not meta-learned): it takes no step.
+
+    The rates are unconstrained by default, as in Li et al.: the outer loop may drive an entry
+    below 0, where the inner step climbs the support loss; the first ``meta_backward`` that
+    finds one warns once, naming the parameter and the value. With ``positive_rates=True``,
+    ``inner_lrs`` holds ρ and the rates are α = softplus(ρ) = log(1 + e^ρ) > 0 (ρ starts at
+    softplus⁻¹(``inner_lr``), so α starts at ``inner_lr``; the meta-gradient of ρ is that of α
+    times sigmoid(ρ)). :meth:`inner_sgd_rates` gives α either way.
+
+    Args:
+        positive_rates: Learn ρ with α = softplus(ρ), so every rate stays positive.
     """
 
     def __init__(
@@ -165,7 +181,11 @@ class MetaSGD(MAML):
         batch_norm: str = "running",
         adapt: Adapt = None,
         unroll_checkpoints: int | None = None,
+        positive_rates: bool = False,
     ) -> None:
+        if not isinstance(positive_rates, bool):
+            raise TypeError(f"positive_rates must be a bool, got {positive_rates!r}")
+        self.positive_rates = positive_rates
         super().__init__(
             model,
             inner_lr,
@@ -180,22 +200,52 @@ class MetaSGD(MAML):
 
     def _init_learned_state(self) -> None:
         adapts = adapt_mask(self.model, self.adapted) or [True] * len(list(self.model.parameters()))
+        start = softplus_inverse(self.inner_lr) if self.positive_rates else self.inner_lr
         self.inner_lrs = nn.ParameterList(
             nn.Parameter(
-                torch.full_like(p, self.inner_lr if a else 0.0), requires_grad=p.requires_grad and a
+                # a rate the inner loop does not use is 0 (softplus cannot reach 0: the mask
+                # keeps such a parameter still whatever its rate)
+                torch.full_like(p, start if a else 0.0),
+                requires_grad=p.requires_grad and a,
             )
             for p, a in zip(self.model.parameters(), adapts, strict=True)
         )
 
     def _inner_transform(self) -> GradientTransformation:
-        return learned_rate_sgd(list(self.inner_lrs))
+        return learned_rate_sgd(list(self.inner_lrs), positive=self.positive_rates)
+
+    def meta_backward(self, tasks: Sequence[Task], *, scale: float | None = None) -> MetaMetrics:
+        self._warn_negative_rates()
+        return super().meta_backward(tasks, scale=scale)
+
+    def _warn_negative_rates(self) -> None:
+        """Warn once when a raw learned rate has turned negative (an inner step that climbs)."""
+        if self.positive_rates or self.__dict__.get("_warned_negative", False):
+            return
+        for name, rate in zip(
+            (n for n, _ in self.model.named_parameters()), self.inner_lrs, strict=True
+        ):
+            if rate.requires_grad and rate.numel() and bool((rate < 0).any()):
+                self._warned_negative = True
+                lowest = rate.detach().min().item()
+                count = int((rate < 0).sum())
+                warnings.warn(
+                    f"Meta-SGD's learned rate of {name} has turned negative ({count} of "
+                    f"{rate.numel()} entries, lowest {lowest:.4g}): those entries step up the "
+                    "support loss. positive_rates=True (--positive-rates) keeps every rate "
+                    "positive (α = softplus(ρ))",
+                    NegativeRateWarning,
+                    stacklevel=4,  # past meta_backward and its one-thread guard: the caller
+                )
+                return
 
     @property
     def name(self) -> str:
         return "metasgd"
 
     def meta_parameters(self) -> list[nn.Parameter]:
-        """θ followed by the learned rates α of the trainable parameters."""
+        """θ followed by the learned rates (α, or ρ with ``positive_rates``) of the trainable
+        parameters."""
         return super().meta_parameters() + [a for a in self.inner_lrs if a.requires_grad]
 
     def rate_parameters(self) -> list[nn.Parameter]:
@@ -210,17 +260,32 @@ class MetaSGD(MAML):
                 rate.copy_(saved)
 
     def inner_sgd_rates(self) -> float | list[torch.Tensor] | None:
-        return [rate.detach() for rate in self.inner_lrs]
+        rates = [rate.detach() for rate in self.inner_lrs]
+        if not self.positive_rates:
+            return rates
+        adapts = [rate.requires_grad for rate in self.inner_lrs]
+        return [
+            a if keep else torch.zeros_like(a)
+            for a, keep in zip(positive_rates(rates), adapts, strict=True)
+        ]
 
     def describe(self) -> dict[str, Any]:
-        rates = torch.cat([r.detach().flatten() for r in self.inner_lrs if r.requires_grad])
+        alphas = self.inner_sgd_rates()
+        assert isinstance(alphas, list)
+        rates = torch.cat(
+            [a.flatten() for a, r in zip(alphas, self.inner_lrs, strict=True) if r.requires_grad]
+        )
         return {
             **self._adapt_report(),
             "rule": "meta-sgd (learned per-parameter rates)",
+            **({"rates": "softplus (positive)"} if self.positive_rates else {}),
             "rate_mean": rates.mean().item(),
             "rate_min": rates.min().item(),
             "rate_max": rates.max().item(),
         }
+
+    def __repr__(self) -> str:
+        return super().__repr__()[:-1] + f", positive_rates={self.positive_rates})"
 
 
 def _backward_query(query: torch.Tensor, weight: float) -> None:

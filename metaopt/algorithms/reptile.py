@@ -26,9 +26,9 @@ class Reptile(MetaLearner):
     so that plain SGD with learning rate ε takes the Reptile step
     :math:`\theta \leftarrow \theta + \epsilon\,\frac{1}{B}\sum_i(\tilde\theta_i - \theta)`,
     and any other ``torch.optim`` optimiser can take it instead. One task per meta-batch is the
-    serial form of the paper, several the batched form. :func:`linear_annealing` gives the
-    seed's linearly decaying ε. With ``adapt=`` (:mod:`metaopt.algorithms.subset`) a parameter
-    the inner loop does not adapt has :math:`\tilde\theta_i = \theta`, so its direction is 0.
+    serial form of the paper, several the batched form. :func:`linear_annealing` gives the Reptile
+    demo's linearly decaying ε. With ``adapt=`` (:mod:`metaopt.algorithms.subset`) a parameter the
+    inner loop does not adapt has :math:`\tilde\theta_i = \theta`, so its direction is 0.
     """
 
     def __init__(
@@ -97,7 +97,7 @@ def _add_reptile_direction(
 def linear_annealing(
     optimizer: torch.optim.Optimizer, total_steps: int
 ) -> torch.optim.lr_scheduler.LambdaLR:
-    """The Reptile seed's outer schedule: ε_k = ε_0 (1 − k / total_steps)."""
+    """The Reptile demo's outer schedule: ε_k = ε_0 (1 − k / total_steps)."""
     if total_steps < 1:
         raise ValueError(f"total_steps must be >= 1, got {total_steps!r}")
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda k: max(0.0, 1.0 - k / total_steps))

@@ -74,7 +74,12 @@ def _build(config: TrainConfig, model: torch.nn.Module, adapt: list[str] | None)
             **shared,
         )
     if config.algo == "metasgd":  # its inner update is SGD with the learned rates
-        return MetaSGD(model, unroll_checkpoints=config.unroll_checkpoints, **shared)
+        return MetaSGD(
+            model,
+            unroll_checkpoints=config.unroll_checkpoints,
+            positive_rates=config.positive_rates,
+            **shared,
+        )
     if config.algo == "reptile":
         return Reptile(model, inner_optimizer=config.inner_optimizer, **shared)
     if config.algo == "imaml":

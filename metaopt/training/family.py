@@ -132,6 +132,11 @@ class TrainConfig:
     inner_optimizer: str = option(
         "sgd", "inner-loop optimiser: sgd or adam (MAML, Reptile and iMAML)"
     )
+    positive_rates: bool = option(
+        False,
+        "Meta-SGD: learn ρ with rates α = softplus(ρ), which stay positive (default: the raw "
+        "rates of Li et al., which may turn negative; a warning says when)",
+    )
     adapt: str = option(
         "",
         "parameters the inner loop adapts, comma-separated names or submodule prefixes as "
@@ -166,7 +171,7 @@ class TrainConfig:
     outer_lr: float = option(1e-3, "outer-loop learning rate (Reptile: initial step size ε)")
     outer_optimizer: str = option("adam", "outer optimiser: adam or sgd")
     anneal: bool = option(
-        False, "anneal the outer learning rate linearly to 0 (the Reptile seed's)"
+        False, "anneal the outer learning rate linearly to 0 (the Reptile demo's)"
     )
     seed: int = option(0, "seed of the model's initialisation and of training-task sampling")
     eval_seed: int = option(12345, "seed of the held-out evaluation tasks (disjoint stream)")
@@ -230,6 +235,11 @@ class TrainConfig:
                 f"--inner-optimizer must be sgd with --algo metasgd (Meta-SGD's inner update is "
                 f"SGD with learned rates); got {self.inner_optimizer!r}"
             )
+        if self.positive_rates is True and self.algo != "metasgd":
+            raise ConfigError(
+                f"--positive-rates applies to --algo metasgd (its learned rates) only; got "
+                f"--algo {self.algo}"
+            )
         for name in ("inner_steps", "meta_batch", "eval_tasks", "cg_steps"):
             check_int(flag(name), getattr(self, name), 1)
         for name in ("iterations", "eval_every", "checkpoint_every", "threads"):
@@ -239,7 +249,7 @@ class TrainConfig:
         for name in ("inner_lr", "outer_lr", "dist_timeout", "reg", "cg_tol"):
             check_real(flag(name), getattr(self, name), low=0, low_open=True)
         check_real(flag("max_memory"), self.max_memory, low=0)
-        for name in ("anneal", "skip_nonfinite"):
+        for name in ("anneal", "skip_nonfinite", "positive_rates"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(
                     f"{flag(name)} must be true or false, got {getattr(self, name)!r}"

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 import time
 from collections.abc import Iterator, Sequence
@@ -40,7 +41,7 @@ from metaopt.training.hooks import TrainingHooks
 from metaopt.training.memory import check_memory
 from metaopt.training.progress import LOGGER, ProgressLog
 from metaopt.training.rundir import finite_or_none, new_run_dir, record_engine, write_json
-from metaopt.training.signals import StopOnSignal
+from metaopt.training.signals import StopOnSignal, TrainingInterrupted
 from metaopt.training.state import Run, random_state, save
 
 __all__ = ["WALL_TIME_KEYS", "NonFiniteError", "check_ranks", "fit", "new_run", "train"]
@@ -155,19 +156,37 @@ def fit(run: Run, progress: bool | None) -> Path:
     family, config, algo = run.family, run.config, run.algo
     if run.dist.is_main and progress is not False:
         LOGGER.info("%s/%s: evaluating on held-out tasks", family.name, config.algo)
-    # Every rank evaluates its share of the held-out tasks.
-    evaluation = family.evaluate(algo, config, run.run_dir, EvalRequest(group=run.dist))
-    if not run.dist.is_main:  # rank 0 writes and plots; the others wait for it
-        distributed.barrier(run.dist)
-        return run.run_dir
-    write_json(run.run_dir / "eval.json", evaluation)
-    from metaopt.training.plots import plot_run
+    stage = "evaluation"
+    try:
+        # Every rank evaluates its share of the held-out tasks.
+        evaluation = family.evaluate(algo, config, run.run_dir, EvalRequest(group=run.dist))
+        if not run.dist.is_main:  # rank 0 writes and plots; the others wait for it
+            distributed.barrier(run.dist)
+            return run.run_dir
+        write_json(run.run_dir / "eval.json", evaluation)
+        stage = "plots"
+        from metaopt.training.plots import plot_run
 
-    plot_run(family, config, algo, run.run_dir, evaluation)
+        plot_run(family, config, algo, run.run_dir, evaluation)
+    except KeyboardInterrupt as error:  # training is complete and saved: say how to finish
+        raise _interrupted_evaluation(run, stage) from error
     for hook in run.hooks:
         hook.on_run_end(run.run_dir, evaluation)
     distributed.barrier(run.dist)
     return run.run_dir
+
+
+def _interrupted_evaluation(run: Run, stage: str) -> TrainingInterrupted:
+    """Ctrl-C during the final evaluation or its plots: the trained run is on disk; ``metaopt
+    eval`` writes eval.json and the plots from it."""
+    return TrainingInterrupted(
+        f"interrupted during the final {stage}; training is "
+        f"complete (iteration {run.iteration}, saved in {run.checkpoint}); write eval.json and "
+        f"the plots with: metaopt eval {run.run_dir}",
+        signum=signal.SIGINT,
+        iteration=run.iteration,
+        checkpoint=run.checkpoint,
+    )
 
 
 class _Clock:

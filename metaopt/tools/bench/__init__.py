@@ -7,11 +7,11 @@ it checks that all implementations computed the same meta-gradient.
 
 Baselines (written by the domains that register the cases):
 
-* ``torchopt-loop``: the pattern of TorchOpt's examples and the seed documents, one task at a time
+* ``torchopt-loop``: the pattern of TorchOpt's examples, one task at a time
   with ``torchopt.MetaSGD`` and ``extract_state_dict`` / ``recover_state_dict``;
 * ``higher``: ``higher.innerloop_ctx`` (when installed), ``copy_initial_weights=False``;
 * ``torch.func``: a hand-written ``functional_call`` + ``grad`` inner loop, ``vmap`` over tasks;
-* ``deepcopy-loop`` (Reptile): the Reptile seed's serial loop, ``deepcopy`` of the state dict,
+* ``deepcopy-loop`` (Reptile): the Reptile demo's serial loop, ``deepcopy`` of the state dict,
   manual SGD, interpolation.
 
 Domains add cases through the entry-point group ``metaopt.benchmarks`` (a function

@@ -118,10 +118,15 @@ def meta_gradients_on(
     steps: int,
     method: str,
     seeds: Sequence[Sequence[int]],
+    *,
+    first_order: bool = False,
 ) -> list[MetaGradient]:
     """``method``'s :func:`meta_gradient` on each of the meta-batches ``seeds`` draw."""
     return [
-        meta_gradient(family, config, method, state, steps=steps, task_seed=seed) for seed in seeds
+        meta_gradient(
+            family, config, method, state, steps=steps, task_seed=seed, first_order=first_order
+        )
+        for seed in seeds
     ]
 
 
@@ -197,15 +202,27 @@ def method_config(config: TrainConfig, method: str) -> TrainConfig:
 
 
 def method_algorithm(
-    family: TaskFamily, config: TrainConfig, method: str, steps: int, state: ModelState
+    family: TaskFamily,
+    config: TrainConfig,
+    method: str,
+    steps: int,
+    state: ModelState,
+    *,
+    first_order: bool = False,
 ) -> tuple[TrainConfig, MetaLearner]:
-    """``method`` with ``steps`` inner steps around a fresh model loaded with ``state``."""
+    """``method`` with ``steps`` inner steps around a fresh model loaded with ``state``;
+    ``first_order``: its first-order variant (Meta-SGD's, which ``--algo`` does not name)."""
     config = dataclasses.replace(method_config(config, method), inner_steps=steps)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
         model = family.make_model(config)
     model.load_state_dict(state)
-    return config, build_algorithm(config, model)
+    algo = build_algorithm(config, model)
+    if first_order:
+        if not hasattr(algo, "first_order"):
+            raise ValueError(f"{method} has no first-order variant")
+        algo.first_order = True  # MAML's flag, read at each meta_backward
+    return config, algo
 
 
 def draw_tasks(
@@ -221,6 +238,8 @@ class MetaGradient(NamedTuple):
     Attributes:
         theta: Gradient of each trainable model parameter, by name.
         rates_norm: Meta-SGD: norm of the gradient of its learned rates; otherwise ``None``.
+        rates: Meta-SGD: the gradient of its learned rates, by parameter name; otherwise
+            ``None``.
         query: Mean query loss of the meta-batch after adaptation.
         finite: Whether every entry of ``theta`` is finite.
     """
@@ -229,6 +248,14 @@ class MetaGradient(NamedTuple):
     rates_norm: float | None
     query: float
     finite: bool
+    rates: dict[str, torch.Tensor] | None = None
+
+    def of_rates(self) -> MetaGradient:
+        """This meta-gradient with the rates' gradient in place of θ's (to compare rates)."""
+        if self.rates is None:
+            raise ValueError("this method learns no rates")
+        finite = all(bool(torch.isfinite(g).all()) for g in self.rates.values())
+        return MetaGradient(self.rates, self.rates_norm, self.query, finite)
 
 
 def meta_gradient(
@@ -239,13 +266,15 @@ def meta_gradient(
     *,
     steps: int,
     task_seed: int | Sequence[int],
+    first_order: bool = False,
 ) -> MetaGradient:
-    """``method``'s meta-gradient at ``state`` with ``steps`` inner steps.
+    """``method``'s meta-gradient at ``state`` with ``steps`` inner steps (its first-order
+    variant with ``first_order``).
 
     The meta-batch (``config.meta_batch`` tasks) is drawn from ``default_rng(task_seed)``, afresh
     for each call, so every method sees identical tasks in identical generator states.
     """
-    config, algo = method_algorithm(family, config, method, steps, state)
+    config, algo = method_algorithm(family, config, method, steps, state, first_order=first_order)
     tasks = draw_tasks(family, config, task_seed, config.meta_batch)
     for p in algo.meta_parameters():
         p.grad = None
@@ -255,9 +284,15 @@ def meta_gradient(
         for name, p in algo.model.named_parameters()
         if p.requires_grad
     }
-    rates_norm = None
+    rates_norm, rates = None, None
     if algo.rate_parameters():
-        grads = [r.grad for r in algo.rate_parameters() if r.grad is not None]
-        rates_norm = float(_flat(grads).norm()) if grads else 0.0
+        rates = {
+            name: r.grad.detach().clone()
+            for (name, _), r in zip(
+                algo.model.named_parameters(), algo.rate_parameters(), strict=True
+            )
+            if r.grad is not None
+        }
+        rates_norm = float(_flat(list(rates.values())).norm()) if rates else 0.0
     finite = all(bool(torch.isfinite(g).all()) for g in theta.values())
-    return MetaGradient(theta, rates_norm, metrics.query.mean().item(), finite)
+    return MetaGradient(theta, rates_norm, metrics.query.mean().item(), finite, rates)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -19,11 +20,13 @@ __all__ = [
     "HELDOUT_KEY",
     "HELDOUT_STREAM",
     "LABELS",
+    "METASGD_RATES",
     "OTHER_BATCH",
     "OTHER_BATCH_STREAM",
     "REFERENCE",
     "CompareOptions",
     "ModelState",
+    "gradient_rows",
     "parse_methods",
     "parse_steps",
 ]
@@ -33,6 +36,10 @@ __all__ = [
 REFERENCE = "maml"
 #: Second-order MAML on an independent meta-batch: the meta-batch sampling noise.
 OTHER_BATCH = "maml-other-batch"
+#: Meta-SGD's gradient row: the meta-gradient of its learned rates α, first-order Meta-SGD against
+#: second-order Meta-SGD. At the comparison points α = inner_lr, where Meta-SGD's θ-gradient is
+#: second-order MAML's exactly (tested), so a θ row against MAML could only read 1.0000 (×1).
+METASGD_RATES = "metasgd-rates"
 DEFAULT_STEPS = (1, 2, 5, 10)
 #: Key of the domain-free held-out loss in learning curves (and in the runs' metrics.jsonl).
 HELDOUT_KEY = "heldout_query_loss"
@@ -43,8 +50,25 @@ LABELS = {
     "metasgd": "Meta-SGD",
     "reptile": "Reptile",
     OTHER_BATCH: "MAML, other batch",
+    METASGD_RATES: "Meta-SGD's rates, first vs second order",
 }
-COLORS = {"maml": "C0", "fomaml": "C1", "metasgd": "C2", "reptile": "C3", OTHER_BATCH: "0.55"}
+COLORS = {
+    "maml": "C0",
+    "fomaml": "C1",
+    "metasgd": "C2",
+    "reptile": "C3",
+    OTHER_BATCH: "0.55",
+    METASGD_RATES: "C2",
+}
+
+
+def gradient_rows(methods: Sequence[str]) -> list[str]:
+    """The rows of the gradient comparison for ``methods``: each method but the reference
+    against second-order MAML (Meta-SGD: :data:`METASGD_RATES` instead), then
+    :data:`OTHER_BATCH`."""
+    rows = [METASGD_RATES if m == "metasgd" else m for m in methods if m != REFERENCE]
+    return [*rows, OTHER_BATCH]
+
 
 # Streams apart from the training tasks (which come from default_rng(seed)): the compared
 # meta-batches, the extra "other batch" of a one-batch comparison, and the held-out tasks.

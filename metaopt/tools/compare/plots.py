@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from metaopt.tools.compare.options import COLORS, HELDOUT_KEY, LABELS, OTHER_BATCH, REFERENCE
+from metaopt.tools.compare.options import COLORS, HELDOUT_KEY, LABELS, gradient_rows
 from metaopt.tools.compare.report import point_label, rows_of
 
 __all__ = ["plot_cosines", "plot_curves"]
@@ -24,7 +24,7 @@ def plot_cosines(path: Path, results: Mapping[str, Any]) -> Path:
     fig, (ax_cos, ax_ratio) = plt.subplots(1, 2, figsize=(11, 4.6))
     styles: list[Any] = ["-", "--", "-.", ":"]
     points = results["points"]
-    methods = [m for m in results["methods"] if m != REFERENCE] + [OTHER_BATCH]
+    methods = gradient_rows(results["methods"])
     for method in methods:
         for p_index, iteration in enumerate(points):
             rows = rows_of(results, method, iteration)

@@ -6,7 +6,14 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-from metaopt.tools.compare.options import HELDOUT_KEY, LABELS, OTHER_BATCH, REFERENCE
+from metaopt.tools.compare.options import (
+    HELDOUT_KEY,
+    LABELS,
+    METASGD_RATES,
+    OTHER_BATCH,
+    REFERENCE,
+    gradient_rows,
+)
 
 __all__ = ["agreement_cell", "interpret", "point_label", "render_report", "rows_of"]
 
@@ -45,25 +52,29 @@ def interpret(results: Mapping[str, Any]) -> list[str]:
     points = results["points"]
     batches = results["options"]["batches"]
     batch = f"mean over {batches} meta-batch{'es' * (batches > 1)} of {config['meta_batch']} tasks"
-    for method in [m for m in results["methods"] if m != REFERENCE] + [OTHER_BATCH]:
+    for method in gradient_rows(results["methods"]):
         parts = []
         for iteration in points:
             rows = rows_of(results, method, iteration)
             cos = ", ".join(_cos(r["cosine"]) for r in rows)
             ratio = ", ".join(_fmt(r["norm_ratio"]) for r in rows)
             parts.append(f"{point_label(iteration)}: cosine {cos}; norm ratio {ratio}")
-        what = (
-            "second-order MAML on an independent meta-batch vs second-order MAML"
-            if method == OTHER_BATCH
-            else f"{LABELS[method]} vs second-order MAML"
-        )
+        what = {
+            OTHER_BATCH: "second-order MAML on an independent meta-batch vs second-order MAML",
+            METASGD_RATES: "of Meta-SGD's learned rates, first-order vs second-order Meta-SGD",
+        }.get(method, f"{LABELS[method]} vs second-order MAML")
         line = f"Gradients, {what} ({batch}), at {'/'.join(map(str, steps))} inner steps — "
         line += " | ".join(parts) + "."
         if method == "reptile":
             line += " Reptile's norm is of θ − θ̃ (parameter units), not of a loss gradient."
-        if method == "metasgd":
-            norms = ", ".join(_fmt(r["rates_grad_norm"]) for r in rows_of(results, method, 0))
-            line += f" Its rates start at inner_lr; their meta-gradient norm at init: {norms}."
+        if method == METASGD_RATES:
+            norms = ", ".join(_fmt(r["reference_norm"]) for r in rows_of(results, method, 0))
+            line += (
+                " At these points the rates are inner_lr, where Meta-SGD's θ-gradient is "
+                "second-order MAML's exactly (tested), so only the rates' are compared (after "
+                "one inner step first order is exact for them: no Hessian enters); their "
+                f"second-order meta-gradient norm at init: {norms}."
+            )
         bad = [r for r in rows_of(results, method) if r["nonfinite_reference"] or r["nonfinite"]]
         if bad:
             other = "the other batch" if method == OTHER_BATCH else LABELS[method]
@@ -162,13 +173,16 @@ def render_report(results: Mapping[str, Any]) -> str:
         "tasks), and the mean norm ratio ‖g‖/‖g_MAML‖ in parentheses, for each number of inner "
         "steps. Same tasks and same parameters for every method on each meta-batch; *MAML, other "
         "batch* compares second-order MAML on one meta-batch with second-order MAML on the next "
-        "(the meta-batch sampling noise)."
+        "(the meta-batch sampling noise). Meta-SGD's row compares the meta-gradient of its "
+        "learned rates, first-order Meta-SGD against second-order Meta-SGD: its θ-gradient is "
+        "second-order MAML's at these points (rates at inner_lr) and would always read "
+        "1.0000 (×1)."
     )
     out.append("")
     header = "| point | method | " + " | ".join(f"{s} step{'s' * (s > 1)}" for s in steps) + " |"
     out += [header, "|" + " --- |" * (2 + len(steps))]
     for iteration in results["points"]:
-        for method in [m for m in methods if m != REFERENCE] + [OTHER_BATCH]:
+        for method in gradient_rows(methods):
             cells = [
                 agreement_cell(r, results["options"]["batches"])
                 for r in rows_of(results, method, iteration)

@@ -20,6 +20,7 @@ from metaopt.tools.compare.gradients import (
     summarize_batches,
 )
 from metaopt.tools.compare.options import (
+    METASGD_RATES,
     OTHER_BATCH,
     OTHER_BATCH_STREAM,
     REFERENCE,
@@ -122,10 +123,15 @@ def compare_methods(
                 references = meta_gradients_on(*at, REFERENCE, seeds)
                 point = {"iteration": iteration, "steps": steps}
                 for method in others:
-                    found = meta_gradients_on(*at, method, seeds)
-                    gradients.append(
-                        {"method": method, **point, **summarize_batches(references, found)}
-                    )
+                    if method == "metasgd":  # its rates' gradient: first vs second order
+                        second = [g.of_rates() for g in meta_gradients_on(*at, method, seeds)]
+                        first = meta_gradients_on(*at, method, seeds, first_order=True)
+                        name = METASGD_RATES
+                        summary = summarize_batches(second, [g.of_rates() for g in first])
+                    else:
+                        found = meta_gradients_on(*at, method, seeds)
+                        name, summary = method, summarize_batches(references, found)
+                    gradients.append({"method": name, **point, **summary})
                 # Second-order MAML on another meta-batch: batch b against batch b + 1.
                 if len(seeds) > 1:
                     shifted = references[1:] + references[:1]

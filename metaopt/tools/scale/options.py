@@ -10,7 +10,7 @@ from metaopt.training.family import flag
 #: Largest accepted relative difference of any final meta-parameter tensor between two runs.
 DEFAULT_TOLERANCE = 1e-5
 #: Iterations of the agreement runs: few enough that no sampled action has flipped yet (the
-#: ``mdp`` seed configuration first parts at iteration 105, meta-batch 400 at iteration 24).
+#: ``mdp`` defaults first parts at iteration 105, meta-batch 400 at iteration 24).
 DEFAULT_CHECK_ITERATIONS = 5
 
 
@@ -70,7 +70,9 @@ class ScaleOptions:
     check_iterations: int = option(
         DEFAULT_CHECK_ITERATIONS,
         "before timing, one run of N iterations per process count, whose final meta-parameters "
-        "must agree; long runs of a family that samples with the model part after a while",
+        "must agree. Kept short on purpose: in RL, where the model samples its own episodes, "
+        "last-bit differences between process counts eventually change one sampled action, "
+        "after which the runs differ (the mdp defaults after about 100 iterations)",
         metadata={"metavar": "N"},
     )
     tolerance: float = DEFAULT_TOLERANCE

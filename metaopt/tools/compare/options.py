@@ -42,9 +42,17 @@ LABELS = {
     "fomaml": "first-order MAML",
     "metasgd": "Meta-SGD",
     "reptile": "Reptile",
+    "imaml": "iMAML",
     OTHER_BATCH: "MAML, other batch",
 }
-COLORS = {"maml": "C0", "fomaml": "C1", "metasgd": "C2", "reptile": "C3", OTHER_BATCH: "0.55"}
+COLORS = {
+    "maml": "C0",
+    "fomaml": "C1",
+    "metasgd": "C2",
+    "reptile": "C3",
+    "imaml": "C4",
+    OTHER_BATCH: "0.55",
+}
 
 # Streams apart from the training tasks (which come from default_rng(seed)): the compared
 # meta-batches, the extra "other batch" of a one-batch comparison, and the held-out tasks.

@@ -51,6 +51,12 @@ def proximal(inner: GradientTransformation, reg: float) -> GradientTransformatio
         params: Sequence[torch.Tensor],
         inplace: bool = True,
     ) -> tuple[tuple[torch.Tensor | None, ...], ProximalState]:
+        if any(g is not None and g.is_sparse for g in grads):
+            raise TypeError(
+                "IMAML cannot take sparse gradients (an nn.Embedding with sparse=True?): its "
+                "implicit solve differentiates the support loss with torch.func, which does not "
+                "support them; use sparse=False"
+            )
         pulled = tuple(
             None if g is None else g + reg * (p.detach() - a)
             for g, p, a in zip(grads, params, state.anchor, strict=True)

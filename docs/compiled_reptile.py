@@ -29,7 +29,13 @@ import torch
 from torch import nn
 
 from metaopt.compiled import CompiledMetaGradient
-from metaopt.tools.bench import Gradient, clear_grads, gradients_of, relative_difference
+from metaopt.tools.bench import (
+    Gradient,
+    clear_grads,
+    gradients_of,
+    relative_difference,
+    round_robin,
+)
 from supervised.bench_sine import SineBatch, _reptile_deepcopy, _reptile_func, sine_mlp
 
 
@@ -96,12 +102,7 @@ def main() -> None:
         assert difference <= 1e-4, name
     # Skipping guards is only safe once the one graph exists: time it on the compiled engine's.
     impls["compiled-skip-guards"] = _skip_guards(impls["compiled"])
-    samples: dict[str, list[float]] = {name: [] for name in impls}
-    for _ in range(args.rounds):
-        for name, fn in impls.items():
-            start = time.perf_counter()
-            fn()
-            samples[name].append(time.perf_counter() - start)
+    samples = round_robin(impls, args.rounds)
     best = {name: min(times) for name, times in samples.items()}
     print(f"1 thread, minimum over {args.rounds} rounds, torch {torch.__version__}")
     for name, seconds in best.items():

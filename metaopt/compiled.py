@@ -42,7 +42,13 @@ import torch
 from torch import nn
 from torchopt.base import GradientTransformation
 
-from metaopt.engine import _Layout, batch_norm_mode, batched_forward, check_losses
+from metaopt.engine import (
+    _Layout,
+    batch_norm_mode,
+    batched_forward,
+    check_losses,
+    static_layout,
+)
 from metaopt.inner import inner_transform, learned_rate_sgd
 from metaopt.task import BatchedTasks
 
@@ -98,14 +104,7 @@ def functional_meta_gradient(
     """
     if kind not in ("maml", "reptile"):
         raise ValueError(f"kind must be 'maml' or 'reptile', got {kind!r}")
-    with batch_norm_mode(model, batch_norm):
-        layout = _Layout(model)
-    if layout.copied:
-        raise TypeError(
-            "the compiled engine cannot run a model whose buffers change during adaptation "
-            f"({', '.join(layout.copied)}: BatchNorm in training mode with running statistics); "
-            "use batch_norm='batch', eval mode, or engine='vmap'"
-        )
+    layout = static_layout(model, batch_norm, "the compiled engine", "engine='vmap'")
     names = layout.trainable
 
     fixed_rule = None if learned_rates else inner_transform(inner_optimizer, inner_lr)

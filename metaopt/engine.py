@@ -165,6 +165,25 @@ class _Layout:
         self.shared = {name: t for name, t in tensors.items() if name not in per_task}
 
 
+def static_layout(model: nn.Module, batch_norm: str, who: str, instead: str) -> _Layout:
+    """The layout of ``model`` in ``batch_norm`` mode for code that replays adaptation from θ
+    alone (the compiled engine, checkpointed unrolling), so cannot carry buffers a forward updates.
+
+    Raises:
+        TypeError: a BatchNorm in training mode updates running statistics; the message names the
+            buffers, says that ``who`` cannot run them and offers ``instead``.
+    """
+    with batch_norm_mode(model, batch_norm):
+        layout = _Layout(model)
+    if layout.copied:
+        raise TypeError(
+            f"{who} cannot run a model whose buffers change during adaptation "
+            f"({', '.join(layout.copied)}: BatchNorm in training mode with running statistics); "
+            f"use batch_norm='batch', eval mode, or {instead}"
+        )
+    return layout
+
+
 def batched_forward(
     model: nn.Module,
     params: BatchedParameters,

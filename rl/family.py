@@ -123,6 +123,12 @@ class A2CConfig(TrainConfig):
                 "re-evaluates the support loss, which samples new trajectories at every call, so "
                 "the linear system it solves would change under it"
             )
+        if self.unroll_checkpoints is not None:  # it recomputes the support losses
+            raise ConfigError(
+                "--unroll-checkpoints is not available for RL families: the backward pass "
+                "recomputes the inner steps' support losses, which sample new trajectories at "
+                "every call"
+            )
         for name in ("horizon", "trajectories", "test_tasks"):
             _check_int(name, getattr(self, name), 1)
         for name in ("gamma", "gae_lambda"):

@@ -13,9 +13,13 @@ the same initial parameters on the same data. It compiles in the bench's agreeme
 first call), and its compile time and whether inductor's cache was cold or warm go in their own
 column (``Case.compiled``); ``metaopt bench --no-compiled`` leaves the rows out.
 
+``sine-maml-20step-checkpointed`` times second-order MAML at 20 inner steps with checkpointed
+unrolling (``unroll_checkpoints=CHECKPOINTS``, row ``metaopt-checkpointed``) against the plain
+unroll (``metaopt-vmap``), the same meta-gradient.
+
 Registered as the ``sine`` entry of the ``metaopt.benchmarks`` entry-point group; the
-``sine-maml-1step`` case carries the peak-memory sweep (MAML, first-order MAML, Reptile and
-iMAML at 1, 2, 5, 10, 20 inner steps, vectorised engine).
+``sine-maml-1step`` case carries the peak-memory sweep (MAML, MAML with checkpointed unrolling,
+first-order MAML, Reptile and iMAML at 1, 2, 5, 10, 20 inner steps, vectorised engine).
 """
 
 from __future__ import annotations
@@ -35,7 +39,11 @@ from metaopt.compiled import compile_record
 from metaopt.inner import learned_rate_sgd, torchopt_order
 from metaopt.tools.bench import Case, Gradient, MemorySweep, clear_grads, gradients_of
 
-__all__ = ["SineBatch", "cases", "memory_sweep", "sine_mlp"]
+__all__ = ["CHECKPOINTS", "SineBatch", "cases", "memory_sweep", "sine_mlp"]
+
+#: ``unroll_checkpoints`` of the checkpointed rows: at 20 steps, the fewest recomputed steps that
+#: keep the peak within 2× the plain unroll's at 1 step (docs/performance.md).
+CHECKPOINTS = 5
 
 
 class _SineTask:
@@ -342,6 +350,23 @@ def cases(quick: bool = False) -> list[Case]:
             compiled=compile_records,
         )
     )
+    batch = SineBatch(tasks, shots)
+    cases.append(
+        Case(
+            "sine-maml-20step-checkpointed",
+            {
+                "metaopt-vmap": _metaopt(MAML(sine_mlp(), 0.01, 20, engine="vmap"), batch),
+                "metaopt-checkpointed": _metaopt(
+                    MAML(sine_mlp(), 0.01, 20, engine="vmap", unroll_checkpoints=CHECKPOINTS),
+                    batch,
+                ),
+            },
+            reference="metaopt-vmap",
+            description=f"second-order MAML, meta-batch {tasks}, K={shots}, 20 inner steps: "
+            f"checkpointed unrolling ({CHECKPOINTS} states held) against the plain unroll",
+            ratios_to=("metaopt-vmap",),
+        )
+    )
     grid = 10 if quick else 50
     batch = SineBatch(tasks, grid, minibatch=grid // 5)
     compiled, compile_records = _compiled(
@@ -387,7 +412,8 @@ def _with_rates(model: nn.Module, algo: MetaLearner, batch: SineBatch) -> Callab
 
 
 def memory_sweep(quick: bool) -> MemorySweep:
-    """MAML, first-order MAML, Reptile and iMAML (vectorised engine) on one sine meta-batch.
+    """MAML (plain and checkpointed unroll), first-order MAML, Reptile and iMAML (vectorised
+    engine) on one sine meta-batch.
 
     iMAML at λ = 50 with 10 CG steps: I + H/λ is positive definite at this initialisation
     (the ReLU MLP's support Hessians have eigenvalues down to about −27), so the solve converges.
@@ -398,6 +424,9 @@ def memory_sweep(quick: bool) -> MemorySweep:
         batch = SineBatch(tasks, shots)
         return {
             "maml": _metaopt(MAML(sine_mlp(), 0.01, k), batch),
+            "maml-checkpointed": _metaopt(
+                MAML(sine_mlp(), 0.01, k, unroll_checkpoints=CHECKPOINTS), batch
+            ),
             "fomaml": _metaopt(MAML(sine_mlp(), 0.01, k, first_order=True), batch),
             "reptile": _metaopt(Reptile(sine_mlp(), 0.01, k), batch),
             "imaml": _metaopt(IMAML(sine_mlp(), 0.01, k, reg=50.0, cg_steps=10), batch),

@@ -70,6 +70,9 @@ def test_quick_bench_writes_records_and_every_impl_agrees(
     # iMAML keeps no inner graph either: its peak does not grow with the steps.
     assert memory[("memory-sine-imaml", 5)] <= 1.05 * memory[("memory-sine-imaml", 2)]
     assert memory[("memory-sine-imaml", 5)] < memory[("memory-sine-maml", 5)]
+    # Checkpointed unrolling holds a few states instead of every step's graph.
+    assert memory[("memory-sine-maml-checkpointed", 5)] < memory[("memory-sine-maml", 5)]
+    assert "sine-maml-20step-checkpointed" in {r["case"] for r in timed}
     assert (tmp_path / "m.png").stat().st_size > 0
 
 
@@ -126,6 +129,24 @@ def test_the_checkpointed_unroll_script_of_the_docs_runs() -> None:
     difference = float(printed.split("relative difference ")[1].split()[0])
     assert difference <= 1e-12
     assert "plain unroll: peak" in printed and "segments of 1: peak" in printed
+
+
+def test_the_unroll_memory_script_of_the_docs_runs() -> None:
+    """docs/unroll_memory.py, behind docs/performance.md's checkpointed-unrolling table: the
+    shipped option's meta-gradient is the plain unroll's, and it holds less at 6 steps."""
+    script = Path(__file__).parents[1] / "docs" / "unroll_memory.py"
+    flags = ["--steps", "6", "--checkpoints", "2", "--repeats", "1", "--tasks", "4"]
+    printed = subprocess.run(
+        [sys.executable, str(script), *flags, "--dtype", "float64"],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    ).stdout
+    row = printed.splitlines()[2].split()
+    assert row[0] == "6" and float(row[2]) < float(row[1])  # checkpointed peak below the plain
+    assert int(row[6]) == 9  # schedule_cost(6, 2) steps without a graph
+    assert float(row[7]) <= 1e-12
 
 
 @pytest.mark.slow

@@ -61,6 +61,7 @@ BAD = [
     ("reg", 0.0, "--reg must be a positive finite number, got 0.0"),
     ("cg_steps", 0, "--cg-steps must be an integer >= 1, got 0"),
     ("cg_tol", -1.0, "--cg-tol must be a positive finite number, got -1.0"),
+    ("unroll_checkpoints", 0, "--unroll-checkpoints must be an integer >= 1, got 0"),
 ]
 
 

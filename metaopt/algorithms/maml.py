@@ -13,9 +13,11 @@ from torchopt.base import GradientTransformation
 from metaopt.algorithms.checks import check_tasks, scalar_loss
 from metaopt.algorithms.learner import MetaLearner, MetaMetrics
 from metaopt.algorithms.subset import Adapt, adapt_mask
-from metaopt.engine import check_losses
+from metaopt.engine import can_vectorise, check_losses
 from metaopt.inner import learned_rate_sgd
+from metaopt.options import check_int
 from metaopt.task import BatchedTasks, Task
+from metaopt.unroll import checkpointed_adapt
 
 
 class MAML(MetaLearner):
@@ -46,7 +48,15 @@ class MAML(MetaLearner):
             ``model.named_parameters()`` gives them or submodule prefixes (``["head"]`` is
             ANIL), or a predicate ``(name, parameter) -> bool``. The others stay at θ during
             adaptation and are still meta-learned (:mod:`metaopt.algorithms.subset`).
+        unroll_checkpoints: Checkpointed unrolling (second order, vectorised engine): hold at
+            most this many inner states at once and recompute the others, and each step's
+            graph, in the backward pass (:mod:`metaopt.unroll`); the same meta-gradient in
+            bounded memory, for more time. ``None``: the plain unroll, every step's graph kept.
     """
+
+    #: Checkpointed unrolling's held states (``None``: the plain unroll; also for learners
+    #: pickled before the option existed).
+    unroll_checkpoints: int | None = None
 
     def __init__(
         self,
@@ -58,11 +68,13 @@ class MAML(MetaLearner):
         engine: str = "auto",
         batch_norm: str = "running",
         adapt: Adapt = None,
+        unroll_checkpoints: int | None = None,
     ) -> None:
         if not isinstance(first_order, bool):
             raise TypeError(f"first_order must be a bool, got {first_order!r}")
         self.first_order = first_order
         super().__init__(model, inner_lr, inner_steps, inner_optimizer, engine, batch_norm, adapt)
+        self.unroll_checkpoints = check_unroll_checkpoints(unroll_checkpoints, first_order, engine)
 
     def meta_backward(self, tasks: Sequence[Task], *, scale: float | None = None) -> MetaMetrics:
         """Accumulate :math:`\\frac{1}{B}\\sum_i \\nabla \\mathcal{L}^q_i(\\theta'_i)` into ``.grad``.
@@ -76,9 +88,21 @@ class MAML(MetaLearner):
 
         def vectorised() -> MetaMetrics:
             batch: BatchedTasks = tasks  # type: ignore[assignment]
-            params, fixed, before = self._adapt_vmap(
-                batch, self.inner_steps, create_graph=not self.first_order
-            )
+            if self.unroll_checkpoints is None:
+                params, fixed, before = self._adapt_vmap(
+                    batch, self.inner_steps, create_graph=not self.first_order
+                )
+            else:
+                params, fixed, before = checkpointed_adapt(
+                    self.model,
+                    batch,
+                    self._inner_transform(),
+                    self.inner_steps,
+                    self.unroll_checkpoints,
+                    extra=[rate for rate in self.rate_parameters() if rate.requires_grad],
+                    batch_norm=self.batch_norm,
+                    adapted=self.adapted,
+                )
             assert before is not None
             forward = self._forward(params, fixed)
             query = check_losses(batch.query_losses(forward), len(batch), "query_losses", grad=True)
@@ -86,6 +110,12 @@ class MAML(MetaLearner):
             return MetaMetrics(before, self._support_after_vmap(batch, forward), query.detach())
 
         def step(task: Task, index: int, weight: float) -> tuple[torch.Tensor, ...]:
+            if self.unroll_checkpoints is not None:
+                reason = can_vectorise(self.model, tasks, self.batch_norm) or self._refused
+                raise TypeError(
+                    "unroll_checkpoints runs on the vectorised engine, but this meta-batch went "
+                    f"to the loop engine ({reason}); use unroll_checkpoints=None"
+                )
             before = self._inner_loop(
                 task, index, self.inner_steps, create_graph=not self.first_order
             )
@@ -109,7 +139,9 @@ class MAML(MetaLearner):
         return not self.first_order
 
     def __repr__(self) -> str:
-        return super().__repr__()[:-1] + f", first_order={self.first_order})"
+        checkpoints = self.unroll_checkpoints
+        extra = "" if checkpoints is None else f", unroll_checkpoints={checkpoints}"
+        return super().__repr__()[:-1] + f", first_order={self.first_order}{extra})"
 
 
 class MetaSGD(MAML):
@@ -132,9 +164,18 @@ class MetaSGD(MAML):
         engine: str = "auto",
         batch_norm: str = "running",
         adapt: Adapt = None,
+        unroll_checkpoints: int | None = None,
     ) -> None:
         super().__init__(
-            model, inner_lr, inner_steps, first_order, "sgd", engine, batch_norm, adapt
+            model,
+            inner_lr,
+            inner_steps,
+            first_order,
+            "sgd",
+            engine,
+            batch_norm,
+            adapt,
+            unroll_checkpoints,
         )
 
     def _init_learned_state(self) -> None:
@@ -187,3 +228,22 @@ def _backward_query(query: torch.Tensor, weight: float) -> None:
     (``query`` holds one task's loss, or ``[B]`` of them), which adds each task's meta-gradient,
     weighted by ``w``, to ``.grad`` of θ (and of Meta-SGD's α)."""
     (query.sum() * weight).backward()
+
+
+def check_unroll_checkpoints(value: int | None, first_order: bool, engine: str) -> int | None:
+    """``unroll_checkpoints`` validated: ``None`` or an integer ≥ 1, for a second-order unroll on
+    an engine that can recompute it (the vectorised one: ``auto`` or ``vmap``)."""
+    if value is None:
+        return None
+    check_int("unroll_checkpoints", value, 1)
+    if first_order:
+        raise ValueError(
+            "unroll_checkpoints applies to a second-order unroll; first-order MAML keeps no graph "
+            "of its inner steps (its memory does not grow with them): use unroll_checkpoints=None"
+        )
+    if engine not in ("auto", "vmap"):
+        raise ValueError(
+            f"unroll_checkpoints runs on the vectorised engine, not engine={engine!r}: use "
+            "engine='auto' or 'vmap', or unroll_checkpoints=None"
+        )
+    return value

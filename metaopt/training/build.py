@@ -70,10 +70,11 @@ def _build(config: TrainConfig, model: torch.nn.Module, adapt: list[str] | None)
             model,
             first_order=config.first_order,
             inner_optimizer=config.inner_optimizer,
+            unroll_checkpoints=config.unroll_checkpoints,
             **shared,
         )
     if config.algo == "metasgd":  # its inner update is SGD with the learned rates
-        return MetaSGD(model, **shared)
+        return MetaSGD(model, unroll_checkpoints=config.unroll_checkpoints, **shared)
     if config.algo == "reptile":
         return Reptile(model, inner_optimizer=config.inner_optimizer, **shared)
     if config.algo == "imaml":

@@ -143,6 +143,12 @@ class TrainConfig:
     cg_tol: float = option(
         1e-3, "iMAML: largest relative CG residual accepted (beyond it training stops)"
     )
+    unroll_checkpoints: int | None = option(
+        None,
+        "maml and metasgd: checkpointed unrolling, at most this many inner states held at once and "
+        "the others recomputed in the backward pass (memory bounded for long unrolls, for more "
+        "time; vectorised engine); default: the plain unroll, every step kept",
+    )
     engine: str = option(
         "auto",
         "auto (vectorised when the tasks can be stacked), vmap, loop (one task at a time), or "
@@ -237,6 +243,18 @@ class TrainConfig:
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(
                     f"{flag(name)} must be true or false, got {getattr(self, name)!r}"
+                )
+        if self.unroll_checkpoints is not None:
+            check_int(flag("unroll_checkpoints"), self.unroll_checkpoints, 1)
+            if self.algo not in ("maml", "metasgd"):
+                raise ConfigError(
+                    f"--unroll-checkpoints applies to the second-order unroll of --algo maml and "
+                    f"metasgd; --algo {self.algo} keeps no graph of its inner steps"
+                )
+            if self.engine not in ("auto", "vmap"):
+                raise ConfigError(
+                    f"--unroll-checkpoints runs on the vectorised engine; got --engine {self.engine}"
+                    " (use auto or vmap)"
                 )
         if not isinstance(self.adapt, str):
             raise ConfigError(f"--adapt takes comma-separated names, got {self.adapt!r}")
@@ -355,7 +373,10 @@ class TaskFamily:
         except Exception:  # a model built from data (numpy) cannot be built on "meta"
             return None
         params = sum(p.numel() for p in model.parameters())
-        per_task = (config.inner_steps + 1) * (2 * params + config.activation_elements())
+        kept = config.inner_steps  # with --unroll-checkpoints N: N states and one step's graph
+        if config.unroll_checkpoints is not None:
+            kept = min(kept, config.unroll_checkpoints + 1)
+        per_task = (kept + 1) * (2 * params + config.activation_elements())
         return 4 * (4 * params + config.meta_batch * per_task)
 
     def make_model(self, config: TrainConfig) -> nn.Module:

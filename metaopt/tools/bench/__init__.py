@@ -36,7 +36,7 @@ from metaopt.tools.bench.cases import (
 from metaopt.tools.bench.command import run_bench
 from metaopt.tools.bench.flops import count_flops, matmul_peak
 from metaopt.tools.bench.memory import memory_sweep, peak_memory_bytes, plot_memory
-from metaopt.tools.bench.timing import relative_difference, time_case
+from metaopt.tools.bench.timing import relative_difference, round_robin, time_case
 
 __all__ = [
     "Case",
@@ -51,6 +51,7 @@ __all__ = [
     "peak_memory_bytes",
     "plot_memory",
     "relative_difference",
+    "round_robin",
     "run_bench",
     "time_case",
 ]

@@ -83,8 +83,9 @@ def run_bench(
             echo(
                 f"  {flops / 1e9:.2f} GFLOP per meta-iteration (FlopCounterMode, {case.flops_from})"
             )
+        width = max(16, *(len(name) for name in timed))
         header = (
-            f"  {'implementation':16s} {'median ms':>10s}"
+            f"  {'implementation':{width}s} {'median ms':>10s}"
             + "".join(f" {'× vs ' + r:>18s}" for r in case.ratios_to)
             + f" {'rel. grad diff':>15s}"
             + (f" {'GFLOP/s':>9s} {'% of peak':>10s}" if flops is not None else "")
@@ -111,7 +112,7 @@ def run_bench(
             records.append(row)
             diff = fields["max_rel_grad_diff"]
             echo(
-                f"  {name:16s} {fields['median_s'] * 1e3:10.2f}"
+                f"  {name:{width}s} {fields['median_s'] * 1e3:10.2f}"
                 + "".join(f" {ratios[b]:18.2f}" for b in case.ratios_to)
                 + (f" {diff:15.1e}" if diff is not None else f" {'(stochastic)':>15s}")
                 + flop_columns
@@ -122,9 +123,11 @@ def run_bench(
         for index, sweep in enumerate(sweeps):
             measured_sweep = memory_sweep(sweep, steps)
             echo(f"\npeak memory of one meta-iteration (MiB), {sweep.description}:")
-            echo("  inner steps " + "".join(f"{k:>8d}" for k in steps))
-            for algo, peaks in sweep_table(sweep, measured_sweep).items():
-                echo(f"  {algo:11s} " + "".join(f"{v / 2**20:8.2f}" for v in peaks))
+            table = sweep_table(sweep, measured_sweep)
+            width = max(11, *(len(algo) for algo in table))
+            echo(f"  {'inner steps':{width}s} " + "".join(f"{k:>8d}" for k in steps))
+            for algo, peaks in table.items():
+                echo(f"  {algo:{width}s} " + "".join(f"{v / 2**20:8.2f}" for v in peaks))
             for row in measured_sweep:
                 row["threads"] = threads
             records.extend(measured_sweep)

@@ -7,12 +7,13 @@ from __future__ import annotations
 import math
 import statistics
 import time
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from metaopt.tools.bench.cases import Case, Gradient
 from metaopt.tools.bench.flops import count_flops
 
-__all__ = ["relative_difference", "time_case"]
+__all__ = ["relative_difference", "round_robin", "time_case"]
 
 
 def relative_difference(a: Gradient, b: Gradient) -> float:
@@ -20,6 +21,21 @@ def relative_difference(a: Gradient, b: Gradient) -> float:
     num = math.sqrt(sum(float(((x - y) ** 2).sum()) for x, y in zip(a, b, strict=True)))
     den = math.sqrt(sum(float((y**2).sum()) for y in b))
     return num / den if den else num
+
+
+def round_robin(
+    impls: Mapping[str, Callable[[], object]], repeats: int, inner: int = 1
+) -> dict[str, list[float]]:
+    """Seconds per call of each implementation, ``repeats`` samples each (a sample is the mean of
+    ``inner`` calls), taken in turn so that machine noise falls on every implementation alike."""
+    samples: dict[str, list[float]] = {name: [] for name in impls}
+    for _ in range(repeats):
+        for name, fn in impls.items():
+            start = time.perf_counter()
+            for _ in range(inner):
+                fn()
+            samples[name].append((time.perf_counter() - start) / inner)
+    return samples
 
 
 def time_case(
@@ -47,13 +63,7 @@ def time_case(
     for _ in range(warmup):
         for fn in case.impls.values():
             fn()
-    samples: dict[str, list[float]] = {name: [] for name in case.impls}
-    for _ in range(repeats):
-        for name, fn in case.impls.items():  # round-robin: noise falls on every impl alike
-            start = time.perf_counter()
-            for _ in range(inner):
-                fn()
-            samples[name].append((time.perf_counter() - start) / inner)
+    samples = round_robin(case.impls, repeats, inner)
     for name in case.impls:
         records[name]["median_s"] = statistics.median(samples[name])
     return records

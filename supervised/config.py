@@ -141,6 +141,12 @@ class SineConfig(SupervisedConfig):
             self.protocol_grid,
             f" (the {self.protocol_grid}-point grid)",
         )
+        if self.algo == "imaml" and self.minibatch:
+            raise ConfigError(
+                f"{flag('minibatch')} {self.minibatch} does not apply to --algo imaml: its "
+                "implicit meta-gradient needs the Hessian of the whole support loss, which a "
+                f"task on the loop engine does not give; use {flag('minibatch')} 0"
+            )
 
     @property
     def support_points_eval(self) -> int:

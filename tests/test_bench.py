@@ -67,6 +67,9 @@ def test_quick_bench_writes_records_and_every_impl_agrees(
     # Second-order MAML keeps every inner step's graph; first-order MAML does not.
     assert memory[("memory-sine-maml", 5)] > memory[("memory-sine-maml", 1)]
     assert memory[("memory-sine-maml", 5)] > memory[("memory-sine-fomaml", 5)]
+    # iMAML keeps no inner graph either: its peak does not grow with the steps.
+    assert memory[("memory-sine-imaml", 5)] <= 1.05 * memory[("memory-sine-imaml", 2)]
+    assert memory[("memory-sine-imaml", 5)] < memory[("memory-sine-maml", 5)]
     # Checkpointed unrolling holds a few states instead of every step's graph.
     assert memory[("memory-sine-maml-checkpointed", 5)] < memory[("memory-sine-maml", 5)]
     assert "sine-maml-20step-checkpointed" in {r["case"] for r in timed}

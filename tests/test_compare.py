@@ -197,6 +197,26 @@ def test_timing_and_memory(report) -> None:
     assert by[("reptile", 3)]["saved_peak_bytes"] < by[("maml", 3)]["saved_peak_bytes"]
 
 
+def test_compare_includes_imaml(tmp_path: Path, capsys) -> None:
+    """iMAML runs torch.func transforms, which refuse the saved-tensor meter's hooks: its
+    saved-tensor cell is n/a, and the allocator's peak measures every method."""
+    argv = ["compare", "compare-wave", "--iterations", "2", "--steps", "1,3", "--checkpoints"]
+    argv += ["1", "--repeats", "1", "--heldout-tasks", "2", "--methods", "imaml", "--reg", "10"]
+    argv += ["--cg-steps", "20", "--report", str(tmp_path / "r"), "--quiet"]
+    assert main(argv) == 0, capsys.readouterr().err
+    results = json.loads((tmp_path / "r" / "results.json").read_text())
+    assert results["methods"] == ["maml", "imaml"]
+    rows = _rows(results, "imaml")
+    assert {(r["iteration"], r["steps"]) for r in rows} == {(i, s) for i in (0, 2) for s in (1, 3)}
+    assert all(-1 <= r["cosine"] <= 1 and r["norm_ratio"] > 0 for r in rows)
+    by = {(t["method"], t["steps"]): t for t in results["timing"]}
+    assert by[("imaml", 3)]["saved_peak_bytes"] is None
+    assert by[("maml", 3)]["saved_peak_bytes"] > by[("maml", 1)]["saved_peak_bytes"]
+    assert all(t["peak_bytes"] > 0 and t["median_s"] > 0 for t in by.values())
+    report = (tmp_path / "r" / "report.md").read_text()
+    assert "| iMAML | n/a | n/a |" in report and "| allocated, peak |" in report
+
+
 def test_learning_curves(report) -> None:
     _, results = report
     assert results["family_curve_key"] == "val_mse_after"

@@ -20,7 +20,7 @@ from metaopt import testing as mt
 from metaopt.training import distributed
 from metaopt.training.checkpoint import load_checkpoint
 
-ALGORITHMS = ("maml", "metasgd", "reptile")
+ALGORITHMS = ("maml", "metasgd", "reptile", "imaml", "maml-anil")
 META_BATCH = 5  # odd: the two shards are uneven (3 + 2 tasks)
 
 
@@ -30,7 +30,10 @@ def _build(name: str) -> metaopt.MetaLearner:
         return metaopt.MetaSGD(model, inner_lr=0.2, inner_steps=2)
     if name == "reptile":
         return metaopt.Reptile(model, inner_lr=0.2, inner_steps=2)
-    return metaopt.MAML(model, inner_lr=0.2, inner_steps=2)
+    if name == "imaml":  # least squares: H is positive semi-definite, CG solves to roundoff
+        return metaopt.IMAML(model, inner_lr=0.2, inner_steps=2, reg=1.0, cg_steps=20)
+    adapt = ["bias"] if name == "maml-anil" else None  # ANIL: only one block adapts
+    return metaopt.MAML(model, inner_lr=0.2, inner_steps=2, adapt=adapt)
 
 
 def _train(
@@ -418,9 +421,20 @@ FAMILY_FLAGS = {
 }
 
 
+#: iMAML: λ above the support Hessians' most negative eigenvalue, on the loop engine, which
+#: solves each task's system alone (the vectorised engine solves a shard's tasks as one block
+#: system, whose CG iterates depend on the shard); the RL families refuse iMAML.
+IMAML_FLAGS = ["--reg", "50", "--cg-steps", "20", "--engine", "loop"]
+GRID = [
+    (family, algo)
+    for family in FAMILY_FLAGS
+    for algo in ("maml", "fomaml", "metasgd", "reptile", "imaml", "anil")
+    if not (family == "mdp" and algo == "imaml")
+]
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("algo", ["maml", "fomaml", "metasgd", "reptile"])
-@pytest.mark.parametrize("family", list(FAMILY_FLAGS))
+@pytest.mark.parametrize(("family", "algo"), GRID)
 def test_every_family_and_algorithm_under_torchrun(
     tmp_path: Path, family: str, algo: str, omniglot_dir: Path
 ) -> None:
@@ -432,7 +446,11 @@ def test_every_family_and_algorithm_under_torchrun(
     another order on 2 ranks) into a full-size step of arbitrary sign. The network's outputs do
     not depend on them; every other tensor agrees (measured: 1.2e-6 at most, a BatchNorm bias).
     """
-    flags = ["train", family, "--algo", algo, "--iterations", "3", "--meta-batch", "3"]
+    if algo == "anil":  # MAML with only the family's head adapted
+        algo_flags = ["--algo", "maml", "--adapt", "anil"]
+    else:
+        algo_flags = ["--algo", algo, *(IMAML_FLAGS if algo == "imaml" else [])]
+    flags = ["train", family, *algo_flags, "--iterations", "3", "--meta-batch", "3"]
     flags += ["--eval-every", "3", "--eval-tasks", "5", "--quiet", *FAMILY_FLAGS[family]]
     if family == "omniglot":
         flags += ["--data-dir", str(omniglot_dir), "--train-classes", "12", "--val-classes", "3"]

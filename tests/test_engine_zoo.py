@@ -193,7 +193,8 @@ ZOO: dict[str, tuple[Callable[[], nn.Module], str, str]] = {
     "non-contiguous": (NonContiguous, "vec", "vmap"),
 }
 
-# algorithm -> (class, first_order, inner optimiser)
+# algorithm -> (class, first_order, inner optimiser); "-anil": only the model's last trainable
+# parameter adapts (ANIL's adapt=, given as a name), the others held at θ and still meta-learned
 ALGORITHMS = {
     "maml": ("maml", False, "sgd"),
     "fomaml": ("maml", True, "sgd"),
@@ -203,7 +204,14 @@ ALGORITHMS = {
     "fo-metasgd": ("metasgd", True, "sgd"),
     "reptile": ("reptile", True, "sgd"),
     "reptile-adam": ("reptile", True, "adam"),
+    "imaml": ("imaml", True, "sgd"),
+    "imaml-adam": ("imaml", True, "adam"),
+    "maml-anil": ("maml", False, "sgd"),
+    "metasgd-anil": ("metasgd", False, "sgd"),
+    "imaml-anil": ("imaml", True, "sgd"),
 }
+#: iMAML's λ and a CG budget that solves the zoo's small systems to machine precision.
+REG, CG_STEPS = 5.0, 300
 
 
 def build_model(name: str) -> nn.Module:
@@ -216,6 +224,11 @@ def build_algo(
 ) -> metaopt.MetaLearner:
     kind, first_order, optimizer = ALGORITHMS[algorithm]
     common = {"inner_lr": LR, "inner_steps": steps, "engine": engine, "batch_norm": batch_norm}
+    if algorithm.endswith("-anil"):
+        common["adapt"] = [[n for n, p in model.named_parameters() if p.requires_grad][-1]]
+    if kind == "imaml":
+        solver = {"reg": REG, "cg_steps": CG_STEPS, "cg_tol": 1e-10}
+        return metaopt.IMAML(model, inner_optimizer=optimizer, **solver, **common)
     if kind == "reptile":
         return metaopt.Reptile(model, inner_optimizer=optimizer, **common)
     if kind == "metasgd":
@@ -264,12 +277,16 @@ def reference(
 ) -> dict[int, torch.Tensor]:
     """The meta-gradient by hand, keyed by ``id`` of each meta-parameter."""
     kind = type(algo).__name__
-    first_order = kind == "Reptile" or algo.first_order
+    first_order = kind in ("Reptile", "IMAML") or algo.first_order
     adam = algo.inner_optimizer_name == "adam"
     named = dict(model.named_parameters())
     trainable = {n: p for n, p in named.items() if p.requires_grad}
     index = {n: i for i, n in enumerate(named)}
-    rates = {n: algo.inner_lrs[index[n]] for n in trainable} if kind == "MetaSGD" else {}
+    adapted = set(trainable) if algo.adapted is None else algo.adapted
+    reg = algo.reg if kind == "IMAML" else 0.0  # iMAML's pull λ(φ − θ) towards θ
+    rates = {}
+    if kind == "MetaSGD":  # only the adapted parameters have learned rates
+        rates = {n: algo.inner_lrs[index[n]] for n in trainable if n in adapted}
     stateless = Stateless(model, batch_norm)
     frozen = {n: p.detach() for n, p in named.items() if not p.requires_grad}
     wrt = list(trainable.values()) + list(rates.values())
@@ -286,8 +303,10 @@ def reference(
                 loss, list(theta.values()), create_graph=not first_order, allow_unused=True
             )
             for (n, p), g in zip(list(theta.items()), grads, strict=True):
-                if g is None:
+                if g is None or n not in adapted:
                     continue
+                if reg:
+                    g = g + reg * (p - trainable[n]).detach()
                 if kind == "MetaSGD":
                     theta[n] = p - rates[n] * g
                 elif not adam:
@@ -303,12 +322,55 @@ def reference(
             for i, n in enumerate(trainable):
                 total[i] += (trainable[n] - theta[n]).detach() / len(tasks)
             continue
+        if kind == "IMAML":
+            for i, g in enumerate(
+                _implicit(stateless, task, {**frozen, **buffers}, theta, adapted, reg)
+            ):
+                total[i] += g / len(tasks)
+            continue
         query = task.query_loss(stateless({**frozen, **buffers, **theta}))
         grads = torch.autograd.grad(query, wrt, allow_unused=True)
         for i, g in enumerate(grads):
             if g is not None:
                 total[i] += g.to_dense() / len(tasks)
     return {id(p): g for p, g in zip(wrt, total, strict=True)}
+
+
+def _implicit(
+    stateless: Stateless,
+    task: ZooBatch,
+    fixed: dict[str, torch.Tensor],
+    phi: dict[str, torch.Tensor],
+    adapted: set[str],
+    reg: float,
+) -> list[torch.Tensor]:
+    """iMAML's meta-gradient by the implicit function theorem with a dense Hessian, solved
+    exactly: φ_A* solves ∇_A L_s(φ_A, θ_B) + λ(φ_A − θ_A) = 0, so with H the support Hessian and
+    g the query gradient at (φ_A*, θ_B), dL/dθ_A = λ(H_AA + λI)⁻¹ g_A and
+    dL/dθ_B = g_B − H_BA (H_AA + λI)⁻¹ g_A."""
+    for module in stateless.copy.modules():  # the same derivatives, laid out densely
+        if isinstance(module, nn.Embedding):
+            module.sparse = False
+    names = list(phi)
+    point = torch.cat([phi[n].detach().reshape(-1) for n in names]).requires_grad_(True)
+    sizes = [phi[n].numel() for n in names]
+
+    def loss(flat: torch.Tensor, query: bool) -> torch.Tensor:
+        parts = dict(zip(names, flat.split(sizes), strict=True))
+        tensors = {n: parts[n].reshape(phi[n].shape) for n in names}
+        copies = {n: t.clone() for n, t in fixed.items()}  # BatchNorm updates buffers in place
+        call = task.query_loss if query else task.support_loss
+        return call(stateless({**copies, **tensors}))
+
+    (g,) = torch.autograd.grad(loss(point, True), point)
+    hessian = torch.autograd.functional.hessian(lambda f: loss(f, False), point)
+    mask = torch.cat([torch.full((k,), n in adapted) for n, k in zip(names, sizes, strict=True)])
+    a, b = mask.nonzero().squeeze(1), (~mask).nonzero().squeeze(1)
+    solved = torch.linalg.solve(hessian[a][:, a] + reg * torch.eye(len(a), dtype=DTYPE), g[a])
+    out = torch.empty_like(g)
+    out[a] = reg * solved
+    out[b] = g[b] - hessian[b][:, a] @ solved
+    return [t.reshape(phi[n].shape) for n, t in zip(names, out.split(sizes), strict=True)]
 
 
 # -- the checks -----------------------------------------------------------------------------
@@ -334,8 +396,10 @@ def _assert_unchanged(model: nn.Module, before: tuple[list, list]) -> None:
 def check(model_name: str, algorithm: str, steps: int = 2, batch_norm: str = "running") -> None:
     _, kind, expected_engine = ZOO[model_name]
     tasks = ZooBatch(kind)
-    if model_name == "embedding-sparse" and algorithm.endswith("adam"):
-        expected_engine = "error"  # Adam's moments cannot take sparse gradients (not batching)
+    if model_name == "embedding-sparse" and (algorithm.endswith("adam") or algorithm == "imaml"):
+        # Adam's moments cannot take sparse gradients (not batching), nor iMAML's torch.func
+        # (with ANIL the embedding does not adapt, and iMAML's solve takes it)
+        expected_engine = "error"
     for engine in ("loop", "auto"):
         model = build_model(model_name)
         algo = build_algo(model, algorithm, engine, steps, batch_norm)

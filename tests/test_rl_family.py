@@ -44,11 +44,14 @@ def test_imaml_is_refused_by_name() -> None:
         resolve_config(MDPFamily(), {**TINY, "algo": "imaml"})
 
 
-@pytest.mark.parametrize("algo", [a for a in ALGORITHMS if a != "imaml"])
+@pytest.mark.parametrize("algo", [*(a for a in ALGORITHMS if a != "imaml"), "anil"])
 def test_smoke_meta_training(algo: str, tmp_path: Path) -> None:
     family = MDPFamily()
-    extra = {"inner_steps": 2} if algo == "reptile" else {}
-    config = resolve_config(family, {**TINY, **extra, "algo": algo, "out": str(tmp_path / algo)})
+    extra: dict[str, object] = {"inner_steps": 2} if algo == "reptile" else {}
+    if algo == "anil":  # MAML with only the policy's last layer adapted
+        algo, extra = "maml", {"adapt": "anil"}
+    out = str(tmp_path / algo)
+    config = resolve_config(family, {**TINY, **extra, "algo": algo, "out": out})
     run_dir = train(family, config, progress=False)
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert len(rows) == 3

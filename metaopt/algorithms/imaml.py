@@ -51,6 +51,12 @@ def proximal(inner: GradientTransformation, reg: float) -> GradientTransformatio
         params: Sequence[torch.Tensor],
         inplace: bool = True,
     ) -> tuple[tuple[torch.Tensor | None, ...], ProximalState]:
+        if any(g is not None and g.is_sparse for g in grads):
+            raise TypeError(
+                "IMAML cannot take sparse gradients (an nn.Embedding with sparse=True?): its "
+                "implicit solve differentiates the support loss with torch.func, which does not "
+                "support them; use sparse=False"
+            )
         pulled = tuple(
             None if g is None else g + reg * (p.detach() - a)
             for g, p, a in zip(grads, params, state.anchor, strict=True)
@@ -83,7 +89,10 @@ class IMAML(MetaLearner):
     ``cg_tol`` (CG stopped early, or :math:`I + H/\lambda` is not positive definite because
     :math:`H` has an eigenvalue below :math:`-\lambda`), ``meta_backward`` raises instead of
     returning a wrong or zero gradient. On the vectorised engine the tasks' systems are solved as
-    one block-diagonal system (the tolerance applies to all tasks together).
+    one block-diagonal system (the tolerance applies to all tasks together), with H the Hessian
+    of the whole support loss (``support_losses(forward, None)``); on the loop engine H is the
+    Hessian of ``task.support_loss`` as the task gives it, so a task that hands out minibatches
+    there must not be used with iMAML (the sine family refuses ``--minibatch`` with it).
 
     With ``adapt=`` (ANIL) only the adapted parameters φ_A are regularised and solved for; the
     others enter :math:`\mathcal{L}^s` as θ, and their meta-gradient includes the cross term

@@ -49,6 +49,7 @@ LABELS = {
     "fomaml": "first-order MAML",
     "metasgd": "Meta-SGD",
     "reptile": "Reptile",
+    "imaml": "iMAML",
     OTHER_BATCH: "MAML, other batch",
     METASGD_RATES: "Meta-SGD's rates, first vs second order",
 }
@@ -57,6 +58,7 @@ COLORS = {
     "fomaml": "C1",
     "metasgd": "C2",
     "reptile": "C3",
+    "imaml": "C4",
     OTHER_BATCH: "0.55",
     METASGD_RATES: "C2",
 }

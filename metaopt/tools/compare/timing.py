@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -10,6 +11,7 @@ import numpy as np
 
 from metaopt.algorithms import MetaLearner
 from metaopt.task import Task
+from metaopt.tools.bench.memory import peak_memory_bytes
 from metaopt.tools.compare.gradients import draw_tasks, method_algorithm
 from metaopt.tools.compare.memory import SavedTensorMeter
 from metaopt.tools.compare.options import ModelState
@@ -34,7 +36,12 @@ class Timing:
         q3_s: Third quartile.
         min_s: Fastest repetition (the least disturbed by other processes).
         repeats: Timed repetitions (after one warm-up).
-        saved_peak_bytes: :class:`SavedTensorMeter` peak during the warm-up iteration.
+        saved_peak_bytes: :class:`SavedTensorMeter` peak during the warm-up iteration;
+            ``None`` for a method whose meta-iteration runs ``torch.func`` transforms (iMAML's
+            implicit solve), which refuse saved-tensor hooks.
+        peak_bytes: Peak bytes of torch's CPU allocator during one meta-iteration after the
+            warm-up, above what was live before (the bench's
+            :func:`~metaopt.tools.bench.peak_memory_bytes`): every method, iMAML included.
     """
 
     method: str
@@ -44,7 +51,8 @@ class Timing:
     q3_s: float
     min_s: float
     repeats: int
-    saved_peak_bytes: int
+    saved_peak_bytes: int | None
+    peak_bytes: int
 
 
 class _Timed:
@@ -89,7 +97,9 @@ def time_meta_iterations(
 ) -> list[Timing]:
     """Time ``repeats`` meta-iterations of each of ``methods`` from ``state`` on one meta-batch.
 
-    Each method first runs one warm-up iteration, which also measures the saved-tensor peak.
+    Each method first runs one warm-up iteration, which also measures the saved-tensor peak
+    (where the method allows saved-tensor hooks), then one iteration under the profiler for the
+    allocator's peak.
     The timed repetitions then go round-robin over the methods, so that a change in the load of
     the machine affects all of them alike. Each repetition restores the model to ``state`` and
     draws the same tasks (untimed), then times ``zero_grad``, ``meta_backward`` and the outer
@@ -99,20 +109,32 @@ def time_meta_iterations(
         _Timed(family, method_algorithm(family, config, m, steps, state), state, task_seed)
         for m in methods
     ]
-    peaks = []
+    saved, peaks = [], []
     for t in timed:
-        tasks = t.reset()
-        with SavedTensorMeter() as meter:
-            t.iteration(tasks)
-        peaks.append(meter.peak_bytes)
+        saved.append(_saved_peak(t))
+        peaks.append(peak_memory_bytes(functools.partial(t.iteration, t.reset())))
     times: list[list[float]] = [[] for _ in timed]
     for _ in range(repeats):
         for t, record in zip(timed, times, strict=True):
             record.append(t.iteration(t.reset()))
     out = []
-    for method, record, peak in zip(methods, times, peaks, strict=True):
+    for method, record, kept, peak in zip(methods, times, saved, peaks, strict=True):
         q1, median, q3 = np.percentile(record, [25, 50, 75])
-        out.append(
-            Timing(method, steps, float(median), float(q1), float(q3), min(record), repeats, peak)
-        )
+        quartiles = (float(median), float(q1), float(q3))
+        out.append(Timing(method, steps, *quartiles, min(record), repeats, kept, peak))
     return out
+
+
+def _saved_peak(timed: _Timed) -> int | None:
+    """The warm-up iteration under :class:`SavedTensorMeter`: its peak, or ``None`` when the
+    iteration runs a ``torch.func`` transform, which refuses saved-tensor hooks (then the
+    warm-up runs again without the meter)."""
+    try:
+        with SavedTensorMeter() as meter:
+            timed.iteration(timed.reset())
+    except RuntimeError as error:
+        if "saved tensor hooks" not in str(error):
+            raise
+        timed.iteration(timed.reset())
+        return None
+    return meter.peak_bytes

@@ -75,7 +75,9 @@ def plot_metric_vs_steps(
             )
         ax.set_xlabel("adaptation steps")
         ax.set_ylabel(ylabel)
-        ax.set_title(f"{name} ({block['tasks']} tasks, 95% CI)")
+        first, *notes = name.split("\n")
+        lines = [f"{first} ({block['tasks']} tasks, 95% CI)", *notes]
+        ax.set_title("\n".join(lines), fontsize="medium" if notes else None)
         ax.grid(alpha=0.3)
         ax.legend()
     fig.suptitle(title)
@@ -89,9 +91,14 @@ def _protocol_name(evaluation: Mapping[str, Any]) -> str:
     it, and the model's own when that differs (a step the model was not trained for may diverge)."""
     fixed = evaluation["protocol_10pt"].get("adaptation", {}).get("lr")
     own = evaluation.get("adaptation", {})
-    name = f"10-point protocol: SGD at {fixed:g} for every run" if fixed else "10-point protocol"
-    if fixed and own.get("rule") == "sgd" and own.get("lr") not in (None, fixed):
-        name += f"\n(this model was meta-trained for steps of {own['lr']:g})"
+    if not fixed:
+        return "10-point protocol"
+    name = f"10-point protocol: SGD at {fixed:g} for every run"
+    rule = own.get("rule")
+    if rule == "sgd" and own.get("lr") not in (None, fixed):
+        name += f"\nthis model was meta-trained for steps of {own['lr']:g}: others may diverge"
+    elif rule not in (None, "sgd"):
+        name += f"\nthis model was meta-trained with {rule}: plain SGD may diverge"
     return name
 
 

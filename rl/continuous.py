@@ -40,8 +40,12 @@ __all__ = [
     "GaussianNoise",
     "GaussianPolicyFn",
     "GaussianScorer",
+    "linear_feature_baseline",
     "rollout",
 ]
+
+#: The advantage baselines :class:`GaussianScorer` offers.
+BASELINES = ("critic", "linear")
 
 #: Observations [..., D] -> (action means [..., A], log-standard-deviations [..., A], values [...]).
 GaussianPolicyFn = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
@@ -200,6 +204,49 @@ def rollout(
     )
 
 
+def discounted_returns(
+    rewards: torch.Tensor, continues: torch.Tensor, gamma: float
+) -> torch.Tensor:
+    """``[H, T, N]`` discounted sums of the rewards from step t to the end of the episode (no
+    bootstrap at the horizon; the discount is 0 after a terminal step)."""
+    returns = torch.empty_like(rewards)
+    following = torch.zeros_like(rewards[0])
+    for t in reversed(range(rewards.shape[0])):
+        following = rewards[t] + gamma * continues[t] * following
+        returns[t] = following
+    return returns
+
+
+def linear_feature_baseline(
+    trajectories: ContinuousTrajectories, gamma: float, reg: float = 1e-5
+) -> torch.Tensor:
+    r"""``[H + 1, T, N]`` a value baseline fitted per task to its own episodes (detached).
+
+    The linear feature baseline of rllab and pytorch-maml-rl (Duan et al. 2016): features
+    :math:`\phi(s_t, t) = (s, s^2, \tau, \tau^2, \tau^3, 1)` with :math:`\tau = t / H`, weights
+    :math:`w = (\Phi^\top\Phi + \text{reg}\,I)^{-1}\Phi^\top G` by ridge least squares per task
+    over the steps inside its episodes, G the discounted returns-to-go
+    (:func:`discounted_returns`). Entry H, the bootstrap at the horizon, is 0, so with
+    λ = 1 the λ-returns are the returns-to-go themselves. Because it is fitted per task on the
+    task's episodes it knows what the goal-agnostic critic cannot: where this task's returns are
+    high. Solved in float64.
+    """
+    obs = trajectories.observations[:-1].detach().double()  # [H, T, N, D]
+    horizon = obs.shape[0]
+    tau = (torch.arange(horizon, dtype=obs.dtype) / horizon).view(horizon, 1, 1, 1)
+    tau = tau.expand(*obs.shape[:-1], 1)
+    features = torch.cat([obs, obs.pow(2), tau, tau.pow(2), tau.pow(3), torch.ones_like(tau)], -1)
+    mask = trajectories.mask.double()
+    targets = discounted_returns(trajectories.rewards.double(), trajectories.continues, gamma)
+    phi = (features * mask[..., None]).transpose(0, 1).flatten(1, 2)  # [T, H·N, F]
+    y = (targets * mask).transpose(0, 1).flatten(1)  # [T, H·N]
+    gram = phi.transpose(1, 2) @ phi + reg * torch.eye(phi.shape[-1], dtype=phi.dtype)
+    weights = torch.linalg.solve(gram, (phi.transpose(1, 2) @ y[..., None]))  # [T, F, 1]
+    fitted = (features @ weights[None]).squeeze(-1)  # [H, T, N]
+    horizon_value = torch.zeros_like(fitted[:1])
+    return torch.cat([fitted, horizon_value]).to(trajectories.rewards.dtype)
+
+
 class GaussianScorer:
     """Scores of a Gaussian policy on its episodes (:class:`rl.estimators.Scorer`).
 
@@ -208,10 +255,20 @@ class GaussianScorer:
 
     Args:
         normalize_advantages: Standardise the A2C policy term's advantages per task.
+        baseline: What the advantages subtract: ``critic`` (the policy's value head) or
+            ``linear`` (:func:`linear_feature_baseline`, fitted per task to the episodes
+            scored; the critic is still trained).
+        gamma: The discount of the linear baseline's targets.
     """
 
-    def __init__(self, normalize_advantages: bool = False) -> None:
+    def __init__(
+        self, normalize_advantages: bool = False, baseline: str = "critic", gamma: float = 0.99
+    ) -> None:
+        if baseline not in BASELINES:
+            raise ValueError(f"baseline must be one of {', '.join(BASELINES)}, got {baseline!r}")
         self.normalize_advantages = normalize_advantages
+        self.baseline = baseline
+        self.gamma = gamma
 
     def __call__(self, policy: GaussianPolicyFn, trajectories: ContinuousTrajectories) -> Scores:
         obs = trajectories.observations
@@ -237,6 +294,9 @@ class GaussianScorer:
             trajectories.mask,
             trajectories.continues,
             self.normalize_advantages,
+            linear_feature_baseline(trajectories, self.gamma)
+            if self.baseline == "linear"
+            else None,
         )
 
     def a2c_loss(

@@ -191,6 +191,8 @@ class Nav2DTaskBatch(RLTaskBatch):
         settings: Sampling and loss settings (``horizon``: 100 in the paper).
         generator: Source of all sampling randomness.
         normalize_advantages: Standardise the A2C policy term's advantages per task.
+        baseline: What the advantages subtract (:class:`rl.continuous.GaussianScorer`):
+            ``critic`` or ``linear``.
     """
 
     def __init__(
@@ -199,12 +201,15 @@ class Nav2DTaskBatch(RLTaskBatch):
         settings: A2CSettings,
         generator: torch.Generator,
         normalize_advantages: bool = True,
+        baseline: str = "critic",
     ) -> None:
         self.goals = torch.as_tensor(goals, dtype=torch.float32)
         if self.goals.dim() != 2 or self.goals.shape[1] != 2:
             raise ValueError(f"goals must have shape [T, 2], got {tuple(self.goals.shape)}")
         self.normalize_advantages = normalize_advantages
-        super().__init__(len(self.goals), settings, generator, GaussianScorer(normalize_advantages))
+        self.baseline = baseline
+        scorer = GaussianScorer(normalize_advantages, baseline, settings.gamma)
+        super().__init__(len(self.goals), settings, generator, scorer)
 
     def draw_noise(self) -> GaussianNoise:
         s = self.settings
@@ -218,7 +223,11 @@ class Nav2DTaskBatch(RLTaskBatch):
 
     def subset(self, indices: slice) -> Nav2DTaskBatch:
         return Nav2DTaskBatch(
-            self.goals[indices], self.settings, self.generator, self.normalize_advantages
+            self.goals[indices],
+            self.settings,
+            self.generator,
+            self.normalize_advantages,
+            self.baseline,
         )
 
     def mean_entropy(self, policy: GaussianPolicyFn) -> float:

@@ -29,8 +29,8 @@ from torch import nn
 
 from metaopt.algorithms import MetaLearner
 from metaopt.training.distributed import DistInfo, on_main
-from metaopt.training.family import EvalRequest, RunResults, TrainConfig, option
-from rl.continuous import GaussianMLPPolicy, GaussianNoise
+from metaopt.training.family import ConfigError, EvalRequest, RunResults, TrainConfig, option
+from rl.continuous import BASELINES, GaussianMLPPolicy, GaussianNoise
 from rl.evaluation import INTERVAL, curve_summary
 from rl.family import A2CConfig, A2CFamily, _check_int, _check_real, config_as
 from rl.nav2d import Nav2DTaskBatch, sample_goals
@@ -80,6 +80,11 @@ class Nav2DConfig(A2CConfig):
     normalize_advantages: bool = option(
         True, "standardise the A2C policy term's advantages per goal (--no-normalize-advantages)"
     )
+    baseline: str = option(
+        "critic",
+        "what the advantages subtract: critic (the value head) or linear (a linear feature "
+        "baseline fitted per goal to its episodes, pytorch-maml-rl's)",
+    )
     pretrain_iterations: int = option(
         200, "A2C steps (Adam at --outer-lr) that make the pretrained baseline"
     )
@@ -90,6 +95,10 @@ class Nav2DConfig(A2CConfig):
         super().validate()
         _check_int("pretrain_iterations", self.pretrain_iterations, 0)
         _check_real("init_log_std", self.init_log_std, -10.0, 10.0)
+        if self.baseline not in BASELINES:
+            raise ConfigError(
+                f"--baseline must be one of {', '.join(BASELINES)}; got {self.baseline!r}"
+            )
 
 
 def _nav(config: TrainConfig) -> Nav2DConfig:
@@ -118,7 +127,9 @@ class Nav2DFamily(A2CFamily):
     def batch(self, config: Nav2DConfig, goals: np.ndarray, seed: int) -> Nav2DTaskBatch:
         generator = torch.Generator().manual_seed(seed)
         settings = config.a2c_settings()
-        return Nav2DTaskBatch(goals, settings, generator, config.normalize_advantages)
+        return Nav2DTaskBatch(
+            goals, settings, generator, config.normalize_advantages, config.baseline
+        )
 
     def sample_tasks(
         self, config: TrainConfig, rng: np.random.Generator, num_tasks: int

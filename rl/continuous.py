@@ -42,6 +42,7 @@ __all__ = [
     "GaussianScorer",
     "linear_feature_baseline",
     "rollout",
+    "with_time",
 ]
 
 #: The advantage baselines :class:`GaussianScorer` offers.
@@ -68,6 +69,10 @@ class GaussianMLPPolicy(nn.Module):
         hidden_sizes: Hidden-layer widths (MAML's: two of 100).
         init_log_std: Initial log σ of every action dimension.
         shared_torso: One torso for the policy and the value heads.
+        critic_time: The critic also sees the time: the observations handed in have one more
+            column, the fraction of the episode elapsed (``time_feature`` of :func:`rollout`
+            and :class:`GaussianScorer`), which the action mean ignores. Needs its own critic
+            torso.
     """
 
     def __init__(
@@ -77,9 +82,16 @@ class GaussianMLPPolicy(nn.Module):
         hidden_sizes: Sequence[int] = (100, 100),
         init_log_std: float = 0.0,
         shared_torso: bool = False,
+        critic_time: bool = False,
     ) -> None:
         super().__init__()
-        self.torso, self.value_torso, width = torsos(obs_dim, hidden_sizes, shared_torso)
+        if critic_time and shared_torso:
+            raise ValueError("critic_time needs the critic's own torso (shared_torso=False)")
+        self.critic_time = critic_time
+        self.torso, _, width = torsos(obs_dim, hidden_sizes, True)
+        self.value_torso = (
+            None if shared_torso else torsos(obs_dim + critic_time, hidden_sizes, True)[0]
+        )
         self.mean_head = nn.Linear(width, action_dim)
         # A near-zero initial mean (weights scaled by MEAN_HEAD_GAIN, bias 0; the policy-head
         # initialisation of PPO implementations): with PyTorch's default initialisation the mean is
@@ -92,7 +104,8 @@ class GaussianMLPPolicy(nn.Module):
         self.log_std = nn.Parameter(torch.full((action_dim,), float(init_log_std)))
 
     def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        features = self.torso(obs)
+        observed = obs[..., :-1] if self.critic_time else obs
+        features = self.torso(observed)
         critic = features if self.value_torso is None else self.value_torso(obs)
         mean = self.mean_head(features)
         return mean, self.log_std.expand_as(mean), self.value_head(critic).squeeze(-1)
@@ -158,8 +171,15 @@ class ContinuousTrajectories(NamedTuple):
     task = task_of
 
 
+def with_time(obs: torch.Tensor, step: int | torch.Tensor, horizon: int) -> torch.Tensor:
+    """``obs`` ``[..., D]`` with the fraction of the episode elapsed, ``step / horizon``, as a
+    last column (what a :class:`GaussianMLPPolicy` with ``critic_time`` reads)."""
+    fraction = torch.as_tensor(step, dtype=obs.dtype) / horizon
+    return torch.cat([obs, fraction.expand(*obs.shape[:-1], 1)], -1)
+
+
 def rollout(
-    policy: GaussianPolicyFn, dynamics: Dynamics, noise: GaussianNoise
+    policy: GaussianPolicyFn, dynamics: Dynamics, noise: GaussianNoise, time_feature: bool = False
 ) -> ContinuousTrajectories:
     """Run the episodes that ``noise`` determines in every task at once (no autograd).
 
@@ -167,7 +187,8 @@ def rollout(
     observations. An episode that reaches a terminal step stays where it is, with reward 0 and
     mask 0, until the horizon. A task whose policy outputs are not finite (a diverged inner
     step) is simulated with zero actions and gets NaN rewards, so the divergence shows in its
-    returns and losses.
+    returns and losses. With ``time_feature`` the policy is handed :func:`with_time`
+    observations (the trajectories keep the plain ones).
     """
     horizon, t, n, _ = noise.normal.shape
     with torch.no_grad():
@@ -177,7 +198,7 @@ def rollout(
         finite = torch.ones(t, dtype=torch.bool)
         for step in range(horizon):
             obs = dynamics.observe(states)
-            mean, log_std, _ = policy(obs)
+            mean, log_std, _ = policy(with_time(obs, step, horizon) if time_feature else obs)
             ok = torch.isfinite(mean).flatten(1).all(1) & torch.isfinite(log_std).flatten(1).all(1)
             finite = finite & ok
             action = mean + log_std.exp() * noise.normal[step]
@@ -259,19 +280,28 @@ class GaussianScorer:
             ``linear`` (:func:`linear_feature_baseline`, fitted per task to the episodes
             scored; the critic is still trained).
         gamma: The discount of the linear baseline's targets.
+        time_feature: Hand the policy :func:`with_time` observations (``t / H`` at step t).
     """
 
     def __init__(
-        self, normalize_advantages: bool = False, baseline: str = "critic", gamma: float = 0.99
+        self,
+        normalize_advantages: bool = False,
+        baseline: str = "critic",
+        gamma: float = 0.99,
+        time_feature: bool = False,
     ) -> None:
         if baseline not in BASELINES:
             raise ValueError(f"baseline must be one of {', '.join(BASELINES)}, got {baseline!r}")
         self.normalize_advantages = normalize_advantages
         self.baseline = baseline
         self.gamma = gamma
+        self.time_feature = time_feature
 
     def __call__(self, policy: GaussianPolicyFn, trajectories: ContinuousTrajectories) -> Scores:
         obs = trajectories.observations
+        if self.time_feature:
+            horizon = obs.shape[0] - 1
+            obs = with_time(obs, torch.arange(horizon + 1).view(-1, 1, 1, 1), horizon)
         steps, t, n, d = obs.shape
         flat = obs.transpose(0, 1).reshape(t, steps * n, d)
         mean, log_std, values = policy(flat)

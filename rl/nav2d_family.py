@@ -85,6 +85,11 @@ class Nav2DConfig(A2CConfig):
         "what the advantages subtract: critic (the value head) or linear (a linear feature "
         "baseline fitted per goal to its episodes, pytorch-maml-rl's)",
     )
+    critic_time: bool = option(
+        False,
+        "the critic also sees the fraction of the episode elapsed (the returns-to-go shrink "
+        "with the time left, which the position does not tell); needs --no-shared-torso",
+    )
     pretrain_iterations: int = option(
         200, "A2C steps (Adam at --outer-lr) that make the pretrained baseline"
     )
@@ -95,6 +100,8 @@ class Nav2DConfig(A2CConfig):
         super().validate()
         _check_int("pretrain_iterations", self.pretrain_iterations, 0)
         _check_real("init_log_std", self.init_log_std, -10.0, 10.0)
+        if self.critic_time and self.shared_torso:
+            raise ConfigError("--critic-time needs the critic's own torso (--no-shared-torso)")
         if self.baseline not in BASELINES:
             raise ConfigError(
                 f"--baseline must be one of {', '.join(BASELINES)}; got {self.baseline!r}"
@@ -121,14 +128,19 @@ class Nav2DFamily(A2CFamily):
     def make_model(self, config: TrainConfig) -> nn.Module:
         config = _nav(config)
         return GaussianMLPPolicy(
-            2, 2, config.hidden_sizes, config.init_log_std, config.shared_torso
+            2, 2, config.hidden_sizes, config.init_log_std, config.shared_torso, config.critic_time
         )
 
     def batch(self, config: Nav2DConfig, goals: np.ndarray, seed: int) -> Nav2DTaskBatch:
         generator = torch.Generator().manual_seed(seed)
         settings = config.a2c_settings()
         return Nav2DTaskBatch(
-            goals, settings, generator, config.normalize_advantages, config.baseline
+            goals,
+            settings,
+            generator,
+            config.normalize_advantages,
+            config.baseline,
+            config.critic_time,
         )
 
     def sample_tasks(

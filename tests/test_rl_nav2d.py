@@ -269,3 +269,42 @@ def test_a2c_loss_with_the_linear_baseline_has_the_gradient_of_its_formula(
     expected = torch.autograd.grad((per_task / mask.sum((0, 2))).sum(), list(policy.parameters()))
     for g, e in zip(got, expected, strict=True):
         torch.testing.assert_close(g.double(), e.double(), rtol=2e-3, atol=1e-5)
+
+
+def test_critic_time_gives_the_critic_the_time_and_leaves_the_actor_as_it_was() -> None:
+    torch.manual_seed(0)
+    plain = GaussianMLPPolicy(2, 2, (8,), init_log_std=-1.0)
+    torch.manual_seed(0)
+    timed = GaussianMLPPolicy(2, 2, (8,), init_log_std=-1.0, critic_time=True)
+    # Same actor (the actor torso is made first, as before the option existed); the critic's
+    # first layer has one more input.
+    torch.testing.assert_close(plain.torso[0].weight, timed.torso[0].weight)
+    assert timed.value_torso is not None and timed.value_torso[0].in_features == 3
+    with pytest.raises(ValueError, match="critic_time needs the critic's own torso"):
+        GaussianMLPPolicy(2, 2, (8,), shared_torso=True, critic_time=True)
+
+    seen: list[torch.Tensor] = []
+
+    def recording(obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        seen.append(obs)
+        return timed(obs)
+
+    noise = GaussianNoise.draw(torch.Generator().manual_seed(4), 5, 2, 3, 2)
+    goals = torch.tensor([[0.3, 0.1], [-0.2, 0.4]])
+    trajectories = rollout(recording, Nav2DDynamics(goals), noise, time_feature=True)
+    assert trajectories.observations.shape[-1] == 2  # stored without the time
+    for step, obs in enumerate(seen):
+        assert obs.shape == (2, 3, 3) and (obs[..., 2] == step / 5).all()
+    torch.testing.assert_close(obs[..., :2], trajectories.observations[step])
+
+    scores = GaussianScorer(time_feature=True)(timed, trajectories)
+    fraction = (torch.arange(6) / 5).view(6, 1, 1, 1).expand(6, 2, 3, 1)
+    mean, _, values = timed(torch.cat([trajectories.observations, fraction], -1))
+    torch.testing.assert_close(scores.values, values)
+    # The actor ignores the time column: the log-densities are those of the plain policy with
+    # the same mean head (made after the critic torso, so drawn differently).
+    plain.mean_head.load_state_dict(timed.mean_head.state_dict())
+    torch.testing.assert_close(scores.log_probs, GaussianScorer()(plain, trajectories).log_probs)
+    late = timed(torch.cat([trajectories.observations, fraction.flip(0)], -1))
+    torch.testing.assert_close(late[0], mean)
+    assert not torch.allclose(late[2], values)

@@ -53,9 +53,14 @@ class Nav2DConfig(A2CConfig):
 
     meta_batch: int = option(20, "goals per meta-iteration (the paper's 20)")
     iterations: int = option(
-        250, "meta-iterations (outer steps; longer runs at this outer rate diverged: docs/rl.md)"
+        300, "meta-iterations (outer steps; runs of 400-500 annealed ones wavered: docs/rl.md)"
     )
     outer_lr: float = option(3e-3)
+    anneal: bool = option(
+        True,
+        "anneal the outer learning rate linearly to 0 (--no-anneal: constant; at 3e-3 the policy "
+        "walks off the plane after about 270 iterations)",
+    )
     eval_every: int = option(50, "evaluate on the held-out goals every N iterations (0: never)")
     eval_tasks: int = option(400, "held-out goals in the final evaluation")
     horizon: int = option(100, "steps per episode (the paper's 100)")
@@ -86,7 +91,7 @@ class Nav2DConfig(A2CConfig):
         "baseline fitted per goal to its episodes, pytorch-maml-rl's)",
     )
     critic_time: bool = option(
-        False,
+        True,
         "the critic also sees the fraction of the episode elapsed (the returns-to-go shrink "
         "with the time left, which the position does not tell); needs --no-shared-torso",
     )
@@ -101,7 +106,10 @@ class Nav2DConfig(A2CConfig):
         _check_int("pretrain_iterations", self.pretrain_iterations, 0)
         _check_real("init_log_std", self.init_log_std, -10.0, 10.0)
         if self.critic_time and self.shared_torso:
-            raise ConfigError("--critic-time needs the critic's own torso (--no-shared-torso)")
+            raise ConfigError(
+                "--critic-time (the default) needs the critic's own torso: with --shared-torso "
+                "add --no-critic-time"
+            )
         if self.baseline not in BASELINES:
             raise ConfigError(
                 f"--baseline must be one of {', '.join(BASELINES)}; got {self.baseline!r}"

@@ -308,3 +308,16 @@ def test_critic_time_gives_the_critic_the_time_and_leaves_the_actor_as_it_was() 
     late = timed(torch.cat([trajectories.observations, fraction.flip(0)], -1))
     torch.testing.assert_close(late[0], mean)
     assert not torch.allclose(late[2], values)
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--shared-torso"], "--critic-time (the default) needs the critic's own torso"),
+        (["--baseline", "mean"], "--baseline must be one of critic, linear; got 'mean'"),
+    ],
+)
+def test_nav2d_flag_errors_exit_2_in_one_line(argv: list[str], message: str, capsys) -> None:  # type: ignore[no-untyped-def]
+    assert main(["train", "nav2d", *argv, "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1

@@ -3,9 +3,10 @@
 The paper's settings: goals uniform on [−0.5, 0.5]², horizon 100, 20 trajectories per gradient
 step, 20 tasks per meta-batch, inner learning rate 0.1 (vanilla policy gradient), a policy MLP
 with two hidden layers of 100 ReLU units (Finn et al. 2017, §5.3 and appendix A.2, as the issue
-quotes them). Its outer optimiser is TRPO; here it is Adam, and the inner loss is the A2C loss
-with log-densities (:mod:`rl.continuous`), its advantages standardised per task (as
-pytorch-maml-rl does), so that the inner step at lr 0.1 does not scale with the returns.
+quotes them). Its outer optimiser is TRPO; here it is Adam, annealed linearly to 0 over the
+run, and the inner loss is the A2C loss with log-densities (:mod:`rl.continuous`), its
+advantages standardised per task (as pytorch-maml-rl does), so that the inner step at lr 0.1
+does not scale with the returns; the critic also reads the time (``critic_time``).
 
 The final evaluation (``eval.json``, the ``mdp`` family's shape) has the return after 0..3 inner
 steps on ``eval_tasks`` held-out goals, the paired differences after − before, and two baselines

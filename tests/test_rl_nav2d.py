@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import signal
 
 import gymnasium as gym
 import numpy as np
@@ -321,3 +322,25 @@ def test_nav2d_flag_errors_exit_2_in_one_line(argv: list[str], message: str, cap
     assert main(["train", "nav2d", *argv, "--quiet"]) == 2
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1
+
+
+def test_signal_then_resume_is_bit_identical(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A run interrupted by SIGTERM and resumed ends exactly like an uninterrupted one."""
+    from reliability_helpers import assert_same_run, family, interrupting
+
+    from metaopt.training import TrainingInterrupted, resume, train
+    from metaopt.training.config import resolve_config
+
+    values = {
+        "iterations": 6, "meta_batch": 3, "trajectories": 3, "horizon": 10,
+        "hidden_sizes": (8,), "eval_every": 0, "checkpoint_every": 2, "clip_grad_norm": 0.5,
+    }  # fmt: skip
+
+    def run(out, fam):  # type: ignore[no-untyped-def]
+        return train(fam, resolve_config(fam, {**values, "out": str(out)}), progress=False)
+
+    full = run(tmp_path / "full", family("nav2d"))
+    with pytest.raises(TrainingInterrupted):
+        run(tmp_path / "cut", interrupting(family("nav2d"), 3, signal.SIGTERM))
+    resume(tmp_path / "cut", family=family("nav2d"), progress=False)
+    assert_same_run(full, tmp_path / "cut")

@@ -6,7 +6,7 @@ with two hidden layers of 100 ReLU units (Finn et al. 2017, §5.3 and appendix A
 quotes them). Its outer optimiser is TRPO; here it is Adam, annealed linearly to 0 over the
 run, and the inner loss is the A2C loss with log-densities (:mod:`rl.continuous`), its
 advantages standardised per task (as pytorch-maml-rl does), so that the inner step at lr 0.1
-does not scale with the returns; the critic also reads the time (``critic_time``).
+does not scale with the returns.
 
 The final evaluation (``eval.json``, the ``mdp`` family's shape) has the return after 0..3 inner
 steps on ``eval_tasks`` held-out goals, the paired differences after − before, and two baselines
@@ -92,7 +92,7 @@ class Nav2DConfig(A2CConfig):
         "baseline fitted per goal to its episodes, pytorch-maml-rl's)",
     )
     critic_time: bool = option(
-        True,
+        False,
         "the critic also sees the fraction of the episode elapsed (the returns-to-go shrink "
         "with the time left, which the position does not tell); needs --no-shared-torso",
     )
@@ -108,8 +108,7 @@ class Nav2DConfig(A2CConfig):
         _check_real("init_log_std", self.init_log_std, -10.0, 10.0)
         if self.critic_time and self.shared_torso:
             raise ConfigError(
-                "--critic-time (the default) needs the critic's own torso: with --shared-torso "
-                "add --no-critic-time"
+                "--critic-time needs the critic's own torso: it cannot be used with --shared-torso"
             )
         if self.baseline not in BASELINES:
             raise ConfigError(

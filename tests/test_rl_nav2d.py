@@ -314,7 +314,7 @@ def test_critic_time_gives_the_critic_the_time_and_leaves_the_actor_as_it_was() 
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["--shared-torso"], "--critic-time (the default) needs the critic's own torso"),
+        (["--shared-torso", "--critic-time"], "--critic-time needs the critic's own torso"),
         (["--baseline", "mean"], "--baseline must be one of critic, linear; got 'mean'"),
     ],
 )

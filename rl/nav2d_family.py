@@ -52,7 +52,9 @@ _PRETRAIN_STREAM = 0x2D97
 class Nav2DConfig(A2CConfig):
     """``metaopt train nav2d`` settings (the paper's where it gives them; see the module)."""
 
-    meta_batch: int = option(20, "goals per meta-iteration (the paper's 20)")
+    meta_batch: int = option(
+        40, "goals per meta-iteration (the paper's 20 adapted worse: docs/rl.md, runs K and L)"
+    )
     iterations: int = option(
         300, "meta-iterations (outer steps; runs of 400-500 annealed ones wavered: docs/rl.md)"
     )

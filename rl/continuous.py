@@ -40,8 +40,13 @@ __all__ = [
     "GaussianNoise",
     "GaussianPolicyFn",
     "GaussianScorer",
+    "linear_feature_baseline",
     "rollout",
+    "with_time",
 ]
+
+#: The advantage baselines :class:`GaussianScorer` offers.
+BASELINES = ("critic", "linear")
 
 #: Observations [..., D] -> (action means [..., A], log-standard-deviations [..., A], values [...]).
 GaussianPolicyFn = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
@@ -64,6 +69,10 @@ class GaussianMLPPolicy(nn.Module):
         hidden_sizes: Hidden-layer widths (MAML's: two of 100).
         init_log_std: Initial log σ of every action dimension.
         shared_torso: One torso for the policy and the value heads.
+        critic_time: The critic also sees the time: the observations handed in have one more
+            column, the fraction of the episode elapsed (``time_feature`` of :func:`rollout`
+            and :class:`GaussianScorer`), which the action mean ignores. Needs its own critic
+            torso.
     """
 
     def __init__(
@@ -73,9 +82,16 @@ class GaussianMLPPolicy(nn.Module):
         hidden_sizes: Sequence[int] = (100, 100),
         init_log_std: float = 0.0,
         shared_torso: bool = False,
+        critic_time: bool = False,
     ) -> None:
         super().__init__()
-        self.torso, self.value_torso, width = torsos(obs_dim, hidden_sizes, shared_torso)
+        if critic_time and shared_torso:
+            raise ValueError("critic_time needs the critic's own torso (shared_torso=False)")
+        self.critic_time = critic_time
+        self.torso, _, width = torsos(obs_dim, hidden_sizes, True)
+        self.value_torso = (
+            None if shared_torso else torsos(obs_dim + critic_time, hidden_sizes, True)[0]
+        )
         self.mean_head = nn.Linear(width, action_dim)
         # A near-zero initial mean (weights scaled by MEAN_HEAD_GAIN, bias 0; the policy-head
         # initialisation of PPO implementations): with PyTorch's default initialisation the mean is
@@ -88,7 +104,8 @@ class GaussianMLPPolicy(nn.Module):
         self.log_std = nn.Parameter(torch.full((action_dim,), float(init_log_std)))
 
     def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        features = self.torso(obs)
+        observed = obs[..., :-1] if self.critic_time else obs
+        features = self.torso(observed)
         critic = features if self.value_torso is None else self.value_torso(obs)
         mean = self.mean_head(features)
         return mean, self.log_std.expand_as(mean), self.value_head(critic).squeeze(-1)
@@ -154,8 +171,15 @@ class ContinuousTrajectories(NamedTuple):
     task = task_of
 
 
+def with_time(obs: torch.Tensor, step: int | torch.Tensor, horizon: int) -> torch.Tensor:
+    """``obs`` ``[..., D]`` with the fraction of the episode elapsed, ``step / horizon``, as a
+    last column (what a :class:`GaussianMLPPolicy` with ``critic_time`` reads)."""
+    fraction = torch.as_tensor(step, dtype=obs.dtype) / horizon
+    return torch.cat([obs, fraction.expand(*obs.shape[:-1], 1)], -1)
+
+
 def rollout(
-    policy: GaussianPolicyFn, dynamics: Dynamics, noise: GaussianNoise
+    policy: GaussianPolicyFn, dynamics: Dynamics, noise: GaussianNoise, time_feature: bool = False
 ) -> ContinuousTrajectories:
     """Run the episodes that ``noise`` determines in every task at once (no autograd).
 
@@ -163,7 +187,8 @@ def rollout(
     observations. An episode that reaches a terminal step stays where it is, with reward 0 and
     mask 0, until the horizon. A task whose policy outputs are not finite (a diverged inner
     step) is simulated with zero actions and gets NaN rewards, so the divergence shows in its
-    returns and losses.
+    returns and losses. With ``time_feature`` the policy is handed :func:`with_time`
+    observations (the trajectories keep the plain ones).
     """
     horizon, t, n, _ = noise.normal.shape
     with torch.no_grad():
@@ -173,7 +198,7 @@ def rollout(
         finite = torch.ones(t, dtype=torch.bool)
         for step in range(horizon):
             obs = dynamics.observe(states)
-            mean, log_std, _ = policy(obs)
+            mean, log_std, _ = policy(with_time(obs, step, horizon) if time_feature else obs)
             ok = torch.isfinite(mean).flatten(1).all(1) & torch.isfinite(log_std).flatten(1).all(1)
             finite = finite & ok
             action = mean + log_std.exp() * noise.normal[step]
@@ -200,6 +225,49 @@ def rollout(
     )
 
 
+def discounted_returns(
+    rewards: torch.Tensor, continues: torch.Tensor, gamma: float
+) -> torch.Tensor:
+    """``[H, T, N]`` discounted sums of the rewards from step t to the end of the episode (no
+    bootstrap at the horizon; the discount is 0 after a terminal step)."""
+    returns = torch.empty_like(rewards)
+    following = torch.zeros_like(rewards[0])
+    for t in reversed(range(rewards.shape[0])):
+        following = rewards[t] + gamma * continues[t] * following
+        returns[t] = following
+    return returns
+
+
+def linear_feature_baseline(
+    trajectories: ContinuousTrajectories, gamma: float, reg: float = 1e-5
+) -> torch.Tensor:
+    r"""``[H + 1, T, N]`` a value baseline fitted per task to its own episodes (detached).
+
+    The linear feature baseline of rllab and pytorch-maml-rl (Duan et al. 2016): features
+    :math:`\phi(s_t, t) = (s, s^2, \tau, \tau^2, \tau^3, 1)` with :math:`\tau = t / H`, weights
+    :math:`w = (\Phi^\top\Phi + \text{reg}\,I)^{-1}\Phi^\top G` by ridge least squares per task
+    over the steps inside its episodes, G the discounted returns-to-go
+    (:func:`discounted_returns`). Entry H, the bootstrap at the horizon, is 0, so with
+    λ = 1 the λ-returns are the returns-to-go themselves. Because it is fitted per task on the
+    task's episodes it knows what the goal-agnostic critic cannot: where this task's returns are
+    high. Solved in float64.
+    """
+    obs = trajectories.observations[:-1].detach().double()  # [H, T, N, D]
+    horizon = obs.shape[0]
+    tau = (torch.arange(horizon, dtype=obs.dtype) / horizon).view(horizon, 1, 1, 1)
+    tau = tau.expand(*obs.shape[:-1], 1)
+    features = torch.cat([obs, obs.pow(2), tau, tau.pow(2), tau.pow(3), torch.ones_like(tau)], -1)
+    mask = trajectories.mask.double()
+    targets = discounted_returns(trajectories.rewards.double(), trajectories.continues, gamma)
+    phi = (features * mask[..., None]).transpose(0, 1).flatten(1, 2)  # [T, H·N, F]
+    y = (targets * mask).transpose(0, 1).flatten(1)  # [T, H·N]
+    gram = phi.transpose(1, 2) @ phi + reg * torch.eye(phi.shape[-1], dtype=phi.dtype)
+    weights = torch.linalg.solve(gram, (phi.transpose(1, 2) @ y[..., None]))  # [T, F, 1]
+    fitted = (features @ weights[None]).squeeze(-1)  # [H, T, N]
+    horizon_value = torch.zeros_like(fitted[:1])
+    return torch.cat([fitted, horizon_value]).to(trajectories.rewards.dtype)
+
+
 class GaussianScorer:
     """Scores of a Gaussian policy on its episodes (:class:`rl.estimators.Scorer`).
 
@@ -208,13 +276,32 @@ class GaussianScorer:
 
     Args:
         normalize_advantages: Standardise the A2C policy term's advantages per task.
+        baseline: What the advantages subtract: ``critic`` (the policy's value head) or
+            ``linear`` (:func:`linear_feature_baseline`, fitted per task to the episodes
+            scored; the critic is still trained).
+        gamma: The discount of the linear baseline's targets.
+        time_feature: Hand the policy :func:`with_time` observations (``t / H`` at step t).
     """
 
-    def __init__(self, normalize_advantages: bool = False) -> None:
+    def __init__(
+        self,
+        normalize_advantages: bool = False,
+        baseline: str = "critic",
+        gamma: float = 0.99,
+        time_feature: bool = False,
+    ) -> None:
+        if baseline not in BASELINES:
+            raise ValueError(f"baseline must be one of {', '.join(BASELINES)}, got {baseline!r}")
         self.normalize_advantages = normalize_advantages
+        self.baseline = baseline
+        self.gamma = gamma
+        self.time_feature = time_feature
 
     def __call__(self, policy: GaussianPolicyFn, trajectories: ContinuousTrajectories) -> Scores:
         obs = trajectories.observations
+        if self.time_feature:
+            horizon = obs.shape[0] - 1
+            obs = with_time(obs, torch.arange(horizon + 1).view(-1, 1, 1, 1), horizon)
         steps, t, n, d = obs.shape
         flat = obs.transpose(0, 1).reshape(t, steps * n, d)
         mean, log_std, values = policy(flat)
@@ -237,6 +324,9 @@ class GaussianScorer:
             trajectories.mask,
             trajectories.continues,
             self.normalize_advantages,
+            linear_feature_baseline(trajectories, self.gamma)
+            if self.baseline == "linear"
+            else None,
         )
 
     def a2c_loss(

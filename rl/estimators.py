@@ -92,6 +92,10 @@ class Scores(NamedTuple):
             γ·continues (``None``: no terminal steps).
         normalize: Standardise the advantages of the A2C policy term per task (see
             :func:`rl.losses.a2c_objective`).
+        baseline: ``[H + 1, T, N]`` detached values that replace the critic's in the advantages
+            and the λ-returns' bootstrap (a baseline fitted to the episodes, such as
+            :func:`rl.continuous.linear_feature_baseline`); the critic still regresses on the
+            λ-returns. ``None``: the critic's values.
     """
 
     log_probs: torch.Tensor
@@ -100,6 +104,11 @@ class Scores(NamedTuple):
     mask: torch.Tensor | None = None
     continues: torch.Tensor | None = None
     normalize: bool = False
+    baseline: torch.Tensor | None = None
+
+    def advantage_values(self) -> torch.Tensor:
+        """``[H + 1, T, N]`` the detached values the advantages are measured from."""
+        return self.values.detach() if self.baseline is None else self.baseline
 
 
 class Scorer(Protocol):
@@ -116,7 +125,7 @@ class Scorer(Protocol):
 def _returns(scores: Scores, rewards: torch.Tensor, gamma: float, lam: float) -> torch.Tensor:
     """λ-returns of the episodes, with γ cut to 0 on terminal steps."""
     discounts = gamma if scores.continues is None else gamma * scores.continues
-    return lambda_returns(rewards, scores.values[1:].detach(), discounts, lam)
+    return lambda_returns(rewards, scores.advantage_values()[1:], discounts, lam)
 
 
 def scored_a2c_loss(
@@ -143,6 +152,7 @@ def scored_a2c_loss(
         dims,
         scores.mask,
         normalize=scores.normalize,
+        baseline=None if scores.baseline is None else scores.baseline[:-1],
     )
 
 
@@ -268,7 +278,7 @@ def policy_gradient_loss(
     values, mask = scores.values, scores.mask
     dims = (0, 2) if per_task else tuple(range(values.dim()))
     rewards = trajectories.rewards
-    advantages = reward_to_go(rewards) - values[:-1].detach()
+    advantages = reward_to_go(rewards) - scores.advantage_values()[:-1]
     returns = _returns(scores, rewards, gamma, gae_lambda)
     critic = masked_mean((returns - values[:-1]).pow(2), dims, mask)
     return -masked_mean(scores.log_probs * advantages, dims, mask) + value_coef * critic

@@ -162,6 +162,7 @@ def a2c_objective(
     mask: torch.Tensor | None = None,
     *,
     normalize: bool = False,
+    baseline: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The A2C loss of any policy, from the log-likelihoods of the actions taken: a
     log-probability (discrete actions) or a log-density (continuous ones).
@@ -181,10 +182,12 @@ def a2c_objective(
         normalize: Standardise the advantages of the policy term over ``dims`` (mean 0, standard
             deviation 1 over the counted steps): the step an inner SGD update takes then no
             longer scales with the size of the returns (tens, in 2-D navigation).
+        baseline: ``[...]`` what the policy term's advantages ``returns − baseline`` subtract
+            instead of ``values`` (no gradient; the critic's term still uses ``values``).
     """
     dims = tuple(range(values.dim())) if dims is None else dims
     advantages = returns - values
-    weights = advantages.detach()
+    weights = advantages.detach() if baseline is None else (returns - baseline).detach()
     if normalize:
         centred = weights - masked_mean(weights, dims, mask).view(_kept(weights, dims))
         scale = masked_mean(centred.pow(2), dims, mask).sqrt().view(_kept(weights, dims))

@@ -191,6 +191,10 @@ class Nav2DTaskBatch(RLTaskBatch):
         settings: Sampling and loss settings (``horizon``: 100 in the paper).
         generator: Source of all sampling randomness.
         normalize_advantages: Standardise the A2C policy term's advantages per task.
+        baseline: What the advantages subtract (:class:`rl.continuous.GaussianScorer`):
+            ``critic`` or ``linear``.
+        time_feature: The policy reads :func:`rl.continuous.with_time` observations (a
+            :class:`rl.continuous.GaussianMLPPolicy` with ``critic_time``).
     """
 
     def __init__(
@@ -199,12 +203,17 @@ class Nav2DTaskBatch(RLTaskBatch):
         settings: A2CSettings,
         generator: torch.Generator,
         normalize_advantages: bool = True,
+        baseline: str = "critic",
+        time_feature: bool = False,
     ) -> None:
         self.goals = torch.as_tensor(goals, dtype=torch.float32)
         if self.goals.dim() != 2 or self.goals.shape[1] != 2:
             raise ValueError(f"goals must have shape [T, 2], got {tuple(self.goals.shape)}")
         self.normalize_advantages = normalize_advantages
-        super().__init__(len(self.goals), settings, generator, GaussianScorer(normalize_advantages))
+        self.baseline = baseline
+        self.time_feature = time_feature
+        scorer = GaussianScorer(normalize_advantages, baseline, settings.gamma, time_feature)
+        super().__init__(len(self.goals), settings, generator, scorer)
 
     def draw_noise(self) -> GaussianNoise:
         s = self.settings
@@ -214,15 +223,21 @@ class Nav2DTaskBatch(RLTaskBatch):
         self, policy: GaussianPolicyFn, noise: GaussianNoise, index: int | None = None
     ) -> ContinuousTrajectories:
         goals = self.goals if index is None else self.goals[index : index + 1]
-        return rollout(policy, Nav2DDynamics(goals), noise)
+        return rollout(policy, Nav2DDynamics(goals), noise, self.time_feature)
 
     def subset(self, indices: slice) -> Nav2DTaskBatch:
         return Nav2DTaskBatch(
-            self.goals[indices], self.settings, self.generator, self.normalize_advantages
+            self.goals[indices],
+            self.settings,
+            self.generator,
+            self.normalize_advantages,
+            self.baseline,
+            self.time_feature,
         )
 
     def mean_entropy(self, policy: GaussianPolicyFn) -> float:
         """Entropy (nats) of the action distribution at the start, averaged over tasks."""
         with torch.no_grad():
-            _, log_std, _ = policy(self.goals.new_zeros((len(self), 1, 2)))
+            start = self.goals.new_zeros((len(self), 1, 2 + self.time_feature))
+            _, log_std, _ = policy(start)
             return (log_std + 0.5 * np.log(2 * np.pi * np.e)).sum(-1).mean().item()

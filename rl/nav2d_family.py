@@ -3,9 +3,10 @@
 The paper's settings: goals uniform on [−0.5, 0.5]², horizon 100, 20 trajectories per gradient
 step, 20 tasks per meta-batch, inner learning rate 0.1 (vanilla policy gradient), a policy MLP
 with two hidden layers of 100 ReLU units (Finn et al. 2017, §5.3 and appendix A.2, as the issue
-quotes them). Its outer optimiser is TRPO; here it is Adam, and the inner loss is the A2C loss
-with log-densities (:mod:`rl.continuous`), its advantages standardised per task (as
-pytorch-maml-rl does), so that the inner step at lr 0.1 does not scale with the returns.
+quotes them). Its outer optimiser is TRPO; here it is Adam, annealed linearly to 0 over the
+run, and the inner loss is the A2C loss with log-densities (:mod:`rl.continuous`), its
+advantages standardised per task (as pytorch-maml-rl does), so that the inner step at lr 0.1
+does not scale with the returns.
 
 The final evaluation (``eval.json``, the ``mdp`` family's shape) has the return after 0..3 inner
 steps on ``eval_tasks`` held-out goals, the paired differences after − before, and two baselines
@@ -29,8 +30,8 @@ from torch import nn
 
 from metaopt.algorithms import MetaLearner
 from metaopt.training.distributed import DistInfo, on_main
-from metaopt.training.family import EvalRequest, RunResults, TrainConfig, option
-from rl.continuous import GaussianMLPPolicy, GaussianNoise
+from metaopt.training.family import ConfigError, EvalRequest, RunResults, TrainConfig, option
+from rl.continuous import BASELINES, GaussianMLPPolicy, GaussianNoise
 from rl.evaluation import INTERVAL, curve_summary
 from rl.family import A2CConfig, A2CFamily, _check_int, _check_real, config_as
 from rl.nav2d import Nav2DTaskBatch, sample_goals
@@ -51,11 +52,18 @@ _PRETRAIN_STREAM = 0x2D97
 class Nav2DConfig(A2CConfig):
     """``metaopt train nav2d`` settings (the paper's where it gives them; see the module)."""
 
-    meta_batch: int = option(20, "goals per meta-iteration (the paper's 20)")
+    meta_batch: int = option(
+        40, "goals per meta-iteration (the paper's 20 adapted worse: docs/rl.md, runs K and L)"
+    )
     iterations: int = option(
-        250, "meta-iterations (outer steps; longer runs at this outer rate diverged: docs/rl.md)"
+        300, "meta-iterations (outer steps; runs of 400-500 annealed ones wavered: docs/rl.md)"
     )
     outer_lr: float = option(3e-3)
+    anneal: bool = option(
+        True,
+        "anneal the outer learning rate linearly to 0 (--no-anneal: constant; at 3e-3 the policy "
+        "walks off the plane after about 270 iterations)",
+    )
     eval_every: int = option(50, "evaluate on the held-out goals every N iterations (0: never)")
     eval_tasks: int = option(400, "held-out goals in the final evaluation")
     horizon: int = option(100, "steps per episode (the paper's 100)")
@@ -80,6 +88,16 @@ class Nav2DConfig(A2CConfig):
     normalize_advantages: bool = option(
         True, "standardise the A2C policy term's advantages per goal (--no-normalize-advantages)"
     )
+    baseline: str = option(
+        "critic",
+        "what the advantages subtract: critic (the value head) or linear (a linear feature "
+        "baseline fitted per goal to its episodes, pytorch-maml-rl's)",
+    )
+    critic_time: bool = option(
+        False,
+        "the critic also sees the fraction of the episode elapsed (the returns-to-go shrink "
+        "with the time left, which the position does not tell); needs --no-shared-torso",
+    )
     pretrain_iterations: int = option(
         200, "A2C steps (Adam at --outer-lr) that make the pretrained baseline"
     )
@@ -90,6 +108,14 @@ class Nav2DConfig(A2CConfig):
         super().validate()
         _check_int("pretrain_iterations", self.pretrain_iterations, 0)
         _check_real("init_log_std", self.init_log_std, -10.0, 10.0)
+        if self.critic_time and self.shared_torso:
+            raise ConfigError(
+                "--critic-time needs the critic's own torso: it cannot be used with --shared-torso"
+            )
+        if self.baseline not in BASELINES:
+            raise ConfigError(
+                f"--baseline must be one of {', '.join(BASELINES)}; got {self.baseline!r}"
+            )
 
 
 def _nav(config: TrainConfig) -> Nav2DConfig:
@@ -112,13 +138,20 @@ class Nav2DFamily(A2CFamily):
     def make_model(self, config: TrainConfig) -> nn.Module:
         config = _nav(config)
         return GaussianMLPPolicy(
-            2, 2, config.hidden_sizes, config.init_log_std, config.shared_torso
+            2, 2, config.hidden_sizes, config.init_log_std, config.shared_torso, config.critic_time
         )
 
     def batch(self, config: Nav2DConfig, goals: np.ndarray, seed: int) -> Nav2DTaskBatch:
         generator = torch.Generator().manual_seed(seed)
         settings = config.a2c_settings()
-        return Nav2DTaskBatch(goals, settings, generator, config.normalize_advantages)
+        return Nav2DTaskBatch(
+            goals,
+            settings,
+            generator,
+            config.normalize_advantages,
+            config.baseline,
+            config.critic_time,
+        )
 
     def sample_tasks(
         self, config: TrainConfig, rng: np.random.Generator, num_tasks: int

@@ -418,6 +418,7 @@ FAMILY_FLAGS = {
     "classify": ["--baseline-steps", "10"],
     "omniglot": ["--baseline-steps", "3", "--image-size", "14", "--filters", "8"],
     "mdp": ["--test-tasks", "4"],
+    "nav2d": "--test-tasks 4 --trajectories 3 --horizon 10 --hidden-sizes 8".split(),
 }
 
 

@@ -58,6 +58,7 @@ BAD = [
     ("dist_timeout", 0, "--dist-timeout must be a positive finite number, got 0"),
     ("threads", -1, "--threads must be an integer >= 0, got -1"),
     ("max_memory", -1, "--max-memory must be a finite number >= 0, got -1"),
+    ("clip_grad_norm", -0.5, "--clip-grad-norm must be a finite number >= 0, got -0.5"),
     ("adapt", 3, "--adapt takes comma-separated names, got 3"),
     ("reg", 0.0, "--reg must be a positive finite number, got 0.0"),
     ("cg_steps", 0, "--cg-steps must be an integer >= 1, got 0"),

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import signal
 
 import gymnasium as gym
 import numpy as np
@@ -15,7 +16,15 @@ from torch import nn
 
 import metaopt
 from metaopt.cli import main
-from rl.continuous import GaussianMLPPolicy, GaussianNoise, GaussianScorer, rollout
+from rl.continuous import (
+    ContinuousTrajectories,
+    GaussianMLPPolicy,
+    GaussianNoise,
+    GaussianScorer,
+    discounted_returns,
+    linear_feature_baseline,
+    rollout,
+)
 from rl.nav2d import ENV_ID, Nav2DDynamics, Nav2DEnv, Nav2DTaskBatch, register
 from rl.task import A2CSettings
 
@@ -172,3 +181,166 @@ def test_initial_mean_is_near_zero_everywhere_on_the_plane() -> None:
     assert mean.abs().max() < 0.01 < plain.weight.abs().max()
     assert MEAN_HEAD_GAIN <= 0.01
     torch.testing.assert_close(log_std, torch.full_like(log_std, -2.0))
+
+
+def _walk(horizon: int = 30) -> tuple[GaussianMLPPolicy, ContinuousTrajectories]:
+    """Episodes of a noisy diagonal walk, some of which reach goal 2 and end early."""
+    torch.manual_seed(0)
+    policy = GaussianMLPPolicy(2, 2, (8,), init_log_std=-5.0)
+    with torch.no_grad():
+        policy.mean_head.weight.mul_(10.0)
+        policy.mean_head.bias.fill_(0.05)
+    noise = GaussianNoise.draw(torch.Generator().manual_seed(3), horizon, 3, 5, 2)
+    goals = torch.tensor([[0.3, -0.2], [-0.05, 0.04], [0.1, 0.1]])
+    return policy, rollout(policy, Nav2DDynamics(goals), noise)
+
+
+def _reference_linear_baseline(trajectories: ContinuousTrajectories, gamma: float) -> np.ndarray:
+    """rllab's linear feature baseline, one task and one step at a time in numpy: ridge least
+    squares of the discounted returns-to-go on (s, s², τ, τ², τ³, 1), τ = t / H."""
+    obs = trajectories.observations.double().numpy()
+    rewards = trajectories.rewards.double().numpy()
+    mask = trajectories.mask.numpy()
+    continues = trajectories.continues.numpy()
+    horizon, tasks, episodes = rewards.shape
+    fitted = np.zeros((horizon + 1, tasks, episodes))
+    for b in range(tasks):
+        rows, targets, where = [], [], []
+        for n in range(episodes):
+            following = 0.0
+            returns = np.zeros(horizon)
+            for t in reversed(range(horizon)):
+                following = rewards[t, b, n] + gamma * continues[t, b, n] * following
+                returns[t] = following
+            for t in range(horizon):
+                if mask[t, b, n]:
+                    s, tau = obs[t, b, n], t / horizon
+                    rows.append([*s, *(s**2), tau, tau**2, tau**3, 1.0])
+                    targets.append(returns[t])
+                    where.append((t, n))
+        phi, y = np.array(rows), np.array(targets)
+        ridge = np.sqrt(1e-5) * np.eye(phi.shape[1])
+        w = np.linalg.lstsq(np.vstack([phi, ridge]), np.r_[y, np.zeros(phi.shape[1])])[0]
+        for (t, n), value in zip(where, phi @ w, strict=True):
+            fitted[t, b, n] = value
+    return fitted
+
+
+def test_linear_feature_baseline_is_the_least_squares_fit_per_task() -> None:
+    _, trajectories = _walk()
+    assert trajectories.continues.min() == 0  # an episode ended early: the mask is exercised
+    fitted = linear_feature_baseline(trajectories, 0.9).double().numpy()
+    expected = _reference_linear_baseline(trajectories, 0.9)
+    inside = np.concatenate([trajectories.mask.numpy(), np.zeros_like(fitted[:1])]) > 0
+    np.testing.assert_allclose(fitted[inside], expected[inside], rtol=1e-4, atol=1e-4)
+    assert (fitted[-1] == 0).all()  # no bootstrap at the horizon
+    # Fitted per task: it explains most of the returns' variance, which a constant does not.
+    returns = discounted_returns(trajectories.rewards, trajectories.continues, 0.9).numpy()
+    residual = (returns - fitted[:-1])[inside[:-1]]
+    assert residual.var() < 0.05 * returns[inside[:-1]].var()
+
+
+@pytest.mark.parametrize("normalize", [False, True])
+def test_a2c_loss_with_the_linear_baseline_has_the_gradient_of_its_formula(
+    normalize: bool,
+) -> None:
+    """The policy term weighs log π by the returns-to-go minus the fitted baseline (standardised
+    per task if asked); the critic still regresses on the returns-to-go (λ = 1)."""
+    policy, trajectories = _walk()
+    gamma, value_coef = 0.9, 0.5
+    scorer = GaussianScorer(normalize, baseline="linear", gamma=gamma)
+    settings = dict(gamma=gamma, gae_lambda=1.0, value_coef=value_coef, entropy_coef=0.0)
+    loss = scorer.a2c_loss(policy, trajectories, per_task=True, **settings)
+    got = torch.autograd.grad(loss.sum(), list(policy.parameters()))
+
+    # Independently: the reference baseline and an explicit masked loss, per task.
+    mask = trajectories.mask.double()
+    returns = discounted_returns(trajectories.rewards.double(), trajectories.continues, gamma)
+    advantages = returns - torch.from_numpy(_reference_linear_baseline(trajectories, gamma)[:-1])
+    if normalize:
+        count = mask.sum((0, 2), keepdim=True)
+        centred = advantages - (advantages * mask).sum((0, 2), keepdim=True) / count
+        advantages = centred / (((centred * mask) ** 2).sum((0, 2), keepdim=True) / count).sqrt()
+    mean, log_std, values = policy(trajectories.observations)
+    log_density = torch.distributions.Normal(mean[:-1], log_std[:-1].exp())
+    log_probs = log_density.log_prob(trajectories.actions).sum(-1).double()
+    per_task = -(log_probs * advantages * mask).sum((0, 2)) + value_coef * (
+        (returns - values[:-1].double()) ** 2 * mask
+    ).sum((0, 2))
+    expected = torch.autograd.grad((per_task / mask.sum((0, 2))).sum(), list(policy.parameters()))
+    for g, e in zip(got, expected, strict=True):
+        torch.testing.assert_close(g.double(), e.double(), rtol=2e-3, atol=1e-5)
+
+
+def test_critic_time_gives_the_critic_the_time_and_leaves_the_actor_as_it_was() -> None:
+    torch.manual_seed(0)
+    plain = GaussianMLPPolicy(2, 2, (8,), init_log_std=-1.0)
+    torch.manual_seed(0)
+    timed = GaussianMLPPolicy(2, 2, (8,), init_log_std=-1.0, critic_time=True)
+    # Same actor (the actor torso is made first, as before the option existed); the critic's
+    # first layer has one more input.
+    torch.testing.assert_close(plain.torso[0].weight, timed.torso[0].weight)
+    assert timed.value_torso is not None and timed.value_torso[0].in_features == 3
+    with pytest.raises(ValueError, match="critic_time needs the critic's own torso"):
+        GaussianMLPPolicy(2, 2, (8,), shared_torso=True, critic_time=True)
+
+    seen: list[torch.Tensor] = []
+
+    def recording(obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        seen.append(obs)
+        return timed(obs)
+
+    noise = GaussianNoise.draw(torch.Generator().manual_seed(4), 5, 2, 3, 2)
+    goals = torch.tensor([[0.3, 0.1], [-0.2, 0.4]])
+    trajectories = rollout(recording, Nav2DDynamics(goals), noise, time_feature=True)
+    assert trajectories.observations.shape[-1] == 2  # stored without the time
+    for step, obs in enumerate(seen):
+        assert obs.shape == (2, 3, 3) and (obs[..., 2] == step / 5).all()
+    torch.testing.assert_close(obs[..., :2], trajectories.observations[step])
+
+    scores = GaussianScorer(time_feature=True)(timed, trajectories)
+    fraction = (torch.arange(6) / 5).view(6, 1, 1, 1).expand(6, 2, 3, 1)
+    mean, _, values = timed(torch.cat([trajectories.observations, fraction], -1))
+    torch.testing.assert_close(scores.values, values)
+    # The actor ignores the time column: the log-densities are those of the plain policy with
+    # the same mean head (made after the critic torso, so drawn differently).
+    plain.mean_head.load_state_dict(timed.mean_head.state_dict())
+    torch.testing.assert_close(scores.log_probs, GaussianScorer()(plain, trajectories).log_probs)
+    late = timed(torch.cat([trajectories.observations, fraction.flip(0)], -1))
+    torch.testing.assert_close(late[0], mean)
+    assert not torch.allclose(late[2], values)
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--shared-torso", "--critic-time"], "--critic-time needs the critic's own torso"),
+        (["--baseline", "mean"], "--baseline must be one of critic, linear; got 'mean'"),
+    ],
+)
+def test_nav2d_flag_errors_exit_2_in_one_line(argv: list[str], message: str, capsys) -> None:  # type: ignore[no-untyped-def]
+    assert main(["train", "nav2d", *argv, "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+
+
+def test_signal_then_resume_is_bit_identical(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A run interrupted by SIGTERM and resumed ends exactly like an uninterrupted one."""
+    from reliability_helpers import assert_same_run, family, interrupting
+
+    from metaopt.training import TrainingInterrupted, resume, train
+    from metaopt.training.config import resolve_config
+
+    values = {
+        "iterations": 6, "meta_batch": 3, "trajectories": 3, "horizon": 10,
+        "hidden_sizes": (8,), "eval_every": 0, "checkpoint_every": 2, "clip_grad_norm": 0.5,
+    }  # fmt: skip
+
+    def run(out, fam):  # type: ignore[no-untyped-def]
+        return train(fam, resolve_config(fam, {**values, "out": str(out)}), progress=False)
+
+    full = run(tmp_path / "full", family("nav2d"))
+    with pytest.raises(TrainingInterrupted):
+        run(tmp_path / "cut", interrupting(family("nav2d"), 3, signal.SIGTERM))
+    resume(tmp_path / "cut", family=family("nav2d"), progress=False)
+    assert_same_run(full, tmp_path / "cut")

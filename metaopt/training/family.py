@@ -173,6 +173,11 @@ class TrainConfig:
     anneal: bool = option(
         False, "anneal the outer learning rate linearly to 0 (the Reptile demo's)"
     )
+    clip_grad_norm: float = option(
+        0.0,
+        "scale the meta-gradient down to this global L2 norm before each outer step when it is "
+        "larger (0: no clipping); the norm before clipping is logged as grad_norm",
+    )
     seed: int = option(0, "seed of the model's initialisation and of training-task sampling")
     eval_seed: int = option(12345, "seed of the held-out evaluation tasks (disjoint stream)")
     eval_tasks: int = option(600, "held-out tasks in the final evaluation")
@@ -248,7 +253,8 @@ class TrainConfig:
             check_int(flag(name), getattr(self, name), 0, MAX_SEED)
         for name in ("inner_lr", "outer_lr", "dist_timeout", "reg", "cg_tol"):
             check_real(flag(name), getattr(self, name), low=0, low_open=True)
-        check_real(flag("max_memory"), self.max_memory, low=0)
+        for name in ("max_memory", "clip_grad_norm"):
+            check_real(flag(name), getattr(self, name), low=0)
         for name in ("anneal", "skip_nonfinite", "positive_rates"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(

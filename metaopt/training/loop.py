@@ -25,6 +25,7 @@ from typing import IO, Any, NoReturn
 
 import numpy as np
 import torch
+from torch.nn.utils import clip_grad_norm_
 from tqdm.auto import tqdm
 
 from metaopt.algorithms import MetaLearner, MetaMetrics
@@ -246,6 +247,8 @@ def _loop(run: Run, log: IO[str], stop: StopOnSignal, progress: bool | None) -> 
             if problem is not None and not config.skip_nonfinite:
                 _stop_non_finite(run, problem, iteration, tasks, before, log)
             if problem is None:
+                if config.clip_grad_norm:  # the norm before clipping goes into the metrics
+                    extra["grad_norm"] = clip_grad_norm_(params, config.clip_grad_norm).item()
                 outer.step()
                 if not bool(torch.stack([torch.isfinite(p).all() for p in params]).all()):
                     latest = (

@@ -50,7 +50,9 @@ _PRETRAIN_STREAM = 0x2D97
 
 @dataclass
 class Nav2DConfig(A2CConfig):
-    """``metaopt train nav2d`` settings (the paper's where it gives them; see the module)."""
+    """``metaopt train nav2d`` settings (the paper's where it gives them; see the module). The
+    defaults it shares with the tabular family are the paper's too: 20 episodes per goal for each
+    loss, an evaluation every 50 iterations."""
 
     meta_batch: int = option(
         40, "goals per meta-iteration (the paper's 20 adapted worse: docs/rl.md, runs K and L)"
@@ -64,14 +66,9 @@ class Nav2DConfig(A2CConfig):
         "anneal the outer learning rate linearly to 0 (--no-anneal: constant; at 3e-3 the policy "
         "walks off the plane after about 270 iterations)",
     )
-    eval_every: int = option(50, "evaluate on the held-out goals every N iterations (0: never)")
     eval_tasks: int = option(400, "held-out goals in the final evaluation")
     horizon: int = option(100, "steps per episode (the paper's 100)")
-    trajectories: int = option(20, "episodes per goal for each loss (the paper's 20)")
-    gae_lambda: float = option(
-        1.0, "λ of the λ-returns / GAE (1: Monte Carlo, pytorch-maml-rl's; 0: one-step TD)"
-    )
-    value_coef: float = option(0.5, "weight of the critic's squared-advantage term")
+    gae_lambda: float = option(1.0)  # Monte Carlo returns, as pytorch-maml-rl
     meta_gradient: str = option(
         "seed",
         "meta-gradient estimator: seed (A2C losses with standardised advantages, no sampling "

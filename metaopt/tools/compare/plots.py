@@ -37,7 +37,10 @@ def plot_cosines(path: Path, results: Mapping[str, Any]) -> Path:
             }
             ax_cos.plot(xs, [r["cosine"] for r in rows], **look)
             ax_ratio.plot(xs, [r["norm_ratio"] for r in rows], **look)
-    for ax, ylabel in ((ax_cos, "cosine with second-order MAML"), (ax_ratio, "‖g‖ / ‖g_MAML‖")):
+    # Every row but Meta-SGD's rates is against second-order MAML; that one against second-order
+    # Meta-SGD (its legend says so), hence "the second-order meta-gradient".
+    labels = ("cosine with the second-order meta-gradient", "‖g‖ / ‖g_second-order‖")
+    for ax, ylabel in zip((ax_cos, ax_ratio), labels, strict=True):
         ax.set_xscale("log")
         ax.xaxis.set_minor_locator(NullLocator())
         ax.xaxis.set_minor_formatter(NullFormatter())

@@ -52,6 +52,9 @@ ENGINES = ("auto", "vmap", "loop", "compiled")
 #: Optimisers of the inner loop (:mod:`metaopt.inner`).
 INNER_OPTIMIZERS = ("sgd", "adam")
 
+#: iMAML's ``solver=`` / ``--solver``: the linear solver of :math:`(I + H/\lambda)x = v`.
+SOLVERS = ("cg", "minres", "normal_cg")
+
 #: ``running``: BatchNorm behaves as PyTorch defines it for the mode each layer is in (training:
 #: batch statistics, running statistics updated during adaptation and restored afterwards; eval:
 #: running statistics). ``batch``: every BatchNorm layer normalises with the statistics of the

@@ -53,3 +53,25 @@ def test_the_anil_timing_script_of_the_docs_runs(tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.count("ms per meta-iteration") == 2 and "ratio B / A" in done.stdout
+
+
+@pytest.mark.slow
+def test_the_imaml_spectrum_script_of_the_docs_runs(tmp_path: Path) -> None:
+    """docs/imaml_spectrum.py, which measured the spectrum of I + H/λ along an iMAML run in
+    docs/results.md: on a tiny run its dense solve agrees with the converged MINRES solve."""
+    script = Path(__file__).parents[1] / "docs" / "imaml_spectrum.py"
+    cheap = ["--meta-batch", "2", "--hidden", "8", "--baseline-steps", "0", "--eval-tasks", "2"]
+    cheap += ["--protocol-steps", "1", "--iterations", "2", "--quiet", "--out", str(tmp_path)]
+    train = ["sine", "--algo", "imaml", "--solver", "minres", "--reg", "50", "--cg-steps", "40"]
+    done = subprocess.run(
+        [sys.executable, str(script), "--every", "1", "--", *train, *cheap],
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    lines = [line for line in done.stderr.splitlines() if line.startswith("solve ")]
+    assert len(lines) == 2, done.stderr
+    for line in lines:
+        assert float(line.rsplit(" ", 1)[1]) < 1e-4, line  # the solver's relative error

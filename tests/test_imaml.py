@@ -13,6 +13,7 @@ from core_helpers import TanhMLP
 
 import metaopt
 from metaopt import testing as mt
+from metaopt.algorithms.linsolve import minres, solve
 
 
 def _setup(seed: int = 0, tasks: int = 3, dim: int = 6):
@@ -44,6 +45,92 @@ def test_closed_form_with_phi_solved_and_enough_cg(engine: str, adapt) -> None:
     )
     mt.check_meta_gradient(algo, tasks, method="closed_form", rtol=1e-8, atol=1e-12)
     assert algo.last_engine == engine
+
+
+@pytest.mark.parametrize("engine", ["loop", "vmap"])
+@pytest.mark.parametrize(("solver", "steps"), [("minres", 50), ("normal_cg", 200)])
+def test_every_solver_meets_the_closed_form(engine: str, solver: str, steps: int) -> None:
+    # Normal CG squares the condition number: it needs more iterations for the same residual.
+    theta, tasks = _setup()
+    algo = metaopt.IMAML(
+        mt.LinearModel(theta),
+        inner_lr=0.3,
+        inner_steps=300,
+        reg=1.5,
+        cg_steps=steps,
+        cg_tol=1e-12,
+        engine=engine,
+        solver=solver,
+    )
+    mt.check_meta_gradient(algo, tasks, method="closed_form", rtol=1e-8, atol=1e-12)
+
+
+def test_minres_solves_a_random_indefinite_system_as_a_dense_solve() -> None:
+    gen = torch.Generator().manual_seed(0)
+    q, _ = torch.linalg.qr(torch.randn(40, 40, dtype=torch.float64, generator=gen))
+    eigenvalues = torch.linspace(-3.0, 3.0, 40, dtype=torch.float64)
+    eigenvalues = eigenvalues + 0.05 * torch.sign(eigenvalues)  # nonsingular, |λ| ≥ 0.05
+    matrix = q @ torch.diag(eigenvalues) @ q.T
+    b = torch.randn(40, dtype=torch.float64, generator=gen)
+    reference = torch.linalg.solve(matrix, b)
+    (x,) = minres(lambda v: (matrix @ v[0],), (b,), maxiter=200, rtol=1e-14)
+    assert (x - reference).norm() <= 1e-9 * reference.norm()
+    (y,) = solve("normal_cg", lambda v: (matrix @ v[0],), (b,), maxiter=400)
+    assert (y - reference).norm() <= 1e-8 * reference.norm()
+
+
+class _Saddle:
+    """Support loss ½ Σᵢ hᵢ vᵢ² (Hessian diag(h), two negative entries) and query loss c·v on
+    v = (weight, bias): with λ = 1, I + H/λ = diag(1, −1, 2, −0.5), indefinite but nonsingular,
+    and cᵀ(I + H/λ)c = 0, so CG's first step divides by zero; the exact meta-gradient is
+    (I + H/λ)⁻¹c = (1, −1, 0.5, −4)."""
+
+    h = torch.tensor([0.0, -2.0, 1.0, -1.5], dtype=torch.float64)
+    c = torch.tensor([1.0, 1.0, 1.0, 2.0], dtype=torch.float64)
+
+    def support_loss(self, model):
+        v = torch.cat([model.weight, model.bias])
+        return 0.5 * (self.h * v**2).sum()
+
+    def query_loss(self, model):
+        return (self.c * torch.cat([model.weight, model.bias])).sum()
+
+
+def test_an_indefinite_system_cg_fails_on_is_solved_by_minres_and_normal_cg() -> None:
+    def algo(solver: str) -> metaopt.IMAML:
+        model = mt.LinearModel(np.array([0.3, -0.2, 0.5, 0.1]))
+        return metaopt.IMAML(
+            model, inner_lr=0.01, inner_steps=3, reg=1.0, cg_steps=20, cg_tol=1e-10, solver=solver
+        )
+
+    cg = algo("cg")
+    with pytest.raises(RuntimeError, match="conjugate gradient did not converge.*minres"):
+        cg.meta_backward([_Saddle()])
+    assert all(p.grad is None for p in cg.model.parameters())
+    a = torch.eye(4, dtype=torch.float64) + torch.diag(_Saddle.h)  # λ = 1
+    reference = torch.linalg.solve(a, _Saddle.c)
+    assert torch.allclose(reference, torch.tensor([1.0, -1.0, 0.5, -4.0], dtype=torch.float64))
+    for solver in ("minres", "normal_cg"):
+        learner = algo(solver)
+        learner.meta_backward([_Saddle()])
+        grad = torch.cat([p.grad for p in learner.model.parameters()])
+        assert (grad - reference).norm() <= 1e-10 * reference.norm(), (solver, grad)
+
+
+def test_a_solver_that_stops_short_is_refused_on_the_original_system() -> None:
+    # Normal CG with one iteration: the residual checked is that of (I + H/λ)x = v, so the solve
+    # is refused (and names its solver) rather than judged by the normal equations' residual.
+    learner = metaopt.IMAML(
+        mt.LinearModel(np.array([0.3, -0.2, 0.5, 0.1])),
+        inner_lr=0.01,
+        inner_steps=3,
+        reg=1.0,
+        cg_steps=1,
+        cg_tol=1e-6,
+        solver="normal_cg",
+    )
+    with pytest.raises(RuntimeError, match="normal equations did not converge"):
+        learner.meta_backward([_Saddle()])
 
 
 def test_the_error_falls_with_inner_steps_and_cg_iterations() -> None:
@@ -142,6 +229,7 @@ def test_engines_agree_on_an_mlp_to_the_cg_tolerance() -> None:
         ({"cg_steps": 0}, "cg_steps"),
         ({"cg_tol": -1.0}, "cg_tol"),
         ({"engine": "compiled"}, "IMAML has no compiled engine"),
+        ({"solver": "gmres"}, "solver must be one of cg, minres, normal_cg; got 'gmres'"),
     ],
 )
 def test_bad_settings_are_named(kwargs, match: str) -> None:

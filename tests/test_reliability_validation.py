@@ -62,6 +62,7 @@ BAD = [
     ("adapt", 3, "--adapt takes comma-separated names, got 3"),
     ("reg", 0.0, "--reg must be a positive finite number, got 0.0"),
     ("cg_steps", 0, "--cg-steps must be an integer >= 1, got 0"),
+    ("solver", "gmres", "--solver must be one of cg, minres, normal_cg; got 'gmres'"),
     ("cg_tol", -1.0, "--cg-tol must be a positive finite number, got -1.0"),
     ("unroll_checkpoints", 0, "--unroll-checkpoints must be an integer >= 1, got 0"),
 ]

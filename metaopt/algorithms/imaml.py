@@ -16,9 +16,10 @@ from torchopt.base import GradientTransformation
 
 from metaopt.algorithms.checks import check_tasks, scalar_loss
 from metaopt.algorithms.learner import MetaLearner, MetaMetrics
+from metaopt.algorithms.linsolve import SOLVERS, solve
 from metaopt.algorithms.subset import Adapt
 from metaopt.engine import check_losses
-from metaopt.options import check_int, check_real
+from metaopt.options import check_choice, check_int, check_real
 from metaopt.task import BatchedTasks, Task
 
 Tensors = tuple[torch.Tensor, ...]
@@ -84,10 +85,14 @@ class IMAML(MetaLearner):
     .. math:: g = \frac1B\sum_i \Big(I + \frac{H_i}{\lambda}\Big)^{-1}\nabla\mathcal{L}^q_i(\phi^*_i),
 
     the linear system solved by ``cg_steps`` conjugate-gradient iterations of Hessian-vector
-    products (TorchOpt's ``custom_root`` with ``solve_cg``). The solve is checked: when the
+    products (TorchOpt's ``custom_root`` with ``solve_cg``), or by MINRES (``solver="minres"``),
+    which needs :math:`I + H/\lambda` only nonsingular, not positive definite: past a saddle
+    point of the support loss H may have eigenvalues below −λ, where CG breaks down but the
+    implicit function theorem still holds. The solve is checked: when the
     relative residual :math:`\lVert(I + H/\lambda)x - v\rVert / \lVert v\rVert` exceeds
     ``cg_tol`` (CG stopped early, or :math:`I + H/\lambda` is not positive definite because
-    :math:`H` has an eigenvalue below :math:`-\lambda`), ``meta_backward`` raises instead of
+    :math:`H` has an eigenvalue below :math:`-\lambda` and the solver is CG),
+    ``meta_backward`` raises instead of
     returning a wrong or zero gradient. On the vectorised engine the tasks' systems are solved as
     one block-diagonal system (the tolerance applies to all tasks together), with H the Hessian
     of the whole support loss (``support_losses(forward, None)``); on the loop engine H is the
@@ -103,10 +108,16 @@ class IMAML(MetaLearner):
         inner_lr: Inner learning rate.
         inner_steps: Inner steps towards :math:`\phi^*`.
         reg: λ > 0, the strength of the pull towards θ.
-        cg_steps: Conjugate-gradient iterations per meta-gradient (fewer only once the
+        cg_steps: Iterations of the linear solver per meta-gradient (fewer only once the
             residual reaches machine precision).
-        cg_tol: Largest relative residual of the CG solve accepted; beyond it
+        cg_tol: Largest relative residual :math:`\lVert(I + H/\lambda)x - v\rVert/\lVert v
+            \rVert` of the solve accepted (of this system whatever the solver); beyond it
             ``meta_backward`` raises.
+        solver: ``"cg"`` (conjugate gradient, the paper's; needs :math:`I + H/\lambda`
+            positive definite), ``"minres"`` (symmetric, possibly indefinite; one
+            Hessian-vector product per iteration, as CG) or ``"normal_cg"`` (CG on
+            :math:`(I + H/\lambda)^2x = (I + H/\lambda)v`; two products per iteration and a
+            squared condition number).
         inner_optimizer: ``"sgd"`` or ``"adam"``, on the regularised support loss.
         engine: ``"auto"``, ``"loop"`` or ``"vmap"`` (``"compiled"`` is refused).
         batch_norm: As for :class:`~metaopt.MAML`.
@@ -125,8 +136,10 @@ class IMAML(MetaLearner):
         engine: str = "auto",
         batch_norm: str = "running",
         adapt: Adapt = None,
+        solver: str = "cg",
     ) -> None:
         self.reg = check_real("reg", reg, low=0, low_open=True)
+        self.solver = check_choice("solver", solver, SOLVERS)
         self.cg_steps = check_int("cg_steps", cg_steps, 1)
         self.cg_tol = check_real("cg_tol", cg_tol, low=0, low_open=True)
         if engine == "compiled":
@@ -231,39 +244,62 @@ class IMAML(MetaLearner):
         return solve_inner(solution, tuple(theta.values()))  # type: ignore[return-value]
 
     def _solve(self, matvec: Callable[[Tensors], Tensors], b: Tensors) -> Tensors:
-        """``cg_steps`` CG iterations on ``matvec(x) = b`` (as the paper: a fixed budget; fewer
-        only once the residual is at machine precision), checked: the true relative residual
-        must be ≤ ``cg_tol``."""
-        eps = float(torch.finfo(b[0].dtype).eps)
-        cg = torchopt.linear_solve.solve_cg(maxiter=self.cg_steps, rtol=eps)
-        x: Tensors = cg(matvec, b)
+        """``cg_steps`` iterations of ``solver`` on ``matvec(x) = b`` (as the paper: a fixed
+        budget; fewer only once the residual is at machine precision), checked: the relative
+        residual of this system (not of normal equations) must be ≤ ``cg_tol``."""
+        try:
+            x = solve(self.solver, matvec, b, self.cg_steps)
+        except ZeroDivisionError:  # TorchOpt's CG met a zero curvature pᵀAp: A is indefinite
+            x = tuple(torch.full_like(t, math.nan) for t in b)
         norm_b = _norm(b)
         if norm_b == 0:
             return x
         residual = _norm(tuple(ax - bi for ax, bi in zip(matvec(x), b, strict=True))) / norm_b
         if not residual <= self.cg_tol:  # also NaN
+            hint = (
+                "try solver='minres' (I + H/λ need not be positive definite), "
+                if self.solver == "cg"
+                else ""
+            )
             raise ConjugateGradientError(
-                f"IMAML: conjugate gradient did not converge: relative residual {residual:.3g} "
-                f"> cg_tol={self.cg_tol:g} after cg_steps={self.cg_steps}. Raise cg_steps, raise "
-                "reg (λ; I + H/λ must be positive definite, so H's eigenvalues must exceed −λ) "
-                "or loosen cg_tol"
+                f"IMAML: {_TITLES[self.solver]} did not converge: relative residual "
+                f"{residual:.3g} > cg_tol={self.cg_tol:g} after cg_steps={self.cg_steps}. Raise "
+                f"cg_steps, raise reg (λ; CG needs H's eigenvalues above −λ), {hint}or loosen "
+                "cg_tol"
             )
         return x
 
     def describe(self) -> dict[str, Any]:
-        return {**super().describe(), "reg": self.reg, "cg_steps": self.cg_steps}
+        return {
+            **super().describe(),
+            "reg": self.reg,
+            "cg_steps": self.cg_steps,
+            "solver": self.solver,
+        }
 
     def untrained_baseline(self, model: nn.Module) -> MetaLearner:
         """IMAML's own regularised adaptation, from ``model``."""
         rule, solver = self.inner_optimizer_name, (self.reg, self.cg_steps, self.cg_tol)
         scope = ("auto", self.batch_norm, self.adapted)  # engine, BatchNorm mode, adapted names
-        return IMAML(model, self.inner_lr, self.inner_steps, *solver, rule, *scope)
+        return IMAML(
+            model, self.inner_lr, self.inner_steps, *solver, rule, *scope, solver=self.solver
+        )
 
     def inner_sgd_rates(self) -> float | list[torch.Tensor] | None:
         return None  # the inner update has the proximal term: evaluate through adapt()
 
     def __repr__(self) -> str:
-        return super().__repr__()[:-1] + f", reg={self.reg}, cg_steps={self.cg_steps})"
+        return (
+            super().__repr__()[:-1]
+            + f", reg={self.reg}, cg_steps={self.cg_steps}, solver={self.solver!r})"
+        )
+
+
+_TITLES = {
+    "cg": "conjugate gradient",
+    "minres": "MINRES",
+    "normal_cg": "conjugate gradient on the normal equations",
+}
 
 
 class _Call(nn.Module):

@@ -87,6 +87,7 @@ def _build(config: TrainConfig, model: torch.nn.Module, adapt: list[str] | None)
             "reg": config.reg,
             "cg_steps": config.cg_steps,
             "cg_tol": config.cg_tol,
+            "solver": config.solver,
         }
         return IMAML(model, inner_optimizer=config.inner_optimizer, **solver, **shared)
     raise ConfigError(f"--algo must be one of {', '.join(ALGORITHMS)}; got {config.algo!r}")

@@ -28,6 +28,7 @@ from metaopt.options import (
     BATCH_NORM_MODES,
     ENGINES,
     INNER_OPTIMIZERS,
+    SOLVERS,
     ConfigError,
     check_choice,
     check_int,
@@ -148,6 +149,11 @@ class TrainConfig:
     cg_tol: float = option(
         1e-3, "iMAML: largest relative CG residual accepted (beyond it training stops)"
     )
+    solver: str = option(
+        "cg",
+        "iMAML: linear solver of (I + H/λ)x = ∇L_query: cg (needs I + H/λ positive definite), "
+        "minres (symmetric, possibly indefinite) or normal_cg (CG on the squared system)",
+    )
     unroll_checkpoints: int | None = option(
         None,
         "maml and metasgd: checkpointed unrolling, at most this many inner states held at once and "
@@ -233,6 +239,7 @@ class TrainConfig:
             ("batch_norm", BATCH_NORM_MODES),
             ("dist_backend", DIST_BACKENDS),
             ("outer_optimizer", OUTER_OPTIMIZERS),
+            ("solver", SOLVERS),
         ):
             check_choice(flag(name), getattr(self, name), allowed)
         if self.algo == "metasgd" and self.inner_optimizer != "sgd":

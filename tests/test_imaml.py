@@ -29,20 +29,32 @@ def _error(algo: metaopt.MetaLearner, tasks, reference: np.ndarray) -> float:
     return float(np.linalg.norm(grad - reference) / np.linalg.norm(reference))
 
 
+#: φ* reached (300 steps of 0.3 on the regularised least squares) and CG to 1e-12: iMAML's
+#: meta-gradient is then the closed form's to float64's accuracy.
+SOLVED = {"inner_lr": 0.3, "inner_steps": 300, "reg": 1.5, "cg_tol": 1e-12}
+
+
+def _on_both_engines(
+    make_model, tasks, **settings
+) -> dict[str, tuple[torch.Tensor, metaopt.IMAML]]:
+    """iMAML's meta-gradient (and the learner) on the loop and on the vectorised engine, each
+    from a fresh ``make_model()``."""
+    from test_engine import meta_gradient
+
+    found = {}
+    for engine in ("loop", "vmap"):
+        algo = metaopt.IMAML(make_model(), **settings, engine=engine)
+        found[engine] = (meta_gradient(algo, tasks)[0], algo)
+        assert algo.last_engine == engine
+    return found
+
+
 @pytest.mark.parametrize("engine", ["loop", "vmap"])
 @pytest.mark.parametrize("adapt", [None, ["bias"]])
 def test_closed_form_with_phi_solved_and_enough_cg(engine: str, adapt) -> None:
     theta, tasks = _setup()
-    algo = metaopt.IMAML(
-        mt.LinearModel(theta, split=2),
-        inner_lr=0.3,
-        inner_steps=300,
-        reg=1.5,
-        cg_steps=50,
-        cg_tol=1e-12,
-        engine=engine,
-        adapt=adapt,
-    )
+    model = mt.LinearModel(theta, split=2)
+    algo = metaopt.IMAML(model, **SOLVED, cg_steps=50, engine=engine, adapt=adapt)
     mt.check_meta_gradient(algo, tasks, method="closed_form", rtol=1e-8, atol=1e-12)
     assert algo.last_engine == engine
 
@@ -52,16 +64,8 @@ def test_closed_form_with_phi_solved_and_enough_cg(engine: str, adapt) -> None:
 def test_every_solver_meets_the_closed_form(engine: str, solver: str, steps: int) -> None:
     # Normal CG squares the condition number: it needs more iterations for the same residual.
     theta, tasks = _setup()
-    algo = metaopt.IMAML(
-        mt.LinearModel(theta),
-        inner_lr=0.3,
-        inner_steps=300,
-        reg=1.5,
-        cg_steps=steps,
-        cg_tol=1e-12,
-        engine=engine,
-        solver=solver,
-    )
+    model = mt.LinearModel(theta)
+    algo = metaopt.IMAML(model, **SOLVED, cg_steps=steps, engine=engine, solver=solver)
     mt.check_meta_gradient(algo, tasks, method="closed_form", rtol=1e-8, atol=1e-12)
 
 
@@ -203,23 +207,13 @@ def test_an_indefinite_system_raises_rather_than_returning_a_wrong_gradient() ->
 def test_engines_agree_on_an_mlp_to_the_cg_tolerance() -> None:
     # Not bit for bit: the loop engine runs CG per task, the vectorised engine on the tasks'
     # block-diagonal system at once; both converged, they agree to the solve's accuracy.
-    from test_engine import RegressionBatch, meta_gradient, mlp
+    from test_engine import RegressionBatch, mlp
 
     tasks = RegressionBatch(3, torch.float64)
-    grads = []
-    for engine in ("loop", "vmap"):
-        algo = metaopt.IMAML(
-            mlp(torch.float64),
-            inner_lr=0.05,
-            inner_steps=5,
-            reg=10.0,
-            cg_steps=200,
-            cg_tol=1e-11,
-            engine=engine,
-        )
-        grads.append(meta_gradient(algo, tasks)[0])
-        assert algo.last_engine == engine
-    assert (grads[0] - grads[1]).norm() <= 1e-8 * grads[0].norm()
+    settings = {"inner_lr": 0.05, "inner_steps": 5, "reg": 10.0, "cg_steps": 200, "cg_tol": 1e-11}
+    found = _on_both_engines(lambda: mlp(torch.float64), tasks, **settings)
+    (loop, _), (vmap, _) = found["loop"], found["vmap"]
+    assert (loop - vmap).norm() <= 1e-8 * loop.norm()
 
 
 @pytest.mark.parametrize(
@@ -252,28 +246,21 @@ def test_adapt_restores_the_model_and_reports() -> None:
 def test_batchnorm_in_training_mode_on_both_engines(batch_norm: str) -> None:
     # BatchNorm updates its buffers in place; iMAML's functional losses run on copies of them, and
     # the model's statistics are left as they were.
-    from test_engine import RegressionBatch, meta_gradient
+    from test_engine import RegressionBatch
 
-    tasks = RegressionBatch(3, torch.float64)
-    grads = {}
-    for engine in ("loop", "vmap"):
+    def net() -> torch.nn.Module:
         torch.manual_seed(0)
-        net = torch.nn.Sequential(
+        return torch.nn.Sequential(
             torch.nn.Linear(3, 8), torch.nn.BatchNorm1d(8), torch.nn.ReLU(), torch.nn.Linear(8, 1)
         ).double()
-        algo = metaopt.IMAML(
-            net,
-            inner_lr=0.1,
-            inner_steps=3,
-            reg=5.0,
-            cg_steps=100,
-            cg_tol=1e-11,
-            engine=engine,
-            batch_norm=batch_norm,
-        )
-        grads[engine], _ = meta_gradient(algo, tasks)
-        assert float(net[1].running_mean.abs().max()) == 0
-    assert (grads["loop"] - grads["vmap"]).norm() <= 1e-7 * grads["loop"].norm()
+
+    settings = {"inner_lr": 0.1, "inner_steps": 3, "reg": 5.0, "cg_steps": 100, "cg_tol": 1e-11}
+    tasks = RegressionBatch(3, torch.float64)
+    found = _on_both_engines(net, tasks, **settings, batch_norm=batch_norm)
+    for _, algo in found.values():
+        assert float(algo.model[1].running_mean.abs().max()) == 0
+    (loop, _), (vmap, _) = found["loop"], found["vmap"]
+    assert (loop - vmap).norm() <= 1e-7 * loop.norm()
 
 
 @pytest.mark.slow  # the profiler's start-up: about 11 s

@@ -193,23 +193,25 @@ ZOO: dict[str, tuple[Callable[[], nn.Module], str, str]] = {
     "non-contiguous": (NonContiguous, "vec", "vmap"),
 }
 
-# algorithm -> (class, first_order, inner optimiser); "-anil": only the model's last trainable
-# parameter adapts (ANIL's adapt=, given as a name), the others held at θ and still meta-learned
-ALGORITHMS = {
-    "maml": ("maml", False, "sgd"),
-    "fomaml": ("maml", True, "sgd"),
-    "maml-adam": ("maml", False, "adam"),
-    "fomaml-adam": ("maml", True, "adam"),
-    "metasgd": ("metasgd", False, "sgd"),
-    "fo-metasgd": ("metasgd", True, "sgd"),
-    "reptile": ("reptile", True, "sgd"),
-    "reptile-adam": ("reptile", True, "adam"),
-    "imaml": ("imaml", True, "sgd"),
-    "imaml-adam": ("imaml", True, "adam"),
-    "maml-anil": ("maml", False, "sgd"),
-    "metasgd-anil": ("metasgd", False, "sgd"),
-    "imaml-anil": ("imaml", True, "sgd"),
-}
+#: The algorithms, each named "[fo]<kind>[-adam][-anil]" (:func:`spec`): "fo" a first-order
+#: MAML or Meta-SGD (Reptile and iMAML are first order by nature), "-adam" the inner optimiser,
+#: "-anil" only the model's last trainable parameter adapts (ANIL's adapt=, given as a name), the
+#: others held at θ and still meta-learned.
+ALGORITHMS = [
+    *("maml", "fomaml", "maml-adam", "fomaml-adam", "metasgd", "fo-metasgd"),
+    *("reptile", "reptile-adam", "imaml", "imaml-adam"),
+    *("maml-anil", "metasgd-anil", "imaml-anil"),
+]
+
+
+def spec(algorithm: str) -> tuple[str, bool, str]:
+    """``(kind, first_order, inner optimiser)`` of a name of :data:`ALGORITHMS`."""
+    base = algorithm.removesuffix("-anil").removesuffix("-adam")
+    kind = base.removeprefix("fo-") if base.startswith("fo-") else base.removeprefix("fo")
+    first_order = base != kind or kind in ("reptile", "imaml")
+    return kind, first_order, "adam" if algorithm.endswith("-adam") else "sgd"
+
+
 #: iMAML's λ and a CG budget that solves the zoo's small systems to machine precision.
 REG, CG_STEPS = 5.0, 300
 
@@ -222,7 +224,7 @@ def build_model(name: str) -> nn.Module:
 def build_algo(
     model: nn.Module, algorithm: str, engine: str, steps: int, batch_norm: str
 ) -> metaopt.MetaLearner:
-    kind, first_order, optimizer = ALGORITHMS[algorithm]
+    kind, first_order, optimizer = spec(algorithm)
     common = {"inner_lr": LR, "inner_steps": steps, "engine": engine, "batch_norm": batch_norm}
     if algorithm.endswith("-anil"):
         common["adapt"] = [[n for n, p in model.named_parameters() if p.requires_grad][-1]]

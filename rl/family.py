@@ -23,10 +23,10 @@ ten inner steps at lr 10, dice); docs/results.md has what each achieves.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 import torch
@@ -61,6 +61,9 @@ from rl.mdp import (
 )
 from rl.policy import CategoricalMLPPolicy
 from rl.task import A2CSettings, MDPTaskBatch, RLTaskBatch
+
+if TYPE_CHECKING:
+    from metaopt.training.family import TruthRequest
 
 __all__ = ["EVAL_STEPS", "A2CConfig", "MDPConfig", "MDPFamily"]
 
@@ -404,11 +407,7 @@ class MDPFamily(A2CFamily):
         ]
 
     def compare_with_truth(
-        self,
-        config: TrainConfig,
-        methods: Sequence[str],
-        batches: int,
-        progress: Callable[[], None],
+        self, config: TrainConfig, request: TruthRequest
     ) -> dict[str, Any] | None:
         """Each estimator of each method against the exact meta-gradient on a tiny MDP
         (:func:`rl.truth.compare_with_truth`), at the config's inner learning rate and steps."""
@@ -416,7 +415,11 @@ class MDPFamily(A2CFamily):
 
         config = _mdp(config)
         return compare_with_truth(
-            config.inner_lr, config.inner_steps, methods, batches=batches, progress=progress
+            config.inner_lr,
+            config.inner_steps,
+            request.methods,
+            batches=request.batches,
+            progress=request.progress,
         )
 
     # -- held-out tasks and references ------------------------------------------------------

@@ -22,6 +22,7 @@ from metaopt.training.family import (
     RunResults,
     TaskFamily,
     TrainConfig,
+    TruthRequest,
     option,
 )
 
@@ -78,6 +79,7 @@ __all__ = [
     "TrainConfig",
     "TrainingHooks",
     "TrainingInterrupted",
+    "TruthRequest",
     "build_algorithm",
     "build_outer_optimizer",
     "evaluate_run",

@@ -54,6 +54,7 @@ __all__ = [
     "RunResults",
     "TaskFamily",
     "TrainConfig",
+    "TruthRequest",
     "flag",
     "option",
 ]
@@ -91,6 +92,21 @@ class EvalRequest:
     def step_counts(self, default: Sequence[int]) -> list[int]:
         """The adaptation step counts reported: ``steps``, else the family's ``default``."""
         return list(default if self.steps is None else self.steps)
+
+
+@dataclass(frozen=True)
+class TruthRequest:
+    """What ``metaopt compare`` asks of :meth:`TaskFamily.compare_with_truth`.
+
+    Attributes:
+        methods: the compared algorithms (names of :data:`metaopt.options.ALGORITHMS`).
+        batches: meta-batches the comparison averages over.
+        progress: called once per finished row (the command's progress bar).
+    """
+
+    methods: Sequence[str]
+    batches: int
+    progress: Callable[[], None]
 
 
 @dataclass(frozen=True)
@@ -428,19 +444,15 @@ class TaskFamily:
         return {}
 
     def compare_with_truth(
-        self,
-        config: TrainConfig,
-        methods: Sequence[str],
-        batches: int,
-        progress: Callable[[], None],
+        self, config: TrainConfig, request: TruthRequest
     ) -> dict[str, Any] | None:
         """For ``metaopt compare``: the methods' meta-gradients against an exact one, where the
-        family can compute it, averaged over ``batches`` meta-batches; ``None`` (the default)
-        where it cannot.
+        family can compute it, averaged over ``request.batches`` meta-batches; ``None`` (the
+        default) where it cannot.
 
         Shape: ``{"setting": {...}, "rows": [{"method", "estimator", "cosine",
         "relative_error", "noise", "max_abs_z", "variance"}, ...], "not_applicable":
-        {method: why}}``; ``progress()`` is called once per row.
+        {method: why}}``; ``request.progress()`` is called once per row.
         """
         return None
 

@@ -33,6 +33,7 @@ from metaopt.tools.compare.timing import Timing, time_meta_iterations
 from metaopt.training import (
     TaskFamily,
     TrainConfig,
+    TruthRequest,
     new_directory,
     package_versions,
 )
@@ -147,7 +148,8 @@ def compare_methods(
     if options.truth_batches:
         rows = 3 * len([m for m in methods if m != "reptile"])
         with _bar(rows, "against the truth", progress) as bar:
-            truth = family.compare_with_truth(config, methods, options.truth_batches, bar.update)
+            request = TruthRequest(methods, options.truth_batches, bar.update)
+            truth = family.compare_with_truth(config, request)
 
     # 3. Time and memory per meta-iteration, at initialisation.
     timing: list[Timing] = []

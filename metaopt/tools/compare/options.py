@@ -156,7 +156,7 @@ class CompareOptions:
     truth_batches: int = option(
         20,
         "batches of the comparison with the exact meta-gradient, where the family has one "
-        "(mdp); 0 skips it",
+        "(mdp); 0 skips it, otherwise at least 2",
         metadata={"metavar": "N"},
     )
     curves: bool = option(
@@ -185,6 +185,11 @@ class CompareOptions:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < low:
                 raise ConfigError(f"{flag(name)} must be an integer >= {low}, got {value!r}")
+        if self.truth_batches == 1:
+            raise ConfigError(
+                "--truth-batches must be 0 (skip the comparison) or at least 2 (its standard "
+                "error needs two batches), got 1"
+            )
         if self.heldout_tasks < 1:
             raise ConfigError(f"--heldout-tasks must be an integer >= 1, got {self.heldout_tasks}")
 

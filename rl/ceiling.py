@@ -11,15 +11,20 @@ data could close; gradient steps on a policy network close much less of it.
 Usage::
 
     python -m rl.ceiling                   # 1000 tasks, N = 20, 40, 100
+    python -m rl.ceiling --tasks 200 --episodes 10,20
 """
 
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+from metaopt.options import ConfigError, check_int
+from metaopt.training.config import add_dataclass_arguments, dataclass_from_arguments
+from metaopt.training.family import option
 from rl.family import MDPConfig, MDPFamily
 from rl.mdp import TabularMDPBatch, optimal_q_values, optimal_return, random_policy_return
 from rl.sampler import MDPTensors, sample_trajectories
@@ -69,22 +74,43 @@ def posterior_plan_returns(
     return total
 
 
-def main() -> None:
+@dataclass
+class CeilingOptions:
+    """``python -m rl.ceiling``'s flags."""
+
+    tasks: int = option(1000, "held-out tasks of the mdp family scored (at least 2)")
+    episodes: tuple[int, ...] = option(
+        (20, 40, 100), "comma-separated numbers N of uniform-policy episodes the planner sees"
+    )
+
+    def validate(self) -> None:
+        """Raise :class:`ConfigError` naming the flag, the value and what is allowed."""
+        check_int("--tasks", self.tasks, 2, why=" (an interval needs two)")
+        if not self.episodes:
+            raise ConfigError("--episodes must name at least one number of episodes")
+        for episodes in self.episodes:
+            check_int("--episodes", episodes, 1)
+
+
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tasks", type=int, default=1000)
-    parser.add_argument("--episodes", default="20,40,100")
-    args = parser.parse_args()
+    add_dataclass_arguments(parser, CeilingOptions)
+    options = dataclass_from_arguments(CeilingOptions, vars(parser.parse_args(argv)))
+    try:
+        options.validate()
+    except ConfigError as error:
+        parser.error(str(error))  # one line, exit 2
     config = MDPConfig()
-    mdps = MDPFamily().test_mdps(config, args.tasks)
+    mdps = MDPFamily().test_mdps(config, options.tasks)
     random = random_policy_return(mdps, config.horizon)
     optimal = optimal_return(mdps, config.horizon)
-    for episodes in (int(e) for e in args.episodes.split(",")):
+    for episodes in options.episodes:
         returns = posterior_plan_returns(mdps, episodes, config.horizon, seed=episodes)
         score = (returns - random) / (optimal - random)
         half = 1.96 * score.std(ddof=1) / np.sqrt(score.size)
         print(
             f"{episodes:4d} uniform-policy episodes: return {returns.mean():.2f}, "
-            f"normalised score {score.mean():.3f} ± {half:.3f} ({args.tasks} tasks)"
+            f"normalised score {score.mean():.3f} ± {half:.3f} ({options.tasks} tasks)"
         )
 
 

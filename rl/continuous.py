@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from rl.estimators import Scores, scored_a2c_loss
+from rl.losses import lambda_returns
 from rl.policy import torsos
 from rl.sampler import episode_returns, task_of
 
@@ -229,13 +230,9 @@ def discounted_returns(
     rewards: torch.Tensor, continues: torch.Tensor, gamma: float
 ) -> torch.Tensor:
     """``[H, T, N]`` discounted sums of the rewards from step t to the end of the episode (no
-    bootstrap at the horizon; the discount is 0 after a terminal step)."""
-    returns = torch.empty_like(rewards)
-    following = torch.zeros_like(rewards[0])
-    for t in reversed(range(rewards.shape[0])):
-        following = rewards[t] + gamma * continues[t] * following
-        returns[t] = following
-    return returns
+    bootstrap at the horizon; the discount is 0 after a terminal step): the λ-returns
+    (:func:`rl.losses.lambda_returns`) with λ = 1 and nothing to bootstrap."""
+    return lambda_returns(rewards, torch.zeros_like(rewards), gamma * continues, 1.0)
 
 
 def linear_feature_baseline(

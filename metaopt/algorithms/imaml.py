@@ -16,7 +16,7 @@ from torchopt.base import GradientTransformation
 
 from metaopt.algorithms.checks import check_tasks, scalar_loss
 from metaopt.algorithms.learner import MetaLearner, MetaMetrics
-from metaopt.algorithms.linsolve import SOLVERS, solve
+from metaopt.algorithms.linsolve import SOLVERS, norm, solve
 from metaopt.algorithms.subset import Adapt
 from metaopt.engine import check_losses
 from metaopt.options import check_choice, check_int, check_real
@@ -251,10 +251,10 @@ class IMAML(MetaLearner):
             x = solve(self.solver, matvec, b, self.cg_steps)
         except ZeroDivisionError:  # TorchOpt's CG met a zero curvature pᵀAp: A is indefinite
             x = tuple(torch.full_like(t, math.nan) for t in b)
-        norm_b = _norm(b)
+        norm_b = norm(b)
         if norm_b == 0:
             return x
-        residual = _norm(tuple(ax - bi for ax, bi in zip(matvec(x), b, strict=True))) / norm_b
+        residual = norm(tuple(ax - bi for ax, bi in zip(matvec(x), b, strict=True))) / norm_b
         if not residual <= self.cg_tol:  # also NaN
             hint = (
                 "try solver='minres' (I + H/λ need not be positive definite), "
@@ -322,7 +322,3 @@ def _quiet() -> Iterator[None]:
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*functorch.vjp.*", category=FutureWarning)
         yield
-
-
-def _norm(tensors: Tensors) -> float:
-    return math.sqrt(sum(float((t.detach() ** 2).sum()) for t in tensors))

@@ -15,11 +15,16 @@ from metaopt.options import SOLVERS
 Tensors = tuple[torch.Tensor, ...]
 Matvec = Callable[[Tensors], Tensors]
 
-__all__ = ["SOLVERS", "minres", "solve"]
+__all__ = ["SOLVERS", "minres", "norm", "solve"]
 
 
 def _dot(a: Tensors, b: Tensors) -> float:
-    return sum(float((x * y).sum()) for x, y in zip(a, b, strict=True))
+    return sum(float((x.detach() * y.detach()).sum()) for x, y in zip(a, b, strict=True))
+
+
+def norm(a: Tensors) -> float:
+    """The Euclidean norm of all the tensors together, as a float (no graph)."""
+    return math.sqrt(_dot(a, a))
 
 
 def _axpy(alpha: float, x: Tensors, y: Tensors) -> Tensors:
@@ -35,7 +40,7 @@ def minres(matvec: Matvec, b: Tensors, maxiter: int, rtol: float) -> Tensors:
     recurrences are those of SciPy's ``minres`` without a preconditioner."""
     eps = float(torch.finfo(b[0].dtype).eps)
     x = tuple(torch.zeros_like(t) for t in b)
-    beta1 = math.sqrt(_dot(b, b))
+    beta1 = norm(b)
     if beta1 == 0:
         return x
     r1 = r2 = y = b
@@ -49,7 +54,7 @@ def minres(matvec: Matvec, b: Tensors, maxiter: int, rtol: float) -> Tensors:
         alpha = _dot(v, y)
         y = _axpy(-alpha / beta, r2, y)
         r1, r2 = r2, y
-        old_beta, beta = beta, math.sqrt(_dot(y, y))
+        old_beta, beta = beta, norm(y)
         # Apply the previous Givens rotation, then one that annihilates beta.
         old_eps = epsln
         delta = cs * dbar + sn * alpha

@@ -426,11 +426,12 @@ FAMILY_FLAGS = {
 #: solves each task's system alone (the vectorised engine solves a shard's tasks as one block
 #: system, whose CG iterates depend on the shard); the RL families refuse iMAML.
 IMAML_FLAGS = ["--reg", "50", "--cg-steps", "20", "--engine", "loop"]
+RL_FAMILIES = ("mdp", "nav2d")
 GRID = [
     (family, algo)
     for family in FAMILY_FLAGS
     for algo in ("maml", "fomaml", "metasgd", "reptile", "imaml", "anil")
-    if not (family == "mdp" and algo == "imaml")
+    if not (family in RL_FAMILIES and algo == "imaml")
 ]
 
 

@@ -90,7 +90,7 @@ def test_an_outer_step_that_overflows_stops(tmp_path: Path) -> None:
         run(tmp_path, poison=1.0, poison_kind="huge", outer_optimizer="sgd", outer_lr=1e100)
     assert str(error.value) == (
         "iteration 1: the outer step made a meta-parameter non-finite (outer learning rate too "
-        "large?); nothing saved, the latest checkpoint is none"
+        "large?); nothing saved, the run has no checkpoint yet"
     )
 
 

@@ -252,14 +252,13 @@ def _loop(run: Run, log: IO[str], stop: StopOnSignal, progress: bool | None) -> 
                 outer.step()
                 if not bool(torch.stack([torch.isfinite(p).all() for p in params]).all()):
                     latest = (
-                        f"iteration {run.saved} in {run.checkpoint}"
+                        f"the latest checkpoint is iteration {run.saved} in {run.checkpoint}"
                         if run.saved is not None
-                        else "none"
+                        else "the run has no checkpoint yet"
                     )
                     raise NonFiniteError(
                         f"iteration {iteration}: the outer step made a meta-parameter non-finite "
-                        f"(outer learning rate too large?); nothing saved, the latest checkpoint "
-                        f"is {latest}",
+                        f"(outer learning rate too large?); nothing saved, {latest}",
                         iteration=iteration,
                         checkpoint=run.checkpoint if run.saved is not None else None,
                     )

@@ -31,6 +31,7 @@ from torch import nn
 
 from rl.estimators import Scores, scored_a2c_loss
 from rl.losses import lambda_returns
+from rl.mdp import check_horizon, check_size
 from rl.policy import torsos
 from rl.sampler import episode_returns, task_of
 
@@ -146,6 +147,14 @@ class GaussianNoise(NamedTuple):
         action_dim: int,
         dtype: torch.dtype = torch.float32,
     ) -> GaussianNoise:
+        check_horizon(horizon)
+        sizes = {
+            "num_tasks": num_tasks,
+            "num_trajectories": num_trajectories,
+            "action_dim": action_dim,
+        }
+        for name, size in sizes.items():
+            check_size(name, size)
         shape = (horizon, num_tasks, num_trajectories, action_dim)
         return cls(torch.randn(shape, generator=generator, dtype=dtype))
 

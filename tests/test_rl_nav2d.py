@@ -41,6 +41,20 @@ def test_env_registers_explicitly_and_passes_check_env() -> None:
         Nav2DEnv(goal=[0.1])
 
 
+@pytest.mark.parametrize(
+    ("sizes", "message"),
+    [
+        ((0, 3, 4, 2), "horizon"),
+        ((30, 0, 4, 2), "num_tasks"),
+        ((30, 3, -1, 2), "num_trajectories"),
+        ((30, 3, 4, 2.0), "action_dim"),
+    ],
+)
+def test_noise_of_a_bad_size_is_refused_naming_it(sizes: tuple, message: str) -> None:
+    with pytest.raises(ValueError, match=rf"^{message}\b.*must be an integer >= 1"):
+        GaussianNoise.draw(torch.Generator().manual_seed(1), *sizes)
+
+
 def test_sampler_replays_exactly_in_the_environment() -> None:
     """Every sampled episode, its actions fed to the environment one by one, gives the same
     rewards and ends at the same step."""

@@ -33,8 +33,9 @@ query or parameter shape, dtype or device; a different type of meta-batch, or a 
 Python value the batch's losses read (e.g. ``TaskBatch.minibatch``); the model's modules
 switching train/eval mode. A training run sees one shape for every meta-iteration and compiles
 once; evaluation on a meta-batch of another size compiles once more. Every compile after the
-first is counted (:attr:`CompiledMetaGradient.compiles`, ``metric_compiles``) and warned about once, since a run
-whose shapes change every iteration would compile every iteration and should use ``vmap``.
+first is counted (:attr:`CompiledMetaGradient.compiles`, ``metric_compiles``) and warned about
+once, since a run whose shapes change every iteration would compile every iteration and should
+use ``vmap``.
 """
 
 from __future__ import annotations
@@ -374,7 +375,8 @@ class CompiledMetaGradient:
         def metric(index: int) -> Callable[[], torch.Tensor]:
             def compute() -> torch.Tensor:
                 if not deferred:  # one call computes both, whichever is read first
-                    with batch_norm_mode(self.model, self.batch_norm):
+                    # under no_grad whatever the reader's mode: dynamo guards on it
+                    with batch_norm_mode(self.model, self.batch_norm), torch.no_grad():
                         deferred.append(self._metrics(adapted, shared, tasks))
                 name = "query_losses" if index == 0 else "support_losses"
                 return check_losses(deferred[0][index], num_tasks, name)

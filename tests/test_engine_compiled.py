@@ -162,7 +162,8 @@ def test_compiled_refuses_lists_and_training_batchnorm() -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", NAMES)
+# the compiled engine refuses ANIL's subsets (test_anil.py checks the refusal)
+@pytest.mark.parametrize("name", [name for name in NAMES if not name.endswith("-anil")])
 @pytest.mark.parametrize(("dtype", "tolerance"), [(torch.float32, 1e-6), (torch.float64, 1e-12)])
 def test_compiled_engine_agrees_with_the_loop_engine(
     name: str, dtype: torch.dtype, tolerance: float

@@ -1,34 +1,37 @@
 """Where the compiled engine's Reptile time goes (docs/performance.md, "Reptile").
 
 One process, 1 thread, the bench's ``sine-reptile-5step`` workload (meta-batch 25, 50 points in
-minibatches of 10, 5 inner SGD steps, MLP 1-64-64-1 tanh). Times, round-robin, the minimum over
-``--rounds`` rounds (the minimum, not the median: on a machine shared with other work it is the
-least disturbed estimate) of:
+minibatches of 10, 5 inner SGD steps, MLP 1-64-64-1 tanh). Times, round-robin, the minimum and
+the median over ``--rounds`` rounds (the minimum is the least disturbed estimate on a machine
+shared with other work) of:
 
-* ``torch.func`` and ``deepcopy-loop``: the bench's baselines (eager);
-* ``compiled``: the compiled engine's meta-iteration (meta-gradient and per-task metrics);
-* ``compiled-no-metrics``: the same with a batch whose query losses and support losses after
-  adaptation are constants, so inductor drops those two forward passes on 50 points;
+* ``torch.func`` and ``deepcopy-loop``: the bench's baselines (eager; no metrics);
+* ``compiled``: ``Reptile(engine="compiled").meta_backward``, the bench's ``metaopt-compiled``
+  row: the meta-gradient, the support losses before adaptation, and the two metrics the
+  direction does not need (query losses, support losses after adaptation) deferred;
+* ``compiled+metrics``: the same, then ``MetaMetrics.means()`` as the training loop reads them
+  every iteration (the deferred metrics' compiled graph runs);
 * ``compiled-skip-guards``: ``compiled`` under ``torch.compiler.set_stance(...,
-  skip_guard_eval_unsafe=True)`` (dynamo's guards on the meta-batch not evaluated);
+  skip_guard_eval_unsafe=True)`` (dynamo's guards not evaluated: what they cost);
 * ``torch.func-compiled``: the ``torch.func`` baseline ``torch.compile``d (no metrics).
 
 Every implementation's direction is checked against the deep-copy loop's first::
 
-    python docs/compiled_reptile.py [--rounds 60] [--backend inductor]
+    python docs/compiled_reptile.py [--rounds 200] [--backend inductor]
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
 from collections.abc import Callable
-from typing import Any
 
 import torch
 from torch import nn
 
-from metaopt.compiled import CompiledMetaGradient
+import metaopt.compiled
+from metaopt import Reptile
 from metaopt.tools.bench import (
     Gradient,
     clear_grads,
@@ -39,36 +42,17 @@ from metaopt.tools.bench import (
 from supervised.bench_sine import SineBatch, _reptile_deepcopy, _reptile_func, sine_mlp
 
 
-class WithoutMetrics(SineBatch):
-    """The bench's batch with constant query losses and support losses after adaptation."""
-
-    def query_losses(self, forward: Any) -> torch.Tensor:
-        return self.xq.new_zeros(self.xq.shape[0])
-
-    def support_losses(self, forward: Any, step: int | None) -> torch.Tensor:
-        if step is None:
-            return self.xq.new_zeros(self.xq.shape[0])
-        return super().support_losses(forward, step)
-
-
-def compiled(batch: SineBatch, backend: str) -> Callable[[], Gradient]:
-    """The compiled engine's Reptile meta-iteration on ``batch``, accumulating into ``.grad``."""
-    model = sine_mlp(64, nn.Tanh)
-    engine = CompiledMetaGradient(
-        model,
-        [],
-        kind="reptile",
-        steps=5,
-        first_order=False,
-        inner_optimizer="sgd",
-        inner_lr=0.02,
-        options={"backend": backend},
-    )
-    params = list(model.parameters())
+def compiled(batch: SineBatch, read_metrics: bool) -> Callable[[], Gradient]:
+    """The compiled engine's Reptile meta-iteration on ``batch``, accumulating into ``.grad``;
+    reading the metrics as the training loop does when ``read_metrics``."""
+    algo = Reptile(sine_mlp(64, nn.Tanh), 0.02, 5, engine="compiled")
+    params = algo.meta_parameters()
 
     def run() -> Gradient:
         clear_grads(params)
-        engine(batch.reset(), 1 / len(batch))
+        metrics = algo.meta_backward(batch.reset())
+        if read_metrics:
+            metrics.means()
         return gradients_of(params)
 
     return run
@@ -76,16 +60,18 @@ def compiled(batch: SineBatch, backend: str) -> Callable[[], Gradient]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=60)
+    parser.add_argument("--rounds", type=int, default=200)
     parser.add_argument("--backend", default="inductor")
     args = parser.parse_args()
     torch.set_num_threads(1)
+    options = {**metaopt.compiled.compile_options(), "backend": args.backend}
+    metaopt.compiled.compile_options = lambda: options  # type: ignore[assignment]
     batch = SineBatch(25, 50, minibatch=10)
     impls = {
         "deepcopy-loop": _reptile_deepcopy(sine_mlp(64, nn.Tanh), batch, 5, 0.02),
         "torch.func": _reptile_func(sine_mlp(64, nn.Tanh), batch, 5, 0.02),
-        "compiled": compiled(batch, args.backend),
-        "compiled-no-metrics": compiled(WithoutMetrics(25, 50, minibatch=10), args.backend),
+        "compiled": compiled(batch, read_metrics=False),
+        "compiled+metrics": compiled(batch, read_metrics=True),
         "torch.func-compiled": torch.compile(
             _reptile_func(sine_mlp(64, nn.Tanh), batch, 5, 0.02),
             backend=args.backend,
@@ -102,13 +88,24 @@ def main() -> None:
         assert difference <= 1e-4, name
     # Skipping guards is only safe once the one graph exists: time it on the compiled engine's.
     impls["compiled-skip-guards"] = _skip_guards(impls["compiled"])
+    with open("/proc/loadavg") as load:
+        before = load.read().split()[0]
     samples = round_robin(impls, args.rounds)
+    with open("/proc/loadavg") as load:
+        after = load.read().split()[0]
     best = {name: min(times) for name, times in samples.items()}
-    print(f"1 thread, minimum over {args.rounds} rounds, torch {torch.__version__}")
-    for name, seconds in best.items():
+    middle = {name: statistics.median(times) for name, times in samples.items()}
+    print(
+        f"1 thread, {args.rounds} rounds, torch {torch.__version__}, "
+        f"load average {before} before, {after} after"
+    )
+    print(f"  {'':22s} {'min ms':>8s} {'× torch.func':>13s} {'× deepcopy':>11s}   (median: same)")
+    for name in impls:
         print(
-            f"  {name:22s} {seconds * 1e3:8.2f} ms  × {best['torch.func'] / seconds:5.2f} torch.func"
-            f"  × {best['deepcopy-loop'] / seconds:6.2f} deepcopy-loop"
+            f"  {name:22s} {best[name] * 1e3:8.2f} {best['torch.func'] / best[name]:13.2f}"
+            f" {best['deepcopy-loop'] / best[name]:11.2f}   ({middle[name] * 1e3:.2f} ms, "
+            f"{middle['torch.func'] / middle[name]:.2f}, "
+            f"{middle['deepcopy-loop'] / middle[name]:.2f})"
         )
 
 

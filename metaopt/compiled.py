@@ -15,9 +15,17 @@ writes the whole meta-iteration as a pure function of tensors and compiles it on
 
 The compiled function returns the unweighted sums; :meth:`CompiledMetaGradient.__call__` scales
 them by the task weight and accumulates them into ``.grad`` eagerly, so a change of ``scale``
-never recompiles. The per-task metrics come out of the same function: the support losses at θ,
-the query losses, and the support losses at the adapted parameters (``support_after``, one more
-forward pass that the eager engines defer until it is read, and which compiled costs little).
+never recompiles. The support losses at θ come out of the same function, and so do the query
+losses where the meta-gradient needs them (MAML, Meta-SGD). The metrics it does not need, the
+support losses at the adapted parameters (``support_after``) and Reptile's query losses, are
+forward passes over the whole support and query sets, as costly as Reptile's five inner steps on
+minibatches: the function returns the adapted parameters instead, and a second compiled function
+(:func:`functional_metrics`) computes those metrics from them when :class:`~metaopt.MetaMetrics`
+is first read, as the eager engines defer ``support_after``. The training loop reads them every
+iteration (it logs them and checks them for NaN/inf), so it runs both graphs; the bench, which
+reads only the meta-gradient, runs one. The inner SGD step is written on tuples
+(:func:`metaopt.inner.plain_sgd`) rather than TorchOpt's ``optree`` mapping, whose registry and
+closures dynamo would otherwise guard on every call.
 
 **What recompiles.** The function is compiled with static shapes (``dynamic=False``) and
 ``torch.compile``'s guards decide when to compile again: a different number of tasks, support,
@@ -25,8 +33,9 @@ query or parameter shape, dtype or device; a different type of meta-batch, or a 
 Python value the batch's losses read (e.g. ``TaskBatch.minibatch``); the model's modules
 switching train/eval mode. A training run sees one shape for every meta-iteration and compiles
 once; evaluation on a meta-batch of another size compiles once more. Every compile after the
-first is counted (:attr:`CompiledMetaGradient.compiles`) and warned about once, since a run
-whose shapes change every iteration would compile every iteration and should use ``vmap``.
+first is counted (:attr:`CompiledMetaGradient.compiles`, ``metric_compiles``) and warned about
+once, since a run whose shapes change every iteration would compile every iteration and should
+use ``vmap``.
 """
 
 from __future__ import annotations
@@ -49,7 +58,7 @@ from metaopt.engine import (
     check_losses,
     static_layout,
 )
-from metaopt.inner import inner_transform, learned_rate_sgd
+from metaopt.inner import inner_transform, learned_rate_sgd, plain_sgd
 from metaopt.task import BatchedTasks
 
 __all__ = [
@@ -61,13 +70,19 @@ __all__ = [
     "compiled_meta_backward",
     "engine_of",
     "functional_meta_gradient",
+    "functional_metrics",
 ]
 
 Tensors = tuple[torch.Tensor, ...]
 #: What the functional meta-gradient returns: the meta-gradient's sums over tasks (θ's, then the
-#: rates' for Meta-SGD), the support losses at θ ``[B]``, the query losses ``[B]`` and the
-#: support losses at the adapted parameters ``[B]`` (all detached).
-MetaGradientResult = tuple[Tensors, torch.Tensor, torch.Tensor, torch.Tensor]
+#: rates' for Meta-SGD), the support losses at θ ``[B]``, the query losses ``[B]`` (MAML, whose
+#: meta-loss they are; ``None`` for Reptile, which does not need them) and the adapted
+#: parameters ``[B, ...]`` (all detached), from which :func:`functional_metrics` computes the
+#: metrics the meta-gradient does not need when they are read.
+MetaGradientResult = tuple[Tensors, torch.Tensor, torch.Tensor | None, Tensors]
+#: What :func:`functional_metrics` returns: the query losses (``None`` if not asked for) and the
+#: support losses at the adapted parameters, each ``[B]``.
+MetricsResult = tuple[torch.Tensor | None, torch.Tensor]
 
 
 def compile_options() -> dict[str, Any]:
@@ -109,7 +124,14 @@ def functional_meta_gradient(
     layout = static_layout(model, batch_norm, "the compiled engine", "engine='vmap'")
     names = layout.trainable
 
-    fixed_rule = None if learned_rates else inner_transform(inner_optimizer, inner_lr)
+    # Plain SGD without TorchOpt's optree mapping: fewer guards for dynamo to check per call.
+    fixed_rule = (
+        None
+        if learned_rates
+        else plain_sgd(inner_lr)
+        if inner_optimizer == "sgd"
+        else inner_transform(inner_optimizer, inner_lr)
+    )
 
     def transform(rates: Tensors) -> GradientTransformation:
         # Built outside the traced function: TorchOpt's constructors take a lock dynamo cannot
@@ -146,36 +168,112 @@ def functional_meta_gradient(
         assert before is not None
         return flat, before.detach()
 
-    def support_after(
-        flat: Tensors, shared: dict[str, torch.Tensor], tasks: BatchedTasks
-    ) -> torch.Tensor:
-        return tasks.support_losses(forward(flat, shared), None).detach()
-
     def maml(
         theta: Tensors, rates: Tensors, shared: dict[str, torch.Tensor], tasks: BatchedTasks
     ) -> MetaGradientResult:
         def meta_loss(
             theta: Tensors, rates: Tensors
-        ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor, Tensors]]:
             flat, before = adapt(theta, rates, shared, tasks)
             query = tasks.query_losses(forward(flat, shared))
-            after = support_after(tuple(p.detach() for p in flat), shared, tasks)
-            return query.sum(), (before, query.detach(), after)
+            return query.sum(), (before, query.detach(), tuple(p.detach() for p in flat))
 
-        (g_theta, g_rates), (before, query, after) = torch.func.grad(
+        (g_theta, g_rates), (before, query, adapted) = torch.func.grad(
             meta_loss, argnums=(0, 1), has_aux=True
         )(theta, rates)
-        return tuple(g_theta) + tuple(g_rates), before, query, after
+        return tuple(g_theta) + tuple(g_rates), before, query, adapted
 
     def reptile(
         theta: Tensors, rates: Tensors, shared: dict[str, torch.Tensor], tasks: BatchedTasks
     ) -> MetaGradientResult:
+        # Reptile's direction needs no query loss: both metrics wait until they are read.
         flat, before = adapt(theta, rates, shared, tasks)
-        query = tasks.query_losses(forward(flat, shared))
         directions = tuple((p - q).sum(0) for p, q in zip(theta, flat, strict=True))
-        return directions, before, query, support_after(flat, shared, tasks)
+        return directions, before, None, flat
 
     return maml if kind == "maml" else reptile
+
+
+def functional_metrics(
+    model: nn.Module, *, query: bool, batch_norm: str = "running"
+) -> Callable[[Tensors, dict[str, torch.Tensor], BatchedTasks], MetricsResult]:
+    """The metrics a meta-gradient did not compute, from the adapted parameters (pure; compile it).
+
+    Returns ``f(adapted, shared, tasks) -> (query, support_after)``: ``adapted`` the
+    ``[B, ...]`` parameters :func:`functional_meta_gradient` returned, ``query`` the query losses
+    (``None`` unless ``query``), ``support_after`` the support losses at ``adapted``.
+    """
+    layout = static_layout(model, batch_norm, "the compiled engine", "engine='vmap'")
+    names = layout.trainable
+
+    def metrics(
+        adapted: Tensors, shared: dict[str, torch.Tensor], tasks: BatchedTasks
+    ) -> MetricsResult:
+        params = dict(zip(names, adapted, strict=True))
+        forward = batched_forward(model, params, shared, batch_norm=batch_norm, slots=layout.slots)
+        losses = tasks.query_losses(forward) if query else None
+        return losses, tasks.support_losses(forward, None)
+
+    return metrics
+
+
+class _Compiled:
+    """One pure function ``torch.compile``d on first use: its compiles counted (a recompile
+    warned about once), its first call timed, inductor's cache use recorded."""
+
+    def __init__(self, function: Callable[..., Any], options: dict[str, Any], what: str) -> None:
+        # dynamo keeps its compiled graphs, and counts recompiles against its limit of 8, per
+        # code object; every engine's function is a closure of the same code, so each gets a
+        # copy of it, and a learner never evicts or counts against another's graphs.
+        function = types.FunctionType(
+            function.__code__.replace(),
+            function.__globals__,
+            function.__name__,
+            function.__defaults__,
+            function.__closure__,
+        )
+        self.what = what
+        self.compiles = 0
+        self.seconds: float | None = None
+        self.cache: str | None = None
+        self._warned = False
+        options = dict(options)
+        self._inner_backend = options.pop("backend")
+        self._compiled = torch.compile(function, backend=self._backend, **options)
+
+    def _backend(self, graph: torch.fx.GraphModule, example_inputs: list[Any]) -> Any:
+        """Inductor (or the chosen backend), counting compiles to see recompiles."""
+        self.compiles += 1
+        if self.compiles > 1 and not self._warned:
+            self._warned = True
+            warnings.warn(
+                f"the compiled engine compiled its {self.what} again: the meta-batch's shapes, "
+                "dtype or Python values (or the model's train/eval mode) changed. A run that "
+                "changes them every iteration pays a compile each time; use engine='vmap' there",
+                UserWarning,
+                stacklevel=2,
+            )
+        backend = torch._dynamo.lookup_backend(self._inner_backend)
+        return backend(graph, example_inputs)
+
+    def __call__(self, *args: Any) -> Any:
+        start = time.perf_counter()
+        first = self.seconds is None
+        cache = _fx_graph_cache() if first else (0, 0)
+        try:
+            result = self._compiled(*args)
+        except torch._dynamo.exc.Unsupported as error:
+            # e.g. sampling with an explicit torch.Generator (the RL tasks): not traceable
+            reason = str(error).strip().splitlines()[0]
+            raise TypeError(
+                f"engine='compiled' cannot trace this meta-batch's losses ({reason}); "
+                "use engine='vmap'"
+            ) from error
+        if first:
+            self.seconds = time.perf_counter() - start
+            hits, misses = (now - then for now, then in zip(_fx_graph_cache(), cache, strict=True))
+            self.cache = "cold" if misses else "warm" if hits else None
+        return result
 
 
 class CompiledMetaGradient:
@@ -183,12 +281,18 @@ class CompiledMetaGradient:
 
     Call it with the meta-batch and the task weight: it accumulates ``weight ×`` the
     meta-gradient into ``.grad`` of θ (and Meta-SGD's rates) and returns the per-task support
-    losses before adaptation, query losses and support losses after adaptation.
+    losses before adaptation, query losses and support losses after adaptation. The metrics the
+    meta-gradient does not need (the support losses after adaptation; Reptile's query losses
+    too) come back as functions that compute them, on first access through
+    :class:`~metaopt.MetaMetrics`, in a second compiled function of the adapted parameters.
 
     Attributes:
-        compiles: Graphs compiled so far (1 after the first call; more means recompiles).
-        compile_seconds: Wall-clock time of the first call (tracing and compiling included).
-        compile_cache: Where inductor's code for the first call came from: ``"cold"`` (it
+        compiles: Graphs of the meta-gradient compiled so far (1 after the first call; more
+            means recompiles).
+        metric_compiles: The same for the metrics' graph (0 until a deferred metric is read).
+        compile_seconds: Wall-clock time of the first call (tracing and compiling included), plus
+            that of the first metrics call once there has been one.
+        compile_cache: Where inductor's code for the first calls came from: ``"cold"`` (it
             generated some), ``"warm"`` (all of it loaded from the persistent FX-graph cache),
             ``None`` before the first call or with a backend that has no such cache (``eager``).
     """
@@ -227,71 +331,59 @@ class CompiledMetaGradient:
             batch_norm=batch_norm,
             positive_rates=positive_rates,
         )
-        # dynamo keeps its compiled graphs, and counts recompiles against its limit of 8, per
-        # code object; every engine's function is a closure of the same code, so each gets a
-        # copy of it, and a learner never evicts or counts against another's graphs.
-        function = types.FunctionType(
-            function.__code__.replace(),
-            function.__globals__,
-            function.__name__,
-            function.__defaults__,
-            function.__closure__,
-        )
-        self.compiles = 0
-        self.compile_seconds: float | None = None
-        self.compile_cache: str | None = None
-        self._warned = False
+        metrics = functional_metrics(model, query=kind == "reptile", batch_norm=batch_norm)
         options = {**compile_options(), **(options or {})}
-        self._inner_backend = options.pop("backend")
-        self._compiled = torch.compile(function, backend=self._backend, **options)
+        self._gradient = _Compiled(function, options, "meta-iteration")
+        self._metrics = _Compiled(metrics, options, "metrics")
 
-    def _backend(self, graph: torch.fx.GraphModule, example_inputs: list[Any]) -> Any:
-        """Inductor (or the chosen backend), counting compiles to see recompiles."""
-        self.compiles += 1
-        if self.compiles > 1 and not self._warned:
-            self._warned = True
-            warnings.warn(
-                "the compiled engine compiled its meta-iteration again: the meta-batch's shapes, "
-                "dtype or Python values (or the model's train/eval mode) changed. A run that "
-                "changes them every iteration pays a compile each time; use engine='vmap' there",
-                UserWarning,
-                stacklevel=2,
-            )
-        backend = torch._dynamo.lookup_backend(self._inner_backend)
-        return backend(graph, example_inputs)
+    @property
+    def compiles(self) -> int:
+        return self._gradient.compiles
+
+    @property
+    def metric_compiles(self) -> int:
+        return self._metrics.compiles
+
+    @property
+    def compile_seconds(self) -> float | None:
+        times = [c.seconds for c in (self._gradient, self._metrics) if c.seconds is not None]
+        return sum(times) if times else None
+
+    @property
+    def compile_cache(self) -> str | None:
+        caches = {self._gradient.cache, self._metrics.cache}
+        return "cold" if "cold" in caches else "warm" if "warm" in caches else None
 
     def __call__(
         self, tasks: BatchedTasks, weight: float
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    ) -> tuple[torch.Tensor, torch.Tensor | Callable[[], torch.Tensor], Callable[[], torch.Tensor]]:
         theta = tuple(p.detach() for p in self._theta)
         rates = tuple(r.detach() for r in self._rates)
         shared = {n: t.detach() for n, t in self._layout.shared.items()}
-        start = time.perf_counter()
-        first = self.compile_seconds is None
-        cache = _fx_graph_cache() if first else (0, 0)
-        try:
-            with batch_norm_mode(self.model, self.batch_norm):
-                sums, before, query, after = self._compiled(theta, rates, shared, tasks)
-        except torch._dynamo.exc.Unsupported as error:
-            # e.g. sampling with an explicit torch.Generator (the RL tasks): not traceable
-            reason = str(error).strip().splitlines()[0]
-            raise TypeError(
-                f"engine='compiled' cannot trace this meta-batch's losses ({reason}); "
-                "use engine='vmap'"
-            ) from error
-        if first:
-            self.compile_seconds = time.perf_counter() - start
-            hits, misses = (now - then for now, then in zip(_fx_graph_cache(), cache, strict=True))
-            self.compile_cache = "cold" if misses else "warm" if hits else None
+        with batch_norm_mode(self.model, self.batch_norm):
+            sums, before, query, adapted = self._gradient(theta, rates, shared, tasks)
         num_tasks = len(tasks)
         before = check_losses(before, num_tasks, "support_losses")
-        query = check_losses(query, num_tasks, "query_losses")
-        after = check_losses(after, num_tasks, "support_losses")
+        if query is not None:
+            query = check_losses(query, num_tasks, "query_losses")
         targets = self._theta + self._rates
         for p, total in zip(targets, sums, strict=True):
             direction = total * weight
             p.grad = direction if p.grad is None else p.grad + direction
-        return before, query, after
+        deferred: list[MetricsResult] = []
+
+        def metric(index: int) -> Callable[[], torch.Tensor]:
+            def compute() -> torch.Tensor:
+                if not deferred:  # one call computes both, whichever is read first
+                    # under no_grad whatever the reader's mode: dynamo guards on it
+                    with batch_norm_mode(self.model, self.batch_norm), torch.no_grad():
+                        deferred.append(self._metrics(adapted, shared, tasks))
+                name = "query_losses" if index == 0 else "support_losses"
+                return check_losses(deferred[0][index], num_tasks, name)
+
+            return compute
+
+        return before, metric(0) if query is None else query, metric(1)
 
 
 def _fx_graph_cache() -> tuple[int, int]:
@@ -317,10 +409,11 @@ def compiled_meta_backward(
     inner_lr: float,
     batch_norm: str,
     positive_rates: bool = False,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, Callable[[], torch.Tensor], torch.Tensor | Callable[[], torch.Tensor]]:
     """One compiled meta-iteration of ``algo`` (a :class:`metaopt.MetaLearner`, which passes its
     settings): accumulate ``weight ×`` its meta-gradient into ``.grad``; return ``MetaMetrics``'
-    fields (support losses before and after adaptation, query losses, each ``[B]``).
+    fields (support losses before and after adaptation, query losses, each ``[B]``; those the
+    meta-gradient does not need as functions that compute them, see :class:`CompiledMetaGradient`).
 
     The compiled function is kept per learner and per configuration (``steps``,
     ``first_order``, inner optimiser and rate, BatchNorm mode, ``kind``), so changing one of

@@ -37,6 +37,7 @@ __all__ = [
     "adam",
     "inner_transform",
     "learned_rate_sgd",
+    "plain_sgd",
     "positive_rates",
     "softplus_inverse",
     "torchopt_order",
@@ -144,6 +145,26 @@ def adam(
             nus.append(nu)
             counts.append(count)
         return tuple(out), AdamState(tuple(mus), tuple(nus), tuple(counts))
+
+    return GradientTransformation(init, update)
+
+
+def plain_sgd(lr: float) -> GradientTransformation:
+    """``torchopt.sgd(lr)``'s update u = g · (−lr), the same operation, on a tuple of tensors.
+
+    TorchOpt maps its update over the gradients with ``optree``; traced by ``torch.compile``
+    (the compiled engine), that leaves dozens of guards on optree's node registry and TorchOpt's
+    closures to evaluate on every call. This one has no state and no tree to walk.
+    """
+    step = -lr
+
+    def init(params: object) -> EmptyState:
+        return EmptyState()
+
+    def update(
+        updates: Sequence[torch.Tensor | None], state: EmptyState, **_: object
+    ) -> tuple[tuple[torch.Tensor | None, ...], EmptyState]:
+        return tuple(None if g is None else g.mul(step) for g in updates), state
 
     return GradientTransformation(init, update)
 

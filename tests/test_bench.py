@@ -150,16 +150,31 @@ def test_the_unroll_memory_script_of_the_docs_runs() -> None:
 
 
 @pytest.mark.slow
-def test_the_compiled_reptile_script_of_the_docs_runs() -> None:
-    """docs/compiled_reptile.py, behind docs/performance.md's Reptile table (eager backend: the
-    trace without code generation); it checks every direction against the deep-copy loop."""
-    script = Path(__file__).parents[1] / "docs" / "compiled_reptile.py"
+@pytest.mark.parametrize(
+    ("script", "rows"),
+    [
+        # docs/performance.md's Reptile table: every direction checked against the deep-copy loop
+        (
+            "compiled_reptile.py",
+            ("compiled+metrics", "compiled-skip-guards", "torch.func-compiled"),
+        ),
+        # its MAML-RL rows: the meta-gradients around eager sampling against the vectorised engine
+        (
+            "compiled_rl.py",
+            ("compiled-around-sampling", "compiled-simulation-too", "sampling-only"),
+        ),
+    ],
+)
+def test_the_compiled_engine_scripts_of_the_docs_run(script: str, rows: tuple[str, ...]) -> None:
+    """docs/compiled_reptile.py and docs/compiled_rl.py with the eager backend (dynamo's trace
+    without code generation); each checks its meta-gradients before it times anything."""
+    path = Path(__file__).parents[1] / "docs" / script
     printed = subprocess.run(
-        [sys.executable, str(script), "--rounds", "1", "--backend", "eager"],
+        [sys.executable, str(path), "--rounds", "1", "--backend", "eager"],
         check=True,
         capture_output=True,
         text=True,
         timeout=600,
     ).stdout
-    for name in ("compiled-no-metrics", "compiled-skip-guards", "torch.func-compiled"):
+    for name in rows:
         assert name in printed

@@ -46,20 +46,21 @@ class MetaMetrics:
             (one more forward pass per task, or for RL one more round of sampling), so a caller
             that never reads it does not pay for it; the loop engine keeps a detached copy of
             each task's adapted parameters for it.
-        query: query loss at θ'.
+        query: query loss at θ'. Computed on first access where the meta-gradient does not need
+            it (Reptile on the compiled engine); otherwise it comes with the meta-gradient.
     """
 
-    __slots__ = ("_support_after", "query", "support_before")
+    __slots__ = ("_query", "_support_after", "support_before")
 
     def __init__(
         self,
         support_before: torch.Tensor,
         support_after: torch.Tensor | Callable[[], torch.Tensor],
-        query: torch.Tensor,
+        query: torch.Tensor | Callable[[], torch.Tensor],
     ) -> None:
         self.support_before = support_before
         self._support_after = support_after
-        self.query = query
+        self._query = query
 
     @property
     def support_after(self) -> torch.Tensor:
@@ -67,6 +68,13 @@ class MetaMetrics:
         if callable(self._support_after):
             self._support_after = self._support_after()
         return self._support_after
+
+    @property
+    def query(self) -> torch.Tensor:
+        """Per-task query loss after adaptation, ``[B]``."""
+        if callable(self._query):
+            self._query = self._query()
+        return self._query
 
     def means(self) -> dict[str, float]:
         """Task-averaged values, for logging."""

@@ -20,6 +20,7 @@ held-out goals, of the three policies.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,10 +32,12 @@ from torch import nn
 from metaopt.algorithms import MetaLearner
 from metaopt.training.distributed import DistInfo, on_main
 from metaopt.training.family import ConfigError, EvalRequest, RunResults, TrainConfig, option
+from metaopt.trust_region import TrustRegionSettings
 from rl.continuous import BASELINES, GaussianMLPPolicy, GaussianNoise
 from rl.evaluation import INTERVAL, curve_summary
 from rl.family import A2CConfig, A2CFamily, _check_int, _check_real, config_as
 from rl.nav2d import Nav2DTaskBatch, sample_goals
+from rl.trust_region import MetaPolicyRegion
 
 __all__ = ["EVAL_STEPS", "Nav2DConfig", "Nav2DFamily"]
 
@@ -98,7 +101,18 @@ class Nav2DConfig(A2CConfig):
     pretrain_iterations: int = option(
         200, "A2C steps (Adam at --outer-lr) that make the pretrained baseline"
     )
+    outer_optimizer: str = option(
+        "adam",
+        "outer optimiser: adam, sgd or trpo (MAML-TRPO, the paper's: a trust-region step of the "
+        "policy's parameters, --max-kl, the critic's by Adam at --outer-lr; not under torchrun)",
+    )
+    max_kl: float = option(0.01, "trpo: largest mean KL of the adapted policies one step may reach")
+    cg_steps: int = option(10, "trpo: conjugate-gradient iterations of the step's direction")
+    cg_damping: float = option(1e-5, "trpo: damping added to the Fisher-vector products")
+    line_search_steps: int = option(15, "trpo: backtracking line-search candidates tried at most")
+    line_search_ratio: float = option(0.8, "trpo: each candidate step is this times the last")
 
+    OUTER_OPTIMIZERS = ("adam", "sgd", "trpo")
     RESUMABLE = (*A2CConfig.RESUMABLE, "test_tasks", "pretrain_iterations")
 
     def validate(self) -> None:
@@ -109,10 +123,42 @@ class Nav2DConfig(A2CConfig):
             raise ConfigError(
                 "--critic-time needs the critic's own torso: it cannot be used with --shared-torso"
             )
+        _check_real("max_kl", self.max_kl, 1e-12, None)
+        _check_real("cg_damping", self.cg_damping, 0.0, None)
+        _check_int("line_search_steps", self.line_search_steps, 1)
+        _check_real("line_search_ratio", self.line_search_ratio, 1e-6, 1 - 1e-6)
+        if self.outer_optimizer == "trpo":
+            self._check_trpo()
         if self.baseline not in BASELINES:
             raise ConfigError(
                 f"--baseline must be one of {', '.join(BASELINES)}; got {self.baseline!r}"
             )
+
+    def _check_trpo(self) -> None:
+        why = {
+            "reptile": "--algo reptile has no meta-objective to differentiate (use maml, "
+            "fomaml or metasgd)",
+            "meta_gradient": "it needs --meta-gradient seed (its line search re-scores the query "
+            f"episodes with the A2C loss), got {self.meta_gradient!r}",
+            "shared_torso": "it needs --no-shared-torso (with one torso the critic's loss moves "
+            "the policy's features outside the trust region)",
+        }
+        for key, refused in (
+            ("reptile", self.algo == "reptile"),
+            ("meta_gradient", self.meta_gradient != "seed"),
+            ("shared_torso", self.shared_torso),
+        ):
+            if refused:
+                raise ConfigError(f"--outer-optimizer trpo: {why[key]}")
+
+    def trust_region_settings(self) -> TrustRegionSettings:
+        return TrustRegionSettings(
+            self.max_kl,
+            self.cg_steps,
+            self.cg_damping,
+            self.line_search_steps,
+            self.line_search_ratio,
+        )
 
 
 def _nav(config: TrainConfig) -> Nav2DConfig:
@@ -165,6 +211,14 @@ class Nav2DFamily(A2CFamily):
         """Fresh held-out goals, with the same sampling noise at every evaluation."""
         goals = self.test_goals(config, num_tasks)
         return self.batch(config, goals, _SAMPLING_STREAM + config.eval_seed)
+
+    def trust_region(
+        self, algo: MetaLearner, config: TrainConfig, tasks: Sequence[Any]
+    ) -> tuple[MetaPolicyRegion, TrustRegionSettings]:
+        """MAML-TRPO's surrogate and divergence on the meta-batch (:mod:`rl.trust_region`)."""
+        if not isinstance(tasks, Nav2DTaskBatch):
+            raise TypeError(f"nav2d's trust region needs a Nav2DTaskBatch, got {type(tasks)}")
+        return MetaPolicyRegion(algo, tasks), _nav(config).trust_region_settings()
 
     # -- baselines ------------------------------------------------------------------------
 

@@ -270,3 +270,27 @@ def test_trpo_is_refused_under_torchrun() -> None:
     info = DistInfo(rank=0, world_size=2, backend="gloo")
     with pytest.raises(ConfigError, match="--outer-optimizer trpo does not run under torchrun"):
         check_ranks(Nav2DConfig(outer_optimizer="trpo"), info)
+
+
+@pytest.mark.parametrize(
+    ("values", "step"),
+    [
+        ({}, "trpo"),
+        ({"algo": "fomaml"}, "trpo"),
+        ({"algo": "reptile"}, "adam"),
+        ({"meta_gradient": "dice"}, "adam"),
+        ({"shared_torso": True, "critic_time": False}, "adam"),
+        ({"outer_optimizer": "sgd"}, "sgd"),
+    ],
+)
+def test_nav2d_auto_outer_step_is_trpo_where_it_applies(values, step) -> None:  # type: ignore[no-untyped-def]
+    from metaopt.training.build import build_algorithm, build_outer_optimizer
+    from rl.nav2d_family import Nav2DConfig, Nav2DFamily
+
+    config = Nav2DConfig(**values)
+    config.validate()
+    assert config.outer_step == step
+    outer, _ = build_outer_optimizer(
+        config, build_algorithm(config, Nav2DFamily().make_model(config))
+    )
+    assert type(outer).__name__ == ("SGD" if step == "sgd" else "Adam")

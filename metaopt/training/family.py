@@ -325,6 +325,11 @@ class TrainConfig:
                 value.metadata = base[name].metadata
 
     @property
+    def outer_step(self) -> str:
+        """The outer optimiser that runs (a family's config may resolve a choice of its own)."""
+        return self.outer_optimizer
+
+    @property
     def first_order(self) -> bool:
         """Whether the algorithm drops second-order terms (``--algo fomaml``)."""
         return self.algo == "fomaml"

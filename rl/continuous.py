@@ -42,6 +42,7 @@ __all__ = [
     "GaussianNoise",
     "GaussianPolicyFn",
     "GaussianScorer",
+    "gaussian_kl",
     "linear_feature_baseline",
     "rollout",
     "with_time",
@@ -274,6 +275,19 @@ def linear_feature_baseline(
     return torch.cat([fitted, horizon_value]).to(trajectories.rewards.dtype)
 
 
+def gaussian_kl(
+    mean: torch.Tensor, log_std: torch.Tensor, other_mean: torch.Tensor, other_log_std: torch.Tensor
+) -> torch.Tensor:
+    r"""``[...]`` KL(N(μ, σ²) ‖ N(μ', σ'²)) of diagonal Gaussians ``[..., A]``:
+
+    .. math:: \sum_i \Big[\log\frac{\sigma'_i}{\sigma_i}
+              + \frac{\sigma_i^2 + (\mu_i - \mu'_i)^2}{2\sigma_i'^2} - \frac12\Big].
+    """
+    variance_ratio = torch.exp(2 * (log_std - other_log_std))
+    gap = (mean - other_mean) * torch.exp(-other_log_std)
+    return (other_log_std - log_std + 0.5 * (variance_ratio + gap.pow(2)) - 0.5).sum(-1)
+
+
 class GaussianScorer:
     """Scores of a Gaussian policy on its episodes (:class:`rl.estimators.Scorer`).
 
@@ -303,7 +317,12 @@ class GaussianScorer:
         self.gamma = gamma
         self.time_feature = time_feature
 
-    def __call__(self, policy: GaussianPolicyFn, trajectories: ContinuousTrajectories) -> Scores:
+    def evaluate(
+        self, policy: GaussianPolicyFn, trajectories: ContinuousTrajectories
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The policy on every visited observation, one forward pass per task, time-major: action
+        means and log-standard-deviations ``[H, T, N, A]`` (the steps' actions) and values
+        ``[H + 1, T, N]``, with gradient."""
         obs = trajectories.observations
         if self.time_feature:
             horizon = obs.shape[0] - 1
@@ -316,7 +335,10 @@ class GaussianScorer:
             return x.reshape(t, steps, n, *x.shape[2:]).transpose(0, 1)
 
         mean, log_std, values = time_major(mean), time_major(log_std), time_major(values)
-        mean, log_std = mean[:-1], log_std[:-1]
+        return mean[:-1], log_std[:-1], values
+
+    def __call__(self, policy: GaussianPolicyFn, trajectories: ContinuousTrajectories) -> Scores:
+        mean, log_std, values = self.evaluate(policy, trajectories)
         z = (trajectories.actions - mean) * torch.exp(-log_std)
         log_probs = (-0.5 * z.pow(2) - log_std - _HALF_LOG_2PI).sum(-1) * trajectories.mask
 

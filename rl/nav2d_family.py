@@ -3,10 +3,11 @@
 The paper's settings: goals uniform on [−0.5, 0.5]², horizon 100, 20 trajectories per gradient
 step, 20 tasks per meta-batch, inner learning rate 0.1 (vanilla policy gradient), a policy MLP
 with two hidden layers of 100 ReLU units (Finn et al. 2017, §5.3 and appendix A.2, as the issue
-quotes them). Its outer optimiser is TRPO; here it is Adam, annealed linearly to 0 over the
-run, and the inner loss is the A2C loss with log-densities (:mod:`rl.continuous`), its
-advantages standardised per task (as pytorch-maml-rl does), so that the inner step at lr 0.1
-does not scale with the returns.
+quotes them). Its outer optimiser is TRPO, and so is the default here (``--outer-optimizer
+auto``: MAML-TRPO, :mod:`rl.trust_region`, with pytorch-maml-rl's settings and its linear
+feature baseline; Adam, annealed linearly to 0 over the run, for Reptile). The inner loss is the
+A2C loss with log-densities (:mod:`rl.continuous`), its advantages standardised per task (as
+pytorch-maml-rl does), so that the inner step at lr 0.1 does not scale with the returns.
 
 The final evaluation (``eval.json``, the ``mdp`` family's shape) has the return after 0..3 inner
 steps on ``eval_tasks`` held-out goals, the paired differences after − before, and two baselines
@@ -20,6 +21,7 @@ held-out goals, of the three policies.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,10 +33,12 @@ from torch import nn
 from metaopt.algorithms import MetaLearner
 from metaopt.training.distributed import DistInfo, on_main
 from metaopt.training.family import ConfigError, EvalRequest, RunResults, TrainConfig, option
+from metaopt.trust_region import TrustRegionSettings
 from rl.continuous import BASELINES, GaussianMLPPolicy, GaussianNoise
 from rl.evaluation import INTERVAL, curve_summary
 from rl.family import A2CConfig, A2CFamily, _check_int, _check_real, config_as
 from rl.nav2d import Nav2DTaskBatch, sample_goals
+from rl.trust_region import MetaPolicyRegion
 
 __all__ = ["EVAL_STEPS", "Nav2DConfig", "Nav2DFamily"]
 
@@ -54,17 +58,13 @@ class Nav2DConfig(A2CConfig):
     defaults it shares with the tabular family are the paper's too: 20 episodes per goal for each
     loss, an evaluation every 50 iterations."""
 
-    meta_batch: int = option(
-        40, "goals per meta-iteration (the paper's 20 adapted worse: docs/rl.md, runs K and L)"
-    )
-    iterations: int = option(
-        300, "meta-iterations (outer steps; runs of 400-500 annealed ones wavered: docs/rl.md)"
-    )
+    meta_batch: int = option(20, "goals per meta-iteration (the paper's and pytorch-maml-rl's)")
+    iterations: int = option(300, "meta-iterations (outer steps)")
     outer_lr: float = option(3e-3)
     anneal: bool = option(
         True,
-        "anneal the outer learning rate linearly to 0 (--no-anneal: constant; at 3e-3 the policy "
-        "walks off the plane after about 270 iterations)",
+        "anneal Adam's outer learning rate linearly to 0 (--no-anneal: constant; at 3e-3 the "
+        "policy walks off the plane after about 270 iterations)",
     )
     eval_tasks: int = option(400, "held-out goals in the final evaluation")
     horizon: int = option(100, "steps per episode (the paper's 100)")
@@ -86,9 +86,14 @@ class Nav2DConfig(A2CConfig):
         True, "standardise the A2C policy term's advantages per goal (--no-normalize-advantages)"
     )
     baseline: str = option(
-        "critic",
-        "what the advantages subtract: critic (the value head) or linear (a linear feature "
-        "baseline fitted per goal to its episodes, pytorch-maml-rl's)",
+        "linear",
+        "what the advantages subtract: linear (a linear feature baseline fitted per goal to its "
+        "episodes, pytorch-maml-rl's) or critic (the value head; give it a --value-coef)",
+    )
+    value_coef: float = option(
+        0.0,
+        "weight of the squared-advantage (critic) term of the A2C loss (0: the critic is not "
+        "trained; the linear baseline does not use it)",
     )
     critic_time: bool = option(
         False,
@@ -98,7 +103,20 @@ class Nav2DConfig(A2CConfig):
     pretrain_iterations: int = option(
         200, "A2C steps (Adam at --outer-lr) that make the pretrained baseline"
     )
+    outer_optimizer: str = option(
+        "auto",
+        "outer optimiser: adam, sgd, trpo (MAML-TRPO, the paper's: a trust-region step of the "
+        "policy's parameters, --max-kl, the critic's by Adam at --outer-lr; not under torchrun) "
+        "or auto (trpo where it applies: not for reptile, a --meta-gradient other than seed or "
+        "--shared-torso, where it is adam)",
+    )
+    max_kl: float = option(0.01, "trpo: largest mean KL of the adapted policies one step may reach")
+    cg_steps: int = option(10, "trpo: conjugate-gradient iterations of the step's direction")
+    cg_damping: float = option(1e-5, "trpo: damping added to the Fisher-vector products")
+    line_search_steps: int = option(15, "trpo: backtracking line-search candidates tried at most")
+    line_search_ratio: float = option(0.8, "trpo: each candidate step is this times the last")
 
+    OUTER_OPTIMIZERS = ("auto", "adam", "sgd", "trpo")
     RESUMABLE = (*A2CConfig.RESUMABLE, "test_tasks", "pretrain_iterations")
 
     def validate(self) -> None:
@@ -109,10 +127,50 @@ class Nav2DConfig(A2CConfig):
             raise ConfigError(
                 "--critic-time needs the critic's own torso: it cannot be used with --shared-torso"
             )
+        _check_real("max_kl", self.max_kl, 1e-12, None)
+        _check_real("cg_damping", self.cg_damping, 0.0, None)
+        _check_int("line_search_steps", self.line_search_steps, 1)
+        _check_real("line_search_ratio", self.line_search_ratio, 1e-6, 1 - 1e-6)
+        if self.outer_optimizer == "trpo":
+            refusal = self._trpo_refusal()
+            if refusal is not None:
+                raise ConfigError(f"--outer-optimizer trpo: {refusal}")
         if self.baseline not in BASELINES:
             raise ConfigError(
                 f"--baseline must be one of {', '.join(BASELINES)}; got {self.baseline!r}"
             )
+
+    def _trpo_refusal(self) -> str | None:
+        """Why the trust-region step does not apply to these settings (``None``: it does)."""
+        if self.algo == "reptile":
+            return "--algo reptile has no meta-objective to differentiate (use maml, fomaml or metasgd)"
+        if self.meta_gradient != "seed":
+            return (
+                "it needs --meta-gradient seed (its line search re-scores the query episodes "
+                f"with the A2C loss), got {self.meta_gradient!r}"
+            )
+        if self.shared_torso:
+            return (
+                "it needs --no-shared-torso (with one torso the critic's loss moves the "
+                "policy's features outside the trust region)"
+            )
+        return None
+
+    @property
+    def outer_step(self) -> str:
+        """``auto``: trpo where it applies, else adam."""
+        if self.outer_optimizer != "auto":
+            return self.outer_optimizer
+        return "trpo" if self._trpo_refusal() is None else "adam"
+
+    def trust_region_settings(self) -> TrustRegionSettings:
+        return TrustRegionSettings(
+            self.max_kl,
+            self.cg_steps,
+            self.cg_damping,
+            self.line_search_steps,
+            self.line_search_ratio,
+        )
 
 
 def _nav(config: TrainConfig) -> Nav2DConfig:
@@ -165,6 +223,14 @@ class Nav2DFamily(A2CFamily):
         """Fresh held-out goals, with the same sampling noise at every evaluation."""
         goals = self.test_goals(config, num_tasks)
         return self.batch(config, goals, _SAMPLING_STREAM + config.eval_seed)
+
+    def trust_region(
+        self, algo: MetaLearner, config: TrainConfig, tasks: Sequence[Any]
+    ) -> tuple[MetaPolicyRegion, TrustRegionSettings]:
+        """MAML-TRPO's surrogate and divergence on the meta-batch (:mod:`rl.trust_region`)."""
+        if not isinstance(tasks, Nav2DTaskBatch):
+            raise TypeError(f"nav2d's trust region needs a Nav2DTaskBatch, got {type(tasks)}")
+        return MetaPolicyRegion(algo, tasks), _nav(config).trust_region_settings()
 
     # -- baselines ------------------------------------------------------------------------
 

@@ -201,6 +201,9 @@ class RLTaskBatch(Sequence[RLTask]):
         self.pre_entropy = math.nan
         #: For a shard made by :meth:`select`: the batch it came from and its tasks' positions.
         self._source: tuple[RLTaskBatch, slice] | None = None
+        #: The episodes of every phase sampled for all tasks at once, by phase name (what a
+        #: trust-region outer step re-scores: :mod:`rl.trust_region`).
+        self.episodes: dict[str, Any] = {}
 
     # -- what a family supplies --------------------------------------------------------------
 
@@ -294,7 +297,8 @@ class RLTaskBatch(Sequence[RLTask]):
         if index is None:
             if phase == "support0":
                 self.pre_entropy = self.mean_entropy(policy)
-            return self.simulate(policy, noise)
+            self.episodes[phase] = self.simulate(policy, noise)
+            return self.episodes[phase]
         return self.simulate(policy, tasks_of(noise, slice(index, index + 1)), index)
 
     def loss(

@@ -165,12 +165,14 @@ def test_train_and_eval_from_the_command_line(algo: str, tmp_path, capsys) -> No
 
 
 @pytest.mark.slow
-def test_resume_continues_exactly(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    """Two iterations then one more by --resume give the metrics of three in one go."""
+@pytest.mark.parametrize("outer", ["adam", pytest.param("trpo", marks=pytest.mark.slow)])
+def test_resume_continues_exactly(tmp_path, outer) -> None:  # type: ignore[no-untyped-def]
+    """Two iterations then one more by --resume give the metrics of three in one go (also with
+    the trust-region outer step, whose line search must repeat exactly)."""
     whole, parts = tmp_path / "whole", tmp_path / "parts"
     # A constant outer rate: an annealed schedule is built for the run's iterations, so --anneal
     # (nav2d's default) refuses a resume that changes them.
-    tiny = [*TINY, "--no-anneal"]
+    tiny = [*TINY, "--no-anneal", "--outer-optimizer", outer]
     flags = [f if f != "2" else "3" for f in tiny]
     assert main(["train", "nav2d", "--out", str(whole), *flags]) == 0
     assert main(["train", "nav2d", "--out", str(parts), *tiny]) == 0
@@ -181,6 +183,7 @@ def test_resume_continues_exactly(tmp_path) -> None:  # type: ignore[no-untyped-
         return [{k: v for k, v in json.loads(x).items() if k != "seconds"} for x in lines]
 
     assert rows(whole)[-1] == rows(parts)[-1]
+    assert ("trpo_kl" in rows(whole)[-1]) == (outer == "trpo")
 
 
 def test_initial_mean_is_near_zero_everywhere_on_the_plane() -> None:

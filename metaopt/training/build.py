@@ -98,7 +98,7 @@ def build_outer_optimizer(
 ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler | None]:
     """The outer optimiser over ``algo.meta_parameters()``, and the annealing schedule if asked."""
     params = algo.meta_parameters()
-    if config.outer_optimizer == "adam":
+    if config.outer_step in ("adam", "trpo"):  # trpo: Adam moves what it does not
         outer: torch.optim.Optimizer = torch.optim.Adam(params, lr=config.outer_lr)
     else:
         outer = torch.optim.SGD(params, lr=config.outer_lr)

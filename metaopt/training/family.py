@@ -44,6 +44,7 @@ if TYPE_CHECKING:
 
     from metaopt.task import Task
     from metaopt.training.distributed import DistInfo
+    from metaopt.trust_region import TrustRegionProblem, TrustRegionSettings
 
 # ALGORITHMS, ConfigError and flag live in the core; they stay importable from here.
 __all__ = [
@@ -62,7 +63,9 @@ __all__ = [
 #: Largest ``--seed`` / ``--eval-seed`` (numpy's legacy global seeding takes 32 bits).
 MAX_SEED = 2**32 - 1
 
-#: ``--outer-optimizer``: the ``torch.optim`` optimiser of the outer step.
+#: ``--outer-optimizer``: the ``torch.optim`` optimiser of the outer step (a config class may
+#: offer more: ``trpo``, a trust-region step, where its family implements
+#: :meth:`TaskFamily.trust_region`).
 OUTER_OPTIMIZERS = ("adam", "sgd")
 
 #: ``--dist-backend``: ``auto`` picks nccl with CUDA, else gloo.
@@ -192,6 +195,8 @@ class TrainConfig:
     iterations: int = option(1000, "meta-iterations (outer steps)")
     outer_lr: float = option(1e-3, "outer-loop learning rate (Reptile: initial step size ε)")
     outer_optimizer: str = option("adam", "outer optimiser: adam or sgd")
+    #: The ``--outer-optimizer`` values this family's config accepts.
+    OUTER_OPTIMIZERS: ClassVar[tuple[str, ...]] = OUTER_OPTIMIZERS
     anneal: bool = option(
         False, "anneal the outer learning rate linearly to 0 (the Reptile demo's)"
     )
@@ -254,7 +259,7 @@ class TrainConfig:
             ("engine", ENGINES),
             ("batch_norm", BATCH_NORM_MODES),
             ("dist_backend", DIST_BACKENDS),
-            ("outer_optimizer", OUTER_OPTIMIZERS),
+            ("outer_optimizer", self.OUTER_OPTIMIZERS),
             ("solver", SOLVERS),
         ):
             check_choice(flag(name), getattr(self, name), allowed)
@@ -318,6 +323,11 @@ class TrainConfig:
                         f"of a base config; give it a help text"
                     )
                 value.metadata = base[name].metadata
+
+    @property
+    def outer_step(self) -> str:
+        """The outer optimiser that runs (a family's config may resolve a choice of its own)."""
+        return self.outer_optimizer
 
     @property
     def first_order(self) -> bool:
@@ -455,6 +465,14 @@ class TaskFamily:
         {method: why}}``; ``request.progress()`` is called once per row.
         """
         return None
+
+    def trust_region(
+        self, algo: Any, config: TrainConfig, tasks: Sequence[Task]
+    ) -> tuple[TrustRegionProblem, TrustRegionSettings]:
+        """For ``--outer-optimizer trpo`` (offered by a config whose ``OUTER_OPTIMIZERS`` has
+        it): the surrogate and divergence of the meta-batch ``tasks`` that ``meta_backward`` has
+        just run on, and the step's settings (:func:`metaopt.trust_region.trust_region_step`)."""
+        raise NotImplementedError(f"the {self.name} family offers no trust-region outer step")
 
     def evaluate(
         self, algo: Any, config: TrainConfig, run_dir: Path, request: EvalRequest

@@ -44,6 +44,7 @@ from metaopt.training.progress import LOGGER, ProgressLog
 from metaopt.training.rundir import finite_or_none, new_run_dir, record_engine, write_json
 from metaopt.training.signals import StopOnSignal, TrainingInterrupted
 from metaopt.training.state import Run, random_state, save
+from metaopt.trust_region import trust_region_step
 
 __all__ = ["WALL_TIME_KEYS", "NonFiniteError", "check_ranks", "fit", "new_run", "train"]
 
@@ -136,6 +137,12 @@ def new_run(
 
 def check_ranks(config: TrainConfig, info: distributed.DistInfo) -> None:
     """Under torchrun: every rank gets a task of each meta-batch and trains the same config."""
+    if info.active and config.outer_step == "trpo":
+        raise ConfigError(
+            "--outer-optimizer trpo does not run under torchrun (its Fisher-vector products and "
+            "line search are not all-reduced): train it in one process, or with "
+            "--outer-optimizer adam"
+        )
     if info.active:
         distributed.shard_bounds(config.meta_batch, info.rank, info.world_size)
         distributed.check_same_config(config.to_dict(), info)
@@ -249,6 +256,9 @@ def _loop(run: Run, log: IO[str], stop: StopOnSignal, progress: bool | None) -> 
             if problem is None:
                 if config.clip_grad_norm:  # the norm before clipping goes into the metrics
                     extra["grad_norm"] = clip_grad_norm_(params, config.clip_grad_norm).item()
+                if config.outer_step == "trpo":  # moves what the divergence reaches
+                    region, settings = family.trust_region(algo, config, local)
+                    extra.update(trust_region_step(params, region, settings).metrics())
                 outer.step()
                 if not bool(torch.stack([torch.isfinite(p).all() for p in params]).all()):
                     latest = (

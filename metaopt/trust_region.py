@@ -154,16 +154,45 @@ def hessian_vector_product(
     return product
 
 
+def _direction(
+    combine: Callable[[torch.Tensor], torch.Tensor],
+    gradient: Sequence[torch.Tensor],
+    params: Sequence[torch.Tensor],
+    g: torch.Tensor,
+    settings: TrustRegionSettings,
+) -> tuple[torch.Tensor, float]:
+    """``s ≈ (F + λI)⁻¹ g`` by conjugate gradients and its curvature ``sᵀ(F + λI)s``, each
+    product of F summed over the processes by ``combine``."""
+    own = hessian_vector_product(gradient, params)
+
+    def fvp(v: torch.Tensor) -> torch.Tensor:
+        return combine(own(v)) + settings.damping * v
+
+    s = conjugate_gradient(fvp, g.detach(), settings.cg_steps)
+    return s, s.dot(fvp(s)).item()
+
+
 def trust_region_step(
     params: Sequence[torch.nn.Parameter],
     problem: TrustRegionProblem,
     settings: TrustRegionSettings,
+    reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> TrustRegionStep:
     """One TRPO step of the ``params`` the divergence depends on, from their ``.grad``.
 
     The parameters that ``problem.divergence()`` reaches are moved in place (or left as they were
     when the line search accepts no candidate) and their ``.grad`` is cleared; the others keep
     their ``.grad`` and values, for the caller's own optimiser.
+
+    With data parallelism (each process holding some of the tasks, ``.grad`` already summed over
+    the processes), ``reduce`` sums a quantity over the processes, each weighted by its share of
+    the tasks: it is applied to the divergence's Hessian-vector products and to the surrogate and
+    divergence the line search compares, so every process computes the same direction, tries the
+    same candidates, takes the same decisions and ends at the same parameters as one process
+    holding every task (:func:`metaopt.training.distributed.task_weighted_sum`), up to rounding:
+    the sums run in another order, and a few conjugate-gradient iterations on a nearly singular
+    Fisher matrix amplify that (float32 products equal to 1e-7 gave directions equal to 1e-3 on
+    nav2d). ``None``: this process holds every task.
 
     Raises:
         ValueError: when no parameter with a gradient reaches the divergence.
@@ -179,23 +208,26 @@ def trust_region_step(
         raise ValueError("trust_region_step: the divergence reaches no parameter with a gradient")
     moved = [params[i] for i in region]
     g = _flat([p.grad for p in moved])  # type: ignore[misc]
-    fvp = hessian_vector_product([first[i] for i in region], moved, settings.damping)
-    s = conjugate_gradient(fvp, g.detach(), settings.cg_steps)
-    curvature = s.dot(fvp(s)).item()
-    del first, fvp, divergence
+    combine = reduce if reduce is not None else (lambda value: value)
+    s, curvature = _direction(combine, [first[i] for i in region], moved, g, settings)
+    del first, divergence  # the divergence's graph
+
+    def evaluate() -> tuple[float, float]:
+        with torch.no_grad():
+            loss, kl = combine(torch.stack([value.detach() for value in problem.evaluate()]))
+        return loss.item(), kl.item()
+
     start = _flat([p.detach() for p in moved]).clone()
     for p in moved:
         p.grad = None
     if not curvature > 0:  # a zero gradient, or a non-finite one: no step
         return TrustRegionStep(False, 0.0, 0.0, 0.0, 0)
     full = -((2 * settings.max_kl / curvature) ** 0.5) * s
-    with torch.no_grad():
-        before = problem.evaluate()[0].item()
+    before = evaluate()[0]
     fraction = 1.0
     for tried in range(settings.backtracks):
         _assign(moved, start + fraction * full)
-        with torch.no_grad():
-            loss, kl = (value.item() for value in problem.evaluate())
+        loss, kl = evaluate()
         if loss < before and kl <= settings.max_kl:
             return TrustRegionStep(True, fraction, kl, before - loss, tried)
         fraction *= settings.ratio

@@ -106,7 +106,7 @@ class Nav2DConfig(A2CConfig):
     outer_optimizer: str = option(
         "auto",
         "outer optimiser: adam, sgd, trpo (MAML-TRPO, the paper's: a trust-region step of the "
-        "policy's parameters, --max-kl, the critic's by Adam at --outer-lr; not under torchrun) "
+        "policy's parameters, --max-kl, the critic's by Adam at --outer-lr) "
         "or auto (trpo where it applies: not for reptile, a --meta-gradient other than seed or "
         "--shared-torso, where it is adam)",
     )

@@ -256,6 +256,85 @@ def _spawn(target, tmp_path: Path, timeout: float = 120) -> list[int | None]:
     return codes
 
 
+class _ToyRegion:
+    """A trust-region problem on linear-regression tasks: the surrogate is the tasks' mean squared
+    error, the divergence the mean squared change of the predictions from the start's (the KL of
+    unit-variance Gaussians, halved twice over), each a mean over the tasks this process holds."""
+
+    def __init__(self, model: torch.nn.Module, tasks) -> None:  # type: ignore[no-untyped-def]
+        self.model, self.tasks = model, list(tasks)
+        dtype = next(model.parameters()).dtype
+        self.inputs = [torch.as_tensor(t.A, dtype=dtype) for t in self.tasks]
+        with torch.no_grad():
+            self.start = [model(x).clone() for x in self.inputs]
+
+    def _mean(self, values: list[torch.Tensor]) -> torch.Tensor:
+        return torch.stack(values).mean()
+
+    def divergence(self) -> torch.Tensor:
+        return self._mean(
+            [
+                ((self.model(x) - y0) ** 2).mean()
+                for x, y0 in zip(self.inputs, self.start, strict=True)
+            ]
+        )
+
+    def evaluate(self) -> tuple[torch.Tensor, torch.Tensor]:
+        loss = self._mean([t.support_loss(self.model) for t in self.tasks])
+        return loss, self.divergence()
+
+
+def _trust_region_run(info: distributed.DistInfo) -> dict:
+    """Three trust-region steps on 5 linear tasks, sharded over ``info``'s ranks (3 + 2)."""
+    from metaopt.trust_region import TrustRegionSettings, trust_region_step
+
+    torch.manual_seed(0)
+    model = mt.LinearModel(np.linspace(-1, 1, 6), split=2)
+    params = list(model.parameters())
+    rng = np.random.default_rng(3)
+    steps = []
+    for _ in range(3):
+        tasks = mt.random_linear_tasks(META_BATCH, 6, rng)
+        local = distributed.shard(tasks, info)
+        region = _ToyRegion(model, local)
+        for p in params:
+            p.grad = None
+        loss = torch.stack([t.support_loss(model) for t in local]).sum() / len(tasks)
+        loss.backward()
+        distributed.all_reduce_gradients(params, info)
+        reduce = distributed.task_weighted_sum(len(local), len(tasks), info)
+        settings = TrustRegionSettings(max_kl=50.0, cg_steps=4, ratio=0.5)
+        steps.append(trust_region_step(params, region, settings, reduce))
+    return {"steps": steps, "params": [p.detach().clone() for p in params]}
+
+
+def _trust_region_worker(rank: int, port: int, out: str) -> None:
+    info = _join(rank, port, timeout_s=60)
+    torch.save(_trust_region_run(info), Path(out) / f"rank{rank}.pt")
+    _leave()
+
+
+def test_a_trust_region_step_on_two_ranks_is_one_process_step(tmp_path: Path) -> None:
+    """The trust-region step (``--outer-optimizer trpo``) under torchrun: the Hessian-vector
+    products and the line search's values summed over the ranks give every rank the direction,
+    the candidates, the decisions and the parameters of one process holding every task."""
+    assert _spawn(_trust_region_worker, tmp_path) == [0, 0]
+    single = _trust_region_run(distributed.DistInfo())
+    assert any(step.accepted for step in single["steps"])  # the test moves the parameters
+    assert any(step.fraction < 1 for step in single["steps"])  # and backtracks at least once
+    for rank in range(2):
+        result = torch.load(tmp_path / f"rank{rank}.pt", weights_only=False)
+        for step, one in zip(result["steps"], single["steps"], strict=True):
+            assert (step.accepted, step.fraction, step.backtracks) == (
+                one.accepted,
+                one.fraction,
+                one.backtracks,
+            )
+            assert step.kl == pytest.approx(one.kl, rel=1e-5, abs=1e-9)
+        for p, q in zip(result["params"], single["params"], strict=True):
+            torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+
+
 def test_mismatched_configs_are_refused_on_every_rank(tmp_path: Path) -> None:
     assert _spawn(_mismatch_worker, tmp_path) == [0, 0]
     for rank in range(2):
@@ -418,7 +497,8 @@ FAMILY_FLAGS = {
     "classify": ["--baseline-steps", "10"],
     "omniglot": ["--baseline-steps", "3", "--image-size", "14", "--filters", "8"],
     "mdp": ["--test-tasks", "4"],
-    # the trust-region step (nav2d's default outer step) does not run under torchrun
+    # Adam: the grid checks the sharded meta-gradient to 1e-5, which the trust-region step's
+    # solve does not keep (test_nav2d_trust_region_under_torchrun_follows_one_process)
     "nav2d": "--test-tasks 4 --trajectories 3 --horizon 10 --hidden-sizes 8 --outer-optimizer adam".split(),
 }
 
@@ -464,6 +544,29 @@ def test_every_family_and_algorithm_under_torchrun(
     _assert_close_json(
         *(json.loads((tmp_path / d / "eval.json").read_text()) for d in ("one", "two"))
     )
+
+
+@pytest.mark.slow
+def test_nav2d_trust_region_under_torchrun_follows_one_process(tmp_path: Path) -> None:
+    """nav2d's MAML-TRPO on 2 ranks, one step: the meta-gradient and the metrics before the step
+    are the single process's to 1e-5 (the sharding), the line search takes the same candidate,
+    and the step is the same up to the rounding its conjugate-gradient solve amplifies (measured:
+    the step's KL 8e-4 apart in relative terms, each parameter tensor 5e-3 of its norm at most,
+    the mean head, which starts near zero), far from what a rank solving with its own tasks'
+    Fisher matrix alone would take. Later steps start from parameters that differ by that much
+    and drift further apart (the second step's KL was 20 % apart): a trust-region run on 2 ranks
+    is another float32 trajectory, not the single process's."""
+    flags = ["train", "nav2d", "--algo", "maml", "--iterations", "1", "--meta-batch", "3"]
+    flags += ["--eval-every", "0", "--eval-tasks", "5", "--quiet", "--outer-optimizer", "trpo"]
+    flags += ["--test-tasks", "4", "--trajectories", "3", "--horizon", "10", "--hidden-sizes", "8"]
+    _metaopt([*flags, "--out", str(tmp_path / "one")], processes=1)
+    _metaopt([*flags, "--out", str(tmp_path / "two")], processes=2)
+    (one,), (two,) = _rows(tmp_path / "one"), _rows(tmp_path / "two")
+    assert two["query"] == pytest.approx(one["query"], rel=1e-5)
+    assert two["train_post_return"] == pytest.approx(one["train_post_return"], rel=1e-5)
+    assert two["trpo_backtracks"] == one["trpo_backtracks"]
+    assert two["trpo_kl"] == pytest.approx(one["trpo_kl"], rel=1e-2)
+    _assert_same_parameters(tmp_path / "one", tmp_path / "two", rtol=1e-2)
 
 
 def test_the_evaluation_timing_script_of_the_docs_runs(tmp_path: Path) -> None:

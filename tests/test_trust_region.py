@@ -261,17 +261,6 @@ def test_trpo_refusals_are_one_line(argv, message, capsys) -> None:  # type: ign
     assert message in err and len(err.splitlines()) == 1
 
 
-def test_trpo_is_refused_under_torchrun() -> None:
-    from metaopt.training.distributed import DistInfo
-    from metaopt.training.family import ConfigError
-    from metaopt.training.loop import check_ranks
-    from rl.nav2d_family import Nav2DConfig
-
-    info = DistInfo(rank=0, world_size=2, backend="gloo")
-    with pytest.raises(ConfigError, match="--outer-optimizer trpo does not run under torchrun"):
-        check_ranks(Nav2DConfig(outer_optimizer="trpo"), info)
-
-
 @pytest.mark.parametrize(
     ("values", "step"),
     [

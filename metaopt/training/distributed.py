@@ -49,6 +49,7 @@ __all__ = [
     "setup",
     "shard",
     "shard_bounds",
+    "task_weighted_sum",
     "teardown",
     "weighted_means",
 ]
@@ -248,6 +249,23 @@ def weighted_means(
     )
     dist.all_reduce(sums, op=dist.ReduceOp.SUM)
     return {k: float(v) / total for k, v in zip(keys, sums.tolist(), strict=True)}
+
+
+def task_weighted_sum(
+    weight: int, total: int, info: DistInfo
+) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """``value -> Σ_ranks (weight / total) · value``: a quantity each rank computed as a mean over
+    its ``weight`` of the ``total`` tasks, made the mean over all of them (one collective per
+    call, on every rank alike); ``None`` outside torchrun."""
+    if not info.active:
+        return None
+
+    def reduce(value: torch.Tensor) -> torch.Tensor:
+        share = (value.detach() * (weight / total)).to(_device(info))
+        dist.all_reduce(share, op=dist.ReduceOp.SUM)
+        return share.to(value.device)
+
+    return reduce
 
 
 def any_rank(flag: bool, info: DistInfo) -> bool:

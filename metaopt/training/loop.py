@@ -137,12 +137,6 @@ def new_run(
 
 def check_ranks(config: TrainConfig, info: distributed.DistInfo) -> None:
     """Under torchrun: every rank gets a task of each meta-batch and trains the same config."""
-    if info.active and config.outer_step == "trpo":
-        raise ConfigError(
-            "--outer-optimizer trpo does not run under torchrun (its Fisher-vector products and "
-            "line search are not all-reduced): train it in one process, or with "
-            "--outer-optimizer adam"
-        )
     if info.active:
         distributed.shard_bounds(config.meta_batch, info.rank, info.world_size)
         distributed.check_same_config(config.to_dict(), info)
@@ -258,7 +252,8 @@ def _loop(run: Run, log: IO[str], stop: StopOnSignal, progress: bool | None) -> 
                     extra["grad_norm"] = clip_grad_norm_(params, config.clip_grad_norm).item()
                 if config.outer_step == "trpo":  # moves what the divergence reaches
                     region, settings = family.trust_region(algo, config, local)
-                    extra.update(trust_region_step(params, region, settings).metrics())
+                    reduce = distributed.task_weighted_sum(len(local), len(tasks), run.dist)
+                    extra.update(trust_region_step(params, region, settings, reduce).metrics())
                 outer.step()
                 if not bool(torch.stack([torch.isfinite(p).all() for p in params]).all()):
                     latest = (

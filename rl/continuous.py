@@ -60,7 +60,7 @@ MEAN_HEAD_GAIN = 0.01
 
 
 class GaussianMLPPolicy(nn.Module):
-    """Observation -> (action mean, log-std, state value): ReLU MLPs, a learned log-std.
+    """Observation -> (action mean, log-std, state value): MLPs, a learned log-std.
 
     The action is drawn from N(μ(s), diag(σ²)) with log σ a parameter vector (state-independent,
     as in MAML's RL experiments). The critic has its own torso of the same widths unless
@@ -76,6 +76,7 @@ class GaussianMLPPolicy(nn.Module):
             column, the fraction of the episode elapsed (``time_feature`` of :func:`rollout`
             and :class:`GaussianScorer`), which the action mean ignores. Needs its own critic
             torso.
+        activation: The torsos' hidden activation (:data:`rl.policy.ACTIVATIONS`).
     """
 
     def __init__(
@@ -86,14 +87,17 @@ class GaussianMLPPolicy(nn.Module):
         init_log_std: float = 0.0,
         shared_torso: bool = False,
         critic_time: bool = False,
+        activation: str = "relu",
     ) -> None:
         super().__init__()
         if critic_time and shared_torso:
             raise ValueError("critic_time needs the critic's own torso (shared_torso=False)")
         self.critic_time = critic_time
-        self.torso, _, width = torsos(obs_dim, hidden_sizes, True)
+        self.torso, _, width = torsos(obs_dim, hidden_sizes, True, activation)
         self.value_torso = (
-            None if shared_torso else torsos(obs_dim + critic_time, hidden_sizes, True)[0]
+            None
+            if shared_torso
+            else torsos(obs_dim + critic_time, hidden_sizes, True, activation)[0]
         )
         self.mean_head = nn.Linear(width, action_dim)
         # A near-zero initial mean (weights scaled by MEAN_HEAD_GAIN, bias 0; the policy-head

@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from metaopt.algorithms import MetaLearner
+from metaopt.options import check_choice
 from metaopt.training.distributed import DistInfo, on_main
 from metaopt.training.family import ConfigError, EvalRequest, RunResults, TrainConfig, option
 from metaopt.trust_region import TrustRegionSettings
@@ -38,6 +39,7 @@ from rl.continuous import BASELINES, GaussianMLPPolicy, GaussianNoise
 from rl.evaluation import INTERVAL, curve_summary
 from rl.family import A2CConfig, A2CFamily, _check_int, _check_real, config_as
 from rl.nav2d import Nav2DTaskBatch, sample_goals
+from rl.policy import ACTIVATIONS
 from rl.trust_region import MetaPolicyRegion
 
 __all__ = ["EVAL_STEPS", "Nav2DConfig", "Nav2DFamily"]
@@ -76,6 +78,9 @@ class Nav2DConfig(A2CConfig):
         "loss with DiCE's term for the support sampling) or lvc (ProMP's low-variance curvature)",
     )
     hidden_sizes: tuple[int, ...] = option((64, 64), "hidden-layer widths of policy and critic")
+    activation: str = option(
+        "relu", "hidden activation of policy and critic: relu (the paper's) or tanh"
+    )
     shared_torso: bool = option(False, "policy and critic share one torso (default: one each)")
     test_tasks: int = option(100, "held-out goals of the periodic evaluation")
     init_log_std: float = option(
@@ -135,10 +140,8 @@ class Nav2DConfig(A2CConfig):
             refusal = self._trpo_refusal()
             if refusal is not None:
                 raise ConfigError(f"--outer-optimizer trpo: {refusal}")
-        if self.baseline not in BASELINES:
-            raise ConfigError(
-                f"--baseline must be one of {', '.join(BASELINES)}; got {self.baseline!r}"
-            )
+        for name, allowed in (("baseline", BASELINES), ("activation", tuple(ACTIVATIONS))):
+            check_choice(f"--{name}", getattr(self, name), allowed)
 
     def _trpo_refusal(self) -> str | None:
         """Why the trust-region step does not apply to these settings (``None``: it does)."""
@@ -193,7 +196,13 @@ class Nav2DFamily(A2CFamily):
     def make_model(self, config: TrainConfig) -> nn.Module:
         config = _nav(config)
         return GaussianMLPPolicy(
-            2, 2, config.hidden_sizes, config.init_log_std, config.shared_torso, config.critic_time
+            2,
+            2,
+            config.hidden_sizes,
+            config.init_log_std,
+            config.shared_torso,
+            config.critic_time,
+            config.activation,
         )
 
     def batch(self, config: Nav2DConfig, goals: np.ndarray, seed: int) -> Nav2DTaskBatch:

@@ -46,20 +46,29 @@ class CategoricalMLPPolicy(nn.Module):
         return self.policy_head(features), self.value_head(critic).squeeze(-1)
 
 
-def mlp(inputs: int, hidden_sizes: Sequence[int]) -> tuple[nn.Sequential, int]:
-    """A ReLU MLP torso of ``hidden_sizes`` (empty: the identity) and its output width."""
+#: The torsos' hidden activations, by name.
+ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "tanh": nn.Tanh}
+
+
+def mlp(
+    inputs: int, hidden_sizes: Sequence[int], activation: str = "relu"
+) -> tuple[nn.Sequential, int]:
+    """An MLP torso of ``hidden_sizes`` (empty: the identity), each layer followed by the
+    ``activation`` (:data:`ACTIVATIONS`), and its output width."""
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"activation must be one of {', '.join(ACTIVATIONS)}; got {activation!r}")
     layers: list[nn.Module] = []
     width = inputs
     for size in hidden_sizes:
-        layers += [nn.Linear(width, size), nn.ReLU()]
+        layers += [nn.Linear(width, size), ACTIVATIONS[activation]()]
         width = size
     return nn.Sequential(*layers), width
 
 
 def torsos(
-    inputs: int, hidden_sizes: Sequence[int], shared_torso: bool
+    inputs: int, hidden_sizes: Sequence[int], shared_torso: bool, activation: str = "relu"
 ) -> tuple[nn.Sequential, nn.Sequential | None, int]:
     """An actor-critic's torsos: the policy's :func:`mlp`, the critic's own one (``None`` when
     the critic shares the policy's) and their output width."""
-    torso, width = mlp(inputs, hidden_sizes)
-    return torso, None if shared_torso else mlp(inputs, hidden_sizes)[0], width
+    torso, width = mlp(inputs, hidden_sizes, activation)
+    return torso, None if shared_torso else mlp(inputs, hidden_sizes, activation)[0], width

@@ -331,11 +331,36 @@ def test_critic_time_gives_the_critic_the_time_and_leaves_the_actor_as_it_was() 
     assert not torch.allclose(late[2], values)
 
 
+@pytest.mark.parametrize("activation", ["relu", "tanh"])
+def test_activation_reaches_every_hidden_layer(activation: str) -> None:
+    """``--activation``: the policy's and the critic's hidden layers use it, the heads do not,
+    and relu (the default) builds the network it always built, draw for draw."""
+    from metaopt.training.config import resolve_config
+    from metaopt.training.registry import get_family
+
+    family = get_family("nav2d")
+    torch.manual_seed(0)
+    model = family.make_model(resolve_config(family, {"activation": activation}))
+    kind = {"relu": nn.ReLU, "tanh": nn.Tanh}[activation]
+    for torso in (model.torso, model.value_torso):
+        layers = list(torso)
+        assert [type(m) for m in layers[1::2]] == [kind, kind]
+        assert all(isinstance(m, nn.Linear) for m in layers[0::2])
+    torch.manual_seed(0)
+    default = family.make_model(resolve_config(family, {}))
+    for (name, a), b in zip(model.state_dict().items(), default.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name  # the activation draws nothing
+    obs = torch.tensor([[0.3, -0.2]])
+    hidden = model.torso[1](model.torso[0](obs))
+    torch.testing.assert_close(hidden, getattr(torch, activation)(model.torso[0](obs)))
+
+
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
         (["--shared-torso", "--critic-time"], "--critic-time needs the critic's own torso"),
         (["--baseline", "mean"], "--baseline must be one of critic, linear; got 'mean'"),
+        (["--activation", "gelu"], "--activation must be one of relu, tanh; got 'gelu'"),
     ],
 )
 def test_nav2d_flag_errors_exit_2_in_one_line(argv: list[str], message: str, capsys) -> None:  # type: ignore[no-untyped-def]

@@ -427,3 +427,22 @@ def test_flags_are_generated_from_the_options_fields() -> None:
     assert dataclass_from_arguments(mc.CompareOptions, given) == mc.CompareOptions(
         methods=("reptile",), steps=(2, 3), curves=False, truth_batches=0
     )
+
+
+def test_the_report_names_each_method_s_outer_step_where_they_differ() -> None:
+    """nav2d's ``--outer-optimizer auto`` takes trpo for MAML and adam for Reptile: the report
+    says so instead of "same outer optimiser"; runs of one optimiser, or results written before
+    runs recorded theirs, keep the one-optimiser sentence."""
+    from metaopt.tools.compare.report import outer_steps
+
+    config = {"outer_optimizer": "auto", "outer_lr": 0.003}
+    mixed = {"maml": {"outer_step": "trpo"}, "reptile": {"outer_step": "adam"}}
+    assert outer_steps(mixed, config) == (
+        "outer step by method (trpo for MAML (second order), adam for Reptile; lr 0.003)"
+    )
+    same = {"maml": {"outer_step": "adam"}, "reptile": {"outer_step": "adam"}}
+    assert outer_steps(same, config) == "same outer optimiser (adam, lr 0.003) for every method"
+    old = {"maml": {}, "reptile": {}}
+    assert outer_steps(old, {**config, "outer_optimizer": "sgd"}).startswith(
+        "same outer optimiser (sgd,"
+    )

@@ -124,6 +124,7 @@ def run_curve(
     curve = {
         "run_dir": str(run_dir),
         "iterations": config.iterations,
+        "outer_step": config.outer_step,
         "train_seconds": round(total, 4),
         "points": points,
         "final_eval": final,

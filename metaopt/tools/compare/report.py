@@ -121,12 +121,24 @@ def interpret(results: Mapping[str, Any]) -> list[str]:
             finals.append(text)
         iterations = max(c["iterations"] for c in curves.values())
         lines.append(
-            f"Learning curves, {iterations} iterations from seed {config['seed']}, same outer "
-            f"optimiser ({config['outer_optimizer']}, lr {config['outer_lr']}) for every method: "
+            f"Learning curves, {iterations} iterations from seed {config['seed']}, "
+            f"{outer_steps(curves, config)}: "
             f"held-out post-adaptation query loss on {results['options']['heldout_tasks']} tasks "
             f"at the last point — " + "; ".join(finals) + " of training."
         )
     return lines
+
+
+def outer_steps(curves: Mapping[str, Any], config: Mapping[str, Any]) -> str:
+    """How the learning curves' runs took their outer steps: one optimiser for every method, or
+    each method's where the family's ``auto`` chose per method (nav2d: trpo for MAML and
+    Meta-SGD, adam for Reptile). Results written before runs recorded theirs name the config's."""
+    taken = {m: c.get("outer_step", config["outer_optimizer"]) for m, c in curves.items()}
+    rate = f"lr {config['outer_lr']}"
+    if len(set(taken.values())) == 1:
+        return f"same outer optimiser ({next(iter(taken.values()))}, {rate}) for every method"
+    each = ", ".join(f"{step} for {LABELS[method]}" for method, step in taken.items())
+    return f"outer step by method ({each}; {rate})"
 
 
 def _bytes(count: int | None) -> str:

@@ -140,36 +140,23 @@ def _assign(params: Sequence[torch.Tensor], flat: torch.Tensor) -> None:
 
 
 def hessian_vector_product(
-    gradient: Sequence[torch.Tensor], params: Sequence[torch.Tensor], damping: float = 0.0
+    gradient: Sequence[torch.Tensor],
+    params: Sequence[torch.Tensor],
+    damping: float = 0.0,
+    reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> Callable[[torch.Tensor], torch.Tensor]:
     """``v -> (H + damping I) v`` for the Hessian H of the function whose ``gradient`` with
     respect to ``params`` (built with ``create_graph=True``) is given; vectors are flat, in the
-    order of ``params``. Each product is one backward pass through the gradient's graph."""
+    order of ``params``. Each product is one backward pass through the gradient's graph. With
+    ``reduce`` (data parallelism: :func:`trust_region_step`), H v is this process's share, which
+    ``reduce`` sums over the processes before the damping is added."""
     flat = _flat(gradient)
 
     def product(v: torch.Tensor) -> torch.Tensor:
-        hv = torch.autograd.grad(flat.dot(v), params, retain_graph=True)
-        return _flat(hv) + damping * v
+        hv = _flat(torch.autograd.grad(flat.dot(v), params, retain_graph=True))
+        return (hv if reduce is None else reduce(hv)) + damping * v
 
     return product
-
-
-def _direction(
-    combine: Callable[[torch.Tensor], torch.Tensor],
-    gradient: Sequence[torch.Tensor],
-    params: Sequence[torch.Tensor],
-    g: torch.Tensor,
-    settings: TrustRegionSettings,
-) -> tuple[torch.Tensor, float]:
-    """``s ≈ (F + λI)⁻¹ g`` by conjugate gradients and its curvature ``sᵀ(F + λI)s``, each
-    product of F summed over the processes by ``combine``."""
-    own = hessian_vector_product(gradient, params)
-
-    def fvp(v: torch.Tensor) -> torch.Tensor:
-        return combine(own(v)) + settings.damping * v
-
-    s = conjugate_gradient(fvp, g.detach(), settings.cg_steps)
-    return s, s.dot(fvp(s)).item()
 
 
 def trust_region_step(
@@ -208,9 +195,11 @@ def trust_region_step(
         raise ValueError("trust_region_step: the divergence reaches no parameter with a gradient")
     moved = [params[i] for i in region]
     g = _flat([p.grad for p in moved])  # type: ignore[misc]
+    fvp = hessian_vector_product([first[i] for i in region], moved, settings.damping, reduce)
+    s = conjugate_gradient(fvp, g.detach(), settings.cg_steps)
+    curvature = s.dot(fvp(s)).item()
+    del first, fvp, divergence  # the divergence's graph
     combine = reduce if reduce is not None else (lambda value: value)
-    s, curvature = _direction(combine, [first[i] for i in region], moved, g, settings)
-    del first, divergence  # the divergence's graph
 
     def evaluate() -> tuple[float, float]:
         with torch.no_grad():

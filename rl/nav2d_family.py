@@ -84,8 +84,8 @@ class Nav2DConfig(A2CConfig):
     shared_torso: bool = option(False, "policy and critic share one torso (default: one each)")
     test_tasks: int = option(100, "held-out goals of the periodic evaluation")
     init_log_std: float = option(
-        -2.0,
-        "initial log-standard-deviation of the Gaussian policy (σ ≈ 0.14: the speed limit 0.1)",
+        -1.0,
+        "initial log-standard-deviation of the Gaussian policy (σ ≈ 0.37; the speed limit is 0.1)",
     )
     normalize_advantages: bool = option(
         True, "standardise the A2C policy term's advantages per goal (--no-normalize-advantages)"

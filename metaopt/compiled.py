@@ -86,8 +86,17 @@ MetricsResult = tuple[torch.Tensor | None, torch.Tensor]
 
 
 def compile_options() -> dict[str, Any]:
-    """``torch.compile`` keyword arguments of the engine: inductor, static shapes."""
-    return {"backend": "inductor", "dynamic": False, "fullgraph": True}
+    """``torch.compile`` keyword arguments of the engine: inductor, static shapes, and under
+    ``"inductor_config"`` the inductor settings its code is generated with (``cpp_wrapper``: the
+    generated kernels are called from C++ rather than from a Python wrapper, which on the small
+    models of few-shot learning is a third of a compiled meta-iteration's time; see
+    docs/performance.md)."""
+    return {
+        "backend": "inductor",
+        "dynamic": False,
+        "fullgraph": True,
+        "inductor_config": {"cpp_wrapper": True},
+    }
 
 
 def functional_meta_gradient(
@@ -239,6 +248,7 @@ class _Compiled:
         self._warned = False
         options = dict(options)
         self._inner_backend = options.pop("backend")
+        self._inductor_config = options.pop("inductor_config", {})
         self._compiled = torch.compile(function, backend=self._backend, **options)
 
     def _backend(self, graph: torch.fx.GraphModule, example_inputs: list[Any]) -> Any:
@@ -254,7 +264,10 @@ class _Compiled:
                 stacklevel=2,
             )
         backend = torch._dynamo.lookup_backend(self._inner_backend)
-        return backend(graph, example_inputs)
+        if self._inner_backend != "inductor":
+            return backend(graph, example_inputs)
+        with torch._inductor.config.patch(self._inductor_config):
+            return backend(graph, example_inputs)
 
     def __call__(self, *args: Any) -> Any:
         start = time.perf_counter()

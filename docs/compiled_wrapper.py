@@ -1,0 +1,166 @@
+"""What inductor's C++ wrapper gives the compiled engine (docs/performance.md, "C++ wrapper").
+
+One process, 1 thread, the bench's four sine cases (``metaopt bench --cases sine-...``). Each case
+builds the compiled engine twice, with inductor's ``cpp_wrapper`` off (the generated kernels
+called from a Python wrapper, the engine before this revision) and on (the engine's default
+now), next to the bench's ``torch.func`` reference and its loop baseline, checks that every
+meta-gradient agrees with the reference, and times them round-robin: the minimum (the least
+disturbed estimate on a machine shared with other work) and the median over ``--rounds``::
+
+    python docs/compiled_wrapper.py [--rounds 101] [--cases sine-maml-1step,...]
+
+``--neighbours`` times instead the bench's compiled MAML (1 step) right after each of the bench's
+other rows of that case, and after some plain eager work, to show what ``metaopt bench``'s
+round-robin (one call per sample, each after another implementation's) adds to a compiled row::
+
+    python docs/compiled_wrapper.py --neighbours [--rounds 31]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torchopt
+from torch import nn
+
+import metaopt.compiled
+from metaopt import MAML, MetaLearner, MetaSGD, Reptile
+from metaopt.tools.bench import Gradient, relative_difference, round_robin
+from supervised.bench_sine import (
+    SineBatch,
+    _func_reference,
+    _metaopt,
+    _reptile_deepcopy,
+    _reptile_func,
+    _torchopt_loop,
+    _with_rates,
+    sine_mlp,
+)
+from supervised.bench_sine import cases as bench_cases
+
+DEFAULT = metaopt.compiled.compile_options()
+CASES = ("sine-maml-1step", "sine-maml-5step", "sine-metasgd-1step", "sine-reptile-5step")
+
+
+def learner(case: str) -> MetaLearner:
+    """The case's compiled learner (fresh model, same initialisation as the baselines')."""
+    if case == "sine-maml-1step":
+        return MAML(sine_mlp(), 0.01, 1, engine="compiled")
+    if case == "sine-maml-5step":
+        return MAML(sine_mlp(), 0.01, 5, engine="compiled")
+    if case == "sine-metasgd-1step":
+        return MetaSGD(sine_mlp(), 0.01, 1, engine="compiled")
+    return Reptile(sine_mlp(64, nn.Tanh), 0.02, 5, engine="compiled")
+
+
+def baselines(case: str, batch: SineBatch) -> dict[str, Callable[[], Gradient]]:
+    """The bench's ``torch.func`` reference and loop baseline of the case."""
+    if case == "sine-reptile-5step":
+        return {
+            "torch.func": _reptile_func(sine_mlp(64, nn.Tanh), batch, 5, 0.02),
+            "loop": _reptile_deepcopy(sine_mlp(64, nn.Tanh), batch, 5, 0.02),
+        }
+    if case == "sine-metasgd-1step":
+        rates = MetaSGD(sine_mlp(), 0.01).rate_parameters()
+        model = sine_mlp()
+        return {
+            "torch.func": _func_reference(sine_mlp(), batch, 1, 0.01, rates=rates),
+            "loop": _with_rates(model, MetaSGD(model, 0.01), batch),
+        }
+    steps = 5 if case == "sine-maml-5step" else 1
+    return {
+        "torch.func": _func_reference(sine_mlp(), batch, steps, 0.01),
+        "loop": _torchopt_loop(sine_mlp(), batch, steps, torchopt.sgd(0.01)),
+    }
+
+
+def compiled_with(case: str, batch: SineBatch, cpp_wrapper: bool) -> Callable[[], Gradient]:
+    """The case's ``metaopt-compiled`` row built (and compiled, timed) with ``cpp_wrapper``."""
+    options: dict[str, Any] = {
+        **DEFAULT,
+        "inductor_config": {**DEFAULT["inductor_config"], "cpp_wrapper": cpp_wrapper},
+    }
+    metaopt.compiled.compile_options = lambda: options  # type: ignore[assignment]
+    run = _metaopt(learner(case), batch)
+    start = time.perf_counter()
+    run()
+    print(f"  compiled, cpp_wrapper={cpp_wrapper}: first call {time.perf_counter() - start:.1f} s")
+    return run
+
+
+def neighbours(rounds: int) -> None:
+    """The bench's compiled MAML (1 step) timed alone right after each of the case's other rows
+    and after plain eager work: the median of ``rounds``."""
+    case = next(c for c in bench_cases() if c.name == "sine-maml-1step")
+    compiled = case.impls["metaopt-compiled"]
+    x = torch.randn(256, 256)
+
+    def small_ops() -> None:
+        for _ in range(2000):
+            torch.add(x[:2], 1)
+
+    def allocate() -> None:
+        [torch.randn(1000, 1000) for _ in range(20)]
+
+    before: dict[str, Callable[[], object]] = {
+        "nothing": lambda: None,
+        **{name: run for name, run in case.impls.items() if name != "metaopt-compiled"},
+        "2,000 small eager ops": small_ops,
+        "allocating 80 MB": allocate,
+    }
+    for impl in case.impls.values():
+        impl()
+        impl()
+    samples: dict[str, list[float]] = {name: [] for name in before}
+    for _ in range(rounds):
+        for name, prelude in before.items():
+            prelude()
+            start = time.perf_counter()
+            compiled()
+            samples[name].append(time.perf_counter() - start)
+    for name, times in samples.items():
+        print(f"compiled MAML (1 step) after {name:24s} {statistics.median(times) * 1e3:.3f} ms")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=101)
+    parser.add_argument("--cases", default=",".join(CASES))
+    parser.add_argument("--neighbours", action="store_true")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    if args.neighbours:
+        neighbours(args.rounds)
+        return
+    for case in args.cases.split(","):
+        print(case)
+        tasks, shots = 25, 10
+        batch = SineBatch(tasks, 50, minibatch=10) if "reptile" in case else SineBatch(tasks, shots)
+        impls = {
+            "compiled, Python wrapper": compiled_with(case, batch, False),
+            "compiled, C++ wrapper": compiled_with(case, batch, True),
+            **baselines(case, batch),
+        }
+        want = impls["torch.func"]()
+        for name, run in impls.items():
+            print(
+                f"  {name}: relative difference to torch.func {relative_difference(run(), want):.1e}"
+            )
+        times = round_robin(impls, args.rounds)
+        reference = {k: (min(v), statistics.median(v)) for k, v in times.items()}
+        for name, (low, mid) in reference.items():
+            ratios = "".join(
+                f"  ×{other} {reference[other][0] / low:.2f} ({reference[other][1] / mid:.2f})"
+                for other in ("torch.func", "loop")
+                if other in reference and other != name
+            )
+            print(f"  {name:26s} {low * 1e3:7.3f} ({mid * 1e3:7.3f}) ms{ratios}")
+
+
+if __name__ == "__main__":
+    main()

@@ -197,3 +197,31 @@ def test_compile_record_says_whether_inductor_generated_code(
     algo.meta_backward(RegressionBatch(3, torch.float32, seed=1))  # no more counter reads
     record = compiled.compile_record(algo)
     assert record["compile_cache"] == want and record["compile_s"] > 0
+
+
+def test_inductor_generates_code_with_the_engines_inductor_config(monkeypatch) -> None:
+    """The engine's ``inductor_config`` (the C++ wrapper) is in force while inductor compiles,
+    and only then."""
+    import torch._inductor.config as inductor_config
+
+    seen: list[bool] = []
+
+    def fake_inductor(graph: torch.fx.GraphModule, example_inputs: list[object]) -> object:
+        seen.append(inductor_config.cpp_wrapper)
+        return graph.forward
+
+    lookup = torch._dynamo.lookup_backend
+    monkeypatch.setattr(
+        torch._dynamo,
+        "lookup_backend",
+        lambda name: fake_inductor if name == "inductor" else lookup(name),
+    )
+    assert DEFAULT_OPTIONS["backend"] == "inductor"
+    assert DEFAULT_OPTIONS["inductor_config"] == {"cpp_wrapper": True}
+    # the engine's own options, whatever a module fixture has patched in for speed
+    monkeypatch.setattr(compiled, "compile_options", lambda: dict(DEFAULT_OPTIONS))
+    before = inductor_config.cpp_wrapper
+    algo = build("maml", mlp(torch.float32), "compiled", 1)
+    algo.meta_backward(RegressionBatch(3, torch.float32))
+    assert seen == [True]
+    assert inductor_config.cpp_wrapper == before

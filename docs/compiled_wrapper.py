@@ -4,10 +4,12 @@ One process, 1 thread, the bench's four sine cases (``metaopt bench --cases sine
 builds the compiled engine twice, with inductor's ``cpp_wrapper`` off (the generated kernels
 called from a Python wrapper, the engine before this revision) and on (the engine's default
 now), next to the bench's ``torch.func`` reference and its loop baseline, checks that every
-meta-gradient agrees with the reference, and times them round-robin: the minimum (the least
-disturbed estimate on a machine shared with other work) and the median over ``--rounds``::
+meta-gradient agrees with the reference, and times them round-robin, each sample the mean of
+``--calls`` back-to-back calls (the first call after another implementation's pays to refill the
+caches, which ``--neighbours`` measures; five calls share that cost out alike): the minimum (the
+least disturbed estimate on a machine shared with other work) and the median over ``--rounds``::
 
-    python docs/compiled_wrapper.py [--rounds 101] [--cases sine-maml-1step,...]
+    python docs/compiled_wrapper.py [--rounds 101] [--calls 5] [--cases sine-maml-1step,...]
 
 ``--neighbours`` times instead the bench's compiled MAML (1 step) right after each of the bench's
 other rows of that case, and after some plain eager work, to show what ``metaopt bench``'s
@@ -130,6 +132,7 @@ def neighbours(rounds: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=101)
+    parser.add_argument("--calls", type=int, default=5)
     parser.add_argument("--cases", default=",".join(CASES))
     parser.add_argument("--neighbours", action="store_true")
     args = parser.parse_args()
@@ -151,7 +154,7 @@ def main() -> None:
             print(
                 f"  {name}: relative difference to torch.func {relative_difference(run(), want):.1e}"
             )
-        times = round_robin(impls, args.rounds)
+        times = round_robin(impls, args.rounds, inner=args.calls)
         reference = {k: (min(v), statistics.median(v)) for k, v in times.items()}
         for name, (low, mid) in reference.items():
             ratios = "".join(

@@ -88,8 +88,8 @@ MetricsResult = tuple[torch.Tensor | None, torch.Tensor]
 def compile_options() -> dict[str, Any]:
     """``torch.compile`` keyword arguments of the engine: inductor, static shapes, and under
     ``"inductor_config"`` the inductor settings its code is generated with (``cpp_wrapper``: the
-    generated kernels are called from C++ rather than from a Python wrapper, which took a fifth
-    to a third off the bench's compiled sine meta-iterations; see docs/performance.md)."""
+    generated kernels are called from C++ rather than from a Python wrapper, which took 13 to
+    20 % off the bench's compiled sine meta-iterations; see docs/performance.md)."""
     return {
         "backend": "inductor",
         "dynamic": False,

@@ -46,6 +46,8 @@ from supervised.bench_sine import (
 from supervised.bench_sine import cases as bench_cases
 
 DEFAULT = metaopt.compiled.compile_options()
+#: Largest relative difference from ``torch.func`` accepted before timing (float32).
+TOLERANCE = 1e-5
 CASES = ("sine-maml-1step", "sine-maml-5step", "sine-metasgd-1step", "sine-reptile-5step")
 
 
@@ -151,9 +153,12 @@ def main() -> None:
         }
         want = impls["torch.func"]()
         for name, run in impls.items():
-            print(
-                f"  {name}: relative difference to torch.func {relative_difference(run(), want):.1e}"
-            )
+            difference = relative_difference(run(), want)
+            print(f"  {name}: relative difference to torch.func {difference:.1e}")
+            if not difference <= TOLERANCE:
+                raise SystemExit(
+                    f"{case}: {name}'s meta-gradient is {difference:.1e} off; not timed"
+                )
         times = round_robin(impls, args.rounds, inner=args.calls)
         reference = {k: (min(v), statistics.median(v)) for k, v in times.items()}
         for name, (low, mid) in reference.items():

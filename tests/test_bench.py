@@ -178,3 +178,25 @@ def test_the_compiled_engine_scripts_of_the_docs_run(script: str, rows: tuple[st
     ).stdout
     for name in rows:
         assert name in printed
+
+
+@pytest.mark.slow
+def test_the_cpp_wrapper_script_of_the_docs_runs() -> None:
+    """docs/compiled_wrapper.py, behind docs/performance.md's C++-wrapper table: both wrappers
+    through inductor, their meta-gradients checked against torch.func before anything is timed,
+    and its --neighbours mode."""
+    path = Path(__file__).parents[1] / "docs" / "compiled_wrapper.py"
+
+    def run(*flags: str) -> str:
+        return subprocess.run(
+            [sys.executable, str(path), *flags],
+            check=True,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        ).stdout
+
+    printed = run("--rounds", "1", "--calls", "1", "--cases", "sine-maml-1step")
+    for name in ("compiled, Python wrapper", "compiled, C++ wrapper", "torch.func", "loop"):
+        assert f"  {name} " in printed
+    assert "after higher" in run("--neighbours", "--rounds", "1")

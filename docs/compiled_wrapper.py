@@ -12,8 +12,9 @@ least disturbed estimate on a machine shared with other work) and the median ove
     python docs/compiled_wrapper.py [--rounds 101] [--calls 5] [--cases sine-maml-1step,...]
 
 ``--neighbours`` times instead the bench's compiled MAML (1 step) right after each of the bench's
-other rows of that case, and after some plain eager work, to show what ``metaopt bench``'s
-round-robin (one call per sample, each after another implementation's) adds to a compiled row::
+other rows of that case, and after some plain eager work, then runs the bench's own timing of
+that case with one call per sample and with five, to show what ``metaopt bench``'s round-robin
+(one call per sample, each after another implementation's) adds to a compiled row::
 
     python docs/compiled_wrapper.py --neighbours [--rounds 31]
 """
@@ -32,7 +33,7 @@ from torch import nn
 
 import metaopt.compiled
 from metaopt import MAML, MetaLearner, MetaSGD, Reptile
-from metaopt.tools.bench import Gradient, relative_difference, round_robin
+from metaopt.tools.bench import Gradient, relative_difference, round_robin, time_case
 from supervised.bench_sine import (
     SineBatch,
     _func_reference,
@@ -46,6 +47,8 @@ from supervised.bench_sine import (
 from supervised.bench_sine import cases as bench_cases
 
 DEFAULT = metaopt.compiled.compile_options()
+#: The rows whose ``time_case`` medians ``--neighbours`` prints.
+COMPARED = ("metaopt-compiled", "torch.func")
 #: Largest relative difference from ``torch.func`` accepted before timing (float32).
 TOLERANCE = 1e-5
 CASES = ("sine-maml-1step", "sine-maml-5step", "sine-metasgd-1step", "sine-reptile-5step")
@@ -99,7 +102,8 @@ def compiled_with(case: str, batch: SineBatch, cpp_wrapper: bool) -> Callable[[]
 
 def neighbours(rounds: int) -> None:
     """The bench's compiled MAML (1 step) timed alone right after each of the case's other rows
-    and after plain eager work: the median of ``rounds``."""
+    and after plain eager work, the median of ``rounds``; then the bench's own ``time_case`` on
+    that case with one call per sample and with five."""
     case = next(c for c in bench_cases() if c.name == "sine-maml-1step")
     compiled = case.impls["metaopt-compiled"]
     x = torch.randn(256, 256)
@@ -129,6 +133,10 @@ def neighbours(rounds: int) -> None:
             samples[name].append(time.perf_counter() - start)
     for name, times in samples.items():
         print(f"compiled MAML (1 step) after {name:24s} {statistics.median(times) * 1e3:.3f} ms")
+    for calls in (1, 5):  # the bench's own timing, one call per sample (as it runs) and five
+        timed = time_case(case, repeats=rounds, warmup=3, inner=calls)
+        medians = (f"{name} {timed[name]['median_s'] * 1e3:.3f} ms" for name in COMPARED)
+        print(f"metaopt bench's time_case, {calls} call(s) per sample: " + ", ".join(medians))
 
 
 def main() -> None:

@@ -199,4 +199,5 @@ def test_the_cpp_wrapper_script_of_the_docs_runs() -> None:
     printed = run("--rounds", "1", "--calls", "1", "--cases", "sine-maml-1step")
     for name in ("compiled, Python wrapper", "compiled, C++ wrapper", "torch.func", "loop"):
         assert f"  {name} " in printed
-    assert "after higher" in run("--neighbours", "--rounds", "1")
+    printed = run("--neighbours", "--rounds", "1")
+    assert "after higher" in printed and "time_case, 5 call(s) per sample" in printed

@@ -58,6 +58,16 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from None
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text!r}")
+    return value
+
+
 def _names(text: str) -> list[str]:
     return [part.strip() for part in text.split(",") if part.strip()]
 
@@ -220,6 +230,16 @@ def build_parser(families: Mapping[str, DescribedFamily | None]) -> argparse.Arg
         help="timed repetitions (default: 15; quick: 3)",
     )
     bench.add_argument(
+        "--min-sample-ms",
+        type=_non_negative_float,
+        default=10.0,
+        metavar="MS",
+        help="each timed sample is a block of back-to-back calls of one implementation lasting at "
+        "least MS milliseconds (column 'calls'; at most 100 calls); 0: one call per sample, each "
+        "right after another implementation's, which charges a fast implementation the refill of "
+        "the caches the previous one evicted (default: 10)",
+    )
+    bench.add_argument(
         "--cases", type=_names, default=None, help="comma-separated case names (default: all)"
     )
     bench.add_argument(
@@ -374,6 +394,7 @@ def _main(argv: Sequence[str] | None) -> int:
                 quick=args.quick,
                 threads=args.threads,
                 repeats=args.repeats,
+                min_sample_s=args.min_sample_ms / 1e3,
                 cases=args.cases,
                 memory=not args.no_memory,
                 compiled=not args.no_compiled,

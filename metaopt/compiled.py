@@ -13,9 +13,9 @@ writes the whole meta-iteration as a pure function of tensors and compiles it on
   steps with their gradients detached (first order: ``∂θ'_b/∂θ = I``, as the other engines);
 * Reptile needs no outer derivative: its meta-gradient is ``Σ_b (θ − θ̃_b)``.
 
-The compiled function returns the unweighted sums; :meth:`CompiledMetaGradient.__call__` scales
-them by the task weight and accumulates them into ``.grad`` eagerly, so a change of ``scale``
-never recompiles. The support losses at θ come out of the same function, and so do the query
+The compiled function multiplies the sums by the task weight, an input tensor, so a change of
+``scale`` never recompiles, and :meth:`CompiledMetaGradient.__call__` hands them to ``.grad``
+(one ``foreach`` addition where a gradient is already there). The support losses at θ come out of the same function, and so do the query
 losses where the meta-gradient needs them (MAML, Meta-SGD). The metrics it does not need, the
 support losses at the adapted parameters (``support_after``) and Reptile's query losses, are
 forward passes over the whole support and query sets, as costly as Reptile's five inner steps on
@@ -49,16 +49,15 @@ from typing import Any
 
 import torch
 from torch import nn
-from torchopt.base import GradientTransformation
 
-from metaopt.engine import (
-    _Layout,
-    batch_norm_mode,
-    batched_forward,
-    check_losses,
-    static_layout,
+from metaopt.engine import _Layout, batch_norm_mode, check_losses
+from metaopt.functional import (
+    MetaGradientResult,
+    MetricsResult,
+    Tensors,
+    functional_meta_gradient,
+    functional_metrics,
 )
-from metaopt.inner import inner_transform, learned_rate_sgd, plain_sgd
 from metaopt.task import BatchedTasks
 
 __all__ = [
@@ -73,17 +72,6 @@ __all__ = [
     "functional_metrics",
 ]
 
-Tensors = tuple[torch.Tensor, ...]
-#: What the functional meta-gradient returns: the meta-gradient's sums over tasks (θ's, then the
-#: rates' for Meta-SGD), the support losses at θ ``[B]``, the query losses ``[B]`` (MAML, whose
-#: meta-loss they are; ``None`` for Reptile, which does not need them) and the adapted
-#: parameters ``[B, ...]`` (all detached), from which :func:`functional_metrics` computes the
-#: metrics the meta-gradient does not need when they are read.
-MetaGradientResult = tuple[Tensors, torch.Tensor, torch.Tensor | None, Tensors]
-#: What :func:`functional_metrics` returns: the query losses (``None`` if not asked for) and the
-#: support losses at the adapted parameters, each ``[B]``.
-MetricsResult = tuple[torch.Tensor | None, torch.Tensor]
-
 
 def compile_options() -> dict[str, Any]:
     """``torch.compile`` keyword arguments of the engine: inductor, static shapes, and under
@@ -96,133 +84,6 @@ def compile_options() -> dict[str, Any]:
         "fullgraph": True,
         "inductor_config": {"cpp_wrapper": True},
     }
-
-
-def functional_meta_gradient(
-    model: nn.Module,
-    *,
-    kind: str,
-    steps: int,
-    first_order: bool,
-    inner_optimizer: str,
-    inner_lr: float,
-    learned_rates: bool,
-    batch_norm: str = "running",
-    positive_rates: bool = False,
-) -> Callable[[Tensors, Tensors, dict[str, torch.Tensor], BatchedTasks], MetaGradientResult]:
-    """The meta-iteration of one algorithm as a pure function (eager; compile it to go fast).
-
-    Returns ``f(theta, rates, shared, tasks)``: ``theta`` the trainable parameters (detached,
-    ``named_parameters()`` order), ``rates`` Meta-SGD's rates for them (empty otherwise),
-    ``shared`` the frozen parameters and buffers, ``tasks`` a :class:`~metaopt.task.BatchedTasks`.
-
-    Args:
-        model: The network; read for its structure only (``functional_call`` gets the tensors).
-        kind: ``"maml"`` (MAML, first-order MAML, Meta-SGD) or ``"reptile"``.
-        steps: Inner steps.
-        first_order: Treat the inner gradients as constants (MAML only).
-        inner_optimizer: ``"sgd"`` or ``"adam"`` (ignored with ``learned_rates``).
-        inner_lr: The inner learning rate.
-        learned_rates: Meta-SGD's update ``θ − α ∘ g`` with the rates ``rates``.
-        positive_rates: ``rates`` are ρ and α = softplus(ρ) (``MetaSGD(positive_rates=True)``).
-        batch_norm: :data:`metaopt.engine.BATCH_NORM_MODES`.
-    """
-    if kind not in ("maml", "reptile"):
-        raise ValueError(f"kind must be 'maml' or 'reptile', got {kind!r}")
-    layout = static_layout(model, batch_norm, "the compiled engine", "engine='vmap'")
-    names = layout.trainable
-
-    # Plain SGD without TorchOpt's optree mapping: fewer guards for dynamo to check per call.
-    fixed_rule = (
-        None
-        if learned_rates
-        else plain_sgd(inner_lr)
-        if inner_optimizer == "sgd"
-        else inner_transform(inner_optimizer, inner_lr)
-    )
-
-    def transform(rates: Tensors) -> GradientTransformation:
-        # Built outside the traced function: TorchOpt's constructors take a lock dynamo cannot
-        # trace. Meta-SGD's rule closes over the rates, which are inputs, so it is built inside.
-        if fixed_rule is None:
-            return learned_rate_sgd(rates, positive=positive_rates)
-        return fixed_rule
-
-    def forward(flat: Tensors, shared: dict[str, torch.Tensor]) -> Any:
-        params = dict(zip(names, flat, strict=True))
-        return batched_forward(model, params, shared, batch_norm=batch_norm, slots=layout.slots)
-
-    def adapt(
-        theta: Tensors, rates: Tensors, shared: dict[str, torch.Tensor], tasks: BatchedTasks
-    ) -> tuple[Tensors, torch.Tensor]:
-        num_tasks = len(tasks)
-        flat = tuple(p.expand(num_tasks, *p.shape) for p in theta)
-        rule = transform(rates)
-        state = rule.init(flat)
-        before = None
-        for step in range(steps):
-
-            def support(flat: Tensors, step: int = step) -> tuple[torch.Tensor, torch.Tensor]:
-                losses = tasks.support_losses(forward(flat, shared), step)
-                return losses.sum(), losses
-
-            grads, losses = torch.func.grad(support, has_aux=True)(flat)
-            if before is None:
-                before = losses
-            if first_order:
-                grads = tuple(g.detach() for g in grads)
-            updates, state = rule.update(grads, state, params=flat, inplace=False)
-            flat = tuple(p + u for p, u in zip(flat, updates, strict=True))
-        assert before is not None
-        return flat, before.detach()
-
-    def maml(
-        theta: Tensors, rates: Tensors, shared: dict[str, torch.Tensor], tasks: BatchedTasks
-    ) -> MetaGradientResult:
-        def meta_loss(
-            theta: Tensors, rates: Tensors
-        ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor, Tensors]]:
-            flat, before = adapt(theta, rates, shared, tasks)
-            query = tasks.query_losses(forward(flat, shared))
-            return query.sum(), (before, query.detach(), tuple(p.detach() for p in flat))
-
-        (g_theta, g_rates), (before, query, adapted) = torch.func.grad(
-            meta_loss, argnums=(0, 1), has_aux=True
-        )(theta, rates)
-        return tuple(g_theta) + tuple(g_rates), before, query, adapted
-
-    def reptile(
-        theta: Tensors, rates: Tensors, shared: dict[str, torch.Tensor], tasks: BatchedTasks
-    ) -> MetaGradientResult:
-        # Reptile's direction needs no query loss: both metrics wait until they are read.
-        flat, before = adapt(theta, rates, shared, tasks)
-        directions = tuple((p - q).sum(0) for p, q in zip(theta, flat, strict=True))
-        return directions, before, None, flat
-
-    return maml if kind == "maml" else reptile
-
-
-def functional_metrics(
-    model: nn.Module, *, query: bool, batch_norm: str = "running"
-) -> Callable[[Tensors, dict[str, torch.Tensor], BatchedTasks], MetricsResult]:
-    """The metrics a meta-gradient did not compute, from the adapted parameters (pure; compile it).
-
-    Returns ``f(adapted, shared, tasks) -> (query, support_after)``: ``adapted`` the
-    ``[B, ...]`` parameters :func:`functional_meta_gradient` returned, ``query`` the query losses
-    (``None`` unless ``query``), ``support_after`` the support losses at ``adapted``.
-    """
-    layout = static_layout(model, batch_norm, "the compiled engine", "engine='vmap'")
-    names = layout.trainable
-
-    def metrics(
-        adapted: Tensors, shared: dict[str, torch.Tensor], tasks: BatchedTasks
-    ) -> MetricsResult:
-        params = dict(zip(names, adapted, strict=True))
-        forward = batched_forward(model, params, shared, batch_norm=batch_norm, slots=layout.slots)
-        losses = tasks.query_losses(forward) if query else None
-        return losses, tasks.support_losses(forward, None)
-
-    return metrics
 
 
 class _Compiled:
@@ -346,7 +207,18 @@ class CompiledMetaGradient:
         metrics = functional_metrics(model, query=kind == "reptile", batch_norm=batch_norm)
         options = {**compile_options(), **(options or {})}
         self._gradient = _Compiled(function, options, "meta-iteration")
+        self._scale: tuple[tuple[float, torch.dtype, torch.device], torch.Tensor] | None = None
         self._metrics = _Compiled(metrics, options, "metrics")
+
+    def _weight(self, weight: float, like: torch.Tensor | None) -> torch.Tensor | None:
+        """``weight`` as the 0-d tensor the compiled function takes, made again only when it
+        changes (a run passes the same weight every iteration)."""
+        if like is None:
+            return None
+        key = (weight, like.dtype, like.device)
+        if self._scale is None or self._scale[0] != key:
+            self._scale = (key, torch.tensor(weight, dtype=like.dtype, device=like.device))
+        return self._scale[1]
 
     @property
     def compiles(self) -> int:
@@ -372,16 +244,18 @@ class CompiledMetaGradient:
         theta = tuple(p.detach() for p in self._theta)
         rates = tuple(r.detach() for r in self._rates)
         shared = {n: t.detach() for n, t in self._layout.shared.items()}
-        with batch_norm_mode(self.model, self.batch_norm):
-            sums, before, query, adapted = self._gradient(theta, rates, shared, tasks)
+        scale = self._weight(weight, theta[0] if theta else None)
+        # "running" leaves the modules as they are: no context to enter on every call
+        if self.batch_norm == "running":
+            sums, before, query, adapted = self._gradient(theta, rates, shared, tasks, scale)
+        else:
+            with batch_norm_mode(self.model, self.batch_norm):
+                sums, before, query, adapted = self._gradient(theta, rates, shared, tasks, scale)
         num_tasks = len(tasks)
         before = check_losses(before, num_tasks, "support_losses")
         if query is not None:
             query = check_losses(query, num_tasks, "query_losses")
-        targets = self._theta + self._rates
-        for p, total in zip(targets, sums, strict=True):
-            direction = total * weight
-            p.grad = direction if p.grad is None else p.grad + direction
+        _accumulate(self._theta + self._rates, sums)
         deferred: list[MetricsResult] = []
 
         def metric(index: int) -> Callable[[], torch.Tensor]:
@@ -396,6 +270,31 @@ class CompiledMetaGradient:
             return compute
 
         return before, metric(0) if query is None else query, metric(1)
+
+
+def _accumulate(targets: Sequence[torch.Tensor], directions: Tensors) -> None:
+    """``.grad += direction`` for each target, a direction itself where ``.grad`` is ``None``
+    (the directions are outputs of the compiled function, which nothing else holds); the
+    additions are one ``foreach`` operation, cheaper than one eager addition per tensor."""
+    # The compiled function may return one buffer for two equal directions (two parameters
+    # with the same gradient expression): each .grad gets its own, or an in-place step on one
+    # (clip_grad_norm_) would change the other.
+    starts: set[int] = set()
+    owned = []
+    for direction in directions:
+        start = direction.data_ptr()
+        owned.append(direction.clone() if start in starts else direction)
+        starts.add(start)
+    directions = tuple(owned)
+    present = [i for i, p in enumerate(targets) if p.grad is not None]
+    if present:
+        grads: list[torch.Tensor] = [targets[i].grad for i in present]  # type: ignore[misc]
+        sums = torch._foreach_add(grads, [directions[i] for i in present])
+        for i, total in zip(present, sums, strict=True):
+            targets[i].grad = total
+    for p, direction in zip(targets, directions, strict=True):
+        if p.grad is None:
+            p.grad = direction
 
 
 def _fx_graph_cache() -> tuple[int, int]:

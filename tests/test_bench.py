@@ -84,6 +84,20 @@ def test_disagreeing_implementation_stops_the_bench() -> None:
         time_case(case, repeats=1, warmup=0)
 
 
+def test_a_sample_is_a_block_of_calls_as_long_as_asked() -> None:
+    import time
+
+    def slow() -> list[torch.Tensor]:
+        time.sleep(0.012)
+        return [torch.ones(3)]
+
+    case = Case("toy", {"fast": lambda: [torch.ones(3)], "slow": slow}, reference="fast")
+    timed = time_case(case, repeats=2, warmup=0, min_sample_s=0.01)
+    assert timed["slow"]["calls_per_sample"] == 1  # one call is longer than the block
+    assert timed["fast"]["calls_per_sample"] > 1
+    assert time_case(case, repeats=1, warmup=0)["fast"]["calls_per_sample"] == 1
+
+
 def test_unknown_case_is_a_user_error(capsys) -> None:
     assert main(["bench", "--quick", "--cases", "nope", "--no-memory"]) == 2
     assert "--cases: unknown case(s) nope" in capsys.readouterr().err
@@ -115,17 +129,24 @@ def test_run_bench_selects_cases_and_skips_the_compiled_rows() -> None:
     assert {"torch.func", "metaopt-vmap"} <= {r["impl"] for r in records}
 
 
-def test_the_checkpointed_unroll_script_of_the_docs_runs() -> None:
-    """docs/checkpoint_unroll.py, the experiment behind docs/performance.md's checkpointing table:
-    the checkpointed unroll's meta-gradient is the plain unroll's."""
-    script = Path(__file__).parents[1] / "docs" / "checkpoint_unroll.py"
-    printed = subprocess.run(
-        [sys.executable, str(script), "--dtype", "float64", "--steps", "2", "--segment", "1"],
+def docs_script(name: str, *flags: str) -> str:
+    """What ``python docs/NAME FLAGS`` prints (it must exit 0)."""
+    script = Path(__file__).parents[1] / "docs" / name
+    return subprocess.run(
+        [sys.executable, str(script), *flags],
         check=True,
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=600,
     ).stdout
+
+
+def test_the_checkpointed_unroll_script_of_the_docs_runs() -> None:
+    """docs/checkpoint_unroll.py, the experiment behind docs/performance.md's checkpointing table:
+    the checkpointed unroll's meta-gradient is the plain unroll's."""
+    printed = docs_script(
+        "checkpoint_unroll.py", "--dtype", "float64", "--steps", "2", "--segment", "1"
+    )
     difference = float(printed.split("relative difference ")[1].split()[0])
     assert difference <= 1e-12
     assert "plain unroll: peak" in printed and "segments of 1: peak" in printed
@@ -201,3 +222,17 @@ def test_the_cpp_wrapper_script_of_the_docs_runs() -> None:
         assert f"  {name} " in printed
     printed = run("--neighbours", "--rounds", "1")
     assert "after higher" in printed and "time_case, 5 call(s) per sample" in printed
+
+
+@pytest.mark.slow
+def test_the_overhead_script_of_the_docs_runs() -> None:
+    """docs/compiled_overhead.py, behind docs/performance.md's table of where a compiled 1-step
+    meta-iteration's time goes: every depth timed, the generated code's entry found by cProfile."""
+    printed = docs_script(
+        "compiled_overhead.py", "--rounds", "1", "--calls", "1", "--profiled", "3"
+    )
+    for case in ("maml", "metasgd"):
+        for depth in ("meta_backward", "engine call", "torch.func"):
+            assert f"{case} {depth}" in printed
+        entry = printed.split(f"{case} C++ entry")[1].split()[0]
+        assert float(entry) > 0  # the profiler saw the generated code

@@ -85,7 +85,22 @@ def test_compiled_engine_accumulates_scales_and_restores(metasgd) -> None:
     algo.meta_backward(tasks, scale=3 / len(tasks))
     twice = torch.cat([p.grad.reshape(-1) for p in algo.meta_parameters()])
     torch.testing.assert_close(twice, 4 * once, rtol=1e-5, atol=1e-7)
+    # the weight is an input of the compiled function, not a constant of its graph
+    assert compiled.engine_of(algo)[0].compiles == 1
     assert_state_restored(algo.model, algo.inner_optimizer, lambda: algo.meta_backward(tasks))
+
+
+def test_equal_directions_get_a_gradient_each() -> None:
+    # The compiled function may return one buffer for two parameters whose gradients are the
+    # same expression; an in-place step on one .grad must not change the other.
+    a, b, c = (nn.Parameter(torch.zeros(3)) for _ in range(3))
+    c.grad = torch.ones(3)
+    direction = torch.full((3,), 2.0)
+    compiled._accumulate([a, b, c], (direction, direction, direction))
+    assert a.grad is not b.grad
+    a.grad.mul_(0)
+    torch.testing.assert_close(b.grad, torch.full((3,), 2.0))
+    torch.testing.assert_close(c.grad, torch.full((3,), 3.0))
 
 
 def test_another_meta_batch_size_recompiles_with_a_warning(metasgd) -> None:

@@ -222,6 +222,12 @@ class MetaSGD(MAML):
         """Warn once when a raw learned rate has turned negative (an inner step that climbs)."""
         if self.positive_rates or self.__dict__.get("_warned_negative", False):
             return
+        # One reduction and one host sync per call, the per-rate search only once one is negative
+        # (a check per rate cost more than the compiled meta-iteration's own Python).
+        learned = [rate for rate in self._rates() if rate.requires_grad and rate.numel()]
+        with torch.no_grad():
+            if not learned or torch.cat([rate.reshape(-1) for rate in learned]).min().item() >= 0:
+                return
         for name, rate in zip(
             (n for n, _ in self.model.named_parameters()), self.inner_lrs, strict=True
         ):
@@ -246,10 +252,15 @@ class MetaSGD(MAML):
     def meta_parameters(self) -> list[nn.Parameter]:
         """θ followed by the learned rates (α, or ρ with ``positive_rates``) of the trainable
         parameters."""
-        return super().meta_parameters() + [a for a in self.inner_lrs if a.requires_grad]
+        return super().meta_parameters() + [a for a in self._rates() if a.requires_grad]
 
     def rate_parameters(self) -> list[nn.Parameter]:
-        return list(self.inner_lrs)
+        return self._rates()
+
+    def _rates(self) -> list[nn.Parameter]:
+        """``list(self.inner_lrs)``, read from the ParameterList's registry (its iterator indexes
+        by string and costs more than a small compiled meta-iteration's own Python)."""
+        return list(self.inner_lrs._parameters.values())  # type: ignore[arg-type]
 
     def learned_state(self) -> dict[str, Any]:
         return {"inner_lrs": [rate.detach().clone() for rate in self.inner_lrs]}

@@ -23,6 +23,7 @@ def run_bench(
     quick: bool = False,
     threads: int | None = None,
     repeats: int | None = None,
+    min_sample_s: float = 0.01,
     cases: Sequence[str] | None = None,
     memory: bool = True,
     compiled: bool = True,
@@ -38,6 +39,8 @@ def run_bench(
     implementations that compile on their first call (:attr:`Case.compiled`: the sine cases'
     ``metaopt-compiled`` rows, whose compiles take most of a full bench's time); with them, their
     rows carry ``compile_s`` and ``compile_cache`` and the table a column ``compile s``.
+    ``min_sample_s``: each timed sample is a block of back-to-back calls at least this long
+    (:func:`~metaopt.tools.bench.timing.time_case`; 0: one call per sample).
 
     Raises:
         ConfigError: ``cases`` names a case no domain registers.
@@ -56,8 +59,14 @@ def run_bench(
         all_cases = [c for c in all_cases if c.name in cases]
     if not compiled:
         all_cases = [c.without_compiled() for c in all_cases]
+    if min_sample_s < 0:
+        raise ConfigError(f"--min-sample-ms must be at least 0, got {min_sample_s * 1e3:g}")
+    block = (
+        f", each a block of calls of at least {min_sample_s * 1e3:g} ms" if min_sample_s > 0 else ""
+    )
     echo(
-        f"metaopt bench: {threads} thread(s), median of {repeats} repetitions, torch {torch.__version__}"
+        f"metaopt bench: {threads} thread(s), median of {repeats} repetitions{block}, "
+        f"torch {torch.__version__}"
     )
     records: list[dict[str, Any]] = []
     peak: float | None = None
@@ -76,6 +85,7 @@ def run_bench(
             case,
             repeats=min(repeats, case.max_repeats or repeats),
             warmup=1 if quick or case.max_repeats else 3,
+            min_sample_s=min_sample_s,
         )
         echo(f"\n{case.name}: {case.description}")
         flops = timed[case.flops_from]["flops"] if case.flops_from is not None else None
@@ -85,7 +95,7 @@ def run_bench(
             )
         width = max(16, *(len(name) for name in timed))
         header = (
-            f"  {'implementation':{width}s} {'median ms':>10s}"
+            f"  {'implementation':{width}s} {'median ms':>10s} {'calls':>5s}"
             + "".join(f" {'× vs ' + r:>18s}" for r in case.ratios_to)
             + f" {'rel. grad diff':>15s}"
             + (f" {'GFLOP/s':>9s} {'% of peak':>10s}" if flops is not None else "")
@@ -112,7 +122,7 @@ def run_bench(
             records.append(row)
             diff = fields["max_rel_grad_diff"]
             echo(
-                f"  {name:{width}s} {fields['median_s'] * 1e3:10.2f}"
+                f"  {name:{width}s} {fields['median_s'] * 1e3:10.2f} {fields['calls_per_sample']:5d}"
                 + "".join(f" {ratios[b]:18.2f}" for b in case.ratios_to)
                 + (f" {diff:15.1e}" if diff is not None else f" {'(stochastic)':>15s}")
                 + flop_columns

@@ -15,8 +15,9 @@ writes the whole meta-iteration as a pure function of tensors and compiles it on
 
 The compiled function multiplies the sums by the task weight, an input tensor, so a change of
 ``scale`` never recompiles, and :meth:`CompiledMetaGradient.__call__` hands them to ``.grad``
-(one ``foreach`` addition where a gradient is already there). The support losses at θ come out of the same function, and so do the query
-losses where the meta-gradient needs them (MAML, Meta-SGD). The metrics it does not need, the
+(one ``foreach`` addition where a gradient is already there). The support losses at θ come out
+of the same function, and so do the query losses where the meta-gradient needs them (MAML,
+Meta-SGD). The metrics it does not need, the
 support losses at the adapted parameters (``support_after``) and Reptile's query losses, are
 forward passes over the whole support and query sets, as costly as Reptile's five inner steps on
 minibatches: the function returns the adapted parameters instead, and a second compiled function

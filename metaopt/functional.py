@@ -31,10 +31,11 @@ __all__ = [
 
 Tensors = tuple[torch.Tensor, ...]
 #: What the functional meta-gradient returns: the meta-gradient's sums over tasks (θ's, then the
-#: rates' for Meta-SGD; times the task weight when it is given one), the support losses at θ ``[B]``, the query losses ``[B]`` (MAML, whose
-#: meta-loss they are; ``None`` for Reptile, which does not need them) and the adapted
-#: parameters ``[B, ...]`` (all detached), from which :func:`functional_metrics` computes the
-#: metrics the meta-gradient does not need when they are read.
+#: rates' for Meta-SGD; times the task weight when it is given one), the support losses at θ
+#: ``[B]``, the query losses ``[B]`` (MAML, whose meta-loss they are; ``None`` for Reptile, which
+#: does not need them) and the adapted parameters ``[B, ...]`` (all detached), from which
+#: :func:`functional_metrics` computes the metrics the meta-gradient does not need when they are
+#: read.
 MetaGradientResult = tuple[Tensors, torch.Tensor, torch.Tensor | None, Tensors]
 #: What :func:`functional_metrics` returns: the query losses (``None`` if not asked for) and the
 #: support losses at the adapted parameters, each ``[B]``.

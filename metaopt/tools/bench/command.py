@@ -122,7 +122,8 @@ def run_bench(
             records.append(row)
             diff = fields["max_rel_grad_diff"]
             echo(
-                f"  {name:{width}s} {fields['median_s'] * 1e3:10.2f} {fields['calls_per_sample']:5d}"
+                f"  {name:{width}s} {fields['median_s'] * 1e3:10.2f}"
+                + f" {fields['calls_per_sample']:5d}"
                 + "".join(f" {ratios[b]:18.2f}" for b in case.ratios_to)
                 + (f" {diff:15.1e}" if diff is not None else f" {'(stochastic)':>15s}")
                 + flop_columns

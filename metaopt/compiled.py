@@ -71,6 +71,7 @@ __all__ = [
     "engine_of",
     "functional_meta_gradient",
     "functional_metrics",
+    "lowest_rate",
 ]
 
 
@@ -209,6 +210,8 @@ class CompiledMetaGradient:
         options = {**compile_options(), **(options or {})}
         self._gradient = _Compiled(function, options, "meta-iteration")
         self._scale: tuple[tuple[float, torch.dtype, torch.device], torch.Tensor] | None = None
+        #: Meta-SGD's lowest rate at the last call (0-d; ``None`` without rates)
+        self.lowest_rate: torch.Tensor | None = None
         self._metrics = _Compiled(metrics, options, "metrics")
 
     def _weight(self, weight: float, like: torch.Tensor | None) -> torch.Tensor | None:
@@ -248,10 +251,11 @@ class CompiledMetaGradient:
         scale = self._weight(weight, theta[0] if theta else None)
         # "running" leaves the modules as they are: no context to enter on every call
         if self.batch_norm == "running":
-            sums, before, query, adapted = self._gradient(theta, rates, shared, tasks, scale)
+            result = self._gradient(theta, rates, shared, tasks, scale)
         else:
             with batch_norm_mode(self.model, self.batch_norm):
-                sums, before, query, adapted = self._gradient(theta, rates, shared, tasks, scale)
+                result = self._gradient(theta, rates, shared, tasks, scale)
+        sums, before, query, adapted, self.lowest_rate = result
         num_tasks = len(tasks)
         before = check_losses(before, num_tasks, "support_losses")
         if query is not None:
@@ -307,6 +311,8 @@ def _fx_graph_cache() -> tuple[int, int]:
 _ENGINES: weakref.WeakKeyDictionary[Any, dict[tuple[Any, ...], CompiledMetaGradient]] = (
     weakref.WeakKeyDictionary()
 )
+#: Each learner's engine of its last compiled call.
+_LAST: weakref.WeakKeyDictionary[Any, CompiledMetaGradient] = weakref.WeakKeyDictionary()
 
 
 def compiled_meta_backward(
@@ -328,10 +334,21 @@ def compiled_meta_backward(
     meta-gradient does not need as functions that compute them, see :class:`CompiledMetaGradient`).
 
     The compiled function is kept per learner and per configuration (``steps``,
-    ``first_order``, inner optimiser and rate, BatchNorm mode, ``kind``), so changing one of
-    them on the learner builds (and compiles) a new one instead of running a stale graph.
+    ``first_order``, inner optimiser and rate, BatchNorm mode, ``kind``) and per state of the
+    model's structure (:func:`_structure`), so changing one of them builds (and compiles) a new
+    one instead of running a stale graph: a parameter frozen or unfrozen, a tensor replaced
+    (``model.to(...)`` replaces buffers), a module switched between training and evaluation.
     """
-    key = (kind, steps, first_order, inner_optimizer, inner_lr, batch_norm, positive_rates)
+    key = (
+        kind,
+        steps,
+        first_order,
+        inner_optimizer,
+        inner_lr,
+        batch_norm,
+        positive_rates,
+        _structure(algo.model, algo.rate_parameters()),
+    )
     engines = _ENGINES.setdefault(algo, {})
     if key not in engines:
         engines[key] = CompiledMetaGradient(
@@ -345,8 +362,35 @@ def compiled_meta_backward(
             batch_norm=batch_norm,
             positive_rates=positive_rates,
         )
+    _LAST[algo] = engines[key]
     before, query, after = engines[key](tasks, weight)
     return before, after, query
+
+
+def _structure(model: nn.Module, rates: Sequence[torch.Tensor]) -> tuple[Any, ...]:
+    """What an engine fixes when it is built (its layout of θ, the frozen tensors and the buffers,
+    its refusals): the rates' identities, then, module by module, its identity and training flag,
+    each parameter's identity and ``requires_grad``, each buffer's identity. Dynamo's guards see
+    none of it, since the compiled function receives detached tensors. (One flat tuple: every
+    entry is an object's identity or a flag, so the sequence alone tells two states apart.)"""
+    signature: list[Any] = [id(rate) for rate in rates]
+    add = signature.append
+    for module in model.modules():
+        add(id(module))
+        add(module.training)
+        for p in module._parameters.values():
+            add(id(p))
+            add(p is not None and p.requires_grad)
+        for buffer in module._buffers.values():
+            add(id(buffer))
+    return tuple(signature)
+
+
+def lowest_rate(algo: Any) -> float | None:
+    """Meta-SGD's lowest learned rate at ``algo``'s last compiled call, as that call's graph
+    computed it (``None`` before one, or without rates or with ``positive_rates``)."""
+    engine = _LAST.get(algo)
+    return None if engine is None or engine.lowest_rate is None else engine.lowest_rate.item()
 
 
 def engine_of(algo: Any) -> list[CompiledMetaGradient]:

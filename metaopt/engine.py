@@ -178,7 +178,8 @@ def static_layout(model: nn.Module, batch_norm: str, who: str, instead: str) -> 
     if layout.copied:
         raise TypeError(
             f"{who} cannot run a model whose buffers change during adaptation "
-            f"({', '.join(layout.copied)}: BatchNorm in training mode with running statistics); "
+            f"({', '.join(layout.copied)}: buffers of modules in training mode, which their "
+            "forward may update, as BatchNorm's running statistics); "
             f"use batch_norm='batch', eval mode, or {instead}"
         )
     return layout

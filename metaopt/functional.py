@@ -35,8 +35,9 @@ Tensors = tuple[torch.Tensor, ...]
 #: ``[B]``, the query losses ``[B]`` (MAML, whose meta-loss they are; ``None`` for Reptile, which
 #: does not need them) and the adapted parameters ``[B, ...]`` (all detached), from which
 #: :func:`functional_metrics` computes the metrics the meta-gradient does not need when they are
-#: read.
-MetaGradientResult = tuple[Tensors, torch.Tensor, torch.Tensor | None, Tensors]
+#: read; last, Meta-SGD's lowest rate (0-d, for its negative-rate warning; ``None`` without rates
+#: or with ``positive_rates``).
+MetaGradientResult = tuple[Tensors, torch.Tensor, torch.Tensor | None, Tensors, torch.Tensor | None]
 #: What :func:`functional_metrics` returns: the query losses (``None`` if not asked for) and the
 #: support losses at the adapted parameters, each ``[B]``.
 MetricsResult = tuple[torch.Tensor | None, torch.Tensor]
@@ -122,6 +123,14 @@ def functional_meta_gradient(
         assert before is not None
         return flat, before.detach()
 
+    def lowest_rate(rates: Tensors) -> torch.Tensor | None:
+        # Meta-SGD's check for a negative rate, fused into the graph (eagerly, a reduction over
+        # the rates and a host sync cost a tenth of a small compiled meta-iteration)
+        rates = tuple(r for r in rates if r.numel())
+        if positive_rates or not rates:
+            return None
+        return torch.cat([r.reshape(-1) for r in rates]).min()
+
     def maml(
         theta: Tensors,
         rates: Tensors,
@@ -139,7 +148,8 @@ def functional_meta_gradient(
         (g_theta, g_rates), (before, query, adapted) = torch.func.grad(
             meta_loss, argnums=(0, 1), has_aux=True
         )(theta, rates)
-        return _weighted(tuple(g_theta) + tuple(g_rates), weight), before, query, adapted
+        sums = _weighted(tuple(g_theta) + tuple(g_rates), weight)
+        return sums, before, query, adapted, lowest_rate(rates)
 
     def reptile(
         theta: Tensors,
@@ -151,7 +161,7 @@ def functional_meta_gradient(
         # Reptile's direction needs no query loss: both metrics wait until they are read.
         flat, before = adapt(theta, rates, shared, tasks)
         directions = tuple((p - q).sum(0) for p, q in zip(theta, flat, strict=True))
-        return _weighted(directions, weight), before, None, flat
+        return _weighted(directions, weight), before, None, flat, None
 
     return maml if kind == "maml" else reptile
 

@@ -9,6 +9,8 @@ fixture shares it across the tests. The full grid through inductor is ``slow``.
 
 from __future__ import annotations
 
+import copy
+import warnings
 from collections.abc import Iterator
 
 import pytest
@@ -18,6 +20,7 @@ from torch import nn
 
 import metaopt
 import metaopt.compiled as compiled
+from metaopt.algorithms import NegativeRateWarning
 
 DEFAULT_OPTIONS = compiled.compile_options()
 
@@ -88,6 +91,60 @@ def test_compiled_engine_accumulates_scales_and_restores(metasgd) -> None:
     # the weight is an input of the compiled function, not a constant of its graph
     assert compiled.engine_of(algo)[0].compiles == 1
     assert_state_restored(algo.model, algo.inner_optimizer, lambda: algo.meta_backward(tasks))
+
+
+class Scaled(nn.Module):
+    """An MLP whose output is multiplied by a buffer."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = mlp(torch.float32)
+        self.register_buffer("scale", torch.tensor(1.0))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x) * self.scale
+
+
+def test_a_frozen_parameter_or_a_replaced_buffer_builds_the_engine_again(monkeypatch) -> None:
+    # The compiled function gets detached tensors, so dynamo's guards cannot see a parameter
+    # frozen or a buffer replaced after the engine was built: the engine itself must.
+    monkeypatch.setattr(compiled, "compile_options", fast_options)
+    torch.manual_seed(0)
+    model = Scaled().eval()  # in training mode, a module's buffers count as written
+    algo = metaopt.MAML(model, inner_lr=0.05, inner_steps=1, engine="compiled")
+    twin = metaopt.MAML(copy.deepcopy(model), inner_lr=0.05, inner_steps=1, engine="vmap")
+    tasks = RegressionBatch(4, torch.float32)
+    algo.meta_backward(tasks)
+    for learner in (algo, twin):
+        learner.model.net[0].weight.requires_grad_(False)
+        learner.model.scale = torch.tensor(2.0)  # a new tensor under the buffer's name
+        for p in learner.model.parameters():
+            p.grad = None
+        learner.meta_backward(tasks)
+    assert algo.model.net[0].weight.grad is None
+    for got, want in zip(algo.model.parameters(), twin.model.parameters(), strict=True):
+        if want.grad is not None:
+            assert relative(got.grad, want.grad) <= 1e-6
+    assert len(compiled.engine_of(algo)) == 2
+
+
+def test_a_negative_rate_warns_once_from_the_compiled_graph(monkeypatch) -> None:
+    # The compiled graph computes Meta-SGD's lowest rate; the warning is the eager engines'.
+    monkeypatch.setattr(compiled, "compile_options", fast_options)
+    algo = build("metasgd", mlp(torch.float32), "compiled", 1)
+    tasks = RegressionBatch(3, torch.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        algo.meta_backward(tasks)  # all rates positive: silent
+    assert compiled.lowest_rate(algo) > 0
+    with torch.no_grad():
+        algo.inner_lrs[3][0] = -0.25  # the second layer's bias
+    with pytest.warns(NegativeRateWarning, match=r"rate of 2\.bias .*-0\.25"):
+        algo.meta_backward(tasks)
+    assert compiled.lowest_rate(algo) == -0.25
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        algo.meta_backward(tasks)  # once
 
 
 def test_equal_directions_get_a_gradient_each() -> None:

@@ -14,6 +14,7 @@ from torchopt.base import GradientTransformation
 from metaopt.algorithms.checks import check_tasks, scalar_loss
 from metaopt.algorithms.learner import MetaLearner, MetaMetrics
 from metaopt.algorithms.subset import Adapt, adapt_mask
+from metaopt.compiled import lowest_rate as compiled_lowest_rate
 from metaopt.engine import can_vectorise, check_losses
 from metaopt.inner import learned_rate_sgd, positive_rates, softplus_inverse
 from metaopt.options import check_int
@@ -215,8 +216,15 @@ class MetaSGD(MAML):
         return learned_rate_sgd(list(self.inner_lrs), positive=self.positive_rates)
 
     def meta_backward(self, tasks: Sequence[Task], *, scale: float | None = None) -> MetaMetrics:
-        self._warn_negative_rates()
-        return super().meta_backward(tasks, scale=scale)
+        if self.engine != "compiled":
+            self._warn_negative_rates()
+            return super().meta_backward(tasks, scale=scale)
+        # The compiled graph computes the lowest rate: the full check only when it is negative.
+        metrics = super().meta_backward(tasks, scale=scale)
+        lowest = compiled_lowest_rate(self)
+        if lowest is not None and lowest < 0:
+            self._warn_negative_rates()
+        return metrics
 
     def _warn_negative_rates(self) -> None:
         """Warn once when a raw learned rate has turned negative (an inner step that climbs)."""

@@ -92,7 +92,7 @@ def test_a_sample_is_a_block_of_calls_as_long_as_asked() -> None:
         return [torch.ones(3)]
 
     case = Case("toy", {"fast": lambda: [torch.ones(3)], "slow": slow}, reference="fast")
-    timed = time_case(case, repeats=2, warmup=0, min_sample_s=0.01)
+    timed = time_case(case, repeats=2, warmup=3, min_sample_s=0.01)
     assert timed["slow"]["calls_per_sample"] == 1  # one call is longer than the block
     assert timed["fast"]["calls_per_sample"] > 1
     assert time_case(case, repeats=1, warmup=0)["fast"]["calls_per_sample"] == 1

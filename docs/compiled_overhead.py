@@ -25,13 +25,13 @@ import argparse
 import cProfile
 import pstats
 import statistics
-import time
 from collections.abc import Callable
 
 import torch
 
 import metaopt.compiled
 from metaopt import MAML, MetaLearner, MetaSGD
+from metaopt.tools.bench import round_robin
 from supervised.bench_sine import SineBatch, _func_reference, sine_mlp
 
 
@@ -77,21 +77,6 @@ def entry_seconds(call: Callable[[], object], count: int) -> float:
     return inside / count
 
 
-def steady_round_robin(
-    impls: dict[str, Callable[[], object]], rounds: int, calls: int
-) -> dict[str, list[float]]:
-    """Seconds per call, ``rounds`` samples each: one untimed call, then ``calls`` timed ones."""
-    samples: dict[str, list[float]] = {name: [] for name in impls}
-    for _ in range(rounds):
-        for name, call in impls.items():
-            call()
-            start = time.perf_counter()
-            for _ in range(calls):
-                call()
-            samples[name].append((time.perf_counter() - start) / calls)
-    return samples
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=41, help="samples per row (default: 41)")
@@ -103,7 +88,7 @@ def main() -> None:
     torch.set_num_threads(1)
     batch = SineBatch(25, 10)
     impls = {**case("maml", batch), **case("metasgd", batch)}
-    times = steady_round_robin(impls, args.rounds, args.calls)
+    times = round_robin(impls, args.rounds, args.calls, untimed=1)
     print(
         f"1 thread, median (minimum) of {args.rounds} samples of {args.calls} calls after an "
         "untimed one, ms:"

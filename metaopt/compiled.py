@@ -249,12 +249,8 @@ class CompiledMetaGradient:
         rates = tuple(r.detach() for r in self._rates)
         shared = {n: t.detach() for n, t in self._layout.shared.items()}
         scale = self._weight(weight, theta[0] if theta else None)
-        # "running" leaves the modules as they are: no context to enter on every call
-        if self.batch_norm == "running":
+        with batch_norm_mode(self.model, self.batch_norm):
             result = self._gradient(theta, rates, shared, tasks, scale)
-        else:
-            with batch_norm_mode(self.model, self.batch_norm):
-                result = self._gradient(theta, rates, shared, tasks, scale)
         sums, before, query, adapted, self.lowest_rate = result
         num_tasks = len(tasks)
         before = check_losses(before, num_tasks, "support_losses")

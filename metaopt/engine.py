@@ -28,7 +28,7 @@ The engine gives the loop engine's answer or is not used (:func:`can_vectorise` 
 from __future__ import annotations
 
 from collections.abc import Collection, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any
 
 import torch
@@ -57,12 +57,20 @@ BatchedParameters = dict[str, torch.Tensor]
 _BatchNorm = nn.modules.batchnorm._BatchNorm
 
 
-@contextmanager
-def batch_norm_mode(model: nn.Module, mode: str) -> Iterator[None]:
-    """Make ``model``'s BatchNorm layers behave as ``mode`` (see :data:`BATCH_NORM_MODES`)."""
+def batch_norm_mode(model: nn.Module, mode: str) -> AbstractContextManager[None]:
+    """Make ``model``'s BatchNorm layers behave as ``mode`` (see :data:`BATCH_NORM_MODES`).
+
+    ``"running"`` leaves the modules as they are: an empty context, cheap enough for the compiled
+    engine's every call."""
     if mode not in BATCH_NORM_MODES:
         raise ValueError(f"batch_norm must be one of {', '.join(BATCH_NORM_MODES)}; got {mode!r}")
-    layers = [m for m in model.modules() if isinstance(m, _BatchNorm)] if mode == "batch" else []
+    return nullcontext() if mode == "running" else _batch_statistics(model)
+
+
+@contextmanager
+def _batch_statistics(model: nn.Module) -> Iterator[None]:
+    """Every BatchNorm layer of ``model`` normalises with its batch's statistics (``"batch"``)."""
+    layers = [m for m in model.modules() if isinstance(m, _BatchNorm)]
     saved = [(m, m.training, m.track_running_stats) for m in layers]
     try:
         for m in layers:  # training without tracking: batch statistics, buffers untouched

@@ -12,7 +12,7 @@ import torch
 
 import metaopt.compiled as compiled
 from metaopt.cli import main
-from metaopt.tools.bench import Case, peak_memory_bytes, run_bench, time_case
+from metaopt.tools.bench import Case, peak_memory_bytes, round_robin, run_bench, time_case
 
 
 def eager_backend() -> dict[str, object]:
@@ -129,6 +129,15 @@ def test_run_bench_selects_cases_and_skips_the_compiled_rows() -> None:
     assert {"torch.func", "metaopt-vmap"} <= {r["impl"] for r in records}
 
 
+def test_round_robin_refills_before_it_times() -> None:
+    calls: list[str] = []
+    samples = round_robin(
+        {"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, 2, 3, untimed=1
+    )
+    assert calls == (["a"] * 4 + ["b"] * 4) * 2  # one untimed call, then three timed ones
+    assert [len(s) for s in samples.values()] == [2, 2]
+
+
 def docs_script(name: str, *flags: str) -> str:
     """What ``python docs/NAME FLAGS`` prints (it must exit 0)."""
     script = Path(__file__).parents[1] / "docs" / name
@@ -206,21 +215,12 @@ def test_the_cpp_wrapper_script_of_the_docs_runs() -> None:
     """docs/compiled_wrapper.py, behind docs/performance.md's C++-wrapper table: both wrappers
     through inductor, their meta-gradients checked against torch.func before anything is timed,
     and its --neighbours mode."""
-    path = Path(__file__).parents[1] / "docs" / "compiled_wrapper.py"
-
-    def run(*flags: str) -> str:
-        return subprocess.run(
-            [sys.executable, str(path), *flags],
-            check=True,
-            capture_output=True,
-            text=True,
-            timeout=600,
-        ).stdout
-
-    printed = run("--rounds", "1", "--calls", "1", "--cases", "sine-maml-1step")
+    printed = docs_script(
+        "compiled_wrapper.py", "--rounds", "1", "--calls", "1", "--cases", "sine-maml-1step"
+    )
     for name in ("compiled, Python wrapper", "compiled, C++ wrapper", "torch.func", "loop"):
         assert f"  {name} " in printed
-    printed = run("--neighbours", "--rounds", "1")
+    printed = docs_script("compiled_wrapper.py", "--neighbours", "--rounds", "1")
     assert "after higher" in printed and "time_case, 5 call(s) per sample" in printed
 
 

@@ -25,16 +25,23 @@ def relative_difference(a: Gradient, b: Gradient) -> float:
 
 
 def round_robin(
-    impls: Mapping[str, Callable[[], object]], repeats: int, inner: int | Mapping[str, int] = 1
+    impls: Mapping[str, Callable[[], object]],
+    repeats: int,
+    inner: int | Mapping[str, int] = 1,
+    *,
+    untimed: int = 0,
 ) -> dict[str, list[float]]:
     """Seconds per call of each implementation, ``repeats`` samples each (a sample is the mean of
-    ``inner`` back-to-back calls, or of ``inner[name]``), taken in turn so that machine noise
-    falls on every implementation alike."""
+    ``inner`` back-to-back calls, or of ``inner[name]``, after ``untimed`` calls that refill the
+    caches the previous implementation evicted), taken in turn so that machine noise falls on
+    every implementation alike."""
     samples: dict[str, list[float]] = {name: [] for name in impls}
     calls = inner if isinstance(inner, Mapping) else dict.fromkeys(impls, inner)
     for _ in range(repeats):
         for name, fn in impls.items():
             count = calls[name]
+            for _ in range(untimed):
+                fn()
             start = time.perf_counter()
             for _ in range(count):
                 fn()

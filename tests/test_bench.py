@@ -98,6 +98,19 @@ def test_a_sample_is_a_block_of_calls_as_long_as_asked() -> None:
     assert time_case(case, repeats=1, warmup=0)["fast"]["calls_per_sample"] == 1
 
 
+def test_min_sample_ms_reaches_the_timing_and_refuses_a_negative(tmp_path: Path, capsys) -> None:
+    path = tmp_path / "bench.json"
+    flags = ["bench", "--quick", "--cases", "sine-maml-1step", "--no-memory", "--no-compiled"]
+    assert main([*flags, "--repeats", "1", "--min-sample-ms", "0", "--json", str(path)]) == 0
+    timed = [r for r in json.loads(path.read_text()) if "median_s" in r]
+    assert timed and all(r["calls_per_sample"] == 1 for r in timed)
+    assert "calls" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exited:  # argparse's own exit for a bad value
+        main([*flags, "--min-sample-ms", "-1"])
+    assert exited.value.code == 2
+    assert "--min-sample-ms: expected a finite number >= 0, got '-1'" in capsys.readouterr().err
+
+
 def test_unknown_case_is_a_user_error(capsys) -> None:
     assert main(["bench", "--quick", "--cases", "nope", "--no-memory"]) == 2
     assert "--cases: unknown case(s) nope" in capsys.readouterr().err

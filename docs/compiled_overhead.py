@@ -8,7 +8,9 @@ previous row's calls evicted, so that the rows compare steady states), the media
 
 * ``meta_backward``: the learner's call, as training and the bench make it;
 * ``engine call``: the compiled engine's own call (``metaopt.compiled.engine_of(algo)[0]``),
-  without the learner's checks, its one-thread guard and its engine dispatch;
+  without the learner's checks, its one-thread guard and its engine dispatch; ``every guard``,
+  the same with all of dynamo's guards checked (the engine without its guard filter,
+  :func:`metaopt.compiled.library_guards_dropped`);
 * ``C++ entry``: the time inside the graph's generated C++ (its kernels, ``bmm`` calls and
   buffer allocation), from a ``cProfile`` of ``--profiled`` more calls, since only the profiler
   sees it apart from dynamo's guards and AOTAutograd's wrapper around it.
@@ -36,14 +38,35 @@ from supervised.bench_sine import SineBatch, _func_reference, sine_mlp
 
 
 def case(name: str, batch: SineBatch) -> dict[str, Callable[[], object]]:
-    """The case's three timed calls (after one compiling call), by row name."""
+    """The case's timed calls (after one compiling call each), by row name."""
+    learner, engine_call = build(name, batch)
+    default = metaopt.compiled.compile_options
+    # the same engine with every one of dynamo's guards checked (no guard filter)
+    metaopt.compiled.compile_options = lambda: {  # type: ignore[assignment]
+        key: value for key, value in default().items() if key != "options"
+    }
+    try:
+        _, every_guard = build(name, batch)
+    finally:
+        metaopt.compiled.compile_options = default  # type: ignore[assignment]
+    rates = MetaSGD(sine_mlp(), 0.01).rate_parameters() if name == "metasgd" else None
+    return {
+        f"{name} meta_backward": learner,
+        f"{name} engine call": engine_call,
+        f"{name} engine call, every guard": every_guard,
+        f"{name} torch.func": _func_reference(sine_mlp(), batch, 1, 0.01, rates=rates),
+    }
+
+
+def build(name: str, batch: SineBatch) -> tuple[Callable[[], object], Callable[[], object]]:
+    """The ``meta_backward`` call of the case's compiled learner (compiled by one call) and its
+    engine's call."""
     algo: MetaLearner = (
         MAML(sine_mlp(), 0.01, 1, engine="compiled")
         if name == "maml"
         else MetaSGD(sine_mlp(), 0.01, 1, engine="compiled")
     )
     params = algo.meta_parameters()
-    rates = MetaSGD(sine_mlp(), 0.01).rate_parameters() if name == "metasgd" else None
 
     def learner() -> None:
         for p in params:
@@ -58,11 +81,7 @@ def case(name: str, batch: SineBatch) -> dict[str, Callable[[], object]]:
             p.grad = None
         engine(batch, 1 / len(batch))
 
-    return {
-        f"{name} meta_backward": learner,
-        f"{name} engine call": engine_call,
-        f"{name} torch.func": _func_reference(sine_mlp(), batch, 1, 0.01, rates=rates),
-    }
+    return learner, engine_call
 
 
 def entry_seconds(call: Callable[[], object], count: int) -> float:
@@ -94,10 +113,10 @@ def main() -> None:
         "untimed one, ms:"
     )
     for name, samples in times.items():
-        print(f"  {name:22s} {statistics.median(samples) * 1e3:7.3f} ({min(samples) * 1e3:.3f})")
+        print(f"  {name:34s} {statistics.median(samples) * 1e3:7.3f} ({min(samples) * 1e3:.3f})")
     for name in ("maml", "metasgd"):
         seconds = entry_seconds(impls[f"{name} engine call"], args.profiled)
-        print(f"  {name} C++ entry          {seconds * 1e3:7.3f} (cProfile, {args.profiled} calls)")
+        print(f"  {name + ' C++ entry':34s} {seconds * 1e3:7.3f} (cProfile, {args.profiled} calls)")
 
 
 if __name__ == "__main__":

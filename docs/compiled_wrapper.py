@@ -46,7 +46,8 @@ from supervised.bench_sine import (
 )
 from supervised.bench_sine import cases as bench_cases
 
-DEFAULT = metaopt.compiled.compile_options()
+#: The engine's own options function (``compiled_with`` replaces the module's with its own).
+ENGINE_OPTIONS = metaopt.compiled.compile_options
 #: The rows whose ``time_case`` medians ``--neighbours`` prints.
 COMPARED = ("metaopt-compiled", "torch.func")
 #: Largest relative difference from ``torch.func`` accepted before timing (float32).
@@ -86,18 +87,30 @@ def baselines(case: str, batch: SineBatch) -> dict[str, Callable[[], Gradient]]:
     }
 
 
-def compiled_with(case: str, batch: SineBatch, cpp_wrapper: bool) -> Callable[[], Gradient]:
-    """The case's ``metaopt-compiled`` row built (and compiled, timed) with ``cpp_wrapper``."""
+def compiled_with(
+    case: str, batch: SineBatch, **inductor: Any
+) -> tuple[Callable[[], Gradient], MetaLearner]:
+    """The case's ``metaopt-compiled`` row built (and compiled, timed) with the engine's inductor
+    settings overridden by ``inductor`` (e.g. ``cpp_wrapper=False``), and its learner."""
+    default = ENGINE_OPTIONS()  # a fresh matmul-orientation pass for each learner
     options: dict[str, Any] = {
-        **DEFAULT,
-        "inductor_config": {**DEFAULT["inductor_config"], "cpp_wrapper": cpp_wrapper},
+        **default,
+        "inductor_config": {**default["inductor_config"], **inductor},
     }
     metaopt.compiled.compile_options = lambda: options  # type: ignore[assignment]
-    run = _metaopt(learner(case), batch)
+    algo = learner(case)
+    run = _metaopt(algo, batch)
     start = time.perf_counter()
     run()
-    print(f"  compiled, cpp_wrapper={cpp_wrapper}: first call {time.perf_counter() - start:.1f} s")
-    return run
+    changed = ", ".join(f"{key}={value}" for key, value in inductor.items()) or "the defaults"
+    print(f"  compiled, {changed}: first call {time.perf_counter() - start:.1f} s")
+    return run, algo
+
+
+def case_batch(case: str) -> SineBatch:
+    """The bench's meta-batch of the case: 25 tasks of 10 shots (Reptile: 50 points, minibatches
+    of 10)."""
+    return SineBatch(25, 50, minibatch=10) if "reptile" in case else SineBatch(25, 10)
 
 
 def neighbours(rounds: int) -> None:
@@ -152,30 +165,33 @@ def main() -> None:
         return
     for case in args.cases.split(","):
         print(case)
-        tasks, shots = 25, 10
-        batch = SineBatch(tasks, 50, minibatch=10) if "reptile" in case else SineBatch(tasks, shots)
+        batch = case_batch(case)
         impls = {
-            "compiled, Python wrapper": compiled_with(case, batch, False),
-            "compiled, C++ wrapper": compiled_with(case, batch, True),
+            "compiled, Python wrapper": compiled_with(case, batch, cpp_wrapper=False)[0],
+            "compiled, C++ wrapper": compiled_with(case, batch)[0],
             **baselines(case, batch),
         }
-        want = impls["torch.func"]()
-        for name, run in impls.items():
-            difference = relative_difference(run(), want)
-            print(f"  {name}: relative difference to torch.func {difference:.1e}")
-            if not difference <= TOLERANCE:
-                raise SystemExit(
-                    f"{case}: {name}'s meta-gradient is {difference:.1e} off; not timed"
-                )
-        times = round_robin(impls, args.rounds, inner=args.calls)
-        reference = {k: (min(v), statistics.median(v)) for k, v in times.items()}
-        for name, (low, mid) in reference.items():
-            ratios = "".join(
-                f"  ×{other} {reference[other][0] / low:.2f} ({reference[other][1] / mid:.2f})"
-                for other in ("torch.func", "loop")
-                if other in reference and other != name
-            )
-            print(f"  {name:26s} {low * 1e3:7.3f} ({mid * 1e3:7.3f}) ms{ratios}")
+        compare(case, impls, args.rounds, args.calls)
+
+
+def compare(case: str, impls: dict[str, Callable[[], Gradient]], rounds: int, calls: int) -> None:
+    """Check every row's meta-gradient against ``torch.func``'s, then time the rows round-robin
+    and print each one's minimum (median) and its ratios to ``torch.func`` and the loop."""
+    want = impls["torch.func"]()
+    for name, run in impls.items():
+        difference = relative_difference(run(), want)
+        print(f"  {name}: relative difference to torch.func {difference:.1e}")
+        if not difference <= TOLERANCE:
+            raise SystemExit(f"{case}: {name}'s meta-gradient is {difference:.1e} off; not timed")
+    times = round_robin(impls, rounds, inner=calls)
+    reference = {k: (min(v), statistics.median(v)) for k, v in times.items()}
+    for name, (low, mid) in reference.items():
+        ratios = "".join(
+            f"  ×{other} {reference[other][0] / low:.2f} ({reference[other][1] / mid:.2f})"
+            for other in ("torch.func", "loop")
+            if other in reference and other != name
+        )
+        print(f"  {name:26s} {low * 1e3:7.3f} ({mid * 1e3:7.3f}) ms{ratios}")
 
 
 if __name__ == "__main__":

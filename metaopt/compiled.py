@@ -36,11 +36,14 @@ switching train/eval mode. A training run sees one shape for every meta-iteratio
 once; evaluation on a meta-batch of another size compiles once more. Every compile after the
 first is counted (:attr:`CompiledMetaGradient.compiles`, ``metric_compiles``) and warned about
 once, since a run whose shapes change every iteration would compile every iteration and should
-use ``vmap``.
+use ``vmap``. Reassigning a module-level name of torch's or metaopt's own code after the first
+call does not recompile: the engine leaves dynamo's guards on those out
+(:func:`library_guards_dropped`).
 """
 
 from __future__ import annotations
 
+import re
 import time
 import types
 import warnings
@@ -59,6 +62,7 @@ from metaopt.functional import (
     functional_meta_gradient,
     functional_metrics,
 )
+from metaopt.matmul_orientation import Decision, MatmulOrientation
 from metaopt.task import BatchedTasks
 
 __all__ = [
@@ -77,15 +81,43 @@ __all__ = [
 
 def compile_options() -> dict[str, Any]:
     """``torch.compile`` keyword arguments of the engine: inductor, static shapes, and under
-    ``"inductor_config"`` the inductor settings its code is generated with (``cpp_wrapper``: the
+    ``"inductor_config"`` the inductor settings its code is generated with: ``cpp_wrapper`` (the
     generated kernels are called from C++ rather than from a Python wrapper, which took 13 to
-    20 % off the bench's compiled sine meta-iterations; see docs/performance.md)."""
+    20 % off the bench's compiled sine meta-iterations) and, as ``post_grad_custom_post_pass``,
+    a :class:`~metaopt.matmul_orientation.MatmulOrientation` (each CPU matrix product in its
+    faster orientation); under ``"options"``, dynamo's ``guard_filter_fn``
+    (:func:`library_guards_dropped`); see docs/performance.md."""
     return {
         "backend": "inductor",
         "dynamic": False,
         "fullgraph": True,
-        "inductor_config": {"cpp_wrapper": True},
+        "options": {"guard_filter_fn": library_guards_dropped},
+        "inductor_config": {
+            "cpp_wrapper": True,
+            "post_grad_custom_post_pass": MatmulOrientation(),
+        },
     }
+
+
+#: Dynamo's names for the module-level names of torch's and metaopt's own modules (``torch``,
+#: ``__import_torch_dot_nn_dot_functional``, ``__import_metaopt_dot_engine``) and for Python's
+#: builtins (``__builtins_dict___0``), as global guards spell them.
+_LIBRARY_GLOBALS = re.compile(
+    r"G\['(torch'\]|__import_(torch|metaopt)('\]|_dot_)|__builtins_dict___\d+'\])"
+)
+
+
+def library_guards_dropped(guards: Sequence[Any]) -> list[bool]:
+    """Dynamo's ``guard_filter_fn`` for the engine: every guard kept but those on the module-level
+    names of torch's and metaopt's own code and on Python's builtins.
+
+    Those guards check, on every call, that ``torch.func.grad``, ``F.linear``, ``len`` and the
+    like are still the objects the graph was traced with: a few hundred checks, 20 to 35 µs of a
+    0.5 ms compiled sine meta-iteration (``python docs/compiled_overhead.py``). A run does not reassign them, so
+    the engine skips them; the guards on everything a user brings stay: the model's modules and
+    their attributes, the meta-batch, the tensors' shapes, dtypes and devices, and the globals
+    of the user's own modules that the model or the losses read."""
+    return [not (guard.is_global and _LIBRARY_GLOBALS.match(guard.name)) for guard in guards]
 
 
 class _Compiled:
@@ -110,7 +142,9 @@ class _Compiled:
         self._warned = False
         options = dict(options)
         self._inner_backend = options.pop("backend")
-        self._inductor_config = options.pop("inductor_config", {})
+        self.inductor_config = options.pop("inductor_config", {})
+        if "options" in options:  # torch.compile pops guard_filter_fn out of it: a copy each
+            options["options"] = dict(options["options"])
         self._compiled = torch.compile(function, backend=self._backend, **options)
 
     def _backend(self, graph: torch.fx.GraphModule, example_inputs: list[Any]) -> Any:
@@ -128,7 +162,7 @@ class _Compiled:
         backend = torch._dynamo.lookup_backend(self._inner_backend)
         if self._inner_backend != "inductor":
             return backend(graph, example_inputs)
-        with torch._inductor.config.patch(self._inductor_config):
+        with torch._inductor.config.patch(self.inductor_config):
             return backend(graph, example_inputs)
 
     def __call__(self, *args: Any) -> Any:
@@ -241,6 +275,18 @@ class CompiledMetaGradient:
     def compile_cache(self) -> str | None:
         caches = {self._gradient.cache, self._metrics.cache}
         return "cold" if "cold" in caches else "warm" if "warm" in caches else None
+
+    @property
+    def matmul_decisions(self) -> list[Decision]:
+        """The matrix products :class:`~metaopt.matmul_orientation.MatmulOrientation` timed
+        while compiling this engine's graphs (empty on a warm start, or without the pass)."""
+        config = "post_grad_custom_post_pass"
+        passes = {  # both graphs share the engine's options, hence one pass
+            id(orientation): orientation
+            for graph in (self._gradient, self._metrics)
+            if isinstance(orientation := graph.inductor_config.get(config), MatmulOrientation)
+        }
+        return [decision for orientation in passes.values() for decision in orientation.decisions]
 
     def __call__(
         self, tasks: BatchedTasks, weight: float

@@ -245,7 +245,22 @@ def test_the_overhead_script_of_the_docs_runs() -> None:
         "compiled_overhead.py", "--rounds", "1", "--calls", "1", "--profiled", "3"
     )
     for case in ("maml", "metasgd"):
-        for depth in ("meta_backward", "engine call", "torch.func"):
+        for depth in ("meta_backward", "engine call", "engine call, every guard", "torch.func"):
             assert f"{case} {depth}" in printed
         entry = printed.split(f"{case} C++ entry")[1].split()[0]
         assert float(entry) > 0  # the profiler saw the generated code
+
+
+@pytest.mark.slow
+def test_the_matmul_orientation_script_of_the_docs_runs() -> None:
+    """docs/matmul_orientation.py, behind docs/performance.md's table of the orientation pass:
+    both orientations of the sine products timed, the engine compiled without and with the pass
+    (each meta-gradient checked against torch.func before timing), the products it timed."""
+    printed = docs_script(
+        "matmul_orientation.py", "--rounds", "1", "--calls", "1", "--cases", "sine-maml-1step"
+    )
+    assert printed.count("direct") == 16  # four shapes, four layouts of the operands
+    timed, swapped = printed.split("products timed: ")[1].split(", swapped: ")
+    assert int(timed) > 0 and 0 <= int(swapped.split()[0]) <= int(timed)  # swaps: machine-dependent
+    for name in ("compiled, without the pass", "compiled, with the pass", "torch.func", "loop"):
+        assert f"  {name} " in printed

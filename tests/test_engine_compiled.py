@@ -10,6 +10,7 @@ fixture shares it across the tests. The full grid through inductor is ``slow``.
 from __future__ import annotations
 
 import copy
+import types
 import warnings
 from collections.abc import Iterator
 
@@ -126,6 +127,70 @@ def test_a_frozen_parameter_or_a_replaced_buffer_builds_the_engine_again(monkeyp
         if want.grad is not None:
             assert relative(got.grad, want.grad) <= 1e-6
     assert len(compiled.engine_of(algo)) == 2
+
+
+#: A global of this (user) module that a model's forward reads; its guard must stay.
+OFFSET = 0.0
+
+
+class Offset(nn.Module):
+    """An MLP whose output is scaled by a Python attribute and shifted by a module global."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = mlp(torch.float32)
+        self.gain = 1.0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x) * self.gain + OFFSET
+
+
+def test_the_guards_on_what_the_user_brings_stay(monkeypatch) -> None:
+    """The engine drops dynamo's guards on torch's, metaopt's and Python's own globals only: a
+    changed attribute of the model or global of the user's module still recompiles, so the
+    meta-gradient follows it."""
+    monkeypatch.setattr(compiled, "compile_options", fast_options)
+    torch.manual_seed(0)
+    algo = metaopt.MAML(Offset(), inner_lr=0.05, inner_steps=1, engine="compiled")
+    twin = metaopt.MAML(copy.deepcopy(algo.model), inner_lr=0.05, inner_steps=1, engine="vmap")
+    tasks = RegressionBatch(4, torch.float32)
+    algo.meta_backward(tasks)
+    (engine,) = compiled.engine_of(algo)
+    monkeypatch.setitem(globals(), "OFFSET", OFFSET)  # restored after the test
+    changes = (lambda m: setattr(m, "gain", 2.5), lambda m: globals().update(OFFSET=0.5))
+    for compiles, change in enumerate(changes, start=2):
+        for learner in (algo, twin):
+            change(learner.model)
+        fresh(algo, twin)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the recompile warning (said once)
+            got, _ = meta_gradient(algo, tasks)
+        want, _ = meta_gradient(twin, tasks)
+        assert relative(got, want) <= 1e-6
+        assert engine.compiles == compiles
+
+
+def test_the_guard_filter_drops_library_globals_only() -> None:
+    def guard(name: str, is_global: bool = True) -> types.SimpleNamespace:
+        return types.SimpleNamespace(name=name, is_global=is_global)
+
+    dropped = [
+        "G['torch'].nn",
+        "G['__import_torch']._functorch",
+        "G['__import_torch_dot_nn_dot_modules_dot_linear'].F",
+        "G['__import_metaopt_dot_engine'].torch",
+        "G['__builtins_dict___2']['len']",
+    ]
+    kept = [
+        "G['torchvision'].ops",
+        "G['__import_torchvision_dot_ops']",
+        "G['__import_metaopt_extras'].x",
+        "G['__import_test_engine_compiled'].OFFSET",
+        "G['OFFSET']",
+    ]
+    guards = [guard(name) for name in dropped + kept] + [guard("L['theta'][0]", False)]
+    keep = compiled.library_guards_dropped(guards)
+    assert keep == [False] * len(dropped) + [True] * (len(kept) + 1)
 
 
 def test_a_negative_rate_warns_once_from_the_compiled_graph(monkeypatch) -> None:
@@ -272,14 +337,16 @@ def test_compile_record_says_whether_inductor_generated_code(
 
 
 def test_inductor_generates_code_with_the_engines_inductor_config(monkeypatch) -> None:
-    """The engine's ``inductor_config`` (the C++ wrapper) is in force while inductor compiles,
-    and only then."""
+    """The engine's ``inductor_config`` (the C++ wrapper, the matmul-orientation pass) is in force
+    while inductor compiles, and only then."""
     import torch._inductor.config as inductor_config
 
-    seen: list[bool] = []
+    from metaopt.matmul_orientation import MatmulOrientation
+
+    seen: list[tuple[bool, object]] = []
 
     def fake_inductor(graph: torch.fx.GraphModule, example_inputs: list[object]) -> object:
-        seen.append(inductor_config.cpp_wrapper)
+        seen.append((inductor_config.cpp_wrapper, inductor_config.post_grad_custom_post_pass))
         return graph.forward
 
     lookup = torch._dynamo.lookup_backend
@@ -289,11 +356,45 @@ def test_inductor_generates_code_with_the_engines_inductor_config(monkeypatch) -
         lambda name: fake_inductor if name == "inductor" else lookup(name),
     )
     assert DEFAULT_OPTIONS["backend"] == "inductor"
-    assert DEFAULT_OPTIONS["inductor_config"] == {"cpp_wrapper": True}
+    assert set(DEFAULT_OPTIONS["inductor_config"]) == {"cpp_wrapper", "post_grad_custom_post_pass"}
     # the engine's own options, whatever a module fixture has patched in for speed
     monkeypatch.setattr(compiled, "compile_options", lambda: dict(DEFAULT_OPTIONS))
-    before = inductor_config.cpp_wrapper
+    before = (inductor_config.cpp_wrapper, inductor_config.post_grad_custom_post_pass)
     algo = build("maml", mlp(torch.float32), "compiled", 1)
     algo.meta_backward(RegressionBatch(3, torch.float32))
-    assert seen == [True]
-    assert inductor_config.cpp_wrapper == before
+    ((wrapper, orientation),) = seen
+    assert wrapper is True and isinstance(orientation, MatmulOrientation)
+    assert (inductor_config.cpp_wrapper, inductor_config.post_grad_custom_post_pass) == before
+
+
+def test_every_product_swapped_by_the_orientation_pass_gives_the_same_meta_gradient(
+    monkeypatch,
+) -> None:
+    """Inductor compiles the second-order meta-iteration with every ``mm``/``bmm`` rewritten to
+    its swapped orientation (a timer that always prefers it): same meta-gradient and metrics."""
+    from metaopt.matmul_orientation import MatmulOrientation
+
+    timed: list[None] = []
+
+    def timer(product: object) -> float:  # the pass times the direct orientation first
+        timed.append(None)
+        return 2.0 if len(timed) % 2 else 1.0
+
+    orientation = MatmulOrientation(timer=timer)
+    swap_all = {"cpp_wrapper": True, "post_grad_custom_post_pass": orientation}
+    monkeypatch.setattr(
+        compiled,
+        "compile_options",
+        lambda: {**DEFAULT_OPTIONS, "inductor_config": swap_all},
+    )
+    dtype, tolerance = torch.float64, 1e-12
+    tasks = RegressionBatch(4, dtype)
+    want, loop_metrics = meta_gradient(build("maml", mlp(dtype), "loop", 2), tasks)
+    algo = build("maml", mlp(dtype), "compiled", 2)
+    with torch._inductor.config.patch(fx_graph_cache=False):  # the pass runs on every compile
+        got, metrics = meta_gradient(algo, tasks)
+        after = metrics.support_after
+    decisions = compiled.engine_of(algo)[0].matmul_decisions
+    assert len(decisions) >= 8 and all(d.swapped for d in decisions)
+    assert relative(got, want) <= tolerance
+    torch.testing.assert_close(after, loop_metrics.support_after, rtol=10 * tolerance, atol=0)

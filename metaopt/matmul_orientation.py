@@ -21,6 +21,9 @@ left as traced.
 Inductor's persistent cache keys the compiled graph on :meth:`MatmulOrientation.uuid`, this
 file's hash and the thread count, so a graph compiled under one thread count is not reused
 under another; a warm start reuses the orientations chosen when the graph was first compiled.
+A cold one times again, and a product whose orientations are within noise of the margin may be
+decided the other way: the same values, rounded differently (docs/reliability.md lists this
+among what bit-identical reruns need).
 """
 
 from __future__ import annotations

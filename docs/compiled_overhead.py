@@ -30,9 +30,11 @@ import statistics
 from collections.abc import Callable
 
 import torch
+from compiled_wrapper import compile_options_changed
+from compiled_wrapper import learner as case_learner
 
 import metaopt.compiled
-from metaopt import MAML, MetaLearner, MetaSGD
+from metaopt import MetaSGD
 from metaopt.tools.bench import round_robin
 from supervised.bench_sine import SineBatch, _func_reference, sine_mlp
 
@@ -40,15 +42,11 @@ from supervised.bench_sine import SineBatch, _func_reference, sine_mlp
 def case(name: str, batch: SineBatch) -> dict[str, Callable[[], object]]:
     """The case's timed calls (after one compiling call each), by row name."""
     learner, engine_call = build(name, batch)
-    default = metaopt.compiled.compile_options
     # the same engine with every one of dynamo's guards checked (no guard filter)
-    metaopt.compiled.compile_options = lambda: {  # type: ignore[assignment]
-        key: value for key, value in default().items() if key != "options"
-    }
-    try:
+    with compile_options_changed(
+        lambda options: {k: v for k, v in options.items() if k != "options"}
+    ):
         _, every_guard = build(name, batch)
-    finally:
-        metaopt.compiled.compile_options = default  # type: ignore[assignment]
     rates = MetaSGD(sine_mlp(), 0.01).rate_parameters() if name == "metasgd" else None
     return {
         f"{name} meta_backward": learner,
@@ -61,11 +59,7 @@ def case(name: str, batch: SineBatch) -> dict[str, Callable[[], object]]:
 def build(name: str, batch: SineBatch) -> tuple[Callable[[], object], Callable[[], object]]:
     """The ``meta_backward`` call of the case's compiled learner (compiled by one call) and its
     engine's call."""
-    algo: MetaLearner = (
-        MAML(sine_mlp(), 0.01, 1, engine="compiled")
-        if name == "maml"
-        else MetaSGD(sine_mlp(), 0.01, 1, engine="compiled")
-    )
+    algo = case_learner(f"sine-{name}-1step")  # the bench's compiled learner of the case
     params = algo.meta_parameters()
 
     def learner() -> None:

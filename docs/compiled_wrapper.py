@@ -24,7 +24,8 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -46,8 +47,6 @@ from supervised.bench_sine import (
 )
 from supervised.bench_sine import cases as bench_cases
 
-#: The engine's own options function (``compiled_with`` replaces the module's with its own).
-ENGINE_OPTIONS = metaopt.compiled.compile_options
 #: The rows whose ``time_case`` medians ``--neighbours`` prints.
 COMPARED = ("metaopt-compiled", "torch.func")
 #: Largest relative difference from ``torch.func`` accepted before timing (float32).
@@ -87,21 +86,34 @@ def baselines(case: str, batch: SineBatch) -> dict[str, Callable[[], Gradient]]:
     }
 
 
+@contextmanager
+def compile_options_changed(
+    change: Callable[[dict[str, Any]], dict[str, Any]],
+) -> Iterator[None]:
+    """Inside, the compiled engine builds its engines with ``change(compile_options())`` (fresh
+    options, hence a fresh matmul-orientation pass, for each); after, with its own again."""
+    default = metaopt.compiled.compile_options
+    metaopt.compiled.compile_options = lambda: change(default())  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        metaopt.compiled.compile_options = default  # type: ignore[assignment]
+
+
 def compiled_with(
     case: str, batch: SineBatch, **inductor: Any
 ) -> tuple[Callable[[], Gradient], MetaLearner]:
     """The case's ``metaopt-compiled`` row built (and compiled, timed) with the engine's inductor
     settings overridden by ``inductor`` (e.g. ``cpp_wrapper=False``), and its learner."""
-    default = ENGINE_OPTIONS()  # a fresh matmul-orientation pass for each learner
-    options: dict[str, Any] = {
-        **default,
-        "inductor_config": {**default["inductor_config"], **inductor},
-    }
-    metaopt.compiled.compile_options = lambda: options  # type: ignore[assignment]
-    algo = learner(case)
-    run = _metaopt(algo, batch)
-    start = time.perf_counter()
-    run()
+
+    def overridden(options: dict[str, Any]) -> dict[str, Any]:
+        return {**options, "inductor_config": {**options["inductor_config"], **inductor}}
+
+    with compile_options_changed(overridden):  # the first call builds and compiles the engine
+        algo = learner(case)
+        run = _metaopt(algo, batch)
+        start = time.perf_counter()
+        run()
     changed = ", ".join(f"{key}={value}" for key, value in inductor.items()) or "the defaults"
     print(f"  compiled, {changed}: first call {time.perf_counter() - start:.1f} s")
     return run, algo

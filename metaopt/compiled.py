@@ -280,13 +280,9 @@ class CompiledMetaGradient:
     def matmul_decisions(self) -> list[Decision]:
         """The matrix products :class:`~metaopt.matmul_orientation.MatmulOrientation` timed
         while compiling this engine's graphs (empty on a warm start, or without the pass)."""
-        config = "post_grad_custom_post_pass"
-        passes = {  # both graphs share the engine's options, hence one pass
-            id(orientation): orientation
-            for graph in (self._gradient, self._metrics)
-            if isinstance(orientation := graph.inductor_config.get(config), MatmulOrientation)
-        }
-        return [decision for orientation in passes.values() for decision in orientation.decisions]
+        # both graphs compile with the engine's one inductor_config, hence one pass
+        orientation = self._gradient.inductor_config.get("post_grad_custom_post_pass")
+        return list(orientation.decisions) if isinstance(orientation, MatmulOrientation) else []
 
     def __call__(
         self, tasks: BatchedTasks, weight: float

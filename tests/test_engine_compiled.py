@@ -372,15 +372,11 @@ def test_every_product_swapped_by_the_orientation_pass_gives_the_same_meta_gradi
 ) -> None:
     """Inductor compiles the second-order meta-iteration with every ``mm``/``bmm`` rewritten to
     its swapped orientation (a timer that always prefers it): same meta-gradient and metrics."""
+    from test_matmul_orientation import fixed_timer
+
     from metaopt.matmul_orientation import MatmulOrientation
 
-    timed: list[None] = []
-
-    def timer(product: object) -> float:  # the pass times the direct orientation first
-        timed.append(None)
-        return 2.0 if len(timed) % 2 else 1.0
-
-    orientation = MatmulOrientation(timer=timer)
+    orientation = MatmulOrientation(timer=fixed_timer(direct=2.0, swapped=1.0))
     swap_all = {"cpp_wrapper": True, "post_grad_custom_post_pass": orientation}
     monkeypatch.setattr(
         compiled,

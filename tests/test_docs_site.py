@@ -1,6 +1,7 @@
-"""The docs site's API reference (mkdocs + mkdocstrings, docs/api/): every name it lists exists
-and is documented, down to the public methods of its classes. `mkdocs build --strict` in
-.ci/run catches broken links and docstrings that do not parse."""
+"""The docs site (mkdocs + mkdocstrings). The API reference (docs/api/) lists names that exist
+and are documented, down to the public methods of their classes; every `#anchor` link of
+docs/*.md and README.md names a heading of its page. `mkdocs build --strict` in .ci/run catches
+broken links and docstrings that do not parse."""
 
 from __future__ import annotations
 
@@ -65,3 +66,70 @@ def test_the_reference_lists_the_public_api() -> None:
 @pytest.mark.parametrize("name", reference_entries())
 def test_every_reference_entry_is_documented(name: str) -> None:
     assert not undocumented(resolve(name), name)
+
+
+# --- Anchors: every `#x` link in docs/*.md and README.md names a heading of its target page ---
+
+PAGES = sorted([ROOT / "README.md", *(ROOT / "docs").glob("*.md")])
+
+
+def site_markdown() -> Any:
+    """A Markdown converter with mkdocs.yml's extensions, so ids are the slugs mkdocs' toc makes."""
+    markdown = pytest.importorskip("markdown")
+    yaml = pytest.importorskip("yaml")
+    config = yaml.safe_load((ROOT / "mkdocs.yml").read_text())
+    names, settings = [], {}
+    for entry in config["markdown_extensions"]:
+        name, options = next(iter(entry.items())) if isinstance(entry, dict) else (entry, None)
+        names.append(name)
+        if options:
+            settings[name] = options
+    return markdown.Markdown(extensions=names, extension_configs=settings)
+
+
+def rendered(page: Path, converter: Any) -> tuple[set[str], list[str]]:
+    """The heading ids of ``page`` and the targets of its links (code blocks left out)."""
+    html = converter.reset().convert(page.read_text())
+    ids = set(re.findall(r'<h[1-6][^>]* id="([^"]+)"', html))
+    return ids, re.findall(r'<a [^>]*href="([^"]+)"', html)
+
+
+def broken_anchors(pages: list[Path]) -> list[str]:
+    converter = site_markdown()
+    headings, links = {}, {}
+    for page in pages:
+        headings[page], links[page] = rendered(page, converter)
+    broken = []
+    for page in pages:
+        for href in links[page]:
+            if "#" not in href or re.match(r"[a-z]+:", href):  # no anchor, or another site
+                continue
+            path, _, anchor = href.partition("#")
+            target = (page.parent / path).resolve() if path else page
+            if target.suffix != ".md":
+                continue
+            if target not in headings:
+                if not target.is_file():
+                    broken.append(f"{page.name}: {href} (no such page)")
+                    continue
+                headings[target], links[target] = rendered(target, converter)
+            if anchor not in headings[target]:
+                broken.append(f"{page.name}: {href} (no heading with that slug)")
+    return broken
+
+
+def test_every_anchor_link_names_a_heading() -> None:
+    assert not broken_anchors(PAGES)
+
+
+def test_a_missing_anchor_is_reported(tmp_path: Path) -> None:
+    (tmp_path / "a.md").write_text(
+        "# A\n\n## The real heading\n\n[b](b.md#gone) [self](#the-real-heading)\n"
+    )
+    (tmp_path / "b.md").write_text(
+        "# B\n\n```bash\n# gone\n```\n\n[a](a.md#the-real-heading) [x](#gone)\n"
+    )
+    assert broken_anchors([tmp_path / "a.md", tmp_path / "b.md"]) == [
+        "a.md: b.md#gone (no heading with that slug)",
+        "b.md: #gone (no heading with that slug)",
+    ]

@@ -84,7 +84,8 @@ def resume(
         checkpoint: The checkpoint file to continue from, relative to ``run_dir`` (default
             ``checkpoint.pt``; ``checkpoint.prev.pt`` is the one before it). Continuing from an
             older checkpoint moves ``checkpoint.pt`` to ``checkpoint.abandoned.pt``.
-        progress, hooks: As in :func:`~metaopt.training.train`.
+        progress: As in :func:`~metaopt.training.train`.
+        hooks: As in :func:`~metaopt.training.train`.
 
     Raises:
         ConfigError: not a run directory, another family, a flag that may not change, a

@@ -10,7 +10,7 @@
 User errors print one line and exit with status 2; only real bugs show a traceback.
 
 Building the parser imports neither torch nor matplotlib nor a domain: a family's flags come from
-its light ``metaopt.family_options`` entry point (:class:`~metaopt.training.family.FamilyOptions`),
+its light ``metaopt.family_options`` entry point (`FamilyOptions`),
 and only a family without one is imported, when its name is on the command line. So ``--help``,
 ``--version`` and argument errors answer at once; the heavy modules load once a command runs.
 """
@@ -78,7 +78,7 @@ DescribedFamily = FamilyOptions | TaskFamily
 
 @contextmanager
 def _one_line_resume_warnings() -> Iterator[None]:
-    """Show a :class:`ResumeWarning` or :class:`NegativeRateWarning` as one ``metaopt: warning:``
+    """Show a `ResumeWarning` or `NegativeRateWarning` as one ``metaopt: warning:``
     line; others as Python does."""
     from metaopt.algorithms import NegativeRateWarning
     from metaopt.training import ResumeWarning

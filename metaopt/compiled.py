@@ -1,6 +1,6 @@
 """The compiled engine: one ``torch.compile``d function from θ and a meta-batch to the meta-gradient.
 
-The vectorised engine (:mod:`metaopt.engine`) runs each meta-iteration as a few hundred small
+The vectorised engine (`metaopt.engine`) runs each meta-iteration as a few hundred small
 eager operations, and on small models nearly all of its time is dispatch overhead. This engine
 writes the whole meta-iteration as a pure function of tensors and compiles it once:
 
@@ -14,18 +14,18 @@ writes the whole meta-iteration as a pure function of tensors and compiles it on
 * Reptile needs no outer derivative: its meta-gradient is ``Σ_b (θ − θ̃_b)``.
 
 The compiled function multiplies the sums by the task weight, an input tensor, so a change of
-``scale`` never recompiles, and :meth:`CompiledMetaGradient.__call__` hands them to ``.grad``
+``scale`` never recompiles, and `CompiledMetaGradient.__call__` hands them to ``.grad``
 (one ``foreach`` addition where a gradient is already there). The support losses at θ come out
 of the same function, and so do the query losses where the meta-gradient needs them (MAML,
 Meta-SGD). The metrics it does not need, the
 support losses at the adapted parameters (``support_after``) and Reptile's query losses, are
 forward passes over the whole support and query sets, as costly as Reptile's five inner steps on
 minibatches: the function returns the adapted parameters instead, and a second compiled function
-(:func:`functional_metrics`) computes those metrics from them when :class:`~metaopt.MetaMetrics`
+(`functional_metrics`) computes those metrics from them when [`MetaMetrics`][metaopt.MetaMetrics]
 is first read, as the eager engines defer ``support_after``. The training loop reads them every
 iteration (it logs them and checks them for NaN/inf), so it runs both graphs; the bench, which
 reads only the meta-gradient, runs one. The inner SGD step is written on tuples
-(:func:`metaopt.inner.plain_sgd`) rather than TorchOpt's ``optree`` mapping, whose registry and
+(`metaopt.inner.plain_sgd`) rather than TorchOpt's ``optree`` mapping, whose registry and
 closures dynamo would otherwise guard on every call.
 
 **What recompiles.** The function is compiled with static shapes (``dynamic=False``) and
@@ -34,11 +34,11 @@ query or parameter shape, dtype or device; a different type of meta-batch, or a 
 Python value the batch's losses read (e.g. ``TaskBatch.minibatch``); the model's modules
 switching train/eval mode. A training run sees one shape for every meta-iteration and compiles
 once; evaluation on a meta-batch of another size compiles once more. Every compile after the
-first is counted (:attr:`CompiledMetaGradient.compiles`, ``metric_compiles``) and warned about
+first is counted (`CompiledMetaGradient.compiles`, ``metric_compiles``) and warned about
 once, since a run whose shapes change every iteration would compile every iteration and should
 use ``vmap``. Reassigning a module-level name of torch's or metaopt's own code after the first
 call does not recompile: the engine leaves dynamo's guards on those out
-(:func:`library_guards_dropped`).
+(`library_guards_dropped`).
 """
 
 from __future__ import annotations
@@ -84,9 +84,9 @@ def compile_options() -> dict[str, Any]:
     ``"inductor_config"`` the inductor settings its code is generated with: ``cpp_wrapper`` (the
     generated kernels are called from C++ rather than from a Python wrapper, which took 13 to
     20 % off the bench's compiled sine meta-iterations) and, as ``post_grad_custom_post_pass``,
-    a :class:`~metaopt.matmul_orientation.MatmulOrientation` (each CPU matrix product in its
+    a `MatmulOrientation` (each CPU matrix product in its
     faster orientation); under ``"options"``, dynamo's ``guard_filter_fn``
-    (:func:`library_guards_dropped`); see docs/performance.md."""
+    (`library_guards_dropped`); see docs/performance.md."""
     return {
         "backend": "inductor",
         "dynamic": False,
@@ -193,7 +193,7 @@ class CompiledMetaGradient:
     losses before adaptation, query losses and support losses after adaptation. The metrics the
     meta-gradient does not need (the support losses after adaptation; Reptile's query losses
     too) come back as functions that compute them, on first access through
-    :class:`~metaopt.MetaMetrics`, in a second compiled function of the adapted parameters.
+    [`MetaMetrics`][metaopt.MetaMetrics], in a second compiled function of the adapted parameters.
 
     Attributes:
         compiles: Graphs of the meta-gradient compiled so far (1 after the first call; more
@@ -278,7 +278,7 @@ class CompiledMetaGradient:
 
     @property
     def matmul_decisions(self) -> list[Decision]:
-        """The matrix products :class:`~metaopt.matmul_orientation.MatmulOrientation` timed
+        """The matrix products `MatmulOrientation` timed
         while compiling this engine's graphs (empty on a warm start, or without the pass)."""
         # both graphs compile with the engine's one inductor_config, hence one pass
         orientation = self._gradient.inductor_config.get("post_grad_custom_post_pass")
@@ -366,14 +366,15 @@ def compiled_meta_backward(
     batch_norm: str,
     positive_rates: bool = False,
 ) -> tuple[torch.Tensor, Callable[[], torch.Tensor], torch.Tensor | Callable[[], torch.Tensor]]:
-    """One compiled meta-iteration of ``algo`` (a :class:`metaopt.MetaLearner`, which passes its
-    settings): accumulate ``weight ×`` its meta-gradient into ``.grad``; return ``MetaMetrics``'
-    fields (support losses before and after adaptation, query losses, each ``[B]``; those the
-    meta-gradient does not need as functions that compute them, see :class:`CompiledMetaGradient`).
+    """One compiled meta-iteration of ``algo`` (a [`metaopt.MetaLearner`][metaopt.MetaLearner],
+    which passes its settings): accumulate ``weight ×`` its meta-gradient into ``.grad``; return
+    ``MetaMetrics``' fields (support losses before and after adaptation, query losses, each ``[B]``;
+    those the meta-gradient does not need as functions that compute them, see
+    `CompiledMetaGradient`).
 
     The compiled function is kept per learner and per configuration (``steps``,
     ``first_order``, inner optimiser and rate, BatchNorm mode, ``kind``) and per state of the
-    model's structure (:func:`_structure`), so changing one of them builds (and compiles) a new
+    model's structure (`_structure`), so changing one of them builds (and compiles) a new
     one instead of running a stale graph: a parameter frozen or unfrozen, a tensor replaced
     (``model.to(...)`` replaces buffers), a module switched between training and evaluation.
     """
@@ -445,9 +446,9 @@ def compile_seconds(algo: Any) -> float | None:
 
 
 def compile_record(algo: Any) -> dict[str, Any]:
-    """``algo``'s compile as record fields: ``compile_s`` (:func:`compile_seconds`) and
+    """``algo``'s compile as record fields: ``compile_s`` (`compile_seconds`) and
     ``compile_cache`` (``"cold"`` if any of its compiles generated code, else ``"warm"`` if they
-    loaded it from inductor's cache, else ``None``; see :class:`CompiledMetaGradient`)."""
+    loaded it from inductor's cache, else ``None``; see `CompiledMetaGradient`)."""
     caches = {e.compile_cache for e in engine_of(algo)}
     cache = "cold" if "cold" in caches else "warm" if "warm" in caches else None
     return {"compile_s": compile_seconds(algo), "compile_cache": cache}

@@ -1,10 +1,10 @@
 """Adaptation curves of any algorithm on any tasks: the query loss after k inner steps, with 95%
-intervals (:func:`evaluate`).
+intervals ([`evaluate`][metaopt.evaluate]).
 
 The curve is measured with the algorithm's own adaptation, nothing else: ``algo.adapt`` one task
-at a time for plain :class:`~metaopt.task.Task` objects, or ``algo.adapt_batch_path`` (the
+at a time for plain [`Task`][metaopt.Task] objects, or ``algo.adapt_batch_path`` (the
 vectorised engine: one batched adaptation for all tasks, the query loss read after every step)
-when the tasks are a :class:`~metaopt.task.BatchedTasks`. Both give the same numbers.
+when the tasks are a [`BatchedTasks`][metaopt.BatchedTasks]. Both give the same numbers.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 
 __all__ = ["EVALUATION_ENGINES", "AdaptationCurves", "evaluate"]
 
-#: ``engine=`` of :func:`evaluate`.
+#: ``engine=`` of `evaluate`.
 EVALUATION_ENGINES = ("auto", "vmap", "loop")
 
 
@@ -47,7 +47,7 @@ class AdaptationCurves:
     @property
     def by_steps(self) -> dict[str, dict[str, Any]]:
         """``{"<k>": {"mean", "ci95"}}``: the mean over tasks after k steps and the half-width of
-        its 95% interval, 1.96·sd/√n (:func:`metaopt.stats.task_summary`: where some tasks
+        its 95% interval, 1.96·sd/√n (`metaopt.stats.task_summary`: where some tasks
         diverged, ``diverged`` counts them and ``finite`` summarises the others)."""
         return {
             str(k): task_summary(row.numpy())
@@ -96,15 +96,15 @@ def evaluate(
     """Adapt ``algo`` to each task by its own inner update and measure the query loss after each
     number of inner steps in ``steps``; the model is left exactly as it was.
 
-    The fast engine needs a :class:`~metaopt.task.BatchedTasks`: then all tasks adapt in one
+    The fast engine needs a [`BatchedTasks`][metaopt.BatchedTasks]: then all tasks adapt in one
     batched computation (``algo.adapt_batch_path``, one adaptation to ``max(steps)`` read at
-    every step). A plain sequence of :class:`~metaopt.task.Task` objects is adapted one task at
+    every step). A plain sequence of [`Task`][metaopt.Task] objects is adapted one task at
     a time through ``algo.adapt`` (once per task and number of steps), which works for any task
     and model but is a Python loop: write your tasks as a ``BatchedTasks`` to evaluate hundreds
     of them quickly. The adaptation is first order (no graph is kept), as evaluation needs.
 
     Args:
-        algo: Any :class:`~metaopt.MetaLearner` (MAML, Meta-SGD, Reptile, iMAML, ANIL via
+        algo: Any [`MetaLearner`][metaopt.MetaLearner] (MAML, Meta-SGD, Reptile, iMAML, ANIL via
             ``adapt=``).
         tasks: Held-out tasks: a sequence of tasks, or a ``BatchedTasks``.
         steps: Numbers of inner steps, each ≥ 0 (0: the model before adaptation).
@@ -113,8 +113,8 @@ def evaluate(
             cannot run) or ``"loop"``.
 
     Returns:
-        :class:`AdaptationCurves`: the per-task losses, their means and 95% intervals
-        (``by_steps``), and the paired change from step 0 (``after_minus_before``).
+        [`AdaptationCurves`][metaopt.AdaptationCurves]: the per-task losses, their means and 95%
+        intervals (``by_steps``), and the paired change from step 0 (``after_minus_before``).
 
     Raises:
         ValueError: for empty ``tasks`` or ``steps``, a negative step or an unknown engine.

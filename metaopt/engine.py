@@ -1,9 +1,9 @@
 """The vectorised engine: every task of a meta-batch adapted at once, one parameter set per task.
 
-The loop engine (:mod:`metaopt.algorithms`) adapts one task at a time inside
-:func:`metaopt.isolated`, exactly as the papers write it. This engine holds the parameters as a
-dict of tensors with a leading task axis, ``θ_b = θ.expand(B, ...)``, evaluates all tasks'
-losses in one call through :func:`torch.func.functional_call` vmapped over that axis, and takes
+The loop engine (`metaopt.algorithms`) adapts one task at a time inside
+[`metaopt.isolated`][metaopt.isolated], exactly as the papers write it. This engine holds the
+parameters as a dict of tensors with a leading task axis, ``θ_b = θ.expand(B, ...)``, evaluates all
+tasks' losses in one call through `torch.func.functional_call` vmapped over that axis, and takes
 the inner steps with the same functional optimisers as the loop engine (``inplace=False``).
 
 Per-task gradients come from one backward pass: task *b*'s loss depends only on ``θ_b``, so the
@@ -12,7 +12,8 @@ gradient. Because ``θ_b`` is a view of θ, the outer backward of ``Σ_b w·L^q_
 per-task meta-gradients into ``θ.grad``; first-order MAML takes the inner gradients without a
 graph, so ``∂θ'_b/∂θ = I`` as in the loop engine.
 
-The engine gives the loop engine's answer or is not used (:func:`can_vectorise` says why):
+The engine gives the loop engine's answer or is not used
+([`can_vectorise`][metaopt.engine.can_vectorise] says why):
 
 * a parameter or buffer registered in several places (a submodule used twice, tied weights) is
   handed to every place it is registered, so the model is never re-tied or left altered;
@@ -58,7 +59,7 @@ _BatchNorm = nn.modules.batchnorm._BatchNorm
 
 
 def batch_norm_mode(model: nn.Module, mode: str) -> AbstractContextManager[None]:
-    """Make ``model``'s BatchNorm layers behave as ``mode`` (see :data:`BATCH_NORM_MODES`).
+    """Make ``model``'s BatchNorm layers behave as ``mode`` (see `BATCH_NORM_MODES`).
 
     ``"running"`` leaves the modules as they are: an empty context, cheap enough for the compiled
     engine's every call."""
@@ -208,7 +209,7 @@ def batched_forward(
         params: Tensors with a leading task axis ``[B, ...]`` (trainable parameters and per-task
             buffer copies), by canonical name.
         fixed: Frozen parameters and read-only buffers, shared by all tasks.
-        batch_norm: BatchNorm behaviour (:data:`BATCH_NORM_MODES`), applied at every call.
+        batch_norm: BatchNorm behaviour (`BATCH_NORM_MODES`), applied at every call.
         slots: ``_Layout(model).slots``, when the caller has it already.
     """
     if slots is None:
@@ -250,9 +251,10 @@ def inner_path(
     from one adaptation).
 
     ``transform`` receives one gradient per parameter in ``named_parameters()`` order, ``None``
-    for a frozen one, as under :class:`metaopt.inner.InnerOptimizer`. ``adapted`` (names;
-    ``None``: every trainable parameter) limits the update to those parameters: the others get
-    ``None`` too, but keep their per-task copy of θ, through which the meta-gradient reaches them.
+    for a frozen one, as under [`metaopt.inner.InnerOptimizer`][metaopt.InnerOptimizer]. ``adapted``
+    (names; ``None``: every trainable parameter) limits the update to those parameters: the others
+    get ``None`` too, but keep their per-task copy of θ, through which the meta-gradient reaches
+    them.
 
     Yields:
         The per-task tensors ``{name: [B, ...]}`` (adapted parameters and per-task buffer

@@ -1,11 +1,11 @@
 """One meta-iteration as a pure function of tensors: what the compiled engine compiles.
 
-:func:`functional_meta_gradient` takes θ (and Meta-SGD's rates), the frozen tensors and a
-:class:`~metaopt.task.BatchedTasks`, and returns the meta-gradient's sums over the tasks, the
+`functional_meta_gradient` takes θ (and Meta-SGD's rates), the frozen tensors and a
+[`BatchedTasks`][metaopt.BatchedTasks], and returns the meta-gradient's sums over the tasks, the
 support losses at θ, the query losses where the meta-gradient needs them and the adapted
-parameters; :func:`functional_metrics` computes the metrics the meta-gradient does not need from
+parameters; `functional_metrics` computes the metrics the meta-gradient does not need from
 the adapted parameters. Both run eagerly as they are (the tests call them so); the compiled
-engine (:mod:`metaopt.compiled`) ``torch.compile``s them. How they compute is described there.
+engine (`metaopt.compiled`) ``torch.compile``s them. How they compute is described there.
 """
 
 from __future__ import annotations
@@ -34,11 +34,11 @@ Tensors = tuple[torch.Tensor, ...]
 #: rates' for Meta-SGD; times the task weight when it is given one), the support losses at θ
 #: ``[B]``, the query losses ``[B]`` (MAML, whose meta-loss they are; ``None`` for Reptile, which
 #: does not need them) and the adapted parameters ``[B, ...]`` (all detached), from which
-#: :func:`functional_metrics` computes the metrics the meta-gradient does not need when they are
+#: `functional_metrics` computes the metrics the meta-gradient does not need when they are
 #: read; last, Meta-SGD's lowest rate (0-d, for its negative-rate warning; ``None`` without rates
 #: or with ``positive_rates``).
 MetaGradientResult = tuple[Tensors, torch.Tensor, torch.Tensor | None, Tensors, torch.Tensor | None]
-#: What :func:`functional_metrics` returns: the query losses (``None`` if not asked for) and the
+#: What `functional_metrics` returns: the query losses (``None`` if not asked for) and the
 #: support losses at the adapted parameters, each ``[B]``.
 MetricsResult = tuple[torch.Tensor | None, torch.Tensor]
 
@@ -60,7 +60,7 @@ def functional_meta_gradient(
     Returns ``f(theta, rates, shared, tasks, weight=None)``: ``theta`` the trainable parameters
     (detached, ``named_parameters()`` order), ``rates`` Meta-SGD's rates for them (empty
     otherwise), ``shared`` the frozen parameters and buffers, ``tasks`` a
-    :class:`~metaopt.task.BatchedTasks`, ``weight`` a 0-d tensor that multiplies the
+    [`BatchedTasks`][metaopt.BatchedTasks], ``weight`` a 0-d tensor that multiplies the
     meta-gradient's sums (``None``: the unweighted sums).
 
     Args:
@@ -72,7 +72,7 @@ def functional_meta_gradient(
         inner_lr: The inner learning rate.
         learned_rates: Meta-SGD's update ``θ − α ∘ g`` with the rates ``rates``.
         positive_rates: ``rates`` are ρ and α = softplus(ρ) (``MetaSGD(positive_rates=True)``).
-        batch_norm: :data:`metaopt.engine.BATCH_NORM_MODES`.
+        batch_norm: `metaopt.engine.BATCH_NORM_MODES`.
     """
     if kind not in ("maml", "reptile"):
         raise ValueError(f"kind must be 'maml' or 'reptile', got {kind!r}")
@@ -178,7 +178,7 @@ def functional_metrics(
     """The metrics a meta-gradient did not compute, from the adapted parameters (pure; compile it).
 
     Returns ``f(adapted, shared, tasks) -> (query, support_after)``: ``adapted`` the
-    ``[B, ...]`` parameters :func:`functional_meta_gradient` returned, ``query`` the query losses
+    ``[B, ...]`` parameters `functional_meta_gradient` returned, ``query`` the query losses
     (``None`` unless ``query``), ``support_after`` the support losses at ``adapted``.
     """
     layout = static_layout(model, batch_norm, "the compiled engine", "engine='vmap'")

@@ -75,17 +75,18 @@ def adam(
 ) -> GradientTransformation:
     r"""Differentiable Adam (Kingma & Ba, 2015), the update of ``torchopt.adam``:
 
-    .. math::
-        m_t = β_1 m_{t-1} + (1-β_1) g,\quad v_t = β_2 v_{t-1} + (1-β_2) g^2,\quad
-        u = -\mathrm{lr}\,\frac{m_t / (1-β_1^t)}{\sqrt{v_t / (1-β_2^t) + ε_{root}} + ε}.
+    $$
+    m_t = β_1 m_{t-1} + (1-β_1) g,\quad v_t = β_2 v_{t-1} + (1-β_2) g^2,\quad
+    u = -\mathrm{lr}\,\frac{m_t / (1-β_1^t)}{\sqrt{v_t / (1-β_2^t) + ε_{root}} + ε}.
+    $$
 
     The moments keep their graph, so a meta-gradient flows through them. The bias corrections
-    :math:`1-β^t` are computed in float64 and rounded once to the parameters' dtype (TorchOpt
+    $1-β^t$ are computed in float64 and rounded once to the parameters' dtype (TorchOpt
     rounds β to float32 first: 0.00099998713 instead of 0.001 at the first step). In float32 the
     result equals ``torchopt.MetaAdam``'s wherever TorchOpt's float32 correction is exact.
 
     With ``eps_root=0`` this is ``torch.optim.Adam``'s step, and the square root's derivative at
-    :math:`v = 0` (a gradient entry that has been exactly 0 at every step) is taken as 0, its
+    $v = 0$ (a gradient entry that has been exactly 0 at every step) is taken as 0, its
     subgradient, instead of TorchOpt's ∞ · 0 = NaN.
 
     Args:
@@ -179,10 +180,10 @@ def learned_rate_sgd(
 
     Args:
         rates: One tensor per parameter, in the order in which ``update`` receives gradients:
-            ``parameters()`` order under :class:`InnerOptimizer` and the vectorised engine
-            (a plain ``torchopt.MetaOptimizer`` needs :func:`torchopt_order`).
+            ``parameters()`` order under [`InnerOptimizer`][metaopt.InnerOptimizer] and the
+            vectorised engine (a plain ``torchopt.MetaOptimizer`` needs `torchopt_order`).
         positive: The tensors are unconstrained ρ and the rates are α = softplus(ρ) =
-            log(1 + e^ρ) > 0 (:func:`positive_rates`), computed at every step so that the
+            log(1 + e^ρ) > 0 (`positive_rates`), computed at every step so that the
             meta-gradient reaches ρ (dα/dρ = sigmoid(ρ)). Default: the tensors are α itself.
     """
     rates = tuple(rates)
@@ -239,7 +240,8 @@ def _distinct(flat: Sequence[torch.Tensor]) -> tuple[list[int], list[int]]:
 
 def torchopt_order(model: nn.Module) -> list[int]:
     """The order in which a plain ``torchopt.MetaOptimizer`` updates parameters: indices into
-    ``parameters()`` (:class:`InnerOptimizer` uses ``parameters()`` order itself).
+    ``parameters()`` ([`InnerOptimizer`][metaopt.InnerOptimizer] uses ``parameters()`` order
+    itself).
 
     TorchOpt flattens each submodule's parameter dict with sorted keys (``bias`` before
     ``weight``), not in ``parameters()`` order; per-parameter state such as Meta-SGD's rates has
@@ -266,7 +268,7 @@ class InnerOptimizer(torchopt.MetaOptimizer):
     its whole gradient, and the one new tensor goes back to every submodule; TorchOpt's own step
     would update each place separately and untie them. ``adapted`` (one flag per parameter in
     ``parameters()`` order; ``None``: all) leaves the unflagged parameters as they are, as if
-    frozen (ANIL's body, :mod:`metaopt.algorithms.subset`).
+    frozen (ANIL's body, `metaopt.algorithms.subset`).
     """
 
     def __init__(

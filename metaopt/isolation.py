@@ -70,7 +70,7 @@ class OneThread:
 
     ``meta_backward`` and ``adapt`` swap adapted parameters into the model; a second thread
     entering meanwhile would read or restore the first one's parameters (wrong losses, a model
-    left adapted, an unusable graph). :meth:`held` claims the learner for the calling thread,
+    left adapted, an unusable graph). `held` claims the learner for the calling thread,
     re-entrantly, and raises in any other thread *before* it touches the model, so the first
     caller goes on undisturbed and the model stays exactly as it was.
     """

@@ -9,16 +9,16 @@ transpose ``[25, 10, 40] @ [25, 40, 40]`` 16 µs (``python docs/matmul_orientati
 calls MKL with the orientation the traced graph happens to have, and the second-order backward
 has several such products with the 10 shots as the narrow dimension.
 
-:class:`MatmulOrientation` is a ``post_grad_custom_post_pass``: for each ``mm`` and ``bmm`` on
+`MatmulOrientation` is a ``post_grad_custom_post_pass``: for each ``mm`` and ``bmm`` on
 the CPU in the graph inductor is about to compile, it times both orientations on random tensors
 of the operands' shapes, strides and dtype (at least 2 ms per product, once per compile) and
-rewrites the node to the swapped form when that is at least :data:`MARGIN` times faster, so
+rewrites the node to the swapped form when that is at least `MARGIN` times faster, so
 that timing noise never flips a product whose orientations are close. The rewrite changes no
 value, only the order MKL accumulates in (the bench's compiled sine meta-gradients agree with
 ``torch.func``'s to the same 1.2e-7 to 1.9e-7 with it as without). Products on other devices are
 left as traced.
 
-Inductor's persistent cache keys the compiled graph on :meth:`MatmulOrientation.uuid`, this
+Inductor's persistent cache keys the compiled graph on `MatmulOrientation.uuid`, this
 file's hash and the thread count, so a graph compiled under one thread count is not reused
 under another; a warm start reuses the orientations chosen when the graph was first compiled.
 A cold one times again, and a product whose orientations are within noise of the margin may be
@@ -64,7 +64,7 @@ class Decision:
 
 
 def product_seconds(product: Callable[[], Any]) -> float:
-    """Fastest of :data:`REPEATS` blocks of back-to-back calls, per call (after one warm-up).
+    """Fastest of `REPEATS` blocks of back-to-back calls, per call (after one warm-up).
 
     Timed outside the compiler's dispatch state (inductor compiles with torch's Python
     dispatcher on, which slows every eager call alike and hides the differences) and without
@@ -124,7 +124,7 @@ class MatmulOrientation(CustomGraphPass):
     Attributes:
         decisions: Every product timed by this instance, in graph order, across the graphs it
             has run on (empty after a warm start, which loads the compiled graph instead).
-        timer: How a product is timed (:func:`product_seconds`; tests substitute their own).
+        timer: How a product is timed (`product_seconds`; tests substitute their own).
     """
 
     def __init__(self, timer: Callable[[Callable[[], Any]], float] = product_seconds) -> None:

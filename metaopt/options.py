@@ -1,9 +1,9 @@
 """Checks of configuration values whose errors name the setting, the value and what is allowed.
 
 One helper for every place a value enters: the algorithms' constructors (``inner_lr``), the
-configuration dataclasses of the ``metaopt`` command (``--inner-lr``, :func:`flag` gives a
-field's flag) and the domains' own settings. Each check raises :class:`ConfigError`, a
-``ValueError``, with one message shape::
+configuration dataclasses of the ``metaopt`` command (``--inner-lr``, `flag` gives a
+field's flag) and the domains' own settings. Each check raises
+[`ConfigError`][metaopt.training.ConfigError], a ``ValueError``, with one message shape:
 
     --shots must be an integer between 1 and 50, got 60
     --inner-lr must be a positive finite number, got 0.0
@@ -42,17 +42,17 @@ T = TypeVar("T")
 ALGORITHMS = ("maml", "fomaml", "metasgd", "reptile", "imaml")
 
 #: ``loop``: one task at a time, as the papers write it. ``vmap``: all tasks at once
-#: (:mod:`metaopt.engine`). ``auto``: ``vmap`` whenever the meta-batch implements
-#: :class:`metaopt.task.BatchedTasks` and the vectorised engine computes exactly what the loop
-#: engine does on the model (:func:`metaopt.engine.can_vectorise`), else ``loop``. ``compiled``:
-#: the vectorised meta-iteration as one ``torch.compile``d function (:mod:`metaopt.compiled`),
+#: (`metaopt.engine`). ``auto``: ``vmap`` whenever the meta-batch implements
+#: `metaopt.task.BatchedTasks` and the vectorised engine computes exactly what the loop
+#: engine does on the model (`metaopt.engine.can_vectorise`), else ``loop``. ``compiled``:
+#: the vectorised meta-iteration as one ``torch.compile``d function (`metaopt.compiled`),
 #: only when asked for: its first call compiles for tens of seconds.
 ENGINES = ("auto", "vmap", "loop", "compiled")
 
-#: Optimisers of the inner loop (:mod:`metaopt.inner`).
+#: Optimisers of the inner loop (`metaopt.inner`).
 INNER_OPTIMIZERS = ("sgd", "adam")
 
-#: iMAML's ``solver=`` / ``--solver``: the linear solver of :math:`(I + H/\lambda)x = v`.
+#: iMAML's ``solver=`` / ``--solver``: the linear solver of `(I + H/\lambda)x = v`.
 SOLVERS = ("cg", "minres", "normal_cg")
 
 #: ``running``: BatchNorm behaves as PyTorch defines it for the mode each layer is in (training:
@@ -76,7 +76,8 @@ def flag(name: str) -> str:
 
 
 def check_int(label: str, value: object, low: int, high: int | None = None, why: str = "") -> int:
-    """``value`` if it is an integer (not a bool) in ``[low, high]``, else :class:`ConfigError`.
+    """``value`` if it is an integer (not a bool) in ``[low, high]``, else
+    [`ConfigError`][metaopt.training.ConfigError].
 
     Args:
         label: How the message names the setting: a flag (``--shots``) or an argument name.
@@ -101,7 +102,7 @@ def check_real(
     low_open: bool = False,
 ) -> float:
     """``value`` if it is a finite real number (int or float, not a bool) in the range, else
-    :class:`ConfigError`.
+    [`ConfigError`][metaopt.training.ConfigError].
 
     Args:
         label: How the message names the setting.
@@ -132,7 +133,8 @@ def _real_range(low: float | None, high: float | None, low_open: bool) -> str:
 
 
 def check_choice(label: str, value: T, allowed: Sequence[T]) -> T:
-    """``value`` if it is one of ``allowed``, else :class:`ConfigError` listing them."""
+    """``value`` if it is one of ``allowed``, else [`ConfigError`][metaopt.training.ConfigError]
+    listing them."""
     if value not in allowed:
         choices = ", ".join(map(str, allowed))
         raise ConfigError(f"{label} must be one of {choices}; got {value!r}")

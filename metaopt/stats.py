@@ -36,7 +36,8 @@ def mean_ci95(values: Iterable[float]) -> tuple[float, float]:
 
 
 def task_summary(values: Iterable[float] | np.ndarray) -> dict[str, Any]:
-    """``{"mean": m, "ci95": c}`` of per-task values (:func:`mean_ci95`), for eval.json.
+    """``{"mean": m, "ci95": c}`` of per-task values ([`mean_ci95`][metaopt.mean_ci95]), for
+    eval.json.
 
     When some tasks diverged (an infinite or NaN value), the mean is reported as infinite (NaN if
     any value is NaN) with an infinite interval, ``diverged`` counts those tasks and ``finite``

@@ -19,10 +19,11 @@ BatchedForward = Callable[[Any], Any]
 class Task(Protocol):
     """One task of a meta-batch.
 
-    The core calls :meth:`support_loss` once per inner step and :meth:`query_loss` once after
-    adaptation, each time with the model as it is *then* (adapted parameters in place). A
-    supervised task evaluates stored batches; a reinforcement-learning task samples fresh
-    trajectories with the model it is given. The core never looks at data.
+    The core calls [`support_loss`][metaopt.Task.support_loss] once per inner step and
+    [`query_loss`][metaopt.Task.query_loss] once after adaptation, each time with the model as it is
+    *then* (adapted parameters in place). A supervised task evaluates stored batches; a
+    reinforcement-learning task samples fresh trajectories with the model it is given. The core
+    never looks at data.
 
     Both methods return a scalar tensor that is differentiable with respect to the model's
     parameters.
@@ -42,10 +43,10 @@ class BatchedTasks(Protocol):
     """A meta-batch whose tasks can be evaluated all at once: the vectorised engine's input.
 
     The engine holds one set of parameters per task and hands the batch a ``forward`` that
-    applies task b's parameters to ``x[b]`` (see :data:`BatchedForward`). The batch returns one
+    applies task b's parameters to ``x[b]`` (see `BatchedForward`). The batch returns one
     loss per task, shape ``[B]``; task b's loss must depend on ``forward``'s outputs for index b
-    only. It is still a sequence of :class:`Task` objects for the loop engine, and both engines
-    must compute the same losses.
+    only. It is still a sequence of [`Task`][metaopt.Task] objects for the loop engine, and both
+    engines must compute the same losses.
     """
 
     def __len__(self) -> int: ...
@@ -64,14 +65,14 @@ class BatchedTasks(Protocol):
 # runtime-checkable Protocols, re-inspect the class on every call: tens of microseconds, paid for
 # every task of every meta-iteration).
 def is_task(obj: object) -> bool:
-    """Whether ``obj`` has the :class:`Task` methods."""
+    """Whether ``obj`` has the [`Task`][metaopt.Task] methods."""
     return callable(getattr(obj, "support_loss", None)) and callable(
         getattr(obj, "query_loss", None)
     )
 
 
 def is_batched(obj: object) -> bool:
-    """Whether ``obj`` has the :class:`BatchedTasks` methods."""
+    """Whether ``obj`` has the [`BatchedTasks`][metaopt.BatchedTasks] methods."""
     return all(
         callable(getattr(obj, name, None)) for name in ("__len__", "support_losses", "query_losses")
     )

@@ -1,23 +1,24 @@
 r"""Helpers for verifying meta-gradients in your own tests.
 
 * Linear least-squares tasks with closed-form meta-gradients of every algorithm. With support loss
-  :math:`\tfrac12\|A\theta-b\|^2` (Hessian :math:`H = A^\top A`), query loss
-  :math:`\tfrac12\|C\theta-d\|^2` and n inner SGD steps :math:`\theta_{k+1} = \theta_k - D\,
-  (H\theta_k - A^\top b)` with :math:`D = \operatorname{diag}(\alpha)`:
+  $\tfrac12\|A\theta-b\|^2$ (Hessian $H = A^\top A$), query loss
+  $\tfrac12\|C\theta-d\|^2$ and n inner SGD steps $\theta_{k+1} = \theta_k - D\,
+  (H\theta_k - A^\top b)$ with $D = \operatorname{diag}(\alpha)$:
 
-  - MAML: :math:`(I - H D)^n\, g_q` with :math:`g_q = C^\top(C\theta_n - d)` (D = αI);
-  - first-order MAML: :math:`g_q`;
-  - Meta-SGD, for θ as MAML with D = diag(α); for α: :math:`J_n^\top g_q` with
-    :math:`J_0 = 0`, :math:`J_{k+1} = (I - DH)J_k - \operatorname{diag}(H\theta_k - A^\top b)`
+  - MAML: $(I - H D)^n\, g_q$ with $g_q = C^\top(C\theta_n - d)$ (D = αI);
+  - first-order MAML: $g_q$;
+  - Meta-SGD, for θ as MAML with D = diag(α); for α: $J_n^\top g_q$ with
+    $J_0 = 0$, $J_{k+1} = (I - DH)J_k - \operatorname{diag}(H\theta_k - A^\top b)$
     (first-order Meta-SGD: I in place of I − DH and of I − HD);
-  - Reptile: :math:`\theta - \theta_n`;
+  - Reptile: $\theta - \theta_n$;
 
   each averaged over the tasks. Computed in NumPy float64, independently of autograd.
-* :func:`check_meta_gradient`: an algorithm's ``meta_backward`` against central finite
-  differences of the meta-loss (``method="finite_differences"``, any float64 model, exact
-  meta-gradients only), or against the closed forms above (``method="closed_form"``, linear
-  least-squares tasks, all four algorithms).
-* :func:`assert_state_restored`: run a function, assert the model and optimiser are bit-identical.
+* [`check_meta_gradient`][metaopt.testing.check_meta_gradient]: an algorithm's ``meta_backward``
+  against central finite differences of the meta-loss (``method="finite_differences"``, any float64
+  model, exact meta-gradients only), or against the closed forms above (``method="closed_form"``,
+  linear least-squares tasks, all four algorithms).
+* [`assert_state_restored`][metaopt.testing.assert_state_restored]: run a function, assert the model
+  and optimiser are bit-identical.
 """
 
 from __future__ import annotations
@@ -67,7 +68,8 @@ class LinearModel(nn.Module):
 
 @dataclass
 class LinearTask:
-    """Least squares: support ½‖Aθ − b‖², query ½‖Cθ − d‖² for a :class:`LinearModel`."""
+    """Least squares: support ½‖Aθ − b‖², query ½‖Cθ − d‖² for a
+    [`LinearModel`][metaopt.testing.LinearModel]."""
 
     A: np.ndarray
     b: np.ndarray
@@ -89,9 +91,11 @@ class LinearTask:
 
 
 class LinearTaskBatch(list[LinearTask]):
-    """Linear tasks stacked for the vectorised engine (:class:`metaopt.task.BatchedTasks`).
+    """Linear tasks stacked for the vectorised engine
+    ([`metaopt.task.BatchedTasks`][metaopt.BatchedTasks]).
 
-    Still a list of :class:`LinearTask`, so the loop engine runs the same batch.
+    Still a list of [`LinearTask`][metaopt.testing.LinearTask], so the loop engine runs the same
+    batch.
     """
 
     def _stacked(self, name: str) -> torch.Tensor:
@@ -237,7 +241,7 @@ def _meta_loss(algo: MetaLearner, tasks: Sequence[Any]) -> float:
     return total / len(tasks)
 
 
-#: What :func:`check_meta_gradient` can compare with.
+#: What `check_meta_gradient` can compare with.
 CHECK_METHODS = ("finite_differences", "closed_form")
 
 
@@ -258,8 +262,9 @@ def check_meta_gradient(
     exact meta-gradients have a finite-difference reference: second-order MAML and Meta-SGD.
 
     ``method="closed_form"``: the NumPy closed forms of this module, for every algorithm
-    (first-order MAML and Reptile included) on :class:`LinearTask` tasks with a model whose
-    flattened parameters are θ (such as :class:`LinearModel`), inner optimiser SGD.
+    (first-order MAML and Reptile included) on [`LinearTask`][metaopt.testing.LinearTask] tasks with
+    a model whose flattened parameters are θ (such as [`LinearModel`][metaopt.testing.LinearModel]),
+    inner optimiser SGD.
 
     ``.grad`` of the meta-parameters is overwritten and left at ``None``.
 

@@ -2,20 +2,22 @@ r"""A trust-region outer step (TRPO, Schulman et al. 2015), for any objective th
 its distributions moved.
 
 The meta-RL outer step of MAML's RL experiments (Finn et al. 2017, §5.3) and of pytorch-maml-rl.
-Given the gradient :math:`g` of a loss :math:`L` at :math:`\theta_0` and a divergence
-:math:`D(\theta) = \overline{\mathrm{KL}}(\pi_{\theta_0} \,\|\, \pi_\theta)`, which is 0 with zero
-gradient at :math:`\theta_0`, the step solves
+Given the gradient $g$ of a loss $L$ at $\theta_0$ and a divergence
+$D(\theta) = \overline{\mathrm{KL}}(\pi_{\theta_0} \,\|\, \pi_\theta)$, which is 0 with zero
+gradient at $\theta_0$, the step solves
 
-.. math:: \min_\delta\; g^\top\delta \quad\text{s.t.}\quad \tfrac12\,\delta^\top F\delta \le
-          \epsilon, \qquad F = \nabla^2 D(\theta_0),
+$$
+\min_\delta\; g^\top\delta \quad\text{s.t.}\quad \tfrac12\,\delta^\top F\delta \le
+\epsilon, \qquad F = \nabla^2 D(\theta_0),
+$$
 
-approximately: :math:`s \approx F^{-1} g` by conjugate gradients on :math:`F + \lambda I` (only
-products :math:`Fv`, each a second backward pass through :math:`\nabla D`), the largest step
-:math:`\delta = -\sqrt{2\epsilon / s^\top F s}\; s` in that metric, then a backtracking line search
-that takes the first of :math:`\delta, r\delta, r^2\delta, \dots` whose loss is lower than at
-:math:`\theta_0` and whose divergence is at most :math:`\epsilon` (none: no step).
+approximately: $s \approx F^{-1} g$ by conjugate gradients on $F + \lambda I$ (only
+products $Fv$, each a second backward pass through $\nabla D$), the largest step
+$\delta = -\sqrt{2\epsilon / s^\top F s}\; s$ in that metric, then a backtracking line search
+that takes the first of $\delta, r\delta, r^2\delta, \dots$ whose loss is lower than at
+$\theta_0$ and whose divergence is at most $\epsilon$ (none: no step).
 
-Nothing here knows what is being learned: a :class:`TrustRegionProblem` evaluates the loss and the
+Nothing here knows what is being learned: a `TrustRegionProblem` evaluates the loss and the
 divergence at the parameters' current values, and the step moves the parameters in place. The
 parameters the divergence does not depend on (an RL critic's) are left to the caller, with their
 gradients untouched.
@@ -61,7 +63,7 @@ class TrustRegionSettings:
 
     Attributes:
         max_kl: ε, the largest divergence a step may reach.
-        cg_steps: Conjugate-gradient iterations of the solve :math:`(F + \\lambda I)s = g`.
+        cg_steps: Conjugate-gradient iterations of the solve $(F + \\lambda I)s = g$.
         damping: λ, added to the Fisher-vector products.
         backtracks: Line-search candidates tried at most.
         ratio: r, each candidate's step is this times the previous one's.
@@ -148,7 +150,7 @@ def hessian_vector_product(
     """``v -> (H + damping I) v`` for the Hessian H of the function whose ``gradient`` with
     respect to ``params`` (built with ``create_graph=True``) is given; vectors are flat, in the
     order of ``params``. Each product is one backward pass through the gradient's graph. With
-    ``reduce`` (data parallelism: :func:`trust_region_step`), H v is this process's share, which
+    ``reduce`` (data parallelism: `trust_region_step`), H v is this process's share, which
     ``reduce`` sums over the processes before the damping is added."""
     flat = _flat(gradient)
 
@@ -176,7 +178,7 @@ def trust_region_step(
     the tasks: it is applied to the divergence's Hessian-vector products and to the surrogate and
     divergence the line search compares, so every process computes the same direction, tries the
     same candidates, takes the same decisions and ends at the same parameters as one process
-    holding every task (:func:`metaopt.training.distributed.task_weighted_sum`), up to rounding:
+    holding every task (`metaopt.training.distributed.task_weighted_sum`), up to rounding:
     the sums run in another order, and a few conjugate-gradient iterations on a nearly singular
     Fisher matrix amplify that (float32 products equal to 1e-7 gave directions equal to 1e-3 on
     nav2d). ``None``: this process holds every task.

@@ -6,16 +6,18 @@ graph (the per-task parameters, the activations, the inner gradient's own graph)
 backward, so its memory grows linearly with the steps. Here the adaptation runs without a graph
 and the outer backward walks the steps in reverse with the adjoint ``v_k = ∂L/∂state_k``:
 
-.. math:: v_k = v_{k+1} + J_k^\\top v_{k+1},\\qquad
-          J_k = \\partial u_k / \\partial \\mathrm{state}_k,
+$$
+v_k = v_{k+1} + J_k^\\top v_{k+1},\\qquad
+J_k = \\partial u_k / \\partial \\mathrm{state}_k,
+$$
 
-where :math:`u_k` is step k's update (for SGD, :math:`J_k^\\top v = -\\alpha H_k v`, with
-:math:`H_k` the Hessian of the support losses at :math:`\\theta_k`). Each reverse step recomputes
-step k from its state with a graph (a fresh double backward at :math:`\\theta_k`), takes one
-vector-Jacobian product, and drops that graph. The states :math:`\\theta_k` themselves come from
+where $u_k$ is step k's update (for SGD, $J_k^\\top v = -\\alpha H_k v$, with
+$H_k$ the Hessian of the support losses at $\\theta_k$). Each reverse step recomputes
+step k from its state with a graph (a fresh double backward at $\\theta_k$), takes one
+vector-Jacobian product, and drops that graph. The states $\\theta_k$ themselves come from
 checkpoints: at most ``slots`` states are held at once besides θ, and the others are recomputed
 from the nearest earlier one. Where to place them is the binomial schedule, found by a small
-dynamic programme (:func:`schedule_cost`): with ``slots ≥ steps − 1`` every state is stored once
+dynamic programme (`schedule_cost`): with ``slots ≥ steps − 1`` every state is stored once
 (``steps − 1`` extra forward steps), with one slot the unroll costs ``steps (steps − 1) / 2``.
 Meta-SGD's rates and Adam's moments take part like the parameters (the moments are part of the
 state; the rates receive the vector-Jacobian product of every step).
@@ -23,7 +25,7 @@ state; the rates receive the vector-Jacobian product of every step).
 The recomputation must give the same support losses as the first pass: a batch that samples new
 data at every call (reinforcement-learning tasks) would make the reverse pass differentiate other
 losses than the forward pass descended. Every recomputed step's losses are compared with the
-first pass's and a difference raises :class:`UnrollMismatchError`.
+first pass's and a difference raises `UnrollMismatchError`.
 """
 
 from __future__ import annotations
@@ -277,7 +279,7 @@ def checkpointed_adapt(
     batch_norm: str = "running",
     adapted: Collection[str] | None = None,
 ) -> Adapted:
-    """:func:`metaopt.engine.inner_path`'s last state, second order, with the inner states
+    """`metaopt.engine.inner_path`'s last state, second order, with the inner states
     recomputed in the backward pass: at most ``slots`` held at once besides θ.
 
     Args:
@@ -287,7 +289,7 @@ def checkpointed_adapt(
         steps: Inner steps.
         slots: States held at once (``≥ 1``; ``steps − 1`` or more stores each state once).
         extra: Tensors the update depends on that receive a gradient too (Meta-SGD's rates).
-        batch_norm: :data:`metaopt.engine.BATCH_NORM_MODES`.
+        batch_norm: `metaopt.engine.BATCH_NORM_MODES`.
         adapted: The names the inner loop adapts (``None``: every trainable parameter).
 
     Returns:

@@ -1,12 +1,12 @@
 """Meta-reinforcement learning on random tabular MDPs (Duan et al. 2016's RL² distribution).
 
-* :mod:`rl.mdp`: tasks as plain data, their distribution, exact random/optimal reference returns;
-* :mod:`rl.env`: the Gymnasium environment ``TabularMDP-v0`` (registered by :func:`register`);
-* :mod:`rl.sampler`: vectorised trajectory sampling for a whole meta-batch;
-* :mod:`rl.losses`: λ-returns / GAE and the A2C loss;
-* :mod:`rl.policy`: the actor-critic MLP;
-* :mod:`rl.task`: tasks implementing :class:`metaopt.task.Task`;
-* :mod:`rl.family`: ``metaopt train mdp``.
+* `rl.mdp`: tasks as plain data, their distribution, exact random/optimal reference returns;
+* `rl.env`: the Gymnasium environment ``TabularMDP-v0`` (registered by `register`);
+* `rl.sampler`: vectorised trajectory sampling for a whole meta-batch;
+* `rl.losses`: λ-returns / GAE and the A2C loss;
+* `rl.policy`: the actor-critic MLP;
+* `rl.task`: tasks implementing [`metaopt.task.Task`][metaopt.Task];
+* `rl.family`: ``metaopt train mdp``.
 """
 
 from rl.env import ENV_ID, TabularMDPEnv, register

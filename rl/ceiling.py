@@ -8,7 +8,7 @@ finite-horizon value iteration. The plan is scored exactly on the true task. The
 of this planner says how much of the gap between the random and the optimal policy the support
 data could close; gradient steps on a policy network close much less of it.
 
-Usage::
+Usage:
 
     python -m rl.ceiling                   # 1000 tasks, N = 20, 40, 100
     python -m rl.ceiling --tasks 200 --episodes 10,20
@@ -84,7 +84,8 @@ class CeilingOptions:
     )
 
     def validate(self) -> None:
-        """Raise :class:`ConfigError` naming the flag, the value and what is allowed."""
+        """Raise [`ConfigError`][metaopt.training.ConfigError] naming the flag, the value and what
+        is allowed."""
         check_int("--tasks", self.tasks, 2, why=" (an interval needs two)")
         if not self.episodes:
             raise ConfigError("--episodes must name at least one number of episodes")

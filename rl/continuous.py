@@ -2,21 +2,23 @@ r"""Continuous actions: a Gaussian policy, a vectorised sampler and the scoring 
 
 Any family whose actions are real vectors reuses three pieces:
 
-* :class:`GaussianMLPPolicy`: observation -> (mean, log-standard-deviation, value), with a
+* `GaussianMLPPolicy`: observation -> (mean, log-standard-deviation, value), with a
   learned log-standard-deviation that does not depend on the state (Finn et al. 2017's RL
   policies; Schulman et al. 2015's TRPO);
-* :func:`rollout`: every (task, episode) pair stepped at once through a family's
-  :class:`Dynamics`, with all randomness drawn up front (:class:`GaussianNoise`), so a sample is
+* `rollout`: every (task, episode) pair stepped at once through a family's
+  `Dynamics`, with all randomness drawn up front (`GaussianNoise`), so a sample is
   a deterministic function of policy, tasks and noise, and task b's episodes depend only on its
   slice of the noise (the loop and vectorised engines sample the same episodes);
-* :class:`GaussianScorer`: the policy re-evaluated with autograd on the visited observations,
-  giving the losses of :mod:`rl.estimators` the log-density of the actions taken,
+* `GaussianScorer`: the policy re-evaluated with autograd on the visited observations,
+  giving the losses of `rl.estimators` the log-density of the actions taken,
 
-.. math:: \log\pi(a\mid s) = \sum_i \Big[-\frac{(a_i-\mu_i(s))^2}{2\sigma_i^2}
-          - \log\sigma_i - \tfrac12\log 2\pi\Big],
+$$
+\log\pi(a\mid s) = \sum_i \Big[-\frac{(a_i-\mu_i(s))^2}{2\sigma_i^2}
+- \log\sigma_i - \tfrac12\log 2\pi\Big],
+$$
 
-instead of a categorical log-probability, and the entropy :math:`\sum_i \log\sigma_i +
-\tfrac12\log 2\pi e`. Episodes may end before the horizon (a terminal step): the steps after it
+instead of a categorical log-probability, and the entropy $\sum_i \log\sigma_i +
+\tfrac12\log 2\pi e$. Episodes may end before the horizon (a terminal step): the steps after it
 are masked out of every mean, and the λ-returns' discount is 0 on it.
 """
 
@@ -48,14 +50,14 @@ __all__ = [
     "with_time",
 ]
 
-#: The advantage baselines :class:`GaussianScorer` offers.
+#: The advantage baselines `GaussianScorer` offers.
 BASELINES = ("critic", "linear")
 
 #: Observations [..., D] -> (action means [..., A], log-standard-deviations [..., A], values [...]).
 GaussianPolicyFn = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
 
 _HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
-#: Scale of the initial weights of :class:`GaussianMLPPolicy`'s mean head.
+#: Scale of the initial weights of `GaussianMLPPolicy`'s mean head.
 MEAN_HEAD_GAIN = 0.01
 
 
@@ -73,10 +75,10 @@ class GaussianMLPPolicy(nn.Module):
         init_log_std: Initial log σ of every action dimension.
         shared_torso: One torso for the policy and the value heads.
         critic_time: The critic also sees the time: the observations handed in have one more
-            column, the fraction of the episode elapsed (``time_feature`` of :func:`rollout`
-            and :class:`GaussianScorer`), which the action mean ignores. Needs its own critic
+            column, the fraction of the episode elapsed (``time_feature`` of `rollout`
+            and `GaussianScorer`), which the action mean ignores. Needs its own critic
             torso.
-        activation: The torsos' hidden activation (:data:`rl.policy.ACTIVATIONS`).
+        activation: The torsos' hidden activation (`rl.policy.ACTIVATIONS`).
     """
 
     def __init__(
@@ -188,7 +190,7 @@ class ContinuousTrajectories(NamedTuple):
 
 def with_time(obs: torch.Tensor, step: int | torch.Tensor, horizon: int) -> torch.Tensor:
     """``obs`` ``[..., D]`` with the fraction of the episode elapsed, ``step / horizon``, as a
-    last column (what a :class:`GaussianMLPPolicy` with ``critic_time`` reads)."""
+    last column (what a `GaussianMLPPolicy` with ``critic_time`` reads)."""
     fraction = torch.as_tensor(step, dtype=obs.dtype) / horizon
     return torch.cat([obs, fraction.expand(*obs.shape[:-1], 1)], -1)
 
@@ -202,7 +204,7 @@ def rollout(
     observations. An episode that reaches a terminal step stays where it is, with reward 0 and
     mask 0, until the horizon. A task whose policy outputs are not finite (a diverged inner
     step) is simulated with zero actions and gets NaN rewards, so the divergence shows in its
-    returns and losses. With ``time_feature`` the policy is handed :func:`with_time`
+    returns and losses. With ``time_feature`` the policy is handed `with_time`
     observations (the trajectories keep the plain ones).
     """
     horizon, t, n, _ = noise.normal.shape
@@ -245,7 +247,7 @@ def discounted_returns(
 ) -> torch.Tensor:
     """``[H, T, N]`` discounted sums of the rewards from step t to the end of the episode (no
     bootstrap at the horizon; the discount is 0 after a terminal step): the λ-returns
-    (:func:`rl.losses.lambda_returns`) with λ = 1 and nothing to bootstrap."""
+    (`rl.losses.lambda_returns`) with λ = 1 and nothing to bootstrap."""
     return lambda_returns(rewards, torch.zeros_like(rewards), gamma * continues, 1.0)
 
 
@@ -255,10 +257,10 @@ def linear_feature_baseline(
     r"""``[H + 1, T, N]`` a value baseline fitted per task to its own episodes (detached).
 
     The linear feature baseline of rllab and pytorch-maml-rl (Duan et al. 2016): features
-    :math:`\phi(s_t, t) = (s, s^2, \tau, \tau^2, \tau^3, 1)` with :math:`\tau = t / H`, weights
-    :math:`w = (\Phi^\top\Phi + \text{reg}\,I)^{-1}\Phi^\top G` by ridge least squares per task
+    $\phi(s_t, t) = (s, s^2, \tau, \tau^2, \tau^3, 1)$ with $\tau = t / H$, weights
+    $w = (\Phi^\top\Phi + \text{reg}\,I)^{-1}\Phi^\top G$ by ridge least squares per task
     over the steps inside its episodes, G the discounted returns-to-go
-    (:func:`discounted_returns`). Entry H, the bootstrap at the horizon, is 0, so with
+    (`discounted_returns`). Entry H, the bootstrap at the horizon, is 0, so with
     λ = 1 the λ-returns are the returns-to-go themselves. Because it is fitted per task on the
     task's episodes it knows what the goal-agnostic critic cannot: where this task's returns are
     high. Solved in float64.
@@ -284,8 +286,10 @@ def gaussian_kl(
 ) -> torch.Tensor:
     r"""``[...]`` KL(N(μ, σ²) ‖ N(μ', σ'²)) of diagonal Gaussians ``[..., A]``:
 
-    .. math:: \sum_i \Big[\log\frac{\sigma'_i}{\sigma_i}
-              + \frac{\sigma_i^2 + (\mu_i - \mu'_i)^2}{2\sigma_i'^2} - \frac12\Big].
+    $$
+    \sum_i \Big[\log\frac{\sigma'_i}{\sigma_i}
+    + \frac{\sigma_i^2 + (\mu_i - \mu'_i)^2}{2\sigma_i'^2} - \frac12\Big].
+    $$
     """
     variance_ratio = torch.exp(2 * (log_std - other_log_std))
     gap = (mean - other_mean) * torch.exp(-other_log_std)
@@ -293,7 +297,7 @@ def gaussian_kl(
 
 
 class GaussianScorer:
-    """Scores of a Gaussian policy on its episodes (:class:`rl.estimators.Scorer`).
+    """Scores of a Gaussian policy on its episodes (`rl.estimators.Scorer`).
 
     One forward pass per task on all ``(H + 1)·N`` visited observations gives, with gradient,
     the log-density of every action taken (0 after the episode ended) and every value.
@@ -301,10 +305,10 @@ class GaussianScorer:
     Args:
         normalize_advantages: Standardise the A2C policy term's advantages per task.
         baseline: What the advantages subtract: ``critic`` (the policy's value head) or
-            ``linear`` (:func:`linear_feature_baseline`, fitted per task to the episodes
+            ``linear`` (`linear_feature_baseline`, fitted per task to the episodes
             scored; the critic is still trained).
         gamma: The discount of the linear baseline's targets.
-        time_feature: Hand the policy :func:`with_time` observations (``t / H`` at step t).
+        time_feature: Hand the policy `with_time` observations (``t / H`` at step t).
     """
 
     def __init__(
@@ -364,6 +368,6 @@ class GaussianScorer:
     def a2c_loss(
         self, policy: GaussianPolicyFn, trajectories: ContinuousTrajectories, **settings: Any
     ) -> torch.Tensor:
-        """The A2C loss with log-densities (:func:`rl.estimators.scored_a2c_loss`, whose
+        """The A2C loss with log-densities (`rl.estimators.scored_a2c_loss`, whose
         keywords ``settings`` are)."""
         return scored_a2c_loss(self(policy, trajectories), trajectories.rewards, **settings)

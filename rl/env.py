@@ -1,10 +1,10 @@
 """The tabular-MDP task distribution as a Gymnasium environment (``TabularMDP-v0``).
 
 The environment is the reference semantics: one (task, episode) at a time, stepped in Python. The
-vectorised sampler (:mod:`rl.sampler`) draws from the same distribution for a whole meta-batch at
+vectorised sampler (`rl.sampler`) draws from the same distribution for a whole meta-batch at
 once, and a test compares the two statistically.
 
-Registration is explicit (:func:`register`), never an import side effect::
+Registration is explicit (`register`), never an import side effect:
 
     import gymnasium as gym
     import rl
@@ -47,7 +47,7 @@ class TabularMDPEnv(gym.Env[np.ndarray, np.int64]):
             consumes this keyword itself and applies its ``TimeLimit`` instead).
         task: The MDP to run. ``None`` draws one from the environment's own generator
             (``self.np_random``, seeded by ``reset(seed=...)``); pass a task, or call
-            :meth:`reset_task`, for a reproducible one.
+            `reset_task`, for a reproducible one.
         render_mode: Only ``None`` is supported.
     """
 

@@ -2,13 +2,15 @@ r"""Meta-gradient estimators for meta-RL: the losses a task hands the core, one 
 
 The meta-objective of MAML in RL, with support episodes τ sampled from the pre-update policy, is
 
-.. math:: M(\theta) = \mathbb{E}_{\tau \sim \pi_\theta}\big[J(U(\theta, \tau))\big],
+$$M(\theta) = \mathbb{E}_{\tau \sim \pi_\theta}\big[J(U(\theta, \tau))\big],$$
 
 where U is the inner update (A2C loss, inner optimiser) and J the expected return. Its gradient
 has two terms (Stadie et al. 2018; Foerster et al. 2018; Rothfuss et al. 2019):
 
-.. math:: \nabla M = \mathbb{E}_\tau\big[\partial_\theta U^\top \nabla J(U)\big]
-          + \mathbb{E}_\tau\big[J(U)\,\nabla_\theta \log p_\theta(\tau)\big].
+$$
+\nabla M = \mathbb{E}_\tau\big[\partial_\theta U^\top \nabla J(U)\big]
++ \mathbb{E}_\tau\big[J(U)\,\nabla_\theta \log p_\theta(\tau)\big].
+$$
 
 The core differentiates the query loss through the inner steps, which gives the first term when
 the query loss's gradient is an unbiased policy gradient of J at θ'. The second term, the
@@ -16,30 +18,27 @@ the query loss's gradient is an unbiased policy gradient of J at θ'. The second
 adapt well; it is what a task adds to its query loss with a "magic box" over the support
 log-likelihoods. The estimators (``A2CSettings.meta_gradient``):
 
-``seed``
-    TorchOpt's MAML-RL example: the A2C loss (GAE advantages, bootstrapped at the horizon) for
-    support and query, no sampling term. Biased: it drops the second term, and its query gradient
-    is not an unbiased gradient of J.
-``dice``
-    Unbiased for the policy's parameters. The query loss is the policy gradient of J with
-    undiscounted reward-to-go minus the critic's value (a state baseline, so unbiased) plus the
-    critic's regression term, and the DiCE term ``−Σₖ Σᵢ (□(log p_{θₖ}(τₖᵢ)) − 1)·(Ĵ' − bₖᵢ)``
-    over the episodes i of every support phase k: value 0, gradient ``−Σ (Ĵ' − bₖᵢ) ∇log p(τₖᵢ)``,
-    with □(x) = exp(x − ⊥x) (Foerster et al. 2018) and Ĵ' the mean query return. The baseline
-    bₖᵢ of episode i is the mean return of the *other* episodes of its phase: independent of τₖᵢ
-    given the phase's policy, so the term stays unbiased, and specific to the task, so it removes
-    most of the variance (with one episode per phase, the critic's value of the start state).
-    The support loss is the MAML-RL example's A2C loss: U is unchanged.
-``lvc``
-    ProMP's low-variance curvature estimator (Rothfuss et al. 2019): the support loss's policy
-    term uses □(log π(a|s)) per step, so that its Hessian, which the meta-gradient contains,
-    gains the per-step score outer products Σₜ ∇log π ∇log πᵀ Aₜ. Same first derivative (the
-    inner update is the MAML-RL example's), no sampling term in the query loss, which is
-    ``dice``'s policy gradient. Low variance, biased.
+* ``seed``: TorchOpt's MAML-RL example: the A2C loss (GAE advantages, bootstrapped at the
+  horizon) for support and query, no sampling term. Biased: it drops the second term, and its
+  query gradient is not an unbiased gradient of J.
+* ``dice``: Unbiased for the policy's parameters. The query loss is the policy gradient of J with
+  undiscounted reward-to-go minus the critic's value (a state baseline, so unbiased) plus the
+  critic's regression term, and the DiCE term ``−Σₖ Σᵢ (□(log p_{θₖ}(τₖᵢ)) − 1)·(Ĵ' − bₖᵢ)``
+  over the episodes i of every support phase k: value 0, gradient ``−Σ (Ĵ' − bₖᵢ) ∇log p(τₖᵢ)``,
+  with □(x) = exp(x − ⊥x) (Foerster et al. 2018) and Ĵ' the mean query return. The baseline
+  bₖᵢ of episode i is the mean return of the *other* episodes of its phase: independent of τₖᵢ
+  given the phase's policy, so the term stays unbiased, and specific to the task, so it removes
+  most of the variance (with one episode per phase, the critic's value of the start state).
+  The support loss is the MAML-RL example's A2C loss: U is unchanged.
+* ``lvc``: ProMP's low-variance curvature estimator (Rothfuss et al. 2019): the support loss's
+  policy term uses □(log π(a|s)) per step, so that its Hessian, which the meta-gradient contains,
+  gains the per-step score outer products Σₜ ∇log π ∇log πᵀ Aₜ. Same first derivative (the
+  inner update is the MAML-RL example's), no sampling term in the query loss, which is
+  ``dice``'s policy gradient. Low variance, biased.
 
 Gradients through the advantage weights of an inner loss (the critic's values) are not taken:
 the advantages are constants of each loss, as in every A2C meta-RL implementation. The exact
-oracle (:mod:`rl.oracle`) follows the same convention, so "unbiased" is exact with respect to it.
+oracle (`rl.oracle`) follows the same convention, so "unbiased" is exact with respect to it.
 Reptile does not use the query loss for its update, so no estimator applies to it.
 """
 
@@ -91,10 +90,10 @@ class Scores(NamedTuple):
         continues: ``[H, T, N]`` 0 on a terminal step, else 1: the λ-returns' discount is
             γ·continues (``None``: no terminal steps).
         normalize: Standardise the advantages of the A2C policy term per task (see
-            :func:`rl.losses.a2c_objective`).
+            `rl.losses.a2c_objective`).
         baseline: ``[H + 1, T, N]`` detached values that replace the critic's in the advantages
             and the λ-returns' bootstrap (a baseline fitted to the episodes, such as
-            :func:`rl.continuous.linear_feature_baseline`); the critic still regresses on the
+            `rl.continuous.linear_feature_baseline`); the critic still regresses on the
             λ-returns. ``None``: the critic's values.
     """
 
@@ -112,13 +111,13 @@ class Scores(NamedTuple):
 
 
 class Scorer(Protocol):
-    """How a family's policy scores its trajectories (:class:`TabularScorer`,
-    :class:`rl.continuous.GaussianScorer`)."""
+    """How a family's policy scores its trajectories (`TabularScorer`,
+    `rl.continuous.GaussianScorer`)."""
 
     def __call__(self, policy: Any, trajectories: Any) -> Scores: ...
 
     def a2c_loss(self, policy: Any, trajectories: Any, **settings: Any) -> torch.Tensor:
-        """The A2C loss; ``settings`` are :func:`scored_a2c_loss`'s keywords."""
+        """The A2C loss; ``settings`` are `scored_a2c_loss`'s keywords."""
         ...
 
 
@@ -138,7 +137,7 @@ def scored_a2c_loss(
     entropy_coef: float,
     per_task: bool,
 ) -> torch.Tensor:
-    """The A2C loss (:func:`rl.losses.a2c_objective`) of scored episodes: any policy's."""
+    """The A2C loss (`rl.losses.a2c_objective`) of scored episodes: any policy's."""
     dims = (0, 2) if per_task else None
     entropy = scores.entropy() if entropy_coef else None
     returns = _returns(scores, rewards, gamma, gae_lambda)
@@ -159,7 +158,7 @@ def scored_a2c_loss(
 @dataclass(frozen=True)
 class TabularScorer:
     """A categorical policy on one-hot states: one evaluation per state, then lookups
-    (:func:`rl.losses.policy_lookup`). Its A2C loss is :func:`rl.losses.trajectory_a2c_loss`."""
+    (`rl.losses.policy_lookup`). Its A2C loss is `rl.losses.trajectory_a2c_loss`."""
 
     num_states: int
 
@@ -179,7 +178,7 @@ class TabularScorer:
 
 
 def _scorer(scorer: Scorer | int) -> Scorer:
-    """A :class:`Scorer`; an integer is the number of states of a tabular task."""
+    """A `Scorer`; an integer is the number of states of a tabular task."""
     return TabularScorer(scorer) if isinstance(scorer, int) else scorer
 
 
@@ -198,7 +197,7 @@ def log_likelihood(
 ) -> torch.Tensor:
     """``[T]`` log-probability of each task's episodes under ``policy`` (``[T, N]``, one per
     episode, with ``per_episode``): the actions' terms, as the dynamics do not depend on the
-    parameters. ``scorer``: the family's :class:`Scorer`, or the number of states of a tabular
+    parameters. ``scorer``: the family's `Scorer`, or the number of states of a tabular
     task."""
     log_probs = _scorer(scorer)(policy, trajectories).log_probs
     return log_probs.sum(dim=0) if per_episode else log_probs.sum(dim=(0, 2))
@@ -244,7 +243,7 @@ def support_objective(
 
     For ``lvc`` the policy term is ``−⊥A · (□(log π) − 1 + ⊥log π)``: the value and the gradient
     of the MAML-RL example's ``−⊥A · log π``, with the Hessian of ``−⊥A · □(log π)``.
-    ``settings`` are :func:`scored_a2c_loss`'s keywords (``gamma``, ``gae_lambda``, ``value_coef``,
+    ``settings`` are `scored_a2c_loss`'s keywords (``gamma``, ``gae_lambda``, ``value_coef``,
     ``entropy_coef``, ``per_task``).
     """
     scorer = _scorer(scorer)

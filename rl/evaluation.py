@@ -1,7 +1,7 @@
 """Held-out evaluation: returns after 0..k inner steps, references, normalised scores.
 
 Every number is a mean over held-out tasks with the half-width of its 95% confidence interval
-(:func:`metaopt.stats.task_summary`, 1.96·sd/sqrt(n)); a task's value is the mean undiscounted return
+(`metaopt.stats.task_summary`, 1.96·sd/sqrt(n)); a task's value is the mean undiscounted return
 of the ``trajectories`` episodes sampled for it. Differences (after − before adaptation,
 meta-learned − baseline) are paired per task.
 """
@@ -43,7 +43,7 @@ def adaptation_returns(algo: MetaLearner, batch: RLTaskBatch, steps: int) -> tor
     Adaptation uses ``algo``'s own update rule (SGD or Adam at ``inner_lr``, Meta-SGD's learned
     rates). All tasks are adapted at once by the core's vectorised engine unless ``algo`` was
     built with ``engine="loop"``, which adapts them one by one with ``algo.adapt``; both sample
-    the same episodes (see :mod:`rl.task`), so they give the same numbers.
+    the same episodes (see `rl.task`), so they give the same numbers.
 
     Args:
         algo: The learner whose adaptation is evaluated.
@@ -71,8 +71,8 @@ def adaptation_returns(algo: MetaLearner, batch: RLTaskBatch, steps: int) -> tor
 
 
 def summarize(values: torch.Tensor | np.ndarray) -> dict[str, Any]:
-    """``{"mean": m, "ci95": c}`` over tasks (see :data:`INTERVAL`): the supervised families'
-    :func:`metaopt.stats.task_summary`, so that eval.json reads alike in every domain.
+    """``{"mean": m, "ci95": c}`` over tasks (see `INTERVAL`): the supervised families'
+    `metaopt.stats.task_summary`, so that eval.json reads alike in every domain.
 
     Tasks whose policy diverged (non-finite logits, hence NaN returns) are counted in
     ``diverged`` and the others summarised in ``finite`` (``{"mean", "ci95", "tasks"}``); the

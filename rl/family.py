@@ -4,7 +4,7 @@ The setting of TorchOpt's MAML-RL example (after Finn et al. 2017, §5.3, on the
 of Duan et al. 2016, RL²): 10 states, 5 actions, horizon 10, 40 tasks per meta-batch, 20
 trajectories per task and loss, GAE(γ = 0.99, λ = 0.95), A2C loss with value coefficient 0.5,
 one differentiable SGD inner step at learning rate 0.1, outer Adam at 1e-3, 500 iterations. The
-default meta-gradient estimator is ``dice`` (:mod:`rl.estimators`), which meta-learns in this
+default meta-gradient estimator is ``dice`` (`rl.estimators`), which meta-learns in this
 setting; ``--meta-gradient seed`` (or ``--preset seed``) is TorchOpt's example exactly.
 
 Each iteration logs the mean return of the training tasks before adaptation (the first support
@@ -75,7 +75,7 @@ EVAL_STEPS = (0, 1, 2, 3, 5)
 _EVAL_STREAM = 0x7E57
 _SAMPLING_STREAM = 0x5A3E
 
-#: A family's own config class (:func:`config_as`).
+#: A family's own config class (`config_as`).
 C = TypeVar("C", bound=TrainConfig)
 
 
@@ -235,8 +235,8 @@ class A2CFamily(TaskFamily):
         group: DistInfo | None = None,
     ) -> torch.Tensor:
         """``[steps + 1, T]`` returns of ``learner`` after 0..``steps`` inner steps on the held-out
-        tasks (:func:`rl.evaluation.adaptation_returns`); under torchrun each rank of ``group``
-        adapts its share of the tasks (:func:`metaopt.training.distributed.map_tasks`)."""
+        tasks (`rl.evaluation.adaptation_returns`); under torchrun each rank of ``group``
+        adapts its share of the tasks (`metaopt.training.distributed.map_tasks`)."""
         batch = self.test_batch(config, num_tasks)
         return map_tasks(lambda part: adaptation_returns(learner, part, steps), batch, group)
 
@@ -261,7 +261,7 @@ class A2CFamily(TaskFamily):
         self, config: A2CConfig, request: EvalRequest
     ) -> tuple[int, list[int], int]:
         """``(tasks, the step counts reported, the longest adaptation)`` of the final evaluation:
-        by default ``eval_tasks`` tasks and :attr:`eval_steps` plus the trained step count."""
+        by default ``eval_tasks`` tasks and `eval_steps` plus the trained step count."""
         trained, steps = config.inner_steps, request.steps
         chosen = sorted((set(self.eval_steps) | {trained}) if steps is None else set(steps))
         return request.tasks(config), chosen, max(*chosen, trained)
@@ -286,7 +286,8 @@ class A2CFamily(TaskFamily):
 
 def config_as(config: TrainConfig, kind: type[C], family: str) -> C:
     """``config`` as the ``kind`` of config the ``family`` needs: the loop hands every family a
-    :class:`TrainConfig`, and a family's own fields are only there on its own config class."""
+    [`TrainConfig`][metaopt.training.TrainConfig], and a family's own fields are only there on its
+    own config class."""
     if not isinstance(config, kind):
         raise TypeError(f"{family} needs a {kind.__name__}, got {type(config).__name__}")
     return config
@@ -410,7 +411,7 @@ class MDPFamily(A2CFamily):
         self, config: TrainConfig, request: TruthRequest
     ) -> dict[str, Any] | None:
         """Each estimator of each method against the exact meta-gradient on a tiny MDP
-        (:func:`rl.truth.compare_with_truth`), at the config's inner learning rate and steps."""
+        (`rl.truth.compare_with_truth`), at the config's inner learning rate and steps."""
         from rl.truth import compare_with_truth
 
         config = _mdp(config)

@@ -2,25 +2,27 @@ r"""λ-returns (GAE) and the advantage actor-critic loss, as pure functions.
 
 λ-return (Sutton & Barto 2018, §12.1) of a trajectory truncated at step H, computed backwards:
 
-.. math::
-    G^\lambda_t = r_t + \gamma_t\big[(1-\lambda)\,V(s_{t+1}) + \lambda\,G^\lambda_{t+1}\big],
-    \qquad G^\lambda_{H} := V(s_H),
+$$
+G^\lambda_t = r_t + \gamma_t\big[(1-\lambda)\,V(s_{t+1}) + \lambda\,G^\lambda_{t+1}\big],
+\qquad G^\lambda_{H} := V(s_H),
+$$
 
 so the last step bootstraps from the value of the last next-state (truncation, not
-termination; a terminal step would carry :math:`\gamma_t = 0`). The advantage
-:math:`A_t = G^\lambda_t - V(s_t) = \sum_{k \ge 0} (\gamma\lambda)^k \delta_{t+k}` with
-:math:`\delta_t = r_t + \gamma V(s_{t+1}) - V(s_t)` is exactly generalised advantage estimation,
+termination; a terminal step would carry $\gamma_t = 0$). The advantage
+$A_t = G^\lambda_t - V(s_t) = \sum_{k \ge 0} (\gamma\lambda)^k \delta_{t+k}$ with
+$\delta_t = r_t + \gamma V(s_{t+1}) - V(s_t)$ is exactly generalised advantage estimation,
 GAE(γ, λ) (Schulman et al. 2016, "High-Dimensional Continuous Control Using Generalized
 Advantage Estimation", arXiv:1506.02438). Special cases: λ = 0 gives the one-step TD target
-:math:`r_t + \gamma V(s_{t+1})`; λ = 1 the Monte-Carlo return
-:math:`\sum_{k<H-t} \gamma^k r_{t+k} + \gamma^{H-t} V(s_H)`.
+$r_t + \gamma V(s_{t+1})$; λ = 1 the Monte-Carlo return
+$\sum_{k<H-t} \gamma^k r_{t+k} + \gamma^{H-t} V(s_H)$.
 
 A2C loss (Mnih et al. 2016, "Asynchronous Methods for Deep Reinforcement Learning"), averaged
 over all steps, with the advantage detached in the policy term:
 
-.. math::
-    \mathcal{L} = -\overline{\log\pi(a_t\mid s_t)\,\mathrm{sg}[A_t]}
-                  + c_v\,\overline{A_t^2} - c_e\,\overline{\mathcal{H}[\pi(\cdot\mid s_t)]}.
+$$
+\mathcal{L} = -\overline{\log\pi(a_t\mid s_t)\,\mathrm{sg}[A_t]}
++ c_v\,\overline{A_t^2} - c_e\,\overline{\mathcal{H}[\pi(\cdot\mid s_t)]}.
+$$
 """
 
 from __future__ import annotations
@@ -47,18 +49,18 @@ def lambda_returns(
     discounts: torch.Tensor | float,
     lam: float,
 ) -> torch.Tensor:
-    r"""TD(λ) returns :math:`G^\lambda_t`, time-major (see the module docstring for the formula).
+    r"""TD(λ) returns $G^\lambda_t$, time-major (see the module docstring for the formula).
 
     Args:
-        rewards: ``[H, ...]`` rewards :math:`r_t`.
-        next_values: ``[H, ...]`` values :math:`V(s_{t+1})` of the next states; the last entry
+        rewards: ``[H, ...]`` rewards $r_t$.
+        next_values: ``[H, ...]`` values $V(s_{t+1})$ of the next states; the last entry
             bootstraps the return at the horizon. Pass them detached: they are targets.
-        discounts: :math:`\gamma_t`, a float or a tensor broadcastable to ``rewards``
+        discounts: $\gamma_t$, a float or a tensor broadcastable to ``rewards``
             (γ, or 0 after a terminal step).
         lam: λ in [0, 1]; 0 is one-step TD, 1 Monte Carlo with a bootstrapped tail.
 
     Returns:
-        ``[H, ...]`` λ-returns. Subtract :math:`V(s_t)` for the GAE(γ, λ) advantages.
+        ``[H, ...]`` λ-returns. Subtract $V(s_t)$ for the GAE(γ, λ) advantages.
     """
     if not 0.0 <= lam <= 1.0:
         raise ValueError(f"lam (GAE λ) must be in [0, 1], got {lam!r}")
@@ -83,9 +85,9 @@ def _lambda_returns_constant(
 ) -> torch.Tensor:
     r"""The same recursion for a constant γ, unrolled into one matrix product.
 
-    :math:`G_t = \sum_{k=t}^{H-1} (\gamma\lambda)^{k-t} c_k` with
-    :math:`c_k = r_k + \gamma(1-\lambda) V(s_{k+1})`, plus :math:`\gamma\lambda V(s_H)` in
-    :math:`c_{H-1}` for the bootstrap. A meta-iteration evaluates hundreds of losses, and one
+    $G_t = \sum_{k=t}^{H-1} (\gamma\lambda)^{k-t} c_k$ with
+    $c_k = r_k + \gamma(1-\lambda) V(s_{k+1})$, plus $\gamma\lambda V(s_H)$ in
+    $c_{H-1}$ for the bootstrap. A meta-iteration evaluates hundreds of losses, and one
     product costs a tenth of the H-step loop.
     """
     horizon = rewards.shape[0]
@@ -117,16 +119,16 @@ def a2c_loss(
     entropy_coef: float = 0.0,
     dims: tuple[int, ...] | None = None,
 ) -> torch.Tensor:
-    """Advantage actor-critic loss of a categorical policy (:func:`a2c_objective` of its
+    """Advantage actor-critic loss of a categorical policy (`a2c_objective` of its
     log-probabilities), averaged over every step of every trajectory.
 
     Args:
         logits: ``[..., A]`` action logits at the visited states.
         actions: ``[...]`` actions taken.
-        values: ``[...]`` :math:`V(s_t)`, with gradient.
+        values: ``[...]`` $V(s_t)$, with gradient.
         returns: ``[...]`` λ-returns (targets, no gradient).
-        value_coef: :math:`c_v` (the MAML-RL example's 0.5).
-        entropy_coef: :math:`c_e`, entropy bonus (default off, as in the MAML-RL example).
+        value_coef: $c_v$ (the MAML-RL example's 0.5).
+        entropy_coef: $c_e$, entropy bonus (default off, as in the MAML-RL example).
         dims: Dimensions of ``values`` to average over (default: all, a scalar loss); e.g.
             ``(0, 2)`` of ``[H, T, N]`` gives one loss per task.
     """
@@ -172,11 +174,11 @@ def a2c_objective(
 
     Args:
         log_probs: ``[...]`` log π(a_t | s_t) of the actions taken, with gradient.
-        values: ``[...]`` :math:`V(s_t)`, with gradient.
+        values: ``[...]`` $V(s_t)$, with gradient.
         returns: ``[...]`` λ-returns (targets, no gradient).
-        value_coef: :math:`c_v`.
+        value_coef: $c_v$.
         entropy: ``[...]`` entropy of π(· | s_t); needed when ``entropy_coef`` is not 0.
-        entropy_coef: :math:`c_e`.
+        entropy_coef: $c_e$.
         dims: Dimensions to average over (default: all, a scalar loss).
         mask: ``[...]`` 1 on the steps to count, 0 after an episode ended (default: all).
         normalize: Standardise the advantages of the policy term over ``dims`` (mean 0, standard
@@ -205,7 +207,7 @@ def policy_lookup(
     policy: PolicyFn, trajectories: Trajectories, num_states: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One evaluation of ``policy`` on the S one-hot states of each task
-    (:func:`rl.sampler.policy_table`), for losses of ``trajectories`` to look up.
+    (`rl.sampler.policy_table`), for losses of ``trajectories`` to look up.
 
     Returns:
         The logit table ``[T, S, A]``; the values of the visited states and of the last
@@ -234,14 +236,14 @@ def trajectory_a2c_loss(
     """A2C loss of ``policy`` on sampled trajectories (the policy is re-evaluated with autograd).
 
     Observations are one-hot states, so one forward pass on the S states of each task
-    (:func:`rl.sampler.policy_table`) gives, by lookup, the logits and values (with gradient) of
+    (`rl.sampler.policy_table`) gives, by lookup, the logits and values (with gradient) of
     every visited state and the detached value of the last next-state that the λ-returns
     bootstrap from. This is the same function of the parameters as a forward pass per visited
     state, at a fraction of the cost.
 
     Args:
         policy: Observations ``[T, N, S]`` -> ``(logits [T, N, A], values [T, N])``.
-        trajectories: ``[H, T, N]`` fields from :func:`rl.sampler.sample_trajectories`.
+        trajectories: ``[H, T, N]`` fields from `rl.sampler.sample_trajectories`.
         num_states: S, for the one-hot observations.
         gamma: Discount γ.
         gae_lambda: λ.

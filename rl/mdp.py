@@ -8,9 +8,9 @@ MAML-RL example:
 * reward means ``R(s, a) ~ N(1, 1)``; an observed reward is ``N(R(s, a), 1)``;
 * every episode starts in state 0 and lasts ``horizon`` steps (the MDP never terminates).
 
-A task is a :class:`TabularMDP` (two arrays); a meta-batch is a :class:`TabularMDPBatch` (the same
+A task is a `TabularMDP` (two arrays); a meta-batch is a `TabularMDPBatch` (the same
 two arrays stacked). Both validate themselves on construction. The reference returns
-(:func:`random_policy_return`, :func:`optimal_return`) are exact expectations computed by
+(`random_policy_return`, `optimal_return`) are exact expectations computed by
 finite-horizon backward induction, so a score can be normalised per task:
 ``(return − random) / (optimal − random)``.
 """

@@ -7,20 +7,20 @@ position; the reward is the negative Euclidean distance from the new position to
 comparable with the numbers published from pytorch-maml-rl, e.g. ANIL's); an episode ends after 100
 steps, or as soon as the agent is within 0.01 of the goal (a terminal step).
 
-* :class:`Nav2DEnv` is the reference semantics as a Gymnasium environment, ``Nav2D-v0``
-  (registered by :func:`register`, never as an import side effect);
-* :class:`Nav2DDynamics` is the same, for T tasks × N episodes at once, for
-  :func:`rl.continuous.rollout` (a test compares the two);
-* :class:`Nav2DTaskBatch` is a meta-batch for the core (:class:`rl.task.RLTaskBatch`).
+* `Nav2DEnv` is the reference semantics as a Gymnasium environment, ``Nav2D-v0``
+  (registered by `register`, never as an import side effect);
+* `Nav2DDynamics` is the same, for T tasks × N episodes at once, for
+  `rl.continuous.rollout` (a test compares the two);
+* `Nav2DTaskBatch` is a meta-batch for the core (`rl.task.RLTaskBatch`).
 
-::
+```python
+import gymnasium as gym
+import rl.nav2d
 
-    import gymnasium as gym
-    import rl.nav2d
-
-    rl.nav2d.register()
-    env = gym.make("Nav2D-v0")
-    env.unwrapped.reset_task(np.array([0.3, -0.2]))
+rl.nav2d.register()
+env = gym.make("Nav2D-v0")
+env.unwrapped.reset_task(np.array([0.3, -0.2]))
+```
 """
 
 from __future__ import annotations
@@ -88,7 +88,7 @@ class Nav2DEnv(gym.Env[np.ndarray, np.ndarray]):
 
     Args:
         goal: The task. ``None`` draws one from the environment's generator (``self.np_random``,
-            seeded by ``reset(seed=...)``); pass one, or call :meth:`reset_task`, for a
+            seeded by ``reset(seed=...)``); pass one, or call `reset_task`, for a
             reproducible task.
         max_episode_steps: Truncate after this many steps (``None``: never; ``gymnasium.make``
             consumes this keyword itself and applies its ``TimeLimit`` instead).
@@ -160,7 +160,7 @@ def register() -> None:
 
 
 class Nav2DDynamics:
-    """T goals × N episodes of :class:`Nav2DEnv` at once (:class:`rl.continuous.Dynamics`).
+    """T goals × N episodes of `Nav2DEnv` at once (`rl.continuous.Dynamics`).
 
     Args:
         goals: ``[T, 2]``.
@@ -184,17 +184,17 @@ class Nav2DDynamics:
 
 
 class Nav2DTaskBatch(RLTaskBatch):
-    """A meta-batch of navigation goals for the core (see :class:`rl.task.RLTaskBatch`).
+    """A meta-batch of navigation goals for the core (see `rl.task.RLTaskBatch`).
 
     Args:
         goals: ``[T, 2]`` goals.
         settings: Sampling and loss settings (``horizon``: 100 in the paper).
         generator: Source of all sampling randomness.
         normalize_advantages: Standardise the A2C policy term's advantages per task.
-        baseline: What the advantages subtract (:class:`rl.continuous.GaussianScorer`):
+        baseline: What the advantages subtract (`rl.continuous.GaussianScorer`):
             ``critic`` or ``linear``.
-        time_feature: The policy reads :func:`rl.continuous.with_time` observations (a
-            :class:`rl.continuous.GaussianMLPPolicy` with ``critic_time``).
+        time_feature: The policy reads `rl.continuous.with_time` observations (a
+            `rl.continuous.GaussianMLPPolicy` with ``critic_time``).
     """
 
     def __init__(

@@ -4,9 +4,9 @@ The paper's settings: goals uniform on [−0.5, 0.5]², horizon 100, 20 trajecto
 step, 20 tasks per meta-batch, inner learning rate 0.1 (vanilla policy gradient), a policy MLP
 with two hidden layers of 100 ReLU units (Finn et al. 2017, §5.3 and appendix A.2, as the issue
 quotes them). Its outer optimiser is TRPO, and so is the default here (``--outer-optimizer
-auto``: MAML-TRPO, :mod:`rl.trust_region`, with pytorch-maml-rl's settings and its linear
+auto``: MAML-TRPO, `rl.trust_region`, with pytorch-maml-rl's settings and its linear
 feature baseline; Adam, annealed linearly to 0 over the run, for Reptile). The inner loss is the
-A2C loss with log-densities (:mod:`rl.continuous`), its advantages standardised per task (as
+A2C loss with log-densities (`rl.continuous`), its advantages standardised per task (as
 pytorch-maml-rl does), so that the inner step at lr 0.1 does not scale with the returns.
 
 The final evaluation (``eval.json``, the ``mdp`` family's shape) has the return after 0..3 inner
@@ -236,7 +236,7 @@ class Nav2DFamily(A2CFamily):
     def trust_region(
         self, algo: MetaLearner, config: TrainConfig, tasks: Sequence[Any]
     ) -> tuple[MetaPolicyRegion, TrustRegionSettings]:
-        """MAML-TRPO's surrogate and divergence on the meta-batch (:mod:`rl.trust_region`)."""
+        """MAML-TRPO's surrogate and divergence on the meta-batch (`rl.trust_region`)."""
         if not isinstance(tasks, Nav2DTaskBatch):
             raise TypeError(f"nav2d's trust region needs a Nav2DTaskBatch, got {type(tasks)}")
         return MetaPolicyRegion(algo, tasks), _nav(config).trust_region_settings()

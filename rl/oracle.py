@@ -1,19 +1,19 @@
 r"""Exact returns and exact meta-objectives on tabular MDPs: the truth meta-gradients are checked against.
 
-* :func:`expected_return`: J(θ), the expected undiscounted return of a policy over ``horizon``
+* `expected_return`: J(θ), the expected undiscounted return of a policy over ``horizon``
   steps from state 0, in closed form: the state distribution is propagated step by step,
   ``d₀ = e₀``, ``d_{t+1}(s') = Σ_{s,a} d_t(s) π(a|s) P(s'|s,a)``, and
   ``J = Σ_t Σ_{s,a} d_t(s) π(a|s) R(s,a)``. Differentiable, float64.
-* :func:`exact_meta_objective`: on a tiny MDP with deterministic rewards, every support data set
+* `exact_meta_objective`: on a tiny MDP with deterministic rewards, every support data set
   the inner loop can see is enumerated, so that
   ``M(θ) = Σ_τ p_θ(τ) · J(U(θ, τ))`` is an exact finite sum, where U is the algorithm's own inner
   update (its ``adapt``: the task's A2C loss and the inner optimiser as configured, one or more
   steps, each step on fresh episodes of the policy it has reached). Its gradient by autograd is
   the meta-gradient that an unbiased estimator must match on average.
-* :func:`expected_gradient_objective`: ``J(θ + α∇J(θ))``, the meta-objective with the exact
+* `expected_gradient_objective`: ``J(θ + α∇J(θ))``, the meta-objective with the exact
   policy gradient as the inner step (ProMP's formulation I), at any size.
 
-Convention shared with the estimators (:mod:`rl.estimators`): the advantage weights inside an A2C
+Convention shared with the estimators (`rl.estimators`): the advantage weights inside an A2C
 loss are constants of that loss (its critic values are not differentiated), so U's Jacobian is the
 one autograd gives through the inner loop, as in every A2C meta-RL implementation.
 """
@@ -43,7 +43,7 @@ __all__ = [
     "expected_return_of_table",
 ]
 
-#: The largest number of support data sets :func:`exact_meta_objective` enumerates.
+#: The largest number of support data sets `exact_meta_objective` enumerates.
 MAX_DATA_SETS = 100_000
 
 

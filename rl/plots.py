@@ -187,7 +187,7 @@ def plot_nav2d(path: Path, data: Mapping[str, Any]) -> Path:
 
     Args:
         data: ``{"goals": [G, 2], "paths": {policy: {steps: [G, H + 1, 2]}}}``
-            (:meth:`rl.nav2d_family.Nav2DFamily.trajectories`).
+            (`rl.nav2d_family.Nav2DFamily.trajectories`).
     """
     goals, paths = data["goals"], data["paths"]
     rows, cols = len(paths), len(goals)

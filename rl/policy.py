@@ -19,7 +19,7 @@ class CategoricalMLPPolicy(nn.Module):
     critic has its own torso of the same widths, so the value loss cannot move the policy's
     parameters (Finn et al. fit the baseline separately from the policy). Works on any leading
     dimensions: ``[..., S] -> ([..., A], [...])``, the policy signature of
-    :func:`rl.sampler.sample_trajectories`.
+    `rl.sampler.sample_trajectories`.
 
     Args:
         num_states: Observation size S (one-hot states).
@@ -54,7 +54,7 @@ def mlp(
     inputs: int, hidden_sizes: Sequence[int], activation: str = "relu"
 ) -> tuple[nn.Sequential, int]:
     """An MLP torso of ``hidden_sizes`` (empty: the identity), each layer followed by the
-    ``activation`` (:data:`ACTIVATIONS`), and its output width."""
+    ``activation`` (`ACTIVATIONS`), and its output width."""
     if activation not in ACTIVATIONS:
         raise ValueError(f"activation must be one of {', '.join(ACTIVATIONS)}; got {activation!r}")
     layers: list[nn.Module] = []
@@ -68,7 +68,7 @@ def mlp(
 def torsos(
     inputs: int, hidden_sizes: Sequence[int], shared_torso: bool, activation: str = "relu"
 ) -> tuple[nn.Sequential, nn.Sequential | None, int]:
-    """An actor-critic's torsos: the policy's :func:`mlp`, the critic's own one (``None`` when
+    """An actor-critic's torsos: the policy's `mlp`, the critic's own one (``None`` when
     the critic shares the policy's) and their output width."""
     torso, width = mlp(inputs, hidden_sizes, activation)
     return torso, None if shared_torso else mlp(inputs, hidden_sizes, activation)[0], width

@@ -1,10 +1,10 @@
 """The learning results of docs/results.md: the four algorithms under one ``mdp`` preset.
 
 Each algorithm is trained exactly as ``metaopt train mdp --algo ALGO --preset PRESET`` would
-(same code path, :func:`metaopt.training.train`), one after the other, and the held-out results of
-each ``eval.json`` are printed as rows of a Markdown table.
+(same code path, [`metaopt.training.train`][metaopt.training.train]), one after the other, and the
+held-out results of each ``eval.json`` are printed as rows of a Markdown table.
 
-Usage::
+Usage:
 
     python -m rl.results --preset none     # the defaults: MAML-RL example's settings, dice
     python -m rl.results --preset seed     # TorchOpt's MAML-RL configuration exactly

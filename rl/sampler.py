@@ -1,16 +1,16 @@
 """Vectorised trajectory sampling for a whole meta-batch of tabular MDPs.
 
-:func:`sample_trajectories` steps every (task, trajectory) pair at once with tensor ops; the only
+`sample_trajectories` steps every (task, trajectory) pair at once with tensor ops; the only
 Python loop is over the ``horizon`` time steps. It draws from exactly the distribution of
-:class:`rl.env.TabularMDPEnv` (a test compares the two statistically), with all randomness
-from an explicit :class:`torch.Generator`, drawn up front (:class:`SamplingNoise`) so that the
-simulation itself (:func:`simulate`) is a deterministic function of policy, tasks and noise.
+`rl.env.TabularMDPEnv` (a test compares the two statistically), with all randomness
+from an explicit `torch.Generator`, drawn up front (`SamplingNoise`) so that the
+simulation itself (`simulate`) is a deterministic function of policy, tasks and noise.
 
 It is generic in the policy: ``policy`` maps one-hot observations ``[T, N, S]`` (T tasks, N
 observations each) to ``(logits [T, N, A], values [T, N])``. A single shared ``nn.Module`` does
 this (it broadcasts over leading dimensions); so does a function applying per-task parameters.
 Observations are one-hot states, so the policy is evaluated once per call on the S possible
-observations of every task (:func:`policy_table`) and then looked up; this is what makes a
+observations of every task (`policy_table`) and then looked up; this is what makes a
 sampling call cost about one network evaluation however many episodes it draws.
 """
 
@@ -136,7 +136,7 @@ class SamplingNoise(NamedTuple):
     """All the randomness of one sampling call, drawn up front.
 
     Given the noise, sampling is a deterministic function of the policy and the tasks
-    (:func:`simulate`), and task b's episodes depend only on ``noise.task(b)``: sampling a batch at
+    (`simulate`), and task b's episodes depend only on ``noise.task(b)``: sampling a batch at
     once or its tasks one by one with the slices gives the same trajectories.
 
     Attributes:
@@ -178,17 +178,17 @@ def sample_trajectories(
 ) -> Trajectories:
     """Roll out ``num_trajectories`` episodes of ``horizon`` steps in every task of ``mdps``.
 
-    Draws the noise from ``generator`` (:meth:`SamplingNoise.draw`) and runs :func:`simulate`.
+    Draws the noise from ``generator`` (`SamplingNoise.draw`) and runs `simulate`.
 
     Args:
         policy: Observations ``[T, N, S]`` -> ``(logits [T, N, A], values [T, N])``.
-        mdps: The tasks, from :meth:`MDPTensors.from_mdps`.
+        mdps: The tasks, from `MDPTensors.from_mdps`.
         num_trajectories: N >= 1 per task.
         horizon: H >= 1 steps per episode.
         generator: The only source of randomness.
 
     Returns:
-        :class:`Trajectories` with fields ``[H, T, N]``.
+        `Trajectories` with fields ``[H, T, N]``.
     """
     dtype, device = mdps.reward_means.dtype, mdps.reward_means.device
     noise = SamplingNoise.draw(generator, horizon, mdps.num_tasks, num_trajectories, dtype, device)
@@ -201,10 +201,10 @@ def simulate(policy: PolicyFn, mdps: MDPTensors, noise: SamplingNoise) -> Trajec
     Every episode starts in state 0. In state s an action is drawn from ``softmax(logits(s))``,
     the next state from ``P(· | s, a)`` and the reward is ``R(s, a) + N(0, 1)``. Because the
     observation is the one-hot state, the policy is evaluated once on the S states of every task
-    (:func:`policy_table`), and each step draws the pair (action, next state) from its joint
+    (`policy_table`), and each step draws the pair (action, next state) from its joint
     distribution ``π(a | s) P(s' | s, a)`` by inverse-CDF sampling with one uniform number per
     episode. The only Python loop is over the H steps. Runs without autograd: a loss
-    re-evaluates the policy (:func:`rl.losses.trajectory_a2c_loss`). A task whose policy has
+    re-evaluates the policy (`rl.losses.trajectory_a2c_loss`). A task whose policy has
     non-finite logits gets NaN rewards.
 
     Args:
@@ -213,7 +213,7 @@ def simulate(policy: PolicyFn, mdps: MDPTensors, noise: SamplingNoise) -> Trajec
         noise: Randomness for H steps of N episodes in each of the T tasks.
 
     Returns:
-        :class:`Trajectories` with fields ``[H, T, N]``.
+        `Trajectories` with fields ``[H, T, N]``.
     """
     horizon, t, n, _ = noise.uniform.shape
     if t != mdps.num_tasks:

@@ -9,7 +9,7 @@ Then the full seed configuration (500 iterations of 40 tasks × 20 trajectories 
 the periodic held-out evaluation every 50 iterations and the final evaluation and plots) runs
 through ``metaopt.training.train``, the code behind ``metaopt train mdp``.
 
-Usage::
+Usage:
 
     python -m rl.speed                     # full run (a few minutes)
     python -m rl.speed --iterations 20     # quick look

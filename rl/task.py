@@ -1,17 +1,17 @@
 """Tabular-MDP tasks for the meta-learning core: losses computed from freshly sampled trajectories.
 
-An :class:`MDPTask` implements :class:`metaopt.task.Task`. ``support_loss(model)`` samples
+An `MDPTask` implements [`metaopt.task.Task`][metaopt.Task]. ``support_loss(model)`` samples
 trajectories in its MDP with the policy it is handed and returns their A2C loss;
 ``query_loss(model)`` does the same with the adapted policy (fresh trajectories), as in MAML's RL
 experiments (Finn et al. 2017, §5.3). The core never knows that data is sampled.
 
-An :class:`MDPTaskBatch` is a sequence of such tasks and also implements
-:class:`metaopt.task.BatchedTasks`, so the core's vectorised engine adapts all its tasks at once:
-``support_losses(forward, step)`` and ``query_losses(forward)`` sample every task with its own
-parameters in one call and return one loss per task.
+An `MDPTaskBatch` is a sequence of such tasks and also implements
+[`metaopt.task.BatchedTasks`][metaopt.BatchedTasks], so the core's vectorised engine adapts all its
+tasks at once: ``support_losses(forward, step)`` and ``query_losses(forward)`` sample every task
+with its own parameters in one call and return one loss per task.
 
 Randomness. Every sampling *phase* (the k-th support sample of each task, the k-th query
-sample) has its noise drawn once for all tasks (:class:`rl.sampler.SamplingNoise`), in the order
+sample) has its noise drawn once for all tasks (`rl.sampler.SamplingNoise`), in the order
 in which the phases are first needed; task b's episodes depend only on its slice. The loop engine
 (task by task) and the vectorised engine (all at once) therefore sample exactly the same
 trajectories, and compute the same losses and meta-gradients.
@@ -67,7 +67,7 @@ class A2CSettings:
         gae_lambda: λ of the λ-returns / GAE.
         value_coef: Weight of the squared-advantage (critic) term.
         entropy_coef: Weight of the entropy bonus.
-        meta_gradient: The meta-gradient estimator, one of :data:`rl.estimators.ESTIMATORS`
+        meta_gradient: The meta-gradient estimator, one of `rl.estimators.ESTIMATORS`
             (``seed``, ``dice``, ``lvc``): which support and query losses the task returns.
         reward_noise: Standard deviation of the Gaussian noise on observed rewards (1 in the
             RL² distribution; 0 gives deterministic rewards, as the exact oracle needs). Tabular
@@ -101,7 +101,8 @@ class A2CSettings:
 
 
 class RLTask:
-    """One task of an :class:`RLTaskBatch` (an MDP, a goal); implements :class:`metaopt.task.Task`.
+    """One task of an `RLTaskBatch` (an MDP, a goal); implements
+    [`metaopt.task.Task`][metaopt.Task].
 
     Every sample is recorded as the undiscounted episode returns it produced (``support_returns``
     and ``query_returns``: one ``[N]`` tensor per sample, in order), so a caller can read the
@@ -129,7 +130,7 @@ class RLTask:
     def query_loss(self, model: nn.Module) -> torch.Tensor:
         """The outer objective on fresh trajectories sampled with the adapted ``model``: the
         A2C loss (``seed``) or an unbiased policy gradient, with DiCE's sampling term for
-        ``dice`` (:mod:`rl.estimators`)."""
+        ``dice`` (`rl.estimators`)."""
         trajectories = self._query_sample(model)
         records, self._records = self._records, []
         return self.batch.query_objective(model, trajectories, records)
@@ -170,12 +171,12 @@ MDPTask = RLTask
 
 class RLTaskBatch(Sequence[RLTask]):
     """A meta-batch of RL tasks sharing one sampler and one random generator; a family
-    subclasses it with its tasks' sampling (:meth:`draw_noise`, :meth:`simulate`,
-    :meth:`subset`) and its policy's :class:`rl.estimators.Scorer`.
+    subclasses it with its tasks' sampling (`draw_noise`, `simulate`,
+    `subset`) and its policy's `rl.estimators.Scorer`.
 
-    A sequence of :class:`RLTask` (the core's loop engine) and a
-    :class:`metaopt.task.BatchedTasks` (its vectorised engine). Use a batch with one engine:
-    sampling phases are counted per task.
+    A sequence of `RLTask` (the core's loop engine) and a
+    [`metaopt.task.BatchedTasks`][metaopt.BatchedTasks] (its vectorised engine). Use a batch with
+    one engine: sampling phases are counted per task.
 
     Args:
         num_tasks: T.
@@ -199,17 +200,17 @@ class RLTaskBatch(Sequence[RLTask]):
         #: Mean entropy (nats) of the policy over states and tasks when the first support sample
         #: of all tasks was drawn at once (a collapse of exploration shows here first).
         self.pre_entropy = math.nan
-        #: For a shard made by :meth:`select`: the batch it came from and its tasks' positions.
+        #: For a shard made by `select`: the batch it came from and its tasks' positions.
         self._source: tuple[RLTaskBatch, slice] | None = None
         #: The episodes of every phase sampled for all tasks at once, by phase name (what a
-        #: trust-region outer step re-scores: :mod:`rl.trust_region`).
+        #: trust-region outer step re-scores: `rl.trust_region`).
         self.episodes: dict[str, Any] = {}
 
     # -- what a family supplies --------------------------------------------------------------
 
     def draw_noise(self) -> NamedTuple:
         """All the randomness of one sampling phase of every task, drawn from
-        :attr:`generator`: a NamedTuple of tensors whose axis 1 is the task."""
+        `generator`: a NamedTuple of tensors whose axis 1 is the task."""
         raise NotImplementedError
 
     def simulate(self, policy: PolicyFn, noise: Any, index: int | None = None) -> Any:
@@ -234,7 +235,7 @@ class RLTaskBatch(Sequence[RLTask]):
         The shard takes every phase's noise from this batch (drawn for all of its tasks, then
         sliced), so sharding a meta-batch across processes changes no trajectory: each process
         draws the whole batch from the run's seed and keeps its slice (see
-        :mod:`metaopt.training.distributed`).
+        `metaopt.training.distributed`).
         """
         shard = self.subset(indices)
         shard._source = (self, indices)
@@ -310,7 +311,7 @@ class RLTaskBatch(Sequence[RLTask]):
         estimator: str = "seed",
     ) -> torch.Tensor:
         """The settings' A2C loss of ``policy`` on ``trajectories`` (scalar, or ``[T]``), in the
-        form ``estimator``'s inner loss takes (:func:`rl.estimators.support_objective`)."""
+        form ``estimator``'s inner loss takes (`rl.estimators.support_objective`)."""
         s = self.settings
         return support_objective(
             policy,
@@ -339,12 +340,12 @@ class RLTaskBatch(Sequence[RLTask]):
         *,
         per_task: bool = False,
     ) -> torch.Tensor:
-        """The outer loss of the settings' estimator (see :mod:`rl.estimators`).
+        """The outer loss of the settings' estimator (see `rl.estimators`).
 
         Args:
             policy: The adapted policy.
             trajectories: Its query episodes.
-            records: The support phases' :func:`rl.estimators.sampling_record` (dice).
+            records: The support phases' `rl.estimators.sampling_record` (dice).
         """
         s = self.settings
         if s.meta_gradient == "seed":
@@ -405,7 +406,7 @@ class RLTaskBatch(Sequence[RLTask]):
 
 
 class MDPTaskBatch(RLTaskBatch):
-    """A meta-batch of tabular-MDP tasks (:class:`RLTaskBatch` with the tabular sampler).
+    """A meta-batch of tabular-MDP tasks (`RLTaskBatch` with the tabular sampler).
 
     Args:
         mdps: The tasks' dynamics and rewards.

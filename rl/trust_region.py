@@ -1,7 +1,7 @@
 r"""The trust-region outer step of meta-RL (``--outer-optimizer trpo``): MAML-TRPO.
 
 MAML's RL experiments (Finn et al. 2017, §5.3) and pytorch-maml-rl take the outer step with
-TRPO (:func:`metaopt.trust_region.trust_region_step`). Its pieces, on one meta-batch, after
+TRPO (`metaopt.trust_region.trust_region_step`). Its pieces, on one meta-batch, after
 ``meta_backward`` has sampled it at θ₀ and put the gradient g of the ``seed`` outer loss (the A2C
 loss of the adapted policies on their query episodes) in ``.grad``:
 
@@ -35,8 +35,9 @@ __all__ = ["MetaPolicyRegion"]
 
 
 class _Replay:
-    """The meta-batch as :class:`metaopt.task.BatchedTasks` whose inner step ``k`` scores the
-    support episodes the batch sampled in phase ``support{k}``, whatever the parameters."""
+    """The meta-batch as [`metaopt.task.BatchedTasks`][metaopt.BatchedTasks] whose inner step ``k``
+    scores the support episodes the batch sampled in phase ``support{k}``, whatever the
+    parameters."""
 
     def __init__(self, batch: RLTaskBatch) -> None:
         self.batch = batch
@@ -54,7 +55,7 @@ class _Replay:
 
 class MetaPolicyRegion:
     """The surrogate and divergence of MAML-TRPO on one meta-batch
-    (:class:`metaopt.trust_region.TrustRegionProblem`), at the model's current parameters.
+    (`metaopt.trust_region.TrustRegionProblem`), at the model's current parameters.
 
     Args:
         algo: The meta-learner (its inner update adapts the policies).

@@ -2,7 +2,7 @@
 that measures against the truth rather than against second-order MAML.
 
 On a tiny MDP where the meta-objective M(θ) = E_τ[J(U(θ, τ))] can be enumerated
-(:func:`rl.oracle.exact_meta_objective`), every algorithm × estimator runs its meta-gradient on
+(`rl.oracle.exact_meta_objective`), every algorithm × estimator runs its meta-gradient on
 ``batches`` independent meta-batches of ``copies`` copies of the MDP, each copy an independent
 sample of the estimator. Reported per row, over the policy's parameters (the critic's get the
 value regression, an auxiliary objective with no counterpart in ∇M):
@@ -78,7 +78,7 @@ def _settings(estimator: str) -> A2CSettings:
 
 
 def policy_part(algo: MetaLearner) -> list[torch.Tensor]:
-    """The meta-parameters of a :class:`~rl.policy.CategoricalMLPPolicy`'s policy head, and
+    """The meta-parameters of a `CategoricalMLPPolicy`'s policy head, and
     Meta-SGD's rates for them: where an estimator is compared with ∇M (the critic's parameters
     get the value regression, an auxiliary objective)."""
     model = algo.model
@@ -94,7 +94,7 @@ def policy_part(algo: MetaLearner) -> list[torch.Tensor]:
 def exact_policy_gradient(
     algo: MetaLearner, mdp: TabularMDP, settings: A2CSettings
 ) -> torch.Tensor:
-    """∇M over :func:`policy_part`, flat (:func:`rl.oracle.exact_meta_gradient`)."""
+    """∇M over `policy_part`, flat (`rl.oracle.exact_meta_gradient`)."""
     grads = dict(
         zip(
             map(id, algo.meta_parameters()),
@@ -113,7 +113,7 @@ def estimator_samples(
     copies: int,
     seed: int,
 ) -> torch.Tensor:
-    """``[batches, P]``: each row the mean estimate of ∇M over :func:`policy_part` on a meta-batch
+    """``[batches, P]``: each row the mean estimate of ∇M over `policy_part` on a meta-batch
     of ``copies`` copies of ``mdp`` (sampling generator seeded ``seed + row``), from a fresh
     ``make()``. The losses are per step, so ``−H · meta-gradient`` estimates ∇M."""
     repeated = TabularMDPBatch(

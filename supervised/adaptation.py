@@ -1,11 +1,11 @@
 """The query metric of held-out tasks after several numbers of adaptation steps, for evaluation.
 
-:meth:`metaopt.MetaLearner.adapt` adapts one task at a time through TorchOpt, exact but a Python
-loop per task and per step. The core's vectorised engine adapts a whole stacked
-:class:`~supervised.batch.TaskBatch` at once with the algorithm's own inner update
+[`metaopt.MetaLearner.adapt`][metaopt.MetaLearner.adapt] adapts one task at a time through TorchOpt,
+exact but a Python loop per task and per step. The core's vectorised engine adapts a whole stacked
+`TaskBatch` at once with the algorithm's own inner update
 (``θ'_{k+1} = θ'_k − α ∘ ∇L^s(θ'_k)``, α the scalar ``inner_lr`` or Meta-SGD's learned rates), and
-:meth:`~metaopt.MetaLearner.adapt_batch_path` hands over the adapted parameters after every step
-of one adaptation. :func:`adaptation_curve` uses that path for (learned-rate) SGD on full-batch
+[`adapt_batch_path`][metaopt.MetaLearner.adapt_batch_path] hands over the adapted parameters after
+every step of one adaptation. `adaptation_curve` uses that path for (learned-rate) SGD on full-batch
 tasks and ``algo.adapt`` otherwise (other inner optimisers, minibatched support sets, which the
 published evaluations ran task by task); the tests check that both give the same numbers.
 """
@@ -49,13 +49,13 @@ def batched_curve(
 def sgd_curve(
     model: nn.Module, batch: TaskBatch, steps: Sequence[int], lr: float, *, chunk: int = 1000
 ) -> torch.Tensor:
-    """:func:`batched_curve` of ``model`` fine-tuned by plain SGD at ``lr`` (a fixed protocol,
+    """`batched_curve` of ``model`` fine-tuned by plain SGD at ``lr`` (a fixed protocol,
     whatever algorithm trained the model)."""
     return batched_curve(MAML(model, inner_lr=lr), batch, steps, chunk=chunk)
 
 
 def loop_curve(algo: MetaLearner, batch: TaskBatch, steps: Sequence[int]) -> torch.Tensor:
-    """Same as :func:`batched_curve`, task by task through ``algo.adapt`` (any inner optimiser)."""
+    """Same as `batched_curve`, task by task through ``algo.adapt`` (any inner optimiser)."""
     evaluation = batch.select(slice(None))  # fresh tasks: adaptation must not move the cursors
     values = torch.empty(len(steps), evaluation.num_tasks, dtype=torch.float64)
     for j, task in enumerate(evaluation):
@@ -70,8 +70,8 @@ def adaptation_curve(
 ) -> torch.Tensor:
     """Query metric after each number of ``algo``'s own adaptation steps: ``[len(steps), B]``.
 
-    Batched (:func:`batched_curve`) when ``algo`` adapts by (learned-rate) SGD and the batch is
-    full-batch, ``algo.adapt`` (:func:`loop_curve`) otherwise.
+    Batched (`batched_curve`) when ``algo`` adapts by (learned-rate) SGD and the batch is
+    full-batch, ``algo.adapt`` (`loop_curve`) otherwise.
     """
     if algo.inner_sgd_rates() is None or batch.minibatch is not None:
         return loop_curve(algo, batch, steps)

@@ -1,16 +1,16 @@
 """A meta-batch of supervised tasks stored as stacked tensors, and the per-task views the core uses.
 
-Every supervised family samples a :class:`TaskBatch`: support and query sets of ``B`` tasks stacked
-along a leading task axis (``support_x`` is ``[B, K, ...]``). The meta-learners of :mod:`metaopt`
+Every supervised family samples a `TaskBatch`: support and query sets of ``B`` tasks stacked
+along a leading task axis (``support_x`` is ``[B, K, ...]``). The meta-learners of `metaopt`
 can consume it in two ways, and both compute the same losses (tested):
 
-* the loop engine takes tasks one at a time through the :class:`metaopt.task.Task` protocol: a
-  batch is a sequence of :class:`SupervisedTask` objects, each holding its batch and its index
+* the loop engine takes tasks one at a time through the [`metaopt.task.Task`][metaopt.Task]
+  protocol: a batch is a sequence of `SupervisedTask` objects, each holding its batch and its index
   and reading its data as views (``batch.support_x[i]``), never copies;
-* the vectorised engine (:mod:`metaopt.engine`) calls the batch itself through the
-  :class:`metaopt.task.BatchedTasks` protocol (``support_losses(forward, step)``,
+* the vectorised engine (`metaopt.engine`) calls the batch itself through the
+  [`metaopt.task.BatchedTasks`][metaopt.BatchedTasks] protocol (``support_losses(forward, step)``,
   ``query_losses(forward)``), one forward pass for all tasks. The evaluation's batched adaptation
-  (:mod:`supervised.adaptation`) reads the stacked tensors too.
+  (`supervised.adaptation`) reads the stacked tensors too.
 
 Each loss is one forward pass over a task's whole support (or query) set, or its minibatch.
 """
@@ -34,7 +34,7 @@ LOSSES = ("mse", "bce", "ce")
 
 
 def task_loss(kind: str, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Mean loss of one task's predictions; ``kind`` is one of :data:`LOSSES`."""
+    """Mean loss of one task's predictions; ``kind`` is one of `LOSSES`."""
     if kind == "mse":
         return F.mse_loss(outputs, targets)
     if kind == "bce":
@@ -77,7 +77,7 @@ class TaskBatch(Sequence["SupervisedTask"]):
         support_y: Support targets, ``[B, K, ...]``.
         query_x: Query inputs, ``[B, Q, ...]``.
         query_y: Query targets, ``[B, Q, ...]``.
-        loss: One of :data:`LOSSES`.
+        loss: One of `LOSSES`.
         minibatch: When set, each inner step (each ``support_loss`` call with gradients enabled)
             sees the next ``minibatch`` support points of one shuffled epoch instead of the whole
             support set: the Reptile demo's inner SGD. ``None``: full batch.
@@ -164,8 +164,9 @@ class TaskBatch(Sequence["SupervisedTask"]):
     ) -> torch.Tensor:
         """Support losses ``[B]`` of all tasks at inner step ``step`` in one batched forward.
 
-        The :class:`metaopt.task.BatchedTasks` protocol of the vectorised engine: ``forward``
-        applies task b's parameters to ``x[b]``. ``step=None`` means the whole support set.
+        The [`metaopt.task.BatchedTasks`][metaopt.BatchedTasks] protocol of the vectorised engine:
+        ``forward`` applies task b's parameters to ``x[b]``. ``step=None`` means the whole support
+        set.
         """
         x, y = self.support_x, self.support_y
         rows = None if step is None else self.minibatch_rows(step)
@@ -197,14 +198,14 @@ class TaskBatch(Sequence["SupervisedTask"]):
 
 
 def _task_view(name: str) -> property:
-    """A :class:`SupervisedTask` attribute: its rows of the batch's stacked tensor ``name``."""
+    """A `SupervisedTask` attribute: its rows of the batch's stacked tensor ``name``."""
     return property(
         lambda task: getattr(task.batch, name)[task.index], doc=f"``batch.{name}[index]``"
     )
 
 
 class SupervisedTask:
-    """One task of a :class:`TaskBatch`: the :class:`metaopt.task.Task` protocol over views.
+    """One task of a `TaskBatch`: the [`metaopt.task.Task`][metaopt.Task] protocol over views.
 
     With ``batch.minibatch`` set, the task keeps a cursor: the n-th ``support_loss`` call that
     has gradients enabled uses minibatch ``n mod ceil(K / minibatch)`` of the task's shuffled

@@ -1,7 +1,7 @@
 """The sine cases of ``metaopt bench``: MAML at 1 and 5 inner steps, Meta-SGD, Reptile.
 
 Sine regression y = A·sin(x + φ) with A ~ U[0.1, 5], φ ~ U[0, π], x ~ U[-5, 5] (Finn et al., 2017),
-stacked in tensors by the benchmark's own :class:`SineBatch` rather than the ``sine`` family's
+stacked in tensors by the benchmark's own `SineBatch` rather than the ``sine`` family's
 sampler: the bench draws its tasks from a ``torch.Generator`` and walks the Reptile demo's
 minibatches in a fixed per-task permutation that every implementation (metaopt's engines, a
 hand-written ``torch.func`` loop, TorchOpt's and ``higher``'s loops, the Reptile demo's ``deepcopy``

@@ -1,6 +1,6 @@
 """Configuration of the supervised families: the fields they share, and ``sine``'s and ``classify``'s.
 
-Their checks are :mod:`metaopt.options`. This module imports no torch: the ``metaopt`` command
+Their checks are `metaopt.options`. This module imports no torch: the ``metaopt`` command
 describes the families' flags from it (the ``metaopt.family_options`` entry points).
 """
 
@@ -23,7 +23,7 @@ __all__ = [
     "paper_presets",
 ]
 
-#: Hidden activations by name (:data:`supervised.models.ACTIVATIONS` maps them to modules).
+#: Hidden activations by name (`supervised.models.ACTIVATIONS` maps them to modules).
 ACTIVATION_NAMES = ("relu", "tanh")
 
 

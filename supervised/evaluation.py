@@ -7,7 +7,7 @@ support set, for
 * the meta-learned model, adapted by its algorithm's own rule (SGD or Adam at ``inner_lr``, or
   Meta-SGD's learned rates), and
 * the pretrained baseline of Finn et al. (2017): the same network trained by ordinary supervised
-  learning on tasks pooled together (:func:`train_baseline`), fine-tuned with the inner optimiser
+  learning on tasks pooled together (`train_baseline`), fine-tuned with the inner optimiser
   at ``inner_lr`` (plain SGD at ``inner_lr`` when the algorithm is Meta-SGD; the step size is not
   tuned, unlike in the paper).
 
@@ -76,7 +76,7 @@ DIVERGENCE_FACTOR = 100.0
 
 def mark_diverged(steps: Sequence[int], curve: torch.Tensor) -> torch.Tensor:
     """``curve`` (``[len(steps), B]``, a loss) with +inf wherever a task diverged: a loss above
-    :data:`DIVERGENCE_FACTOR` times the task's loss at step 0, so that :func:`curve_summary`
+    `DIVERGENCE_FACTOR` times the task's loss at step 0, so that `curve_summary`
     counts it in ``diverged`` and averages only the others. Unchanged without a step 0."""
     if 0 not in steps:
         return curve
@@ -118,10 +118,10 @@ def load_or_train_baseline(
     group: DistInfo | None = None,
 ) -> nn.Module:
     """The run's baseline: loaded from ``run_dir/baseline.pt`` when it was trained with the same
-    settings, otherwise trained (:func:`train_baseline`) and saved there.
+    settings, otherwise trained (`train_baseline`) and saved there.
 
     Under torchrun, rank 0 of ``group`` alone loads or trains (and writes) it and hands its
-    weights to the other ranks (:func:`metaopt.training.distributed.on_main`).
+    weights to the other ranks (`metaopt.training.distributed.on_main`).
     """
     model = make_model()
     model.load_state_dict(on_main(lambda: _load_or_train(model, config, sample, run_dir), group))
@@ -170,7 +170,7 @@ def meta_vs_baseline(
     extra: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The eval.json block for one protocol: both curves and their paired differences. For a
-    loss (:data:`LOSSES`), a task that blew up is counted as diverged (:func:`mark_diverged`)."""
+    loss (`LOSSES`), a task that blew up is counted as diverged (`mark_diverged`)."""
     if metric in LOSSES:
         meta, baseline = mark_diverged(steps, meta), mark_diverged(steps, baseline)
     result: dict[str, Any] = {

@@ -1,9 +1,10 @@
-"""The supervised task families, as the ``metaopt`` command and :func:`metaopt.training.train` see them.
+"""The supervised task families, as the ``metaopt`` command and
+[`metaopt.training.train`][metaopt.training.train] see them.
 
 ``sine``, ``classify`` and ``omniglot`` are registered in ``pyproject.toml`` under the entry-point
-group ``metaopt.task_families``. Each family samples :class:`~supervised.batch.TaskBatch` meta-batches
+group ``metaopt.task_families``. Each family samples `TaskBatch` meta-batches
 from the ``numpy.random.Generator`` it is handed, and evaluates a trained model against a pretrained
-baseline on held-out tasks (see :mod:`supervised.evaluation`).
+baseline on held-out tasks (see `supervised.evaluation`).
 """
 
 from __future__ import annotations
@@ -44,8 +45,8 @@ SPLITS = ("train", "val", "test")
 class SupervisedFamily(TaskFamily):
     """What the supervised families share: seeded models, evaluation against a baseline, plots.
 
-    A subclass says how to build its network (:meth:`build_model`) and how to draw a batch of
-    tasks from a split (:meth:`sample_batch`: ``"train"`` for meta-training and the baseline,
+    A subclass says how to build its network (`build_model`) and how to draw a batch of
+    tasks from a split (`sample_batch`: ``"train"`` for meta-training and the baseline,
     ``"val"`` for the periodic evaluation, ``"test"`` for the final one). Families whose tasks
     come from a continuous distribution hold tasks out by seed alone; Omniglot also holds out
     classes.

@@ -2,7 +2,7 @@
 
 The data set is 1623 handwritten characters from 50 alphabets, 20 drawings each, distributed as
 two zips (``images_background``: 30 alphabets, ``images_evaluation``: 20). Unpacked, a folder
-``DATA_DIR`` holds::
+``DATA_DIR`` holds:
 
     DATA_DIR/images_background/<alphabet>/<character>/*.png
     DATA_DIR/images_evaluation/<alphabet>/<character>/*.png
@@ -318,7 +318,8 @@ def sample_episodes(
 
 
 def check_episodes(config: OmniglotConfig, data: OmniglotData, root: Path) -> None:
-    """Raise :class:`ConfigError` when the folder cannot supply the configured episodes."""
+    """Raise [`ConfigError`][metaopt.training.ConfigError] when the folder cannot supply the
+    configured episodes."""
     total = data.num_characters
     if config.train_classes + config.val_classes >= total:
         raise ConfigError(
@@ -353,7 +354,7 @@ def download_omniglot(root: str | Path, urls: Mapping[str, str] | None = None) -
 
     Args:
         root: The data folder (created if needed).
-        urls: Subset name -> URL of its zip (default :data:`OMNIGLOT_URLS`).
+        urls: Subset name -> URL of its zip (default `OMNIGLOT_URLS`).
 
     Raises:
         ConfigError: a download fails, or an archive is not the expected one.

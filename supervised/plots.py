@@ -35,8 +35,9 @@ def plot_metric_vs_steps(
     """Held-out metric against adaptation steps, meta-learned vs baseline, with 95% CI bands.
 
     Draws one panel per protocol in ``evaluation`` (the main one, and ``protocol_10pt`` when
-    present); ``trained_steps`` (the inner steps of meta-training) is marked on the main panel. Where tasks diverged (:func:`supervised.evaluation.mark_diverged`) a point is the
-    mean of the other tasks, labelled with the count, never a mean that a blow-up dominates.
+    present); ``trained_steps`` (the inner steps of meta-training) is marked on the main panel.
+    Where tasks diverged (`supervised.evaluation.mark_diverged`) a point is the mean of the other
+    tasks, labelled with the count, never a mean that a blow-up dominates.
     """
     panels = [("held-out tasks", evaluation)]
     if "protocol_10pt" in evaluation:
@@ -140,7 +141,7 @@ def plot_sine_adaptation(
     steps dashed.
 
     A prediction whose MSE on the curve is not finite or above
-    :data:`~supervised.evaluation.DIVERGENCE_FACTOR` times the unadapted model's is not drawn
+    `DIVERGENCE_FACTOR` times the unadapted model's is not drawn
     (it would be a vertical line): its legend entry says it diverged, as does the title.
     """
     amplitude = float(task.batch.info["amplitude"][task.index])
@@ -188,7 +189,7 @@ def plot_sine_adaptation(
 
 def _curve_mse(prediction: np.ndarray, truth: np.ndarray, before: np.ndarray) -> float | None:
     """MSE of ``prediction`` on the curve; ``None`` when it diverged (not finite, or above
-    :data:`DIVERGENCE_FACTOR` times the MSE of the unadapted prediction ``before``)."""
+    `DIVERGENCE_FACTOR` times the MSE of the unadapted prediction ``before``)."""
     with np.errstate(over="ignore", invalid="ignore"):
         mse = float(np.mean((prediction.astype(np.float64) - truth) ** 2))
         start = float(np.mean((before.astype(np.float64) - truth) ** 2))

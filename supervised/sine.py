@@ -67,7 +67,7 @@ def sample_sine(
         grid: 0 for x ~ U(x_range); otherwise the support points are ``shots`` distinct points of
             the ``grid``-point grid of ``x_range``.
         minibatch: When > 0, inner steps walk the support set in minibatches of this size, in an
-            order drawn here (see :class:`supervised.batch.SupervisedTask`).
+            order drawn here (see `supervised.batch.SupervisedTask`).
 
     Returns:
         A batch with ``support_x`` ``[B, K, 1]`` and ``query_x`` ``[B, Q, 1]`` (float32), and

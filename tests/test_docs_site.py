@@ -1,13 +1,17 @@
 """The docs site (mkdocs + mkdocstrings). The API reference (docs/api/) lists names that exist
 and are documented, down to the public methods of their classes; every `#anchor` link of
-docs/*.md and README.md names a heading of its page. `mkdocs build --strict` in .ci/run catches
-broken links and docstrings that do not parse."""
+docs/*.md and README.md names a heading of its page; the site builds with `mkdocs build
+--strict` (broken links, docstrings griffe cannot parse, unresolved cross-references), shows no
+raw reStructuredText (roles, directives) and typesets its maths with the KaTeX it ships."""
 
 from __future__ import annotations
 
 import importlib
 import inspect
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -133,3 +137,69 @@ def test_a_missing_anchor_is_reported(tmp_path: Path) -> None:
         "a.md: b.md#gone (no heading with that slug)",
         "b.md: #gone (no heading with that slug)",
     ]
+
+
+# --- The built site: strict build, no raw reStructuredText, maths typeset offline ---
+
+#: A Sphinx role (``:class:`X``` renders as ``:class:<code>X</code>``) or an RST directive.
+RAW_MARKUP = re.compile(
+    r":(?:py:)?(?:class|func|meth|mod|attr|data|exc|obj|math|ref|doc|const):(?:`|<code>)"
+    r"|\.\. [a-z-]+::"
+)
+#: An autorefs reference left as text, or one of its placeholders left unreplaced.
+UNRESOLVED = re.compile(r"\]\[(?:metaopt|supervised|rl)\.[\w.]*\]|<autoref\b")
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The docs site, built once with ``mkdocs build --strict`` (any warning fails it: a broken
+    link or anchor, a docstring griffe cannot parse, an autorefs reference without a target)."""
+    pytest.importorskip("mkdocs")
+    # Not --quiet: it lowers mkdocs' logger to ERROR, so --strict would count no warning.
+    out = tmp_path_factory.mktemp("site")
+    build = subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "NO_MKDOCS_2_WARNING": "1"},
+    )
+    assert build.returncode == 0, build.stdout + build.stderr
+    return out
+
+
+def raw_markup(site: Path) -> list[str]:
+    found = []
+    for page in sorted(site.rglob("*.html")):
+        text = page.read_text()
+        for pattern in (RAW_MARKUP, UNRESOLVED):
+            found += [f"{page.relative_to(site)}: {m.group(0)}" for m in pattern.finditer(text)]
+    return found
+
+
+def test_the_site_shows_no_raw_markup(site: Path) -> None:
+    assert not raw_markup(site)
+
+
+def test_raw_markup_is_recognised(tmp_path: Path) -> None:
+    (tmp_path / "page.html").write_text(
+        "<p>see :class:<code>MAML</code>, :func:`train`</p>\n<p>.. math:: x</p>\n"
+        "<p><code>MAML</code>][metaopt.MAML]</p>"
+    )
+    assert len(raw_markup(tmp_path)) == 4
+
+
+def test_the_maths_is_typeset_offline(site: Path) -> None:
+    """arithmatex wraps the docstrings' maths; the page loads KaTeX and its fonts from the site."""
+    folder = site / "api" / "algorithms"
+    page = (folder / "index.html").read_text()
+    assert '<span class="arithmatex">' in page and '<div class="arithmatex">' in page
+    assets = re.findall(r'(?:src|href)="([^"]+\.(?:js|css))"', page)
+    remote = [a for a in assets if re.match(r"[a-z]+:|//", a)]
+    assert not [a for a in remote if "katex" in a or "mathjax" in a.lower()]
+    local = {Path(a).name: (folder / a).resolve() for a in assets if a not in remote}
+    for name in ("katex.min.js", "katex.min.css", "katex-render.js"):
+        assert name in local and local[name].is_file(), name
+    css = local["katex.min.css"]
+    fonts = re.findall(r"url\((fonts/[^)]+\.woff2)\)", css.read_text())
+    assert fonts and all((css.parent / font).is_file() for font in fonts)

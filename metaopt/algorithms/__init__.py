@@ -8,7 +8,7 @@ Every algorithm binds a model and its hyper-parameters and offers the same three
 * ``adapt(task)``: a context manager yielding the model adapted to one task (for evaluation),
   restored on exit, also when the body raises.
 
-The outer step is left to any ``torch.optim`` optimiser, so a training step reads::
+The outer step is left to any ``torch.optim`` optimiser, so a training step reads:
 
     outer.zero_grad()
     metrics = algo.meta_backward(tasks)

@@ -38,8 +38,8 @@ class ProximalState(NamedTuple):
 
 
 def proximal(inner: GradientTransformation, reg: float) -> GradientTransformation:
-    """``inner`` applied to the gradient of :math:`\\mathcal{L}(\\phi) + \\frac{\\lambda}{2}
-    \\lVert\\phi - \\theta\\rVert^2`: the gradient plus :math:`\\lambda(\\phi - \\theta)`, with θ
+    """``inner`` applied to the gradient of $\\mathcal{L}(\\phi) + \\frac{\\lambda}{2}
+    \\lVert\\phi - \\theta\\rVert^2$: the gradient plus $\\lambda(\\phi - \\theta)$, with θ
     the parameters the first ``init`` saw (a constant: iMAML's inner loop keeps no graph)."""
 
     def init(params: Sequence[torch.Tensor]) -> ProximalState:
@@ -74,24 +74,26 @@ class IMAML(MetaLearner):
 
     The inner problem is regularised towards the initialisation,
 
-    .. math:: \phi^*_i = \arg\min_\phi\ \mathcal{L}^s_i(\phi) + \tfrac{\lambda}{2}\lVert\phi-\theta\rVert^2,
+    $$
+    \phi^*_i = \arg\min_\phi\ \mathcal{L}^s_i(\phi) + \tfrac{\lambda}{2}\lVert\phi-\theta\rVert^2,
+    $$
 
     solved approximately by ``inner_steps`` steps of the inner optimiser (no graph is kept, so
     memory does not depend on the number of steps). At the root of
-    :math:`F(\phi,\theta) = \phi - \theta + \nabla\mathcal{L}^s_i(\phi)/\lambda` the implicit
-    function theorem gives :math:`d\phi^*/d\theta = (I + H_i/\lambda)^{-1}`, with :math:`H_i`
-    the support loss's Hessian at :math:`\phi^*_i`, so the meta-gradient is
+    $F(\phi,\theta) = \phi - \theta + \nabla\mathcal{L}^s_i(\phi)/\lambda$ the implicit
+    function theorem gives $d\phi^*/d\theta = (I + H_i/\lambda)^{-1}$, with $H_i$
+    the support loss's Hessian at $\phi^*_i$, so the meta-gradient is
 
-    .. math:: g = \frac1B\sum_i \Big(I + \frac{H_i}{\lambda}\Big)^{-1}\nabla\mathcal{L}^q_i(\phi^*_i),
+    $$g = \frac1B\sum_i \Big(I + \frac{H_i}{\lambda}\Big)^{-1}\nabla\mathcal{L}^q_i(\phi^*_i),$$
 
     the linear system solved by ``cg_steps`` conjugate-gradient iterations of Hessian-vector
     products (TorchOpt's ``custom_root`` with ``solve_cg``), or by MINRES (``solver="minres"``),
-    which needs :math:`I + H/\lambda` only nonsingular, not positive definite: past a saddle
+    which needs $I + H/\lambda$ only nonsingular, not positive definite: past a saddle
     point of the support loss H may have eigenvalues below −λ, where CG breaks down but the
     implicit function theorem still holds. The solve is checked: when the
-    relative residual :math:`\lVert(I + H/\lambda)x - v\rVert / \lVert v\rVert` exceeds
-    ``cg_tol`` (CG stopped early, or :math:`I + H/\lambda` is not positive definite because
-    :math:`H` has an eigenvalue below :math:`-\lambda` and the solver is CG),
+    relative residual $\lVert(I + H/\lambda)x - v\rVert / \lVert v\rVert$ exceeds
+    ``cg_tol`` (CG stopped early, or $I + H/\lambda$ is not positive definite because
+    $H$ has an eigenvalue below $-\lambda$ and the solver is CG),
     ``meta_backward`` raises instead of
     returning a wrong or zero gradient. On the vectorised engine the tasks' systems are solved as
     one block-diagonal system (the tolerance applies to all tasks together), with H the Hessian
@@ -100,28 +102,28 @@ class IMAML(MetaLearner):
     there must not be used with iMAML (the sine family refuses ``--minibatch`` with it).
 
     With ``adapt=`` (ANIL) only the adapted parameters φ_A are regularised and solved for; the
-    others enter :math:`\mathcal{L}^s` as θ, and their meta-gradient includes the cross term
-    :math:`-H_{\bar A A}(H_{AA} + \lambda I)^{-1}\nabla_A\mathcal{L}^q`.
+    others enter $\mathcal{L}^s$ as θ, and their meta-gradient includes the cross term
+    $-H_{\bar A A}(H_{AA} + \lambda I)^{-1}\nabla_A\mathcal{L}^q$.
 
     Args:
         model: The network θ parameterises.
         inner_lr: Inner learning rate.
-        inner_steps: Inner steps towards :math:`\phi^*`.
+        inner_steps: Inner steps towards $\phi^*$.
         reg: λ > 0, the strength of the pull towards θ.
         cg_steps: Iterations of the linear solver per meta-gradient (fewer only once the
             residual reaches machine precision).
-        cg_tol: Largest relative residual :math:`\lVert(I + H/\lambda)x - v\rVert/\lVert v
-            \rVert` of the solve accepted (of this system whatever the solver); beyond it
+        cg_tol: Largest relative residual $\lVert(I + H/\lambda)x - v\rVert/\lVert v
+            \rVert$ of the solve accepted (of this system whatever the solver); beyond it
             ``meta_backward`` raises.
-        solver: ``"cg"`` (conjugate gradient, the paper's; needs :math:`I + H/\lambda`
+        solver: ``"cg"`` (conjugate gradient, the paper's; needs $I + H/\lambda$
             positive definite), ``"minres"`` (symmetric, possibly indefinite; one
             Hessian-vector product per iteration, as CG) or ``"normal_cg"`` (CG on
-            :math:`(I + H/\lambda)^2x = (I + H/\lambda)v`; two products per iteration and a
+            $(I + H/\lambda)^2x = (I + H/\lambda)v$; two products per iteration and a
             squared condition number).
         inner_optimizer: ``"sgd"`` or ``"adam"``, on the regularised support loss.
         engine: ``"auto"``, ``"loop"`` or ``"vmap"`` (``"compiled"`` is refused).
-        batch_norm: As for :class:`~metaopt.MAML`.
-        adapt: As for :class:`~metaopt.MAML`.
+        batch_norm: As for [`MAML`][metaopt.MAML].
+        adapt: As for [`MAML`][metaopt.MAML].
     """
 
     def __init__(
@@ -157,7 +159,7 @@ class IMAML(MetaLearner):
         return "imaml"
 
     def meta_backward(self, tasks: Sequence[Task], *, scale: float | None = None) -> MetaMetrics:
-        """Accumulate :math:`\\frac1B\\sum_i (I + H_i/\\lambda)^{-1}\\nabla\\mathcal{L}^q_i(\\phi^*_i)`
+        """Accumulate $\\frac1B\\sum_i (I + H_i/\\lambda)^{-1}\\nabla\\mathcal{L}^q_i(\\phi^*_i)$
         into ``.grad`` of θ.
 
         Raises:
@@ -226,7 +228,7 @@ class IMAML(MetaLearner):
         losses: Callable[[Tensors, dict[str, torch.Tensor], bool], torch.Tensor],
     ) -> Tensors:
         """The adapted parameters ``solution`` (φ*, detached) as a function of θ whose backward
-        is the implicit one: :math:`v \\mapsto (I + H/\\lambda)^{-1} v` for θ of the adapted
+        is the implicit one: $v \\mapsto (I + H/\\lambda)^{-1} v$ for θ of the adapted
         parameters, and the cross term for the others."""
         reg = self.reg
 

@@ -1,4 +1,5 @@
-"""The interface every algorithm shares (:class:`MetaLearner`), its metrics, and the engines.
+"""The interface every algorithm shares ([`MetaLearner`][metaopt.MetaLearner]), its metrics, and the
+engines.
 
 A subclass supplies its outer rule (``meta_backward``) and, where it differs from plain
 gradient descent in the inner loop, its inner update and learned state; the base class runs the
@@ -100,8 +101,8 @@ class MetaLearner:
         last_engine: The engine the last ``meta_backward`` ran on, ``"loop"``, ``"vmap"`` or
             ``"compiled"``
             (``None`` before the first call). With ``engine="auto"`` it is ``"vmap"`` exactly
-            when the meta-batch is a :class:`~metaopt.task.BatchedTasks` and the model passed
-            :func:`metaopt.engine.can_vectorise`.
+            when the meta-batch is a [`BatchedTasks`][metaopt.BatchedTasks] and the model passed
+            [`metaopt.engine.can_vectorise`][metaopt.engine.can_vectorise].
     """
 
     def __init__(
@@ -123,7 +124,7 @@ class MetaLearner:
         check_choice("inner_optimizer", inner_optimizer, INNER_OPTIMIZERS)
         check_choice("engine", engine, ENGINES)
         check_choice("batch_norm", batch_norm, BATCH_NORM_MODES)
-        #: Names of the parameters the inner loop adapts (``None``: all; ANIL, :mod:`.subset`).
+        #: Names of the parameters the inner loop adapts (``None``: all; ANIL, `subset`).
         self.adapted = resolve_adapt(model, adapt)
         if self.adapted is not None and engine == "compiled":
             raise ValueError(
@@ -234,7 +235,7 @@ class MetaLearner:
         self, eager: Callable[[], MetaMetrics], tasks: Sequence[Task], weight: float, kind: str
     ) -> Callable[[], MetaMetrics]:
         """The vectorised engine's meta-iteration: ``eager``, or with ``engine="compiled"`` the
-        same meta-iteration compiled (:func:`metaopt.compiled.compiled_meta_backward`)."""
+        same meta-iteration compiled (`metaopt.compiled.compiled_meta_backward`)."""
         if self.engine != "compiled":
             return eager
         batch: BatchedTasks = tasks  # type: ignore[assignment]
@@ -256,7 +257,7 @@ class MetaLearner:
 
     def _adapt_vmap(self, tasks: BatchedTasks, steps: int, *, create_graph: bool) -> Adapted:
         """The vectorised engine's inner loop with this algorithm's update rule: the last state
-        of :func:`metaopt.engine.inner_path`."""
+        of `metaopt.engine.inner_path`."""
         # Only the last state is kept (``*_, last = ...`` would hold every earlier one).
         (last,) = deque(self._vmap_path(tasks, steps, create_graph=create_graph), maxlen=1)
         return last
@@ -285,7 +286,8 @@ class MetaLearner:
 
     def meta_backward(self, tasks: Sequence[Task], *, scale: float | None = None) -> MetaMetrics:
         """Adapt to each task, accumulate the meta-gradient (averaged over the tasks, or times
-        ``scale``) into ``.grad`` of :meth:`meta_parameters`, restore the model, return metrics."""
+        ``scale``) into ``.grad`` of [`meta_parameters`][metaopt.MetaLearner.meta_parameters],
+        restore the model, return metrics."""
         raise NotImplementedError
 
     @contextmanager
@@ -324,11 +326,11 @@ class MetaLearner:
         """All tasks of ``tasks`` adapted at once (the vectorised engine): evaluation at scale.
 
         Returns ``forward(x)``, which applies task b's adapted parameters to ``x[b]`` (see
-        :class:`metaopt.task.BatchedTasks`). The model itself is not touched. ``steps=0`` gives
-        the unadapted parameters, one copy per task.
+        [`metaopt.task.BatchedTasks`][metaopt.BatchedTasks]). The model itself is not touched.
+        ``steps=0`` gives the unadapted parameters, one copy per task.
 
         Raises:
-            TypeError: when ``tasks`` is not a :class:`~metaopt.task.BatchedTasks` or the model
+            TypeError: when ``tasks`` is not a [`BatchedTasks`][metaopt.BatchedTasks] or the model
                 cannot be vectorised (buffers updated in training mode).
         """
         steps = self._batch_steps(tasks, steps)
@@ -336,12 +338,12 @@ class MetaLearner:
         return self._forward(params, fixed)
 
     def adapt_batch_path(self, tasks: BatchedTasks, steps: int) -> Iterator[BatchedForward]:
-        """:meth:`adapt_batch`'s ``forward`` after 0, 1, ..., ``steps`` inner steps, one after the
-        other from a single adaptation (first-order: no graph through the inner gradients), for
-        an evaluation that reads the metric after several numbers of steps.
+        """[`adapt_batch`][metaopt.MetaLearner.adapt_batch]'s ``forward`` after 0, 1, ..., ``steps``
+        inner steps, one after the other from a single adaptation (first-order: no graph through the
+        inner gradients), for an evaluation that reads the metric after several numbers of steps.
 
         Raises:
-            TypeError: as :meth:`adapt_batch`.
+            TypeError: as [`adapt_batch`][metaopt.MetaLearner.adapt_batch].
         """
         path = self._vmap_path(tasks, self._batch_steps(tasks, steps), create_graph=False)
         return (self._forward(params, fixed) for params, fixed, _ in path)
@@ -417,20 +419,21 @@ class MetaLearner:
 
     @property
     def name(self) -> str:
-        """The algorithm's name in :data:`metaopt.options.ALGORITHMS` (``--algo``)."""
+        """The algorithm's name in `metaopt.options.ALGORITHMS` (``--algo``)."""
         raise NotImplementedError
 
     @property
     def exact_meta_gradient(self) -> bool:
         """Whether ``meta_backward`` gives the exact gradient of the meta-loss
-        :math:`\\frac1B\\sum_i \\mathcal{L}^q_i(\\theta'_i)` (second-order MAML and Meta-SGD), which
+        $\\frac1B\\sum_i \\mathcal{L}^q_i(\\theta'_i)$ (second-order MAML and Meta-SGD), which
         finite differences of the meta-loss can check."""
         return False
 
     def rate_parameters(self) -> list[nn.Parameter]:
         """Meta-learned inner learning rates, one per model parameter in ``parameters()`` order
         (Meta-SGD's α, or ρ with α = softplus(ρ) under ``positive_rates``; the rates themselves
-        are :meth:`inner_sgd_rates`); empty for the algorithms with a fixed inner learning rate."""
+        are [`inner_sgd_rates`][metaopt.MetaLearner.inner_sgd_rates]); empty for the algorithms with
+        a fixed inner learning rate."""
         return []
 
     def learned_state(self) -> dict[str, Any]:
@@ -438,12 +441,13 @@ class MetaLearner:
         return {}
 
     def load_learned_state(self, state: Mapping[str, Any]) -> None:
-        """Restore what :meth:`learned_state` returned (extra keys in ``state`` are ignored)."""
+        """Restore what [`learned_state`][metaopt.MetaLearner.learned_state] returned (extra keys in
+        ``state`` are ignored)."""
 
     def inner_sgd_rates(self) -> float | list[torch.Tensor] | None:
         """The step sizes of the inner update when it is plain or learned-rate SGD: the scalar
         ``inner_lr``, or Meta-SGD's rates (detached, ``parameters()`` order); ``None`` for any
-        other inner optimiser (evaluate with :meth:`adapt` then)."""
+        other inner optimiser (evaluate with [`adapt`][metaopt.MetaLearner.adapt] then)."""
         return self.inner_lr if self.inner_optimizer_name == "sgd" else None
 
     def describe(self) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""Linear solves on tuples of tensors for iMAML's :math:`(I + H/\\lambda)x = v`, with the signature
+"""Linear solves on tuples of tensors for iMAML's $(I + H/\\lambda)x = v$, with the signature
 of ``torchopt.linear_solve``'s solvers (``solve(matvec, b) -> x``): conjugate gradient (positive
 definite systems), MINRES (symmetric, possibly indefinite) and CG on the normal equations."""
 
@@ -34,7 +34,7 @@ def _axpy(alpha: float, x: Tensors, y: Tensors) -> Tensors:
 
 def minres(matvec: Matvec, b: Tensors, maxiter: int, rtol: float) -> Tensors:
     """MINRES (Paige & Saunders, 1975) from x₀ = 0: the iterate minimising
-    :math:`\\lVert Ax - b\\rVert` over the Krylov space of A and b, for symmetric A, definite or
+    $\\lVert Ax - b\\rVert$ over the Krylov space of A and b, for symmetric A, definite or
     not (CG needs A positive definite; MINRES only nonsingular). One ``matvec`` per iteration;
     stops after ``maxiter`` iterations or once the residual estimate is ≤ ``rtol·‖b‖``. The
     recurrences are those of SciPy's ``minres`` without a preconditioner."""
@@ -72,9 +72,9 @@ def minres(matvec: Matvec, b: Tensors, maxiter: int, rtol: float) -> Tensors:
 
 
 def solve(name: str, matvec: Matvec, b: Tensors, maxiter: int) -> Tensors:
-    """``maxiter`` iterations of solver ``name`` (one of :data:`SOLVERS`) on ``matvec(x) = b``,
+    """``maxiter`` iterations of solver ``name`` (one of `SOLVERS`) on ``matvec(x) = b``,
     fewer only once the residual is at machine precision. ``normal_cg`` runs CG on
-    :math:`A^2 x = Ab`, the normal equations of a symmetric A: positive semi-definite, the same
+    $A^2 x = Ab$, the normal equations of a symmetric A: positive semi-definite, the same
     solution when A is nonsingular, two ``matvec`` per iteration and a squared condition number."""
     rtol = float(torch.finfo(b[0].dtype).eps)
     if name == "minres":

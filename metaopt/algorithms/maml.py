@@ -25,15 +25,17 @@ from metaopt.unroll import checkpointed_adapt
 class MAML(MetaLearner):
     r"""Model-Agnostic Meta-Learning (Finn et al., 2017), second order by default.
 
-    For each task :math:`\mathcal{T}_i`, ``inner_steps`` differentiable steps on the support loss,
+    For each task $\mathcal{T}_i$, ``inner_steps`` differentiable steps on the support loss,
 
-    .. math:: \theta'_i = \theta - \alpha \nabla_\theta \mathcal{L}^{s}_i(\theta)
-              \quad\text{(repeated } n \text{ times)},
+    $$
+    \theta'_i = \theta - \alpha \nabla_\theta \mathcal{L}^{s}_i(\theta)
+    \quad\text{(repeated } n \text{ times)},
+    $$
 
-    then the meta-gradient :math:`\frac{1}{B}\sum_i \nabla_\theta \mathcal{L}^{q}_i(\theta'_i)`,
+    then the meta-gradient $\frac{1}{B}\sum_i \nabla_\theta \mathcal{L}^{q}_i(\theta'_i)$,
     differentiating through the inner steps. With ``first_order=True`` (first-order MAML) the inner
-    gradients are treated as constants, so :math:`\partial\theta'_i/\partial\theta = I` and the
-    meta-gradient is the query gradient at :math:`\theta'_i`, applied to θ.
+    gradients are treated as constants, so $\partial\theta'_i/\partial\theta = I$ and the
+    meta-gradient is the query gradient at $\theta'_i$, applied to θ.
 
     Args:
         model: The network θ parameterises.
@@ -41,18 +43,18 @@ class MAML(MetaLearner):
         inner_steps: Inner steps n per task.
         first_order: First-order MAML.
         inner_optimizer: ``"sgd"`` (TorchOpt's differentiable SGD, as ``torchopt.MetaSGD``) or
-            ``"adam"`` (:func:`metaopt.inner.adam`: ``torchopt.MetaAdam``'s update with ε inside
-            the root > 0 and the bias correction exact in the parameters' dtype).
-        engine: ``"auto"``, ``"loop"``, ``"vmap"`` or ``"compiled"`` (:data:`ENGINES`).
+            ``"adam"`` ([`metaopt.inner.adam`][metaopt.inner.adam]: ``torchopt.MetaAdam``'s update
+            with ε inside the root > 0 and the bias correction exact in the parameters' dtype).
+        engine: ``"auto"``, ``"loop"``, ``"vmap"`` or ``"compiled"`` (`ENGINES`).
         batch_norm: ``"running"`` or ``"batch"``: what BatchNorm layers do during adaptation
-            (:data:`metaopt.engine.BATCH_NORM_MODES`); the same on both engines.
+            (`metaopt.engine.BATCH_NORM_MODES`); the same on both engines.
         adapt: The parameters the inner loop adapts (default: all): names as
             ``model.named_parameters()`` gives them or submodule prefixes (``["head"]`` is
             ANIL), or a predicate ``(name, parameter) -> bool``. The others stay at θ during
-            adaptation and are still meta-learned (:mod:`metaopt.algorithms.subset`).
+            adaptation and are still meta-learned (`metaopt.algorithms.subset`).
         unroll_checkpoints: Checkpointed unrolling (second order, vectorised engine): hold at
             most this many inner states at once and recompute the others, and each step's
-            graph, in the backward pass (:mod:`metaopt.unroll`); the same meta-gradient in
+            graph, in the backward pass (`metaopt.unroll`); the same meta-gradient in
             bounded memory, for more time. ``None``: the plain unroll, every step's graph kept.
     """
 
@@ -79,7 +81,7 @@ class MAML(MetaLearner):
         self.unroll_checkpoints = check_unroll_checkpoints(unroll_checkpoints, first_order, engine)
 
     def meta_backward(self, tasks: Sequence[Task], *, scale: float | None = None) -> MetaMetrics:
-        """Accumulate :math:`\\frac{1}{B}\\sum_i \\nabla \\mathcal{L}^q_i(\\theta'_i)` into ``.grad``.
+        """Accumulate $\\frac{1}{B}\\sum_i \\nabla \\mathcal{L}^q_i(\\theta'_i)$ into ``.grad``.
 
         Args:
             tasks: The meta-batch.
@@ -154,7 +156,7 @@ class NegativeRateWarning(UserWarning):
 class MetaSGD(MAML):
     r"""Meta-SGD (Li et al., 2017): MAML with a learned learning rate for every parameter entry.
 
-    .. math:: \theta'_i = \theta - \alpha \circ \nabla_\theta \mathcal{L}^{s}_i(\theta),
+    $$\theta'_i = \theta - \alpha \circ \nabla_\theta \mathcal{L}^{s}_i(\theta),$$
 
     where α has the shape of θ, starts at ``inner_lr`` and is meta-learned together with θ by the
     query loss. Everything else is MAML's code path. ``inner_lrs`` is an ``nn.ParameterList`` in
@@ -166,7 +168,7 @@ class MetaSGD(MAML):
     finds one warns once, naming the parameter and the value. With ``positive_rates=True``,
     ``inner_lrs`` holds ρ and the rates are α = softplus(ρ) = log(1 + e^ρ) > 0 (ρ starts at
     softplus⁻¹(``inner_lr``), so α starts at ``inner_lr``; the meta-gradient of ρ is that of α
-    times sigmoid(ρ)). :meth:`inner_sgd_rates` gives α either way.
+    times sigmoid(ρ)). `inner_sgd_rates` gives α either way.
 
     Args:
         positive_rates: Learn ρ with α = softplus(ρ), so every rate stays positive.
@@ -308,7 +310,7 @@ class MetaSGD(MAML):
 
 
 def _backward_query(query: torch.Tensor, weight: float) -> None:
-    """MAML's outer rule, for either engine: backward of :math:`w\\sum_i \\mathcal{L}^q_i(\\theta'_i)`
+    """MAML's outer rule, for either engine: backward of $w\\sum_i \\mathcal{L}^q_i(\\theta'_i)$
     (``query`` holds one task's loss, or ``[B]`` of them), which adds each task's meta-gradient,
     weighted by ``w``, to ``.grad`` of θ (and of Meta-SGD's α)."""
     (query.sum() * weight).backward()

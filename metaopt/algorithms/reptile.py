@@ -19,16 +19,17 @@ class Reptile(MetaLearner):
     r"""Reptile (Nichol et al., 2018), "On First-Order Meta-Learning Algorithms".
 
     For each task, ``inner_steps`` plain (non-differentiable) steps on the support loss give
-    :math:`\tilde\theta_i`; the meta-gradient written into ``.grad`` is
+    $\tilde\theta_i$; the meta-gradient written into ``.grad`` is
 
-    .. math:: g = \frac{1}{B}\sum_i (\theta - \tilde\theta_i),
+    $$g = \frac{1}{B}\sum_i (\theta - \tilde\theta_i),$$
 
     so that plain SGD with learning rate ε takes the Reptile step
-    :math:`\theta \leftarrow \theta + \epsilon\,\frac{1}{B}\sum_i(\tilde\theta_i - \theta)`,
+    $\theta \leftarrow \theta + \epsilon\,\frac{1}{B}\sum_i(\tilde\theta_i - \theta)$,
     and any other ``torch.optim`` optimiser can take it instead. One task per meta-batch is the
-    serial form of the paper, several the batched form. :func:`linear_annealing` gives the Reptile
-    demo's linearly decaying ε. With ``adapt=`` (:mod:`metaopt.algorithms.subset`) a parameter the
-    inner loop does not adapt has :math:`\tilde\theta_i = \theta`, so its direction is 0.
+    serial form of the paper, several the batched form.
+    [`linear_annealing`][metaopt.linear_annealing] gives the Reptile demo's linearly decaying ε.
+    With ``adapt=`` (`metaopt.algorithms.subset`) a parameter the inner loop does not adapt has
+    $\tilde\theta_i = \theta$, so its direction is 0.
     """
 
     def __init__(
@@ -48,7 +49,7 @@ class Reptile(MetaLearner):
         return "reptile"
 
     def meta_backward(self, tasks: Sequence[Task], *, scale: float | None = None) -> MetaMetrics:
-        """Accumulate :math:`\\frac{1}{B}\\sum_i(\\theta - \\tilde\\theta_i)` into ``.grad``."""
+        """Accumulate $\\frac{1}{B}\\sum_i(\\theta - \\tilde\\theta_i)$ into ``.grad``."""
         tasks, weight = check_tasks(tasks, scale)
         theta = dict(self.model.named_parameters())
 
@@ -85,7 +86,7 @@ class Reptile(MetaLearner):
 def _add_reptile_direction(
     theta: Mapping[str, nn.Parameter], adapted: Mapping[str, torch.Tensor], weight: float
 ) -> None:
-    """Reptile's outer rule, for either engine: add :math:`w\\sum_i(\\theta - \\tilde\\theta_i)` to
+    """Reptile's outer rule, for either engine: add $w\\sum_i(\\theta - \\tilde\\theta_i)$ to
     ``.grad`` of each trainable θ. ``adapted`` holds the adapted parameters with a leading task
     axis (``[B, ...]``; the loop engine passes one task as ``[1, ...]``)."""
     for name, p in theta.items():

@@ -2,14 +2,16 @@
 
 Raghu et al. (2020), "Rapid Learning or Feature Reuse? Towards Understanding the Effectiveness
 of MAML" (ANIL): adapting only the head in the inner loop keeps most of MAML's accuracy. With a
-subset :math:`A` of the parameters adapted, the inner update is
+subset $A$ of the parameters adapted, the inner update is
 
-.. math:: \\theta'_A = \\theta_A - \\alpha\\nabla_{\\theta_A}\\mathcal{L}^s(\\theta_A, \\theta_{\\bar A}),
-          \\qquad \\theta'_{\\bar A} = \\theta_{\\bar A},
+$$
+\\theta'_A = \\theta_A - \\alpha\\nabla_{\\theta_A}\\mathcal{L}^s(\\theta_A, \\theta_{\\bar A}),
+\\qquad \\theta'_{\\bar A} = \\theta_{\\bar A},
+$$
 
-and the meta-gradient still reaches :math:`\\theta_{\\bar A}` (it is meta-learned, not adapted).
+and the meta-gradient still reaches $\\theta_{\\bar A}$ (it is meta-learned, not adapted).
 Both engines implement it by handing the inner update ``None`` as the gradient of a parameter
-outside :math:`A`, exactly as for a frozen one, so no update touches it and the inner backward
+outside $A$, exactly as for a frozen one, so no update touches it and the inner backward
 never runs through the part of the network only it needs.
 """
 

@@ -5,12 +5,13 @@ It is built on the core (`metaopt.algorithms`, `metaopt.task`, ...) and never im
 (`metaopt.tools`) or a domain; domains plug in through the `metaopt.task_families` entry point.
 Everything outside this package imports the names below from here, not from its modules.
 
-The modules, one job each: ``loop`` (the meta-training loop: :func:`train`), ``resuming`` (continuing
-a run from a checkpoint), ``state`` (what the loop carries and a checkpoint holds), ``rundir`` (the
-run directory and its files), ``signals`` (SIGINT/SIGTERM), ``build`` (algorithm and outer
-optimiser from a config), ``evaluation`` (a saved run read back and evaluated), ``checkpoint``
-(the file format), ``distributed`` (torchrun), ``hooks``, ``progress`` (progress bars and lines), ``tensorboard``, ``plots``, and the family protocol,
-configuration and registry (``family``, ``config``, ``registry``).
+The modules, one job each: ``loop`` (the meta-training loop: [`train`][metaopt.training.train]),
+``resuming`` (continuing a run from a checkpoint), ``state`` (what the loop carries and a checkpoint
+holds), ``rundir`` (the run directory and its files), ``signals`` (SIGINT/SIGTERM), ``build``
+(algorithm and outer optimiser from a config), ``evaluation`` (a saved run read back and evaluated),
+``checkpoint`` (the file format), ``distributed`` (torchrun), ``hooks``, ``progress`` (progress bars
+and lines), ``tensorboard``, ``plots``, and the family protocol, configuration and registry
+(``family``, ``config``, ``registry``).
 """
 
 from typing import TYPE_CHECKING

@@ -1,6 +1,6 @@
 """Building a run's pieces from its config: the algorithm, the outer optimiser, threads and seeds.
 
-:func:`build_algorithm` and :func:`build_outer_optimizer` are also what :func:`~metaopt.training.load_run`
+`build_algorithm` and `build_outer_optimizer` are also what [`load_run`][metaopt.training.load_run]
 and the tools use, so a saved run is rebuilt exactly as it was trained.
 """
 

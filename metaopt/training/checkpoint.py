@@ -1,15 +1,15 @@
 """Checkpoints that a crash cannot corrupt, and that say so when something else did.
 
-A checkpoint file is a one-line header followed by a ``torch.save`` payload::
+A checkpoint file is a one-line header followed by a ``torch.save`` payload:
 
     METAOPT-CHECKPOINT {"format": 2, "bytes": 81234, "sha256": "9f2c..."}\\n<torch.save bytes>
 
-The header lets :func:`load_checkpoint` tell a truncated file (fewer bytes than announced), a
+The header lets `load_checkpoint` tell a truncated file (fewer bytes than announced), a
 corrupt one (checksum mismatch: ``torch.load`` alone misses most flipped bytes) and one of another
 format version apart, before anything is unpickled; the payload is read with
 ``torch.load(weights_only=True)``, so a checkpoint cannot run code.
 
-:func:`save_checkpoint` writes to a temporary file in the same directory, fsyncs it and renames it
+`save_checkpoint` writes to a temporary file in the same directory, fsyncs it and renames it
 over the target, so the target is always either the old or the new checkpoint, never half of one.
 With ``keep_previous`` the checkpoint it replaces becomes ``<stem>.prev<suffix>`` (hard-linked
 before the rename, so a complete latest checkpoint exists at every instant).
@@ -86,12 +86,12 @@ def _umask() -> int:
     return mask
 
 
-#: How every temporary file of :func:`atomic_write_bytes` ends (they also start with a dot).
+#: How every temporary file of `atomic_write_bytes` ends (they also start with a dot).
 _TEMPORARY = ".tmp"
 
 
 def remove_temporaries(directory: Path) -> list[Path]:
-    """Delete the temporary files that a process killed inside :func:`atomic_write_bytes` left in
+    """Delete the temporary files that a process killed inside `atomic_write_bytes` left in
     ``directory`` (``.<name>.<random>.tmp``); the caller must own the directory (its lock), so
     that no live writer's file is removed. Returns what was deleted."""
     removed = []
@@ -111,7 +111,7 @@ def _fsync_directory(directory: Path) -> None:
 
 
 def previous_path(path: Path) -> Path:
-    """Where :func:`save_checkpoint` keeps the checkpoint it replaced: ``checkpoint.prev.pt``."""
+    """Where `save_checkpoint` keeps the checkpoint it replaced: ``checkpoint.prev.pt``."""
     path = Path(path)
     return path.with_name(f"{path.stem}.prev{path.suffix}")
 
@@ -136,7 +136,7 @@ def save_checkpoint(path: Path, state: dict[str, Any], *, keep_previous: bool = 
         path: The checkpoint file.
         state: Tensors, numbers, strings and containers of them (what ``torch.load`` reads with
             ``weights_only=True``).
-        keep_previous: Keep the checkpoint being replaced as :func:`previous_path` ``(path)``.
+        keep_previous: Keep the checkpoint being replaced as `previous_path` ``(path)``.
             The new file is complete on disk before the old one moves.
     """
     keep_as = previous_path(path) if keep_previous else None
@@ -161,7 +161,7 @@ def _link_over(source: Path, target: Path) -> None:
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
-    """Load and verify a checkpoint written by :func:`save_checkpoint`.
+    """Load and verify a checkpoint written by `save_checkpoint`.
 
     Raises:
         FileNotFoundError: when ``path`` does not exist.

@@ -2,8 +2,8 @@
 
 Resolution order: the dataclass defaults, then the preset's values, then the flags the user gave.
 
-:func:`add_config_arguments` gives ``metaopt train FAMILY`` its flags from the family's config;
-:func:`add_dataclass_arguments` and :func:`dataclass_from_arguments` do the same for any dataclass
+`add_config_arguments` gives ``metaopt train FAMILY`` its flags from the family's config;
+`add_dataclass_arguments` and `dataclass_from_arguments` do the same for any dataclass
 whose fields carry a ``help`` in their metadata (the tools' option classes), and build the instance
 back from the parsed arguments.
 """
@@ -131,8 +131,8 @@ def add_dataclass_arguments(
     * ``type``: the function argparse reads the text with (its errors are argparse's). Without it:
       ``int``, ``float`` and ``Path`` fields read as such, ``tuple[int, ...]`` as comma-separated
       values, anything else as text;
-    * ``convert``: a function applied to the text by :func:`dataclass_from_arguments` instead (so
-      that its :class:`~metaopt.training.family.ConfigError` reaches the user as it is);
+    * ``convert``: a function applied to the text by `dataclass_from_arguments` instead (so
+      that its [`ConfigError`][metaopt.training.ConfigError] reaches the user as it is);
     * a ``bool`` field whose default is ``True`` gets a flag that sets it to ``False`` (its
       ``flag`` names it, e.g. ``--no-curves``); one whose default is ``False``, a flag that sets
       it to ``True``.
@@ -164,7 +164,7 @@ def add_dataclass_arguments(
 
 
 def dataclass_arguments(options_class: type[Any], *, prefix: str = "") -> tuple[str, ...]:
-    """The destinations :func:`add_dataclass_arguments` gives ``options_class``'s flags."""
+    """The destinations `add_dataclass_arguments` gives ``options_class``'s flags."""
     return tuple(
         _dest(f, prefix) for f in dataclasses.fields(options_class) if "help" in f.metadata
     )

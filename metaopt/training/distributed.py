@@ -7,11 +7,11 @@ meta-gradients, so every rank holds the gradient a single process would compute 
 same outer step. Uneven shards are fine: the weights, not the shard sizes, make the average.
 
 Evaluation is sharded the same way, and the group it is shared across is passed explicitly: the
-loop calls the families' ``periodic_eval`` with ``group=`` this process's :class:`DistInfo`
-(``evaluate`` with it as ``EvalRequest.group``), and the families hand it on to :func:`map_tasks` and :func:`on_main`. With
-:func:`map_tasks`, each rank computes the per-task values of its slice of the held-out tasks and
-the slices are gathered, so every rank holds the whole set and summarises it identically;
-:func:`on_main` runs one-off work (training a baseline) on rank 0 alone and hands the result to the
+loop calls the families' ``periodic_eval`` with ``group=`` this process's `DistInfo`
+(``evaluate`` with it as ``EvalRequest.group``), and the families hand it on to `map_tasks` and
+`on_main`. With `map_tasks`, each rank computes the per-task values of its slice of the held-out
+tasks and the slices are gathered, so every rank holds the whole set and summarises it identically;
+`on_main` runs one-off work (training a baseline) on rank 0 alone and hands the result to the
 others. With ``group=None`` (one process, a notebook, a test calling ``evaluate`` directly) both
 simply run locally. There is no module state: what a call shares, and with whom, is in its
 arguments, so a test can run the same family code with and without a group side by side.
@@ -63,7 +63,7 @@ class DistInfo:
     world_size: int = 1
     local_rank: int = 0
     backend: str | None = None
-    #: whether :func:`setup` created the process group (and :func:`teardown` may destroy it)
+    #: whether `setup` created the process group (and `teardown` may destroy it)
     owns_group: bool = False
 
     @property
@@ -157,7 +157,7 @@ def all_reduce_gradients(params: Sequence[torch.Tensor], info: DistInfo) -> int:
 def gather_tasks(rows: torch.Tensor, num_tasks: int, info: DistInfo) -> torch.Tensor:
     """Every rank's per-task values ``rows [k, shard]``, joined in task order: ``[k, num_tasks]``.
 
-    One collective: the shard sizes follow from :func:`shard_bounds`, so only the values travel
+    One collective: the shard sizes follow from `shard_bounds`, so only the values travel
     (padded to the largest shard).
     """
     if not info.active:
@@ -183,7 +183,7 @@ def map_tasks(
 
     ``compute`` maps a sequence of tasks to per-task values ``[..., len(tasks)]``: the last
     dimension follows the tasks, and a task's values must not depend on which other tasks are in
-    the sequence. Each rank calls it on its slice (:func:`shard`, so a batch with ``select``
+    the sequence. Each rank calls it on its slice (`shard`, so a batch with ``select``
     stays a batch) and the slices are gathered in task order: every rank returns the
     ``[..., len(tasks)]`` tensor (detached) that one process computing everything would. With
     fewer tasks than ranks, every rank computes them all.
@@ -209,8 +209,8 @@ def on_main(work: Callable[[], T], group: DistInfo | None) -> T:
     every rank returns rank 0's result, pickled across. ``None``: this process runs it.
 
     When ``work`` fails on rank 0, every rank raises: rank 0 the original error, the others a
-    :class:`ConfigError` with its message when it was one, otherwise a ``RuntimeError`` that names
-    it, instead of waiting for a result that never comes.
+    [`ConfigError`][metaopt.training.ConfigError] with its message when it was one, otherwise a
+    ``RuntimeError`` that names it, instead of waiting for a result that never comes.
     """
     info = DistInfo() if group is None else group
     if not info.active:

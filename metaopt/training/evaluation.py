@@ -1,6 +1,7 @@
 """A saved run, read back: the trained algorithm, its evaluation again, and a summary of it.
 
-``metaopt eval RUN_DIR`` calls :func:`evaluate_run`; the tools rebuild runs with :func:`load_run`.
+``metaopt eval RUN_DIR`` calls [`evaluate_run`][metaopt.training.evaluate_run]; the tools rebuild
+runs with [`load_run`][metaopt.training.load_run].
 """
 
 from __future__ import annotations
@@ -70,7 +71,7 @@ def evaluate_run(
 
     Raises:
         ConfigError: not a run directory, or a checkpoint that is damaged or belongs to another
-            run (the checks of :func:`~metaopt.training.resume`).
+            run (the checks of [`resume`][metaopt.training.resume]).
         RunDirectoryLocked: another process owns the directory.
     """
     if num_tasks is not None and num_tasks < 1:

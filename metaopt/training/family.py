@@ -3,16 +3,17 @@
 A task family is a class that says how to build the model, how to draw a meta-batch of tasks, how
 to evaluate a trained model and what to plot. The core finds families through the Python
 entry-point group ``metaopt.task_families`` (declared in a package's ``pyproject.toml``), so the
-core never imports a domain, and a user's own family plugs in exactly like the built-in ones::
+core never imports a domain, and a user's own family plugs in exactly like the built-in ones:
 
     [project.entry-points."metaopt.task_families"]
     mytask = "mypackage.family:MyFamily"
 
-Configuration is a dataclass per family: :class:`TrainConfig` holds the fields every family shares;
-a family subclasses it, adds its own fields and changes defaults (``option(default)`` alone keeps
-the base field's help). Every field becomes a command-line flag (``inner_lr`` -> ``--inner-lr``);
-the help text is the field's ``metadata["help"]``. A family may name presets (``--preset NAME``): field values applied on top
-of the defaults and below the flags the user gives.
+Configuration is a dataclass per family: [`TrainConfig`][metaopt.training.TrainConfig] holds the
+fields every family shares; a family subclasses it, adds its own fields and changes defaults
+(``option(default)`` alone keeps the base field's help). Every field becomes a command-line flag
+(``inner_lr`` -> ``--inner-lr``); the help text is the field's ``metadata["help"]``. A family may
+name presets (``--preset NAME``): field values applied on top of the defaults and below the flags
+the user gives.
 """
 
 from __future__ import annotations
@@ -65,7 +66,7 @@ MAX_SEED = 2**32 - 1
 
 #: ``--outer-optimizer``: the ``torch.optim`` optimiser of the outer step (a config class may
 #: offer more: ``trpo``, a trust-region step, where its family implements
-#: :meth:`TaskFamily.trust_region`).
+#: `TaskFamily.trust_region`).
 OUTER_OPTIMIZERS = ("adam", "sgd")
 
 #: ``--dist-backend``: ``auto`` picks nccl with CUDA, else gloo.
@@ -74,14 +75,16 @@ DIST_BACKENDS = ("auto", "gloo", "nccl")
 
 @dataclass(frozen=True)
 class EvalRequest:
-    """What a final evaluation covers (:meth:`TaskFamily.evaluate`); the loop asks for the
-    defaults, ``metaopt eval --tasks/--steps`` for others.
+    """What a final evaluation covers; the loop asks for the defaults, ``metaopt eval
+    --tasks/--steps`` for others ([`TaskFamily.evaluate`][metaopt.training.TaskFamily.evaluate]).
 
     Attributes:
-        num_tasks: held-out tasks; ``None``: the config's ``eval_tasks`` (:meth:`tasks`).
+        num_tasks: held-out tasks; ``None``: the config's ``eval_tasks``
+            ([`tasks`][metaopt.training.EvalRequest.tasks]).
         steps: the adaptation step counts reported; ``None``: the family's own.
         group: the processes that share the evaluation under torchrun, as in
-            :meth:`TaskFamily.periodic_eval` (``None``: this one alone).
+            [`TaskFamily.periodic_eval`][metaopt.training.TaskFamily.periodic_eval] (``None``: this
+            one alone).
     """
 
     num_tasks: int | None = None
@@ -99,10 +102,11 @@ class EvalRequest:
 
 @dataclass(frozen=True)
 class TruthRequest:
-    """What ``metaopt compare`` asks of :meth:`TaskFamily.compare_with_truth`.
+    """What ``metaopt compare`` asks of
+    [`TaskFamily.compare_with_truth`][metaopt.training.TaskFamily.compare_with_truth].
 
     Attributes:
-        methods: the compared algorithms (names of :data:`metaopt.options.ALGORITHMS`).
+        methods: the compared algorithms (names of `metaopt.options.ALGORITHMS`).
         batches: meta-batches the comparison averages over.
         progress: called once per finished row (the command's progress bar).
     """
@@ -114,7 +118,7 @@ class TruthRequest:
 
 @dataclass(frozen=True)
 class RunResults:
-    """What a finished run produced, for :meth:`TaskFamily.plot` to draw.
+    """What a finished run produced, drawn by [`TaskFamily.plot`][metaopt.training.TaskFamily.plot].
 
     Attributes:
         metrics: the rows of ``metrics.jsonl``, one per logged iteration.
@@ -125,15 +129,15 @@ class RunResults:
     evaluation: Mapping[str, Any]
 
 
-#: Metadata of an :func:`option` without help, until its config class gives it the base's help.
+#: Metadata of an `option` without help, until its config class gives it the base's help.
 _HELP_FROM_BASE = "help_from_base"
 
 
 def option(default: Any, help: str | None = None, **kwargs: Any) -> Any:
     """A dataclass field that documents itself as a command-line flag.
 
-    Without ``help``, the field must override one of a base config (a :class:`TrainConfig`
-    subclass changing a default) and keeps that field's help and other metadata.
+    Without ``help``, the field must override a base config's field (in a subclass of
+    [`TrainConfig`][metaopt.training.TrainConfig] changing a default), with its help and metadata.
     """
     own = {"help": help} if help is not None else {_HELP_FROM_BASE: True}
     return field(default=default, metadata={**own, **kwargs.pop("metadata", {})}, **kwargs)
@@ -252,7 +256,8 @@ class TrainConfig:
     )
 
     def validate(self) -> None:
-        """Raise :class:`ConfigError` naming the first field that is out of range."""
+        """Raise [`ConfigError`][metaopt.training.ConfigError] naming the first field that is out of
+        range."""
         for name, allowed in (
             ("algo", ALGORITHMS),
             ("inner_optimizer", INNER_OPTIMIZERS),
@@ -352,9 +357,10 @@ class FamilyOptions:
 
     A family declares one in a module that imports no torch, matplotlib or gymnasium, under the
     entry-point group ``metaopt.family_options`` with the family's name, and its
-    :class:`TaskFamily` takes the three attributes from it. ``metaopt --help``, ``metaopt train
-    FAMILY --help`` and argument errors then answer without importing the family's module; a
-    family without one is imported when its name is on the command line::
+    [`TaskFamily`][metaopt.training.TaskFamily] takes the three attributes from it.
+    ``metaopt --help``, ``metaopt train FAMILY --help`` and argument errors then answer without
+    importing the family's module; a family without one is imported when its name is on the command
+    line:
 
         [project.entry-points."metaopt.family_options"]
         mytask = "mypackage.config:MYTASK"
@@ -368,13 +374,13 @@ class FamilyOptions:
 class TaskFamily:
     """A domain's plug-in: subclass, set ``name`` and ``config_class``, implement the methods.
 
-    The meta-training loop (:func:`metaopt.training.train`) calls, in order:
+    The meta-training loop ([`metaopt.training.train`][metaopt.training.train]) calls, in order:
     ``make_model`` once, ``sample_tasks`` once per iteration, ``iteration_metrics`` after each
     ``meta_backward``, ``periodic_eval`` every ``eval_every`` iterations, then ``evaluate`` and
     ``plot`` at the end. ``metaopt eval RUN_DIR`` calls ``make_model`` and ``evaluate`` again.
 
     All randomness of training-task sampling must come from the ``rng`` handed in (a
-    :class:`numpy.random.Generator` owned by the loop, saved in checkpoints); evaluation draws its
+    `numpy.random.Generator` owned by the loop, saved in checkpoints); evaluation draws its
     tasks from ``config.eval_seed`` alone, so every algorithm is scored on the same tasks.
     """
 
@@ -389,7 +395,7 @@ class TaskFamily:
 
     def __init_subclass__(cls, options: FamilyOptions | None = None, **kwargs: Any) -> None:
         """``class Lines(TaskFamily, options=LINES)`` takes ``description``, ``config_class``
-        and ``presets`` from the family's :class:`FamilyOptions`, so they are written once."""
+        and ``presets`` from the family's `FamilyOptions`, so they are written once."""
         super().__init_subclass__(**kwargs)
         if options is not None:
             cls.description = options.description
@@ -397,7 +403,8 @@ class TaskFamily:
             cls.presets = options.presets
 
     def validate(self, config: TrainConfig) -> None:
-        """Family-specific checks; raise :class:`ConfigError`. Called after ``config.validate()``."""
+        """Family-specific checks; raise [`ConfigError`][metaopt.training.ConfigError]. Called after
+        ``config.validate()``."""
 
     def estimate_memory(self, config: TrainConfig) -> int | None:
         r"""Bytes one meta-iteration needs, roughly, or None when it cannot be told.
@@ -405,7 +412,7 @@ class TaskFamily:
         The model is built on PyTorch's ``meta`` device (shapes only, nothing allocated) to count
         its P parameters; with A = ``config.activation_elements()`` and 4-byte floats,
 
-        .. math:: 4\,[4P + B\,(K + 1)\,(2P + A)]
+        $$4\,[4P + B\,(K + 1)\,(2P + A)]$$
 
         for the parameters, their gradient and the outer optimiser's two moments (4P), and for
         each of the B tasks of the meta-batch, at each of the K inner steps and the query pass,
@@ -449,7 +456,7 @@ class TaskFamily:
         """Cheap held-out evaluation logged every ``eval_every`` iterations.
 
         ``group``: the processes that share the evaluation under torchrun, for
-        :func:`metaopt.training.distributed.map_tasks` and ``on_main`` (``None``: this one alone).
+        `metaopt.training.distributed.map_tasks` and ``on_main`` (``None``: this one alone).
         """
         return {}
 
@@ -471,7 +478,7 @@ class TaskFamily:
     ) -> tuple[TrustRegionProblem, TrustRegionSettings]:
         """For ``--outer-optimizer trpo`` (offered by a config whose ``OUTER_OPTIMIZERS`` has
         it): the surrogate and divergence of the meta-batch ``tasks`` that ``meta_backward`` has
-        just run on, and the step's settings (:func:`metaopt.trust_region.trust_region_step`)."""
+        just run on, and the step's settings (`metaopt.trust_region.trust_region_step`)."""
         raise NotImplementedError(f"the {self.name} family offers no trust-region outer step")
 
     def evaluate(

@@ -1,9 +1,9 @@
 """Hooks: how tools and users watch a training run without wrapping its family.
 
-The loop (:func:`metaopt.training.train`) calls each hook at fixed points of an iteration, in the
-order the hooks were given. Time spent in hooks and in the periodic evaluation is kept out of the
-run's clock (``seconds`` in ``metrics.jsonl``), so a hook that evaluates does not slow the curve
-it records.
+The loop ([`metaopt.training.train`][metaopt.training.train]) calls each hook at fixed points of an
+iteration, in the order the hooks were given. Time spent in hooks and in the periodic evaluation is
+kept out of the run's clock (``seconds`` in ``metrics.jsonl``), so a hook that evaluates does not
+slow the curve it records.
 
 >>> class Snapshots(TrainingHooks):
 ...     def on_iteration_start(self, iteration, algo):

@@ -54,7 +54,7 @@ class RunLock:
         return self._fd is not None
 
     def acquire(self) -> RunLock:
-        """Take the lock at once or raise :class:`RunDirectoryLocked` naming the holder's pid."""
+        """Take the lock at once or raise `RunDirectoryLocked` naming the holder's pid."""
         if self._fd is not None:
             return self
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)

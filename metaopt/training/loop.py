@@ -3,9 +3,9 @@
 Each iteration draws a meta-batch from the loop's own generator, has the algorithm compute the
 meta-gradient (under torchrun, of this rank's shard, all-reduced), takes the outer step and writes
 a row of ``metrics.jsonl``; checkpoints, signals and periodic evaluation come at fixed points, and
-:class:`~metaopt.training.TrainingHooks` are called at others. A non-finite loss or meta-gradient
-stops training after saving the last good state, or with ``skip_nonfinite`` skips the batch and
-counts it. After the last iteration the family evaluates and plots.
+[`TrainingHooks`][metaopt.training.TrainingHooks] are called at others. A non-finite loss or
+meta-gradient stops training after saving the last good state, or with ``skip_nonfinite`` skips the
+batch and counts it. After the last iteration the family evaluates and plots.
 
 The run's clock (``seconds`` in each row and in checkpoints) is the wall-clock time of training
 alone: the hooks and the periodic evaluation are kept out of it.
@@ -51,7 +51,7 @@ __all__ = ["WALL_TIME_KEYS", "NonFiniteError", "check_ranks", "fit", "new_run", 
 #: Row keys that differ between two otherwise identical runs (wall-clock time).
 WALL_TIME_KEYS = ("seconds",)
 
-#: How an error message names each per-task loss of :class:`~metaopt.algorithms.MetaMetrics`.
+#: How an error message names each per-task loss of `MetaMetrics`.
 _QUANTITIES = {
     "support_before": "support loss (before adaptation)",
     "support_after": "support loss (after adaptation)",
@@ -84,17 +84,19 @@ def train(
 
     Args:
         family: The task family.
-        config: A validated config (see :func:`metaopt.training.resolve_config`).
+        config: A validated config (see
+            [`metaopt.training.resolve_config`][metaopt.training.resolve_config]).
         progress: Show a progress bar; ``None`` shows one when stderr is a terminal and otherwise
-            logs a line every tenth of the run or minute (:mod:`metaopt.training.progress`).
-        hooks: Called at fixed points of each iteration (:class:`TrainingHooks`); their time
-            and the periodic evaluation's are kept out of the run's clock.
+            logs a line every tenth of the run or minute (`metaopt.training.progress`).
+        hooks: Called at fixed points of each iteration
+            ([`TrainingHooks`][metaopt.training.TrainingHooks]); their time and the periodic
+            evaluation's are kept out of the run's clock.
 
     Raises:
         ConfigError: a config value out of range, or ``config.out`` not empty.
         NonFiniteError: a NaN/inf loss or meta-gradient (without ``skip_nonfinite``).
         TrainingInterrupted: SIGINT or SIGTERM; the run can be continued with
-            :func:`metaopt.training.resume`.
+            [`metaopt.training.resume`][metaopt.training.resume].
     """
     config.validate()
     family.validate(config)
@@ -331,7 +333,8 @@ def _stop_non_finite(
     log: IO[str],
 ) -> NoReturn:
     """Save the last good state (the parameters are still those, and ``before`` is its random
-    state) and raise :class:`NonFiniteError`, naming the task to blame where one can be found."""
+    state) and raise [`NonFiniteError`][metaopt.training.NonFiniteError], naming the task to blame
+    where one can be found."""
     saved = save(run, before, log=log) if run.saved != run.iteration else run.checkpoint
     message, task = problem
     if task is None and not run.dist.active:

@@ -1,10 +1,10 @@
 """Size flags bounded before anything is allocated: an estimate of a meta-iteration's memory.
 
 A flag such as ``--meta-batch 10000000`` or ``--hidden 100000000`` would otherwise allocate until
-the machine swaps or the allocator fails with a traceback. :func:`check_memory` estimates the
-bytes one meta-iteration needs (:meth:`~metaopt.training.TaskFamily.estimate_memory`, with the
-model built on PyTorch's ``meta`` device, which allocates nothing) and refuses the config when it
-exceeds ``--max-memory`` GiB, or by default the memory available now (``MemAvailable`` of
+the machine swaps or the allocator fails with a traceback. `check_memory` estimates the
+bytes one meta-iteration needs ([`estimate_memory`][metaopt.training.TaskFamily.estimate_memory],
+with the model built on PyTorch's ``meta`` device, which allocates nothing) and refuses the config
+when it exceeds ``--max-memory`` GiB, or by default the memory available now (``MemAvailable`` of
 ``/proc/meminfo``). The refusal names the flag whose return to its default lowers the estimate
 most, so the user knows which one to change; it takes milliseconds.
 """

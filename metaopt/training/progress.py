@@ -1,15 +1,15 @@
 """Progress of a run, on a terminal and off it (a log file, ``nohup``, a cluster job).
 
 On a terminal the training loop shows a tqdm bar, and so does every long loop wrapped in
-:func:`with_progress` (the supervised baseline's training). Off a terminal a bar would print nothing
-useful until the end, so :class:`ProgressLog` writes one line every ``every`` iterations or
-``seconds`` seconds, whichever comes first, with the iteration, the mean losses, the rate and the
-time left (ETA), and :func:`with_progress` does the same for other loops.
+`with_progress` (the supervised baseline's training). Off a terminal a bar would print nothing
+useful until the end, so [`ProgressLog`][metaopt.training.ProgressLog] writes one line every
+``every`` iterations or ``seconds`` seconds, whichever comes first, with the iteration, the mean
+losses, the rate and the time left (ETA), and `with_progress` does the same for other loops.
 
-Lines go through the standard :mod:`logging` logger ``metaopt.progress`` at level ``INFO``, so a
+Lines go through the standard `logging` logger ``metaopt.progress`` at level ``INFO``, so a
 library user chooses where they go (``logging.basicConfig(level=logging.INFO)``); the ``metaopt``
-command sends them to stderr (:func:`progress_to_stderr`) unless ``--quiet``. A quiet logger
-also hides the bars of :func:`with_progress`, so ``--quiet`` silences the baseline and the evaluation as
+command sends them to stderr (`progress_to_stderr`) unless ``--quiet``. A quiet logger
+also hides the bars of `with_progress`, so ``--quiet`` silences the baseline and the evaluation as
 well as training.
 """
 
@@ -167,7 +167,7 @@ def with_progress(
 @contextmanager
 def progress_to_stderr(quiet: bool = False) -> Iterator[None]:
     """Within the block, progress lines go to stderr as ``metaopt: ...`` (none when ``quiet``,
-    which also hides :func:`with_progress`' bars); the logger is put back as it was after."""
+    which also hides `with_progress`' bars); the logger is put back as it was after."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("metaopt: %(message)s"))
     saved = LOGGER.level, LOGGER.propagate

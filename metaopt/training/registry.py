@@ -1,7 +1,7 @@
 """Find task families: the ``metaopt.task_families`` entry points, plus any registered in-process.
 
-:func:`family_options` reads what the command line shows of a family from the lighter
-``metaopt.family_options`` entry points (:class:`~metaopt.training.family.FamilyOptions`), so that
+`family_options` reads what the command line shows of a family from the lighter
+``metaopt.family_options`` entry points (`FamilyOptions`), so that
 parsing arguments imports no domain.
 """
 

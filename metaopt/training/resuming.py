@@ -1,7 +1,7 @@
 """Continuing a run from a checkpoint, as if it had never stopped, and the checks that make it safe.
 
-:func:`resume` refuses a checkpoint of another family or config (naming the field that differs) and
-flags that would change the run's trajectory; it warns (:class:`~metaopt.training.ResumeWarning`)
+[`resume`][metaopt.training.resume] refuses a checkpoint of another family or config (naming the
+field that differs) and flags that would change the run's trajectory; it warns (`ResumeWarning`)
 when other package versions or another thread count may change the last bits. ``metrics.jsonl``
 is cut back to the checkpoint's iteration, so the rows logged after it are written again; only a
 last line cut short by a kill is dropped, any other damaged line stops the resume.
@@ -71,12 +71,12 @@ def resume(
     checkpoint, and ``metrics.jsonl`` is cut back to the checkpoint's iteration, so the finished
     run's parameters and metrics (but the wall-clock ``seconds``) equal an uninterrupted run's.
     A run killed before its first checkpoint starts again from iteration 0, with a
-    :class:`~metaopt.training.ResumeWarning`: no run directory is a dead end. The directory is
-    locked for the whole resume (:mod:`metaopt.training.lock`), and the temporary files a killed
+    `ResumeWarning`: no run directory is a dead end. The directory is
+    locked for the whole resume (`metaopt.training.lock`), and the temporary files a killed
     process left there are removed.
 
     Args:
-        run_dir: A directory written by :func:`~metaopt.training.train`.
+        run_dir: A directory written by [`train`][metaopt.training.train].
         family: The family (default: the one named in ``config.json``); must match it.
         overrides: Config values given again (e.g. command-line flags). Equal values are fine;
             only the fields in ``TrainConfig.RESUMABLE`` may change (``iterations`` to extend a
@@ -84,8 +84,8 @@ def resume(
         checkpoint: The checkpoint file to continue from, relative to ``run_dir`` (default
             ``checkpoint.pt``; ``checkpoint.prev.pt`` is the one before it). Continuing from an
             older checkpoint moves ``checkpoint.pt`` to ``checkpoint.abandoned.pt``.
-        progress: As in :func:`~metaopt.training.train`.
-        hooks: As in :func:`~metaopt.training.train`.
+        progress: As in [`train`][metaopt.training.train].
+        hooks: As in [`train`][metaopt.training.train].
 
     Raises:
         ConfigError: not a run directory, another family, a flag that may not change, a
@@ -107,7 +107,7 @@ def _resume_locked(
     progress: bool | None,
     hooks: Sequence[TrainingHooks],
 ) -> Path:
-    """:func:`resume`, in a run directory this process owns."""
+    """[`resume`][metaopt.training.resume], in a run directory this process owns."""
     saved = read_run(run_dir)
     if family is None:
         family = get_family(saved["family"])
@@ -336,7 +336,7 @@ def check_checkpoint(
 
 
 def _warn_if_environment_differs(state: Mapping[str, Any], threads: int) -> None:
-    """A :class:`ResumeWarning` for each package version or thread count unlike the checkpoint's."""
+    """A `ResumeWarning` for each package version or thread count unlike the checkpoint's."""
     mine, theirs = package_versions(), state.get("versions", {})
     for package in ("metaopt", "torch", "torchopt", "numpy"):
         if theirs.get(package) != mine.get(package):

@@ -6,10 +6,10 @@ once known, the engine used), ``metrics.jsonl`` (one JSON object per iteration),
 JSON is written strict (RFC 8259 has no NaN or Infinity: a non-finite number becomes ``null``).
 Every file but ``metrics.jsonl`` is written atomically (a temporary file renamed over it), so a
 crash or an I/O error leaves the old file or the new one, never half of one; ``metrics.jsonl`` is
-appended to, and a resume drops a last line cut short (:mod:`metaopt.training.resuming`).
+appended to, and a resume drops a last line cut short (`metaopt.training.resuming`).
 
-One process owns a run directory at a time: :func:`new_run_dir` creates it and takes its lock
-(:mod:`metaopt.training.lock`) before looking inside, then removes the temporary files a killed
+One process owns a run directory at a time: `new_run_dir` creates it and takes its lock
+(`metaopt.training.lock`) before looking inside, then removes the temporary files a killed
 process left.
 """
 
@@ -45,7 +45,7 @@ __all__ = [
     "write_json_atomic",
 ]
 
-#: The latest checkpoint of a run directory; :func:`metaopt.training.checkpoint.previous_path` names
+#: The latest checkpoint of a run directory; `metaopt.training.checkpoint.previous_path` names
 #: the one before it (``checkpoint.prev.pt``).
 CHECKPOINT = "checkpoint.pt"
 #: Where a resume from an older checkpoint moves the latest one, so that it is never rotated into

@@ -1,8 +1,9 @@
 """SIGINT and SIGTERM during training: finish the iteration under way, save it, stop.
 
 The first signal is noted; after the iteration under way the loop saves a checkpoint and raises
-:class:`TrainingInterrupted`, from which :func:`~metaopt.training.resume` continues. A second
-signal raises at once, saving nothing. Under torchrun every rank stops after the same iteration.
+[`TrainingInterrupted`][metaopt.training.TrainingInterrupted], from which
+[`resume`][metaopt.training.resume] continues. A second signal raises at once, saving nothing. Under
+torchrun every rank stops after the same iteration.
 """
 
 from __future__ import annotations
@@ -85,7 +86,8 @@ class StopOnSignal:
                 signal.signal(s, handler if handler is not None else signal.SIG_DFL)
 
     def stop_if_asked(self, log: IO[str]) -> None:
-        """Save and raise :class:`TrainingInterrupted` if a signal came (on any rank)."""
+        """Save and raise [`TrainingInterrupted`][metaopt.training.TrainingInterrupted] if a signal
+        came (on any rank)."""
         run = self.run
         # Under torchrun every rank must stop after the same iteration, or the others would wait
         # in the next collective for one that has left.

@@ -2,7 +2,7 @@
 
 A checkpoint holds everything the loop's future depends on (parameters, learned rates, outer
 optimiser and schedule, iteration, config and every random-number state), so that
-:func:`~metaopt.training.resume` continues a run bit for bit (docs/reliability.md).
+[`resume`][metaopt.training.resume] continues a run bit for bit (docs/reliability.md).
 """
 
 from __future__ import annotations
@@ -71,7 +71,7 @@ def random_state(rng: np.random.Generator) -> dict[str, Any]:
 
 
 def restore_random_state(rng: np.random.Generator, state: Mapping[str, Any]) -> None:
-    """Put back what :func:`random_state` captured (``rng`` is set in place)."""
+    """Put back what `random_state` captured (``rng`` is set in place)."""
     rng.bit_generator.state = state["loop"]
     version_, internal, gauss = state["python"]
     random.setstate((version_, tuple(internal), gauss))

@@ -1,7 +1,7 @@
 """TensorBoard event files beside ``metrics.jsonl`` (``metaopt train ... --tensorboard``).
 
-:class:`TensorBoardHooks` writes, into the run directory itself (so ``tensorboard --logdir runs``
-shows one run per directory):
+[`TensorBoardHooks`][metaopt.training.TensorBoardHooks] writes, into the run directory itself (so
+``tensorboard --logdir runs`` shows one run per directory):
 
 * every number of each ``metrics.jsonl`` row under the row's own key, at step ``iteration``
   (a value the row holds as ``null``, i.e. not finite, is written as NaN);
@@ -12,14 +12,14 @@ shows one run per directory):
 * every PNG of the run directory as an image (``training_curve``, ``mse_vs_steps``, ...).
 
 On resume the writer drops the events past the checkpoint's iteration (TensorBoard's
-``purge_step``), as :func:`~metaopt.training.resume` cuts ``metrics.jsonl`` back. It needs the
+``purge_step``), as [`resume`][metaopt.training.resume] cuts ``metrics.jsonl`` back. It needs the
 ``tensorboard`` package: ``pip install metaopt[tensorboard]``.
 
 An event file grows by appending, so a kill would leave its last record cut. The writer therefore
 writes into a private staging folder and publishes each event file into the run directory
-atomically (a complete copy, renamed into place; :func:`metaopt.training.checkpoint.
-atomic_write_bytes`) at most every :data:`PUBLISH_SECONDS` and at the end: the run directory
-holds complete event files only, at most that many seconds behind.
+atomically (a complete copy, renamed into place; `metaopt.training.checkpoint.atomic_write_bytes`)
+at most every `PUBLISH_SECONDS` and at the end: the run directory holds complete event files only,
+at most that many seconds behind.
 """
 
 from __future__ import annotations

@@ -18,11 +18,9 @@ Domains add cases through the entry-point group ``metaopt.benchmarks`` (a functi
 ``cases(quick: bool) -> list[Case]``): the sine and Omniglot cases live in ``supervised/``
 (``supervised.bench_sine``, ``supervised.bench``), the reinforcement-learning case in ``rl/``.
 
-The package: :mod:`~metaopt.tools.bench.cases` (what a case is, the registry),
-:mod:`~metaopt.tools.bench.timing` (agreement, then medians), :mod:`~metaopt.tools.bench.flops`
-(:func:`count_flops`, :func:`matmul_peak`), :mod:`~metaopt.tools.bench.memory`
-(:func:`peak_memory_bytes`, the sweep over inner steps) and :mod:`~metaopt.tools.bench.command`
-(:func:`run_bench`, the table).
+The package: `cases` (what a case is, the registry), `timing` (agreement, then medians), `flops`
+(`count_flops`, `matmul_peak`), `memory` (`peak_memory_bytes`, the sweep over inner steps) and
+`command` (`run_bench`, the table).
 """
 
 from metaopt.tools.bench.cases import (

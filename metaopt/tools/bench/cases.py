@@ -62,7 +62,7 @@ class Case:
             its own environments): timed, but their meta-gradient cannot be compared.
         max_repeats: Fewer repetitions for a case whose baseline takes seconds.
         flops_from: The implementation whose meta-iteration
-            :func:`~metaopt.tools.bench.count_flops` counts once; the count stands for every
+            `count_flops` counts once; the count stands for every
             implementation (they do the same arithmetic), and the bench reports achieved FLOP/s
             and its fraction of the measured matmul peak. ``None``: no FLOP figures.
         memory: A peak-memory sweep over inner steps on this case's workload, run once per
@@ -96,7 +96,7 @@ class Case:
 def gradients_of(params: Sequence[torch.Tensor]) -> Gradient:
     """The parameters' ``.grad`` (zeros where there is none): one meta-gradient.
 
-    Not copies: an implementation starts from :func:`clear_grads`, so its next call gives the
+    Not copies: an implementation starts from `clear_grads`, so its next call gives the
     parameters new ``.grad`` tensors and leaves these as they are; a copy per tensor would add
     the same few microseconds to every row's time, a good part of a compiled row's."""
     return [p.grad.detach() if p.grad is not None else torch.zeros_like(p) for p in params]

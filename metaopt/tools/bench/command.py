@@ -33,14 +33,14 @@ def run_bench(
 ) -> list[dict[str, Any]]:
     """Run the benchmark; print the table; return (and optionally save) the records.
 
-    The cases are those the installed domains register (:func:`domain_cases`); ``cases`` selects
+    The cases are those the installed domains register (`domain_cases`); ``cases`` selects
     some by name. ``plot_path`` receives the first memory sweep's plot (a further sweep's goes
     next to it, its name appended to the file's stem). ``compiled=False`` leaves out the
-    implementations that compile on their first call (:attr:`Case.compiled`: the sine cases'
+    implementations that compile on their first call (`Case.compiled`: the sine cases'
     ``metaopt-compiled`` rows, whose compiles take most of a full bench's time); with them, their
     rows carry ``compile_s`` and ``compile_cache`` and the table a column ``compile s``.
     ``min_sample_s``: each timed sample is a block of back-to-back calls at least this long
-    (:func:`~metaopt.tools.bench.timing.time_case`; 0: one call per sample).
+    (`time_case`; 0: one call per sample).
 
     Raises:
         ConfigError: ``cases`` names a case no domain registers.

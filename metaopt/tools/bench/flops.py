@@ -1,8 +1,8 @@
 """Floating-point operations of a meta-iteration, and the machine's float32 matmul peak.
 
 A case that names ``flops_from`` reports achieved FLOP/s: the meta-iteration's operations are
-counted once (:func:`count_flops`), divided by each implementation's median time, and set against
-the matmul peak (:func:`matmul_peak`), measured in the same run at the same thread count.
+counted once (`count_flops`), divided by each implementation's median time, and set against
+the matmul peak (`matmul_peak`), measured in the same run at the same thread count.
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ def count_flops(fn: Callable[[], Any]) -> int:
 
     Counted by ``torch.utils.flop_counter.FlopCounterMode``: matrix products and convolutions,
     2 per multiply-add (normalisation, activations and other element-wise work are not counted),
-    with grouped convolutions' backward counted per group (:func:`_conv_backward_flop`), so that a
+    with grouped convolutions' backward counted per group (`_conv_backward_flop`), so that a
     vmapped meta-iteration counts what the task-by-task loop does.
     """
     from torch.utils.flop_counter import FlopCounterMode

@@ -71,7 +71,7 @@ def memory_sweep(sweep: MemorySweep, steps: Sequence[int]) -> list[dict[str, Any
 
 
 def sweep_table(sweep: MemorySweep, records: Sequence[dict[str, Any]]) -> dict[str, list[int]]:
-    """Algorithm -> peak bytes in inner-step order, from :func:`memory_sweep`'s records."""
+    """Algorithm -> peak bytes in inner-step order, from `memory_sweep`'s records."""
     prefix = f"memory-{sweep.name}-"
     table: dict[str, list[int]] = {}
     for record in records:

@@ -60,7 +60,7 @@ def time_case(
 
     Each sample is a block of back-to-back calls of one implementation: ``inner`` calls, or more
     where one call is shorter than ``min_sample_s`` (as many as make the block that long, by the
-    fastest warm-up call, at most :data:`MAX_CALLS`), so that the first call of a block, which
+    fastest warm-up call, at most `MAX_CALLS`), so that the first call of a block, which
     refills the caches another implementation's block evicted, weighs on a fast implementation
     no more than on a slow one. ``calls_per_sample`` records the count.
     """

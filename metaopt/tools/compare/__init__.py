@@ -10,7 +10,7 @@ measures, against second-order MAML's:
   iterations of a second-order MAML run;
 * the wall time of one meta-iteration (``meta_backward`` and the outer step; fastest and median
   of ``--repeats``, round-robin over the methods, after a warm-up) and the peak of the bytes
-  autograd keeps saved for the backward pass (:class:`SavedTensorMeter`);
+  autograd keeps saved for the backward pass (`SavedTensorMeter`);
 * learning curves: a full ``metaopt train`` run per method from the same seed, with a held-out
   post-adaptation query loss (and the family's own periodic evaluation) every few iterations,
   against iterations and against training wall-clock seconds.
@@ -31,15 +31,12 @@ generator start identical. A task whose losses sample data with the model it is 
 still sees different samples once two methods' parameters differ.
 
 The core of the measurements is domain-free: only ``make_model``, ``sample_tasks``,
-``periodic_eval`` and the :class:`~metaopt.task.Task` losses are used.
+``periodic_eval`` and the [`Task`][metaopt.Task] losses are used.
 
-The package, by concern: :mod:`~metaopt.tools.compare.options` (:class:`CompareOptions`, the
-names results use), :mod:`~metaopt.tools.compare.gradients` (meta-gradients and their agreement),
-:mod:`~metaopt.tools.compare.memory` (:class:`SavedTensorMeter`),
-:mod:`~metaopt.tools.compare.timing`, :mod:`~metaopt.tools.compare.curves` (the training runs),
-:mod:`~metaopt.tools.compare.run` (:func:`compare_methods`, the whole comparison),
-:mod:`~metaopt.tools.compare.report` (Markdown), :mod:`~metaopt.tools.compare.outputs` (files),
-:mod:`~metaopt.tools.compare.plots` and :mod:`~metaopt.tools.compare.command`.
+The package, by concern: `options` (`CompareOptions`, the names results use), `gradients`
+(meta-gradients and their agreement), `memory` (`SavedTensorMeter`), `timing`, `curves` (the
+training runs), `run` (`compare_methods`, the whole comparison), `report` (Markdown), `outputs`
+(files), `plots` and `command`.
 """
 
 from typing import TYPE_CHECKING

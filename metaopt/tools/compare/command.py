@@ -1,4 +1,4 @@
-"""``metaopt compare FAMILY``: its flags (from :class:`CompareOptions`) and the command."""
+"""``metaopt compare FAMILY``: its flags (from `CompareOptions`) and the command."""
 
 from __future__ import annotations
 
@@ -21,13 +21,13 @@ __all__ = ["add_compare_arguments", "run_compare_command"]
 
 # -- the command ---------------------------------------------------------------------------------
 
-#: The command's flags that are neither config fields nor :class:`CompareOptions` fields.
+#: The command's flags that are neither config fields nor `CompareOptions` fields.
 _COMMAND = ("report", "threads", "quiet")
 
 
 def add_compare_arguments(parser: argparse.ArgumentParser) -> None:
     """``metaopt compare FAMILY``'s own flags (the family's config flags are added separately):
-    ``--report``, one flag per :class:`CompareOptions` field, ``--threads`` and ``--quiet``."""
+    ``--report``, one flag per `CompareOptions` field, ``--threads`` and ``--quiet``."""
     parser.add_argument(
         "--report",
         default=None,

@@ -121,7 +121,7 @@ def meta_gradients_on(
     *,
     first_order: bool = False,
 ) -> list[MetaGradient]:
-    """``method``'s :func:`meta_gradient` on each of the meta-batches ``seeds`` draw."""
+    """``method``'s `meta_gradient` on each of the meta-batches ``seeds`` draw."""
     return [
         meta_gradient(
             family, config, method, state, steps=steps, task_seed=seed, first_order=first_order

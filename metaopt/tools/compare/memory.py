@@ -1,4 +1,4 @@
-"""The bytes autograd keeps saved for the backward pass: :class:`SavedTensorMeter`."""
+"""The bytes autograd keeps saved for the backward pass: `SavedTensorMeter`."""
 
 from __future__ import annotations
 

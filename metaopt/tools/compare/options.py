@@ -66,8 +66,8 @@ COLORS = {
 
 def gradient_rows(methods: Sequence[str]) -> list[str]:
     """The rows of the gradient comparison for ``methods``: each method but the reference
-    against second-order MAML (Meta-SGD: :data:`METASGD_RATES` instead), then
-    :data:`OTHER_BATCH`."""
+    against second-order MAML (Meta-SGD: `METASGD_RATES` instead), then
+    `OTHER_BATCH`."""
     rows = [METASGD_RATES if m == "metasgd" else m for m in methods if m != REFERENCE]
     return [*rows, OTHER_BATCH]
 
@@ -87,7 +87,7 @@ DEFAULT_METHODS = tuple(m for m in ALGORITHMS if m != "imaml")
 
 
 def parse_methods(text: str) -> tuple[str, ...]:
-    """``"fomaml,reptile"`` -> ``("fomaml", "reptile")`` (validated by :class:`CompareOptions`)."""
+    """``"fomaml,reptile"`` -> ``("fomaml", "reptile")`` (validated by `CompareOptions`)."""
     return tuple(part.strip() for part in text.split(",") if part.strip())
 
 
@@ -106,7 +106,7 @@ class CompareOptions:
     """What ``metaopt compare`` measures and how much it spends; the task flags are the config's.
 
     Each field is a flag of ``metaopt compare FAMILY`` (its metadata: the help, and how the flag
-    reads; :func:`metaopt.training.config.add_dataclass_arguments`).
+    reads; `metaopt.training.config.add_dataclass_arguments`).
 
     Attributes:
         methods: Algorithms compared with second-order MAML (which is always included).
@@ -166,7 +166,8 @@ class CompareOptions:
     )
 
     def validate(self) -> None:
-        """Raise :class:`ConfigError` naming the first flag that is out of range."""
+        """Raise [`ConfigError`][metaopt.training.ConfigError] naming the first flag that is out of
+        range."""
         unknown = [m for m in self.methods if m not in ALGORITHMS]
         if unknown or not self.methods:
             raise ConfigError(

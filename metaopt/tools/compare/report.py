@@ -164,7 +164,7 @@ def _safe_div(a: float, b: float) -> float:
 
 
 def render_report(results: Mapping[str, Any]) -> str:
-    """The Markdown report of a :func:`~metaopt.tools.compare.compare_methods` result."""
+    """The Markdown report of a `compare_methods` result."""
     config = results["config"]
     steps = results["options"]["steps"]
     methods = results["methods"]

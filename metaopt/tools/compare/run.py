@@ -75,7 +75,7 @@ def compare_methods(
         config: Its validated config; ``algo`` is ignored, ``inner_steps`` is the trained number
             of steps of the runs, ``iterations`` their length, ``meta_batch`` the comparison's.
         report_dir: A new or empty directory (default ``reports/compare-<family>-<time>``).
-        options: What to measure (default :class:`CompareOptions`).
+        options: What to measure (default `CompareOptions`).
         progress: Show progress bars; ``None`` shows them only when stderr is a terminal.
 
     Returns:

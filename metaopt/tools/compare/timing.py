@@ -36,12 +36,12 @@ class Timing:
         q3_s: Third quartile.
         min_s: Fastest repetition (the least disturbed by other processes).
         repeats: Timed repetitions (after one warm-up).
-        saved_peak_bytes: :class:`SavedTensorMeter` peak during the warm-up iteration;
+        saved_peak_bytes: `SavedTensorMeter` peak during the warm-up iteration;
             ``None`` for a method whose meta-iteration runs ``torch.func`` transforms (iMAML's
             implicit solve), which refuse saved-tensor hooks.
         peak_bytes: Peak bytes of torch's CPU allocator during one meta-iteration after the
             warm-up, above what was live before (the bench's
-            :func:`~metaopt.tools.bench.peak_memory_bytes`): every method, iMAML included.
+            `peak_memory_bytes`): every method, iMAML included.
     """
 
     method: str
@@ -57,7 +57,7 @@ class Timing:
 
 class _Timed:
     """One method ready to be timed: its algorithm around a fresh model at ``state`` (from
-    :func:`method_algorithm`, with the config it was built from) and its outer optimiser."""
+    `method_algorithm`, with the config it was built from) and its outer optimiser."""
 
     def __init__(
         self,
@@ -126,7 +126,7 @@ def time_meta_iterations(
 
 
 def _saved_peak(timed: _Timed) -> int | None:
-    """The warm-up iteration under :class:`SavedTensorMeter`: its peak, or ``None`` when the
+    """The warm-up iteration under `SavedTensorMeter`: its peak, or ``None`` when the
     iteration runs a ``torch.func`` transform, which refuses saved-tensor hooks (then the
     warm-up runs again without the meter)."""
     try:

@@ -42,10 +42,8 @@ seed configuration of ``mdp`` agrees to about 1e-7 in every logged number up to 
 1 and 2 processes, and its final parameters differ by a few per cent after 500. The report gives
 the iteration at which the runs' logged numbers first differ by more than the tolerance.
 
-The package: :mod:`~metaopt.tools.scale.options` (:class:`ScaleOptions`, records, failures),
-:mod:`~metaopt.tools.scale.measurement` (medians, speed-ups, parameter differences),
-:mod:`~metaopt.tools.scale.report` (the table), :mod:`~metaopt.tools.scale.run` (the
-subprocesses) and :mod:`~metaopt.tools.scale.command`.
+The package: `options` (`ScaleOptions`, records, failures), `measurement` (medians, speed-ups,
+parameter differences), `report` (the table), `run` (the subprocesses) and `command`.
 """
 
 from typing import TYPE_CHECKING

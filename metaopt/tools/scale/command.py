@@ -1,4 +1,4 @@
-"""``metaopt scale FAMILY``: its flags (from :class:`ScaleOptions`) and the command."""
+"""``metaopt scale FAMILY``: its flags (from `ScaleOptions`) and the command."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from metaopt.training.config import (
 
 __all__ = ["add_scale_arguments", "run_scale_command"]
 
-#: The prefix of the argparse destinations of :class:`ScaleOptions`' flags (``scale_threads``),
+#: The prefix of the argparse destinations of `ScaleOptions`' flags (``scale_threads``),
 #: which keeps them apart from the config fields of the same name (``threads``).
 _PREFIX = "scale_"
 #: The destinations of the flags that say where the results go.

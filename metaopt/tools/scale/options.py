@@ -1,4 +1,4 @@
-"""What ``metaopt scale`` runs (:class:`ScaleOptions`), what it records, how it fails."""
+"""What ``metaopt scale`` runs (`ScaleOptions`), what it records, how it fails."""
 
 from __future__ import annotations
 
@@ -44,7 +44,7 @@ class ScaleOptions:
     """What ``metaopt scale`` runs, apart from the family's config.
 
     Each field but ``tolerance`` is a flag of ``metaopt scale FAMILY`` (``--processes``, ...;
-    :func:`metaopt.training.config.add_dataclass_arguments` reads the help from the metadata).
+    `metaopt.training.config.add_dataclass_arguments` reads the help from the metadata).
 
     Attributes:
         processes: Process counts to compare, ascending; speed-ups are stated against the first.
@@ -78,7 +78,8 @@ class ScaleOptions:
     tolerance: float = DEFAULT_TOLERANCE
 
     def validate(self) -> None:
-        """Raise :class:`ConfigError` naming the first flag that is out of range."""
+        """Raise [`ConfigError`][metaopt.training.ConfigError] naming the first flag that is out of
+        range."""
         if not self.processes or min(self.processes) < 1:
             shown = ",".join(map(str, self.processes))
             raise ConfigError(f"--processes must be integers >= 1, got {shown!r}")

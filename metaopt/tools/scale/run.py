@@ -146,7 +146,7 @@ def run_scale(
         family: The task family (registered under ``family.name``: the runs are subprocesses).
         overrides: Config fields as the user gave them (not ``out`` nor ``threads``).
         options: Process counts, repeats, threads per process, agreement runs, tolerance
-            (default: :class:`ScaleOptions`()).
+            (default: `ScaleOptions`()).
         json_path: Where to write the records, the summary and the setting as JSON.
         keep: Directory for the runs (new or empty); a temporary one, removed at the end, if None.
         echo: Where the table goes.
@@ -157,7 +157,7 @@ def run_scale(
 
     Raises:
         ConfigError: an out-of-range option or config value, before anything is launched.
-        ScaleFailure: a run failed, or :class:`ParameterMismatch`: the agreement runs differ
+        ScaleFailure: a run failed, or `ParameterMismatch`: the agreement runs differ
             (before any timed run), or the timed runs do (after the table and the JSON).
     """
     from metaopt.training.config import resolve_config

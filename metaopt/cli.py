@@ -27,6 +27,7 @@ import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import NoReturn
 
 import metaopt
 from metaopt.training.config import add_config_arguments
@@ -77,21 +78,22 @@ DescribedFamily = FamilyOptions | TaskFamily
 
 
 @contextmanager
-def _one_line_resume_warnings() -> Iterator[None]:
-    """Show a :class:`ResumeWarning` or :class:`NegativeRateWarning` as one ``metaopt: warning:``
-    line; others as Python does."""
-    from metaopt.algorithms import NegativeRateWarning
-    from metaopt.training import ResumeWarning
-
-    show = warnings.showwarning
+def _one_line_warnings() -> Iterator[None]:
+    """Every warning a command raises as one ``metaopt: warning:`` line on stderr: the message,
+    and the category where it is not metaopt's own (no file path, no source line). The one
+    place the command shows warnings, for every subcommand."""
 
     def one_line(message, category, filename, lineno, file=None, line=None):  # type: ignore[no-untyped-def]
-        if issubclass(category, (ResumeWarning, NegativeRateWarning)):
-            print(f"metaopt: warning: {message}", file=sys.stderr)
-        else:
-            show(message, category, filename, lineno, file, line)
+        own = category.__module__.split(".")[0] == "metaopt" or category is UserWarning
+        text = " ".join(str(message).split())
+        if not own:
+            text += f" ({category.__name__})"
+        try:
+            print(f"metaopt: warning: {text}", file=sys.stderr if file is None else file)
+        except OSError:  # no stderr to write to: as Python's own showwarning, say nothing
+            pass
 
-    with warnings.catch_warnings():
+    with warnings.catch_warnings():  # restores Python's showwarning after the command
         warnings.showwarning = one_line
         yield
 
@@ -126,10 +128,18 @@ def _described_families(argv: Sequence[str]) -> dict[str, DescribedFamily | None
     return described
 
 
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line and a pointer to ``--help`` (status 2), as
+    every other refusal of the command; its subcommands' parsers are of this class too."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"metaopt: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser(families: Mapping[str, DescribedFamily | None]) -> argparse.ArgumentParser:
     """The ``metaopt`` parser; ``families`` maps each name to its options (``None``: listed by
     name only, with no flags: the family is imported when it is named)."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="metaopt",
         description="Meta-learning with MAML, first-order MAML, Meta-SGD and Reptile on TorchOpt.",
     )
@@ -185,7 +195,7 @@ def build_parser(families: Mapping[str, DescribedFamily | None]) -> argparse.Arg
     evaluate.set_defaults(subparser=evaluate)
     evaluate.add_argument("run_dir", metavar="RUN_DIR", help="directory written by metaopt train")
     evaluate.add_argument(
-        "--tasks", type=int, default=None, help="held-out tasks (default: the run's)"
+        "--tasks", type=_positive_int, default=None, help="held-out tasks (default: the run's)"
     )
     evaluate.add_argument(
         "--steps",
@@ -207,7 +217,8 @@ def build_parser(families: Mapping[str, DescribedFamily | None]) -> argparse.Arg
     )
     _per_family(compare, families, add_compare_arguments)
 
-    commands.add_parser("families", help="list the installed task families")
+    families_command = commands.add_parser("families", help="list the installed task families")
+    families_command.set_defaults(subparser=families_command)
 
     bench = commands.add_parser(
         "bench",
@@ -304,7 +315,7 @@ def _per_family(
 
 
 def _unknown_arguments(parser: argparse.ArgumentParser, unknown: Sequence[str]) -> None:
-    """Exit (status 2) with ``parser``'s usage, naming ``unknown`` and the closest flag."""
+    """Exit (status 2) naming ``unknown``, the closest flag and ``parser``'s ``--help``."""
     flags = [f for action in parser._actions for f in action.option_strings]
     message = f"unrecognized arguments: {' '.join(unknown)}"
     close = difflib.get_close_matches(unknown[0].split("=")[0], flags, n=1, cutoff=0.6)
@@ -329,7 +340,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     run is being set up) is one line and status 130, not a traceback of whatever was importing.
     """
     try:
-        return _main(argv)
+        with _one_line_warnings():
+            return _main(argv)
     except KeyboardInterrupt:
         print("metaopt: interrupted", file=sys.stderr)
         return 130
@@ -365,10 +377,13 @@ def _main(argv: Sequence[str] | None) -> int:
                 not in ("command", "family", "quiet", "tensorboard", "resume", "resume_checkpoint")
             }
             from metaopt.training import TensorBoardHooks, progress_to_stderr
+            from metaopt.training.loop import check_iterations_to_train
 
+            if "iterations" in overrides:  # one bound, before the config's check (>= 0)
+                check_iterations_to_train(overrides["iterations"])
             progress = False if args.quiet else None
             hooks = [TensorBoardHooks()] if args.tensorboard else []
-            with _one_line_resume_warnings(), progress_to_stderr(quiet=args.quiet):
+            with progress_to_stderr(quiet=args.quiet):
                 if args.resume is not None:
                     run_dir = resume(
                         args.resume,

@@ -118,7 +118,9 @@ class SineConfig(SupervisedConfig):
         super().validate()
         for name in ("shots", "eval_query", "hidden", "protocol_points"):
             check_int(flag(name), getattr(self, name), 1)
-        for name in ("query", "depth", "grid", "minibatch", "eval_shots", "protocol_steps"):
+        if self.grid != 0:  # one bound: 0, or a grid of at least two points
+            check_int(flag("grid"), self.grid, 2, why=" (or 0: uniform x)")
+        for name in ("query", "depth", "minibatch", "eval_shots", "protocol_steps"):
             check_int(flag(name), getattr(self, name), 0)
         for name in ("amp_min", "phase_min", "phase_max", "x_min", "x_max"):
             check_real(flag(name), getattr(self, name))
@@ -128,8 +130,6 @@ class SineConfig(SupervisedConfig):
         check_real(flag("x_max"), self.x_max, low=self.x_min, low_open=True)
         check_real(flag("protocol_lr"), self.protocol_lr, low=0.0, low_open=True)
         check_choice(flag("activation"), self.activation, ACTIVATION_NAMES)
-        if self.grid == 1:
-            raise ConfigError(f"{flag('grid')} must be 0 (uniform x) or >= 2 points; got 1")
         if self.grid:
             why = f" (the {flag('grid')} {self.grid} points of a task)"
             check_int(flag("shots"), self.shots, 1, self.grid, why)

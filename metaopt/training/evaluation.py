@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +21,7 @@ from metaopt.training.family import ConfigError, EvalRequest, TaskFamily, TrainC
 from metaopt.training.lock import lock_run_dir
 from metaopt.training.registry import get_family
 from metaopt.training.resuming import check_checkpoint
-from metaopt.training.rundir import CHECKPOINT, read_run, write_json
+from metaopt.training.rundir import CHECKPOINT, check_run_dir, read_run, write_json
 from metaopt.training.state import load_algorithm_state
 
 __all__ = ["evaluate_run", "evaluation_summary", "load_run"]
@@ -77,8 +76,8 @@ def evaluate_run(
         raise ConfigError(f"--tasks must be an integer >= 1, got {num_tasks}")
     if steps is not None and (not steps or min(steps) < 0):
         raise ConfigError(f"--steps must be integers >= 0, got {list(steps)}")
-    run_dir = Path(run_dir)
-    with lock_run_dir(run_dir) if run_dir.is_dir() else nullcontext() as lock:
+    run_dir = check_run_dir(Path(run_dir))  # before the lock: a directory not a run, untouched
+    with lock_run_dir(run_dir) as lock:
         if lock is not None:
             remove_temporaries(run_dir)
         return _evaluate_locked(run_dir, num_tasks, steps)

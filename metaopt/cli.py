@@ -103,11 +103,15 @@ def _is_main_process() -> bool:
     return os.environ.get("RANK", "0") == "0"
 
 
-def _load_families() -> tuple[dict[str, TaskFamily], dict[str, str]]:
-    loaded, broken = {}, {}
+def _load_families() -> tuple[dict[str, DescribedFamily], dict[str, str]]:
+    """Each family's description, from its light ``metaopt.family_options`` where it declares
+    them (no torch), else from the family itself; and why a family failed to load."""
+    loaded: dict[str, DescribedFamily] = {}
+    broken = {}
     for name in available_families():
         try:
-            loaded[name] = get_family(name)
+            options = family_options(name)
+            loaded[name] = options if options is not None else get_family(name)
         except Exception as error:  # a broken plug-in must not take the command down
             broken[name] = f"{type(error).__name__}: {error}"
     return loaded, broken
@@ -354,18 +358,18 @@ def _main(argv: Sequence[str] | None) -> int:
     subparser = vars(args).pop("subparser", parser)
     if unknown:  # the subcommand's usage, not the top level's, with the flag it resembles
         _unknown_arguments(subparser, unknown)
+    if args.command == "families":  # from the families' light options: no torch
+        families, broken = _load_families()
+        for name, family in families.items():
+            print(f"{name:10s} {family.description}")
+        for name, why in broken.items():
+            print(f"{name:10s} (failed to load: {why})")
+        return 0
     # The heavy modules load from here on, once the arguments are known to be good.
     from metaopt.training import TrainingInterrupted
     from metaopt.training.lock import RunDirectoryLocked
 
     try:
-        if args.command == "families":
-            families, broken = _load_families()
-            for name, family in families.items():
-                print(f"{name:10s} {family.description}")
-            for name, why in broken.items():
-                print(f"{name:10s} (failed to load: {why})")
-            return 0
         if args.command == "train":
             from metaopt.training import evaluation_summary, resolve_config, resume, train
 

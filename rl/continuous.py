@@ -29,6 +29,7 @@ from typing import Any, NamedTuple, Protocol
 import torch
 from torch import nn
 
+from rl.config import BASELINES
 from rl.estimators import Scores, scored_a2c_loss
 from rl.losses import lambda_returns
 from rl.mdp import check_horizon, check_size
@@ -47,9 +48,6 @@ __all__ = [
     "rollout",
     "with_time",
 ]
-
-#: The advantage baselines :class:`GaussianScorer` offers.
-BASELINES = ("critic", "linear")
 
 #: Observations [..., D] -> (action means [..., A], log-standard-deviations [..., A], values [...]).
 GaussianPolicyFn = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]

@@ -21,7 +21,7 @@ from supervised import classify, omniglot, sine
 from supervised.adaptation import adaptation_curve
 from supervised.batch import TaskBatch
 from supervised.classify import ClassifyConfig
-from supervised.config import CLASSIFY, SINE, SupervisedConfig
+from supervised.config import CLASSIFY, OMNIGLOT, SINE, SupervisedConfig
 from supervised.evaluation import (
     EVAL_STEPS,
     evaluate_learners,
@@ -229,15 +229,10 @@ class ClassifyFamily(SupervisedFamily, options=CLASSIFY):
         return classify.sample_from_config(config, rng, num_tasks, evaluation=split != "train")
 
 
-class OmniglotFamily(SupervisedFamily):
+class OmniglotFamily(SupervisedFamily, options=OMNIGLOT):
     """N-way K-shot Omniglot from a local folder (Lake et al., 2015)."""
 
     name = "omniglot"
-    description = (
-        "N-way K-shot Omniglot from a local folder (images_background/, images_evaluation/)"
-    )
-    config_class = OmniglotConfig
-    presets = omniglot.PRESETS
     metric = "accuracy"
     higher_is_better = True
     eval_chunk = 10  # measured: larger vmapped chunks of conv nets are slower on CPU

@@ -7,7 +7,7 @@ import warnings
 from pathlib import Path
 
 import pytest
-import reliability_helpers  # noqa: F401  (registers the rtoy family)
+import reliability_helpers  # registers the rtoy family
 
 from metaopt.cli import main
 
@@ -200,3 +200,37 @@ def test_every_command_shows_a_warning_as_one_line(
         "metaopt: warning: rates turned negative",
         "metaopt: warning: something of torch's (FutureWarning)",
     ]
+
+
+def test_torch_load_reads_a_checkpoint_and_metaopt_load_checkpoint_checks_it(
+    tmp_path: Path,
+) -> None:
+    """Issue 27: ``torch.load(checkpoint.pt, weights_only=True)`` reads a run's checkpoint as it
+    is; ``metaopt.load_checkpoint`` returns the same, after its checks."""
+    import torch
+
+    import metaopt
+    from metaopt.training.checkpoint import CheckpointError, load_checkpoint
+
+    out = tmp_path / "run"
+    assert main(["train", "rtoy", "--iterations", "2", "--out", str(out), "--quiet"]) == 0
+    path = out / "checkpoint.pt"
+    plain = torch.load(path, weights_only=True)
+    checked = metaopt.load_checkpoint(path)
+    assert metaopt.load_checkpoint is load_checkpoint
+    assert plain["iteration"] == checked["iteration"] == 2
+    reliability_helpers.assert_bitwise_equal(plain, checked)
+    data = path.read_bytes()
+    for cut in (1, 2, 30, 200, len(data) // 2):  # the header is at the end: any cut shows
+        path.write_bytes(data[:-cut])
+        with pytest.raises(CheckpointError, match="is truncated"):
+            load_checkpoint(path)
+
+
+def test_checkpoints_with_the_header_first_still_load() -> None:
+    """tests/fixtures/sine-v0.1.0 was written with the header as the file's first line."""
+    from metaopt.training.checkpoint import load_checkpoint
+
+    path = Path(__file__).parent / "fixtures" / "sine-v0.1.0" / "checkpoint.pt"
+    assert path.read_bytes().startswith(b"METAOPT-CHECKPOINT ")
+    assert load_checkpoint(path)["iteration"] == 3

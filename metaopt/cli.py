@@ -192,9 +192,13 @@ def build_parser(families: Mapping[str, DescribedFamily | None]) -> argparse.Arg
 
     evaluate = commands.add_parser(
         "eval",
-        help="re-run the evaluation of a saved run (rewrites its eval.json and plots)",
+        help="re-run the evaluation of a saved run (its eval.json and plots, or with --tasks or "
+        "--steps new files beside them)",
         description="Re-run the held-out evaluation of a saved run directory and rewrite eval.json "
-        "and its plots.",
+        "and its plots. With --tasks or --steps, evaluate those instead and write "
+        "eval-<tasks>-<steps>.json (e.g. eval-1000-0,1,5.json) and plots named likewise "
+        "(mse_vs_steps-1000-0,1,5.png), leaving the run's eval.json and plots as they were; the "
+        "same flags again rewrite that file.",
     )
     evaluate.set_defaults(subparser=evaluate)
     evaluate.add_argument("run_dir", metavar="RUN_DIR", help="directory written by metaopt train")
@@ -435,7 +439,12 @@ def _main(argv: Sequence[str] | None) -> int:
             with progress_to_stderr():
                 evaluation = evaluate_run(args.run_dir, num_tasks=args.tasks, steps=args.steps)
             if _is_main_process():
+                from metaopt.training.evaluation import evaluation_path, evaluation_tag
+
+                own = args.tasks is None and args.steps is None
+                path = evaluation_path(args.run_dir, "" if own else evaluation_tag(evaluation))
                 print(evaluation_summary(evaluation))
+                print(f"evaluation: {path}")
             return 0
     except ConfigError as error:
         print(f"metaopt: error: {error}", file=sys.stderr)

@@ -257,14 +257,16 @@ class MDPFamily(A2CFamily, options=MDP):
         references = {"random": float(random.mean()), "optimal": float(optimal.mean())}
         return [
             plot_returns(
-                run_dir / "rl_returns.png",
+                results.path(run_dir, "rl_returns.png"),
                 results.metrics,
                 references,
                 config.algo,
                 max_entropy=math.log(config.num_actions),
                 reference_tasks=config.test_tasks,
             ),
-            plot_adaptation(run_dir / "rl_adaptation.png", results.evaluation, config.algo),
+            plot_adaptation(
+                results.path(run_dir, "rl_adaptation.png"), results.evaluation, config.algo
+            ),
         ]
 
     def compare_with_truth(

@@ -208,10 +208,19 @@ class Nav2DFamily(A2CFamily, options=NAV2D):
         config = _nav(config)
         return [
             plot_returns(
-                run_dir / "rl_returns.png", results.metrics, {}, config.algo, family=self.name
+                results.path(run_dir, "rl_returns.png"),
+                results.metrics,
+                {},
+                config.algo,
+                family=self.name,
             ),
             plot_adaptation(
-                run_dir / "rl_adaptation.png", results.evaluation, config.algo, family=self.name
+                results.path(run_dir, "rl_adaptation.png"),
+                results.evaluation,
+                config.algo,
+                family=self.name,
             ),
-            plot_nav2d(run_dir / "nav2d_trajectories.png", self.trajectories(algo, config)),
+            plot_nav2d(
+                results.path(run_dir, "nav2d_trajectories.png"), self.trajectories(algo, config)
+            ),
         ]

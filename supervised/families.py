@@ -133,7 +133,7 @@ class SupervisedFamily(TaskFamily):
         self, algo: MetaLearner, config: Any, run_dir: Path, results: RunResults
     ) -> list[Path]:
         """``<metric>_vs_steps.png``: held-out metric against adaptation steps, with the baseline."""
-        path = Path(run_dir) / f"{self.metric}_vs_steps.png"
+        path = results.path(run_dir, f"{self.metric}_vs_steps.png")
         title = f"{self.name} / {config.algo}: adaptation on held-out tasks"
         return [
             plot_metric_vs_steps(
@@ -168,8 +168,13 @@ class SineFamily(SupervisedFamily, options=SINE):
         rng = np.random.default_rng(config.eval_seed)
         batch = sine.sample_protocol(config, rng, request.tasks(config))
         last = config.protocol_steps
+        # --steps given: exactly those; else the family's up to the protocol's own count.
         steps = request.step_counts(EVAL_STEPS)
-        protocol_steps = sorted({s for s in steps if s <= last} | {last})
+        protocol_steps = (
+            sorted(set(steps))
+            if request.steps is not None
+            else sorted({s for s in steps if s <= last} | {last})
+        )
         block = evaluate_with_sgd(
             algo.model,
             baseline,
@@ -197,7 +202,7 @@ class SineFamily(SupervisedFamily, options=SINE):
         baseline = algo.untrained_baseline(self.baseline(config, run_dir))
         paths.append(
             plot_sine_adaptation(
-                Path(run_dir) / "adaptation.png",
+                results.path(run_dir, "adaptation.png"),
                 algo,
                 task,
                 x_range=(config.x_min, config.x_max),

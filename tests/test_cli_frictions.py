@@ -234,3 +234,64 @@ def test_checkpoints_with_the_header_first_still_load() -> None:
     path = Path(__file__).parent / "fixtures" / "sine-v0.1.0" / "checkpoint.pt"
     assert path.read_bytes().startswith(b"METAOPT-CHECKPOINT ")
     assert load_checkpoint(path)["iteration"] == 3
+
+
+def test_eval_with_other_tasks_or_steps_keeps_the_runs_evaluation(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 27: ``metaopt eval RUN_DIR --tasks N`` writes eval-<N>-<steps>.json and its plots
+    beside the run's, which stay as they were; without the flags eval.json is rewritten."""
+    import json
+
+    from metaopt.training.registry import register_family
+
+    class Plotted(reliability_helpers.RToyFamily):
+        name = "rtoy-plotted"
+
+        def plot(self, algo, config, run_dir, results):  # type: ignore[no-untyped-def]
+            path = results.path(run_dir, "mse_vs_steps.png")
+            path.write_text(json.dumps(results.evaluation))
+            return [path]
+
+    register_family(Plotted)
+    out = tmp_path / "run"
+    assert main(["train", "rtoy-plotted", "--iterations", "2", "--out", str(out), "--quiet"]) == 0
+    own = {name: (out / name).read_bytes() for name in ("eval.json", "mse_vs_steps.png")}
+    curve = (out / "training_curve.png").stat().st_mtime_ns
+    assert json.loads(own["eval.json"])["tasks"] == 5
+    capsys.readouterr()
+
+    assert main(["eval", str(out), "--tasks", "3", "--steps", "0,2"]) == 0
+    assert f"evaluation: {out / 'eval-3-0,2.json'}" in capsys.readouterr().out
+    further = json.loads((out / "eval-3-0,2.json").read_text())
+    assert further["tasks"] == 3 and list(further["by_steps"]) == ["0", "2"]
+    assert json.loads((out / "mse_vs_steps-3-0,2.png").read_text()) == further
+    assert {name: (out / name).read_bytes() for name in own} == own  # the run's, untouched
+    assert (out / "training_curve.png").stat().st_mtime_ns == curve
+
+    assert main(["eval", str(out), "--tasks", "4"]) == 0  # the family's steps: 0 and 1
+    assert (out / "eval-4-0,1.json").is_file() and (out / "eval-3-0,2.json").is_file()
+    assert main(["eval", str(out)]) == 0  # the run's own evaluation again, same numbers
+    assert (out / "eval.json").read_bytes() == own["eval.json"]
+    assert f"evaluation: {out / 'eval.json'}" in capsys.readouterr().out
+
+
+def test_the_sine_protocol_block_follows_steps() -> None:
+    """``--steps`` gives the 10-point protocol exactly those steps (not also --protocol-steps)."""
+    import torch
+
+    from metaopt.training.build import build_algorithm
+    from metaopt.training.config import resolve_config
+    from metaopt.training.family import EvalRequest
+    from metaopt.training.registry import get_family
+
+    family = get_family("sine")
+    values = {**reliability_helpers.CHEAP["sine"], "protocol_steps": 3, "iterations": 1}
+    config = resolve_config(family, values)
+    torch.manual_seed(0)
+    algo = build_algorithm(config, family.make_model(config))
+    baseline = family.make_model(config)
+    asked = family.extra_evaluation(algo, baseline, config, EvalRequest(2, [0, 1, 5]))
+    assert list(asked["protocol_10pt"]["by_steps"]) == ["0", "1", "5"]
+    default = family.extra_evaluation(algo, baseline, config, EvalRequest(2, None))
+    assert list(default["protocol_10pt"]["by_steps"]) == ["0", "1", "3"]

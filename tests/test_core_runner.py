@@ -143,7 +143,7 @@ def test_cli_train_and_eval(tmp_path: Path, capsys) -> None:
     )
     assert "after  1 steps" in capsys.readouterr().out
     assert main(["eval", str(out), "--tasks", "7", "--steps", "0,2"]) == 0
-    evaluation = json.loads((out / "eval.json").read_text())
+    evaluation = json.loads((out / "eval-7-0,2.json").read_text())  # eval.json kept
     assert evaluation["tasks"] == 7 and set(evaluation["by_steps"]) == {"0", "2"}
 
 

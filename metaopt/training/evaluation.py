@@ -24,7 +24,7 @@ from metaopt.training.resuming import check_checkpoint
 from metaopt.training.rundir import CHECKPOINT, check_run_dir, read_run, write_json
 from metaopt.training.state import load_algorithm_state
 
-__all__ = ["evaluate_run", "evaluation_summary", "load_run"]
+__all__ = ["evaluate_run", "evaluation_path", "evaluation_summary", "evaluation_tag", "load_run"]
 
 
 def load_run(run_dir: Path) -> tuple[TaskFamily, TrainConfig, MetaLearner]:
@@ -62,7 +62,9 @@ def evaluate_run(
     run_dir: Path, *, num_tasks: int | None = None, steps: Sequence[int] | None = None
 ) -> dict[str, Any]:
     """Re-run the final evaluation of a saved run and rewrite its ``eval.json`` and plots
-    (atomically: the earlier files survive a failed write).
+    (atomically: the earlier files survive a failed write); with ``num_tasks`` or ``steps``,
+    evaluate those instead and write ``eval-<tasks>-<steps>.json`` and plots named likewise
+    (:func:`evaluation_path`), leaving the run's own evaluation as it was.
 
     Under torchrun, every rank evaluates a share of the held-out tasks and rank 0 writes. Rank 0
     holds the run directory's lock throughout, so no run or resume writes there meanwhile.
@@ -90,18 +92,32 @@ def _evaluate_locked(
     info = distributed.setup(config.dist_backend, config.dist_timeout)
     try:
         apply_threads(config)
-        evaluation = family.evaluate(
-            algo, config, Path(run_dir), EvalRequest(num_tasks, steps, info)
-        )
+        request = EvalRequest(num_tasks, steps, info)
+        evaluation = family.evaluate(algo, config, Path(run_dir), request)
         if info.is_main:
-            write_json(Path(run_dir) / "eval.json", evaluation)
+            own = num_tasks is None and steps is None  # the run's own evaluation
+            tag = "" if own else evaluation_tag(evaluation)
+            write_json(evaluation_path(run_dir, tag), evaluation)
             from metaopt.training.plots import plot_run
 
-            plot_run(family, config, algo, Path(run_dir), evaluation)  # no stale pictures
+            plot_run(family, config, algo, Path(run_dir), evaluation, tag)  # no stale pictures
         distributed.barrier(info)
     finally:
         distributed.teardown(info)
     return evaluation
+
+
+def evaluation_path(run_dir: Path, tag: str = "") -> Path:
+    """Where an evaluation of ``run_dir`` is written: ``eval.json`` for the run's own (``tag``
+    empty), ``eval-<tag>.json`` for one of other tasks or steps (``eval-1000-0,1,5.json``)."""
+    return Path(run_dir) / (f"eval-{tag}.json" if tag else "eval.json")
+
+
+def evaluation_tag(evaluation: dict[str, Any]) -> str:
+    """``"<tasks>-<steps>"`` of an evaluation, as it reports them (``"1000-0,1,5"``): what names
+    the files of an evaluation of other tasks or steps than the run's."""
+    steps = ",".join(str(step) for step in evaluation.get("by_steps", {}))
+    return f"{evaluation.get('tasks')}-{steps}"
 
 
 def evaluation_summary(evaluation: dict[str, Any]) -> str:

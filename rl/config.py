@@ -3,8 +3,8 @@
 This module imports no torch (nor numpy or gymnasium): the ``metaopt`` command describes the
 families' flags from it (the ``metaopt.family_options`` entry points ``MDP`` and ``NAV2D``), so
 ``metaopt train mdp --help`` answers without loading the families. The choices of the settings
-that the torch modules implement live here: :mod:`rl.estimators`, :mod:`rl.continuous` and
-:mod:`rl.policy` take them from this module.
+that the torch modules implement live here: ``rl.estimators``, ``rl.continuous`` and
+``rl.policy`` take them from this module.
 """
 
 from __future__ import annotations
@@ -32,13 +32,13 @@ __all__ = [
     "Nav2DConfig",
 ]
 
-#: The meta-gradient estimators (:mod:`rl.estimators`), by their ``--meta-gradient`` names.
+#: The meta-gradient estimators (``rl.estimators``), by their ``--meta-gradient`` names.
 ESTIMATORS = ("seed", "dice", "lvc")
 
-#: The advantage baselines :class:`rl.continuous.GaussianScorer` offers (``--baseline``).
+#: The advantage baselines ``rl.continuous.GaussianScorer`` offers (``--baseline``).
 BASELINES = ("critic", "linear")
 
-#: Hidden activations by name (:data:`rl.policy.ACTIVATIONS` maps them to modules).
+#: Hidden activations by name (``rl.policy.ACTIVATIONS`` maps them to modules).
 ACTIVATION_NAMES = ("relu", "tanh")
 
 

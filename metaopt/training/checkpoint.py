@@ -5,7 +5,7 @@ archive's comment, at the end of the file::
 
     <torch.save bytes>METAOPT-CHECKPOINT {"format": 2, "bytes": 81234, "sha256": "9f2c..."}
 
-so that ``torch.load(path, weights_only=True)`` reads it as it is, and :func:`load_checkpoint`
+so that ``torch.load(path, weights_only=True)`` reads it as it is, and ``load_checkpoint``
 tells a truncated file (the end, and the header with it, missing), a corrupt one (checksum
 mismatch: ``torch.load`` alone misses most flipped bytes) and one of another format version apart,
 before anything is unpickled; it reads the payload with ``torch.load(weights_only=True)`` too, so a
@@ -169,7 +169,7 @@ def _link_over(source: Path, target: Path) -> None:
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
-    """Load and verify a checkpoint written by :func:`save_checkpoint`: the state it holds (a
+    """Load and verify a checkpoint written by ``save_checkpoint``: the state it holds (a
     dict of tensors, numbers, strings and containers of them; ``torch.load(path,
     weights_only=True)`` reads the same, without the checks).
 

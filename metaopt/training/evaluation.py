@@ -64,7 +64,7 @@ def evaluate_run(
     """Re-run the final evaluation of a saved run and rewrite its ``eval.json`` and plots
     (atomically: the earlier files survive a failed write); with ``num_tasks`` or ``steps``,
     evaluate those instead and write ``eval-<tasks>-<steps>.json`` and plots named likewise
-    (:func:`evaluation_path`), leaving the run's own evaluation as it was.
+    (``evaluation_path``), leaving the run's own evaluation as it was.
 
     Under torchrun, every rank evaluates a share of the held-out tasks and rank 0 writes. Rank 0
     holds the run directory's lock throughout, so no run or resume writes there meanwhile.

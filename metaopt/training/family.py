@@ -121,7 +121,7 @@ class RunResults:
         evaluation: the final evaluation, as written to ``eval.json``.
         tag: ``""`` for the run's own evaluation; for another one (``metaopt eval --tasks N
             --steps S``) what tells its files apart from the run's, ``"<N>-<S>"``: write each
-            figure to :meth:`path`, so that it does not replace the run's.
+            figure to ``path``, so that it does not replace the run's.
     """
 
     metrics: Sequence[Mapping[str, Any]]

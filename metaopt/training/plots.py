@@ -44,7 +44,7 @@ def plot_run(
     from ``evaluation``. Written after training and again by ``metaopt eval``, so the pictures
     always show the ``eval.json`` beside them. With a ``tag`` (an evaluation of other tasks or
     steps, ``eval-<tag>.json``), only the family's, named with the tag
-    (:meth:`~metaopt.training.family.RunResults.path`); the run's own stay as they were."""
+    (``RunResults.path``); the run's own stay as they were."""
     from metaopt.training.family import RunResults
 
     run_dir = Path(run_dir)

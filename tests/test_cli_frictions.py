@@ -74,6 +74,12 @@ def test_argparse_errors_are_one_line_with_a_pointer_to_help(
 
 
 @pytest.mark.parametrize("value", ["-5", "0"])
+def test_scale_gives_iterations_the_bound_of_training(value: str, capsys) -> None:
+    err = _refused(["scale", "sine", "--iterations", value, "--repeats", "1"], capsys)
+    assert f"--iterations must be an integer >= 1 to train, got {value}" in err
+
+
+@pytest.mark.parametrize("value", ["-5", "0"])
 def test_iterations_has_one_bound_for_training(
     value: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

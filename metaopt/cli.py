@@ -360,7 +360,7 @@ def _main(argv: Sequence[str] | None) -> int:
     parser = build_parser(_described_families(argv))
     args, unknown = parser.parse_known_args(argv)
     subparser = vars(args).pop("subparser", parser)
-    if unknown:  # the subcommand's usage, not the top level's, with the flag it resembles
+    if unknown:  # the subcommand's --help, not the top level's, with the flag it resembles
         _unknown_arguments(subparser, unknown)
     if args.command == "families":  # from the families' light options: no torch
         families, broken = _load_families()

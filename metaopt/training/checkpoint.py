@@ -36,6 +36,7 @@ __all__ = [
     "CheckpointError",
     "atomic_write_bytes",
     "encode_checkpoint",
+    "is_temporary",
     "load_checkpoint",
     "previous_path",
     "remove_temporaries",
@@ -100,10 +101,15 @@ def remove_temporaries(directory: Path) -> list[Path]:
     that no live writer's file is removed. Returns what was deleted."""
     removed = []
     for path in Path(directory).iterdir():
-        if path.name.startswith(".") and path.name.endswith(_TEMPORARY) and path.is_file():
+        if is_temporary(path) and path.is_file():
             path.unlink(missing_ok=True)
             removed.append(path)
     return removed
+
+
+def is_temporary(path: Path) -> bool:
+    """Whether ``path`` is named as the temporary files of ``atomic_write_bytes`` are."""
+    return path.name.startswith(".") and path.name.endswith(_TEMPORARY)
 
 
 def _fsync_directory(directory: Path) -> None:

@@ -28,7 +28,7 @@ from typing import Any, NoReturn
 import numpy as np
 import torch
 
-from metaopt.training.checkpoint import atomic_write_bytes, remove_temporaries
+from metaopt.training.checkpoint import atomic_write_bytes, is_temporary, remove_temporaries
 from metaopt.training.family import ConfigError, TaskFamily, TrainConfig
 from metaopt.training.lock import LOCK_FILE, RunLock
 
@@ -131,7 +131,7 @@ def new_run_dir(family: TaskFamily, config: TrainConfig, world_size: int, owned:
 
 def _leftover(entry: Path) -> bool:
     """A file an empty run directory may hold: a stale lock, or a killed writer's temporary."""
-    return entry.name == LOCK_FILE or (entry.name.startswith(".") and entry.name.endswith(".tmp"))
+    return entry.name == LOCK_FILE or is_temporary(entry)
 
 
 def _refuse_not_empty(path: Path) -> NoReturn:

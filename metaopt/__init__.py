@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from metaopt.stats import mean_ci95
     from metaopt.task import BatchedTasks, Task
     from metaopt.training import TaskFamily, TrainConfig
+    from metaopt.training.checkpoint import load_checkpoint
 
 __version__ = "0.1.0"
 
@@ -59,6 +60,7 @@ __getattr__ = lazy_exports(
         "Task": "metaopt.task",
         "TaskFamily": "metaopt.training",
         "TrainConfig": "metaopt.training",
+        "load_checkpoint": "metaopt.training.checkpoint",
     },
 )
 
@@ -81,5 +83,6 @@ __all__ = [
     "isolated",
     "learned_rate_sgd",
     "linear_annealing",
+    "load_checkpoint",
     "mean_ci95",
 ]

@@ -27,6 +27,7 @@ import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import NoReturn
 
 import metaopt
 from metaopt.training.config import add_config_arguments
@@ -77,21 +78,22 @@ DescribedFamily = FamilyOptions | TaskFamily
 
 
 @contextmanager
-def _one_line_resume_warnings() -> Iterator[None]:
-    """Show a `ResumeWarning` or `NegativeRateWarning` as one ``metaopt: warning:``
-    line; others as Python does."""
-    from metaopt.algorithms import NegativeRateWarning
-    from metaopt.training import ResumeWarning
-
-    show = warnings.showwarning
+def _one_line_warnings() -> Iterator[None]:
+    """Every warning a command raises as one ``metaopt: warning:`` line on stderr: the message,
+    and the category where it is not metaopt's own (no file path, no source line). The one
+    place the command shows warnings, for every subcommand."""
 
     def one_line(message, category, filename, lineno, file=None, line=None):  # type: ignore[no-untyped-def]
-        if issubclass(category, (ResumeWarning, NegativeRateWarning)):
-            print(f"metaopt: warning: {message}", file=sys.stderr)
-        else:
-            show(message, category, filename, lineno, file, line)
+        own = category.__module__.split(".")[0] == "metaopt" or category is UserWarning
+        text = " ".join(str(message).split())
+        if not own:
+            text += f" ({category.__name__})"
+        try:
+            print(f"metaopt: warning: {text}", file=sys.stderr if file is None else file)
+        except OSError:  # no stderr to write to: as Python's own showwarning, say nothing
+            pass
 
-    with warnings.catch_warnings():
+    with warnings.catch_warnings():  # restores Python's showwarning after the command
         warnings.showwarning = one_line
         yield
 
@@ -101,11 +103,15 @@ def _is_main_process() -> bool:
     return os.environ.get("RANK", "0") == "0"
 
 
-def _load_families() -> tuple[dict[str, TaskFamily], dict[str, str]]:
-    loaded, broken = {}, {}
+def _load_families() -> tuple[dict[str, DescribedFamily], dict[str, str]]:
+    """Each family's description, from its light ``metaopt.family_options`` where it declares
+    them (no torch), else from the family itself; and why a family failed to load."""
+    loaded: dict[str, DescribedFamily] = {}
+    broken = {}
     for name in available_families():
         try:
-            loaded[name] = get_family(name)
+            options = family_options(name)
+            loaded[name] = options if options is not None else get_family(name)
         except Exception as error:  # a broken plug-in must not take the command down
             broken[name] = f"{type(error).__name__}: {error}"
     return loaded, broken
@@ -126,10 +132,18 @@ def _described_families(argv: Sequence[str]) -> dict[str, DescribedFamily | None
     return described
 
 
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line and a pointer to ``--help`` (status 2), as
+    every other refusal of the command; its subcommands' parsers are of this class too."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"metaopt: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser(families: Mapping[str, DescribedFamily | None]) -> argparse.ArgumentParser:
     """The ``metaopt`` parser; ``families`` maps each name to its options (``None``: listed by
     name only, with no flags: the family is imported when it is named)."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="metaopt",
         description="Meta-learning with MAML, first-order MAML, Meta-SGD and Reptile on TorchOpt.",
     )
@@ -178,14 +192,18 @@ def build_parser(families: Mapping[str, DescribedFamily | None]) -> argparse.Arg
 
     evaluate = commands.add_parser(
         "eval",
-        help="re-run the evaluation of a saved run (rewrites its eval.json and plots)",
+        help="re-run the evaluation of a saved run (its eval.json and plots, or with --tasks or "
+        "--steps new files beside them)",
         description="Re-run the held-out evaluation of a saved run directory and rewrite eval.json "
-        "and its plots.",
+        "and its plots. With --tasks or --steps, evaluate those instead and write "
+        "eval-<tasks>-<steps>.json (e.g. eval-1000-0,1,5.json) and plots named likewise "
+        "(mse_vs_steps-1000-0,1,5.png), leaving the run's eval.json and plots as they were; the "
+        "same flags again rewrite that file.",
     )
     evaluate.set_defaults(subparser=evaluate)
     evaluate.add_argument("run_dir", metavar="RUN_DIR", help="directory written by metaopt train")
     evaluate.add_argument(
-        "--tasks", type=int, default=None, help="held-out tasks (default: the run's)"
+        "--tasks", type=_positive_int, default=None, help="held-out tasks (default: the run's)"
     )
     evaluate.add_argument(
         "--steps",
@@ -207,7 +225,8 @@ def build_parser(families: Mapping[str, DescribedFamily | None]) -> argparse.Arg
     )
     _per_family(compare, families, add_compare_arguments)
 
-    commands.add_parser("families", help="list the installed task families")
+    families_command = commands.add_parser("families", help="list the installed task families")
+    families_command.set_defaults(subparser=families_command)
 
     bench = commands.add_parser(
         "bench",
@@ -304,7 +323,7 @@ def _per_family(
 
 
 def _unknown_arguments(parser: argparse.ArgumentParser, unknown: Sequence[str]) -> None:
-    """Exit (status 2) with ``parser``'s usage, naming ``unknown`` and the closest flag."""
+    """Exit (status 2) naming ``unknown``, the closest flag and ``parser``'s ``--help``."""
     flags = [f for action in parser._actions for f in action.option_strings]
     message = f"unrecognized arguments: {' '.join(unknown)}"
     close = difflib.get_close_matches(unknown[0].split("=")[0], flags, n=1, cutoff=0.6)
@@ -329,7 +348,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     run is being set up) is one line and status 130, not a traceback of whatever was importing.
     """
     try:
-        return _main(argv)
+        with _one_line_warnings():
+            return _main(argv)
     except KeyboardInterrupt:
         print("metaopt: interrupted", file=sys.stderr)
         return 130
@@ -340,20 +360,20 @@ def _main(argv: Sequence[str] | None) -> int:
     parser = build_parser(_described_families(argv))
     args, unknown = parser.parse_known_args(argv)
     subparser = vars(args).pop("subparser", parser)
-    if unknown:  # the subcommand's usage, not the top level's, with the flag it resembles
+    if unknown:  # the subcommand's --help, not the top level's, with the flag it resembles
         _unknown_arguments(subparser, unknown)
+    if args.command == "families":  # from the families' light options: no torch
+        families, broken = _load_families()
+        for name, family in families.items():
+            print(f"{name:10s} {family.description}")
+        for name, why in broken.items():
+            print(f"{name:10s} (failed to load: {why})")
+        return 0
     # The heavy modules load from here on, once the arguments are known to be good.
     from metaopt.training import TrainingInterrupted
     from metaopt.training.lock import RunDirectoryLocked
 
     try:
-        if args.command == "families":
-            families, broken = _load_families()
-            for name, family in families.items():
-                print(f"{name:10s} {family.description}")
-            for name, why in broken.items():
-                print(f"{name:10s} (failed to load: {why})")
-            return 0
         if args.command == "train":
             from metaopt.training import evaluation_summary, resolve_config, resume, train
 
@@ -365,10 +385,13 @@ def _main(argv: Sequence[str] | None) -> int:
                 not in ("command", "family", "quiet", "tensorboard", "resume", "resume_checkpoint")
             }
             from metaopt.training import TensorBoardHooks, progress_to_stderr
+            from metaopt.training.loop import check_iterations_to_train
 
+            if "iterations" in overrides:  # one bound, before the config's check (>= 0)
+                check_iterations_to_train(overrides["iterations"])
             progress = False if args.quiet else None
             hooks = [TensorBoardHooks()] if args.tensorboard else []
-            with _one_line_resume_warnings(), progress_to_stderr(quiet=args.quiet):
+            with progress_to_stderr(quiet=args.quiet):
                 if args.resume is not None:
                     run_dir = resume(
                         args.resume,
@@ -416,7 +439,12 @@ def _main(argv: Sequence[str] | None) -> int:
             with progress_to_stderr():
                 evaluation = evaluate_run(args.run_dir, num_tasks=args.tasks, steps=args.steps)
             if _is_main_process():
+                from metaopt.training.evaluation import evaluation_path, evaluation_tag
+
+                own = args.tasks is None and args.steps is None
+                path = evaluation_path(args.run_dir, "" if own else evaluation_tag(evaluation))
                 print(evaluation_summary(evaluation))
+                print(f"evaluation: {path}")
             return 0
     except ConfigError as error:
         print(f"metaopt: error: {error}", file=sys.stderr)

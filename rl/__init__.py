@@ -9,27 +9,63 @@
 * `rl.family`: ``metaopt train mdp``.
 """
 
-from rl.env import ENV_ID, TabularMDPEnv, register
-from rl.losses import a2c_loss, lambda_returns, trajectory_a2c_loss
-from rl.mdp import (
-    TabularMDP,
-    TabularMDPBatch,
-    normalized_score,
-    optimal_q_values,
-    optimal_return,
-    random_policy_return,
-    sample_mdps,
+from typing import TYPE_CHECKING
+
+from metaopt._lazy import lazy_exports
+
+if TYPE_CHECKING:
+    from rl.env import ENV_ID, TabularMDPEnv, register
+    from rl.losses import a2c_loss, lambda_returns, trajectory_a2c_loss
+    from rl.mdp import (
+        TabularMDP,
+        TabularMDPBatch,
+        normalized_score,
+        optimal_q_values,
+        optimal_return,
+        random_policy_return,
+        sample_mdps,
+    )
+    from rl.policy import CategoricalMLPPolicy
+    from rl.sampler import (
+        MDPTensors,
+        SamplingNoise,
+        Trajectories,
+        policy_table,
+        sample_trajectories,
+        simulate,
+    )
+    from rl.task import A2CSettings, MDPTask, MDPTaskBatch
+
+# Imported on first use (metaopt._lazy): rl.config, which the command line reads for the
+# families' flags, is a submodule of this package and must not import torch with it.
+__getattr__ = lazy_exports(
+    __name__,
+    {
+        "ENV_ID": "rl.env",
+        "TabularMDPEnv": "rl.env",
+        "register": "rl.env",
+        "a2c_loss": "rl.losses",
+        "lambda_returns": "rl.losses",
+        "trajectory_a2c_loss": "rl.losses",
+        "TabularMDP": "rl.mdp",
+        "TabularMDPBatch": "rl.mdp",
+        "normalized_score": "rl.mdp",
+        "optimal_q_values": "rl.mdp",
+        "optimal_return": "rl.mdp",
+        "random_policy_return": "rl.mdp",
+        "sample_mdps": "rl.mdp",
+        "CategoricalMLPPolicy": "rl.policy",
+        "MDPTensors": "rl.sampler",
+        "SamplingNoise": "rl.sampler",
+        "Trajectories": "rl.sampler",
+        "policy_table": "rl.sampler",
+        "sample_trajectories": "rl.sampler",
+        "simulate": "rl.sampler",
+        "A2CSettings": "rl.task",
+        "MDPTask": "rl.task",
+        "MDPTaskBatch": "rl.task",
+    },
 )
-from rl.policy import CategoricalMLPPolicy
-from rl.sampler import (
-    MDPTensors,
-    SamplingNoise,
-    Trajectories,
-    policy_table,
-    sample_trajectories,
-    simulate,
-)
-from rl.task import A2CSettings, MDPTask, MDPTaskBatch
 
 __all__ = [
     "ENV_ID",

@@ -31,6 +31,7 @@ from typing import Any, NamedTuple, Protocol
 import torch
 from torch import nn
 
+from rl.config import BASELINES
 from rl.estimators import Scores, scored_a2c_loss
 from rl.losses import lambda_returns
 from rl.mdp import check_horizon, check_size
@@ -49,9 +50,6 @@ __all__ = [
     "rollout",
     "with_time",
 ]
-
-#: The advantage baselines `GaussianScorer` offers.
-BASELINES = ("critic", "linear")
 
 #: Observations [..., D] -> (action means [..., A], log-standard-deviations [..., A], values [...]).
 GaussianPolicyFn = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
@@ -113,6 +111,7 @@ class GaussianMLPPolicy(nn.Module):
         self.log_std = nn.Parameter(torch.full((action_dim,), float(init_log_std)))
 
     def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        obs = obs.to(self.mean_head.weight.dtype)  # the sampler follows the policy's dtype
         observed = obs[..., :-1] if self.critic_time else obs
         features = self.torso(observed)
         critic = features if self.value_torso is None else self.value_torso(obs)
@@ -216,9 +215,11 @@ def rollout(
         for step in range(horizon):
             obs = dynamics.observe(states)
             mean, log_std, _ = policy(with_time(obs, step, horizon) if time_feature else obs)
+            if step == 0:  # the episodes follow the policy's dtype (the noise's as drawn)
+                states, alive, obs = states.to(mean.dtype), alive.to(mean.dtype), obs.to(mean.dtype)
             ok = torch.isfinite(mean).flatten(1).all(1) & torch.isfinite(log_std).flatten(1).all(1)
             finite = finite & ok
-            action = mean + log_std.exp() * noise.normal[step]
+            action = mean + log_std.exp() * noise.normal[step].to(mean.dtype)
             action = torch.where(ok.view(t, 1, 1), action, 0.0)
             following, reward, terminal = dynamics.step(states, action)
             observations.append(obs)

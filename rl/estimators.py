@@ -50,6 +50,7 @@ from typing import Any, NamedTuple, Protocol
 
 import torch
 
+from rl.config import ESTIMATORS
 from rl.losses import (
     a2c_objective,
     lambda_returns,
@@ -73,8 +74,6 @@ __all__ = [
     "scored_a2c_loss",
     "support_objective",
 ]
-
-ESTIMATORS = ("seed", "dice", "lvc")
 
 
 class Scores(NamedTuple):

@@ -23,8 +23,7 @@ ten inner steps at lr 10, dice); docs/results.md has what each achieves.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -35,15 +34,12 @@ from torch import nn
 from metaopt.algorithms import MetaLearner
 from metaopt.training.distributed import DistInfo, map_tasks
 from metaopt.training.family import (
-    ConfigError,
     EvalRequest,
     RunResults,
     TaskFamily,
     TrainConfig,
-    flag,
-    option,
 )
-from rl.estimators import ESTIMATORS
+from rl.config import MDP, A2CConfig, MDPConfig
 from rl.evaluation import (
     INTERVAL,
     adaptation_returns,
@@ -60,7 +56,7 @@ from rl.mdp import (
     sample_mdps,
 )
 from rl.policy import CategoricalMLPPolicy
-from rl.task import A2CSettings, MDPTaskBatch, RLTaskBatch
+from rl.task import MDPTaskBatch, RLTaskBatch
 
 if TYPE_CHECKING:
     from metaopt.training.family import TruthRequest
@@ -77,118 +73,6 @@ _SAMPLING_STREAM = 0x5A3E
 
 #: A family's own config class (`config_as`).
 C = TypeVar("C", bound=TrainConfig)
-
-
-@dataclass
-class A2CConfig(TrainConfig):
-    """Settings every actor-critic meta-RL family shares (the ``mdp`` family's defaults)."""
-
-    inner_lr: float = option(0.1)
-    meta_batch: int = option(40)
-    threads: int = option(
-        1, "torch intra-op threads (0: torch's default); tiny models run fastest on 1"
-    )
-    iterations: int = option(500)
-    eval_every: int = option(
-        50, "evaluate on the held-out test tasks every N iterations (0: never)"
-    )
-    eval_tasks: int = option(1000)
-    horizon: int = option(10, "steps per episode (episodes are truncated, values bootstrap)")
-    trajectories: int = option(20, "episodes sampled per task for each loss")
-    gamma: float = option(0.99, "discount γ of the λ-returns")
-    gae_lambda: float = option(0.95, "λ of the λ-returns / GAE (0: one-step TD, 1: Monte Carlo)")
-    value_coef: float = option(0.5, "weight of the squared-advantage (critic) term of the A2C loss")
-    entropy_coef: float = option(0.0, "weight of the entropy bonus of the A2C loss")
-    meta_gradient: str = option(
-        "dice",
-        "meta-gradient estimator: dice (unbiased: policy-gradient query loss with DiCE's term for "
-        "the support sampling), seed (TorchOpt's example: A2C losses, no sampling term; "
-        "--preset seed) or lvc (ProMP's low-variance curvature)",
-    )
-    hidden_sizes: tuple[int, ...] = option((32, 32), "hidden-layer widths of the policy's torso")
-    shared_torso: bool = option(
-        True,
-        "policy and value heads share one torso (as TorchOpt's MAML-RL example); "
-        "--no-shared-torso: one each",
-    )
-    test_tasks: int = option(200, "held-out tasks of the periodic evaluation (from eval_seed)")
-
-    def activation_elements(self) -> int:
-        """Two losses (support and query) over ``trajectories`` episodes of ``horizon`` steps,
-        each step with its observation, action, reward, value and two numbers per hidden unit
-        (pre- and post-activation, policy and critic)."""
-        steps = 2 * self.trajectories * self.horizon
-        return steps * (8 + 4 * sum(self.hidden_sizes))
-
-    def validate(self) -> None:
-        super().validate()
-        if self.algo == "imaml":  # its CG solve needs one fixed support loss per task
-            raise ConfigError(
-                "--algo imaml is not available for RL families: its implicit gradient "
-                "re-evaluates the support loss, which samples new trajectories at every call, so "
-                "the linear system it solves would change under it"
-            )
-        if self.unroll_checkpoints is not None:  # it recomputes the support losses
-            raise ConfigError(
-                "--unroll-checkpoints is not available for RL families: the backward pass "
-                "recomputes the inner steps' support losses, which sample new trajectories at "
-                "every call"
-            )
-        for name in ("horizon", "trajectories", "test_tasks"):
-            _check_int(name, getattr(self, name), 1)
-        for name in ("gamma", "gae_lambda"):
-            _check_real(name, getattr(self, name), 0.0, 1.0)
-        for name in ("value_coef", "entropy_coef"):
-            _check_real(name, getattr(self, name), 0.0, None)
-        if self.meta_gradient not in ESTIMATORS:
-            raise ConfigError(
-                f"--meta-gradient must be one of {', '.join(ESTIMATORS)}; got {self.meta_gradient!r}"
-            )
-        if not isinstance(self.hidden_sizes, tuple) or not all(
-            isinstance(h, int) and not isinstance(h, bool) and h >= 1 for h in self.hidden_sizes
-        ):
-            raise ConfigError(
-                f"--hidden-sizes must be comma-separated integers >= 1, got {self.hidden_sizes!r}"
-            )
-
-    def a2c_settings(self) -> A2CSettings:
-        return A2CSettings(
-            trajectories=self.trajectories,
-            horizon=self.horizon,
-            gamma=self.gamma,
-            gae_lambda=self.gae_lambda,
-            value_coef=self.value_coef,
-            entropy_coef=self.entropy_coef,
-            meta_gradient=self.meta_gradient,
-        )
-
-
-@dataclass
-class MDPConfig(A2CConfig):
-    """``metaopt train mdp`` settings; the hyper-parameters are those of TorchOpt's MAML-RL
-    example, the estimator is ``dice``."""
-
-    meta_batch: int = option(40, "tasks (MDPs) per meta-iteration")
-    num_states: int = option(10, "states S of each random MDP")
-    num_actions: int = option(5, "actions A of each random MDP")
-
-    def validate(self) -> None:
-        super().validate()
-        for name in ("num_states", "num_actions"):
-            _check_int(name, getattr(self, name), 1)
-
-
-def _check_int(name: str, value: object, low: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ConfigError(f"{flag(name)} must be an integer >= {low}, got {value!r}")
-
-
-def _check_real(name: str, value: object, low: float, high: float | None) -> None:
-    ok = isinstance(value, int | float) and not isinstance(value, bool) and np.isfinite(value)
-    ok = ok and low <= value and (high is None or value <= high)  # type: ignore[operator]
-    if not ok:
-        allowed = f"in [{low:g}, {high:g}]" if high is not None else f"a finite number >= {low:g}"
-        raise ConfigError(f"{flag(name)} must be {allowed}, got {value!r}")
 
 
 class A2CFamily(TaskFamily):
@@ -297,33 +181,10 @@ def _a2c(config: TrainConfig) -> A2CConfig:
     return config_as(config, A2CConfig, "an actor-critic family")
 
 
-class MDPFamily(A2CFamily):
+class MDPFamily(A2CFamily, options=MDP):
     """Random tabular MDPs (RL², Duan et al. 2016) meta-learned with an A2C inner loss."""
 
     name = "mdp"
-    description = (
-        "meta-RL on random tabular MDPs (10 states, 5 actions; TorchOpt's MAML-RL setting)"
-    )
-    config_class = MDPConfig
-    presets: Mapping[str, Mapping[str, Any]] = {
-        # TorchOpt's MAML-RL example exactly: the default hyper-parameters with its estimator.
-        "seed": {"meta_gradient": "seed"},
-        # Chosen on a sweep of inner lr {0.1, 0.3, 0.5, 1}, inner steps {1, 2, 3} and
-        # trajectories {20, 40} (docs/results.md), with the MAML-RL example's estimator: stable
-        # for all four algorithms.
-        "tuned": {"inner_steps": 2, "inner_lr": 0.5, "meta_gradient": "seed"},
-        # A tabular actor-critic (no hidden layer: logits and values are per-state tables), whose
-        # inner SGD steps can be large without interference between states.
-        "tabular": {
-            "hidden_sizes": (),
-            "inner_steps": 3,
-            "inner_lr": 10.0,
-            "meta_gradient": "seed",
-        },
-        # The best gradient-based configuration found (docs/results.md): the tabular
-        # actor-critic adapted by ten inner steps of 20 episodes each, the dice estimator.
-        "tabular10": {"hidden_sizes": (), "inner_steps": 10, "inner_lr": 10.0},
-    }
     metric = "return"
     higher_is_better = True
     eval_steps = EVAL_STEPS
@@ -397,14 +258,16 @@ class MDPFamily(A2CFamily):
         references = {"random": float(random.mean()), "optimal": float(optimal.mean())}
         return [
             plot_returns(
-                run_dir / "rl_returns.png",
+                results.path(run_dir, "rl_returns.png"),
                 results.metrics,
                 references,
                 config.algo,
                 max_entropy=math.log(config.num_actions),
                 reference_tasks=config.test_tasks,
             ),
-            plot_adaptation(run_dir / "rl_adaptation.png", results.evaluation, config.algo),
+            plot_adaptation(
+                results.path(run_dir, "rl_adaptation.png"), results.evaluation, config.algo
+            ),
         ]
 
     def compare_with_truth(

@@ -22,7 +22,6 @@ held-out goals, of the three policies.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,15 +30,14 @@ import torch
 from torch import nn
 
 from metaopt.algorithms import MetaLearner
-from metaopt.options import check_choice
 from metaopt.training.distributed import DistInfo, on_main
-from metaopt.training.family import ConfigError, EvalRequest, RunResults, TrainConfig, option
+from metaopt.training.family import EvalRequest, RunResults, TrainConfig
 from metaopt.trust_region import TrustRegionSettings
-from rl.continuous import BASELINES, GaussianMLPPolicy, GaussianNoise
+from rl.config import NAV2D, Nav2DConfig
+from rl.continuous import GaussianMLPPolicy, GaussianNoise
 from rl.evaluation import INTERVAL, curve_summary
-from rl.family import A2CConfig, A2CFamily, _check_int, _check_real, config_as
+from rl.family import A2CFamily, config_as
 from rl.nav2d import Nav2DTaskBatch, sample_goals
-from rl.policy import ACTIVATIONS
 from rl.trust_region import MetaPolicyRegion
 
 __all__ = ["EVAL_STEPS", "Nav2DConfig", "Nav2DFamily"]
@@ -54,138 +52,14 @@ _SAMPLING_STREAM = 0x2D5A
 _PRETRAIN_STREAM = 0x2D97
 
 
-@dataclass
-class Nav2DConfig(A2CConfig):
-    """``metaopt train nav2d`` settings (the paper's where it gives them; see the module). The
-    defaults it shares with the tabular family are the paper's too: 20 episodes per goal for each
-    loss, an evaluation every 50 iterations."""
-
-    meta_batch: int = option(20, "goals per meta-iteration (the paper's and pytorch-maml-rl's)")
-    iterations: int = option(300, "meta-iterations (outer steps)")
-    outer_lr: float = option(3e-3)
-    anneal: bool = option(
-        True,
-        "anneal Adam's outer learning rate linearly to 0 (--no-anneal: constant; at 3e-3 the "
-        "policy walks off the plane after about 270 iterations)",
-    )
-    eval_tasks: int = option(400, "held-out goals in the final evaluation")
-    horizon: int = option(100, "steps per episode (the paper's 100)")
-    gae_lambda: float = option(1.0)  # Monte Carlo returns, as pytorch-maml-rl
-    meta_gradient: str = option(
-        "seed",
-        "meta-gradient estimator: seed (A2C losses with standardised advantages, no sampling "
-        "term: pytorch-maml-rl's MAML-TRPO objective), dice (unbiased: policy-gradient query "
-        "loss with DiCE's term for the support sampling) or lvc (ProMP's low-variance curvature)",
-    )
-    hidden_sizes: tuple[int, ...] = option((64, 64), "hidden-layer widths of policy and critic")
-    activation: str = option(
-        "relu", "hidden activation of policy and critic: relu (the paper's) or tanh"
-    )
-    shared_torso: bool = option(False, "policy and critic share one torso (default: one each)")
-    test_tasks: int = option(100, "held-out goals of the periodic evaluation")
-    init_log_std: float = option(
-        -1.0,
-        "initial log-standard-deviation of the Gaussian policy (σ ≈ 0.37; the speed limit is 0.1)",
-    )
-    normalize_advantages: bool = option(
-        True, "standardise the A2C policy term's advantages per goal (--no-normalize-advantages)"
-    )
-    baseline: str = option(
-        "linear",
-        "what the advantages subtract: linear (a linear feature baseline fitted per goal to its "
-        "episodes, pytorch-maml-rl's) or critic (the value head; give it a --value-coef)",
-    )
-    value_coef: float = option(
-        0.0,
-        "weight of the squared-advantage (critic) term of the A2C loss (0: the critic is not "
-        "trained; the linear baseline does not use it)",
-    )
-    critic_time: bool = option(
-        False,
-        "the critic also sees the fraction of the episode elapsed (the returns-to-go shrink "
-        "with the time left, which the position does not tell); needs --no-shared-torso",
-    )
-    pretrain_iterations: int = option(
-        200, "A2C steps (Adam at --outer-lr) that make the pretrained baseline"
-    )
-    outer_optimizer: str = option(
-        "auto",
-        "outer optimiser: adam, sgd, trpo (MAML-TRPO, the paper's: a trust-region step of the "
-        "policy's parameters, --max-kl, the critic's by Adam at --outer-lr) "
-        "or auto (trpo where it applies: not for reptile, a --meta-gradient other than seed or "
-        "--shared-torso, where it is adam)",
-    )
-    max_kl: float = option(0.01, "trpo: largest mean KL of the adapted policies one step may reach")
-    cg_steps: int = option(10, "trpo: conjugate-gradient iterations of the step's direction")
-    cg_damping: float = option(1e-5, "trpo: damping added to the Fisher-vector products")
-    line_search_steps: int = option(15, "trpo: backtracking line-search candidates tried at most")
-    line_search_ratio: float = option(0.8, "trpo: each candidate step is this times the last")
-
-    OUTER_OPTIMIZERS = ("auto", "adam", "sgd", "trpo")
-    RESUMABLE = (*A2CConfig.RESUMABLE, "test_tasks", "pretrain_iterations")
-
-    def validate(self) -> None:
-        super().validate()
-        _check_int("pretrain_iterations", self.pretrain_iterations, 0)
-        _check_real("init_log_std", self.init_log_std, -10.0, 10.0)
-        if self.critic_time and self.shared_torso:
-            raise ConfigError(
-                "--critic-time needs the critic's own torso: it cannot be used with --shared-torso"
-            )
-        _check_real("max_kl", self.max_kl, 1e-12, None)
-        _check_real("cg_damping", self.cg_damping, 0.0, None)
-        _check_int("line_search_steps", self.line_search_steps, 1)
-        _check_real("line_search_ratio", self.line_search_ratio, 1e-6, 1 - 1e-6)
-        if self.outer_optimizer == "trpo":
-            refusal = self._trpo_refusal()
-            if refusal is not None:
-                raise ConfigError(f"--outer-optimizer trpo: {refusal}")
-        for name, allowed in (("baseline", BASELINES), ("activation", tuple(ACTIVATIONS))):
-            check_choice(f"--{name}", getattr(self, name), allowed)
-
-    def _trpo_refusal(self) -> str | None:
-        """Why the trust-region step does not apply to these settings (``None``: it does)."""
-        if self.algo == "reptile":
-            return "--algo reptile has no meta-objective to differentiate (use maml, fomaml or metasgd)"
-        if self.meta_gradient != "seed":
-            return (
-                "it needs --meta-gradient seed (its line search re-scores the query episodes "
-                f"with the A2C loss), got {self.meta_gradient!r}"
-            )
-        if self.shared_torso:
-            return (
-                "it needs --no-shared-torso (with one torso the critic's loss moves the "
-                "policy's features outside the trust region)"
-            )
-        return None
-
-    @property
-    def outer_step(self) -> str:
-        """``auto``: trpo where it applies, else adam."""
-        if self.outer_optimizer != "auto":
-            return self.outer_optimizer
-        return "trpo" if self._trpo_refusal() is None else "adam"
-
-    def trust_region_settings(self) -> TrustRegionSettings:
-        return TrustRegionSettings(
-            self.max_kl,
-            self.cg_steps,
-            self.cg_damping,
-            self.line_search_steps,
-            self.line_search_ratio,
-        )
-
-
 def _nav(config: TrainConfig) -> Nav2DConfig:
     return config_as(config, Nav2DConfig, "the nav2d family")
 
 
-class Nav2DFamily(A2CFamily):
+class Nav2DFamily(A2CFamily, options=NAV2D):
     """MAML's 2-D navigation: reach a goal in the plane, a Gaussian policy."""
 
     name = "nav2d"
-    description = "meta-RL 2-D navigation to a goal (MAML's continuous-control demo)"
-    config_class = Nav2DConfig
     metric = "return"
     higher_is_better = True
     eval_steps = EVAL_STEPS
@@ -334,10 +208,19 @@ class Nav2DFamily(A2CFamily):
         config = _nav(config)
         return [
             plot_returns(
-                run_dir / "rl_returns.png", results.metrics, {}, config.algo, family=self.name
+                results.path(run_dir, "rl_returns.png"),
+                results.metrics,
+                {},
+                config.algo,
+                family=self.name,
             ),
             plot_adaptation(
-                run_dir / "rl_adaptation.png", results.evaluation, config.algo, family=self.name
+                results.path(run_dir, "rl_adaptation.png"),
+                results.evaluation,
+                config.algo,
+                family=self.name,
             ),
-            plot_nav2d(run_dir / "nav2d_trajectories.png", self.trajectories(algo, config)),
+            plot_nav2d(
+                results.path(run_dir, "nav2d_trajectories.png"), self.trajectories(algo, config)
+            ),
         ]

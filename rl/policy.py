@@ -41,6 +41,7 @@ class CategoricalMLPPolicy(nn.Module):
         self.value_head = nn.Linear(width, 1)
 
     def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        obs = obs.to(self.policy_head.weight.dtype)  # the samplers follow the policy's dtype
         features = self.torso(obs)
         critic = features if self.value_torso is None else self.value_torso(obs)
         return self.policy_head(features), self.value_head(critic).squeeze(-1)

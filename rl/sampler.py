@@ -248,6 +248,7 @@ def simulate(policy: PolicyFn, mdps: MDPTensors, noise: SamplingNoise) -> Trajec
         next_states = pairs % s
         states = torch.cat([torch.zeros_like(next_states[:1]), next_states[:-1]])
         task = torch.arange(t, device=device).view(1, t, 1)
-        rewards = means[task, states, actions] + noise.normal
+        # In the policy's dtype (its logits'), whatever the tasks' and the noise's.
+        rewards = means.to(logits.dtype)[task, states, actions] + noise.normal.to(logits.dtype)
         rewards = torch.where(finite.view(1, t, 1), rewards, torch.nan)
     return Trajectories(states, actions, rewards, next_states)

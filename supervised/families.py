@@ -22,7 +22,7 @@ from supervised import classify, omniglot, sine
 from supervised.adaptation import adaptation_curve
 from supervised.batch import TaskBatch
 from supervised.classify import ClassifyConfig
-from supervised.config import CLASSIFY, SINE, SupervisedConfig
+from supervised.config import CLASSIFY, OMNIGLOT, SINE, SupervisedConfig
 from supervised.evaluation import (
     EVAL_STEPS,
     evaluate_learners,
@@ -134,7 +134,7 @@ class SupervisedFamily(TaskFamily):
         self, algo: MetaLearner, config: Any, run_dir: Path, results: RunResults
     ) -> list[Path]:
         """``<metric>_vs_steps.png``: held-out metric against adaptation steps, with the baseline."""
-        path = Path(run_dir) / f"{self.metric}_vs_steps.png"
+        path = results.path(run_dir, f"{self.metric}_vs_steps.png")
         title = f"{self.name} / {config.algo}: adaptation on held-out tasks"
         return [
             plot_metric_vs_steps(
@@ -169,8 +169,13 @@ class SineFamily(SupervisedFamily, options=SINE):
         rng = np.random.default_rng(config.eval_seed)
         batch = sine.sample_protocol(config, rng, request.tasks(config))
         last = config.protocol_steps
+        # --steps given: exactly those; else the family's up to the protocol's own count.
         steps = request.step_counts(EVAL_STEPS)
-        protocol_steps = sorted({s for s in steps if s <= last} | {last})
+        protocol_steps = (
+            sorted(set(steps))
+            if request.steps is not None
+            else sorted({s for s in steps if s <= last} | {last})
+        )
         block = evaluate_with_sgd(
             algo.model,
             baseline,
@@ -198,7 +203,7 @@ class SineFamily(SupervisedFamily, options=SINE):
         baseline = algo.untrained_baseline(self.baseline(config, run_dir))
         paths.append(
             plot_sine_adaptation(
-                Path(run_dir) / "adaptation.png",
+                results.path(run_dir, "adaptation.png"),
                 algo,
                 task,
                 x_range=(config.x_min, config.x_max),
@@ -230,15 +235,10 @@ class ClassifyFamily(SupervisedFamily, options=CLASSIFY):
         return classify.sample_from_config(config, rng, num_tasks, evaluation=split != "train")
 
 
-class OmniglotFamily(SupervisedFamily):
+class OmniglotFamily(SupervisedFamily, options=OMNIGLOT):
     """N-way K-shot Omniglot from a local folder (Lake et al., 2015)."""
 
     name = "omniglot"
-    description = (
-        "N-way K-shot Omniglot from a local folder (images_background/, images_evaluation/)"
-    )
-    config_class = OmniglotConfig
-    presets = omniglot.PRESETS
     metric = "accuracy"
     higher_is_better = True
     eval_chunk = 10  # measured: larger vmapped chunks of conv nets are slower on CPU

@@ -30,19 +30,20 @@ import zipfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
 
 import numpy as np
 import torch
 from PIL import Image, ImageDraw, UnidentifiedImageError
 
-from metaopt.options import check_int, flag
-from metaopt.training.family import ConfigError, option
+from metaopt.training.family import ConfigError
 from supervised.batch import TaskBatch
-from supervised.config import SupervisedConfig, paper_presets
+from supervised.config import OMNIGLOT_PRESETS as PRESETS
+from supervised.config import ROTATIONS, OmniglotConfig
 
 __all__ = [
     "OMNIGLOT_URLS",
+    "PRESETS",
+    "ROTATIONS",
     "SUBSETS",
     "OmniglotConfig",
     "OmniglotData",
@@ -61,88 +62,10 @@ OMNIGLOT_URLS: Mapping[str, str] = {
     "images_evaluation": "https://github.com/brendenlake/omniglot/raw/master/python/images_evaluation.zip",
 }
 
-ROTATIONS = 4
-
 LAYOUT = (
     "expected {root}/images_background/<alphabet>/<character>/*.png and/or "
     "{root}/images_evaluation/<alphabet>/<character>/*.png (the official Omniglot zips unpacked)"
 )
-
-
-@dataclass
-class OmniglotConfig(SupervisedConfig):
-    """N-way K-shot Omniglot; the defaults are MAML's 5-way 1-shot setting (Finn et al., 2017)."""
-
-    preset: str | None = paper_presets()
-    iterations: int = option(60000, "meta-iterations (MAML paper: 60000)")
-    inner_lr: float = option(0.4)
-    meta_batch: int = option(32)
-    batch_norm: str = option(
-        "batch",
-        "BatchNorm in adaptation: batch (each task normalises with its own batch's statistics, "
-        "as MAML and Reptile do on Omniglot) or running (each layer as its train/eval mode says)",
-    )
-    data_dir: str = option(
-        "data/omniglot", "folder holding images_background/ and images_evaluation/"
-    )
-    download: bool = option(False, "download the official Omniglot zips into --data-dir if missing")
-    ways: int = option(5, "classes N per task")
-    shots: int = option(1, "support images K per class")
-    query_shots: int = option(5, "query images per class")
-    rotations: bool = option(True, "add 90°, 180°, 270° rotations of each character as classes")
-    image_size: int = option(28, "side of the resized square images")
-    train_classes: int = option(1200, "characters in the training split")
-    val_classes: int = option(100, "characters in the validation split (the rest are test)")
-    split_seed: int = option(0, "seed of the character shuffle that defines the splits")
-    filters: int = option(64, "filters per convolution")
-    minibatch: int = option(0, "support images per inner step, walking one shuffled epoch (0: all)")
-    baseline_steps: int = option(500, "Adam steps of the pretrained baseline (0: untrained)")
-    baseline_tasks: int = option(8)
-
-    #: The data may move (same images, another folder) between a run and its resumption.
-    EVALUATION_ONLY: ClassVar[tuple[str, ...]] = ("data_dir", "download")
-    RESUMABLE: ClassVar[tuple[str, ...]] = (*SupervisedConfig.RESUMABLE, *EVALUATION_ONLY)
-
-    def activation_elements(self) -> int:
-        """Support and query images, each with its pixels and, per convolution block
-        (convolution, batch norm, ReLU; the side halving each time), three maps of ``filters``
-        channels: about 4 × filters numbers per pixel of the input over the four blocks."""
-        images = self.ways * (self.shots + self.query_shots)
-        return images * self.image_size**2 * (1 + 4 * self.filters)
-
-    def validate(self) -> None:
-        super().validate()
-        for name in ("ways", "shots", "query_shots", "image_size", "filters"):
-            check_int(flag(name), getattr(self, name), 1)
-        for name in ("val_classes", "split_seed", "minibatch"):
-            check_int(flag(name), getattr(self, name), 0)
-        check_int(flag("train_classes"), self.train_classes, 1)
-        if not self.data_dir:
-            raise ConfigError("--data-dir must name a folder; got an empty string")
-
-    @property
-    def rotation_count(self) -> int:
-        return ROTATIONS if self.rotations else 1
-
-
-PRESETS: dict[str, dict[str, Any]] = {
-    "maml": {},
-    # Nichol et al. (2018), Omniglot 5-way 5-shot: inner Adam at 1e-3 (their β1 = 0 is not
-    # offered here), 5 inner steps on minibatches of 10, meta-batch 5, meta step 1 annealed to 0.
-    "reptile": {
-        "algo": "reptile",
-        "shots": 5,
-        "inner_optimizer": "adam",
-        "inner_lr": 1e-3,
-        "inner_steps": 5,
-        "minibatch": 10,
-        "meta_batch": 5,
-        "outer_optimizer": "sgd",
-        "outer_lr": 1.0,
-        "anneal": True,
-        "iterations": 100000,
-    },
-}
 
 
 @dataclass(frozen=True)

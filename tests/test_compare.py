@@ -362,7 +362,14 @@ def test_cli_compare(tmp_path: Path, capsys) -> None:
         (["--steps", "0,1"], "--steps must be integers >= 1"),
         (["--methods", "maml,sgd"], "--methods must be a comma-separated subset"),
         (["--repeats", "0"], "--repeats must be an integer >= 1"),
-        (["--truth-batches", "1"], "--truth-batches must be 0 (skip the comparison) or at least 2"),
+        (
+            ["--truth-batches", "1"],
+            "--truth-batches must be 0 (skip the comparison) or an integer >= 2",
+        ),
+        (
+            ["--truth-batches", "-5"],
+            "--truth-batches must be 0 (skip the comparison) or an integer >= 2",
+        ),
         (["--inner-lr", "-1"], "--inner-lr must be a positive finite number"),
     ],
 )

@@ -143,7 +143,7 @@ def test_cli_train_and_eval(tmp_path: Path, capsys) -> None:
     )
     assert "after  1 steps" in capsys.readouterr().out
     assert main(["eval", str(out), "--tasks", "7", "--steps", "0,2"]) == 0
-    evaluation = json.loads((out / "eval.json").read_text())
+    evaluation = json.loads((out / "eval-7-0,2.json").read_text())  # eval.json kept
     assert evaluation["tasks"] == 7 and set(evaluation["by_steps"]) == {"0", "2"}
 
 
@@ -154,13 +154,16 @@ def test_cli_train_and_eval(tmp_path: Path, capsys) -> None:
             ["train", "toy", "--algo", "sgd"],
             "--algo must be one of maml, fomaml, metasgd, reptile, imaml; got 'sgd'",
         ),
-        (["train", "toy", "--iterations", "-1"], "--iterations must be an integer >= 0, got -1"),
+        (
+            ["train", "toy", "--iterations", "-1"],
+            "--iterations must be an integer >= 1 to train, got -1",
+        ),
         (
             ["train", "toy", "--inner-lr", "0"],
             "--inner-lr must be a positive finite number, got 0.0",
         ),
         (["train", "toy", "--meta-batch", "0"], "--meta-batch must be an integer >= 1, got 0"),
-        (["eval", "/nonexistent/run"], "has no config.json"),
+        (["eval", "/nonexistent/run"], "RUN_DIR '/nonexistent/run' does not exist"),
     ],
 )
 def test_cli_user_errors_exit_2_without_traceback(argv, message, capsys) -> None:
@@ -177,7 +180,10 @@ def test_cli_unknown_family_and_bad_flag_type(capsys) -> None:
     with pytest.raises(SystemExit) as exit_info:
         main(["train", "toy", "--iterations", "many"])
     assert exit_info.value.code == 2
-    assert "--iterations: invalid int value" in capsys.readouterr().err
+    assert capsys.readouterr().err == (
+        "metaopt: error: argument --iterations: expected an integer, got 'many' "
+        "(see metaopt train toy --help)\n"
+    )
 
 
 def test_help_documents_every_flag_with_its_default(capsys) -> None:

@@ -167,7 +167,8 @@ def test_two_runs_started_on_one_directory_give_one_run(tmp_path: Path) -> None:
 
 
 def test_a_locked_directory_refuses_resume_and_eval_naming_the_holder(tmp_path: Path) -> None:
-    run_dir = tmp_path  # the lock is taken before anything is read
+    run_dir = tmp_path  # a run directory: the lock is taken before its files are read
+    (run_dir / "config.json").write_text("{}")
     holder = _holder(run_dir)
     try:
         for args in (["train", "sine", "--resume", str(run_dir)], ["eval", str(run_dir)]):

@@ -54,7 +54,7 @@ def test_eval_command_repeats_itself(tmp_path: Path, name: str, capsys) -> None:
     outputs = []
     for _ in range(2):
         assert main(["eval", str(run), "--tasks", "3", "--steps", "0,1,2"]) == 0
-        outputs.append((capsys.readouterr().out, (run / "eval.json").read_text()))
+        outputs.append((capsys.readouterr().out, (run / "eval-3-0,1,2.json").read_text()))
         _pollute_global_generators()
     assert outputs[0] == outputs[1]
     assert json.loads(outputs[0][1])["tasks"] == 3

@@ -299,7 +299,7 @@ def test_a_checkpoint_of_another_run_is_refused(tmp_path: Path, finished: Path) 
     ("argv", "message"),
     [
         (["train", "sine", "--resume", "{run}"], "is a run of family 'rtoy', not 'sine'"),
-        (["train", "rtoy", "--resume", "/nonexistent"], "has no config.json"),
+        (["train", "rtoy", "--resume", "/nonexistent"], "--resume '/nonexistent' does not exist"),
         (
             ["train", "rtoy", "--checkpoint", "checkpoint.prev.pt"],
             "--checkpoint only applies with --resume",

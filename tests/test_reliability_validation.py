@@ -100,7 +100,7 @@ def test_metasgd_refuses_an_inner_optimizer_it_would_ignore() -> None:
         (["--eval-tasks", "0"], "--eval-tasks must be an integer >= 1, got 0"),
         (["--out", "{file}"], "exists and is not a directory"),
         (["--out", "{file}/below"], "cannot be created"),
-        (["--out", "{full}"], "is not empty; choose a new directory, or continue the run there"),
+        (["--out", "{full}"], "is not empty and is not a metaopt run directory; choose a new"),
     ],
 )
 def test_cli_user_errors_exit_2_in_one_line(

@@ -95,5 +95,5 @@ def test_metaopt_eval_redraws_the_plots_of_the_new_evaluation(tmp_path: Path) ->
     run_dir = train(family, resolve_config(family, {"out": str(tmp_path / "r")}), progress=False)
     picture = run_dir / "training_curve.png"
     picture.write_bytes(b"stale")
-    evaluate_run(run_dir, num_tasks=3)
+    evaluate_run(run_dir)  # the run's own evaluation (others of --tasks/--steps get own files)
     assert picture.read_bytes().startswith(b"\x89PNG")

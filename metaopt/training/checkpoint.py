@@ -1,13 +1,17 @@
 """Checkpoints that a crash cannot corrupt, and that say so when something else did.
 
-A checkpoint file is a one-line header followed by a ``torch.save`` payload:
+A checkpoint file is what ``torch.save`` writes (a zip archive), with a one-line header as the
+archive's comment, at the end of the file:
 
-    METAOPT-CHECKPOINT {"format": 2, "bytes": 81234, "sha256": "9f2c..."}\\n<torch.save bytes>
+    <torch.save bytes>METAOPT-CHECKPOINT {"format": 2, "bytes": 81234, "sha256": "9f2c..."}
 
-The header lets `load_checkpoint` tell a truncated file (fewer bytes than announced), a
-corrupt one (checksum mismatch: ``torch.load`` alone misses most flipped bytes) and one of another
-format version apart, before anything is unpickled; the payload is read with
-``torch.load(weights_only=True)``, so a checkpoint cannot run code.
+so that ``torch.load(path, weights_only=True)`` reads it as it is, and `load_checkpoint`
+tells a truncated file (the end, and the header with it, missing), a corrupt one (checksum
+mismatch: ``torch.load`` alone misses most flipped bytes) and one of another format version apart,
+before anything is unpickled; it reads the payload with ``torch.load(weights_only=True)`` too, so a
+checkpoint cannot run code. ``bytes`` and ``sha256`` are those of the archive without its comment.
+Checkpoints written before the header moved to the end (the header as the file's first line, then
+the payload) load as well.
 
 `save_checkpoint` writes to a temporary file in the same directory, fsyncs it and renames it
 over the target, so the target is always either the old or the new checkpoint, never half of one.
@@ -32,6 +36,7 @@ __all__ = [
     "CheckpointError",
     "atomic_write_bytes",
     "encode_checkpoint",
+    "is_temporary",
     "load_checkpoint",
     "previous_path",
     "remove_temporaries",
@@ -96,10 +101,15 @@ def remove_temporaries(directory: Path) -> list[Path]:
     that no live writer's file is removed. Returns what was deleted."""
     removed = []
     for path in Path(directory).iterdir():
-        if path.name.startswith(".") and path.name.endswith(_TEMPORARY) and path.is_file():
+        if is_temporary(path) and path.is_file():
             path.unlink(missing_ok=True)
             removed.append(path)
     return removed
+
+
+def is_temporary(path: Path) -> bool:
+    """Whether ``path`` is named as the temporary files of ``atomic_write_bytes`` are."""
+    return path.name.startswith(".") and path.name.endswith(_TEMPORARY)
 
 
 def _fsync_directory(directory: Path) -> None:
@@ -117,16 +127,20 @@ def previous_path(path: Path) -> Path:
 
 
 def encode_checkpoint(state: dict[str, Any]) -> bytes:
-    """The bytes of a checkpoint file holding ``state`` plus the format version."""
+    """The bytes of a checkpoint file holding ``state`` plus the format version: ``torch.save``'s
+    archive with the header as its comment."""
     buffer = io.BytesIO()
     torch.save({"version": CHECKPOINT_VERSION, **state}, buffer)
     payload = buffer.getvalue()
+    if payload[-_EOCD_SIZE : -_EOCD_SIZE + 4] != _EOCD or payload[-2:] != b"\0\0":
+        raise RuntimeError("torch.save wrote no zip archive without a comment; cannot add one")
     header = {
         "format": CHECKPOINT_VERSION,
         "bytes": len(payload),
         "sha256": hashlib.sha256(payload).hexdigest(),
     }
-    return _MAGIC + json.dumps(header).encode() + b"\n" + payload
+    comment = _MAGIC + json.dumps(header).encode()
+    return payload[:-2] + len(comment).to_bytes(2, "little") + comment
 
 
 def save_checkpoint(path: Path, state: dict[str, Any], *, keep_previous: bool = False) -> None:
@@ -161,7 +175,9 @@ def _link_over(source: Path, target: Path) -> None:
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
-    """Load and verify a checkpoint written by `save_checkpoint`.
+    """Load and verify a checkpoint written by `save_checkpoint`: the state it holds (a
+    dict of tensors, numbers, strings and containers of them; ``torch.load(path,
+    weights_only=True)`` reads the same, without the checks).
 
     Raises:
         FileNotFoundError: when ``path`` does not exist.
@@ -170,15 +186,15 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     """
     path = Path(path)
     data = path.read_bytes()
-    if not data.startswith(_MAGIC):
-        raise CheckpointError(
-            f"checkpoint {path} is not a metaopt checkpoint of format version "
-            f"{CHECKPOINT_VERSION} (no header; written by an older metaopt, or not a checkpoint)"
-        )
-    end = data.find(b"\n", 0, _MAX_HEADER)
+    if data.startswith(_MAGIC):  # the header first: checkpoints of metaopt 0.1.0 until now
+        end = data.find(b"\n", 0, _MAX_HEADER)
+        header = data[len(_MAGIC) : end] if end > 0 else None
+        payload = data[end + 1 :]
+    else:
+        header, payload = _trailer(path, data)
     try:
-        header: Any = json.loads(data[len(_MAGIC) : end]) if end > 0 else None
-        expected, digest, found = int(header["bytes"]), str(header["sha256"]), header["format"]
+        parsed: Any = json.loads(header) if header is not None else None
+        expected, digest, found = int(parsed["bytes"]), str(parsed["sha256"]), parsed["format"]
     except (ValueError, TypeError, KeyError):
         raise CheckpointError(f"checkpoint {path} is corrupt (unreadable header)") from None
     if found != CHECKPOINT_VERSION:
@@ -186,7 +202,6 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
             f"checkpoint {path} has format version {found!r}; this metaopt reads version "
             f"{CHECKPOINT_VERSION}"
         )
-    payload = data[end + 1 :]
     if len(payload) < expected:
         raise CheckpointError(
             f"checkpoint {path} is truncated ({len(payload)} of {expected} bytes)"
@@ -200,3 +215,34 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     if not isinstance(state, dict) or state.get("version") != CHECKPOINT_VERSION:
         raise CheckpointError(f"checkpoint {path} holds no version-{CHECKPOINT_VERSION} state")
     return state
+
+
+#: How a zip archive starts, and its end-of-central-directory record (22 bytes and the comment).
+_ZIP = b"PK\x03\x04"
+_EOCD = b"PK\x05\x06"
+_EOCD_SIZE = 22
+
+
+def _trailer(path: Path, data: bytes) -> tuple[bytes, bytes]:
+    """(header, payload) of a checkpoint whose header is its archive's comment; the payload is the
+    archive as ``torch.save`` wrote it (no comment)."""
+    start = data.rfind(_MAGIC, max(0, len(data) - _MAX_HEADER))
+    eocd = start - _EOCD_SIZE
+    if start < 0 or eocd < 0 or data[eocd : eocd + 4] != _EOCD:
+        if data.startswith(_ZIP) and data[-_EOCD_SIZE : -_EOCD_SIZE + 4] != _EOCD:
+            raise CheckpointError(
+                f"checkpoint {path} is truncated ({len(data)} bytes; its end is missing)"
+            )
+        raise CheckpointError(
+            f"checkpoint {path} is not a metaopt checkpoint of format version "
+            f"{CHECKPOINT_VERSION} (no header; written by an older metaopt, or not a checkpoint)"
+        )
+    comment = data[start:]
+    declared = int.from_bytes(data[start - 2 : start], "little")
+    if declared > len(comment):
+        raise CheckpointError(
+            f"checkpoint {path} is truncated ({len(data)} bytes; its end is missing)"
+        )
+    if declared < len(comment):
+        raise CheckpointError(f"checkpoint {path} is corrupt (unreadable header)")
+    return comment[len(_MAGIC) :], data[: start - 2] + b"\0\0"

@@ -43,14 +43,34 @@ def _base_type(annotation: Any) -> Any:
     return annotation
 
 
+def _integer(text: str) -> int:
+    """An ``int`` flag's value; the message of its error is argparse's one line."""
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+
+
+def _number(text: str) -> float:
+    """A ``float`` flag's value; the message of its error is argparse's one line."""
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+
+
+#: How a flag of each field type reads its text (other types: as text).
+_READERS: dict[Any, Any] = {int: _integer, float: _number, Path: Path}
+
+
 def _parse_tuple(item_type: type) -> Any:
     def parse(text: str) -> tuple[Any, ...]:
         try:
             return tuple(item_type(part) for part in text.split(",") if part.strip())
-        except ValueError as error:
+        except ValueError:
             raise argparse.ArgumentTypeError(
                 f"expected comma-separated {item_type.__name__} values, got {text!r}"
-            ) from error
+            ) from None
 
     return parse
 
@@ -88,7 +108,7 @@ def add_config_arguments(
                 flag, type=_parse_tuple(item), metavar=item.__name__.upper() + ",...", **kwargs
             )
         else:
-            parser.add_argument(flag, type=kind if kind in (int, float) else str, **kwargs)
+            parser.add_argument(flag, type=_READERS.get(kind, str), **kwargs)
         if f.name == "engine":  # the issue's spelling of --engine compiled
             parser.add_argument(
                 "--compile",
@@ -159,7 +179,7 @@ def add_dataclass_arguments(
         elif typing.get_origin(kind) is tuple:
             kwargs.update(type=_parse_tuple(typing.get_args(kind)[0]), default=default)
         else:
-            kwargs.update(type=kind if kind in (int, float, Path) else str, default=default)
+            kwargs.update(type=_READERS.get(kind, str), default=default)
         parser.add_argument(flag, metavar=meta.get("metavar"), **kwargs)
 
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -23,10 +22,10 @@ from metaopt.training.family import ConfigError, EvalRequest, TaskFamily, TrainC
 from metaopt.training.lock import lock_run_dir
 from metaopt.training.registry import get_family
 from metaopt.training.resuming import check_checkpoint
-from metaopt.training.rundir import CHECKPOINT, read_run, write_json
+from metaopt.training.rundir import CHECKPOINT, check_run_dir, read_run, write_json
 from metaopt.training.state import load_algorithm_state
 
-__all__ = ["evaluate_run", "evaluation_summary", "load_run"]
+__all__ = ["evaluate_run", "evaluation_path", "evaluation_summary", "evaluation_tag", "load_run"]
 
 
 def load_run(run_dir: Path) -> tuple[TaskFamily, TrainConfig, MetaLearner]:
@@ -64,7 +63,9 @@ def evaluate_run(
     run_dir: Path, *, num_tasks: int | None = None, steps: Sequence[int] | None = None
 ) -> dict[str, Any]:
     """Re-run the final evaluation of a saved run and rewrite its ``eval.json`` and plots
-    (atomically: the earlier files survive a failed write).
+    (atomically: the earlier files survive a failed write); with ``num_tasks`` or ``steps``,
+    evaluate those instead and write ``eval-<tasks>-<steps>.json`` and plots named likewise
+    (``evaluation_path``), leaving the run's own evaluation as it was.
 
     Under torchrun, every rank evaluates a share of the held-out tasks and rank 0 writes. Rank 0
     holds the run directory's lock throughout, so no run or resume writes there meanwhile.
@@ -78,8 +79,8 @@ def evaluate_run(
         raise ConfigError(f"--tasks must be an integer >= 1, got {num_tasks}")
     if steps is not None and (not steps or min(steps) < 0):
         raise ConfigError(f"--steps must be integers >= 0, got {list(steps)}")
-    run_dir = Path(run_dir)
-    with lock_run_dir(run_dir) if run_dir.is_dir() else nullcontext() as lock:
+    run_dir = check_run_dir(Path(run_dir))  # before the lock: a directory not a run, untouched
+    with lock_run_dir(run_dir) as lock:
         if lock is not None:
             remove_temporaries(run_dir)
         return _evaluate_locked(run_dir, num_tasks, steps)
@@ -92,18 +93,32 @@ def _evaluate_locked(
     info = distributed.setup(config.dist_backend, config.dist_timeout)
     try:
         apply_threads(config)
-        evaluation = family.evaluate(
-            algo, config, Path(run_dir), EvalRequest(num_tasks, steps, info)
-        )
+        request = EvalRequest(num_tasks, steps, info)
+        evaluation = family.evaluate(algo, config, Path(run_dir), request)
         if info.is_main:
-            write_json(Path(run_dir) / "eval.json", evaluation)
+            own = num_tasks is None and steps is None  # the run's own evaluation
+            tag = "" if own else evaluation_tag(evaluation)
+            write_json(evaluation_path(run_dir, tag), evaluation)
             from metaopt.training.plots import plot_run
 
-            plot_run(family, config, algo, Path(run_dir), evaluation)  # no stale pictures
+            plot_run(family, config, algo, Path(run_dir), evaluation, tag)  # no stale pictures
         distributed.barrier(info)
     finally:
         distributed.teardown(info)
     return evaluation
+
+
+def evaluation_path(run_dir: Path, tag: str = "") -> Path:
+    """Where an evaluation of ``run_dir`` is written: ``eval.json`` for the run's own (``tag``
+    empty), ``eval-<tag>.json`` for one of other tasks or steps (``eval-1000-0,1,5.json``)."""
+    return Path(run_dir) / (f"eval-{tag}.json" if tag else "eval.json")
+
+
+def evaluation_tag(evaluation: dict[str, Any]) -> str:
+    """``"<tasks>-<steps>"`` of an evaluation, as it reports them (``"1000-0,1,5"``): what names
+    the files of an evaluation of other tasks or steps than the run's."""
+    steps = ",".join(str(step) for step in evaluation.get("by_steps", {}))
+    return f"{evaluation.get('tasks')}-{steps}"
 
 
 def evaluation_summary(evaluation: dict[str, Any]) -> str:

@@ -123,10 +123,20 @@ class RunResults:
     Attributes:
         metrics: the rows of ``metrics.jsonl``, one per logged iteration.
         evaluation: the final evaluation, as written to ``eval.json``.
+        tag: ``""`` for the run's own evaluation; for another one (``metaopt eval --tasks N
+            --steps S``) what tells its files apart from the run's, ``"<N>-<S>"``: write each
+            figure to ``path``, so that it does not replace the run's.
     """
 
     metrics: Sequence[Mapping[str, Any]]
     evaluation: Mapping[str, Any]
+    tag: str = ""
+
+    def path(self, run_dir: Path, name: str) -> Path:
+        """Where figure ``name`` (``mse_vs_steps.png``) of this evaluation goes: ``run_dir /
+        name``, with ``-<tag>`` before the suffix for a tagged one (``mse_vs_steps-1000-0,1.png``)."""
+        stem, suffix = Path(name).stem, Path(name).suffix
+        return Path(run_dir) / (f"{stem}-{self.tag}{suffix}" if self.tag else name)
 
 
 #: Metadata of an `option` without help, until its config class gives it the base's help.

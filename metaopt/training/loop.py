@@ -46,7 +46,15 @@ from metaopt.training.signals import StopOnSignal, TrainingInterrupted
 from metaopt.training.state import Run, random_state, save
 from metaopt.trust_region import trust_region_step
 
-__all__ = ["WALL_TIME_KEYS", "NonFiniteError", "check_ranks", "fit", "new_run", "train"]
+__all__ = [
+    "WALL_TIME_KEYS",
+    "NonFiniteError",
+    "check_iterations_to_train",
+    "check_ranks",
+    "fit",
+    "new_run",
+    "train",
+]
 
 #: Row keys that differ between two otherwise identical runs (wall-clock time).
 WALL_TIME_KEYS = ("seconds",)
@@ -98,13 +106,9 @@ def train(
         TrainingInterrupted: SIGINT or SIGTERM; the run can be continued with
             [`metaopt.training.resume`][metaopt.training.resume].
     """
+    check_iterations_to_train(config.iterations)  # first: one bound for --iterations, not two
     config.validate()
     family.validate(config)
-    if config.iterations < 1:  # 0 is a valid config (compare measures at initialisation)
-        raise ConfigError(
-            f"--iterations must be an integer >= 1 to train, got {config.iterations}; "
-            "metaopt eval RUN_DIR re-evaluates a trained run"
-        )
     check_memory(family, config)
     check_adapt(family, config)
     info = distributed.setup(config.dist_backend, config.dist_timeout)
@@ -118,6 +122,20 @@ def train(
             return fit(new_run(family, config, run_dir, info, hooks), progress)
     finally:
         distributed.teardown(info)
+
+
+def check_iterations_to_train(iterations: object) -> None:
+    """Refuse an ``--iterations`` below 1 for training, before the config's own check (which
+    allows 0: compare measures at initialisation), so that the message gives one bound.
+
+    Raises:
+        ConfigError: ``iterations`` is not an integer >= 1.
+    """
+    if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 1:
+        raise ConfigError(
+            f"--iterations must be an integer >= 1 to train, got {iterations!r}; "
+            "metaopt eval RUN_DIR re-evaluates a trained run"
+        )
 
 
 def new_run(

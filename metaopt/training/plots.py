@@ -38,17 +38,21 @@ def plot_run(
     algo: MetaLearner,
     run_dir: Path,
     evaluation: Mapping[str, Any],
+    tag: str = "",
 ) -> None:
     """Every plot of a run: ``training_curve.png`` from ``metrics.jsonl`` and the family's own
     from ``evaluation``. Written after training and again by ``metaopt eval``, so the pictures
-    always show the ``eval.json`` beside them."""
+    always show the ``eval.json`` beside them. With a ``tag`` (an evaluation of other tasks or
+    steps, ``eval-<tag>.json``), only the family's, named with the tag
+    (``RunResults.path``); the run's own stay as they were."""
     from metaopt.training.family import RunResults
 
     run_dir = Path(run_dir)
     # Read back rather than kept in memory: memory stays flat however long the run.
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    plot_training_curve(run_dir / "training_curve.png", rows, family.name, config.algo)
-    family.plot(algo, config, run_dir, RunResults(rows, evaluation))
+    if not tag:
+        plot_training_curve(run_dir / "training_curve.png", rows, family.name, config.algo)
+    family.plot(algo, config, run_dir, RunResults(rows, evaluation, tag))
 
 
 def moving_average(values: Sequence[float], window: int) -> np.ndarray:

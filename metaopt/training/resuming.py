@@ -15,7 +15,6 @@ import os
 import sys
 import warnings
 from collections.abc import Mapping, Sequence
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +40,7 @@ from metaopt.training.registry import get_family
 from metaopt.training.rundir import (
     ABANDONED,
     CHECKPOINT,
+    check_run_dir,
     package_versions,
     read_run,
     write_json_atomic,
@@ -92,8 +92,8 @@ def resume(
             checkpoint of another run or format version, or a damaged checkpoint (the message
             offers the previous one when it is intact).
     """
-    run_dir = Path(run_dir)
-    with lock_run_dir(run_dir) if run_dir.is_dir() else nullcontext() as lock:
+    run_dir = check_run_dir(Path(run_dir), "--resume")  # before the lock: not a run, untouched
+    with lock_run_dir(run_dir) as lock:
         if lock is not None:  # the owner clears what a killed process left
             remove_temporaries(run_dir)
         return _resume_locked(run_dir, family, overrides or {}, checkpoint, progress, hooks)

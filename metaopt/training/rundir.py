@@ -23,18 +23,19 @@ from contextlib import ExitStack
 from datetime import datetime
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 import torch
 
-from metaopt.training.checkpoint import atomic_write_bytes, remove_temporaries
+from metaopt.training.checkpoint import atomic_write_bytes, is_temporary, remove_temporaries
 from metaopt.training.family import ConfigError, TaskFamily, TrainConfig
 from metaopt.training.lock import LOCK_FILE, RunLock
 
 __all__ = [
     "ABANDONED",
     "CHECKPOINT",
+    "check_run_dir",
     "finite_or_none",
     "new_directory",
     "new_run_dir",
@@ -104,13 +105,14 @@ def new_run_dir(family: TaskFamily, config: TrainConfig, world_size: int, owned:
         path.mkdir(exist_ok=True)  # atomic: of two processes, one creates it, neither fails
     except OSError as error:
         raise ConfigError(f"--out {str(path)!r} cannot be created: {error}") from None
+    # Refused before the lock: a directory with anything but a lock file or temporary files
+    # in it stays as it is (no lock file left behind); it only fills up, so this stays true.
+    if any(not _leftover(entry) for entry in path.iterdir()):
+        _refuse_not_empty(path)
     owned.enter_context(RunLock(path))
     remove_temporaries(path)
-    if any(entry.name != LOCK_FILE for entry in path.iterdir()):
-        raise ConfigError(
-            f"--out {str(path)!r} is not empty; choose a new directory, or continue the run "
-            f"there with --resume {path} (metaopt never overwrites a saved run)"
-        )
+    if any(entry.name != LOCK_FILE for entry in path.iterdir()):  # filled meanwhile
+        _refuse_not_empty(path)
     run_dir = path
     write_json_atomic(
         run_dir / "config.json",
@@ -124,6 +126,40 @@ def new_run_dir(family: TaskFamily, config: TrainConfig, world_size: int, owned:
             "world_size": world_size,
         },
     )
+    return run_dir
+
+
+def _leftover(entry: Path) -> bool:
+    """A file an empty run directory may hold: a stale lock, or a killed writer's temporary."""
+    return entry.name == LOCK_FILE or is_temporary(entry)
+
+
+def _refuse_not_empty(path: Path) -> NoReturn:
+    """Refuse ``--out path``: continuing there is offered for a run directory only."""
+    if (path / "config.json").is_file():
+        raise ConfigError(
+            f"--out {str(path)!r} is not empty; choose a new directory, or continue the run "
+            f"there with --resume {path} (metaopt never overwrites a saved run)"
+        )
+    raise ConfigError(
+        f"--out {str(path)!r} is not empty and is not a metaopt run directory; choose a new or "
+        "empty directory"
+    )
+
+
+def check_run_dir(run_dir: Path, label: str = "RUN_DIR") -> Path:
+    """``run_dir`` if it is a run directory (it holds a ``config.json``), else a ConfigError that
+    names ``label`` and says what it is instead; looks without writing anything there, so a
+    command refuses a directory that is not a run before it takes the directory's lock."""
+    run_dir = Path(run_dir)
+    if not run_dir.exists():
+        raise ConfigError(f"{label} {str(run_dir)!r} does not exist")
+    if not run_dir.is_dir():
+        raise ConfigError(f"{label} {str(run_dir)!r} is not a directory")
+    if not (run_dir / "config.json").is_file():
+        raise ConfigError(
+            f"{label} {str(run_dir)!r} has no config.json; is it a metaopt run directory?"
+        )
     return run_dir
 
 

@@ -181,15 +181,15 @@ class CompareOptions:
             ("repeats", 1),
             ("curve_every", 0),
             ("batches", 1),
-            ("truth_batches", 0),
         ):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < low:
                 raise ConfigError(f"{flag(name)} must be an integer >= {low}, got {value!r}")
-        if self.truth_batches == 1:
+        truth = self.truth_batches  # one bound: 0, or at least 2
+        if not isinstance(truth, int) or isinstance(truth, bool) or (truth != 0 and truth < 2):
             raise ConfigError(
-                "--truth-batches must be 0 (skip the comparison) or at least 2 (its standard "
-                "error needs two batches), got 1"
+                "--truth-batches must be 0 (skip the comparison) or an integer >= 2 (its "
+                f"standard error needs two batches), got {truth!r}"
             )
         if self.heldout_tasks < 1:
             raise ConfigError(f"--heldout-tasks must be an integer >= 1, got {self.heldout_tasks}")

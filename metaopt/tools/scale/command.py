@@ -65,6 +65,10 @@ def run_scale_command(family: TaskFamily, arguments: Mapping[str, Any]) -> int:
     options = dataclass_from_arguments(ScaleOptions, arguments, prefix=_PREFIX)
     own = (*dataclass_arguments(ScaleOptions, prefix=_PREFIX), *_OUTPUTS, "command", "family")
     overrides = {k: v for k, v in arguments.items() if k not in own}
+    if "iterations" in overrides:  # every run trains: metaopt train's one bound, before launching
+        from metaopt.training.loop import check_iterations_to_train
+
+        check_iterations_to_train(overrides["iterations"])
     try:
         run_scale(
             family,

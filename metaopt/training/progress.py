@@ -30,9 +30,11 @@ __all__ = [
     "LOGGER",
     "ProgressLog",
     "StepProgress",
+    "compile_notice",
     "format_duration",
     "format_rate",
     "progress_to_stderr",
+    "restart_rate",
     "show_bars",
     "with_progress",
 ]
@@ -74,7 +76,9 @@ class ProgressLog(TrainingHooks):
     A line reads ``sine/maml iteration 50/500 (10%): query 0.412, support 1.23 -> 0.51;
     2.31 it/s, ETA 3m15s``. The rate is iterations per wall-clock second since this process
     started training (hooks and periodic evaluation included, as they are in the time left);
-    the ETA is the iterations left divided by it.
+    the ETA is the iterations left divided by it. Where the first iteration compiles (the compiled
+    engine), a line says so before it, its own line gives the compile's time instead of a rate, and
+    the rate counts from the iteration after it.
 
     Args:
         label: What is trained, e.g. ``"sine/maml"``.
@@ -98,13 +102,32 @@ class ProgressLog(TrainingHooks):
         self._began = 0.0
         self._last_line = -math.inf  # time of the last line
         self._last_iteration = 0
+        self._compiling = False  # the first iteration compiles (compile_notice)
 
     def on_iteration_start(self, iteration: int, algo: MetaLearner) -> None:
         if self._first is None:
             self._first, self._began = iteration, time.perf_counter()
+            notice = compile_notice(algo)
+            if notice is not None:
+                self._compiling = True
+                LOGGER.info("%s: %s", self.label, notice)
 
     def on_iteration_end(self, iteration: int, row: Mapping[str, Any]) -> None:
         now = time.perf_counter()
+        if self._compiling:  # the rate and the ETA count from the end of the compiling call
+            self._compiling = False
+            self._last_line, self._last_iteration = now, iteration
+            LOGGER.info(
+                "%s iteration %d/%d (%d%%): %s; compiled in %s",
+                self.label,
+                iteration,
+                self.total,
+                100 * iteration // max(self.total, 1),
+                _losses(row),
+                format_duration(now - self._began),
+            )
+            self._first, self._began = iteration + 1, now
+            return
         due = (
             iteration == self._first
             or iteration == self.total
@@ -126,6 +149,36 @@ class ProgressLog(TrainingHooks):
             rate,
             format_duration((self.total - iteration) / rate),
         )
+
+
+#: The first iteration of ``metaopt train sine --preset maml --compile`` on the 2-core development
+#: machine (shared with other jobs): 19 s with inductor's cache warm, 54 s with an empty one
+#: (``TORCHINDUCTOR_CACHE_DIR`` a new directory).
+COMPILE_SECONDS = (15, 60)
+
+
+def compile_notice(algo: Any) -> str | None:
+    """What to say before ``algo``'s next meta-iteration if it compiles (the compiled engine's first
+    call: tracing and code generation, a pause of seconds to minutes), else None."""
+    if getattr(algo, "engine", None) != "compiled":
+        return None
+    from metaopt.compiled import engine_of
+
+    if engine_of(algo):  # compiled already, in this process
+        return None
+    low, high = COMPILE_SECONDS
+    return (
+        f"compiling (first call; this takes about {low}-{high} s on 2 CPU cores, "
+        "not counted in the rate)"
+    )
+
+
+def restart_rate(bar: Any) -> None:
+    """Start a tqdm ``bar``'s rate and ETA afresh from its current count (after a compile)."""
+    done = bar.n
+    bar.reset()  # the clock and the rate's running averages
+    bar.n = bar.last_print_n = bar.initial = done
+    bar.refresh()
 
 
 def _losses(row: Mapping[str, Any]) -> str:

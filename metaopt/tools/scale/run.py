@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import platform
 import subprocess
@@ -20,6 +21,7 @@ from metaopt.tools.scale.measurement import (
     check_same_parameters,
     first_divergence,
     largest_difference,
+    largest_metric_difference,
     median_iteration_seconds,
     summarize_runs,
 )
@@ -125,6 +127,11 @@ def _schedule(options: ScaleOptions) -> list[tuple[int, int]]:
         counts = options.processes if repeat % 2 == 0 else tuple(reversed(options.processes))
         order += [(repeat, count) for count in counts]
     return order
+
+
+def _worse_first(difference: tuple[float, str, int]) -> tuple[bool, float]:
+    """Sort key of ``(difference, key, iteration)``: a NaN above every number."""
+    return math.isnan(difference[0]), 0.0 if math.isnan(difference[0]) else difference[0]
 
 
 def _processes(count: int) -> str:
@@ -239,12 +246,18 @@ def run_scale(
         first_divergence(rows[base], rows[n], options.tolerance) for n in options.processes[1:]
     ]
     found = [d for d in divergences if d is not None]
+    largest = [largest_metric_difference(rows[base], rows[n]) for n in options.processes[1:]]
+    # the largest over the counts; a NaN (nothing is worse) wins
+    worst = max((w for w in largest if w is not None), key=_worse_first, default=None)
     agreement = ParameterAgreement(
         check_iterations=check_iterations,
         across_counts=timed_across_counts if across_counts is None else across_counts,
         across_repeats=across_repeats,
         timed_across_counts=timed_across_counts,
         first_divergence=min(found) if found else None,
+        largest_metric_difference=None if worst is None else worst[0],
+        largest_metric=None if worst is None else worst[1],
+        largest_metric_iteration=None if worst is None else worst[2],
     )
     summary = summarize_runs(records)
     echo(

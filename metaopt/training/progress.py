@@ -151,10 +151,11 @@ class ProgressLog(TrainingHooks):
         )
 
 
-#: The first iteration of ``metaopt train sine --preset maml --compile`` on the 2-core development
-#: machine (shared with other jobs): 19 s with inductor's cache warm, 54 s with an empty one
-#: (``TORCHINDUCTOR_CACHE_DIR`` a new directory).
-COMPILE_SECONDS = (15, 60)
+#: Seconds of the compiled engine's first call with inductor's cache warm (the same graphs compiled
+#: before on this machine) and with an empty one: the first iteration of ``metaopt train sine
+#: --preset maml --compile`` on the 2-core development machine, shared with other jobs, took 7 and
+#: 19 s warm, 54 and 67 s with ``TORCHINDUCTOR_CACHE_DIR`` a new directory.
+COMPILE_SECONDS = {"warm": 10, "cold": 60}
 
 
 def compile_notice(algo: Any) -> str | None:
@@ -166,10 +167,10 @@ def compile_notice(algo: Any) -> str | None:
 
     if engine_of(algo):  # compiled already, in this process
         return None
-    low, high = COMPILE_SECONDS
     return (
-        f"compiling (first call; this takes about {low}-{high} s on 2 CPU cores, "
-        "not counted in the rate)"
+        f"compiling (first call; about {COMPILE_SECONDS['warm']} s if it compiled before on this "
+        f"machine, about {COMPILE_SECONDS['cold']} s the first time, on 2 CPU cores; not counted "
+        "in the rate)"
     )
 
 

@@ -481,6 +481,7 @@ def test_cli_compare_off_a_terminal_prints_progress_lines(tmp_path: Path, capsys
     assert "metaopt: compare-wave/maml iteration 2/2 (100%)" in err  # the runs' own lines
     assert "metaopt: compare-wave/fomaml iteration 2/2 (100%)" in err
     assert "|" not in err  # no bar
+    assert "exact meta-gradient" not in err  # the family computes none: nothing announced
 
 
 def test_cli_compare_on_a_terminal_shows_bars(tmp_path: Path, capsys, monkeypatch) -> None:

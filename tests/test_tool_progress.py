@@ -54,6 +54,21 @@ def test_step_progress_lines_off_a_terminal(caplog: pytest.LogCaptureFixture) ->
     ]
 
 
+def test_lazy_step_progress_shows_nothing_until_a_step_is_done(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger=LOGGER.name)
+    with StepProgress("none", 9, unit="row", lazy=True):
+        pass
+    assert caplog.records == []
+    with StepProgress("some", 2, unit="row", lazy=True) as bar:
+        bar.update()
+    assert [r.getMessage().split(";")[0] for r in caplog.records] == [
+        "some: 2 rows",
+        "some: row 1/2 (50%)",
+    ]
+
+
 def test_step_progress_on_a_terminal_is_a_bar_and_prints_above_it(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -240,6 +240,8 @@ class StepProgress:
         show: ``None`` (default): the bar on a terminal where progress is wanted
             (``show_bars()``), lines otherwise; ``True``: the bar; ``False``: nothing.
         seconds: Off a terminal, at most this many seconds between two lines.
+        lazy: Show nothing until the first step is done (a loop that may have no steps: the
+            rows against the exact meta-gradient, which only some families compute).
     """
 
     def __init__(
@@ -250,20 +252,32 @@ class StepProgress:
         unit: str = "step",
         show: bool | None = None,
         seconds: float = SECONDS,
+        lazy: bool = False,
     ) -> None:
         self.desc, self.total, self.unit, self.seconds = desc, total, unit, seconds
         self.every = max(1, math.ceil(total * FRACTION))
         self.done = 0
         self.lines = show is None and not show_bars()
+        self._wants_bar = bool(show or (show is None and not self.lines))
         self._bar: Any = None
-        if show or (show is None and not self.lines):
-            from tqdm.auto import tqdm
-
-            self._bar = tqdm(total=total, desc=desc, unit=unit)
         self._began = self._last_line = time.perf_counter()
         self._last_done = 0
+        self._shown = False
+        if not lazy:
+            self._show()
+
+    def _show(self) -> None:
+        """The bar, or the line that announces the loop."""
+        self._shown = True
+        if self._wants_bar:
+            from tqdm.auto import tqdm
+
+            self._bar = tqdm(total=self.total, desc=self.desc, unit=self.unit)
+            # a lazy bar's clock starts with the loop, not at the first step
+            self._bar.start_t -= time.perf_counter() - self._began
         if self.lines:
-            LOGGER.info("%s: %d %s%s", desc, total, unit, "" if total == 1 else "s")
+            plural = "" if self.total == 1 else "s"
+            LOGGER.info("%s: %d %s%s", self.desc, self.total, self.unit, plural)
 
     def __enter__(self) -> StepProgress:
         return self
@@ -277,6 +291,8 @@ class StepProgress:
 
     def update(self, note: str = "") -> None:
         """One more step done; ``note`` says which (the bar's postfix, the line's middle)."""
+        if not self._shown:
+            self._show()
         self.done += 1
         if self._bar is not None:
             if note:

@@ -52,8 +52,10 @@ def _prepare_report_dir(family: TaskFamily, report_dir: Path | str | None) -> Pa
     )
 
 
-def _steps(family: TaskFamily, what: str, total: int, unit: str, show: bool | None) -> StepProgress:
-    return StepProgress(f"compare {family.name}: {what}", total, unit=unit, show=show)
+def _steps(
+    family: TaskFamily, what: str, total: int, unit: str, show: bool | None, lazy: bool = False
+) -> StepProgress:
+    return StepProgress(f"compare {family.name}: {what}", total, unit=unit, show=show, lazy=lazy)
 
 
 def compare_methods(
@@ -149,7 +151,9 @@ def compare_methods(
     truth = None
     if options.truth_batches:
         rows = 3 * len([m for m in methods if m != "reptile"])
-        with _steps(family, "against the exact meta-gradient", rows, "row", progress) as bar:
+        # lazy: nothing shown for a family that computes no exact meta-gradient
+        exact = _steps(family, "against the exact meta-gradient", rows, "row", progress, lazy=True)
+        with exact as bar:
             request = TruthRequest(methods, options.truth_batches, bar.update)
             truth = family.compare_with_truth(config, request)
 

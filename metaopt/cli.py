@@ -276,6 +276,7 @@ def build_parser(families: Mapping[str, DescribedFamily | None]) -> argparse.Arg
     bench.add_argument(
         "--plot", type=Path, default=None, metavar="PATH", help="save the memory plot (PNG)"
     )
+    bench.add_argument("--quiet", action="store_true", help="no progress bar or lines")
 
     from metaopt.tools.scale import add_scale_arguments
 
@@ -412,18 +413,21 @@ def _main(argv: Sequence[str] | None) -> int:
             return 0
         if args.command == "bench":
             from metaopt.tools.bench import run_bench
+            from metaopt.training.progress import progress_to_stderr
 
-            run_bench(
-                quick=args.quick,
-                threads=args.threads,
-                repeats=args.repeats,
-                min_sample_s=args.min_sample_ms / 1e3,
-                cases=args.cases,
-                memory=not args.no_memory,
-                compiled=not args.no_compiled,
-                json_path=args.json,
-                plot_path=args.plot,
-            )
+            with progress_to_stderr(quiet=args.quiet):
+                run_bench(
+                    quick=args.quick,
+                    threads=args.threads,
+                    repeats=args.repeats,
+                    min_sample_s=args.min_sample_ms / 1e3,
+                    cases=args.cases,
+                    memory=not args.no_memory,
+                    compiled=not args.no_compiled,
+                    json_path=args.json,
+                    plot_path=args.plot,
+                    progress=False if args.quiet else None,
+                )
             return 0
         if args.command == "scale":
             from metaopt.tools.scale import run_scale_command

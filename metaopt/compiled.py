@@ -137,6 +137,7 @@ class _Compiled:
         )
         self.what = what
         self.compiles = 0
+        self._backend_calls = 0
         self.seconds: float | None = None
         self.cache: str | None = None
         self._warned = False
@@ -148,17 +149,8 @@ class _Compiled:
         self._compiled = torch.compile(function, backend=self._backend, **options)
 
     def _backend(self, graph: torch.fx.GraphModule, example_inputs: list[Any]) -> Any:
-        """Inductor (or the chosen backend), counting compiles to see recompiles."""
-        self.compiles += 1
-        if self.compiles > 1 and not self._warned:
-            self._warned = True
-            warnings.warn(
-                f"the compiled engine compiled its {self.what} again: the meta-batch's shapes, "
-                "dtype or Python values (or the model's train/eval mode) changed. A run that "
-                "changes them every iteration pays a compile each time; use engine='vmap' there",
-                UserWarning,
-                stacklevel=2,
-            )
+        """Inductor (or the chosen backend); its calls tell `__call__` that dynamo compiled."""
+        self._backend_calls += 1
         backend = torch._dynamo.lookup_backend(self._inner_backend)
         if self._inner_backend != "inductor":
             return backend(graph, example_inputs)
@@ -169,6 +161,7 @@ class _Compiled:
         start = time.perf_counter()
         first = self.seconds is None
         cache = _fx_graph_cache() if first else (0, 0)
+        calls = self._backend_calls
         try:
             result = self._compiled(*args)
         except torch._dynamo.exc.Unsupported as error:
@@ -178,11 +171,32 @@ class _Compiled:
                 f"engine='compiled' cannot trace this meta-batch's losses ({reason}); "
                 "use engine='vmap'"
             ) from error
+        if self._backend_calls != calls:
+            self._compiled_once_more()
         if first:
             self.seconds = time.perf_counter() - start
             hits, misses = (now - then for now, then in zip(_fx_graph_cache(), cache, strict=True))
             self.cache = "cold" if misses else "warm" if hits else None
         return result
+
+    def _compiled_once_more(self) -> None:
+        """Count one compile (and warn at the second): a call in which the backend ran.
+
+        A call compiles one graph (``fullgraph=True``), but dynamo may call the backend more
+        than once for it: when the backend's analysis asks for a restart (AOTAutograd's pass
+        that turns Python float scalars into tensors does, on a float64 second-order
+        meta-iteration with an empty inductor cache), dynamo traces the frame again and calls the
+        backend again. Counting backend calls would count that one compile twice."""
+        self.compiles += 1
+        if self.compiles > 1 and not self._warned:
+            self._warned = True
+            warnings.warn(
+                f"the compiled engine compiled its {self.what} again: the meta-batch's shapes, "
+                "dtype or Python values (or the model's train/eval mode) changed. A run that "
+                "changes them every iteration pays a compile each time; use engine='vmap' there",
+                UserWarning,
+                stacklevel=3,
+            )
 
 
 class CompiledMetaGradient:

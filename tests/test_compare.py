@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
+import re
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -453,3 +456,50 @@ def test_the_report_names_each_method_s_outer_step_where_they_differ() -> None:
     assert outer_steps(old, {**config, "outer_optimizer": "sgd"}).startswith(
         "same outer optimiser (sgd,"
     )
+
+
+def _progress_argv(out: Path) -> list[str]:
+    return [
+        *["compare", "compare-wave", "--iterations", "2", "--steps", "1,2", "--checkpoints"],
+        *["1", "--repeats", "1", "--heldout-tasks", "2", "--methods", "fomaml", "--report"],
+        str(out),
+    ]
+
+
+_POINT = re.compile(
+    r"^metaopt: compare compare-wave: meta-gradients: point (\d)/4 \(\d+%\): "
+    r"iteration (\d), (\d) inner step\(s\); \S+ (?:s/point|points/s), ETA \S+$"
+)
+
+
+def test_cli_compare_off_a_terminal_prints_progress_lines(tmp_path: Path, capsys) -> None:
+    """Issue 27, item 6: each stage and each training run says how far it is, as training does."""
+    assert main(_progress_argv(tmp_path / "r")) == 0
+    err = capsys.readouterr().err
+    points = [m.groups() for m in map(_POINT.match, err.splitlines()) if m]
+    # the points: (iteration 0, 2) × (1, 2 inner steps), one line each (4 steps: each a tenth)
+    assert points == [
+        ("1", "0", "1"),
+        ("2", "0", "2"),
+        ("3", "2", "1"),
+        ("4", "2", "2"),
+    ]
+    assert "metaopt: compare compare-wave: timing: setting 2/2 (100%): 2 inner step(s);" in err
+    assert "metaopt: compare-wave/maml iteration 2/2 (100%)" in err  # the runs' own lines
+    assert "metaopt: compare-wave/fomaml iteration 2/2 (100%)" in err
+    assert "|" not in err  # no bar
+    assert "exact meta-gradient" not in err  # the family computes none: nothing announced
+
+
+def test_cli_compare_on_a_terminal_shows_bars(tmp_path: Path, capsys, monkeypatch) -> None:
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    terminal = Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    assert main(_progress_argv(tmp_path / "r")) == 0
+    assert "# metaopt compare: compare-wave" in capsys.readouterr().out
+    shown = terminal.getvalue()
+    assert "compare compare-wave: meta-gradients: 100%" in shown and "4/4" in shown
+    assert not any(map(_POINT.match, shown.splitlines()))

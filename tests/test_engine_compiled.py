@@ -394,3 +394,73 @@ def test_every_product_swapped_by_the_orientation_pass_gives_the_same_meta_gradi
     assert len(decisions) >= 8 and all(d.swapped for d in decisions)
     assert relative(got, want) <= tolerance
     torch.testing.assert_close(after, loop_metrics.support_after, rtol=10 * tolerance, atol=0)
+
+
+def test_a_compile_whose_analysis_restarts_counts_once_and_does_not_warn() -> None:
+    """Dynamo calls the backend again when its analysis restarts (AOTAutograd's pass that turns
+    Python scalars into tensors asks for it on a float64 second-order meta-iteration): one
+    compile, counted once and not warned about; a new shape is a second compile, warned about."""
+    calls = []
+
+    def restarts_once(graph: torch.fx.GraphModule, example_inputs: list[object]) -> object:
+        calls.append(len(example_inputs))
+        if len(calls) == 1:
+            raise torch._dynamo.exc.TensorifyScalarRestartAnalysis()
+        return graph.forward
+
+    function = compiled._Compiled(
+        lambda x: (x * 2 + 1).sum(), {**fast_options(), "backend": restarts_once}, "test graph"
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert function(torch.ones(3)).item() == 9.0
+        assert function(torch.zeros(3)).item() == 3.0  # same shape: no compile
+    assert len(calls) == 2  # the backend ran twice for the one compile
+    assert function.compiles == 1
+    with pytest.warns(UserWarning, match="compiled its test graph again"):
+        assert function(torch.ones(4)).item() == 12.0
+    assert function.compiles == 2 and len(calls) == 3
+
+
+_ONE_CALL = """
+import json, sys, warnings
+sys.path.insert(0, sys.argv[1])
+import torch
+from test_engine import RegressionBatch, build, mlp
+import metaopt.compiled as compiled
+algo = build("maml", mlp(torch.float64), "compiled", 1)
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    algo.meta_backward(RegressionBatch(5, torch.float64))
+(engine,) = compiled.engine_of(algo)
+code = engine._gradient._compiled.__wrapped__.__code__  # the engine's own copy
+entries = torch._dynamo.eval_frame._debug_get_cache_entry_list(code)
+print(json.dumps({
+    "compiles": engine.compiles,
+    "cache_entries": len(entries),
+    "cache": engine.compile_cache,
+    "warnings": [str(w.message) for w in caught if "compiled engine" in str(w.message)],
+}))
+"""
+
+
+@pytest.mark.slow
+def test_one_call_in_a_fresh_process_with_an_empty_cache_is_one_compile(tmp_path) -> None:
+    """The case of issue 27: float64 second-order MAML, 1 step, a fresh process and an empty
+    inductor cache. Dynamo's own cache of compiled frames (one entry per guard set) is the
+    independent count."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "inductor")}
+    env["OMP_NUM_THREADS"] = "1"
+    tests = str(Path(__file__).parent)
+    done = subprocess.run(
+        [sys.executable, "-c", _ONE_CALL, tests], env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result == {"compiles": 1, "cache_entries": 1, "cache": "cold", "warnings": []}

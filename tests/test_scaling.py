@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import statistics
 import sys
 from pathlib import Path
@@ -16,8 +17,11 @@ from metaopt.tools.scale import (
     RunRecord,
     ScaleFailure,
     check_same_parameters,
+    first_divergence,
+    largest_metric_difference,
     launch_command,
     median_iteration_seconds,
+    metric_differences,
     summarize_runs,
     train_flags,
 )
@@ -115,6 +119,50 @@ def test_long_runs_that_part_are_reported_and_short_ones_checked(
     agreement = json.loads(path.read_text())["agreement"]
     assert agreement["first_divergence"] == 4
     assert agreement["timed_across_counts"] == pytest.approx(0.7 / 1.0, rel=1e-6)
+
+
+def test_the_whole_runs_logged_numbers_are_compared_in_the_report_and_json(
+    monkeypatch, tmp_path: Path, capsys
+) -> None:
+    """Issue 27, item 13: over the whole run, the largest difference of the logged numbers and
+    the iteration it first exceeds the tolerance. By hand: at 2 processes query = 1 + 0.1·(i − 3)
+    from iteration 4, at 1 process 1, so the largest is at iteration 10, 0.7 / 1.7."""
+    _fake_runs(monkeypatch, tmp_path, part=4)
+    path = tmp_path / "scale.json"
+    argv = ["scale", "mdp", "--iterations", "10", "--check-iterations", "2", "--repeats", "1"]
+    assert main([*argv, "--json", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert (
+        "logged numbers (metrics.jsonl) across process counts over all 10 iterations, largest "
+        "relative difference: 0.41 (query at iteration 10; first above 1e-05 at iteration 4)"
+    ) in out
+    agreement = json.loads(path.read_text())["agreement"]
+    assert agreement["largest_metric_difference"] == pytest.approx(0.7 / 1.7, rel=1e-12)
+    assert (agreement["largest_metric"], agreement["largest_metric_iteration"]) == ("query", 10)
+
+
+def test_metric_differences_relative_to_the_larger_magnitude() -> None:
+    rows = [{"iteration": 1, "seconds": 1.0, "a": 2.0, "b": 0.0, "c": None}]
+    rows.append({"iteration": 2, "seconds": 2.0, "a": 1.0, "b": -4.0, "c": 3.0})
+    others = [{"iteration": 1, "seconds": 9.0, "a": 1.0, "b": 0.0, "c": None}]
+    others.append({"iteration": 2, "seconds": 9.0, "a": 1.0, "b": 1.0, "c": None})
+    assert list(metric_differences(rows, others)) == [
+        (1, "a", 0.5),
+        (1, "b", 0.0),
+        (1, "c", 0.0),
+        (2, "a", 0.0),
+        (2, "b", 5 / 4),
+        (2, "c", math.inf),
+    ]
+    assert largest_metric_difference(rows, others) == (math.inf, "c", 2)
+    assert largest_metric_difference(rows[:1], others[:1]) == (0.5, "a", 1)
+    assert largest_metric_difference([], []) is None
+    assert first_divergence(rows[:1], others[:1], tolerance=0.6) is None
+    assert first_divergence(rows[:1], others[:1], tolerance=0.4) == 1
+    assert list(metric_differences(rows, others[:1]))[-1] == (2, "(row)", math.inf)
+    nan = [{"iteration": 1, "a": math.nan, "b": 5.0}]
+    value, key, iteration = largest_metric_difference(nan, [{"iteration": 1, "a": 1.0, "b": 0.0}])
+    assert math.isnan(value) and (key, iteration) == ("a", 1)
 
 
 def test_agreement_runs_that_differ_stop_before_timing(monkeypatch, tmp_path: Path, capsys) -> None:

@@ -40,7 +40,7 @@ from metaopt.training.build import (
 from metaopt.training.family import ConfigError, EvalRequest, TaskFamily, TrainConfig
 from metaopt.training.hooks import TrainingHooks
 from metaopt.training.memory import check_memory
-from metaopt.training.progress import LOGGER, ProgressLog
+from metaopt.training.progress import LOGGER, ProgressLog, compile_notice, restart_rate
 from metaopt.training.rundir import finite_or_none, new_run_dir, record_engine, write_json
 from metaopt.training.signals import StopOnSignal, TrainingInterrupted
 from metaopt.training.state import Run, random_state, save
@@ -239,12 +239,15 @@ def _loop(run: Run, log: IO[str], stop: StopOnSignal, progress: bool | None) -> 
     hooks = tuple(run.hooks)
     if progress is None and run.dist.is_main and not sys.stderr.isatty():
         hooks += (ProgressLog(f"{family.name}/{config.algo}", config.iterations),)
+    compiling = compile_notice(algo)
     with tqdm(
         total=config.iterations,
         initial=run.iteration,
         desc=f"{family.name}/{config.algo}",
         disable=disable,
     ) as bar:
+        if compiling is not None:
+            bar.set_postfix_str(compiling)
         for iteration in range(run.iteration + 1, config.iterations + 1):
             with clock.paused():
                 for hook in hooks:
@@ -319,6 +322,9 @@ def _loop(run: Run, log: IO[str], stop: StopOnSignal, progress: bool | None) -> 
             if row["query"] is not None:
                 bar.set_postfix(query=f"{row['query']:.4g}", refresh=False)
             bar.update()
+            if compiling is not None:  # the compile stays out of the rate and the ETA
+                compiling = None
+                restart_rate(bar)
 
 
 def _gathered(metrics: MetaMetrics, num_tasks: int, info: distributed.DistInfo) -> MetaMetrics:

@@ -19,7 +19,7 @@ import logging
 import math
 import sys
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
@@ -29,8 +29,12 @@ from metaopt.training.hooks import TrainingHooks
 __all__ = [
     "LOGGER",
     "ProgressLog",
+    "StepProgress",
+    "compile_notice",
     "format_duration",
+    "format_rate",
     "progress_to_stderr",
+    "restart_rate",
     "show_bars",
     "with_progress",
 ]
@@ -72,7 +76,9 @@ class ProgressLog(TrainingHooks):
     A line reads ``sine/maml iteration 50/500 (10%): query 0.412, support 1.23 -> 0.51;
     2.31 it/s, ETA 3m15s``. The rate is iterations per wall-clock second since this process
     started training (hooks and periodic evaluation included, as they are in the time left);
-    the ETA is the iterations left divided by it.
+    the ETA is the iterations left divided by it. Where the first iteration compiles (the compiled
+    engine), a line says so before it, its own line gives the compile's time instead of a rate, and
+    the rate counts from the iteration after it.
 
     Args:
         label: What is trained, e.g. ``"sine/maml"``.
@@ -96,13 +102,32 @@ class ProgressLog(TrainingHooks):
         self._began = 0.0
         self._last_line = -math.inf  # time of the last line
         self._last_iteration = 0
+        self._compiling = False  # the first iteration compiles (compile_notice)
 
     def on_iteration_start(self, iteration: int, algo: MetaLearner) -> None:
         if self._first is None:
             self._first, self._began = iteration, time.perf_counter()
+            notice = compile_notice(algo)
+            if notice is not None:
+                self._compiling = True
+                LOGGER.info("%s: %s", self.label, notice)
 
     def on_iteration_end(self, iteration: int, row: Mapping[str, Any]) -> None:
         now = time.perf_counter()
+        if self._compiling:  # the rate and the ETA count from the end of the compiling call
+            self._compiling = False
+            self._last_line, self._last_iteration = now, iteration
+            LOGGER.info(
+                "%s iteration %d/%d (%d%%): %s; compiled in %s",
+                self.label,
+                iteration,
+                self.total,
+                100 * iteration // max(self.total, 1),
+                _losses(row),
+                format_duration(now - self._began),
+            )
+            self._first, self._began = iteration + 1, now
+            return
         due = (
             iteration == self._first
             or iteration == self.total
@@ -124,6 +149,37 @@ class ProgressLog(TrainingHooks):
             rate,
             format_duration((self.total - iteration) / rate),
         )
+
+
+#: Seconds of the compiled engine's first call with inductor's cache warm (the same graphs compiled
+#: before on this machine) and with an empty one: the first iteration of ``metaopt train sine
+#: --preset maml --compile`` on the 2-core development machine, shared with other jobs, took 7 and
+#: 19 s warm, 54 and 67 s with ``TORCHINDUCTOR_CACHE_DIR`` a new directory.
+COMPILE_SECONDS = {"warm": 10, "cold": 60}
+
+
+def compile_notice(algo: Any) -> str | None:
+    """What to say before ``algo``'s next meta-iteration if it compiles (the compiled engine's first
+    call: tracing and code generation, a pause of seconds to minutes), else None."""
+    if getattr(algo, "engine", None) != "compiled":
+        return None
+    from metaopt.compiled import engine_of
+
+    if engine_of(algo):  # compiled already, in this process
+        return None
+    return (
+        f"compiling (first call; about {COMPILE_SECONDS['warm']} s if it compiled before on this "
+        f"machine, about {COMPILE_SECONDS['cold']} s the first time, on 2 CPU cores; not counted "
+        "in the rate)"
+    )
+
+
+def restart_rate(bar: Any) -> None:
+    """Start a tqdm ``bar``'s rate and ETA afresh from its current count (after a compile)."""
+    done = bar.n
+    bar.reset()  # the clock and the rate's running averages
+    bar.n = bar.last_print_n = bar.initial = done
+    bar.refresh()
 
 
 def _losses(row: Mapping[str, Any]) -> str:
@@ -162,6 +218,128 @@ def with_progress(
                 rate,
                 format_duration((total - done) / rate),
             )
+
+
+class StepProgress:
+    """Progress of a loop of ``total`` long steps (``metaopt compare``'s points, ``bench``'s cases,
+    ``scale``'s runs), shown as training shows its iterations.
+
+    On a terminal, a tqdm bar whose postfix names the last step done (lines the loop prints go
+    above it: ``printer``); off it (a log file, ``nohup``, a cluster job), a line when the loop
+    starts, after the first and the last step, and after every tenth of the steps or ``seconds``
+    seconds between, through training's logger (``LOGGER``). A line reads ``bench:
+    part 3/9 (33%): sine-maml-5step; 41.2 s/part, ETA 4m07s``: the steps done, what the last one
+    was, the rate since the loop started and the time left at that rate.
+
+    Use it as a context manager (the bar is closed on the way out).
+
+    Args:
+        desc: What runs, e.g. ``"bench"`` (the command prefixes its lines with ``metaopt:``).
+        total: Steps in the loop.
+        unit: What one step is (``"case"``, ``"run"``).
+        show: ``None`` (default): the bar on a terminal where progress is wanted
+            (``show_bars()``), lines otherwise; ``True``: the bar; ``False``: nothing.
+        seconds: Off a terminal, at most this many seconds between two lines.
+        lazy: Show nothing until the first step is done (a loop that may have no steps: the
+            rows against the exact meta-gradient, which only some families compute).
+    """
+
+    def __init__(
+        self,
+        desc: str,
+        total: int,
+        *,
+        unit: str = "step",
+        show: bool | None = None,
+        seconds: float = SECONDS,
+        lazy: bool = False,
+    ) -> None:
+        self.desc, self.total, self.unit, self.seconds = desc, total, unit, seconds
+        self.every = max(1, math.ceil(total * FRACTION))
+        self.done = 0
+        self.lines = show is None and not show_bars()
+        self._wants_bar = bool(show or (show is None and not self.lines))
+        self._bar: Any = None
+        self._began = self._last_line = time.perf_counter()
+        self._last_done = 0
+        self._shown = False
+        if not lazy:
+            self._show()
+
+    def _show(self) -> None:
+        """The bar, or the line that announces the loop."""
+        self._shown = True
+        if self._wants_bar:
+            from tqdm.auto import tqdm
+
+            self._bar = tqdm(total=self.total, desc=self.desc, unit=self.unit)
+            # a lazy bar's clock starts with the loop, not at the first step
+            self._bar.start_t -= time.perf_counter() - self._began
+        if self.lines:
+            plural = "" if self.total == 1 else "s"
+            LOGGER.info("%s: %d %s%s", self.desc, self.total, self.unit, plural)
+
+    def __enter__(self) -> StepProgress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+
+    def update(self, note: str = "") -> None:
+        """One more step done; ``note`` says which (the bar's postfix, the line's middle)."""
+        if not self._shown:
+            self._show()
+        self.done += 1
+        if self._bar is not None:
+            if note:
+                self._bar.set_postfix_str(note, refresh=False)
+            self._bar.update()
+        if not self.lines:
+            return
+        now = time.perf_counter()
+        due = (
+            self.done in (1, self.total)
+            or self.done - self._last_done >= self.every
+            or now - self._last_line >= self.seconds
+        )
+        if not due:
+            return
+        self._last_line, self._last_done = now, self.done
+        rate = self.done / max(now - self._began, 1e-9)
+        LOGGER.info(
+            "%s: %s %d/%d (%d%%)%s; %s, ETA %s",
+            self.desc,
+            self.unit,
+            self.done,
+            self.total,
+            100 * self.done // max(self.total, 1),
+            f": {note}" if note else "",
+            format_rate(rate, self.unit),
+            format_duration((self.total - self.done) / rate),
+        )
+
+    def printer(self, echo: Callable[[str], None]) -> Callable[[str], None]:
+        """``echo``, printing above the bar where there is one (so the bar is not torn)."""
+        if self._bar is None:
+            return echo
+
+        def above(line: str) -> None:
+            with self._bar.external_write_mode():
+                echo(line)
+
+        return above
+
+
+def format_rate(rate: float, unit: str) -> str:
+    """``2.31 runs/s`` from one step a second up, ``41.2 s/run`` below: a slow loop's rate
+    reads as the time per step."""
+    if rate >= 1:
+        return f"{rate:.3g} {unit}s/s"
+    return f"{1 / rate:.3g} s/{unit}" if rate > 0 else f"? s/{unit}"
 
 
 @contextmanager

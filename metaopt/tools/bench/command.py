@@ -9,11 +9,12 @@ from typing import Any
 
 import torch
 
-from metaopt.tools.bench.cases import domain_cases, memory_sweeps
+from metaopt.tools.bench.cases import Case, MemorySweep, domain_cases, memory_sweeps
 from metaopt.tools.bench.flops import matmul_peak
 from metaopt.tools.bench.memory import memory_sweep, plot_memory, sweep_table
 from metaopt.tools.bench.timing import time_case
 from metaopt.training import ConfigError
+from metaopt.training.progress import StepProgress
 
 __all__ = ["run_bench"]
 
@@ -30,6 +31,7 @@ def run_bench(
     json_path: Path | None = None,
     plot_path: Path | None = None,
     echo: Callable[[str], None] = print,
+    progress: bool | None = None,
 ) -> list[dict[str, Any]]:
     """Run the benchmark; print the table; return (and optionally save) the records.
 
@@ -40,7 +42,9 @@ def run_bench(
     ``metaopt-compiled`` rows, whose compiles take most of a full bench's time); with them, their
     rows carry ``compile_s`` and ``compile_cache`` and the table a column ``compile s``.
     ``min_sample_s``: each timed sample is a block of back-to-back calls at least this long
-    (`time_case`; 0: one call per sample).
+    (`time_case`; 0: one call per sample). ``progress``: a bar
+    over the parts (the matmul peak, each case, each memory sweep) on a terminal and lines off it
+    (``None``), the bar (``True``) or neither (``False``); see ``StepProgress``.
 
     Raises:
         ConfigError: ``cases`` names a case no domain registers.
@@ -68,9 +72,42 @@ def run_bench(
         f"metaopt bench: {threads} thread(s), median of {repeats} repetitions{block}, "
         f"torch {torch.__version__}"
     )
+    with_peak = any(case.flops_from is not None for case in all_cases)
+    parts = int(with_peak) + len(all_cases) + (len(sweeps) if memory else 0)
+    with StepProgress("bench", parts, unit="part", show=progress) as bar:
+        return _run(
+            all_cases,
+            sweeps if memory else [],
+            with_peak=with_peak,
+            quick=quick,
+            threads=threads,
+            repeats=repeats,
+            min_sample_s=min_sample_s,
+            json_path=json_path,
+            plot_path=plot_path,
+            echo=bar.printer(echo),
+            bar=bar,
+        )
+
+
+def _run(
+    all_cases: Sequence[Case],
+    sweeps: Sequence[MemorySweep],
+    *,
+    with_peak: bool,
+    quick: bool,
+    threads: int,
+    repeats: int,
+    min_sample_s: float,
+    json_path: Path | None,
+    plot_path: Path | None,
+    echo: Callable[[str], None],
+    bar: StepProgress,
+) -> list[dict[str, Any]]:
+    """The timing, the table and the memory sweeps of `run_bench`, one ``bar`` step each."""
     records: list[dict[str, Any]] = []
     peak: float | None = None
-    if any(case.flops_from is not None for case in all_cases):
+    if with_peak:
         measured = matmul_peak(target_s=0.01 if quick else 0.05, repeats=3 if quick else 10)
         measured["threads"] = threads
         records.append(measured)
@@ -80,6 +117,7 @@ def run_bench(
             f"matmul peak: torch.mm {size}×{size} float32, {peak / 1e9:.1f} GFLOP/s "
             f"({measured['time_s'] * 1e3:.1f} ms, median of {3 if quick else 10})"
         )
+        bar.update("matmul peak")
     for case in all_cases:
         timed = time_case(
             case,
@@ -129,7 +167,8 @@ def run_bench(
                 + flop_columns
                 + compile_column
             )
-    if memory:
+        bar.update(case.name)
+    if sweeps:
         steps = (1, 2, 5) if quick else (1, 2, 5, 10, 20)
         for index, sweep in enumerate(sweeps):
             measured_sweep = memory_sweep(sweep, steps)
@@ -147,6 +186,7 @@ def run_bench(
                 if index:
                     path = path.with_name(f"{path.stem}-{sweep.name}{path.suffix}")
                 plot_memory(sweep, steps, measured_sweep, path)
+            bar.update(f"memory, {sweep.name}")
     if json_path is not None:
         Path(json_path).write_text(json.dumps(records, indent=2) + "\n")
     return records

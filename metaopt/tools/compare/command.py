@@ -46,7 +46,7 @@ def add_compare_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="N",
         help="torch threads for the whole comparison (default: torch's); stated in the report",
     )
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars or lines")
 
 
 def run_compare_command(family: TaskFamily, arguments: Mapping[str, Any]) -> int:
@@ -59,6 +59,7 @@ def run_compare_command(family: TaskFamily, arguments: Mapping[str, Any]) -> int
     import torch  # here, not above: the command line builds its parser without torch
 
     from metaopt.tools.compare.run import compare_methods
+    from metaopt.training.progress import progress_to_stderr
 
     for name, option, instead in (("algo", "--algo", "--methods"), ("out", "--out", "--report")):
         if name in arguments:
@@ -71,9 +72,14 @@ def run_compare_command(family: TaskFamily, arguments: Mapping[str, Any]) -> int
         if arguments["threads"] < 1:
             raise ConfigError(f"--threads must be an integer >= 1, got {arguments['threads']}")
         torch.set_num_threads(arguments["threads"])
-    results = compare_methods(
-        family, config, arguments["report"], options, progress=False if arguments["quiet"] else None
-    )
+    with progress_to_stderr(quiet=arguments["quiet"]):
+        results = compare_methods(
+            family,
+            config,
+            arguments["report"],
+            options,
+            progress=False if arguments["quiet"] else None,
+        )
     report = Path(results["report_dir"])
     print((report / "report.md").read_text())
     print(f"report directory: {report}")

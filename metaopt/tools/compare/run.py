@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 
 from metaopt.tools.compare.curves import checkpoint_iterations, family_curve_key, run_curve
 from metaopt.tools.compare.gradients import (
@@ -37,6 +36,7 @@ from metaopt.training import (
     new_directory,
     package_versions,
 )
+from metaopt.training.progress import StepProgress
 
 __all__ = ["compare_methods"]
 
@@ -52,8 +52,10 @@ def _prepare_report_dir(family: TaskFamily, report_dir: Path | str | None) -> Pa
     )
 
 
-def _bar(total: int, desc: str, progress: bool | None) -> tqdm:
-    return tqdm(total=total, desc=desc, disable=None if progress is None else not progress)
+def _steps(
+    family: TaskFamily, what: str, total: int, unit: str, show: bool | None, lazy: bool = False
+) -> StepProgress:
+    return StepProgress(f"compare {family.name}: {what}", total, unit=unit, show=show, lazy=lazy)
 
 
 def compare_methods(
@@ -76,7 +78,8 @@ def compare_methods(
             of steps of the runs, ``iterations`` their length, ``meta_batch`` the comparison's.
         report_dir: A new or empty directory (default ``reports/compare-<family>-<time>``).
         options: What to measure (default `CompareOptions`).
-        progress: Show progress bars; ``None`` shows them only when stderr is a terminal.
+        progress: Show progress bars; ``None`` shows them only when stderr is a terminal and
+            otherwise logs progress lines (``metaopt.training.progress``), ``False`` neither.
 
     Returns:
         What ``results.json`` holds.
@@ -117,7 +120,8 @@ def compare_methods(
     gradients: list[dict[str, Any]] = []
     seeds = comparison_seeds(config, options.batches)
     others = [m for m in methods if m != REFERENCE]
-    with _bar(len(states) * len(options.steps), "meta-gradients", progress) as bar:
+    points = len(states) * len(options.steps)
+    with _steps(family, "meta-gradients", points, "point", progress) as bar:
         for iteration, state in sorted(states.items()):
             for steps in options.steps:
                 at = (family, config, state, steps)
@@ -141,19 +145,21 @@ def compare_methods(
                 gradients.append(
                     {"method": OTHER_BATCH, **point, **summarize_batches(references, shifted)}
                 )
-                bar.update()
+                bar.update(f"iteration {iteration}, {steps} inner step(s)")
 
     # 2b. Against the exact meta-gradient, where the family can compute one.
     truth = None
     if options.truth_batches:
         rows = 3 * len([m for m in methods if m != "reptile"])
-        with _bar(rows, "against the truth", progress) as bar:
+        # lazy: nothing shown for a family that computes no exact meta-gradient
+        exact = _steps(family, "against the exact meta-gradient", rows, "row", progress, lazy=True)
+        with exact as bar:
             request = TruthRequest(methods, options.truth_batches, bar.update)
             truth = family.compare_with_truth(config, request)
 
     # 3. Time and memory per meta-iteration, at initialisation.
     timing: list[Timing] = []
-    with _bar(len(options.steps), "timing", progress) as bar:
+    with _steps(family, "timing", len(options.steps), "setting", progress) as bar:
         for steps in options.steps:
             timing += time_meta_iterations(
                 family,
@@ -164,7 +170,7 @@ def compare_methods(
                 repeats=options.repeats,
                 task_seed=seed,
             )
-            bar.update()
+            bar.update(f"{steps} inner step(s)")
 
     # 4. Learning curves of the other methods.
     if options.curves and config.iterations > 0:

@@ -61,6 +61,7 @@ def run_scale_command(family: TaskFamily, arguments: Mapping[str, Any]) -> int:
         ConfigError: an out-of-range flag (exit status 2), before anything is launched.
     """
     from metaopt.tools.scale.run import run_scale  # imports torch: not while parsing
+    from metaopt.training.progress import progress_to_stderr
 
     options = dataclass_from_arguments(ScaleOptions, arguments, prefix=_PREFIX)
     own = (*dataclass_arguments(ScaleOptions, prefix=_PREFIX), *_OUTPUTS, "command", "family")
@@ -70,13 +71,14 @@ def run_scale_command(family: TaskFamily, arguments: Mapping[str, Any]) -> int:
 
         check_iterations_to_train(overrides["iterations"])
     try:
-        run_scale(
-            family,
-            overrides,
-            options,
-            json_path=arguments["scale_json"],
-            keep=arguments["scale_keep"],
-        )
+        with progress_to_stderr():
+            run_scale(
+                family,
+                overrides,
+                options,
+                json_path=arguments["scale_json"],
+                keep=arguments["scale_keep"],
+            )
     except ScaleFailure as error:
         print(f"metaopt: error: {error}", file=sys.stderr)
         return 1

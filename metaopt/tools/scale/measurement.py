@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -17,7 +17,9 @@ __all__ = [
     "check_same_parameters",
     "first_divergence",
     "largest_difference",
+    "largest_metric_difference",
     "median_iteration_seconds",
+    "metric_differences",
     "relative_differences",
     "summarize_runs",
 ]
@@ -129,23 +131,52 @@ def check_same_parameters(
     return value
 
 
-def first_divergence(
-    rows: Sequence[Mapping[str, Any]], others: Sequence[Mapping[str, Any]], tolerance: float
-) -> int | None:
-    """The first iteration whose logged numbers (times aside) differ by more than ``tolerance``.
+def metric_differences(
+    rows: Sequence[Mapping[str, Any]], others: Sequence[Mapping[str, Any]]
+) -> Iterator[tuple[int, str, float]]:
+    """``(iteration, key, difference)`` for every number two runs logged (times aside), row by row.
 
-    Values are compared relative to the larger magnitude; a missing row or key, or a value
-    logged as null in one run only, is a difference. None if the runs never differ.
+    The difference is relative to the larger magnitude, ``|x − y| / max(|x|, |y|)`` (0 where the
+    values are equal, NaN where one is); a value logged as null in one run only is ``inf``, and so
+    is a row that only one run has (key ``"(row)"``, iteration: its position from 1).
     """
     for index in range(max(len(rows), len(others))):
         if index >= min(len(rows), len(others)):
-            return index + 1
+            yield index + 1, "(row)", math.inf
+            continue
         a, b = rows[index], others[index]
-        for key in (set(a) | set(b)) - {"seconds", "iteration"}:
+        iteration = int(a.get("iteration", index + 1))
+        for key in sorted((set(a) | set(b)) - {"seconds", "iteration"}):
             x, y = a.get(key), b.get(key)
             if x is None or y is None:
-                if x is not y:
-                    return int(a.get("iteration", index + 1))
-            elif not abs(x - y) <= tolerance * max(abs(x), abs(y)):
-                return int(a.get("iteration", index + 1))
+                yield iteration, key, 0.0 if x is y else math.inf
+            elif x == y:
+                yield iteration, key, 0.0
+            else:
+                yield iteration, key, abs(x - y) / max(abs(x), abs(y))
+
+
+def first_divergence(
+    rows: Sequence[Mapping[str, Any]], others: Sequence[Mapping[str, Any]], tolerance: float
+) -> int | None:
+    """The first iteration whose logged numbers (times aside) differ by more than ``tolerance``
+    (`metric_differences`: relative to the larger magnitude; a missing row or key, or a
+    value logged as null in one run only, is a difference). None if the runs never differ."""
+    for iteration, _, difference in metric_differences(rows, others):
+        if not difference <= tolerance:  # NaN too
+            return iteration
     return None
+
+
+def largest_metric_difference(
+    rows: Sequence[Mapping[str, Any]], others: Sequence[Mapping[str, Any]]
+) -> tuple[float, str, int] | None:
+    """``(difference, key, iteration)`` of the largest `metric_differences` over the whole
+    runs (the first where several are equal; a NaN is the largest); None without rows."""
+    worst: tuple[float, str, int] | None = None
+    for iteration, key, difference in metric_differences(rows, others):
+        if math.isnan(difference):
+            return difference, key, iteration
+        if worst is None or difference > worst[0]:
+            worst = (difference, key, iteration)
+    return worst

@@ -10,7 +10,7 @@ from metaopt.training.family import flag
 #: Largest accepted relative difference of any final meta-parameter tensor between two runs.
 DEFAULT_TOLERANCE = 1e-5
 #: Iterations of the agreement runs: few enough that no sampled action has flipped yet (the
-#: ``mdp`` defaults first parts at iteration 105, meta-batch 400 at iteration 24).
+#: ``mdp`` defaults first part at iteration 80, meta-batch 400 at iteration 24).
 DEFAULT_CHECK_ITERATIONS = 5
 
 
@@ -72,7 +72,7 @@ class ScaleOptions:
         "before timing, one run of N iterations per process count, whose final meta-parameters "
         "must agree. Kept short on purpose: in RL, where the model samples its own episodes, "
         "last-bit differences between process counts eventually change one sampled action, "
-        "after which the runs differ (the mdp defaults after about 100 iterations)",
+        "after which the runs differ (the mdp defaults after about 80 iterations)",
         metadata={"metavar": "N"},
     )
     tolerance: float = DEFAULT_TOLERANCE
@@ -129,6 +129,11 @@ class ParameterAgreement:
         timed_across_counts: Across process counts after the timed runs (reported only).
         first_divergence: Iteration at which the timed runs' logged numbers first differ by
             more than the tolerance across process counts; None if they never do.
+        largest_metric_difference: The largest relative difference of any number the timed
+            runs logged (``metrics.jsonl``, times aside) across process counts, over the whole
+            runs (reported only); None with one process count.
+        largest_metric: Which number that was.
+        largest_metric_iteration: At which iteration.
     """
 
     check_iterations: int
@@ -136,3 +141,6 @@ class ParameterAgreement:
     across_repeats: float
     timed_across_counts: float
     first_divergence: int | None
+    largest_metric_difference: float | None = None
+    largest_metric: str | None = None
+    largest_metric_iteration: int | None = None

@@ -75,4 +75,15 @@ def render_table(
             f"    across process counts after {config.iterations} iterations: "
             f"{agreement.timed_across_counts:.2g} (not checked: {parted})"
         )
+    if agreement.largest_metric_difference is not None:
+        lines.append(
+            f"  logged numbers (metrics.jsonl) across process counts over all {config.iterations} "
+            f"iterations, largest relative difference: {agreement.largest_metric_difference:.2g} "
+            f"({agreement.largest_metric} at iteration {agreement.largest_metric_iteration}; "
+            + (
+                f"first above {options.tolerance:g} at iteration {agreement.first_divergence})"
+                if agreement.first_divergence is not None
+                else f"never above {options.tolerance:g})"
+            )
+        )
     return "\n".join(lines)

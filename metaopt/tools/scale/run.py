@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import platform
 import subprocess
@@ -20,6 +21,7 @@ from metaopt.tools.scale.measurement import (
     check_same_parameters,
     first_divergence,
     largest_difference,
+    largest_metric_difference,
     median_iteration_seconds,
     summarize_runs,
 )
@@ -27,6 +29,7 @@ from metaopt.tools.scale.options import ParameterAgreement, RunRecord, ScaleFail
 from metaopt.tools.scale.report import render_table
 from metaopt.training import ConfigError, TaskFamily, TrainConfig, new_directory
 from metaopt.training.family import flag
+from metaopt.training.progress import StepProgress
 
 __all__ = ["launch_command", "run_scale", "train_flags"]
 
@@ -126,6 +129,11 @@ def _schedule(options: ScaleOptions) -> list[tuple[int, int]]:
     return order
 
 
+def _worse_first(difference: tuple[float, str, int]) -> tuple[bool, float]:
+    """Sort key of ``(difference, key, iteration)``: a NaN above every number."""
+    return math.isnan(difference[0]), 0.0 if math.isnan(difference[0]) else difference[0]
+
+
 def _processes(count: int) -> str:
     return f"{count} process{'es' if count > 1 else ''}"
 
@@ -138,7 +146,7 @@ def run_scale(
     json_path: Path | str | None = None,
     keep: Path | str | None = None,
     echo: Callable[[str], None] = print,
-    progress: Callable[[str], None] | None = None,
+    progress: bool | None = None,
 ) -> dict[str, Any]:
     """Check that the process counts agree, time ``metaopt train`` at each, print the table.
 
@@ -150,7 +158,9 @@ def run_scale(
         json_path: Where to write the records, the summary and the setting as JSON.
         keep: Directory for the runs (new or empty); a temporary one, removed at the end, if None.
         echo: Where the table goes.
-        progress: Where the one-line-per-run progress goes (default: stderr).
+        progress: Progress over the runs, each run's times its note: a bar on a terminal and
+            lines off it (``None``), the bar (``True``) or neither (``False``); see
+            ``metaopt.training.progress.StepProgress``.
 
     Returns:
         The JSON document: setting, ``records``, ``summary`` and ``agreement``.
@@ -179,18 +189,17 @@ def run_scale(
         if keep is not None
         else None
     )
-    if progress is None:
-
-        def progress(line: str) -> None:
-            print(line, file=sys.stderr, flush=True)
-
     threads = ["--threads", str(options.threads)]
     env = {**os.environ, "OMP_NUM_THREADS": str(options.threads)}
     records: list[RunRecord] = []
     states: dict[int, dict[str, dict[str, torch.Tensor]]] = {n: {} for n in options.processes}
     rows: dict[int, list[dict[str, Any]]] = {}
     across_counts: float | None = None
-    with tempfile.TemporaryDirectory(prefix="metaopt-scale-") as scratch:
+    runs = len(_schedule(options)) + (len(options.processes) if separate_check else 0)
+    with (
+        tempfile.TemporaryDirectory(prefix="metaopt-scale-") as scratch,
+        StepProgress(f"scale {family.name}", runs, unit="run", show=progress) as bar,
+    ):
         root = kept if kept is not None else Path(scratch)
         if separate_check:  # first, so that a setting whose runs disagree fails at once
             checked: dict[str, dict[str, torch.Tensor]] = {}
@@ -200,7 +209,7 @@ def run_scale(
                 command = launch_command(family.name, [*check_flags, *threads], count, run_dir)
                 wall = _run_once(command, env, label)
                 checked[label] = _final_parameters(run_dir)
-                progress(f"metaopt scale: agreement run, {label}: {wall:.2f} s wall")
+                bar.update(f"agreement run, {label}: {wall:.2f} s wall")
             across_counts = check_same_parameters(checked, options.tolerance)
         for repeat, count in _schedule(options):
             label = f"{_processes(count)}, repeat {repeat + 1}"
@@ -221,8 +230,8 @@ def run_scale(
             records.append(record)
             states[count][label] = _final_parameters(run_dir)
             rows.setdefault(count, logged)
-            progress(
-                f"metaopt scale: {label}/{options.repeats}: {record.train_seconds:.2f} s training "
+            bar.update(
+                f"{label}/{options.repeats}: {record.train_seconds:.2f} s training "
                 f"({record.iteration_seconds * 1e3:.2f} ms per iteration), "
                 f"{record.wall_seconds:.2f} s wall"
             )
@@ -237,12 +246,18 @@ def run_scale(
         first_divergence(rows[base], rows[n], options.tolerance) for n in options.processes[1:]
     ]
     found = [d for d in divergences if d is not None]
+    largest = [largest_metric_difference(rows[base], rows[n]) for n in options.processes[1:]]
+    # the largest over the counts; a NaN (nothing is worse) wins
+    worst = max((w for w in largest if w is not None), key=_worse_first, default=None)
     agreement = ParameterAgreement(
         check_iterations=check_iterations,
         across_counts=timed_across_counts if across_counts is None else across_counts,
         across_repeats=across_repeats,
         timed_across_counts=timed_across_counts,
         first_divergence=min(found) if found else None,
+        largest_metric_difference=None if worst is None else worst[0],
+        largest_metric=None if worst is None else worst[1],
+        largest_metric_iteration=None if worst is None else worst[2],
     )
     summary = summarize_runs(records)
     echo(

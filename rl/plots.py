@@ -147,7 +147,7 @@ def plot_adaptation(
     if random_start:
         curves.append(("random initialisation + SGD", random_start, "tab:purple"))
     diverged = 0
-    for slot, (label, by_steps, color) in enumerate(curves):
+    for label, by_steps, color in curves:
         diverged += plot_summary_curve(
             ax,
             by_steps,
@@ -155,7 +155,6 @@ def plot_adaptation(
             color=color,
             tasks=evaluation.get("tasks"),
             higher_is_better=True,
-            slot=slot,
             errorbars=True,
         )
     all_steps = [int(k) for _, by_steps, _ in curves for k in by_steps]

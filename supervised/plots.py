@@ -58,7 +58,7 @@ def plot_metric_vs_steps(
             ("meta-learned", block["by_steps"], "tab:blue"),
             ("pretrained baseline", block["baseline"]["by_steps"], "tab:orange"),
         )
-        for slot, (label, by_steps, color) in enumerate(curves):
+        for label, by_steps, color in curves:
             diverged += plot_summary_curve(
                 ax,
                 by_steps,
@@ -66,7 +66,6 @@ def plot_metric_vs_steps(
                 color=color,
                 tasks=block.get("tasks"),
                 higher_is_better=block.get("metric") not in LOSSES,
-                slot=slot,
             )
             spread += [m for m, _, _ in map(summary_point, by_steps.values()) if m > 0]
         if spread and max(spread) > 100 * min(spread):

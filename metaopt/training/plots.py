@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import weakref
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -17,6 +18,7 @@ import numpy as np
 from matplotlib.lines import Line2D
 from matplotlib.text import Text
 from matplotlib.ticker import MaxNLocator
+from matplotlib.transforms import offset_copy
 
 from metaopt.training.checkpoint import atomic_write_bytes
 
@@ -38,6 +40,9 @@ __all__ = [
     "summary_point",
     "text_outside_figure",
 ]
+
+#: The marks `plot_summary_curve` put on each axes so far, by step (for the next to go beside).
+_MARKS: weakref.WeakKeyDictionary[Any, dict[float, int]] = weakref.WeakKeyDictionary()
 
 #: The legend entry of the marks that `plot_summary_curve` puts where tasks diverged.
 DIVERGED_LEGEND = "diverged on some tasks: no mean drawn"
@@ -171,17 +176,17 @@ def plot_summary_curve(
     color: str,
     tasks: int | None,
     higher_is_better: bool,
-    slot: int = 0,
     errorbars: bool = False,
 ) -> int:
     """One curve of an evaluation (``{"<steps>": summary}``): the mean over tasks against the
     step count, with its 95% interval as a band (or error bars).
 
-    A step where some tasks diverged gets no point: the line stops there, and a cross at the
-    worse edge of the axes (the top for a loss, the bottom for a return), in the curve's
-    colour, says ``"472/600 diverged"`` (on two lines). ``slot`` moves that mark inwards, so that the marks of
-    several curves at one step do not overlap. Returns how many steps were so marked; the
-    caller adds `DIVERGED_LEGEND` to the legend when there are any.
+    A step where some tasks diverged gets no point: the line stops there, and a cross against
+    the frame at the worse edge (the top for a loss, the bottom for a return), in the curve's
+    colour, with ``"472/600 diverged"`` beside it. A second curve's mark at the same step
+    goes beside the first, its count below (above) the first's.
+    Returns how many steps were so marked; the caller adds `DIVERGED_LEGEND` to the legend when
+    there are any.
     """
     steps = sorted(by_steps, key=int)
     x = np.array([int(k) for k in steps], dtype=float)
@@ -193,26 +198,29 @@ def plot_summary_curve(
         ax.errorbar(x, mean, yerr=half, fmt="none", color=color, capsize=3, zorder=3)
     else:
         ax.fill_between(x, mean - half, mean + half, color=color, alpha=0.25, linewidth=0)
-    # Axes-fraction heights at the worse edge: the mark never moves the data limits.
-    height = 0.95 - 0.14 * slot if not higher_is_better else 0.05 + 0.14 * slot
-    below = not higher_is_better  # the count between the mark and the plot's middle
+    # The mark sits against the frame at the worse edge (never where a value could be read),
+    # its count beside it; several curves' marks at one step side by side, counts stacked.
+    edge = 0.06 if higher_is_better else 0.94
+    inward = 1 if higher_is_better else -1
+    taken = _MARKS.setdefault(ax, {})
     marked = 0
     for k, (_, _, diverged) in zip(x, points, strict=True):
         if not diverged:
             continue
         marked += 1
-        place = ax.get_xaxis_transform()  # x in data, y in axes fraction
-        ax.plot([k], [height], "X", color=color, markersize=8, transform=place, zorder=4)
+        before = taken[k] = taken.get(k, -1) + 1  # marks already at this step
+        place = offset_copy(ax.get_xaxis_transform(), fig=ax.figure, x=7 * before, units="points")
+        ax.plot([k], [edge], "X", color=color, markersize=8, transform=place, zorder=4)
         of = f"/{tasks}" if tasks else ""
-        align = "right" if k == x.max() and len(x) > 1 else "left" if k == x.min() else "center"
+        left = k == x.max() and len(x) > 1  # the last step's count goes to the left
         ax.annotate(
             f"{diverged}{of}\ndiverged",
-            (k, height),
+            (k, edge),
             xycoords=place,
-            xytext=(0, -9 if below else 9),
+            xytext=(-7 if left else 7, inward * 22 * before),
             textcoords="offset points",
-            ha=align,
-            va="top" if below else "bottom",
+            ha="right" if left else "left",
+            va="center",
             fontsize=7.5,
             linespacing=1.0,
             color=color,

@@ -59,3 +59,12 @@ def test_the_readme_quickstart_prints_no_diverged_line_and_the_numbers_it_quotes
         f"{float(before[2]):.2f} → {float(after[2]):.2f}"
     )
     assert quoted in " ".join(README.read_text().split())
+
+
+def test_the_readme_paragraph_names_the_quickstart_s_settings() -> None:
+    from supervised.config import SineConfig
+
+    config = SineConfig()
+    text = " ".join(README.read_text().split())
+    assert f"over {config.eval_tasks} sine tasks" in text
+    assert f"each task's {config.shots} support points (SGD at {config.inner_lr:g}," in text

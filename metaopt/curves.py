@@ -74,14 +74,8 @@ class AdaptationCurves:
         lines = [f"query loss over {self.losses.shape[1]} tasks (mean ± 95% CI, {self.engine}):"]
         for k, summary in self.by_steps.items():
             text = f"{summary['mean']:.4g} ± {summary['ci95']:.2g}"
-            if "diverged" in summary:
-                finite = summary.get("finite")
-                text = (
-                    f"{finite['mean']:.4g} ± {finite['ci95']:.2g} over {finite['tasks']} finite "
-                    f"tasks, {summary['diverged']} diverged"
-                    if finite
-                    else f"all {summary['diverged']} diverged"
-                )
+            if "diverged" in summary:  # a mean over the others would not compare: none
+                text = f"diverged on {summary['diverged']} of {self.losses.shape[1]} tasks"
             lines.append(f"  after {int(k):>3} steps: {text}")
         return "\n".join(lines)
 

@@ -88,6 +88,25 @@ class A2CFamily(TaskFamily):
             "train_pre_entropy": tasks.pre_entropy,
         }
 
+    def progress_text(self, row: Mapping[str, Any]) -> str | None:
+        """The training tasks' mean return before and after adaptation, then the losses named
+        for what they are: surrogates, a policy-gradient term (−mean(log π(a|s)·advantage) for
+        A2C) plus the critic's weighted squared error. Their gradient is what training follows;
+        their value, of either sign, says nothing of the return."""
+        pre, post = row.get("train_pre_return"), row.get("train_post_return")
+        if pre is None or post is None:
+            return None
+
+        def number(key: str) -> str:
+            value = row.get(key)
+            return "not finite" if value is None else f"{value:.4g}"
+
+        return (
+            f"return {pre:.4g} -> {post:.4g} (before -> after adaptation); A2C surrogate "
+            f"losses (sign not meaningful): query {number('query')}, support "
+            f"{number('support_before')} -> {number('support_after')}"
+        )
+
     def initial_model(self, config: TrainConfig) -> nn.Module:
         """The model meta-training started from: the training loop seeds torch with
         ``config.seed`` right before ``make_model``; the same seed under a forked RNG rebuilds it

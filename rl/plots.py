@@ -3,7 +3,6 @@ families), and the 2-D navigation trajectories."""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -13,7 +12,14 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-from metaopt.training.plots import moving_average, save_figure
+from metaopt.training.plots import (
+    add_legend,
+    integer_ticks,
+    mark_trained_steps,
+    moving_average,
+    plot_summary_curve,
+    save_figure,
+)
 
 __all__ = ["plot_adaptation", "plot_nav2d", "plot_returns"]
 
@@ -31,16 +37,6 @@ def _reference_lines(ax: Any, references: Mapping[str, float], tasks: int | None
                 linestyle=style,
                 label=f"{name} policy ({references[name]:.2f}{over})",
             )
-
-
-def _point(value: Mapping[str, Any]) -> tuple[float, float, int | None]:
-    """Mean, CI half-width and diverged count of one summary: where some tasks diverged, the
-    finite tasks' mean and interval (NaN, not drawn, when none is finite)."""
-    diverged = value.get("diverged", value.get("diverged_tasks"))  # the latter: older runs
-    if not diverged:
-        return value["mean"], value["ci95"], None
-    finite = value.get("finite", {})
-    return finite.get("mean", math.nan), finite.get("ci95", math.nan), int(diverged)
 
 
 def plot_returns(
@@ -67,17 +63,28 @@ def plot_returns(
             2, 1, figsize=(7.5, 6.5), sharex=True, gridspec_kw={"height_ratios": [3, 1.2]}
         )
         window = max(1, len(entropy) // 50)
+        # The entropy often stays near the uniform policy's: the curve is drawn thick, in
+        # colour and above the reference, which is thin, black and dotted.
         below.plot(
             [r["iteration"] for r in entropy],
             moving_average([r["train_pre_entropy"] for r in entropy], window),
             color="tab:green",
+            linewidth=2.2,
+            zorder=3,
             label=f"policy entropy before adaptation (avg of {window})",
         )
         if max_entropy is not None:
             below.axhline(
-                max_entropy, color="grey", linestyle="--", label=f"uniform ({max_entropy:.2f})"
+                max_entropy,
+                color="black",
+                linestyle=(0, (1, 2)),
+                linewidth=1,
+                zorder=2,
+                label=f"uniform policy, the highest possible ({max_entropy:.2f})",
             )
+            below.set_ylim(top=1.25 * max_entropy)  # the reference off the frame's edge
         below.set_ylim(bottom=0)
+        integer_ticks(below.xaxis)
         below.set_ylabel("entropy (nats)")
         below.set_xlabel("meta-iteration")
         below.legend(fontsize=8, loc="lower left")
@@ -113,6 +120,7 @@ def plot_returns(
     _reference_lines(ax, references, reference_tasks)
     if not entropy:
         ax.set_xlabel("meta-iteration")
+    integer_ticks(ax.xaxis)
     ax.set_ylabel("episode return (undiscounted)")
     ax.set_title(f"{family} / {algo}: returns before and after adaptation")
     ax.legend(fontsize=8, loc="center right")
@@ -125,8 +133,10 @@ def plot_returns(
 def plot_adaptation(
     path: Path, evaluation: Mapping[str, Any], algo: str, family: str = "mdp"
 ) -> Path:
-    """Held-out return after k inner steps (meta-learned and baselines), with 95% CIs. Where
-    some tasks diverged, a point is the finite tasks' mean, labelled with the diverged count."""
+    """Held-out return after k inner steps (meta-learned and baselines), with 95% CIs, and the
+    step count the model was meta-trained for (``trained_steps``) marked. Where some tasks
+    diverged a step has no point: the line stops and a cross with the count marks it
+    (`metaopt.training.plots.plot_summary_curve`)."""
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
     curves = [("meta-learned", evaluation.get("by_steps", {}), "tab:orange")]
     baseline = evaluation.get("baseline", {}).get("by_steps")
@@ -136,36 +146,23 @@ def plot_adaptation(
         curves.append((f"{name} + SGD (baseline)", baseline, "tab:green"))
     if random_start:
         curves.append(("random initialisation + SGD", random_start, "tab:purple"))
+    diverged = 0
     for label, by_steps, color in curves:
-        steps = sorted(by_steps, key=int)
-        points = [_point(by_steps[k]) for k in steps]
-        ax.errorbar(
-            [int(k) for k in steps],
-            [mean for mean, _, _ in points],
-            yerr=[half for _, half, _ in points],
-            marker="o",
-            color=color,
-            capsize=3,
+        diverged += plot_summary_curve(
+            ax,
+            by_steps,
             label=label,
+            color=color,
+            tasks=evaluation.get("tasks"),
+            higher_is_better=True,
+            errorbars=True,
         )
-        for k, (mean, _, diverged) in zip(steps, points, strict=True):
-            if diverged is None:  # say so where the point is (or would be), never average it in
-                continue
-            finite = "" if math.isfinite(mean) else " (no finite task)"
-            ax.annotate(
-                f"{diverged} of {evaluation.get('tasks')}\ndiverged{finite}",
-                (int(k), mean) if math.isfinite(mean) else (int(k), 0.05),
-                xycoords="data" if math.isfinite(mean) else ("data", "axes fraction"),
-                xytext=(0, 10 if color == "tab:orange" else 28),  # above the points
-                textcoords="offset points",
-                ha="center",
-                fontsize=7,
-                color=color,
-            )
     all_steps = [int(k) for _, by_steps, _ in curves for k in by_steps]
     if all_steps:
         ax.set_xlim(min(all_steps) - 0.5, max(all_steps) + 0.5)
-    ax.xaxis.get_major_locator().set_params(integer=True)
+    integer_ticks(ax.xaxis)
+    if evaluation.get("trained_steps") is not None:
+        mark_trained_steps(ax, int(evaluation["trained_steps"]))
     references = {
         name: evaluation[name]["mean"] for name in ("random", "optimal") if name in evaluation
     }
@@ -173,7 +170,7 @@ def plot_adaptation(
     ax.set_xlabel("inner steps on the held-out task")
     ax.set_ylabel("episode return")
     ax.set_title(f"{family} / {algo}: return after adaptation ({evaluation.get('tasks')} tasks)")
-    ax.legend(fontsize=8)
+    add_legend(ax, diverged > 0, fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     save_figure(fig, path, dpi=120)  # atomically: a kill leaves no half PNG

@@ -30,11 +30,8 @@ from rl.family import MDPFamily
 
 def fmt(entry: dict) -> str:
     diverged = entry.get("diverged", entry.get("diverged_tasks"))  # the latter: older runs
-    if diverged:
-        finite = entry.get("finite")
-        if finite:
-            return f"{finite['mean']:.2f} ± {finite['ci95']:.2f} ({diverged} tasks diverged)"
-        return f"diverged on {diverged} tasks"
+    if diverged:  # no mean over the other tasks: it would leave out the worst ones
+        return f"diverged ({diverged} tasks)"
     return f"{entry['mean']:.2f} ± {entry['ci95']:.2f}"
 
 

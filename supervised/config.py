@@ -101,7 +101,12 @@ class SineConfig(SupervisedConfig):
     )
     protocol_points: int = option(10, "10-point protocol: support points taken from the grid")
     protocol_steps: int = option(32, "10-point protocol: plain SGD steps")
-    protocol_lr: float = option(0.02, "10-point protocol: SGD learning rate")
+    protocol_lr: float | None = option(
+        None,
+        "10-point protocol: plain SGD learning rate; default: the run's --inner-lr, the step "
+        "it was meta-trained for (a fixed value, e.g. the Reptile demo's 0.02, compares runs "
+        "but may diverge on a model trained for smaller steps)",
+    )
 
     EVALUATION_ONLY: ClassVar[tuple[str, ...]] = (
         "eval_shots",
@@ -132,7 +137,8 @@ class SineConfig(SupervisedConfig):
         check_real(flag("amp_max"), self.amp_max, low=self.amp_min)
         check_real(flag("phase_max"), self.phase_max, low=self.phase_min)
         check_real(flag("x_max"), self.x_max, low=self.x_min, low_open=True)
-        check_real(flag("protocol_lr"), self.protocol_lr, low=0.0, low_open=True)
+        if self.protocol_lr is not None:
+            check_real(flag("protocol_lr"), self.protocol_lr, low=0.0, low_open=True)
         check_choice(flag("activation"), self.activation, ACTIVATION_NAMES)
         if self.grid:
             why = f" (the {flag('grid')} {self.grid} points of a task)"
@@ -156,6 +162,11 @@ class SineConfig(SupervisedConfig):
     def support_points_eval(self) -> int:
         """Support points of a held-out task."""
         return self.eval_shots or self.shots
+
+    @property
+    def protocol_step(self) -> float:
+        """The 10-point protocol's SGD learning rate: ``protocol_lr``, else ``inner_lr``."""
+        return self.inner_lr if self.protocol_lr is None else self.protocol_lr
 
     @property
     def protocol_grid(self) -> int:

@@ -181,14 +181,14 @@ class SineFamily(SupervisedFamily, options=SINE):
             baseline,
             batch,
             protocol_steps,
-            lr=config.protocol_lr,
+            lr=config.protocol_step,
             metric="mse",
             chunk=self.eval_chunk,
             group=request.group,
         )
         block["description"] = (
             f"{config.protocol_points} support points of the {config.protocol_grid}-point grid, "
-            f"plain SGD at lr {config.protocol_lr}, MSE on the whole grid"
+            f"plain SGD at lr {config.protocol_step:g}, MSE on the whole grid"
         )
         return {"protocol_10pt": block}
 

@@ -14,9 +14,16 @@ import numpy as np
 import torch
 
 from metaopt.algorithms import MetaLearner
-from metaopt.training.plots import save_figure
+from metaopt.training.plots import (
+    add_legend,
+    integer_ticks,
+    mark_trained_steps,
+    plot_summary_curve,
+    save_figure,
+    summary_point,
+)
 from supervised.batch import SupervisedTask
-from supervised.evaluation import DIVERGENCE_FACTOR
+from supervised.evaluation import DIVERGENCE_FACTOR, LOSSES
 
 __all__ = ["plot_metric_vs_steps", "plot_sine_adaptation"]
 
@@ -36,51 +43,43 @@ def plot_metric_vs_steps(
 
     Draws one panel per protocol in ``evaluation`` (the main one, and ``protocol_10pt`` when
     present); ``trained_steps`` (the inner steps of meta-training) is marked on the main panel.
-    Where tasks diverged (`supervised.evaluation.mark_diverged`) a point is the mean of the other
-    tasks, labelled with the count, never a mean that a blow-up dominates.
+    Where tasks diverged (`supervised.evaluation.mark_diverged`) a step has no point: the line
+    stops and a cross with the count marks it (`metaopt.training.plots.plot_summary_curve`),
+    never a mean over the other tasks, which would not compare.
     """
     panels = [("held-out tasks", evaluation)]
     if "protocol_10pt" in evaluation:
         panels.append((_protocol_name(evaluation), evaluation["protocol_10pt"]))
-    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4), squeeze=False)
+    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4.4), squeeze=False)
     for ax, (name, block) in zip(axes[0], panels, strict=True):
         spread = []
-        for label, by_steps, color in (
+        diverged = 0
+        curves = (
             ("meta-learned", block["by_steps"], "tab:blue"),
             ("pretrained baseline", block["baseline"]["by_steps"], "tab:orange"),
-        ):
-            steps, mean, half = _finite_summary(by_steps)
-            ax.plot(steps, mean, "o-", color=color, label=label)
-            ax.fill_between(steps, mean - half, mean + half, color=color, alpha=0.25)
-            spread += [m for m in mean if m > 0]
-            for step, value in by_steps.items():
-                if "diverged" in value:  # say so on the plot rather than drop the point silently
-                    y = value.get("finite", {}).get("mean", max(spread, default=1.0))
-                    ax.annotate(
-                        f"{value['diverged']} diverged",
-                        (int(step), y),
-                        xytext=(0, 8),
-                        textcoords="offset points",
-                        ha="center",
-                        color=color,
-                        fontsize=8,
-                    )
+        )
+        for label, by_steps, color in curves:
+            diverged += plot_summary_curve(
+                ax,
+                by_steps,
+                label=label,
+                color=color,
+                tasks=block.get("tasks"),
+                higher_is_better=block.get("metric") not in LOSSES,
+            )
+            spread += [m for m, _, _ in map(summary_point, by_steps.values()) if m > 0]
         if spread and max(spread) > 100 * min(spread):
             ax.set_yscale("log")
         if trained_steps is not None and block is evaluation:
-            ax.axvline(
-                trained_steps,
-                color="0.4",
-                linestyle=":",
-                label=f"meta-trained for {trained_steps} step{'s' if trained_steps != 1 else ''}",
-            )
+            mark_trained_steps(ax, trained_steps)
+        integer_ticks(ax.xaxis)
         ax.set_xlabel("adaptation steps")
         ax.set_ylabel(ylabel)
         first, *notes = name.split("\n")
         lines = [f"{first} ({block['tasks']} tasks, 95% CI)", *notes]
-        ax.set_title("\n".join(lines), fontsize="medium" if notes else None)
+        ax.set_title("\n".join(lines), fontsize="medium")
         ax.grid(alpha=0.3)
-        ax.legend()
+        add_legend(ax, diverged > 0, fontsize=8)
     fig.suptitle(title)
     fig.tight_layout()
     save_figure(fig, path, dpi=120)  # atomically: a kill leaves no half PNG
@@ -88,32 +87,21 @@ def plot_metric_vs_steps(
 
 
 def _protocol_name(evaluation: Mapping[str, Any]) -> str:
-    """The 10-point panel's title: its step size, fixed for every run so that runs compare on
-    it, and the model's own when that differs (a step the model was not trained for may diverge)."""
+    """The 10-point panel's title: its step size, and whether the model was meta-trained for
+    it (a step or a rule the model was not trained for may diverge)."""
     fixed = evaluation["protocol_10pt"].get("adaptation", {}).get("lr")
     own = evaluation.get("adaptation", {})
     if not fixed:
         return "10-point protocol"
-    name = f"10-point protocol: SGD at {fixed:g} for every run"
+    name = f"10-point protocol\nplain SGD at {fixed:g}"
     rule = own.get("rule")
     if rule == "sgd" and own.get("lr") not in (None, fixed):
-        name += f"\nthis model was meta-trained for steps of {own['lr']:g}: others may diverge"
-    elif rule not in (None, "sgd"):
-        name += f"\nthis model was meta-trained with {rule}: plain SGD may diverge"
+        name += f"; meta-trained for steps of {own['lr']:g}: may diverge"
+    elif rule == "sgd":
+        name += ", the step size it was meta-trained for"
+    elif rule is not None:
+        name += f"; meta-trained with {rule.split(' (')[0]}: may diverge"
     return name
-
-
-def _finite_summary(
-    by_steps: Mapping[str, Mapping[str, Any]],
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Steps, means and CI half-widths; where some tasks diverged, those of the other tasks."""
-    rows = []
-    for step, value in by_steps.items():
-        if "diverged" in value:
-            value = value.get("finite", {"mean": np.nan, "ci95": np.nan})
-        rows.append((int(step), value["mean"], value["ci95"]))
-    steps, mean, half = (np.array(column, dtype=float) for column in zip(*rows, strict=True))
-    return steps, mean, half
 
 
 def _predictions(

@@ -168,7 +168,7 @@ def test_summaries_report_diverged_tasks_instead_of_a_number() -> None:
     assert json.dumps(summarize(values)) == json.dumps(task_summary(values))  # NaN == NaN
 
 
-def test_rl_figures_show_finite_tasks_and_the_diverged_count_and_say_what_references_average(
+def test_rl_figures_show_the_diverged_count_without_a_mean_and_say_what_references_average(
     tmp_path: Path, monkeypatch
 ) -> None:
     import rl.plots as plots
@@ -190,9 +190,10 @@ def test_rl_figures_show_finite_tasks_and_the_diverged_count_and_say_what_refere
     plots.plot_returns(tmp_path / "r.png", [], {"optimal": 22.08}, "maml", reference_tasks=40)
     adaptation, returns = (fig.axes[0] for fig in figures)
     texts = [t.get_text() for t in adaptation.texts]
-    assert texts == ["3 of 100\ndiverged", "100 of 100\ndiverged (no finite task)"]
-    baseline_line = adaptation.containers[1].lines[0]  # errorbar: the baseline's data line
-    assert list(baseline_line.get_ydata())[:2] == [10.0, 12.0]
+    assert texts == ["3/100\ndiverged", "100/100\ndiverged"]
+    (baseline_line,) = [line for line in adaptation.lines if line.get_label().endswith("baseline)")]
+    # Issue 27, item 3: the line stops where tasks diverged (no mean over the other 97).
+    assert baseline_line.get_ydata()[0] == 10.0 and np.isnan(baseline_line.get_ydata()[1:]).all()
     labels = adaptation.get_legend_handles_labels()[1]
     assert "optimal policy (21.96, mean over the 100 tasks)" in labels
     assert (

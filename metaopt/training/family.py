@@ -460,6 +460,13 @@ class TaskFamily:
         """Extra per-iteration numbers read off the tasks just used (e.g. RL returns)."""
         return {}
 
+    def progress_text(self, row: Mapping[str, Any]) -> str | None:
+        """What a progress line says of one iteration's ``row`` of metrics.jsonl, when the
+        support and query losses alone would not say what the numbers are (RL: the returns,
+        and the losses named as surrogates). ``None``: the losses, as
+        ``query 0.41, support 1.23 -> 0.51``."""
+        return None
+
     def periodic_eval(
         self, algo: Any, config: TrainConfig, *, group: DistInfo | None = None
     ) -> dict[str, float]:

@@ -238,7 +238,8 @@ def _loop(run: Run, log: IO[str], stop: StopOnSignal, progress: bool | None) -> 
     disable = (None if progress is None else not progress) if run.dist.is_main else True
     hooks = tuple(run.hooks)
     if progress is None and run.dist.is_main and not sys.stderr.isatty():
-        hooks += (ProgressLog(f"{family.name}/{config.algo}", config.iterations),)
+        label = f"{family.name}/{config.algo}"
+        hooks += (ProgressLog(label, config.iterations, describe=family.progress_text),)
     compiling = compile_notice(algo)
     with tqdm(
         total=config.iterations,

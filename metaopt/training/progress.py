@@ -85,10 +85,18 @@ class ProgressLog(TrainingHooks):
         total: The run's last iteration.
         every: Iterations between lines (default: a tenth of ``total``, at least 1).
         seconds: At most this many seconds between lines.
+        describe: What the line says of a row instead of the losses, when it returns a text
+            (the family's `progress_text`: an RL family gives the returns).
     """
 
     def __init__(
-        self, label: str, total: int, *, every: int | None = None, seconds: float = SECONDS
+        self,
+        label: str,
+        total: int,
+        *,
+        every: int | None = None,
+        seconds: float = SECONDS,
+        describe: Callable[[Mapping[str, Any]], str | None] | None = None,
     ) -> None:
         if every is not None and every < 1:
             raise ValueError(f"every must be an integer >= 1 or None, got {every}")
@@ -98,6 +106,7 @@ class ProgressLog(TrainingHooks):
         self.total = total
         self.every = every if every is not None else max(1, math.ceil(total * FRACTION))
         self.seconds = seconds
+        self.describe = describe
         self._first: int | None = None  # the first iteration this process trains
         self._began = 0.0
         self._last_line = -math.inf  # time of the last line
@@ -145,7 +154,7 @@ class ProgressLog(TrainingHooks):
             iteration,
             self.total,
             100 * iteration // max(self.total, 1),
-            _losses(row),
+            (self.describe(row) if self.describe else None) or _losses(row),
             rate,
             format_duration((self.total - iteration) / rate),
         )

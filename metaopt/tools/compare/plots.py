@@ -70,6 +70,8 @@ def plot_curves(report: Path, results: Mapping[str, Any]) -> list[Path]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from metaopt.training.plots import integer_ticks
+
     key = results.get("family_curve_key")
     keys = ([key] if key else []) + [HELDOUT_KEY]  # the family's own number first
     paths = []
@@ -99,6 +101,8 @@ def plot_curves(report: Path, results: Mapping[str, Any]) -> list[Path]:
             ]
             if values and max(values) > 100 * max(min(values), 1e-12):
                 ax.set_yscale("symlog", linthresh=max(min(values), 1e-3))  # spans decades
+            if x_key == "iteration":
+                integer_ticks(ax.xaxis)
             ax.set_xlabel(xlabel)
             ax.set_ylabel(y_key.replace("_", " "))
             ax.grid(alpha=0.3)

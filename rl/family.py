@@ -23,7 +23,7 @@ ten inner steps at lr 10, dice); docs/results.md has what each achieves.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 

@@ -19,7 +19,7 @@ from supervised_helpers import omniglot_dir_fixture  # noqa: F401 - a fixture
 import metaopt
 from metaopt.cli import main
 from metaopt.stats import task_summary
-from metaopt.training import ProgressLog, evaluation_summary
+from metaopt.training import ProgressLog, evaluation_summary, resolve_config
 from metaopt.training import plots as core_plots
 from metaopt.training.progress import LOGGER
 from rl import plots as rl_plots
@@ -217,6 +217,16 @@ def test_mdp_runs_log_the_returns(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert main([*argv, "--out", str(tmp_path / "run")]) == 0
     err = capsys.readouterr().err
     assert "mdp/maml iteration 2/2 (100%): return " in err and "A2C surrogate losses" in err
+
+
+def test_the_rl_progress_bar_gives_the_returns_not_a_surrogate_loss(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    family = MDPFamily()
+    overrides = {"iterations": 2, "eval_tasks": 4, "eval_every": 0, "out": str(tmp_path / "run")}
+    metaopt.training.train(family, resolve_config(family, overrides), progress=True)
+    bar = capsys.readouterr().err
+    assert "return " in bar and "(before -> after adaptation)" in bar and "query=" not in bar
 
 
 def _rows(n: int, spike: float = 0.0) -> list[dict[str, Any]]:

@@ -320,7 +320,10 @@ def _loop(run: Run, log: IO[str], stop: StopOnSignal, progress: bool | None) -> 
             if config.checkpoint_every and iteration % config.checkpoint_every == 0:
                 save(run, log=log)
             stop.stop_if_asked(log)
-            if row["query"] is not None:
+            described = family.progress_text(row)  # RL: the returns, not the surrogate losses
+            if described is not None:
+                bar.set_postfix_str(described, refresh=False)
+            elif row["query"] is not None:
                 bar.set_postfix(query=f"{row['query']:.4g}", refresh=False)
             bar.update()
             if compiling is not None:  # the compile stays out of the rate and the ETA

@@ -161,8 +161,9 @@ def test_cli_train_then_eval(tmp_path: Path) -> None:
     assert "after  1 steps" in trained.stdout and "run directory: run" in trained.stdout
     evaluated = _cli("eval", "run", "--tasks", "7", "--steps", "0,3", cwd=tmp_path)
     assert evaluated.returncode == 0, evaluated.stderr
-    saved = json.loads((tmp_path / "run" / "eval.json").read_text())
+    saved = json.loads((tmp_path / "run" / "eval-7-0,3.json").read_text())
     assert saved["tasks"] == 7 and list(saved["by_steps"]) == ["0", "3"]
+    assert json.loads((tmp_path / "run" / "eval.json").read_text())["tasks"] == 10  # kept
 
 
 @pytest.mark.parametrize(

@@ -46,6 +46,12 @@ def test_a_cheetah_family_refuses_in_one_line_without_mujoco(
     assert INSTALL in err
 
 
+def test_the_bench_registers_no_cheetah_case_without_mujoco(without_mujoco: None) -> None:
+    from rl.cheetah.bench import cases
+
+    assert cases(quick=True) == []
+
+
 # Everything below needs MuJoCo.
 
 
@@ -144,3 +150,26 @@ def test_train_refuses_in_one_line_until_the_family_is_built(
     assert main(["train", "cheetah-vel", "--iterations", "5", "--meta-batch", "4"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "cannot train yet" in err
+
+
+def test_the_sampler_bench_case_times_every_row_with_steps_per_second_and_cores(
+    tmp_path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pytest.importorskip("mujoco")
+    import json
+
+    path = tmp_path / "bench.json"
+    flags = ["--quick", "--threads", "1", "--repeats", "1", "--no-memory", "--json", str(path)]
+    assert main(["bench", "--cases", "cheetah-vel-sampler", *flags]) == 0
+    assert "steps/s/core" in capsys.readouterr().out
+    rows = {r["impl"]: r for r in json.loads(path.read_text()) if "median_s" in r}
+    cores = {"metaopt-threads1": 1, "metaopt-threads2": 2, "gymnasium-sync": 1}
+    cores |= {"gymnasium-async": 2, "maml-rl-workers": 2}
+    assert {name: row["cores"] for name, row in rows.items()} == cores
+    for row in rows.values():  # 4 tasks × 5 episodes × 20 steps
+        assert row["steps_per_second"] == pytest.approx(400 / row["median_s"])
+        assert row["steps_per_second_per_core"] == pytest.approx(
+            row["steps_per_second"] / row["cores"]
+        )
+    assert rows["gymnasium-sync"]["max_rel_grad_diff"] < 1e-6
+    assert rows["maml-rl-workers"]["max_rel_grad_diff"] is None

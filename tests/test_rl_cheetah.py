@@ -143,13 +143,36 @@ def test_sampler_replays_bit_for_bit_in_gymnasiums_half_cheetah(task: str, threa
             )
 
 
-def test_train_refuses_in_one_line_until_the_family_is_built(
-    capsys: pytest.CaptureFixture[str],
-) -> None:
+TINY = ["--trajectories", "3", "--horizon", "10", "--eval-tasks", "3", "--test-tasks", "2"]
+TINY += ["--pretrain-iterations", "1", "--eval-every", "0"]
+
+
+@pytest.mark.parametrize("family", ["cheetah-vel", "cheetah-dir"])
+def test_train_runs_maml_trpo_and_pairs_the_baselines_per_goal(family: str, tmp_path) -> None:
     pytest.importorskip("mujoco")
-    assert main(["train", "cheetah-vel", "--iterations", "5", "--meta-batch", "4"]) == 2
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "cannot train yet" in err
+    import json
+
+    out = tmp_path / "run"
+    flags = ["--iterations", "2", "--meta-batch", "2", *TINY, "--out", str(out), "--quiet"]
+    assert main(["train", family, *flags]) == 0
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == 2 and all("trpo_kl" in row for row in rows)  # MAML-TRPO by default
+    evaluation = json.loads((out / "eval.json").read_text())
+    assert evaluation["tasks"] == 3
+    for key in ("baseline", "random_baseline", "meta_minus_baseline", "meta_minus_random"):
+        assert key in evaluation
+    assert (out / "rl_adaptation.png").stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_the_issues_command_runs_end_to_end(tmp_path) -> None:
+    """``metaopt train cheetah-vel --iterations 5 --meta-batch 4`` at the other defaults (its
+    200-step pretrained baseline and 100 evaluation goals take most of its minutes)."""
+    pytest.importorskip("mujoco")
+    out = tmp_path / "run"
+    flags = ["--iterations", "5", "--meta-batch", "4", "--out", str(out), "--quiet"]
+    assert main(["train", "cheetah-vel", *flags]) == 0
+    assert (out / "eval.json").exists()
 
 
 def test_the_sampler_bench_case_times_every_row_with_steps_per_second_and_cores(

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from metaopt.training.family import FamilyOptions, option
+from metaopt.training.family import ConfigError, FamilyOptions, option
 from rl.config import Nav2DConfig
 
 __all__ = ["CHEETAH_DIR", "CHEETAH_VEL", "INSTALL", "CheetahConfig"]
@@ -35,6 +35,15 @@ class CheetahConfig(Nav2DConfig):
         0.0, "initial log-standard-deviation of the Gaussian policy (pytorch-maml-rl's σ = 1)"
     )
     test_tasks: int = option(40, "held-out goals of the periodic evaluation")
+    anneal: bool = option(
+        True, "anneal Adam's outer learning rate linearly to 0 (--no-anneal: constant)"
+    )
+    critic_time: bool = option(False, "not available for the HalfCheetah families")
+
+    def validate(self) -> None:
+        super().validate()
+        if self.critic_time:
+            raise ConfigError("--critic-time is not available for cheetah-vel and cheetah-dir")
 
 
 CHEETAH_VEL = FamilyOptions(

@@ -50,6 +50,9 @@ class CheetahDynamics:
             float64, and a float64 policy's episodes equal the Gymnasium environment's bit for bit.
         threads: Threads that step the episodes (1: the calling thread alone). ``mj_step``
             releases the GIL, so more threads can use more cores.
+        data_pool: ``MjData`` to simulate on, reused across instances (each is reset before
+            use): making one takes about 1.6 ms, more than 70 steps of it. The first T × N are
+            used; the list is extended where it is shorter. ``None``: fresh ones.
     """
 
     def __init__(
@@ -59,6 +62,7 @@ class CheetahDynamics:
         seeds: np.ndarray,
         dtype: torch.dtype = torch.float32,
         threads: int = 1,
+        data_pool: list[mujoco.MjData] | None = None,
     ) -> None:
         goal_array = np.asarray(goals, dtype=np.float64)
         seeds = np.asarray(seeds)
@@ -77,7 +81,9 @@ class CheetahDynamics:
         self.dtype = dtype
         self.num_tasks, self.num_episodes = seeds.shape
         count = seeds.size
-        self._data = [mujoco.MjData(self.model) for _ in range(count)]
+        pool = [] if data_pool is None else data_pool
+        pool.extend(mujoco.MjData(self.model) for _ in range(count - len(pool)))
+        self._data = pool[:count]
         self._state = np.zeros((count, self.model.nq + self.model.nv))
         self._x = np.zeros(count)
         bounds = np.linspace(0, count, min(threads, count) + 1).astype(int)

@@ -35,7 +35,7 @@ def test_families_lists_the_cheetah_families_as_unavailable_with_the_install_com
 
 
 @pytest.mark.usefixtures("without_mujoco")
-@pytest.mark.parametrize("command", ["train", "compare"])
+@pytest.mark.parametrize("command", ["train", "compare", "scale"])
 def test_a_cheetah_family_refuses_in_one_line_without_mujoco(
     command: str, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -6,6 +6,7 @@ The refusal tests run everywhere (MuJoCo's absence is simulated); the others nee
 
 from __future__ import annotations
 
+import json
 import sys
 
 import numpy as np
@@ -162,6 +163,24 @@ def test_train_runs_maml_trpo_and_pairs_the_baselines_per_goal(family: str, tmp_
     for key in ("baseline", "random_baseline", "meta_minus_baseline", "meta_minus_random"):
         assert key in evaluation
     assert (out / "rl_adaptation.png").stat().st_size > 0
+
+
+def test_the_same_seed_trains_the_same_run(tmp_path) -> None:
+    """Episode seeds and policy noise come from the run's seed: two runs match row for row."""
+    pytest.importorskip("mujoco")
+    rows = []
+    for name in ("a", "b"):
+        out = tmp_path / name
+        flags = ["--iterations", "2", "--meta-batch", "2", *TINY, "--out", str(out), "--quiet"]
+        assert main(["train", "cheetah-dir", "--seed", "3", *flags]) == 0
+        text = (out / "metrics.jsonl").read_text()
+        rows.append(
+            [
+                {k: v for k, v in json.loads(line).items() if k != "seconds"}
+                for line in text.splitlines()
+            ]
+        )
+    assert rows[0] == rows[1]
 
 
 @pytest.mark.slow

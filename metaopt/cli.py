@@ -32,7 +32,12 @@ from typing import NoReturn
 import metaopt
 from metaopt.training.config import add_config_arguments
 from metaopt.training.family import ConfigError, FamilyOptions, TaskFamily
-from metaopt.training.registry import available_families, family_options, get_family
+from metaopt.training.registry import (
+    available_families,
+    family_options,
+    get_family,
+    missing_requirement,
+)
 
 __all__ = ["main"]
 
@@ -365,10 +370,15 @@ def _main(argv: Sequence[str] | None) -> int:
         _unknown_arguments(subparser, unknown)
     if args.command == "families":  # from the families' light options: no torch
         families, broken = _load_families()
+        width = max([10, *map(len, families), *map(len, broken)])
         for name, family in families.items():
-            print(f"{name:10s} {family.description}")
+            missing = missing_requirement(family) if isinstance(family, FamilyOptions) else None
+            if missing is not None:
+                print(f"{name:{width}s} (unavailable: {missing})")
+            else:
+                print(f"{name:{width}s} {family.description}")
         for name, why in broken.items():
-            print(f"{name:10s} (failed to load: {why})")
+            print(f"{name:{width}s} (failed to load: {why})")
         return 0
     # The heavy modules load from here on, once the arguments are known to be good.
     from metaopt.training import TrainingInterrupted

@@ -41,6 +41,7 @@ print("IMPORTED:" + ",".join(m for m in {heavy!r} if m in sys.modules))
         ["families"],
         ["train", "mdp", "--help"],
         ["train", "nav2d", "--help"],
+        ["train", "cheetah-vel", "--help"],
         ["train", "omniglot", "--help"],
         ["train", "classify", "--help"],
         ["compare", "--help"],

@@ -374,11 +374,16 @@ class FamilyOptions:
 
         [project.entry-points."metaopt.family_options"]
         mytask = "mypackage.config:MYTASK"
+
+    ``requires``/``install``: the top-level module of an optional dependency and the command
+    that installs it (`metaopt.training.registry.missing_requirement`).
     """
 
     description: str
     config_class: type[TrainConfig]
     presets: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)
+    requires: str | None = None
+    install: str = ""
 
 
 class TaskFamily:

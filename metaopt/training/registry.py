@@ -7,11 +7,18 @@ parsing arguments imports no domain.
 
 from __future__ import annotations
 
+import importlib.util
 from importlib.metadata import entry_points
 
 from metaopt.training.family import ConfigError, FamilyOptions, TaskFamily
 
-__all__ = ["available_families", "family_options", "get_family", "register_family"]
+__all__ = [
+    "available_families",
+    "family_options",
+    "get_family",
+    "missing_requirement",
+    "register_family",
+]
 
 _REGISTERED: dict[str, type[TaskFamily]] = {}
 _ENTRY_POINT_GROUP = "metaopt.task_families"
@@ -40,10 +47,15 @@ def get_family(name: str) -> TaskFamily:
     """An instance of the family called ``name``.
 
     Raises:
-        ConfigError: for an unknown name, listing the available ones.
+        ConfigError: for an unknown name, listing the available ones, or a family whose
+            optional dependency is not installed (`missing_requirement`).
     """
     if name in _REGISTERED:
         return _REGISTERED[name]()
+    options = family_options(name)
+    missing = missing_requirement(options) if options is not None else None
+    if missing is not None:
+        raise ConfigError(f"task family {name!r} {missing}")
     for ep in entry_points(group=_ENTRY_POINT_GROUP):
         if ep.name == name:
             family = ep.load()
@@ -68,3 +80,11 @@ def family_options(name: str) -> FamilyOptions | None:
                 raise TypeError(f"entry point {ep.value} is not a FamilyOptions")
             return options
     return None
+
+
+def missing_requirement(options: FamilyOptions) -> str | None:
+    """Why a family cannot run here, in a phrase (its ``requires`` module is not installed:
+    ``metaopt families`` lists it as unavailable, ``metaopt train`` refuses), else ``None``."""
+    if options.requires is None or importlib.util.find_spec(options.requires) is not None:
+        return None
+    return f"needs {options.requires}, which is not installed; install it with: {options.install}"

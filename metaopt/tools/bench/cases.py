@@ -73,6 +73,10 @@ class Case:
             ``compile_cache`` (``"cold"``: inductor generated code; ``"warm"``: it loaded all of
             it from its persistent cache; ``None``: a backend without that cache). The bench
             prints them in their own column, and ``--no-compiled`` leaves these rows out.
+        steps: Environment steps one call simulates (a sampler's case); its records then carry
+            ``steps_per_second``, ``cores`` and ``steps_per_second_per_core``. ``None``: none.
+        cores: Implementation -> the processes or threads it computes on (default: the bench's
+            torch threads).
     """
 
     name: str
@@ -86,6 +90,8 @@ class Case:
     flops_from: str | None = None
     memory: MemorySweep | None = None
     compiled: dict[str, Callable[[], dict[str, Any]]] = field(default_factory=dict)
+    steps: int | None = None
+    cores: dict[str, int] = field(default_factory=dict)
 
     def without_compiled(self) -> Case:
         """This case without its compiled implementations (``metaopt bench --no-compiled``)."""

@@ -138,6 +138,7 @@ def _run(
             + f" {'rel. grad diff':>15s}"
             + (f" {'GFLOP/s':>9s} {'% of peak':>10s}" if flops is not None else "")
             + (f" {'compile s':>15s}" if case.compiled else "")
+            + (f" {'cores':>5s} {'steps/s/core':>12s}" if case.steps is not None else "")
         )
         echo(header)
         for name, fields in sorted(timed.items(), key=lambda item: item[1]["median_s"]):
@@ -157,6 +158,12 @@ def _run(
                 row.update(case.compiled[name]())
                 cache = row["compile_cache"] or "no cache"
                 compile_column = f" {row['compile_s']:6.1f} {cache:>8s}"
+            steps_column = ""
+            if case.steps is not None:
+                row["cores"] = case.cores.get(name, threads)
+                row["steps_per_second"] = case.steps / fields["median_s"]
+                row["steps_per_second_per_core"] = row["steps_per_second"] / row["cores"]
+                steps_column = f" {row['cores']:5d} {row['steps_per_second_per_core']:12.0f}"
             records.append(row)
             diff = fields["max_rel_grad_diff"]
             echo(
@@ -166,6 +173,7 @@ def _run(
                 + (f" {diff:15.1e}" if diff is not None else f" {'(stochastic)':>15s}")
                 + flop_columns
                 + compile_column
+                + steps_column
             )
         bar.update(case.name)
     if sweeps:

@@ -289,6 +289,9 @@ def test_memory_does_not_grow_with_the_inner_steps() -> None:
     imaml = {"reg": 10.0, "cg_steps": 5, "cg_tol": 0.5}
     assert peak(metaopt.MAML, 16) > 4 * peak(metaopt.MAML, 2)
     assert peak(metaopt.IMAML, 16, **imaml) <= 1.05 * peak(metaopt.IMAML, 2, **imaml)
+    # The solve of issue 31 (a tolerance no step reaches: every step taken) keeps none either.
+    solved = {**imaml, "inner_tol": 1e-30, "power_iterations": 3, "curvature": "gauss-newton"}
+    assert peak(metaopt.IMAML, 16, **solved) <= 1.05 * peak(metaopt.IMAML, 2, **solved)
 
 
 # -- the inner problem solved to a tolerance (issue 31) ------------------------------------------

@@ -63,6 +63,8 @@ def test_the_imaml_spectrum_script_of_the_docs_runs(tmp_path: Path) -> None:
     cheap = ["--meta-batch", "2", "--hidden", "8", "--baseline-steps", "0", "--eval-tasks", "2"]
     cheap += ["--protocol-steps", "1", "--iterations", "2", "--quiet", "--out", str(tmp_path)]
     train = ["sine", "--algo", "imaml", "--solver", "minres", "--reg", "50", "--cg-steps", "40"]
+    train += ["--inner-lr", "0.01", "--inner-tol", "0", "--power-iterations", "0"]  # as the docs
+    train += ["--curvature", "hessian", "--on-solve-failure", "stop"]
     done = subprocess.run(
         [sys.executable, str(script), "--every", "1", "--", *train, *cheap],
         env={**os.environ, "OMP_NUM_THREADS": "1"},

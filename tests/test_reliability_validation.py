@@ -100,6 +100,15 @@ def test_imaml_has_defaults_of_its_own_under_the_flags() -> None:
     assert maml.inner_tol == 0 and maml.on_solve_failure == "stop"
 
 
+def test_imaml_refuses_gauss_newton_on_the_loop_engine() -> None:
+    with pytest.raises(ConfigError, match="--curvature gauss-newton needs .* --engine loop"):
+        resolve_config(RToyFamily(), {"algo": "imaml", "engine": "loop"})
+    config = resolve_config(
+        RToyFamily(), {"algo": "imaml", "engine": "loop", "curvature": "hessian"}
+    )
+    assert config.curvature == "hessian"
+
+
 def test_imaml_refuses_a_tolerance_with_adam() -> None:
     with pytest.raises(ConfigError, match="--inner-tol 0.01 needs --inner-optimizer sgd"):
         resolve_config(RToyFamily(), {"algo": "imaml", "inner_optimizer": "adam"})

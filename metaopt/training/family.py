@@ -310,6 +310,12 @@ class TrainConfig:
                 f"--inner-optimizer must be sgd with --algo metasgd (Meta-SGD's inner update is "
                 f"SGD with learned rates); got {self.inner_optimizer!r}"
             )
+        if self.algo == "imaml" and self.curvature == "gauss-newton" and self.engine == "loop":
+            raise ConfigError(
+                "--curvature gauss-newton needs the network's outputs, which only the vectorised "
+                "engine sees; got --engine loop (use --engine auto or vmap, or --curvature "
+                "hessian)"
+            )
         if self.algo == "imaml" and self.inner_optimizer != "sgd":
             for name in ("inner_tol", "power_iterations"):
                 if getattr(self, name):

@@ -270,7 +270,7 @@ class TrainConfig:
             "inner_tol": 1e-2,
             "power_iterations": 3,
             "reg": 20.0,
-            "cg_steps": 10,
+            "cg_steps": 30,
             "on_solve_failure": "damp",
             "curvature": "gauss-newton",
         },

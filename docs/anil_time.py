@@ -6,7 +6,8 @@ Loads both runs (``load_run``), draws one meta-batch of the first run's family a
 times ``zero_grad`` + ``meta_backward`` + the outer step of each run's algorithm, alternating
 between the two so that a change in the machine's load hits both alike, after one warm-up each.
 Prints the median and interquartile range of each, and the ratio of the medians (B / A): how much
-cheaper ANIL (``--adapt anil``) is than MAML on the same tasks.
+cheaper ANIL (``--adapt anil``) is than MAML on the same tasks. With ``--memory``, also each run's
+peak bytes of one such meta-iteration (torch's profiler, :func:`metaopt.tools.bench.peak_memory_bytes`).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", type=Path, nargs=2, metavar="RUN")
     parser.add_argument("--repeats", type=int, default=50, help="timed iterations (default: 50)")
+    parser.add_argument("--memory", action="store_true", help="also the peak memory of each")
     args = parser.parse_args()
     torch.set_num_threads(1)
     loaded = [load_run(run) for run in args.runs]
@@ -52,6 +54,12 @@ def main() -> None:
         medians.append(median)
         print(f"{run}: {median:.2f} ms per meta-iteration [{q1:.2f}-{q3:.2f}]")
     print(f"ratio B / A of the medians: {medians[1] / medians[0]:.3f} ({args.repeats} repeats)")
+    if args.memory:
+        from metaopt.tools.bench import peak_memory_bytes
+
+        for index, run in enumerate(args.runs):
+            peak = peak_memory_bytes(lambda index=index: iteration(index))
+            print(f"{run}: peak {peak / 2**20:.2f} MiB in one meta-iteration")
 
 
 if __name__ == "__main__":

@@ -65,10 +65,10 @@ def main() -> int:
     solve = IMAML._solve
     count = [0]
 
-    def checked(self: IMAML, matvec, b: Tensors) -> Tensors:
+    def checked(self: IMAML, record, matvec, b: Tensors) -> Tensors:
         count[0] += 1
         try:
-            x = solve(self, matvec, b)
+            x = solve(self, record, matvec, b)
         except ConjugateGradientError:
             report(f"solve {count[0]} (failed)", matvec, b, None)
             raise

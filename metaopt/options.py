@@ -23,8 +23,10 @@ from typing import TypeVar
 __all__ = [
     "ALGORITHMS",
     "BATCH_NORM_MODES",
+    "CURVATURES",
     "ENGINES",
     "INNER_OPTIMIZERS",
+    "SOLVE_FAILURE_POLICIES",
     "ConfigError",
     "check_choice",
     "check_int",
@@ -54,6 +56,17 @@ INNER_OPTIMIZERS = ("sgd", "adam")
 
 #: iMAML's ``solver=`` / ``--solver``: the linear solver of `(I + H/\lambda)x = v`.
 SOLVERS = ("cg", "minres", "normal_cg")
+
+#: iMAML's ``on_solve_failure=`` / ``--on-solve-failure``: what a linear solve that misses
+#: ``cg_tol`` does. ``stop``: raise (training stops); ``skip``: no outer step for that
+#: meta-batch; ``damp``: solve again with ``μI`` added, the smallest ``μ`` of a short schedule
+#: that converges.
+SOLVE_FAILURE_POLICIES = ("stop", "skip", "damp")
+
+#: iMAML's ``curvature=`` / ``--curvature``: the matrix H of ``(I + H/λ)x = v``: the support
+#: loss's Hessian, or its Gauss-Newton part (positive semi-definite for a convex loss of the
+#: network's outputs).
+CURVATURES = ("hessian", "gauss-newton")
 
 #: ``running``: BatchNorm behaves as PyTorch defines it for the mode each layer is in (training:
 #: batch statistics, running statistics updated during adaptation and restored afterwards; eval:

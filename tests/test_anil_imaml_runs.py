@@ -63,6 +63,8 @@ def test_the_imaml_spectrum_script_of_the_docs_runs(tmp_path: Path) -> None:
     cheap = ["--meta-batch", "2", "--hidden", "8", "--baseline-steps", "0", "--eval-tasks", "2"]
     cheap += ["--protocol-steps", "1", "--iterations", "2", "--quiet", "--out", str(tmp_path)]
     train = ["sine", "--algo", "imaml", "--solver", "minres", "--reg", "50", "--cg-steps", "40"]
+    train += ["--inner-lr", "0.01", "--inner-tol", "0", "--power-iterations", "0"]  # as the docs
+    train += ["--curvature", "hessian", "--on-solve-failure", "stop"]
     done = subprocess.run(
         [sys.executable, str(script), "--every", "1", "--", *train, *cheap],
         env={**os.environ, "OMP_NUM_THREADS": "1"},
@@ -75,3 +77,37 @@ def test_the_imaml_spectrum_script_of_the_docs_runs(tmp_path: Path) -> None:
     assert len(lines) == 2, done.stderr
     for line in lines:
         assert float(line.rsplit(" ", 1)[1]) < 1e-4, line  # the solver's relative error
+
+
+@pytest.mark.slow  # two runs and their evaluations: about 30 s on a loaded machine
+def test_imaml_records_its_solves_and_skip_counts_the_dropped_batches(tmp_path: Path) -> None:
+    # One CG step and a tolerance no solve meets: with --on-solve-failure skip every meta-batch
+    # is dropped, counted in metrics.jsonl and eval.json, and θ never moves.
+    import torch
+
+    from metaopt.training import load_run
+
+    cheap = ["--meta-batch", "2", "--hidden", "8", "--baseline-steps", "0", "--eval-tasks", "2"]
+    cheap += ["--protocol-steps", "1", "--iterations", "3", "--quiet", "--curvature", "hessian"]
+    out = tmp_path / "skip"
+    hard = ["--cg-steps", "1", "--cg-tol", "1e-12", "--on-solve-failure", "skip"]
+    assert main(["train", "sine", "--algo", "imaml", *hard, *cheap, "--out", str(out)]) == 0
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [row["solve_skipped"] for row in rows] == [1, 2, 3]
+    assert all(row["solve_failed"] == 1 and row["solve_residual"] > 1e-12 for row in rows)
+    assert json.loads((out / "eval.json").read_text())["solve_skipped"] == 3
+    _, config, algo = load_run(out)
+    torch.manual_seed(config.seed)
+    from metaopt.training.registry import get_family
+
+    initial = get_family("sine").make_model(config)
+    for trained, start in zip(algo.model.parameters(), initial.parameters(), strict=True):
+        assert torch.equal(trained, start)
+
+    fine = tmp_path / "fine"
+    assert main(["train", "sine", "--algo", "imaml", *cheap, "--out", str(fine)]) == 0
+    rows = [json.loads(line) for line in (fine / "metrics.jsonl").read_text().splitlines()]
+    for row in rows:
+        assert row["solve_skipped"] == 0 and row["solve_failed"] == 0
+        assert 1 <= row["inner_steps_used"] <= 20 and row["solve_iterations"] >= 1
+        assert row["inner_residual"] >= 0 and row["solve_residual"] <= 1e-3

@@ -506,7 +506,7 @@ FAMILY_FLAGS = {
 #: iMAML: λ above the support Hessians' most negative eigenvalue, on the loop engine, which
 #: solves each task's system alone (the vectorised engine solves a shard's tasks as one block
 #: system, whose CG iterates depend on the shard); the RL families refuse iMAML.
-IMAML_FLAGS = ["--reg", "50", "--cg-steps", "20", "--engine", "loop"]
+IMAML_FLAGS = ["--reg", "50", "--cg-steps", "20", "--engine", "loop", "--curvature", "hessian"]
 RL_FAMILIES = ("mdp", "nav2d")
 GRID = [
     (family, algo)
@@ -582,3 +582,18 @@ def test_the_evaluation_timing_script_of_the_docs_runs(tmp_path: Path) -> None:
         printed = _launch([str(script), str(run), "--tasks", "6", "--repeats", "2"], processes)
         assert f"sine: evaluate on 6 tasks, {processes} process(es)" in printed
         assert printed.count("median") == 1  # printed by rank 0 alone
+
+
+@pytest.mark.slow
+def test_a_skipped_solve_skips_on_every_rank(tmp_path: Path) -> None:
+    """`--on-solve-failure skip` under torchrun: a solve no rank can meet drops every meta-batch
+    on both ranks alike (one all-reduce of the flag), counted as in one process, θ unmoved."""
+    flags = ["train", "sine", "--algo", "imaml", "--iterations", "2", "--meta-batch", "3"]
+    flags += ["--cg-steps", "1", "--cg-tol", "1e-12", "--on-solve-failure", "skip"]
+    flags += ["--eval-tasks", "4", "--quiet", *FAMILY_FLAGS["sine"]]
+    _metaopt([*flags, "--out", str(tmp_path / "one")], processes=1)
+    _metaopt([*flags, "--out", str(tmp_path / "two")], processes=2)
+    _assert_same_parameters(tmp_path / "one", tmp_path / "two")
+    for run in ("one", "two"):
+        assert [row["solve_skipped"] for row in _rows(tmp_path / run)] == [1, 2]
+        assert json.loads((tmp_path / run / "eval.json").read_text())["solve_skipped"] == 2

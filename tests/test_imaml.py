@@ -289,3 +289,265 @@ def test_memory_does_not_grow_with_the_inner_steps() -> None:
     imaml = {"reg": 10.0, "cg_steps": 5, "cg_tol": 0.5}
     assert peak(metaopt.MAML, 16) > 4 * peak(metaopt.MAML, 2)
     assert peak(metaopt.IMAML, 16, **imaml) <= 1.05 * peak(metaopt.IMAML, 2, **imaml)
+    # The solve of issue 31 (a tolerance no step reaches: every step taken) keeps none either.
+    solved = {**imaml, "inner_tol": 1e-30, "power_iterations": 3, "curvature": "gauss-newton"}
+    assert peak(metaopt.IMAML, 16, **solved) <= 1.05 * peak(metaopt.IMAML, 2, **solved)
+
+
+# -- the inner problem solved to a tolerance (issue 31) ------------------------------------------
+
+#: The inner solve of issue 31: a curvature-tied step and a tolerance instead of a step count.
+TOLERANT = {"inner_lr": 10.0, "inner_steps": 2000, "power_iterations": 5, "cg_tol": 1e-12}
+
+
+@pytest.mark.parametrize("engine", ["loop", "vmap"])
+@pytest.mark.parametrize("adapt", [None, ["bias"]])
+def test_closed_form_with_the_inner_tolerance(engine: str, adapt) -> None:
+    theta, tasks = _setup()
+    model = mt.LinearModel(theta, split=2)
+    algo = metaopt.IMAML(
+        model, **TOLERANT, reg=1.5, inner_tol=1e-12, cg_steps=50, engine=engine, adapt=adapt
+    )
+    mt.check_meta_gradient(algo, tasks, method="closed_form", rtol=1e-8, atol=1e-12)
+    assert algo.last_engine == engine
+
+
+def _tanh_net() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return torch.nn.Sequential(
+        torch.nn.Linear(3, 6), torch.nn.Tanh(), torch.nn.Linear(6, 1)
+    ).double()
+
+
+def _unrolled(model: torch.nn.Module, tasks, reg: float, lr: float, steps: int) -> torch.Tensor:
+    """The unrolled (second-order MAML) meta-gradient of the regularised inner problem: ``steps``
+    differentiable steps of gradient descent on L(φ) + λ/2‖φ − θ‖² from θ, then the query loss."""
+    theta = [p.detach().clone().requires_grad_() for p in model.parameters()]
+    names = [n for n, _ in model.named_parameters()]
+    total = [torch.zeros_like(t) for t in theta]
+    for task in tasks:
+        phi = list(theta)
+        for _ in range(steps):
+            loss = task.support_loss(_at(model, names, phi))
+            grads = torch.autograd.grad(loss, phi, create_graph=True)
+            phi = [p - lr * (g + reg * (p - t)) for p, g, t in zip(phi, grads, theta, strict=True)]
+        query = task.query_loss(_at(model, names, phi))
+        for acc, g in zip(total, torch.autograd.grad(query, theta), strict=True):
+            acc += g / len(tasks)
+    return torch.cat([t.reshape(-1) for t in total])
+
+
+def _at(model: torch.nn.Module, names: list[str], values: list[torch.Tensor]):
+    class At(torch.nn.Module):
+        def forward(self, x):
+            params = dict(zip(names, values, strict=True))
+            return torch.func.functional_call(model, params, (x,))
+
+    return At()
+
+
+@pytest.mark.parametrize("engine", ["loop", "vmap"])
+def test_the_implicit_gradient_is_the_unrolled_one_once_the_inner_problem_is_solved(
+    engine: str,
+) -> None:
+    # With φ* reached (the stationarity residual below inner_tol), iMAML's implicit gradient is
+    # the limit of differentiating through the inner loop itself: the unrolled gradient of the
+    # same regularised problem after many steps (independent code: plain autograd here).
+    from test_engine import RegressionBatch
+
+    tasks = RegressionBatch(2, torch.float64)
+    reg = 2.0
+    reference = _unrolled(_tanh_net(), list(tasks), reg, lr=0.05, steps=600)
+    for tol in (1e-3, 1e-6):
+        algo = metaopt.IMAML(
+            _tanh_net(), **TOLERANT, reg=reg, inner_tol=tol, cg_steps=100, engine=engine
+        )
+        metrics = algo.meta_backward(tasks)
+        grad = torch.cat([p.grad.reshape(-1) for p in algo.model.parameters()])
+        assert metrics.extra["inner_residual"] <= tol
+        error = float((grad - reference).norm() / reference.norm())
+        assert error <= 10 * tol, (tol, error)
+
+
+def test_the_inner_solve_stops_at_the_tolerance_and_reports() -> None:
+    from test_engine import RegressionBatch
+
+    tasks = RegressionBatch(3, torch.float64)
+    loose, tight = (
+        metaopt.IMAML(_tanh_net(), **TOLERANT, reg=2.0, inner_tol=tol, cg_steps=100)
+        for tol in (1e-2, 1e-8)
+    )
+    used = {}
+    for algo in (loose, tight):
+        metrics = algo.meta_backward(tasks)
+        row = metrics.means()
+        assert row["inner_residual"] <= algo.inner_tol
+        assert row["solve_residual"] <= algo.cg_tol and row["solve_iterations"] >= 1
+        assert row["solve_damping"] == 0 and row["solve_failed"] == 0
+        used[algo.inner_tol] = row["inner_steps_used"]
+    assert 1 <= used[1e-2] < used[1e-8] < TOLERANT["inner_steps"]
+
+
+def test_the_step_is_tied_to_the_curvature() -> None:
+    # A quadratic support loss ½(φ − c)ᵀA(φ − c) per task, A's spectrum known: with enough power
+    # iterations each task's step is 1/(λ + its largest eigenvalue), whatever the larger lr, so
+    # one step from θ lands where that closed-form step does.
+    from metaopt.algorithms.imaml import proximal_path
+
+    gen = torch.Generator().manual_seed(0)
+    q, _ = torch.linalg.qr(torch.randn(2, 5, 5, dtype=torch.float64, generator=gen))
+    spectra = torch.stack([torch.linspace(0.5, 4.0, 5), torch.linspace(-1.0, 9.0, 5)])
+    a = q @ torch.diag_embed(spectra.double()) @ q.transpose(1, 2)
+    c = torch.randn(2, 5, dtype=torch.float64, generator=gen)
+    theta = torch.randn(2, 5, dtype=torch.float64, generator=gen)
+    reg = 1.5
+
+    def objective(phi):
+        (p,) = phi
+        d = p - c
+        return 0.5 * torch.einsum("bi,bij,bj->b", d, a, d)
+
+    path = proximal_path(objective, (theta,), reg, lr=100.0, steps=1, tol=0.0, power_iterations=200)
+    *_, state = path
+    top = torch.linalg.eigvalsh(a).abs().amax(dim=1)
+    step = 1 / (reg + top)
+    expected = theta - step[:, None] * torch.einsum("bij,bj->bi", a, theta - c)
+    assert torch.allclose(state.params[0], expected, rtol=1e-10, atol=1e-12)
+    assert state.steps == 1
+
+
+def test_on_solve_failure_stop_refuses_an_indefinite_system() -> None:
+    algo = _saddle_learner("stop")
+    with pytest.raises(RuntimeError, match="conjugate gradient did not converge"):
+        algo.meta_backward([_Saddle()])
+    assert all(p.grad is None for p in algo.model.parameters())
+
+
+def _saddle_learner(policy: str, **kwargs) -> metaopt.IMAML:
+    model = mt.LinearModel(np.array([0.3, -0.2, 0.5, 0.1]))
+    return metaopt.IMAML(
+        model,
+        inner_lr=0.01,
+        inner_steps=3,
+        reg=1.0,
+        cg_steps=20,
+        cg_tol=1e-10,
+        on_solve_failure=policy,
+        **kwargs,
+    )
+
+
+def test_on_solve_failure_skip_leaves_the_gradient_and_asks_for_no_step() -> None:
+    algo = _saddle_learner("skip")
+    earlier = [torch.full_like(p, 0.5) for p in algo.model.parameters()]
+    for p, g in zip(algo.model.parameters(), earlier, strict=True):
+        p.grad = g.clone()
+    metrics = algo.meta_backward([_Saddle()])
+    assert metrics.dropped and metrics.extra["solve_failed"] == 1
+    for p, g in zip(algo.model.parameters(), earlier, strict=True):
+        assert torch.equal(p.grad, g)
+    theta, tasks = _setup(dim=4)
+    healthy = metaopt.IMAML(mt.LinearModel(theta), reg=1.0, cg_steps=30, on_solve_failure="skip")
+    assert not healthy.meta_backward(tasks).dropped
+
+
+def test_on_solve_failure_damp_solves_with_the_smallest_mu_that_converges() -> None:
+    from metaopt.algorithms.imaml import DAMPING
+
+    algo = _saddle_learner("damp")
+    metrics = algo.meta_backward([_Saddle()])
+    mu = metrics.extra["solve_damping"]
+    assert mu in DAMPING and not metrics.dropped
+    grad = torch.cat([p.grad for p in algo.model.parameters()])
+    matrix = torch.eye(4, dtype=torch.float64) + torch.diag(_Saddle.h)  # I + H/λ, λ = 1
+    for smaller in (m for m in DAMPING if m < mu):  # each smaller μ left CG short of cg_tol
+        x = torch.linalg.solve(matrix + smaller * torch.eye(4, dtype=torch.float64), _Saddle.c)
+        assert not torch.allclose(grad, x, rtol=1e-8)
+    reference = torch.linalg.solve(matrix + mu * torch.eye(4, dtype=torch.float64), _Saddle.c)
+    assert (grad - reference).norm() <= 1e-8 * reference.norm(), (mu, grad, reference)
+
+
+def test_on_solve_failure_damp_stops_when_no_mu_converges() -> None:
+    algo = _saddle_learner("damp", solver="cg")
+    algo.cg_steps = 1  # one CG step cannot solve a 4-dimensional system, damped or not
+    with pytest.raises(RuntimeError, match="and with every μ"):
+        algo.meta_backward([_Saddle()])
+    assert all(p.grad is None for p in algo.model.parameters())
+
+
+@pytest.mark.slow  # the dense reference: 3,000 float64 steps and Jacobians, about 6 s
+def test_gauss_newton_against_an_explicit_jacobian_matrix() -> None:
+    # (I + G/λ)⁻¹∇L_q(φ*) with G = Jᵀ ∇²ℓ J built densely in float64 from the network's
+    # Jacobian J at φ* and the Hessian of the loss ℓ in the outputs, task by task.
+    from test_engine import RegressionBatch
+
+    tasks = RegressionBatch(2, torch.float64)
+    reg = 2.0
+    algo = metaopt.IMAML(
+        _tanh_net(),
+        **TOLERANT,
+        reg=reg,
+        inner_tol=1e-13,
+        cg_steps=200,
+        engine="vmap",
+        curvature="gauss-newton",
+    )
+    algo.meta_backward(tasks)
+    grad = torch.cat([p.grad.reshape(-1) for p in algo.model.parameters()])
+
+    model = _tanh_net()
+    names = [n for n, _ in model.named_parameters()]
+    shapes = [p.shape for p in model.parameters()]
+    theta = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+
+    def unflat(v: torch.Tensor) -> dict[str, torch.Tensor]:
+        return dict(zip(names, torch.split(v, [s.numel() for s in shapes]), strict=True))
+
+    def out(v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        params = {n: t.reshape(s) for (n, t), s in zip(unflat(v).items(), shapes, strict=True)}
+        return torch.func.functional_call(model, params, (x,))
+
+    expected = torch.zeros_like(theta)
+    for b in range(len(tasks)):
+        x, y = tasks.xs[b], tasks.ys[b]
+
+        def support(v: torch.Tensor, x=x, y=y) -> torch.Tensor:
+            return ((out(v, x) - y) ** 2).mean()
+
+        phi = theta.clone()  # φ*: gradient descent on the regularised problem to float64
+        for _ in range(3000):
+            phi = phi - 0.2 * (torch.func.grad(support)(phi) + reg * (phi - theta))
+        jac = torch.autograd.functional.jacobian(lambda v, x=x: out(v, x).reshape(-1), phi)
+        loss_hessian = torch.autograd.functional.hessian(
+            lambda o, y=y: ((o - y.reshape(-1)) ** 2).mean(), out(phi, x).reshape(-1)
+        )
+        gauss_newton = jac.T @ loss_hessian @ jac
+        query = torch.func.grad(lambda v, b=b: ((out(v, tasks.xq[b]) - tasks.yq[b]) ** 2).mean())(
+            phi
+        )
+        system = torch.eye(len(theta), dtype=torch.float64) + gauss_newton / reg
+        expected += torch.linalg.solve(system, query) / len(tasks)
+    assert (grad - expected).norm() <= 1e-8 * expected.norm()
+
+
+def test_gauss_newton_is_refused_on_the_loop_engine() -> None:
+    from test_core_gradients import RegressionTask
+
+    algo = metaopt.IMAML(TanhMLP(), reg=2.0, curvature="gauss-newton")
+    with pytest.raises(TypeError, match="curvature='gauss-newton'.*vectorised engine"):
+        algo.meta_backward([RegressionTask(1)])
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"inner_tol": -1.0}, "inner_tol"),
+        ({"power_iterations": -1}, "power_iterations"),
+        ({"on_solve_failure": "retry"}, "on_solve_failure must be one of stop, skip, damp"),
+        ({"curvature": "fisher"}, "curvature must be one of hessian, gauss-newton"),
+        ({"inner_tol": 1e-3, "inner_optimizer": "adam"}, "inner_optimizer='sgd'"),
+    ],
+)
+def test_bad_solve_settings_are_named(kwargs, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        metaopt.IMAML(TanhMLP(), **kwargs)

@@ -64,6 +64,14 @@ BAD = [
     ("cg_steps", 0, "--cg-steps must be an integer >= 1, got 0"),
     ("solver", "gmres", "--solver must be one of cg, minres, normal_cg; got 'gmres'"),
     ("cg_tol", -1.0, "--cg-tol must be a positive finite number, got -1.0"),
+    ("inner_tol", -1.0, "--inner-tol must be a finite number >= 0, got -1.0"),
+    ("power_iterations", -1, "--power-iterations must be an integer >= 0, got -1"),
+    (
+        "on_solve_failure",
+        "retry",
+        "--on-solve-failure must be one of stop, skip, damp; got 'retry'",
+    ),
+    ("curvature", "fisher", "--curvature must be one of hessian, gauss-newton; got 'fisher'"),
     ("unroll_checkpoints", 0, "--unroll-checkpoints must be an integer >= 1, got 0"),
 ]
 
@@ -79,6 +87,31 @@ def test_each_field_names_itself_its_value_and_the_range(
 
 def test_every_field_is_audited() -> None:
     assert {f.name for f in dataclasses.fields(TrainConfig)} == {name for name, _, _ in BAD}
+
+
+def test_imaml_has_defaults_of_its_own_under_the_flags() -> None:
+    from metaopt.training.family import TrainConfig as Base
+
+    own = Base.ALGORITHM_DEFAULTS["imaml"]
+    config = resolve_config(RToyFamily(), {"algo": "imaml"})
+    assert {name: getattr(config, name) for name in own} == dict(own)
+    assert resolve_config(RToyFamily(), {"algo": "imaml", "reg": 7.0}).reg == 7.0
+    maml = resolve_config(RToyFamily(), {"algo": "maml"})
+    assert maml.inner_tol == 0 and maml.on_solve_failure == "stop"
+
+
+def test_imaml_refuses_gauss_newton_on_the_loop_engine() -> None:
+    with pytest.raises(ConfigError, match="--curvature gauss-newton needs .* --engine loop"):
+        resolve_config(RToyFamily(), {"algo": "imaml", "engine": "loop"})
+    config = resolve_config(
+        RToyFamily(), {"algo": "imaml", "engine": "loop", "curvature": "hessian"}
+    )
+    assert config.curvature == "hessian"
+
+
+def test_imaml_refuses_a_tolerance_with_adam() -> None:
+    with pytest.raises(ConfigError, match="--inner-tol 0.01 needs --inner-optimizer sgd"):
+        resolve_config(RToyFamily(), {"algo": "imaml", "inner_optimizer": "adam"})
 
 
 def test_positive_rates_is_refused_for_algorithms_without_learned_rates() -> None:
@@ -98,6 +131,10 @@ def test_metasgd_refuses_an_inner_optimizer_it_would_ignore() -> None:
         (["--algo", "metasgd", "--inner-optimizer", "adam"], "--inner-optimizer must be sgd"),
         (["--outer-lr", "nan"], "--outer-lr must be a positive finite number, got nan"),
         (["--eval-tasks", "0"], "--eval-tasks must be an integer >= 1, got 0"),
+        (
+            ["--algo", "imaml", "--on-solve-failure", "retry"],
+            "--on-solve-failure must be one of stop, skip, damp; got 'retry'",
+        ),
         (["--out", "{file}"], "exists and is not a directory"),
         (["--out", "{file}/below"], "cannot be created"),
         (["--out", "{full}"], "is not empty and is not a metaopt run directory; choose a new"),

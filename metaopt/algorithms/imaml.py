@@ -3,8 +3,11 @@ TorchOpt's ``torchopt.diff.implicit.custom_root``; memory does not grow with the
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import math
 import warnings
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, NamedTuple
@@ -18,9 +21,15 @@ from metaopt.algorithms.checks import check_tasks, scalar_loss
 from metaopt.algorithms.learner import MetaLearner, MetaMetrics
 from metaopt.algorithms.linsolve import SOLVERS, norm, solve
 from metaopt.algorithms.subset import Adapt
-from metaopt.engine import check_losses
-from metaopt.options import check_choice, check_int, check_real
-from metaopt.task import BatchedTasks, Task
+from metaopt.engine import Adapted, _Layout, batch_norm_mode, check_losses
+from metaopt.options import (
+    CURVATURES,
+    SOLVE_FAILURE_POLICIES,
+    check_choice,
+    check_int,
+    check_real,
+)
+from metaopt.task import BatchedForward, BatchedTasks, Task
 
 Tensors = tuple[torch.Tensor, ...]
 
@@ -66,6 +75,152 @@ def proximal(inner: GradientTransformation, reg: float) -> GradientTransformatio
         return updates, ProximalState(state.anchor, inner_state)
 
     return GradientTransformation(init, update)  # type: ignore[arg-type]
+
+
+class InnerState(NamedTuple):
+    r"""One point of the inner solve, every tensor with a leading task axis B.
+
+    Attributes:
+        params: φ, the adapted parameters.
+        before: Support losses at θ, ``[B]`` (detached).
+        residual: The stationarity residual $\lVert\nabla L(\phi) + \lambda(\phi - \theta)\rVert
+            / \lVert\nabla L(\theta)\rVert$, ``[B]``.
+        steps: Gradient evaluations after the one at θ (a rejected step counts).
+    """
+
+    params: Tensors
+    before: torch.Tensor
+    residual: torch.Tensor
+    steps: int
+
+
+def _norms(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Per-task Euclidean norms ``[B]`` of tensors stacked on a leading task axis."""
+    return torch.stack([t.reshape(t.shape[0], -1).pow(2).sum(1) for t in tensors]).sum(0).sqrt()
+
+
+def _per_task(scale: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """``scale`` (``[B]``) broadcast over task-stacked ``t``."""
+    return scale.reshape(-1, *([1] * (t.dim() - 1))) * t
+
+
+def _pick(keep: torch.Tensor, new: Tensors, old: Tensors) -> Tensors:
+    return tuple(
+        torch.where(keep.reshape(-1, *([1] * (n.dim() - 1))), n, o)
+        for n, o in zip(new, old, strict=True)
+    )
+
+
+def proximal_path(
+    objective: Callable[[Tensors], torch.Tensor],
+    anchor: Tensors,
+    reg: float,
+    *,
+    lr: float,
+    steps: int,
+    tol: float,
+    power_iterations: int,
+) -> Iterator[InnerState]:
+    r"""Gradient descent on $L_b(\phi_b) + \frac{\lambda}{2}\lVert\phi_b - \theta_b\rVert^2$
+    for every task b at once, yielding the state after 0, 1, ..., ``steps`` steps.
+
+    Task b's step size is ``lr``, or with ``power_iterations`` > 0 the smaller
+    $\min(\text{lr}, 1/(\lambda + \hat L_b))$, $\hat L_b$ the largest absolute eigenvalue of
+    $L_b$'s Hessian at θ estimated by that many power iterations (from the gradient's
+    direction: no randomness), so that the step is stable for the regularised problem. A
+    step that raises a task's regularised loss is undone and that task's step size halved. Once
+    every task's residual is at most ``tol`` the state is yielded unchanged (no more work).
+
+    Args:
+        objective: Per-task support losses ``[B]`` of task-stacked parameters.
+        anchor: θ, one copy per task (detached).
+        reg: λ > 0.
+        lr: The largest step size.
+        steps: The most steps.
+        tol: The stationarity residual at which a task counts as solved.
+        power_iterations: Hessian-vector products of the curvature estimate.
+    """
+
+    def evaluate(point: Tensors, graph: bool) -> tuple[Tensors, torch.Tensor, Tensors]:
+        point = tuple(p.detach().requires_grad_() for p in point)
+        losses = objective(point)
+        grads = torch.autograd.grad(losses.sum(), point, create_graph=graph)
+        return point, losses, grads
+
+    point, losses, grads = evaluate(anchor, power_iterations > 0)
+    before = losses.detach()
+    rate = torch.full_like(before, lr)
+    if power_iterations:
+        vector = tuple(_per_task(1 / _norms(grads).clamp_min(1e-30), g.detach()) for g in grads)
+        for _ in range(power_iterations):
+            product = torch.autograd.grad(grads, point, vector, retain_graph=True)
+            curvature = _norms(product)
+            vector = tuple(_per_task(1 / curvature.clamp_min(1e-30), h) for h in product)
+        rate = torch.minimum(rate, 1 / (reg + curvature))
+    phi = tuple(p.detach() for p in point)
+    grads = tuple(g.detach() for g in grads)
+    scale = _norms(grads)
+    value = before
+    slack = 8 * torch.finfo(before.dtype).eps
+    pulled = grads  # the regularised gradient (φ = θ here)
+    residual = torch.where(scale > 0, 1.0, 0.0).to(before.dtype)
+    used = 0
+    yield InnerState(phi, before, residual, used)
+    for _ in range(steps):
+        if bool((residual <= tol).all()):
+            yield InnerState(phi, before, residual, used)
+            continue
+        trial = tuple(p - _per_task(rate, g) for p, g in zip(phi, pulled, strict=True))
+        _, losses, new_grads = evaluate(trial, False)
+        used += 1
+        distance = _norms([t - a for t, a in zip(trial, anchor, strict=True)])
+        new_value = losses.detach() + reg / 2 * distance**2
+        keep = new_value <= value + slack * value.abs()
+        phi = _pick(keep, trial, phi)
+        grads = _pick(keep, tuple(g.detach() for g in new_grads), grads)
+        value = torch.where(keep, new_value, value)
+        rate = torch.where(keep, rate, rate / 2)
+        pulled = tuple(g + reg * (p - a) for g, p, a in zip(grads, phi, anchor, strict=True))
+        residual = _norms(pulled) / scale.clamp_min(torch.finfo(scale.dtype).tiny)
+        residual = torch.where(scale > 0, residual, 0.0)
+        yield InnerState(phi, before, residual, used)
+
+
+@dataclasses.dataclass
+class SolveRecord:
+    """What one ``meta_backward``'s inner and linear solves reached (the worst over its tasks);
+    its ``metrics()`` go into ``metrics.jsonl``.
+
+    Attributes:
+        inner_residual: The largest stationarity residual reached (``InnerState.residual``).
+        inner_steps: The most inner steps a task took.
+        residual: The largest relative residual of a linear solve (of the system solved, damped
+            or not).
+        iterations: The most matrix-vector products of one linear solve.
+        damping: The largest μ added (``on_solve_failure="damp"``; 0: none).
+        failed: Whether a solve missed ``cg_tol`` under ``on_solve_failure="skip"``.
+    """
+
+    inner_residual: float = 0.0
+    inner_steps: int = 0
+    residual: float = 0.0
+    iterations: int = 0
+    damping: float = 0.0
+    failed: bool = False
+
+    def metrics(self) -> dict[str, float]:
+        return {
+            "inner_residual": self.inner_residual,
+            "inner_steps_used": float(self.inner_steps),
+            "solve_residual": self.residual,
+            "solve_iterations": float(self.iterations),
+            "solve_damping": self.damping,
+            "solve_failed": float(self.failed),
+        }
+
+
+#: ``on_solve_failure="damp"``: the μ tried, smallest first, in $(I + H/\lambda + \mu I)x = v$.
+DAMPING = (1e-3, 1e-2, 1e-1, 1.0, 10.0)
 
 
 class IMAML(MetaLearner):
@@ -124,6 +279,24 @@ class IMAML(MetaLearner):
         engine: ``"auto"``, ``"loop"`` or ``"vmap"`` (``"compiled"`` is refused).
         batch_norm: As for [`MAML`][metaopt.MAML].
         adapt: As for [`MAML`][metaopt.MAML].
+        inner_tol: With ``inner_tol`` > 0 or ``power_iterations`` > 0 (SGD only), the inner
+            loop is ``proximal_path``: it stops once every task's stationarity residual
+            $\lVert\nabla L(\phi) + \lambda(\phi - \theta)\rVert / \lVert\nabla
+            L(\theta)\rVert$ is at most ``inner_tol``, or after ``inner_steps`` steps. 0:
+            ``inner_steps`` steps whatever the residual.
+        power_iterations: Power iterations that estimate the support loss's curvature
+            $\hat L$ at θ per task; the inner step is then $\min(\text{inner\_lr},
+            1/(\lambda + \hat L))$, stable for the regularised problem (0: ``inner_lr``).
+        on_solve_failure: What a linear solve that misses ``cg_tol`` does: ``"stop"`` (raise
+            `ConjugateGradientError`), ``"skip"`` (leave ``.grad`` as it was and return metrics
+            whose ``dropped`` is true: no outer step for that meta-batch) or ``"damp"`` (solve
+            $(I + H/\lambda + \mu I)x = v$ with the smallest μ of `DAMPING` that meets
+            ``cg_tol``; raise when none does).
+        curvature: ``"hessian"`` (H is the support loss's Hessian) or ``"gauss-newton"`` (H is
+            its Gauss-Newton part $J^\top \nabla^2_f\ell\, J$, J the Jacobian of the network's
+            outputs f and ℓ the loss of them: positive semi-definite for a convex ℓ, so
+            $I + H/\lambda$ is positive definite and CG cannot break down; vectorised engine
+            only).
     """
 
     def __init__(
@@ -139,11 +312,26 @@ class IMAML(MetaLearner):
         batch_norm: str = "running",
         adapt: Adapt = None,
         solver: str = "cg",
+        inner_tol: float = 0.0,
+        power_iterations: int = 0,
+        on_solve_failure: str = "stop",
+        curvature: str = "hessian",
     ) -> None:
         self.reg = check_real("reg", reg, low=0, low_open=True)
         self.solver = check_choice("solver", solver, SOLVERS)
         self.cg_steps = check_int("cg_steps", cg_steps, 1)
         self.cg_tol = check_real("cg_tol", cg_tol, low=0, low_open=True)
+        self.inner_tol = check_real("inner_tol", inner_tol, low=0)
+        self.power_iterations = check_int("power_iterations", power_iterations, 0)
+        self.on_solve_failure = check_choice(
+            "on_solve_failure", on_solve_failure, SOLVE_FAILURE_POLICIES
+        )
+        self.curvature = check_choice("curvature", curvature, CURVATURES)
+        if self.solves_inner and inner_optimizer != "sgd":
+            raise ValueError(
+                f"inner_tol and power_iterations need inner_optimizer='sgd' (gradient descent "
+                f"on the regularised problem); got {inner_optimizer!r}"
+            )
         if engine == "compiled":
             raise ValueError(
                 "IMAML has no compiled engine (its CG solve runs in Python); use engine='auto', "
@@ -155,25 +343,126 @@ class IMAML(MetaLearner):
         return proximal(super()._inner_transform(), self.reg)
 
     @property
+    def solves_inner(self) -> bool:
+        """Whether the inner loop is `proximal_path` (a tolerance or a curvature-tied step)."""
+        return self.inner_tol > 0 or self.power_iterations > 0
+
+    def _path(
+        self, objective: Callable[[Tensors], torch.Tensor], anchor: Tensors, steps: int
+    ) -> Iterator[InnerState]:
+        return proximal_path(
+            objective,
+            anchor,
+            self.reg,
+            lr=self.inner_lr,
+            steps=steps,
+            tol=self.inner_tol,
+            power_iterations=self.power_iterations,
+        )
+
+    def _solve_vmap(self, tasks: BatchedTasks, steps: int) -> Iterator[tuple[Adapted, InnerState]]:
+        """`proximal_path` on the vectorised engine: each state as the engine's ``Adapted``."""
+        num_tasks = len(tasks)
+        with batch_norm_mode(self.model, self.batch_norm):
+            layout = _Layout(self.model)
+        named = dict(self.model.named_parameters())
+        buffers = dict(self.model.named_buffers())
+        copies = {n: buffers[n].expand(num_tasks, *buffers[n].shape).clone() for n in layout.copied}
+        every = {n: named[n].expand(num_tasks, *named[n].shape) for n in layout.trainable}
+        names = [n for n in every if self.adapted is None or n in self.adapted]
+
+        def objective(phi: Tensors) -> torch.Tensor:
+            params = {**every, **dict(zip(names, phi, strict=True)), **copies}
+            forward = self._forward(params, layout.shared)
+            losses = tasks.support_losses(forward, None)
+            return check_losses(losses, num_tasks, "support_losses", grad=True)
+
+        anchor = tuple(every[n].detach() for n in names)
+        for state in self._path(objective, anchor, steps):
+            params = {**every, **dict(zip(names, state.params, strict=True)), **copies}
+            yield (params, layout.shared, state.before), state
+
+    def _vmap_path(
+        self, tasks: BatchedTasks, steps: int, *, create_graph: bool
+    ) -> Iterator[Adapted]:
+        if not self.solves_inner:
+            yield from super()._vmap_path(tasks, steps, create_graph=create_graph)
+            return
+        for adapted, _ in self._solve_vmap(tasks, steps):
+            yield adapted
+
+    def _solve_task(self, task: Task, index: int, steps: int) -> InnerState:
+        """`proximal_path` on one task (the loop engine), to convergence or ``steps`` steps;
+        the model's adapted parameters are left at φ (inside the caller's isolation)."""
+        named = dict(self.model.named_parameters())
+        names = [
+            n
+            for n, p in named.items()
+            if p.requires_grad and (self.adapted is None or n in self.adapted)
+        ]
+        call = _Call(self.model, task.support_loss)
+
+        def objective(phi: Tensors) -> torch.Tensor:
+            tensors = {f"model.{n}": t[0] for n, t in zip(names, phi, strict=True)}
+            loss = torch.func.functional_call(call, tensors, ())
+            return scalar_loss(loss, "support_loss", index).reshape(1)
+
+        anchor = tuple(named[n].detach().unsqueeze(0) for n in names)
+        state = None
+        for state in self._path(objective, anchor, steps):
+            if bool((state.residual <= self.inner_tol).all()):
+                break
+        assert state is not None
+        # As the inner optimiser does: new tensors in the module's parameter slots (θ's own
+        # stay untouched), each φ in value and θ plus a constant in its graph (first-order).
+        for n, t in zip(names, state.params, strict=True):
+            prefix, _, attr = n.rpartition(".")
+            module = self.model.get_submodule(prefix)
+            module._parameters[attr] = t[0] + (named[n] - named[n].detach())  # type: ignore[assignment]
+        return state
+
+    def _inner_loop(
+        self, task: Task, index: int, steps: int, *, create_graph: bool
+    ) -> torch.Tensor | None:
+        if not self.solves_inner:
+            return super()._inner_loop(task, index, steps, create_graph=create_graph)
+        return self._solve_task(task, index, steps).before[0]
+
+    @property
     def name(self) -> str:
         return "imaml"
 
     def meta_backward(self, tasks: Sequence[Task], *, scale: float | None = None) -> MetaMetrics:
         """Accumulate $\\frac1B\\sum_i (I + H_i/\\lambda)^{-1}\\nabla\\mathcal{L}^q_i(\\phi^*_i)$
-        into ``.grad`` of θ.
+        into ``.grad`` of θ; the metrics carry `SolveRecord.metrics` and, when a solve failed
+        under ``on_solve_failure="skip"``, ``dropped`` (``.grad`` then left as it was).
 
         Raises:
-            RuntimeError: when the CG solve did not reach ``cg_tol`` (``.grad`` left as it was).
+            ConjugateGradientError: a solve missed ``cg_tol`` under ``"stop"``, or under
+                ``"damp"`` with every μ of `DAMPING` (``.grad`` left as it was).
         """
         tasks, weight = check_tasks(tasks, scale)
         theta: dict[str, torch.Tensor] = {
             n: p for n, p in self.model.named_parameters() if p.requires_grad
         }
         names = [n for n in theta if self.adapted is None or n in self.adapted]
+        record = SolveRecord()
+        saved = [(p, None if p.grad is None else p.grad.clone()) for p in self.meta_parameters()]
+
+        def solved(state: InnerState) -> None:
+            record.inner_residual = max(record.inner_residual, float(state.residual.max()))
+            record.inner_steps = max(record.inner_steps, state.steps)
 
         def vectorised() -> MetaMetrics:
             batch: BatchedTasks = tasks  # type: ignore[assignment]
-            params, fixed, before = self._adapt_vmap(batch, self.inner_steps, create_graph=False)
+            if self.solves_inner:
+                (last,) = deque(self._solve_vmap(batch, self.inner_steps), maxlen=1)
+                (params, fixed, before), state = last
+                solved(state)
+            else:
+                params, fixed, before = self._adapt_vmap(
+                    batch, self.inner_steps, create_graph=False
+                )
             assert before is not None
             copies = {n: t for n, t in params.items() if n not in theta}
 
@@ -187,10 +476,26 @@ class IMAML(MetaLearner):
                 )
                 if query:
                     return batch.query_losses(forward)
+                if self.curvature == "gauss-newton":
+                    forward = _linearised(forward_of, (phi, th), anchor)
                 return batch.support_losses(forward, None).sum()
 
+            def forward_of(phi: Tensors, th: dict[str, torch.Tensor]) -> BatchedForward:
+                every = {n: t.expand(len(batch), *t.shape) for n, t in th.items()}
+                buffers = {n: t.clone() for n, t in copies.items()}
+                return self._forward(
+                    {**every, **dict(zip(names, phi, strict=True)), **buffers}, fixed
+                )
+
+            # The point the network is linearised at (Gauss-Newton): φ* and θ, constants.
+            anchor = (
+                tuple(params[n].detach() for n in names),
+                {n: t.detach() for n, t in theta.items()},
+            )
             with _quiet():
-                phi = self._implicit(tuple(params[n].detach() for n in names), theta, names, losses)
+                phi = self._implicit(
+                    tuple(params[n].detach() for n in names), theta, names, losses, record
+                )
                 query = losses(phi, theta, True)
                 check_losses(query, len(batch), "query_losses", grad=True)
                 (query.sum() * weight).backward()
@@ -198,8 +503,20 @@ class IMAML(MetaLearner):
             return MetaMetrics(before, self._support_after_vmap(batch, forward), query.detach())
 
         def step(task: Task, index: int, weight: float) -> tuple[torch.Tensor, ...]:
-            before = self._inner_loop(task, index, self.inner_steps, create_graph=False)
-            assert before is not None
+            if self.curvature == "gauss-newton":
+                raise TypeError(
+                    "IMAML(curvature='gauss-newton') needs the network's outputs, which only "
+                    "the vectorised engine sees (a BatchedTasks meta-batch, engine 'auto' or "
+                    "'vmap'); use curvature='hessian' on the loop engine"
+                )
+            if self.solves_inner:
+                state = self._solve_task(task, index, self.inner_steps)
+                solved(state)
+                before = state.before[0]
+            else:
+                first = self._inner_loop(task, index, self.inner_steps, create_graph=False)
+                assert first is not None
+                before = first
             adapted = dict(self.model.named_parameters())
 
             def losses(phi: Tensors, th: dict[str, torch.Tensor], query: bool) -> torch.Tensor:
@@ -212,13 +529,19 @@ class IMAML(MetaLearner):
 
             with _quiet():
                 phi = self._implicit(
-                    tuple(adapted[n].detach() for n in names), theta, names, losses
+                    tuple(adapted[n].detach() for n in names), theta, names, losses, record
                 )
                 query = scalar_loss(losses(phi, theta, True), "query_loss", index)
                 (query * weight).backward()
             return before, query.detach()
 
-        return self._run(tasks, vectorised, lambda: self._per_task(tasks, weight, step))  # type: ignore[arg-type]
+        metrics = self._run(tasks, vectorised, lambda: self._per_task(tasks, weight, step))  # type: ignore[arg-type]
+        if record.failed:  # on_solve_failure="skip": this meta-batch moves nothing
+            for p, grad in saved:
+                p.grad = grad
+        metrics.extra = record.metrics()
+        metrics.dropped = record.failed
+        return metrics
 
     def _implicit(
         self,
@@ -226,6 +549,7 @@ class IMAML(MetaLearner):
         theta: dict[str, torch.Tensor],
         names: list[str],
         losses: Callable[[Tensors, dict[str, torch.Tensor], bool], torch.Tensor],
+        record: SolveRecord,
     ) -> Tensors:
         """The adapted parameters ``solution`` (φ*, detached) as a function of θ whose backward
         is the implicit one: $v \\mapsto (I + H/\\lambda)^{-1} v$ for θ of the adapted
@@ -239,36 +563,86 @@ class IMAML(MetaLearner):
             grads = torch.func.grad(lambda p: losses(p, th, False))(phi)
             return tuple(p - th[n] + g / reg for p, n, g in zip(phi, names, grads, strict=True))
 
-        @torchopt.diff.implicit.custom_root(optimality, argnums=1, solve=self._solve)
+        solve = functools.partial(self._solve, record)
+
+        @torchopt.diff.implicit.custom_root(optimality, argnums=1, solve=solve)
         def solve_inner(phi: Tensors, values: Tensors) -> Tensors:
             return solution
 
         return solve_inner(solution, tuple(theta.values()))  # type: ignore[return-value]
 
-    def _solve(self, matvec: Callable[[Tensors], Tensors], b: Tensors) -> Tensors:
+    def _solve(
+        self, record: SolveRecord, matvec: Callable[[Tensors], Tensors], b: Tensors
+    ) -> Tensors:
         """``cg_steps`` iterations of ``solver`` on ``matvec(x) = b`` (as the paper: a fixed
         budget; fewer only once the residual is at machine precision), checked: the relative
-        residual of this system (not of normal equations) must be ≤ ``cg_tol``."""
+        residual of this system (not of normal equations) must be ≤ ``cg_tol``; what happens
+        when it is not is ``on_solve_failure``'s. ``record`` keeps the worst residual, the
+        products, μ and whether the batch is to be dropped."""
+        norm_b = norm(b)
+        x, residual, products = self._attempt(matvec, b, norm_b)
+        if residual <= self.cg_tol or norm_b == 0:
+            return self._recorded(record, x, residual, products, 0.0)
+        if self.on_solve_failure == "damp":
+            for mu in DAMPING:
+
+                def damped(v: Tensors, mu: float = mu) -> Tensors:
+                    return tuple(a + mu * t for a, t in zip(matvec(v), v, strict=True))
+
+                y, damped_residual, more = self._attempt(damped, b, norm_b)
+                products += more
+                if damped_residual <= self.cg_tol:
+                    return self._recorded(record, y, damped_residual, products, mu)
+        if self.on_solve_failure == "skip":
+            record.failed = True
+            return self._recorded(
+                record, tuple(torch.zeros_like(t) for t in b), residual, products, 0.0
+            )
+        hint = (
+            "try solver='minres' (I + H/λ need not be positive definite), "
+            if self.solver == "cg"
+            else ""
+        )
+        damped_too = (
+            f" (and with every μ of {', '.join(map(str, DAMPING))} added)"
+            if self.on_solve_failure == "damp"
+            else ""
+        )
+        raise ConjugateGradientError(
+            f"IMAML: {_TITLES[self.solver]} did not converge: relative residual "
+            f"{residual:.3g} > cg_tol={self.cg_tol:g} after cg_steps={self.cg_steps}{damped_too}. "
+            f"Raise cg_steps, raise reg (λ; CG needs H's eigenvalues above −λ), {hint}solve the "
+            "inner problem further (inner_tol, inner_steps), or loosen cg_tol"
+        )
+
+    def _attempt(
+        self, matvec: Callable[[Tensors], Tensors], b: Tensors, norm_b: float
+    ) -> tuple[Tensors, float, int]:
+        """One solve: the solution, its relative residual (NaN-safe: ``inf`` when not finite)
+        and the number of matrix-vector products it took."""
+        count = [0]
+
+        def counted(v: Tensors) -> Tensors:
+            count[0] += 1
+            return matvec(v)
+
         try:
-            x = solve(self.solver, matvec, b, self.cg_steps)
+            x = solve(self.solver, counted, b, self.cg_steps)
         except ZeroDivisionError:  # TorchOpt's CG met a zero curvature pᵀAp: A is indefinite
             x = tuple(torch.full_like(t, math.nan) for t in b)
-        norm_b = norm(b)
+        products = count[0]
         if norm_b == 0:
-            return x
+            return x, 0.0, products
         residual = norm(tuple(ax - bi for ax, bi in zip(matvec(x), b, strict=True))) / norm_b
-        if not residual <= self.cg_tol:  # also NaN
-            hint = (
-                "try solver='minres' (I + H/λ need not be positive definite), "
-                if self.solver == "cg"
-                else ""
-            )
-            raise ConjugateGradientError(
-                f"IMAML: {_TITLES[self.solver]} did not converge: relative residual "
-                f"{residual:.3g} > cg_tol={self.cg_tol:g} after cg_steps={self.cg_steps}. Raise "
-                f"cg_steps, raise reg (λ; CG needs H's eigenvalues above −λ), {hint}or loosen "
-                "cg_tol"
-            )
+        return x, residual if math.isfinite(residual) else math.inf, products
+
+    @staticmethod
+    def _recorded(
+        record: SolveRecord, x: Tensors, residual: float, products: int, mu: float
+    ) -> Tensors:
+        record.residual = max(record.residual, residual)
+        record.iterations = max(record.iterations, products)
+        record.damping = max(record.damping, mu)
         return x
 
     def describe(self) -> dict[str, Any]:
@@ -277,6 +651,10 @@ class IMAML(MetaLearner):
             "reg": self.reg,
             "cg_steps": self.cg_steps,
             "solver": self.solver,
+            "inner_tol": self.inner_tol,
+            "power_iterations": self.power_iterations,
+            "on_solve_failure": self.on_solve_failure,
+            "curvature": self.curvature,
         }
 
     def untrained_baseline(self, model: nn.Module) -> MetaLearner:
@@ -284,7 +662,17 @@ class IMAML(MetaLearner):
         rule, solver = self.inner_optimizer_name, (self.reg, self.cg_steps, self.cg_tol)
         scope = ("auto", self.batch_norm, self.adapted)  # engine, BatchNorm mode, adapted names
         return IMAML(
-            model, self.inner_lr, self.inner_steps, *solver, rule, *scope, solver=self.solver
+            model,
+            self.inner_lr,
+            self.inner_steps,
+            *solver,
+            rule,
+            *scope,
+            solver=self.solver,
+            inner_tol=self.inner_tol,
+            power_iterations=self.power_iterations,
+            on_solve_failure=self.on_solve_failure,
+            curvature=self.curvature,
         )
 
     def inner_sgd_rates(self) -> float | list[torch.Tensor] | None:
@@ -293,8 +681,36 @@ class IMAML(MetaLearner):
     def __repr__(self) -> str:
         return (
             super().__repr__()[:-1]
-            + f", reg={self.reg}, cg_steps={self.cg_steps}, solver={self.solver!r})"
+            + f", reg={self.reg}, cg_steps={self.cg_steps}, solver={self.solver!r}, "
+            f"inner_tol={self.inner_tol}, power_iterations={self.power_iterations}, "
+            f"on_solve_failure={self.on_solve_failure!r}, curvature={self.curvature!r})"
         )
+
+
+def _linearised(
+    forward_of: Callable[[Tensors, dict[str, torch.Tensor]], BatchedForward],
+    at: tuple[Tensors, dict[str, torch.Tensor]],
+    anchor: tuple[Tensors, dict[str, torch.Tensor]],
+) -> BatchedForward:
+    """The network linearised in its parameters around ``anchor`` (φ*, θ), evaluated at ``at``:
+    $f(x) \\approx f_*(x) + J_*\\,(\\text{at} - \\text{anchor})$. The Hessian of a loss of these
+    outputs is the Gauss-Newton matrix $J_*^\\top \\nabla^2_f\\ell\\, J_*$ and its gradient at the
+    anchor is the loss's own, so an optimality condition built from it has the same root."""
+    phi, th = at
+    phi0, th0 = anchor
+
+    def forward(x: Any) -> Any:
+        def outputs(p: Tensors, t: dict[str, torch.Tensor]) -> Any:
+            return forward_of(p, t)(x)
+
+        tangent = (
+            tuple(a - b for a, b in zip(phi, phi0, strict=True)),
+            {n: th[n] - th0[n] for n in th0},
+        )
+        value, change = torch.func.jvp(outputs, (phi0, th0), tangent)  # type: ignore[misc]
+        return value.detach() + change
+
+    return forward
 
 
 _TITLES = {

@@ -49,9 +49,13 @@ class MetaMetrics:
             each task's adapted parameters for it.
         query: query loss at θ'. Computed on first access where the meta-gradient does not need
             it (Reptile on the compiled engine); otherwise it comes with the meta-gradient.
+        extra: The algorithm's own numbers of this call (iMAML: its solves' residuals), logged
+            beside the means.
+        dropped: Whether the algorithm left ``.grad`` as it was, asking that this meta-batch
+            take no outer step (iMAML's ``on_solve_failure="skip"``).
     """
 
-    __slots__ = ("_query", "_support_after", "support_before")
+    __slots__ = ("_query", "_support_after", "dropped", "extra", "support_before")
 
     def __init__(
         self,
@@ -62,6 +66,8 @@ class MetaMetrics:
         self.support_before = support_before
         self._support_after = support_after
         self._query = query
+        self.extra: dict[str, float] = {}
+        self.dropped = False
 
     @property
     def support_after(self) -> torch.Tensor:
@@ -83,6 +89,7 @@ class MetaMetrics:
             "support_before": self.support_before.mean().item(),
             "support_after": self.support_after.mean().item(),
             "query": self.query.mean().item(),
+            **self.extra,
         }
 
     def __repr__(self) -> str:

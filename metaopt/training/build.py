@@ -88,6 +88,10 @@ def _build(config: TrainConfig, model: torch.nn.Module, adapt: list[str] | None)
             "cg_steps": config.cg_steps,
             "cg_tol": config.cg_tol,
             "solver": config.solver,
+            "inner_tol": config.inner_tol,
+            "power_iterations": config.power_iterations,
+            "on_solve_failure": config.on_solve_failure,
+            "curvature": config.curvature,
         }
         return IMAML(model, inner_optimizer=config.inner_optimizer, **solver, **shared)
     raise ConfigError(f"--algo must be one of {', '.join(ALGORITHMS)}; got {config.algo!r}")

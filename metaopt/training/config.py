@@ -1,6 +1,7 @@
 """Command-line flags from a dataclass, and the one place a family's config is resolved.
 
-Resolution order: the dataclass defaults, then the preset's values, then the flags the user gave.
+Resolution order: the dataclass defaults, then the algorithm's (``TrainConfig.ALGORITHM_DEFAULTS``),
+then the preset's values, then the flags the user gave.
 
 `add_config_arguments` gives ``metaopt train FAMILY`` its flags from the family's config;
 `add_dataclass_arguments` and `dataclass_from_arguments` do the same for any dataclass
@@ -92,6 +93,11 @@ def add_config_arguments(
         # A None default says nothing the help text does not (--out says where runs go).
         notes = [] if default is None else [f"default: {_shown(default)}"]
         notes += [f"preset {p}: {_shown(v)}" for p, v in by_preset.items()]
+        notes += [
+            f"--algo {algo}: {_shown(values[f.name])}"
+            for algo, values in family.config_class.ALGORITHM_DEFAULTS.items()
+            if f.name in values
+        ]
         if f.name == "preset" and family.presets:
             notes.append("presets: " + ", ".join(sorted(family.presets)))
         if notes:
@@ -210,7 +216,9 @@ def dataclass_from_arguments(
 
 
 def resolve_config(family: TaskFamily, overrides: Mapping[str, Any]) -> TrainConfig:
-    """Defaults, then the preset (``overrides["preset"]`` or the family's default), then overrides.
+    """Defaults, then the algorithm's defaults (``ALGORITHM_DEFAULTS`` of the ``algo`` the
+    overrides or the preset name), then the preset (``overrides["preset"]`` or the family's
+    default), then overrides.
 
     Raises:
         ConfigError: unknown preset or field, a value out of range, or an ``adapt`` the
@@ -220,13 +228,16 @@ def resolve_config(family: TaskFamily, overrides: Mapping[str, Any]) -> TrainCon
     unknown = sorted(set(overrides) - names)
     if unknown:
         raise ConfigError(f"{family.name}: unknown option(s) {', '.join(unknown)}")
-    values: dict[str, Any] = {}
     preset = overrides.get("preset", family.config_class().preset)
+    preset_values: Mapping[str, Any] = {}
     if preset is not None:
         if preset not in family.presets:
             choices = ", ".join(sorted(family.presets)) or "none"
             raise ConfigError(f"--preset must be one of {choices}; got {preset!r}")
-        values.update(family.presets[preset])
+        preset_values = family.presets[preset]
+    algo = overrides.get("algo", preset_values.get("algo", family.config_class().algo))
+    values: dict[str, Any] = dict(family.config_class.ALGORITHM_DEFAULTS.get(algo, {}))
+    values.update(preset_values)
     values.update(overrides)
     config = family.config_class(**values)
     config.validate()

@@ -157,4 +157,9 @@ def evaluation_summary(evaluation: dict[str, Any]) -> str:
         if name != "baseline" and isinstance(block, dict) and "by_steps" in block:
             lines.append(f"{name}: {block.get('description', block.get('metric'))}")
             lines += table(block)
+    if "solve_skipped" in evaluation:
+        lines.append(
+            f"meta-batches without an outer step (a linear solve missed --cg-tol, "
+            f"--on-solve-failure skip): {evaluation['solve_skipped']}"
+        )
     return "\n".join(lines)

@@ -27,8 +27,10 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from metaopt.options import (
     ALGORITHMS,
     BATCH_NORM_MODES,
+    CURVATURES,
     ENGINES,
     INNER_OPTIMIZERS,
+    SOLVE_FAILURE_POLICIES,
     SOLVERS,
     ConfigError,
     check_choice,
@@ -187,6 +189,28 @@ class TrainConfig:
         "iMAML: linear solver of (I + H/λ)x = ∇L_query: cg (needs I + H/λ positive definite), "
         "minres (symmetric, possibly indefinite) or normal_cg (CG on the squared system)",
     )
+    inner_tol: float = option(
+        0.0,
+        "iMAML: stop the inner loop once every task's ‖∇L(φ) + λ(φ − θ)‖ is at most this times "
+        "its value at θ, or after --inner-steps steps (0: always --inner-steps steps)",
+    )
+    power_iterations: int = option(
+        0,
+        "iMAML: power iterations estimating each task's support-loss curvature L at θ; the inner "
+        "step is then min(--inner-lr, 1/(λ + L)), halved where it raises the regularised loss "
+        "(0: --inner-lr)",
+    )
+    on_solve_failure: str = option(
+        "stop",
+        "iMAML: a linear solve that misses --cg-tol: stop (training stops), skip (no outer step "
+        "for that meta-batch, counted as solve_skipped) or damp (solve (I + H/λ + μI)x = g with "
+        "the smallest μ of 0.001, 0.01, 0.1, 1, 10 that converges; μ logged as solve_damping)",
+    )
+    curvature: str = option(
+        "hessian",
+        "iMAML: H in (I + H/λ)x = g: hessian (the support loss's) or gauss-newton (its "
+        "positive semi-definite Gauss-Newton part; vectorised engine only)",
+    )
     unroll_checkpoints: int | None = option(
         None,
         "maml and metasgd: checkpointed unrolling, at most this many inner states held at once and "
@@ -250,6 +274,22 @@ class TrainConfig:
         "(0: the memory available when the run starts)",
     )
 
+    #: Defaults that depend on ``--algo``: applied over the dataclass's defaults and under a
+    #: preset's values and the user's flags. iMAML's solve its inner problem to a tolerance with
+    #: a curvature-tied step and damp a solve that fails (docs/results.md measured them).
+    ALGORITHM_DEFAULTS: ClassVar[Mapping[str, Mapping[str, Any]]] = {
+        "imaml": {
+            "inner_lr": 1.0,
+            "inner_steps": 20,
+            "inner_tol": 1e-2,
+            "power_iterations": 3,
+            "reg": 20.0,
+            "cg_steps": 30,
+            "on_solve_failure": "damp",
+            "curvature": "gauss-newton",
+        },
+    }
+
     #: Fields that ``metaopt train FAMILY --resume RUN_DIR`` lets a flag change: they do not alter
     #: the training trajectory (``iterations`` only while ``anneal`` is off, as the schedule
     #: depends on it). A family may extend the tuple with harmless fields of its own.
@@ -276,6 +316,8 @@ class TrainConfig:
             ("dist_backend", DIST_BACKENDS),
             ("outer_optimizer", self.OUTER_OPTIMIZERS),
             ("solver", SOLVERS),
+            ("on_solve_failure", SOLVE_FAILURE_POLICIES),
+            ("curvature", CURVATURES),
         ):
             check_choice(flag(name), getattr(self, name), allowed)
         if self.algo == "metasgd" and self.inner_optimizer != "sgd":
@@ -283,6 +325,20 @@ class TrainConfig:
                 f"--inner-optimizer must be sgd with --algo metasgd (Meta-SGD's inner update is "
                 f"SGD with learned rates); got {self.inner_optimizer!r}"
             )
+        if self.algo == "imaml" and self.curvature == "gauss-newton" and self.engine == "loop":
+            raise ConfigError(
+                "--curvature gauss-newton needs the network's outputs, which only the vectorised "
+                "engine sees; got --engine loop (use --engine auto or vmap, or --curvature "
+                "hessian)"
+            )
+        if self.algo == "imaml" and self.inner_optimizer != "sgd":
+            for name in ("inner_tol", "power_iterations"):
+                if getattr(self, name):
+                    raise ConfigError(
+                        f"{flag(name)} {getattr(self, name)} needs --inner-optimizer sgd (gradient "
+                        f"descent on the regularised problem); got {self.inner_optimizer!r} (set "
+                        f"{flag(name)} 0 to use it)"
+                    )
         if self.positive_rates is True and self.algo != "metasgd":
             raise ConfigError(
                 f"--positive-rates applies to --algo metasgd (its learned rates) only; got "
@@ -290,13 +346,13 @@ class TrainConfig:
             )
         for name in ("inner_steps", "meta_batch", "eval_tasks", "cg_steps"):
             check_int(flag(name), getattr(self, name), 1)
-        for name in ("iterations", "eval_every", "checkpoint_every", "threads"):
+        for name in ("iterations", "eval_every", "checkpoint_every", "threads", "power_iterations"):
             check_int(flag(name), getattr(self, name), 0)
         for name in ("seed", "eval_seed"):  # numpy's legacy seeding takes 32 bits
             check_int(flag(name), getattr(self, name), 0, MAX_SEED)
         for name in ("inner_lr", "outer_lr", "dist_timeout", "reg", "cg_tol"):
             check_real(flag(name), getattr(self, name), low=0, low_open=True)
-        for name in ("max_memory", "clip_grad_norm"):
+        for name in ("max_memory", "clip_grad_norm", "inner_tol"):
             check_real(flag(name), getattr(self, name), low=0)
         for name in ("anneal", "skip_nonfinite", "positive_rates"):
             if not isinstance(getattr(self, name), bool):

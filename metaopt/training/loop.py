@@ -185,6 +185,8 @@ def fit(run: Run, progress: bool | None) -> Path:
         if not run.dist.is_main:  # rank 0 writes and plots; the others wait for it
             distributed.barrier(run.dist)
             return run.run_dir
+        if run.solve_skipped or algo.describe().get("on_solve_failure") == "skip":
+            evaluation["solve_skipped"] = run.solve_skipped
         write_json(run.run_dir / "eval.json", evaluation)
         stage = "plots"
         from metaopt.training.plots import plot_run
@@ -271,7 +273,12 @@ def _loop(run: Run, log: IO[str], stop: StopOnSignal, progress: bool | None) -> 
             problem = _non_finite(metrics, algo)
             if problem is not None and not config.skip_nonfinite:
                 _stop_non_finite(run, problem, iteration, tasks, before, log)
-            if problem is None:
+            # The algorithm asked for no step (iMAML's skipped solve): every rank skips alike.
+            dropped = distributed.any_rank(metrics.dropped, run.dist)
+            if problem is None and dropped:
+                outer.zero_grad(set_to_none=True)
+                run.solve_skipped += 1
+            elif problem is None:
                 if config.clip_grad_norm:  # the norm before clipping goes into the metrics
                     extra["grad_norm"] = clip_grad_norm_(params, config.clip_grad_norm).item()
                 if config.outer_step == "trpo":  # moves what the divergence reaches
@@ -306,6 +313,8 @@ def _loop(run: Run, log: IO[str], stop: StopOnSignal, progress: bool | None) -> 
             }
             if config.skip_nonfinite:
                 row["skipped"] = run.skipped
+            if metrics.extra:
+                row["solve_skipped"] = run.solve_skipped
             if config.eval_every and iteration % config.eval_every == 0:
                 with clock.paused():  # each rank evaluates a share of the tasks
                     row.update(family.periodic_eval(algo, config, group=run.dist))
@@ -332,9 +341,14 @@ def _loop(run: Run, log: IO[str], stop: StopOnSignal, progress: bool | None) -> 
 
 
 def _gathered(metrics: MetaMetrics, num_tasks: int, info: distributed.DistInfo) -> MetaMetrics:
-    """Every rank's per-task losses, in task order, on every rank (one collective)."""
+    """Every rank's per-task losses, in task order, on every rank (one collective); the
+    algorithm's own numbers averaged over the ranks, weighted by their tasks."""
     rows = torch.stack([metrics.support_before, metrics.support_after, metrics.query])
-    return MetaMetrics(*distributed.gather_tasks(rows, num_tasks, info).unbind(0))
+    local = len(metrics.support_before)
+    gathered = MetaMetrics(*distributed.gather_tasks(rows, num_tasks, info).unbind(0))
+    gathered.extra = distributed.weighted_means(metrics.extra, local, num_tasks, info)
+    gathered.dropped = metrics.dropped
+    return gathered
 
 
 def _non_finite(metrics: Any, algo: MetaLearner) -> tuple[str, int | None] | None:

@@ -218,6 +218,7 @@ def _restored_run(
         rng,
         iteration=iteration,
         skipped=int(state["skipped"]),
+        solve_skipped=int(state.get("solve_skipped", 0)),  # absent before iMAML's skip policy
         seconds=float(state["seconds"]),
         saved=iteration if from_latest else None,
         dist=info,

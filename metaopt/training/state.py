@@ -106,6 +106,8 @@ class Run:
     rng: np.random.Generator
     iteration: int = 0
     skipped: int = 0
+    #: meta-batches whose outer step the algorithm dropped (iMAML's on_solve_failure="skip")
+    solve_skipped: int = 0
     seconds: float = 0.0
     #: iteration of the latest checkpoint on disk (None: none yet)
     saved: int | None = None
@@ -141,6 +143,7 @@ def save(run: Run, randomness: dict[str, Any] | None = None, *, log: IO[str] | N
             "schedule": run.schedule.state_dict() if run.schedule is not None else None,
             "random": randomness if randomness is not None else random_state(run.rng),
             "skipped": run.skipped,
+            "solve_skipped": run.solve_skipped,
             "seconds": run.seconds,
             "versions": run.versions,
             "threads": torch.get_num_threads(),

@@ -104,7 +104,8 @@ class SineConfig(SupervisedConfig):
     protocol_lr: float | None = option(
         None,
         "10-point protocol: plain SGD learning rate; default: the run's --inner-lr, the step "
-        "it was meta-trained for (a fixed value, e.g. the Reptile demo's 0.02, compares runs "
+        "it was meta-trained for, and no protocol for iMAML with --power-iterations > 0 (its "
+        "--inner-lr is only a cap) (a fixed value, e.g. the Reptile demo's 0.02, compares runs "
         "but may diverge on a model trained for smaller steps)",
     )
 
@@ -164,9 +165,13 @@ class SineConfig(SupervisedConfig):
         return self.eval_shots or self.shots
 
     @property
-    def protocol_step(self) -> float:
-        """The 10-point protocol's SGD learning rate: ``protocol_lr``, else ``inner_lr``."""
-        return self.inner_lr if self.protocol_lr is None else self.protocol_lr
+    def protocol_step(self) -> float | None:
+        """The 10-point protocol's SGD learning rate: ``protocol_lr``, else ``inner_lr``; ``None``
+        (no protocol) for iMAML with a curvature-tied inner step (``power_iterations`` > 0),
+        whose ``inner_lr`` is only a cap: no plain SGD step is the one it was trained for."""
+        if self.protocol_lr is not None:
+            return self.protocol_lr
+        return None if self.algo == "imaml" and self.power_iterations > 0 else self.inner_lr
 
     @property
     def protocol_grid(self) -> int:

@@ -165,7 +165,11 @@ class SineFamily(SupervisedFamily, options=SINE):
     def extra_evaluation(
         self, algo: MetaLearner, baseline: nn.Module, config: SineConfig, request: EvalRequest
     ) -> dict[str, Any]:
-        """The Reptile demo's protocol for every run, whatever its training preset."""
+        """The Reptile demo's protocol for every run, whatever its training preset, at
+        ``config.protocol_step`` (none where that is ``None``)."""
+        lr = config.protocol_step
+        if lr is None:
+            return {}
         rng = np.random.default_rng(config.eval_seed)
         batch = sine.sample_protocol(config, rng, request.tasks(config))
         last = config.protocol_steps
@@ -181,14 +185,14 @@ class SineFamily(SupervisedFamily, options=SINE):
             baseline,
             batch,
             protocol_steps,
-            lr=config.protocol_step,
+            lr=lr,
             metric="mse",
             chunk=self.eval_chunk,
             group=request.group,
         )
         block["description"] = (
             f"{config.protocol_points} support points of the {config.protocol_grid}-point grid, "
-            f"plain SGD at lr {config.protocol_step:g}, MSE on the whole grid"
+            f"plain SGD at lr {lr:g}, MSE on the whole grid"
         )
         return {"protocol_10pt": block}
 

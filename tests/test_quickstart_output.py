@@ -68,3 +68,25 @@ def test_the_readme_paragraph_names_the_quickstart_s_settings() -> None:
     text = " ".join(README.read_text().split())
     assert f"over {config.eval_tasks} sine tasks" in text
     assert f"each task's {config.shots} support points (SGD at {config.inner_lr:g}," in text
+
+
+def test_imaml_with_a_curvature_tied_step_runs_the_protocol_only_at_a_given_lr() -> None:
+    from metaopt.training import resolve_config
+    from supervised.families import SineFamily
+
+    family = SineFamily()
+    tied = resolve_config(family, {"algo": "imaml"})  # iMAML's defaults: power iterations on
+    assert tied.power_iterations > 0 and tied.protocol_step is None  # inner_lr is only a cap
+    assert resolve_config(family, {"algo": "imaml", "protocol_lr": 0.02}).protocol_step == 0.02
+    fixed = resolve_config(family, {"algo": "imaml", "power_iterations": 0, "inner_lr": 0.05})
+    assert fixed.protocol_step == 0.05
+    assert resolve_config(family, {"algo": "maml"}).protocol_step == 0.01
+
+
+def test_an_imaml_run_at_its_defaults_has_no_protocol_block_and_no_diverged_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    small = ["--iterations", "2", "--eval-tasks", "10", "--baseline-steps", "2"]
+    text, evaluation = _run(tmp_path, capsys, "--algo", "imaml", *small)
+    assert "protocol_10pt" not in evaluation and "plain SGD at lr" not in text
+    assert "diverged" not in text

@@ -18,7 +18,7 @@ import sys
 
 import torch
 
-from metaopt.algorithms.imaml import IMAML, ConjugateGradientError
+from metaopt.algorithms import IMAML, ConjugateGradientError
 from metaopt.cli import main as train
 
 Tensors = tuple[torch.Tensor, ...]

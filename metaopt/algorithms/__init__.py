@@ -15,8 +15,9 @@ The outer step is left to any ``torch.optim`` optimiser, so a training step read
     outer.step()
 """
 
-from metaopt.algorithms.imaml import IMAML, ConjugateGradientError
+from metaopt.algorithms.imaml import IMAML
 from metaopt.algorithms.learner import MetaLearner, MetaMetrics
+from metaopt.algorithms.linsolve import ConjugateGradientError
 from metaopt.algorithms.maml import MAML, MetaSGD, NegativeRateWarning
 from metaopt.algorithms.reptile import Reptile, linear_annealing
 from metaopt.options import ALGORITHMS, ENGINES  # defined without torch, for the command line

@@ -3,14 +3,12 @@ TorchOpt's ``torchopt.diff.implicit.custom_root``; memory does not grow with the
 
 from __future__ import annotations
 
-import dataclasses
 import functools
-import math
 import warnings
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any, NamedTuple
+from typing import Any
 
 import torch
 import torchopt
@@ -19,7 +17,17 @@ from torchopt.base import GradientTransformation
 
 from metaopt.algorithms.checks import check_tasks, scalar_loss
 from metaopt.algorithms.learner import MetaLearner, MetaMetrics
-from metaopt.algorithms.linsolve import SOLVERS, norm, solve
+from metaopt.algorithms.linsolve import (
+    SOLVERS,
+    SolveRecord,
+    checked_solve,
+)
+from metaopt.algorithms.proximal import (
+    InnerState,
+    linearised,
+    proximal,
+    proximal_path,
+)
 from metaopt.algorithms.subset import Adapt
 from metaopt.engine import Adapted, _Layout, batch_norm_mode, check_losses
 from metaopt.options import (
@@ -32,195 +40,6 @@ from metaopt.options import (
 from metaopt.task import BatchedForward, BatchedTasks, Task
 
 Tensors = tuple[torch.Tensor, ...]
-
-
-class ConjugateGradientError(FloatingPointError, RuntimeError):
-    """The implicit meta-gradient's linear solve did not reach ``cg_tol``: a numerical failure
-    of the run (like a non-finite loss), not a bug; ``metaopt train`` exits 1 with this message."""
-
-
-class ProximalState(NamedTuple):
-    """The anchor θ the inner problem is regularised towards, and the inner optimiser's state."""
-
-    anchor: Tensors
-    inner: Any
-
-
-def proximal(inner: GradientTransformation, reg: float) -> GradientTransformation:
-    """``inner`` applied to the gradient of $\\mathcal{L}(\\phi) + \\frac{\\lambda}{2}
-    \\lVert\\phi - \\theta\\rVert^2$: the gradient plus $\\lambda(\\phi - \\theta)$, with θ
-    the parameters the first ``init`` saw (a constant: iMAML's inner loop keeps no graph)."""
-
-    def init(params: Sequence[torch.Tensor]) -> ProximalState:
-        return ProximalState(tuple(p.detach() for p in params), inner.init(params))
-
-    def update(
-        grads: Sequence[torch.Tensor | None],
-        state: ProximalState,
-        *,
-        params: Sequence[torch.Tensor],
-        inplace: bool = True,
-    ) -> tuple[tuple[torch.Tensor | None, ...], ProximalState]:
-        if any(g is not None and g.is_sparse for g in grads):
-            raise TypeError(
-                "IMAML cannot take sparse gradients (an nn.Embedding with sparse=True?): its "
-                "implicit solve differentiates the support loss with torch.func, which does not "
-                "support them; use sparse=False"
-            )
-        pulled = tuple(
-            None if g is None else g + reg * (p.detach() - a)
-            for g, p, a in zip(grads, params, state.anchor, strict=True)
-        )
-        updates, inner_state = inner.update(pulled, state.inner, params=params, inplace=inplace)
-        return updates, ProximalState(state.anchor, inner_state)
-
-    return GradientTransformation(init, update)  # type: ignore[arg-type]
-
-
-class InnerState(NamedTuple):
-    r"""One point of the inner solve, every tensor with a leading task axis B.
-
-    Attributes:
-        params: φ, the adapted parameters.
-        before: Support losses at θ, ``[B]`` (detached).
-        residual: The stationarity residual $\lVert\nabla L(\phi) + \lambda(\phi - \theta)\rVert
-            / \lVert\nabla L(\theta)\rVert$, ``[B]``.
-        steps: Gradient evaluations after the one at θ (a rejected step counts).
-    """
-
-    params: Tensors
-    before: torch.Tensor
-    residual: torch.Tensor
-    steps: int
-
-
-def _norms(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
-    """Per-task Euclidean norms ``[B]`` of tensors stacked on a leading task axis."""
-    return torch.stack([t.reshape(t.shape[0], -1).pow(2).sum(1) for t in tensors]).sum(0).sqrt()
-
-
-def _per_task(scale: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    """``scale`` (``[B]``) broadcast over task-stacked ``t``."""
-    return scale.reshape(-1, *([1] * (t.dim() - 1))) * t
-
-
-def _pick(keep: torch.Tensor, new: Tensors, old: Tensors) -> Tensors:
-    return tuple(
-        torch.where(keep.reshape(-1, *([1] * (n.dim() - 1))), n, o)
-        for n, o in zip(new, old, strict=True)
-    )
-
-
-def proximal_path(
-    objective: Callable[[Tensors], torch.Tensor],
-    anchor: Tensors,
-    reg: float,
-    *,
-    lr: float,
-    steps: int,
-    tol: float,
-    power_iterations: int,
-) -> Iterator[InnerState]:
-    r"""Gradient descent on $L_b(\phi_b) + \frac{\lambda}{2}\lVert\phi_b - \theta_b\rVert^2$
-    for every task b at once, yielding the state after 0, 1, ..., ``steps`` steps.
-
-    Task b's step size is ``lr``, or with ``power_iterations`` > 0 the smaller
-    $\min(\text{lr}, 1/(\lambda + \hat L_b))$, $\hat L_b$ the largest absolute eigenvalue of
-    $L_b$'s Hessian at θ estimated by that many power iterations (from the gradient's
-    direction: no randomness), so that the step is stable for the regularised problem. A
-    step that raises a task's regularised loss is undone and that task's step size halved. Once
-    every task's residual is at most ``tol`` the state is yielded unchanged (no more work).
-
-    Args:
-        objective: Per-task support losses ``[B]`` of task-stacked parameters.
-        anchor: θ, one copy per task (detached).
-        reg: λ > 0.
-        lr: The largest step size.
-        steps: The most steps.
-        tol: The stationarity residual at which a task counts as solved.
-        power_iterations: Hessian-vector products of the curvature estimate.
-    """
-
-    def evaluate(point: Tensors, graph: bool) -> tuple[Tensors, torch.Tensor, Tensors]:
-        point = tuple(p.detach().requires_grad_() for p in point)
-        losses = objective(point)
-        grads = torch.autograd.grad(losses.sum(), point, create_graph=graph)
-        return point, losses, grads
-
-    point, losses, grads = evaluate(anchor, power_iterations > 0)
-    before = losses.detach()
-    rate = torch.full_like(before, lr)
-    if power_iterations:
-        vector = tuple(_per_task(1 / _norms(grads).clamp_min(1e-30), g.detach()) for g in grads)
-        for _ in range(power_iterations):
-            product = torch.autograd.grad(grads, point, vector, retain_graph=True)
-            curvature = _norms(product)
-            vector = tuple(_per_task(1 / curvature.clamp_min(1e-30), h) for h in product)
-        rate = torch.minimum(rate, 1 / (reg + curvature))
-    phi = tuple(p.detach() for p in point)
-    grads = tuple(g.detach() for g in grads)
-    scale = _norms(grads)
-    value = before
-    slack = 8 * torch.finfo(before.dtype).eps
-    pulled = grads  # the regularised gradient (φ = θ here)
-    residual = torch.where(scale > 0, 1.0, 0.0).to(before.dtype)
-    used = 0
-    yield InnerState(phi, before, residual, used)
-    for _ in range(steps):
-        if bool((residual <= tol).all()):
-            yield InnerState(phi, before, residual, used)
-            continue
-        trial = tuple(p - _per_task(rate, g) for p, g in zip(phi, pulled, strict=True))
-        _, losses, new_grads = evaluate(trial, False)
-        used += 1
-        distance = _norms([t - a for t, a in zip(trial, anchor, strict=True)])
-        new_value = losses.detach() + reg / 2 * distance**2
-        keep = new_value <= value + slack * value.abs()
-        phi = _pick(keep, trial, phi)
-        grads = _pick(keep, tuple(g.detach() for g in new_grads), grads)
-        value = torch.where(keep, new_value, value)
-        rate = torch.where(keep, rate, rate / 2)
-        pulled = tuple(g + reg * (p - a) for g, p, a in zip(grads, phi, anchor, strict=True))
-        residual = _norms(pulled) / scale.clamp_min(torch.finfo(scale.dtype).tiny)
-        residual = torch.where(scale > 0, residual, 0.0)
-        yield InnerState(phi, before, residual, used)
-
-
-@dataclasses.dataclass
-class SolveRecord:
-    """What one ``meta_backward``'s inner and linear solves reached (the worst over its tasks);
-    its ``metrics()`` go into ``metrics.jsonl``.
-
-    Attributes:
-        inner_residual: The largest stationarity residual reached (``InnerState.residual``).
-        inner_steps: The most inner steps a task took.
-        residual: The largest relative residual of a linear solve (of the system solved, damped
-            or not).
-        iterations: The most matrix-vector products of one linear solve.
-        damping: The largest μ added (``on_solve_failure="damp"``; 0: none).
-        failed: Whether a solve missed ``cg_tol`` under ``on_solve_failure="skip"``.
-    """
-
-    inner_residual: float = 0.0
-    inner_steps: int = 0
-    residual: float = 0.0
-    iterations: int = 0
-    damping: float = 0.0
-    failed: bool = False
-
-    def metrics(self) -> dict[str, float]:
-        return {
-            "inner_residual": self.inner_residual,
-            "inner_steps_used": float(self.inner_steps),
-            "solve_residual": self.residual,
-            "solve_iterations": float(self.iterations),
-            "solve_damping": self.damping,
-            "solve_failed": float(self.failed),
-        }
-
-
-#: ``on_solve_failure="damp"``: the μ tried, smallest first, in $(I + H/\lambda + \mu I)x = v$.
-DAMPING = (1e-3, 1e-2, 1e-1, 1.0, 10.0)
 
 
 class IMAML(MetaLearner):
@@ -477,7 +296,7 @@ class IMAML(MetaLearner):
                 if query:
                     return batch.query_losses(forward)
                 if self.curvature == "gauss-newton":
-                    forward = _linearised(forward_of, (phi, th), anchor)
+                    forward = linearised(forward_of, (phi, th), anchor)
                 return batch.support_losses(forward, None).sum()
 
             def forward_of(phi: Tensors, th: dict[str, torch.Tensor]) -> BatchedForward:
@@ -574,76 +393,16 @@ class IMAML(MetaLearner):
     def _solve(
         self, record: SolveRecord, matvec: Callable[[Tensors], Tensors], b: Tensors
     ) -> Tensors:
-        """``cg_steps`` iterations of ``solver`` on ``matvec(x) = b`` (as the paper: a fixed
-        budget; fewer only once the residual is at machine precision), checked: the relative
-        residual of this system (not of normal equations) must be ≤ ``cg_tol``; what happens
-        when it is not is ``on_solve_failure``'s. ``record`` keeps the worst residual, the
-        products, μ and whether the batch is to be dropped."""
-        norm_b = norm(b)
-        x, residual, products = self._attempt(matvec, b, norm_b)
-        if residual <= self.cg_tol or norm_b == 0:
-            return self._recorded(record, x, residual, products, 0.0)
-        if self.on_solve_failure == "damp":
-            for mu in DAMPING:
-
-                def damped(v: Tensors, mu: float = mu) -> Tensors:
-                    return tuple(a + mu * t for a, t in zip(matvec(v), v, strict=True))
-
-                y, damped_residual, more = self._attempt(damped, b, norm_b)
-                products += more
-                if damped_residual <= self.cg_tol:
-                    return self._recorded(record, y, damped_residual, products, mu)
-        if self.on_solve_failure == "skip":
-            record.failed = True
-            return self._recorded(
-                record, tuple(torch.zeros_like(t) for t in b), residual, products, 0.0
-            )
-        hint = (
-            "try solver='minres' (I + H/λ need not be positive definite), "
-            if self.solver == "cg"
-            else ""
+        """`checked_solve` with this learner's solver, budget, tolerance and failure policy."""
+        return checked_solve(
+            record,
+            matvec,
+            b,
+            solver=self.solver,
+            steps=self.cg_steps,
+            tol=self.cg_tol,
+            on_failure=self.on_solve_failure,
         )
-        damped_too = (
-            f" (and with every μ of {', '.join(map(str, DAMPING))} added)"
-            if self.on_solve_failure == "damp"
-            else ""
-        )
-        raise ConjugateGradientError(
-            f"IMAML: {_TITLES[self.solver]} did not converge: relative residual "
-            f"{residual:.3g} > cg_tol={self.cg_tol:g} after cg_steps={self.cg_steps}{damped_too}. "
-            f"Raise cg_steps, raise reg (λ; CG needs H's eigenvalues above −λ), {hint}solve the "
-            "inner problem further (inner_tol, inner_steps), or loosen cg_tol"
-        )
-
-    def _attempt(
-        self, matvec: Callable[[Tensors], Tensors], b: Tensors, norm_b: float
-    ) -> tuple[Tensors, float, int]:
-        """One solve: the solution, its relative residual (NaN-safe: ``inf`` when not finite)
-        and the number of matrix-vector products it took."""
-        count = [0]
-
-        def counted(v: Tensors) -> Tensors:
-            count[0] += 1
-            return matvec(v)
-
-        try:
-            x = solve(self.solver, counted, b, self.cg_steps)
-        except ZeroDivisionError:  # TorchOpt's CG met a zero curvature pᵀAp: A is indefinite
-            x = tuple(torch.full_like(t, math.nan) for t in b)
-        products = count[0]
-        if norm_b == 0:
-            return x, 0.0, products
-        residual = norm(tuple(ax - bi for ax, bi in zip(matvec(x), b, strict=True))) / norm_b
-        return x, residual if math.isfinite(residual) else math.inf, products
-
-    @staticmethod
-    def _recorded(
-        record: SolveRecord, x: Tensors, residual: float, products: int, mu: float
-    ) -> Tensors:
-        record.residual = max(record.residual, residual)
-        record.iterations = max(record.iterations, products)
-        record.damping = max(record.damping, mu)
-        return x
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -685,39 +444,6 @@ class IMAML(MetaLearner):
             f"inner_tol={self.inner_tol}, power_iterations={self.power_iterations}, "
             f"on_solve_failure={self.on_solve_failure!r}, curvature={self.curvature!r})"
         )
-
-
-def _linearised(
-    forward_of: Callable[[Tensors, dict[str, torch.Tensor]], BatchedForward],
-    at: tuple[Tensors, dict[str, torch.Tensor]],
-    anchor: tuple[Tensors, dict[str, torch.Tensor]],
-) -> BatchedForward:
-    """The network linearised in its parameters around ``anchor`` (φ*, θ), evaluated at ``at``:
-    $f(x) \\approx f_*(x) + J_*\\,(\\text{at} - \\text{anchor})$. The Hessian of a loss of these
-    outputs is the Gauss-Newton matrix $J_*^\\top \\nabla^2_f\\ell\\, J_*$ and its gradient at the
-    anchor is the loss's own, so an optimality condition built from it has the same root."""
-    phi, th = at
-    phi0, th0 = anchor
-
-    def forward(x: Any) -> Any:
-        def outputs(p: Tensors, t: dict[str, torch.Tensor]) -> Any:
-            return forward_of(p, t)(x)
-
-        tangent = (
-            tuple(a - b for a, b in zip(phi, phi0, strict=True)),
-            {n: th[n] - th0[n] for n in th0},
-        )
-        value, change = torch.func.jvp(outputs, (phi0, th0), tangent)  # type: ignore[misc]
-        return value.detach() + change
-
-    return forward
-
-
-_TITLES = {
-    "cg": "conjugate gradient",
-    "minres": "MINRES",
-    "normal_cg": "conjugate gradient on the normal equations",
-}
 
 
 class _Call(nn.Module):

@@ -203,9 +203,19 @@ class Nav2DFamily(A2CFamily, options=NAV2D):
     def plot(
         self, algo: MetaLearner, config: TrainConfig, run_dir: Path, results: RunResults
     ) -> list[Path]:
-        from rl.plots import plot_adaptation, plot_nav2d, plot_returns
+        from rl.plots import plot_nav2d
 
-        config = _nav(config)
+        trajectories = self.trajectories(algo, _nav(config))
+        return [
+            *self.return_plots(config, run_dir, results),
+            plot_nav2d(results.path(run_dir, "nav2d_trajectories.png"), trajectories),
+        ]
+
+    def return_plots(self, config: TrainConfig, run_dir: Path, results: RunResults) -> list[Path]:
+        """``rl_returns.png`` (training) and ``rl_adaptation.png`` (held-out goals), the figures
+        every goal-conditioned family draws."""
+        from rl.plots import plot_adaptation, plot_returns
+
         return [
             plot_returns(
                 results.path(run_dir, "rl_returns.png"),
@@ -219,8 +229,5 @@ class Nav2DFamily(A2CFamily, options=NAV2D):
                 results.evaluation,
                 config.algo,
                 family=self.name,
-            ),
-            plot_nav2d(
-                results.path(run_dir, "nav2d_trajectories.png"), self.trajectories(algo, config)
             ),
         ]

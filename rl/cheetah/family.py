@@ -181,23 +181,7 @@ class _CheetahFamily(Nav2DFamily):
     def plot(
         self, algo: MetaLearner, config: TrainConfig, run_dir: Path, results: RunResults
     ) -> list[Path]:
-        from rl.plots import plot_adaptation, plot_returns
-
-        return [
-            plot_returns(
-                results.path(run_dir, "rl_returns.png"),
-                results.metrics,
-                {},
-                config.algo,
-                family=self.name,
-            ),
-            plot_adaptation(
-                results.path(run_dir, "rl_adaptation.png"),
-                results.evaluation,
-                config.algo,
-                family=self.name,
-            ),
-        ]
+        return self.return_plots(config, run_dir, results)
 
 
 class CheetahVelFamily(_CheetahFamily, options=CHEETAH_VEL):

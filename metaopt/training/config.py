@@ -94,7 +94,7 @@ def add_config_arguments(
         notes = [] if default is None else [f"default: {_shown(default)}"]
         notes += [f"preset {p}: {_shown(v)}" for p, v in by_preset.items()]
         notes += [
-            f"--algo {algo}: {_shown(values[f.name])}"
+            f"algo {algo}: {_shown(values[f.name])}"
             for algo, values in family.config_class.ALGORITHM_DEFAULTS.items()
             if f.name in values
         ]

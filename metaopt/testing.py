@@ -16,7 +16,7 @@ r"""Helpers for verifying meta-gradients in your own tests.
 * [`check_meta_gradient`][metaopt.testing.check_meta_gradient]: an algorithm's ``meta_backward``
   against central finite differences of the meta-loss (``method="finite_differences"``, any float64
   model, exact meta-gradients only), or against the closed forms above (``method="closed_form"``,
-  linear least-squares tasks, all four algorithms).
+  linear least-squares tasks: MAML, first-order MAML, Meta-SGD and Reptile).
 * [`assert_state_restored`][metaopt.testing.assert_state_restored]: run a function, assert the model
   and optimiser are bit-identical.
 """
@@ -390,7 +390,8 @@ def _assert_entries_close(
 
 
 def _names(algo: MetaLearner) -> list[str]:
-    """Names of ``algo.meta_parameters()``: θ's, then the learned rates' (``inner_lrs[name]``)."""
+    """Names of ``algo.meta_parameters()``: θ's, then the learned rates' (``inner_lrs[name]``) or
+    any other learned state's (``learned[i]``)."""
     named = list(algo.model.named_parameters())
     names = [n for n, p in named if p.requires_grad]
     rates = algo.rate_parameters()
@@ -400,6 +401,9 @@ def _names(algo: MetaLearner) -> list[str]:
             for (n, _), rate in zip(named, rates, strict=True)
             if rate.requires_grad
         ]
+    else:
+        learned = algo.learned_tensors()
+        names += [f"learned[{i}]" for i, t in enumerate(learned) if t.requires_grad]
     return names
 
 

@@ -131,9 +131,9 @@ class IMAML(MetaLearner):
         on_solve_failure: str = "stop",
         curvature: str = "hessian",
     ) -> None:
-        rule = IMAMLRule(
-            reg, cg_steps, cg_tol, solver, inner_tol, power_iterations, on_solve_failure, curvature
-        )
+        options: dict[str, Any] = {"cg_steps": cg_steps, "cg_tol": cg_tol, "solver": solver}
+        options.update(power_iterations=power_iterations, on_solve_failure=on_solve_failure)
+        rule = IMAMLRule(reg, curvature=curvature, inner_tol=inner_tol, **options)
         if rule.solves_inner and inner_optimizer != "sgd":
             raise ValueError(
                 f"inner_tol and power_iterations need inner_optimizer='sgd' (gradient descent "
@@ -148,15 +148,6 @@ class IMAML(MetaLearner):
             model, inner_lr, inner_steps, inner_optimizer, engine, batch_norm, adapt,
             rule=rule,
         )  # fmt: skip
-
-    reg = _option("reg")
-    cg_steps = _option("cg_steps")
-    cg_tol = _option("cg_tol")
-    solver = _option("solver")
-    inner_tol = _option("inner_tol")
-    power_iterations = _option("power_iterations")
-    on_solve_failure = _option("on_solve_failure")
-    curvature = _option("curvature")
 
     @property
     def _rule(self) -> IMAMLRule:
@@ -223,7 +214,7 @@ class IMAML(MetaLearner):
         anchor = tuple(named[n].detach().unsqueeze(0) for n in names)
         state = None
         for state in self._path(objective, anchor, steps):
-            if bool((state.residual <= self.inner_tol).all()):
+            if bool((state.residual <= self._rule.inner_tol).all()):
                 break
         assert state is not None
         # As the inner optimiser does: new tensors in the module's parameter slots (θ's own
@@ -285,7 +276,7 @@ class IMAML(MetaLearner):
                 )
                 if query:
                     return batch.query_losses(forward)
-                if self.curvature == "gauss-newton":
+                if self._rule.curvature == "gauss-newton":
                     forward = linearised(forward_of, (phi, th), anchor)
                 return batch.support_losses(forward, None).sum()
 
@@ -312,7 +303,7 @@ class IMAML(MetaLearner):
             return MetaMetrics(before, support_after(batch, forward), query.detach())
 
         def step(task: Task, index: int, weight: float) -> tuple[torch.Tensor, ...]:
-            if self.curvature == "gauss-newton":
+            if self._rule.curvature == "gauss-newton":
                 raise TypeError(
                     "IMAML(curvature='gauss-newton') needs the network's outputs, which only "
                     "the vectorised engine sees (a BatchedTasks meta-batch, engine 'auto' or "
@@ -356,32 +347,29 @@ class IMAML(MetaLearner):
 
     def untrained_baseline(self, model: nn.Module) -> MetaLearner:
         """IMAML's own regularised adaptation, from ``model``."""
-        rule, solver = self.inner_optimizer_name, (self.reg, self.cg_steps, self.cg_tol)
-        scope = ("auto", self.batch_norm, self.adapted)  # engine, BatchNorm mode, adapted names
         return IMAML(
             model,
             self.inner_lr,
             self.inner_steps,
-            *solver,
-            rule,
-            *scope,
-            solver=self.solver,
-            inner_tol=self.inner_tol,
-            power_iterations=self.power_iterations,
-            on_solve_failure=self.on_solve_failure,
-            curvature=self.curvature,
+            inner_optimizer=self.inner_optimizer_name,
+            batch_norm=self.batch_norm,
+            adapt=self.adapted,
+            **self._rule.options(),
         )
 
     def inner_sgd_rates(self) -> float | list[torch.Tensor] | None:
         return None  # the inner update has the proximal term: evaluate through adapt()
 
     def __repr__(self) -> str:
-        return (
-            super().__repr__()[:-1]
-            + f", reg={self.reg}, cg_steps={self.cg_steps}, solver={self.solver!r}, "
-            f"inner_tol={self.inner_tol}, power_iterations={self.power_iterations}, "
-            f"on_solve_failure={self.on_solve_failure!r}, curvature={self.curvature!r})"
-        )
+        options = self._rule.options()
+        del options["cg_tol"]
+        fields = ", ".join(f"{k}={v!r}" for k, v in options.items())
+        return f"{super().__repr__()[:-1]}, {fields})"
+
+
+# ``algo.reg``, ``algo.cg_steps``, ...: the rule's options, read and set through the learner.
+for _name in IMAMLRule().options():
+    setattr(IMAML, _name, _option(_name))
 
 
 class _Call(nn.Module):

@@ -50,13 +50,14 @@ class IMAMLRule(Rule):
     def __init__(
         self,
         reg: float = 1.0,
+        *,
+        solver: str = "cg",
+        on_solve_failure: str = "stop",
         cg_steps: int = 10,
         cg_tol: float = 1e-3,
-        solver: str = "cg",
+        curvature: str = "hessian",
         inner_tol: float = 0.0,
         power_iterations: int = 0,
-        on_solve_failure: str = "stop",
-        curvature: str = "hessian",
     ) -> None:
         self.reg = check_real("reg", reg, low=0, low_open=True)
         self.solver = check_choice("solver", solver, SOLVERS)
@@ -141,15 +142,8 @@ class IMAMLRule(Rule):
         self, record: SolveRecord, matvec: Callable[[Tensors], Tensors], b: Tensors
     ) -> Tensors:
         """`checked_solve` with this rule's solver, budget, tolerance and failure policy."""
-        return checked_solve(
-            record,
-            matvec,
-            b,
-            solver=self.solver,
-            steps=self.cg_steps,
-            tol=self.cg_tol,
-            on_failure=self.on_solve_failure,
-        )
+        policy = {"solver": self.solver, "on_failure": self.on_solve_failure}
+        return checked_solve(record, matvec, b, steps=self.cg_steps, tol=self.cg_tol, **policy)
 
     def describe(
         self, inner_optimizer: str, inner_lr: float, learned: Sequence[torch.Tensor]

@@ -145,8 +145,8 @@ class IMAML(MetaLearner):
                 "'vmap' or 'loop'"
             )
         super().__init__(
-            model, inner_lr, inner_steps, inner_optimizer, engine, batch_norm, adapt,
-            rule=rule,
+            model, rule, inner_lr=inner_lr, inner_steps=inner_steps,
+            inner_optimizer=inner_optimizer, engine=engine, batch_norm=batch_norm, adapt=adapt,
         )  # fmt: skip
 
     @property

@@ -16,6 +16,7 @@ import numpy as np
 from torch import nn
 
 from metaopt.algorithms import MetaLearner
+from metaopt.nn import mlp
 from metaopt.training.distributed import DistInfo, map_tasks
 from metaopt.training.family import EvalRequest, RunResults, TaskFamily, TrainConfig
 from supervised import classify, omniglot, sine
@@ -29,7 +30,7 @@ from supervised.evaluation import (
     evaluate_with_sgd,
     load_or_train_baseline,
 )
-from supervised.models import conv4, mlp, seeded
+from supervised.models import conv4, seeded
 from supervised.omniglot import OmniglotConfig, OmniglotData
 from supervised.plots import plot_metric_vs_steps, plot_sine_adaptation
 from supervised.sine import SineConfig

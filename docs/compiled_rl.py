@@ -47,7 +47,7 @@ from metaopt.tools.bench.timing import round_robin
 from metaopt.training import resolve_config
 from metaopt.training.build import build_algorithm
 from rl.estimators import sampling_record
-from rl.family import MDPFamily
+from rl.tabular.family import MDPFamily
 
 Tensors = tuple[torch.Tensor, ...]
 

@@ -21,11 +21,11 @@ import torchopt
 from metaopt.tools.bench import Case, Gradient, clear_grads, gradients_of
 from metaopt.training import build_algorithm
 from metaopt.training.config import resolve_config
-from rl.env import TabularMDPEnv
-from rl.family import MDPFamily
 from rl.losses import a2c_loss, lambda_returns
-from rl.mdp import sample_mdps
 from rl.policy import CategoricalMLPPolicy
+from rl.tabular.env import TabularMDPEnv
+from rl.tabular.family import MDPFamily
+from rl.tabular.mdp import sample_mdps
 
 __all__ = ["cases", "gym_loop_meta_gradient"]
 

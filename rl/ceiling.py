@@ -25,9 +25,9 @@ import torch
 from metaopt.options import ConfigError, check_int
 from metaopt.training.config import add_dataclass_arguments, dataclass_from_arguments
 from metaopt.training.family import option
-from rl.family import MDPConfig, MDPFamily
-from rl.mdp import TabularMDPBatch, optimal_q_values, optimal_return, random_policy_return
-from rl.sampler import MDPTensors, sample_trajectories
+from rl.tabular.family import MDPConfig, MDPFamily
+from rl.tabular.mdp import TabularMDPBatch, optimal_q_values, optimal_return, random_policy_return
+from rl.tabular.sampler import MDPTensors, sample_trajectories
 
 
 def uniform_policy(num_actions: int):

@@ -24,7 +24,7 @@ class CategoricalMLPPolicy(nn.Module):
     critic has its own torso of the same widths, so the value loss cannot move the policy's
     parameters (Finn et al. fit the baseline separately from the policy). Works on any leading
     dimensions: ``[..., S] -> ([..., A], [...])``, the policy signature of
-    `rl.sampler.sample_trajectories`.
+    `rl.tabular.sampler.sample_trajectories`.
 
     Args:
         num_states: Observation size S (one-hot states).

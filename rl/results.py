@@ -25,7 +25,7 @@ import torch
 from metaopt.training import train
 from metaopt.training.config import resolve_config
 from metaopt.training.family import ALGORITHMS
-from rl.family import MDPFamily
+from rl.tabular.family import MDPFamily
 
 
 def fmt(entry: dict) -> str:

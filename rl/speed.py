@@ -32,9 +32,9 @@ import torch
 from metaopt.training import train
 from metaopt.training.config import resolve_config
 from rl.bench import gym_loop_meta_gradient
-from rl.env import TabularMDPEnv
-from rl.family import MDPFamily
 from rl.policy import CategoricalMLPPolicy
+from rl.tabular.env import TabularMDPEnv
+from rl.tabular.family import MDPFamily
 
 
 def gym_loop_iteration(

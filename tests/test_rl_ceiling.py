@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from rl.ceiling import main, posterior_plan_returns
-from rl.family import MDPConfig, MDPFamily
-from rl.mdp import optimal_return, random_policy_return
+from rl.tabular.family import MDPConfig, MDPFamily
+from rl.tabular.mdp import optimal_return, random_policy_return
 
 
 def test_the_plan_is_never_better_than_the_optimum_and_improves_with_data() -> None:

@@ -2,7 +2,7 @@
 that measures against the truth rather than against second-order MAML.
 
 On a tiny MDP where the meta-objective M(θ) = E_τ[J(U(θ, τ))] can be enumerated
-(`rl.oracle.exact_meta_objective`), every algorithm × estimator runs its meta-gradient on
+(`rl.tabular.oracle.exact_meta_objective`), every algorithm × estimator runs its meta-gradient on
 ``batches`` independent meta-batches of ``copies`` copies of the MDP, each copy an independent
 sample of the estimator. Reported per row, over the policy's parameters (the critic's get the
 value regression, an auxiliary objective with no counterpart in ∇M):
@@ -31,11 +31,12 @@ import torch
 import metaopt
 from metaopt.algorithms import MetaLearner
 from rl.estimators import ESTIMATORS
-from rl.mdp import TabularMDP, TabularMDPBatch
-from rl.oracle import exact_meta_gradient, tiny_mdp
 from rl.policy import CategoricalMLPPolicy
-from rl.sampler import MDPTensors
-from rl.task import A2CSettings, MDPTaskBatch
+from rl.tabular.mdp import TabularMDP, TabularMDPBatch
+from rl.tabular.oracle import exact_meta_gradient, tiny_mdp
+from rl.tabular.sampler import MDPTensors
+from rl.tabular.task import MDPTaskBatch
+from rl.task import A2CSettings
 
 __all__ = [
     "SETTING",
@@ -94,7 +95,7 @@ def policy_part(algo: MetaLearner) -> list[torch.Tensor]:
 def exact_policy_gradient(
     algo: MetaLearner, mdp: TabularMDP, settings: A2CSettings
 ) -> torch.Tensor:
-    """∇M over `policy_part`, flat (`rl.oracle.exact_meta_gradient`)."""
+    """∇M over `policy_part`, flat (`rl.tabular.oracle.exact_meta_gradient`)."""
     grads = dict(
         zip(
             map(id, algo.meta_parameters()),

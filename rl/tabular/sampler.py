@@ -2,7 +2,7 @@
 
 `sample_trajectories` steps every (task, trajectory) pair at once with tensor ops; the only
 Python loop is over the ``horizon`` time steps. It draws from exactly the distribution of
-`rl.env.TabularMDPEnv` (a test compares the two statistically), with all randomness
+`rl.tabular.env.TabularMDPEnv` (a test compares the two statistically), with all randomness
 from an explicit `torch.Generator`, drawn up front (`SamplingNoise`) so that the
 simulation itself (`simulate`) is a deterministic function of policy, tasks and noise.
 
@@ -16,28 +16,21 @@ sampling call cost about one network evaluation however many episodes it draws.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any, NamedTuple, TypeVar
+from typing import NamedTuple
 
 import torch
 
-from rl.mdp import TabularMDP, TabularMDPBatch, check_horizon, check_size
+from rl.sampling import PolicyFn, check_horizon, check_size, episode_returns, task_of
+from rl.tabular.mdp import TabularMDP, TabularMDPBatch
 
 __all__ = [
     "MDPTensors",
-    "PolicyFn",
     "SamplingNoise",
     "Trajectories",
-    "episode_returns",
     "policy_table",
     "sample_trajectories",
     "simulate",
-    "task_of",
-    "tasks_of",
 ]
-
-#: Observations [..., S] -> (action logits [..., A], state values [...]).
-PolicyFn = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
 
 class MDPTensors(NamedTuple):
@@ -91,29 +84,6 @@ def policy_table(
     """
     obs = torch.eye(num_states, dtype=dtype, device=device)
     return policy(obs.expand(num_tasks, num_states, num_states))
-
-
-_Fields = TypeVar("_Fields", bound=tuple[torch.Tensor, ...])
-
-
-# Methods of the NamedTuples of sampled episodes and their noise, tabular and continuous (a
-# NamedTuple cannot inherit them from a mixin), written once here.
-
-
-def tasks_of(fields: _Fields, indices: slice) -> _Fields:
-    """The tasks ``indices`` of a NamedTuple of time-major tensors (axis 1 of every field)."""
-    return type(fields)(*(x[:, indices] for x in fields))
-
-
-def task_of(fields: _Fields, index: int) -> _Fields:
-    """Task ``index`` of a NamedTuple of time-major tensors, keeping a task axis of length 1."""
-    return tasks_of(fields, slice(index, index + 1))
-
-
-def episode_returns(trajectories: Any) -> torch.Tensor:
-    """Undiscounted return of every episode, ``[T, N]`` (the rewards are 0 after an episode
-    ended)."""
-    return trajectories.rewards.sum(0)
 
 
 class Trajectories(NamedTuple):
@@ -204,7 +174,7 @@ def simulate(policy: PolicyFn, mdps: MDPTensors, noise: SamplingNoise) -> Trajec
     (`policy_table`), and each step draws the pair (action, next state) from its joint
     distribution ``π(a | s) P(s' | s, a)`` by inverse-CDF sampling with one uniform number per
     episode. The only Python loop is over the H steps. Runs without autograd: a loss
-    re-evaluates the policy (`rl.losses.trajectory_a2c_loss`). A task whose policy has
+    re-evaluates the policy (`rl.tabular.losses.trajectory_a2c_loss`). A task whose policy has
     non-finite logits gets NaN rewards.
 
     Args:

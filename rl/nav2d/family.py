@@ -29,7 +29,8 @@ from metaopt.training.family import RunResults, TrainConfig
 from rl.config import NAV2D, Nav2DConfig
 from rl.continuous import GaussianMLPPolicy, GaussianNoise
 from rl.goal_family import EVAL_STEPS, GoalFamily
-from rl.nav2d import Nav2DTaskBatch, sample_goals
+from rl.nav2d.env import sample_goals
+from rl.nav2d.task import Nav2DTaskBatch
 
 __all__ = ["EVAL_STEPS", "Nav2DConfig", "Nav2DFamily"]
 
@@ -96,7 +97,7 @@ class Nav2DFamily(GoalFamily, options=NAV2D):
     def plot(
         self, algo: MetaLearner, config: TrainConfig, run_dir: Path, results: RunResults
     ) -> list[Path]:
-        from rl.plots import plot_nav2d
+        from rl.nav2d.plots import plot_nav2d
 
         trajectories = self.trajectories(algo, self.own_config(config))
         return [

@@ -23,10 +23,11 @@ from typing import ClassVar
 
 import numpy as np
 
+from rl.sampling import check_horizon, check_size
+
 __all__ = [
     "TabularMDP",
     "TabularMDPBatch",
-    "check_horizon",
     "normalized_score",
     "optimal_q_values",
     "optimal_return",
@@ -99,20 +100,6 @@ class TabularMDPBatch(_MDPArrays, Sequence[TabularMDP]):
 
     def __iter__(self) -> Iterator[TabularMDP]:
         return (self[i] for i in range(len(self)))
-
-
-def check_size(name: str, value: object) -> int:
-    """Validate a number of states or actions (an integer >= 1)."""
-    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
-        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-    return int(value)
-
-
-def check_horizon(horizon: object, name: str = "horizon") -> int:
-    """Validate an episode length (an integer >= 1)."""
-    if isinstance(horizon, bool) or not isinstance(horizon, int | np.integer) or horizon < 1:
-        raise ValueError(f"{name} (episode length) must be an integer >= 1, got {horizon!r}")
-    return int(horizon)
 
 
 def _validate(transitions: np.ndarray, reward_means: np.ndarray, *, batched: bool) -> None:

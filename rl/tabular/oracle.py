@@ -30,9 +30,11 @@ from torch import nn
 
 from metaopt.algorithms import MetaLearner
 from rl.estimators import log_likelihood
-from rl.mdp import TabularMDP, check_horizon
-from rl.sampler import PolicyFn, Trajectories, policy_table
-from rl.task import A2CSettings, MDPTaskBatch
+from rl.sampling import PolicyFn, check_horizon
+from rl.tabular.mdp import TabularMDP
+from rl.tabular.sampler import Trajectories, policy_table
+from rl.tabular.task import MDPTaskBatch
+from rl.task import A2CSettings
 
 __all__ = [
     "enumerate_episodes",
@@ -145,8 +147,7 @@ class _ReplayTask:
 
     def support_loss(self, model: nn.Module) -> torch.Tensor:
         trajectories = self.data[len(self.log_likelihoods)]
-        num_states = self.batch.tensors.num_states
-        self.log_likelihoods.append(log_likelihood(model, trajectories, num_states)[0])
+        self.log_likelihoods.append(log_likelihood(model, trajectories, self.batch.scorer)[0])
         return self.batch.support_objective(model, trajectories)
 
     def query_loss(self, model: nn.Module) -> torch.Tensor:  # pragma: no cover - not used
@@ -168,7 +169,7 @@ def exact_meta_objective(algo: MetaLearner, mdp: TabularMDP, settings: A2CSettin
             "the exact meta-objective enumerates support data, so rewards must be deterministic: "
             f"settings.reward_noise must be 0, got {settings.reward_noise!r}"
         )
-    from rl.mdp import TabularMDPBatch
+    from rl.tabular.mdp import TabularMDPBatch
 
     batch = MDPTaskBatch(
         TabularMDPBatch(mdp.transitions[None], mdp.reward_means[None]),

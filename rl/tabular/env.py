@@ -1,15 +1,15 @@
 """The tabular-MDP task distribution as a Gymnasium environment (``TabularMDP-v0``).
 
 The environment is the reference semantics: one (task, episode) at a time, stepped in Python. The
-vectorised sampler (`rl.sampler`) draws from the same distribution for a whole meta-batch at
-once, and a test compares the two statistically.
+vectorised sampler (`rl.tabular.sampler`) draws from the same distribution for a whole meta-batch
+at once, and a test compares the two statistically.
 
 Registration is explicit (`register`), never an import side effect:
 
     import gymnasium as gym
-    import rl
+    from rl import tabular
 
-    rl.register()
+    tabular.register()
     env = gym.make("TabularMDP-v0", num_states=10, num_actions=5, max_episode_steps=10)
     task = env.unwrapped.sample_tasks(1)[0]
     env.unwrapped.reset_task(task)
@@ -23,7 +23,8 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from rl.mdp import TabularMDP, check_horizon, check_size, sample_mdps
+from rl.sampling import check_horizon, check_size
+from rl.tabular.mdp import TabularMDP, sample_mdps
 
 __all__ = ["ENV_ID", "TabularMDPEnv", "register"]
 
@@ -133,7 +134,7 @@ def register() -> None:
         return
     gym.register(
         id=ENV_ID,
-        entry_point="rl.env:TabularMDPEnv",
+        entry_point="rl.tabular.env:TabularMDPEnv",
         max_episode_steps=10,
         kwargs={"num_states": 10, "num_actions": 5},
     )

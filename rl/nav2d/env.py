@@ -7,11 +7,9 @@ position; the reward is the negative Euclidean distance from the new position to
 comparable with the numbers published from pytorch-maml-rl, e.g. ANIL's); an episode ends after 100
 steps, or as soon as the agent is within 0.01 of the goal (a terminal step).
 
-* `Nav2DEnv` is the reference semantics as a Gymnasium environment, ``Nav2D-v0``
-  (registered by `register`, never as an import side effect);
-* `Nav2DDynamics` is the same, for T tasks × N episodes at once, for
-  `rl.continuous.rollout` (a test compares the two);
-* `Nav2DTaskBatch` is a meta-batch for the core (`rl.task.RLTaskBatch`).
+`Nav2DEnv` is the reference semantics as a Gymnasium environment, ``Nav2D-v0`` (registered by
+`register`, never as an import side effect); `rl.nav2d.task.Nav2DDynamics` is the same for
+T tasks × N episodes at once (a test compares the two).
 
 ```python
 import gymnasium as gym
@@ -29,17 +27,7 @@ from typing import Any
 
 import gymnasium as gym
 import numpy as np
-import torch
 from gymnasium import spaces
-
-from rl.continuous import (
-    ContinuousTrajectories,
-    GaussianNoise,
-    GaussianPolicyFn,
-    GaussianScorer,
-    rollout,
-)
-from rl.task import A2CSettings, RLTaskBatch
 
 __all__ = [
     "ENV_ID",
@@ -47,9 +35,7 @@ __all__ = [
     "GOAL_RANGE",
     "HORIZON",
     "MAX_SPEED",
-    "Nav2DDynamics",
     "Nav2DEnv",
-    "Nav2DTaskBatch",
     "register",
     "sample_goals",
 ]
@@ -156,88 +142,4 @@ def register() -> None:
     """Register ``Nav2D-v0`` with Gymnasium (idempotent), with ``max_episode_steps=100``."""
     if ENV_ID in gym.registry:
         return
-    gym.register(id=ENV_ID, entry_point="rl.nav2d:Nav2DEnv", max_episode_steps=HORIZON)
-
-
-class Nav2DDynamics:
-    """T goals × N episodes of `Nav2DEnv` at once (`rl.continuous.Dynamics`).
-
-    Args:
-        goals: ``[T, 2]``.
-    """
-
-    def __init__(self, goals: torch.Tensor) -> None:
-        self.goals = goals
-
-    def reset(self, num_episodes: int) -> torch.Tensor:
-        return self.goals.new_zeros((self.goals.shape[0], num_episodes, 2))
-
-    def observe(self, states: torch.Tensor) -> torch.Tensor:
-        return states
-
-    def step(
-        self, states: torch.Tensor, actions: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        following = states + actions.clamp(-MAX_SPEED, MAX_SPEED)
-        distance = (following - self.goals[:, None, :]).norm(dim=-1)
-        return following, -distance, distance < GOAL_RADIUS
-
-
-class Nav2DTaskBatch(RLTaskBatch):
-    """A meta-batch of navigation goals for the core (see `rl.task.RLTaskBatch`).
-
-    Args:
-        goals: ``[T, 2]`` goals.
-        settings: Sampling and loss settings (``horizon``: 100 in the paper).
-        generator: Source of all sampling randomness.
-        normalize_advantages: Standardise the A2C policy term's advantages per task.
-        baseline: What the advantages subtract (`rl.continuous.GaussianScorer`):
-            ``critic`` or ``linear``.
-        time_feature: The policy reads `rl.continuous.with_time` observations (a
-            `rl.continuous.GaussianMLPPolicy` with ``critic_time``).
-    """
-
-    def __init__(
-        self,
-        goals: np.ndarray | torch.Tensor,
-        settings: A2CSettings,
-        generator: torch.Generator,
-        normalize_advantages: bool = True,
-        baseline: str = "critic",
-        time_feature: bool = False,
-    ) -> None:
-        self.goals = torch.as_tensor(goals, dtype=torch.float32)
-        if self.goals.dim() != 2 or self.goals.shape[1] != 2:
-            raise ValueError(f"goals must have shape [T, 2], got {tuple(self.goals.shape)}")
-        self.normalize_advantages = normalize_advantages
-        self.baseline = baseline
-        self.time_feature = time_feature
-        scorer = GaussianScorer(normalize_advantages, baseline, settings.gamma, time_feature)
-        super().__init__(len(self.goals), settings, generator, scorer)
-
-    def draw_noise(self) -> GaussianNoise:
-        s = self.settings
-        return GaussianNoise.draw(self.generator, s.horizon, len(self), s.trajectories, 2)
-
-    def simulate(
-        self, policy: GaussianPolicyFn, noise: GaussianNoise, index: int | None = None
-    ) -> ContinuousTrajectories:
-        goals = self.goals if index is None else self.goals[index : index + 1]
-        return rollout(policy, Nav2DDynamics(goals), noise, self.time_feature)
-
-    def subset(self, indices: slice) -> Nav2DTaskBatch:
-        return Nav2DTaskBatch(
-            self.goals[indices],
-            self.settings,
-            self.generator,
-            self.normalize_advantages,
-            self.baseline,
-            self.time_feature,
-        )
-
-    def mean_entropy(self, policy: GaussianPolicyFn) -> float:
-        """Entropy (nats) of the action distribution at the start, averaged over tasks."""
-        with torch.no_grad():
-            start = self.goals.new_zeros((len(self), 1, 2 + self.time_feature))
-            _, log_std, _ = policy(start)
-            return (log_std + 0.5 * np.log(2 * np.pi * np.e)).sum(-1).mean().item()
+    gym.register(id=ENV_ID, entry_point="rl.nav2d.env:Nav2DEnv", max_episode_steps=HORIZON)

@@ -31,8 +31,8 @@ from metaopt.algorithms import MAML
 from metaopt.tools.bench import Case, Gradient, clear_grads, gradients_of
 from metaopt.training.config import resolve_config
 from supervised.batch import TaskBatch, task_loss
-from supervised.families import OmniglotFamily
-from supervised.omniglot import OmniglotConfig, make_fixture
+from supervised.omniglot.data import OmniglotConfig, make_fixture
+from supervised.omniglot.family import OmniglotFamily
 
 __all__ = ["cases"]
 

@@ -1,4 +1,4 @@
-"""``python -m rl.ceiling``: the Bayesian planner's returns lie between the random and the
+"""``python -m benchmarks.mdp_ceiling``: the Bayesian planner's returns lie between the random and the
 optimal policy's and grow with the data; its flags are checked like every command's."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from rl.ceiling import main, posterior_plan_returns
+from benchmarks.mdp_ceiling import main, posterior_plan_returns
 from rl.tabular.family import MDPConfig, MDPFamily
 from rl.tabular.mdp import optimal_return, random_policy_return
 

@@ -6,7 +6,7 @@ count: the relative difference of the meta-gradients, both peak memories
 (:func:`metaopt.tools.bench.peak_memory_bytes`, after a warm-up) and the median time of one
 meta-iteration, the two timed round-robin in one process::
 
-    python docs/unroll_memory.py --steps 1,5,10,20 --checkpoints 5 --repeats 21
+    python -m benchmarks.unroll_memory --steps 1,5,10,20 --checkpoints 5 --repeats 21
 """
 
 from __future__ import annotations
@@ -17,10 +17,10 @@ import statistics
 
 import torch
 
+from benchmarks.bench_sine import SineBatch, sine_mlp
 from metaopt.algorithms import MAML
 from metaopt.tools.bench import peak_memory_bytes, round_robin
 from metaopt.unroll import schedule_cost
-from supervised.bench_sine import SineBatch, sine_mlp
 
 
 def main() -> None:

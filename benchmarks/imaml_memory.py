@@ -4,7 +4,7 @@ Peak bytes of one meta-iteration (after a warm-up), from torch's profiler
 (:func:`metaopt.tools.bench.peak_memory_bytes`), on the vectorised engine: 8 regression tasks of
 64 points, MLP 3-256-256-1 (tanh), float32::
 
-    python docs/imaml_memory.py --steps 5,20,80
+    python -m benchmarks.imaml_memory --steps 5,20,80
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ examples' pattern (per task, ``torchopt.MetaSGD`` steps between ``extract_state_
 ``recover_state_dict``), all three from the same initial parameters on the same meta-batch.
 
 The real data set cannot be fetched here, so the images are the synthetic drawings of
-``supervised.omniglot.make_fixture`` (random pen strokes per character), read back through the
+``supervised.omniglot.data.make_fixture`` (random pen strokes per character), read back through the
 family's own loader and episode sampler: the same shapes and arithmetic as the real set. The cases
 report achieved FLOP/s against the machine's matmul peak (``Case.flops_from``); conv4 is
 compute-bound on a CPU, so the ratios between the implementations are what they are there.

@@ -9,14 +9,14 @@ meta-gradient agrees with the reference, and times them round-robin, each sample
 caches, which ``--neighbours`` measures; five calls share that cost out alike): the minimum (the
 least disturbed estimate on a machine shared with other work) and the median over ``--rounds``::
 
-    python docs/compiled_wrapper.py [--rounds 101] [--calls 5] [--cases sine-maml-1step,...]
+    python -m benchmarks.compiled_wrapper [--rounds 101] [--calls 5] [--cases sine-maml-1step,...]
 
 ``--neighbours`` times instead the bench's compiled MAML (1 step) right after each of the bench's
 other rows of that case, and after some plain eager work, then runs the bench's own timing of
 that case with one call per sample and with five, to show what ``metaopt bench``'s round-robin
 (one call per sample, each after another implementation's) adds to a compiled row::
 
-    python docs/compiled_wrapper.py --neighbours [--rounds 31]
+    python -m benchmarks.compiled_wrapper --neighbours [--rounds 31]
 """
 
 from __future__ import annotations
@@ -33,9 +33,7 @@ import torchopt
 from torch import nn
 
 import metaopt.compiled
-from metaopt import MAML, MetaLearner, MetaSGD, Reptile
-from metaopt.tools.bench import Gradient, relative_difference, round_robin, time_case
-from supervised.bench_sine import (
+from benchmarks.bench_sine import (
     SineBatch,
     _func_reference,
     _metaopt,
@@ -45,7 +43,9 @@ from supervised.bench_sine import (
     _with_rates,
     sine_mlp,
 )
-from supervised.bench_sine import cases as bench_cases
+from benchmarks.bench_sine import cases as bench_cases
+from metaopt import MAML, MetaLearner, MetaSGD, Reptile
+from metaopt.tools.bench import Gradient, relative_difference, round_robin, time_case
 
 #: The rows whose ``time_case`` medians ``--neighbours`` prints.
 COMPARED = ("metaopt-compiled", "torch.func")

@@ -6,11 +6,11 @@ held-out results of each ``eval.json`` are printed as rows of a Markdown table.
 
 Usage:
 
-    python -m rl.results --preset none     # the defaults: MAML-RL example's settings, dice
-    python -m rl.results --preset seed     # TorchOpt's MAML-RL configuration exactly
-    python -m rl.results --preset tuned    # inner lr / steps chosen on a sweep
+    python -m benchmarks.mdp_results --preset none     # the defaults: MAML-RL example's settings, dice
+    python -m benchmarks.mdp_results --preset seed     # TorchOpt's MAML-RL configuration exactly
+    python -m benchmarks.mdp_results --preset tuned    # inner lr / steps chosen on a sweep
 
-Threads: one (``torch.set_num_threads(1)``), see rl/speed.py.
+Threads: one (``torch.set_num_threads(1)``), see benchmarks/mdp_speed.py.
 """
 
 from __future__ import annotations

@@ -10,8 +10,8 @@ data could close; gradient steps on a policy network close much less of it.
 
 Usage:
 
-    python -m rl.ceiling                   # 1000 tasks, N = 20, 40, 100
-    python -m rl.ceiling --tasks 200 --episodes 10,20
+    python -m benchmarks.mdp_ceiling                   # 1000 tasks, N = 20, 40, 100
+    python -m benchmarks.mdp_ceiling --tasks 200 --episodes 10,20
 """
 
 from __future__ import annotations
@@ -76,7 +76,7 @@ def posterior_plan_returns(
 
 @dataclass
 class CeilingOptions:
-    """``python -m rl.ceiling``'s flags."""
+    """``python -m benchmarks.mdp_ceiling``'s flags."""
 
     tasks: int = option(1000, "held-out tasks of the mdp family scored (at least 2)")
     episodes: tuple[int, ...] = option(

@@ -5,7 +5,7 @@ loop of the vectorised engine, with ``torch.utils.checkpoint`` (non-reentrant) a
 ``segment`` inner steps; prints the relative difference of the meta-gradient from the plain
 unroll, and both peak memories and median times::
 
-    python docs/checkpoint_unroll.py --dtype float64 --steps 20 --segment 5
+    python -m benchmarks.checkpoint_unroll --dtype float64 --steps 20 --segment 5
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ import time
 import torch
 from torch.utils.checkpoint import checkpoint
 
+from benchmarks.bench_sine import SineBatch, sine_mlp
 from metaopt.engine import _Layout, batched_forward
 from metaopt.tools.bench import peak_memory_bytes
-from supervised.bench_sine import SineBatch, sine_mlp
 
 
 def main() -> None:

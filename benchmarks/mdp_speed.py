@@ -11,8 +11,8 @@ through ``metaopt.training.train``, the code behind ``metaopt train mdp``.
 
 Usage:
 
-    python -m rl.speed                     # full run (a few minutes)
-    python -m rl.speed --iterations 20     # quick look
+    python -m benchmarks.mdp_speed                     # full run (a few minutes)
+    python -m benchmarks.mdp_speed --iterations 20     # quick look
 
 Threads: one (``torch.set_num_threads(1)``). The tensors here are tiny; a second intra-op thread
 buys nothing, and on a machine whose cores are shared it made iterations up to 40x slower.
@@ -29,9 +29,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from benchmarks.bench_mdp import gym_loop_meta_gradient
 from metaopt.training import train
 from metaopt.training.config import resolve_config
-from rl.bench import gym_loop_meta_gradient
 from rl.policy import CategoricalMLPPolicy
 from rl.tabular.env import TabularMDPEnv
 from rl.tabular.family import MDPFamily

@@ -1,7 +1,7 @@
 """Time a run's final evaluation on one process or under torchrun (docs/distributed.md).
 
-    OMP_NUM_THREADS=1 python docs/evaluate_time.py RUN_DIR --tasks 4000
-    OMP_NUM_THREADS=1 torchrun --standalone --nproc-per-node 2 docs/evaluate_time.py RUN_DIR --tasks 4000
+    OMP_NUM_THREADS=1 python -m benchmarks.evaluate_time RUN_DIR --tasks 4000
+    OMP_NUM_THREADS=1 torchrun --standalone --nproc-per-node 2 -m benchmarks.evaluate_time RUN_DIR --tasks 4000
 
 Prints the seconds of each of ``--repeats`` calls of the family's ``evaluate`` (every rank
 evaluating its share of the held-out tasks, as ``metaopt train`` and ``metaopt eval`` do) and

@@ -1,11 +1,11 @@
 """The spectrum of iMAML's linear system I + H/λ along a training run (docs/results.md).
 
-    OMP_NUM_THREADS=1 python docs/imaml_spectrum.py --every 250 -- sine --algo imaml ...
+    OMP_NUM_THREADS=1 python -m benchmarks.imaml_spectrum --every 250 -- sine --algo imaml ...
 
-Runs ``metaopt train`` with the arguments after ``--``, and at every ``--every``-th solve and
-at a solve that fails the residual check builds each task's block of I + H/λ densely (one
-Hessian-vector product per parameter, all tasks at once: the vectorised engine's system is
-block-diagonal) and prints, over the meta-batch, the eigenvalue of smallest magnitude, the smallest
+Trains as ``metaopt train`` does with the arguments after ``--`` (the family, its flags,
+``--quiet``), and at every ``--every``-th solve and at a solve that fails the residual check
+builds each task's block of I + H/λ densely (one Hessian-vector product per parameter, all tasks
+at once: the vectorised engine's system is block-diagonal) and prints, over the meta-batch, the eigenvalue of smallest magnitude, the smallest
 and the largest eigenvalue, the largest condition number, and the relative error of the solver's answer
 against the dense solve. An eigenvalue near 0 means I + H/λ is nearly singular there: the implicit
 meta-gradient (I + H/λ)⁻¹∇ℒ𝑞 is then huge and no iterative solver reaches it in a few steps.
@@ -19,7 +19,9 @@ import sys
 import torch
 
 from metaopt.algorithms import IMAML, ConjugateGradientError
-from metaopt.cli import main as train
+from metaopt.training import resolve_config, train
+from metaopt.training.config import add_config_arguments
+from metaopt.training.registry import get_family
 
 Tensors = tuple[torch.Tensor, ...]
 
@@ -56,6 +58,18 @@ def report(label: str, matvec, b: Tensors, x: Tensors | None) -> None:
     print(line, file=sys.stderr, flush=True)
 
 
+def train_from_arguments(argv: list[str]) -> None:
+    """``metaopt train FAMILY FLAGS`` in this process: the family's flags from its config class,
+    and ``--quiet``."""
+    family = get_family(argv[0])
+    parser = argparse.ArgumentParser(prog=f"metaopt train {argv[0]}")
+    add_config_arguments(parser, family)
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    overrides = vars(parser.parse_args(argv[1:]))
+    quiet = overrides.pop("quiet")
+    train(family, resolve_config(family, overrides), progress=False if quiet else None)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--every", type=int, default=250, help="solves between spectra")
@@ -77,7 +91,8 @@ def main() -> int:
         return x
 
     IMAML._solve = checked  # type: ignore[method-assign]
-    return train(["train", *argv])
+    train_from_arguments(argv)
+    return 0
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ swapped; and both engines next to the bench's ``torch.func`` reference and loop 
 meta-gradients checked against the reference, then timed round-robin (each sample the mean of
 ``--calls`` back-to-back calls; minimum and median over ``--rounds``)::
 
-    python docs/matmul_orientation.py [--rounds 61] [--calls 8] [--cases sine-maml-1step,...]
+    python -m benchmarks.matmul_orientation [--rounds 61] [--calls 8] [--cases sine-maml-1step,...]
 """
 
 from __future__ import annotations
@@ -20,9 +20,9 @@ import functools
 import itertools
 
 import torch
-from compiled_wrapper import CASES, baselines, case_batch, compare, compiled_with
 
 import metaopt.compiled
+from benchmarks.compiled_wrapper import CASES, baselines, case_batch, compare, compiled_with
 from metaopt.matmul_orientation import MARGIN, product_seconds
 
 #: (rows, inner, columns) of the sine MLP's batched products, 25 tasks: the 40 × 40 layer's

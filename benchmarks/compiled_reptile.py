@@ -17,7 +17,7 @@ shared with other work) of:
 
 Every implementation's direction is checked against the deep-copy loop's first::
 
-    python docs/compiled_reptile.py [--rounds 200] [--backend inductor]
+    python -m benchmarks.compiled_reptile [--rounds 200] [--backend inductor]
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 import metaopt.compiled
+from benchmarks.bench_sine import SineBatch, _reptile_deepcopy, _reptile_func, sine_mlp
 from metaopt import Reptile
 from metaopt.tools.bench import (
     Gradient,
@@ -39,7 +40,6 @@ from metaopt.tools.bench import (
     relative_difference,
     round_robin,
 )
-from supervised.bench_sine import SineBatch, _reptile_deepcopy, _reptile_func, sine_mlp
 
 
 def compiled(batch: SineBatch, read_metrics: bool) -> Callable[[], Gradient]:

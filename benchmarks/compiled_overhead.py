@@ -18,7 +18,7 @@ previous row's calls evicted, so that the rows compare steady states), the media
 The difference between the first two is metaopt's Python around the engine; between the last
 two, dynamo's guard check, AOTAutograd's wrapper and the engine's own Python::
 
-    python docs/compiled_overhead.py [--rounds 41] [--calls 8] [--profiled 2000]
+    python -m benchmarks.compiled_overhead [--rounds 41] [--calls 8] [--profiled 2000]
 """
 
 from __future__ import annotations
@@ -30,13 +30,13 @@ import statistics
 from collections.abc import Callable
 
 import torch
-from compiled_wrapper import compile_options_changed
-from compiled_wrapper import learner as case_learner
 
 import metaopt.compiled
+from benchmarks.bench_sine import SineBatch, _func_reference, sine_mlp
+from benchmarks.compiled_wrapper import compile_options_changed
+from benchmarks.compiled_wrapper import learner as case_learner
 from metaopt import MetaSGD
 from metaopt.tools.bench import round_robin
-from supervised.bench_sine import SineBatch, _func_reference, sine_mlp
 
 
 def case(name: str, batch: SineBatch) -> dict[str, Callable[[], object]]:

@@ -1,6 +1,6 @@
 """Time one meta-iteration of two trained runs in the same process, round-robin (docs/results.md).
 
-    OMP_NUM_THREADS=1 python docs/anil_time.py RUN_A RUN_B --repeats 50
+    OMP_NUM_THREADS=1 python -m benchmarks.anil_time RUN_A RUN_B --repeats 50
 
 Loads both runs (``load_run``), draws one meta-batch of the first run's family and config, then
 times ``zero_grad`` + ``meta_backward`` + the outer step of each run's algorithm, alternating

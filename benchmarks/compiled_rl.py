@@ -27,7 +27,7 @@ with the creation of the meta-batch (as the bench does):
 
 The meta-gradients of the first two are compared first (same noise, so the same trajectories)::
 
-    python docs/compiled_rl.py [--rounds 30] [--backend inductor]
+    python -m benchmarks.compiled_rl [--rounds 30] [--backend inductor]
 """
 
 from __future__ import annotations

@@ -32,6 +32,7 @@ from metaopt.training.distributed import DistInfo, on_main
 from metaopt.training.family import EvalRequest, RunResults, TrainConfig
 from metaopt.trust_region import TrustRegionSettings
 from rl.config import Nav2DConfig
+from rl.continuous import GaussianMLPPolicy
 from rl.evaluation import INTERVAL, curve_summary
 from rl.family import A2CFamily, config_as
 from rl.task import RLTaskBatch
@@ -45,13 +46,17 @@ EVAL_STEPS = (0, 1, 2, 3)
 
 class GoalFamily(A2CFamily):
     """A goal-conditioned family with a Gaussian policy; a subclass says how to draw goals
-    (`sample_goals`), how to build the network (`make_model`) and a meta-batch (`batch`)."""
+    (`sample_goals`), the policy's sizes (`obs_dim`, `action_dim`) and how to build a meta-batch
+    (`batch`)."""
 
     metric = "return"
     higher_is_better = True
     eval_steps = EVAL_STEPS
 
     config_class: ClassVar[type[Nav2DConfig]]
+    #: The policy's observation and action sizes.
+    obs_dim: ClassVar[int]
+    action_dim: ClassVar[int]
     #: The meta-batch type `batch` builds (the trust region checks it is handed one).
     task_batch: ClassVar[type[RLTaskBatch]] = RLTaskBatch
     #: Mixed into ``eval_seed`` for the held-out goals: a family's own stream.
@@ -78,7 +83,20 @@ class GoalFamily(A2CFamily):
         """The meta-batch of ``goals``, its sampling noise drawn from a generator seeded ``seed``."""
         raise NotImplementedError
 
-    # -- tasks -------------------------------------------------------------------------------
+    # -- the training loop's calls ----------------------------------------------------------
+
+    def make_model(self, config: TrainConfig) -> nn.Module:
+        """The Gaussian policy (`rl.continuous.GaussianMLPPolicy`) the config describes."""
+        config = self.own_config(config)
+        return GaussianMLPPolicy(
+            self.obs_dim,
+            self.action_dim,
+            config.hidden_sizes,
+            config.init_log_std,
+            config.shared_torso,
+            config.critic_time,
+            config.activation,
+        )
 
     def sample_tasks(
         self, config: TrainConfig, rng: np.random.Generator, num_tasks: int

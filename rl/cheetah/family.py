@@ -21,16 +21,13 @@ from typing import ClassVar, NamedTuple
 import mujoco
 import numpy as np
 import torch
-from torch import nn
 
-from metaopt.training.family import TrainConfig
 from rl.cheetah.config import CHEETAH_DIR, CHEETAH_VEL
 from rl.cheetah.env import sample_goals
 from rl.cheetah.sampler import CheetahDynamics
 from rl.config import Nav2DConfig
 from rl.continuous import (
     ContinuousTrajectories,
-    GaussianMLPPolicy,
     GaussianNoise,
     GaussianPolicyFn,
     GaussianScorer,
@@ -121,22 +118,11 @@ class _CheetahFamily(GoalFamily):
     task: ClassVar[str] = ""
     task_batch = CheetahTaskBatch
     eval_stream = 0xC4EE
+    obs_dim, action_dim = OBS_DIM, ACTION_DIM
 
     def __init__(self) -> None:
         super().__init__()
         self._data_pool: list[mujoco.MjData] = []  # every batch's simulations, made once
-
-    def make_model(self, config: TrainConfig) -> nn.Module:
-        config = self.own_config(config)
-        return GaussianMLPPolicy(
-            OBS_DIM,
-            ACTION_DIM,
-            config.hidden_sizes,
-            config.init_log_std,
-            config.shared_torso,
-            config.critic_time,
-            config.activation,
-        )
 
     def sample_goals(self, rng: np.random.Generator, num_tasks: int) -> np.ndarray:
         return sample_goals(rng, self.task, num_tasks)

@@ -22,12 +22,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 
 from metaopt.algorithms import MetaLearner
 from metaopt.training.family import RunResults, TrainConfig
 from rl.config import NAV2D, Nav2DConfig
-from rl.continuous import GaussianMLPPolicy, GaussianNoise
+from rl.continuous import GaussianNoise
 from rl.goal_family import EVAL_STEPS, GoalFamily
 from rl.nav2d.env import sample_goals
 from rl.nav2d.task import Nav2DTaskBatch
@@ -44,18 +43,7 @@ class Nav2DFamily(GoalFamily, options=NAV2D):
     name = "nav2d"
     task_batch = Nav2DTaskBatch
     eval_stream = 0x2D6E
-
-    def make_model(self, config: TrainConfig) -> nn.Module:
-        config = self.own_config(config)
-        return GaussianMLPPolicy(
-            2,
-            2,
-            config.hidden_sizes,
-            config.init_log_std,
-            config.shared_torso,
-            config.critic_time,
-            config.activation,
-        )
+    obs_dim = action_dim = 2  # the position; the velocity
 
     def sample_goals(self, rng: np.random.Generator, num_tasks: int) -> np.ndarray:
         return sample_goals(rng, num_tasks)

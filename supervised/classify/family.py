@@ -20,7 +20,8 @@ __all__ = ["ClassifyFamily"]
 
 
 class ClassifyFamily(SupervisedFamily, options=CLASSIFY):
-    """Binary classification with a random linear boundary per task."""
+    """Binary classification with a random linear boundary per task: a small MLP or logistic
+    regression (``--model``), trained on binary cross-entropy and scored by accuracy."""
 
     name = "classify"
     metric = "accuracy"

@@ -2,7 +2,7 @@
 `rl.cheetah.sampler.CheetahDynamics` under `rl.continuous.rollout` (policy forward included)
 against ``mujoco.mj_step`` alone on as many ``MjData``, alternating, median of 5, one thread.
 
-Run: ``.venv/bin/python benchmarks/cheetah_physics_floor.py`` (needs ``pip install -e '.[mujoco]'``).
+Run: ``python -m benchmarks.cheetah_physics_floor`` (needs ``pip install -e '.[mujoco]'``).
 """
 
 from __future__ import annotations

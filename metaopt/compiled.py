@@ -112,7 +112,7 @@ def library_guards_dropped(guards: Sequence[Any]) -> list[bool]:
 
     Those guards check, on every call, that ``torch.func.grad``, ``F.linear``, ``len`` and the
     like are still the objects the graph was traced with: a few hundred checks, 20 to 35 µs of a
-    0.5 ms compiled sine meta-iteration (``python docs/compiled_overhead.py``). A run does not
+    0.5 ms compiled sine meta-iteration (``python -m benchmarks.compiled_overhead``). A run does not
     reassign them, so the engine skips them; the guards on everything a user brings stay: the
     model's modules and their attributes, the meta-batch, the tensors' shapes, dtypes and
     devices, and the globals of the user's own modules that the model or the losses read."""

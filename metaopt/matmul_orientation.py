@@ -5,7 +5,7 @@ A product ``C = A @ B`` (``mm``, or ``bmm`` per task) can as well be computed as
 transpose a free view of the same memory. On this project's CPU build (MKL, one thread) the two
 orientations of the same product can differ several-fold. In the compiled sine meta-iteration,
 ``[25, 40, 40] @ [25, 40, 10]`` took 43 to 119 µs depending on its operands' strides, its
-transpose ``[25, 10, 40] @ [25, 40, 40]`` 16 µs (``python docs/matmul_orientation.py``); inductor
+transpose ``[25, 10, 40] @ [25, 40, 40]`` 16 µs (``python -m benchmarks.matmul_orientation``); inductor
 calls MKL with the orientation the traced graph happens to have, and the second-order backward
 has several such products with the 10 shots as the narrow dimension.
 

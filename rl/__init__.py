@@ -1,12 +1,23 @@
-"""Meta-reinforcement learning on random tabular MDPs (Duan et al. 2016's RL² distribution).
+"""Meta-reinforcement learning: the pieces every family shares, and one room per family.
 
-* `rl.mdp`: tasks as plain data, their distribution, exact random/optimal reference returns;
-* `rl.env`: the Gymnasium environment ``TabularMDP-v0`` (registered by `register`);
-* `rl.sampler`: vectorised trajectory sampling for a whole meta-batch;
+Shared (this folder):
+
+* `rl.config`: every family's settings (no torch: the command line reads them);
+* `rl.sampling`: what every sampler shares (the policy signature, size checks, slicing episodes);
+* `rl.policy`: the actor-critic MLP with a categorical head;
+* `rl.continuous`: the Gaussian policy, `rollout` through a family's dynamics, their scoring;
 * `rl.losses`: λ-returns / GAE and the A2C loss;
-* `rl.policy`: the actor-critic MLP;
-* `rl.task`: tasks implementing [`metaopt.task.Task`][metaopt.Task];
-* `rl.family`: ``metaopt train mdp``.
+* `rl.estimators`: the meta-gradient estimators (``seed``, ``dice``, ``lvc``);
+* `rl.task`: tasks implementing [`metaopt.task.Task`][metaopt.Task], for any family's sampler;
+* `rl.trust_region`: MAML-TRPO's outer step;
+* `rl.evaluation`, `rl.plots`: held-out returns and their figures;
+* `rl.family`: `A2CFamily`, what every family shares; `rl.goal_family`: the goal-conditioned ones'.
+
+Rooms, one per family (each imports the shared pieces, never another room):
+
+* `rl.tabular`: random tabular MDPs (``metaopt train mdp``), their exact oracle;
+* `rl.nav2d`: 2-D navigation (``metaopt train nav2d``);
+* `rl.cheetah`: HalfCheetah velocity and direction (``cheetah-vel``, ``cheetah-dir``; MuJoCo).
 """
 
 from typing import TYPE_CHECKING
@@ -14,81 +25,32 @@ from typing import TYPE_CHECKING
 from metaopt._lazy import lazy_exports
 
 if TYPE_CHECKING:
-    from rl.env import ENV_ID, TabularMDPEnv, register
-    from rl.losses import a2c_loss, lambda_returns, trajectory_a2c_loss
-    from rl.mdp import (
-        TabularMDP,
-        TabularMDPBatch,
-        normalized_score,
-        optimal_q_values,
-        optimal_return,
-        random_policy_return,
-        sample_mdps,
-    )
+    from rl.continuous import GaussianMLPPolicy
+    from rl.losses import a2c_loss, lambda_returns
     from rl.policy import CategoricalMLPPolicy
-    from rl.sampler import (
-        MDPTensors,
-        SamplingNoise,
-        Trajectories,
-        policy_table,
-        sample_trajectories,
-        simulate,
-    )
-    from rl.task import A2CSettings, MDPTask, MDPTaskBatch
+    from rl.task import A2CSettings, RLTask, RLTaskBatch
 
 # Imported on first use (metaopt._lazy): rl.config, which the command line reads for the
 # families' flags, is a submodule of this package and must not import torch with it.
 __getattr__ = lazy_exports(
     __name__,
     {
-        "ENV_ID": "rl.env",
-        "TabularMDPEnv": "rl.env",
-        "register": "rl.env",
+        "GaussianMLPPolicy": "rl.continuous",
         "a2c_loss": "rl.losses",
         "lambda_returns": "rl.losses",
-        "trajectory_a2c_loss": "rl.losses",
-        "TabularMDP": "rl.mdp",
-        "TabularMDPBatch": "rl.mdp",
-        "normalized_score": "rl.mdp",
-        "optimal_q_values": "rl.mdp",
-        "optimal_return": "rl.mdp",
-        "random_policy_return": "rl.mdp",
-        "sample_mdps": "rl.mdp",
         "CategoricalMLPPolicy": "rl.policy",
-        "MDPTensors": "rl.sampler",
-        "SamplingNoise": "rl.sampler",
-        "Trajectories": "rl.sampler",
-        "policy_table": "rl.sampler",
-        "sample_trajectories": "rl.sampler",
-        "simulate": "rl.sampler",
         "A2CSettings": "rl.task",
-        "MDPTask": "rl.task",
-        "MDPTaskBatch": "rl.task",
+        "RLTask": "rl.task",
+        "RLTaskBatch": "rl.task",
     },
 )
 
 __all__ = [
-    "ENV_ID",
     "A2CSettings",
     "CategoricalMLPPolicy",
-    "MDPTask",
-    "MDPTaskBatch",
-    "MDPTensors",
-    "SamplingNoise",
-    "TabularMDP",
-    "TabularMDPBatch",
-    "TabularMDPEnv",
-    "Trajectories",
+    "GaussianMLPPolicy",
+    "RLTask",
+    "RLTaskBatch",
     "a2c_loss",
     "lambda_returns",
-    "normalized_score",
-    "optimal_q_values",
-    "optimal_return",
-    "policy_table",
-    "random_policy_return",
-    "register",
-    "sample_mdps",
-    "sample_trajectories",
-    "simulate",
-    "trajectory_a2c_loss",
 ]

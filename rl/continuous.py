@@ -34,9 +34,8 @@ from torch import nn
 from rl.config import BASELINES
 from rl.estimators import Scores, scored_a2c_loss
 from rl.losses import lambda_returns
-from rl.mdp import check_horizon, check_size
 from rl.policy import torsos
-from rl.sampler import episode_returns, task_of
+from rl.sampling import check_horizon, check_size, episode_returns, task_of
 
 __all__ = [
     "ContinuousTrajectories",

@@ -38,33 +38,25 @@ log-likelihoods. The estimators (``A2CSettings.meta_gradient``):
 
 Gradients through the advantage weights of an inner loss (the critic's values) are not taken:
 the advantages are constants of each loss, as in every A2C meta-RL implementation. The exact
-oracle (`rl.oracle`) follows the same convention, so "unbiased" is exact with respect to it.
+oracle (`rl.tabular.oracle`) follows the same convention, so "unbiased" is exact with respect to it.
 Reptile does not use the query loss for its update, so no estimator applies to it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol
 
 import torch
 
 from rl.config import ESTIMATORS
-from rl.losses import (
-    a2c_objective,
-    lambda_returns,
-    masked_mean,
-    policy_lookup,
-    trajectory_a2c_loss,
-)
-from rl.sampler import PolicyFn
+from rl.losses import a2c_objective, lambda_returns, masked_mean
+from rl.sampling import PolicyFn
 
 __all__ = [
     "ESTIMATORS",
     "Scorer",
     "Scores",
-    "TabularScorer",
     "log_likelihood",
     "magic_box",
     "policy_gradient_loss",
@@ -110,7 +102,7 @@ class Scores(NamedTuple):
 
 
 class Scorer(Protocol):
-    """How a family's policy scores its trajectories (`TabularScorer`,
+    """How a family's policy scores its trajectories (`rl.tabular.losses.TabularScorer`,
     `rl.continuous.GaussianScorer`)."""
 
     def __call__(self, policy: Any, trajectories: Any) -> Scores: ...
@@ -154,33 +146,6 @@ def scored_a2c_loss(
     )
 
 
-@dataclass(frozen=True)
-class TabularScorer:
-    """A categorical policy on one-hot states: one evaluation per state, then lookups
-    (`rl.losses.policy_lookup`). Its A2C loss is `rl.losses.trajectory_a2c_loss`."""
-
-    num_states: int
-
-    def __call__(self, policy: PolicyFn, trajectories: Any) -> Scores:
-        logits, values, task = policy_lookup(policy, trajectories, self.num_states)
-        log_pi = torch.log_softmax(logits, dim=-1)
-        log_probs = log_pi[task, trajectories.states, trajectories.actions]
-
-        def entropy() -> torch.Tensor:
-            visited = torch.log_softmax(logits[task, trajectories.states], dim=-1)
-            return -(visited.exp() * visited).sum(-1)
-
-        return Scores(log_probs, values, entropy)
-
-    def a2c_loss(self, policy: PolicyFn, trajectories: Any, **settings: Any) -> torch.Tensor:
-        return trajectory_a2c_loss(policy, trajectories, self.num_states, **settings)
-
-
-def _scorer(scorer: Scorer | int) -> Scorer:
-    """A `Scorer`; an integer is the number of states of a tabular task."""
-    return TabularScorer(scorer) if isinstance(scorer, int) else scorer
-
-
 def magic_box(x: torch.Tensor) -> torch.Tensor:
     """DiCE's □(x) = exp(x − ⊥x): value 1, gradient ∇x, and every higher derivative of exp."""
     return torch.exp(x - x.detach())
@@ -192,23 +157,22 @@ def reward_to_go(rewards: torch.Tensor) -> torch.Tensor:
 
 
 def log_likelihood(
-    policy: PolicyFn, trajectories: Any, scorer: Scorer | int, *, per_episode: bool = False
+    policy: PolicyFn, trajectories: Any, scorer: Scorer, *, per_episode: bool = False
 ) -> torch.Tensor:
     """``[T]`` log-probability of each task's episodes under ``policy`` (``[T, N]``, one per
     episode, with ``per_episode``): the actions' terms, as the dynamics do not depend on the
-    parameters. ``scorer``: the family's `Scorer`, or the number of states of a tabular
-    task."""
-    log_probs = _scorer(scorer)(policy, trajectories).log_probs
+    parameters. ``scorer``: the family's `Scorer`."""
+    log_probs = scorer(policy, trajectories).log_probs
     return log_probs.sum(dim=0) if per_episode else log_probs.sum(dim=(0, 2))
 
 
 def sampling_record(
-    policy: PolicyFn, trajectories: Any, scorer: Scorer | int
+    policy: PolicyFn, trajectories: Any, scorer: Scorer
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """What the dice estimator keeps of one support phase: the episodes' log-likelihoods
     ``[T, N]`` (with their graph) and their baselines ``[T, N]`` (detached): the mean return of
     the other episodes of the phase, or the critic's value of the start state when N = 1."""
-    scores = _scorer(scorer)(policy, trajectories)
+    scores = scorer(policy, trajectories)
     returns = trajectories.episode_returns().detach()  # [T, N]
     n = returns.shape[1]
     if n > 1:
@@ -233,7 +197,7 @@ def sampling_term(
 def support_objective(
     policy: PolicyFn,
     trajectories: Any,
-    scorer: Scorer | int,
+    scorer: Scorer,
     *,
     estimator: str,
     **settings: Any,
@@ -245,7 +209,6 @@ def support_objective(
     ``settings`` are `scored_a2c_loss`'s keywords (``gamma``, ``gae_lambda``, ``value_coef``,
     ``entropy_coef``, ``per_task``).
     """
-    scorer = _scorer(scorer)
     if estimator != "lvc":
         return scorer.a2c_loss(policy, trajectories, **settings)
     scores = scorer(policy, trajectories)
@@ -257,7 +220,7 @@ def support_objective(
 def policy_gradient_loss(
     policy: PolicyFn,
     trajectories: Any,
-    scorer: Scorer | int,
+    scorer: Scorer,
     *,
     gamma: float,
     gae_lambda: float,
@@ -272,7 +235,7 @@ def policy_gradient_loss(
     MAML-RL example's λ-returns (``value_coef``), which only the critic's parameters feel when
     the torso is not shared.
     """
-    scores = _scorer(scorer)(policy, trajectories)
+    scores = scorer(policy, trajectories)
     values, mask = scores.values, scores.mask
     dims = (0, 2) if per_task else tuple(range(values.dim()))
     rewards = trajectories.rewards

@@ -1,4 +1,4 @@
-"""Held-out evaluation: returns after 0..k inner steps, references, normalised scores.
+"""Held-out evaluation: returns after 0..k inner steps, and their summaries over tasks.
 
 Every number is a mean over held-out tasks with the half-width of its 95% confidence interval
 (`metaopt.stats.task_summary`, 1.96·sd/sqrt(n)); a task's value is the mean undiscounted return
@@ -16,7 +16,6 @@ import torch
 
 from metaopt.algorithms import MetaLearner
 from metaopt.stats import task_summary
-from rl.mdp import normalized_score
 from rl.task import RLTaskBatch
 
 __all__ = [
@@ -84,11 +83,6 @@ def summarize(values: torch.Tensor | np.ndarray) -> dict[str, Any]:
 def curve_summary(steps: Sequence[int], curve: torch.Tensor | np.ndarray) -> dict[str, Any]:
     """``{"<k>": {"mean", "ci95"}}`` for the rows ``steps`` of a ``[max_steps + 1, T]`` curve."""
     return {str(k): summarize(curve[k]) for k in steps}
-
-
-def score_curve(curve: torch.Tensor, random: np.ndarray, optimal: np.ndarray) -> np.ndarray:
-    """Per-task normalised scores of every row of ``curve``."""
-    return normalized_score(curve.double().numpy(), random, optimal)
 
 
 def flat_summaries(named: dict[str, torch.Tensor | np.ndarray]) -> dict[str, float]:

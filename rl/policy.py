@@ -8,7 +8,12 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-__all__ = ["CategoricalMLPPolicy", "mlp", "torsos"]
+from metaopt.nn import ACTIVATIONS, mlp
+from rl.config import ACTIVATION_NAMES
+
+__all__ = ["CategoricalMLPPolicy", "torsos"]
+
+assert tuple(ACTIVATIONS) == ACTIVATION_NAMES  # the names rl.config checks, without torch
 
 
 class CategoricalMLPPolicy(nn.Module):
@@ -19,7 +24,7 @@ class CategoricalMLPPolicy(nn.Module):
     critic has its own torso of the same widths, so the value loss cannot move the policy's
     parameters (Finn et al. fit the baseline separately from the policy). Works on any leading
     dimensions: ``[..., S] -> ([..., A], [...])``, the policy signature of
-    `rl.sampler.sample_trajectories`.
+    `rl.tabular.sampler.sample_trajectories`.
 
     Args:
         num_states: Observation size S (one-hot states).
@@ -47,29 +52,12 @@ class CategoricalMLPPolicy(nn.Module):
         return self.policy_head(features), self.value_head(critic).squeeze(-1)
 
 
-#: The torsos' hidden activations, by name.
-ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "tanh": nn.Tanh}
-
-
-def mlp(
-    inputs: int, hidden_sizes: Sequence[int], activation: str = "relu"
-) -> tuple[nn.Sequential, int]:
-    """An MLP torso of ``hidden_sizes`` (empty: the identity), each layer followed by the
-    ``activation`` (`ACTIVATIONS`), and its output width."""
-    if activation not in ACTIVATIONS:
-        raise ValueError(f"activation must be one of {', '.join(ACTIVATIONS)}; got {activation!r}")
-    layers: list[nn.Module] = []
-    width = inputs
-    for size in hidden_sizes:
-        layers += [nn.Linear(width, size), ACTIVATIONS[activation]()]
-        width = size
-    return nn.Sequential(*layers), width
-
-
 def torsos(
     inputs: int, hidden_sizes: Sequence[int], shared_torso: bool, activation: str = "relu"
 ) -> tuple[nn.Sequential, nn.Sequential | None, int]:
-    """An actor-critic's torsos: the policy's `mlp`, the critic's own one (``None`` when
-    the critic shares the policy's) and their output width."""
-    torso, width = mlp(inputs, hidden_sizes, activation)
-    return torso, None if shared_torso else mlp(inputs, hidden_sizes, activation)[0], width
+    """An actor-critic's torsos: the policy's `metaopt.nn.mlp` of ``hidden_sizes`` (empty: the
+    identity), the critic's own one (``None`` when the critic shares the policy's) and their
+    output width."""
+    torso = mlp(inputs, hidden_sizes, activation=activation)
+    critic = None if shared_torso else mlp(inputs, hidden_sizes, activation=activation)
+    return torso, critic, hidden_sizes[-1] if hidden_sizes else inputs

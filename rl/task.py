@@ -1,18 +1,21 @@
-"""Tabular-MDP tasks for the meta-learning core: losses computed from freshly sampled trajectories.
+"""RL tasks for the meta-learning core: losses computed from freshly sampled episodes.
 
-An `MDPTask` implements [`metaopt.task.Task`][metaopt.Task]. ``support_loss(model)`` samples
-trajectories in its MDP with the policy it is handed and returns their A2C loss;
-``query_loss(model)`` does the same with the adapted policy (fresh trajectories), as in MAML's RL
+An `RLTask` implements [`metaopt.task.Task`][metaopt.Task]. ``support_loss(model)`` samples
+episodes of its task (an MDP, a goal) with the policy it is handed and returns their A2C loss;
+``query_loss(model)`` does the same with the adapted policy (fresh episodes), as in MAML's RL
 experiments (Finn et al. 2017, §5.3). The core never knows that data is sampled.
 
-An `MDPTaskBatch` is a sequence of such tasks and also implements
+An `RLTaskBatch` is a sequence of such tasks and also implements
 [`metaopt.task.BatchedTasks`][metaopt.BatchedTasks], so the core's vectorised engine adapts all its
 tasks at once: ``support_losses(forward, step)`` and ``query_losses(forward)`` sample every task
-with its own parameters in one call and return one loss per task.
+with its own parameters in one call and return one loss per task. A family subclasses it with
+its sampler (`rl.tabular.task.MDPTaskBatch`, `rl.nav2d.task.Nav2DTaskBatch`,
+`rl.cheetah.family.CheetahTaskBatch`); `A2CSettings` are the settings they share.
 
 Randomness. Every sampling *phase* (the k-th support sample of each task, the k-th query
-sample) has its noise drawn once for all tasks (`rl.sampler.SamplingNoise`), in the order
-in which the phases are first needed; task b's episodes depend only on its slice. The loop engine
+sample) has its noise drawn once for all tasks (`RLTaskBatch.draw_noise`: the tabular sampler's
+`rl.tabular.sampler.SamplingNoise`, the Gaussian policies' `rl.continuous.GaussianNoise`), in the
+order in which the phases are first needed; task b's episodes depend only on its slice. The loop engine
 (task by task) and the vectorised engine (all at once) therefore sample exactly the same
 trajectories, and compute the same losses and meta-gradients.
 
@@ -36,24 +39,14 @@ from torch import nn
 from rl.estimators import (
     ESTIMATORS,
     Scorer,
-    TabularScorer,
     policy_gradient_loss,
     sampling_record,
     sampling_term,
     support_objective,
 )
-from rl.mdp import TabularMDPBatch, check_horizon, check_size
-from rl.sampler import (
-    MDPTensors,
-    PolicyFn,
-    SamplingNoise,
-    Trajectories,
-    policy_table,
-    simulate,
-    tasks_of,
-)
+from rl.sampling import PolicyFn, check_horizon, check_size, tasks_of
 
-__all__ = ["A2CSettings", "MDPTask", "MDPTaskBatch", "RLTask", "RLTaskBatch"]
+__all__ = ["A2CSettings", "RLTask", "RLTaskBatch"]
 
 
 @dataclass(frozen=True)
@@ -165,10 +158,6 @@ class RLTask:
         return f"{type(self).__name__}(index={self.index}, of {len(self.batch)})"
 
 
-#: The tabular family's name for its tasks.
-MDPTask = RLTask
-
-
 class RLTaskBatch(Sequence[RLTask]):
     """A meta-batch of RL tasks sharing one sampler and one random generator; a family
     subclasses it with its tasks' sampling (`draw_noise`, `simulate`,
@@ -195,7 +184,7 @@ class RLTaskBatch(Sequence[RLTask]):
         self._noise: dict[str, Any] = {}
         self._presampled: dict[int, Any] = {}
         self._sampled_with: tuple[type, list[torch.Tensor]] | None = None
-        # The vectorised engine's records for the dice estimator (see MDPTask).
+        # The vectorised engine's records for the dice estimator (see RLTask).
         self._records: list[tuple[torch.Tensor, torch.Tensor]] = []
         #: Mean entropy (nats) of the policy over states and tasks when the first support sample
         #: of all tasks was drawn at once (a collapse of exploration shows here first).
@@ -403,52 +392,3 @@ class RLTaskBatch(Sequence[RLTask]):
     def post_returns(self) -> torch.Tensor:
         """``[T]`` mean return of each task's last query sample (after adaptation)."""
         return torch.tensor([t.post_return for t in self.tasks])
-
-
-class MDPTaskBatch(RLTaskBatch):
-    """A meta-batch of tabular-MDP tasks (`RLTaskBatch` with the tabular sampler).
-
-    Args:
-        mdps: The tasks' dynamics and rewards.
-        settings: Sampling and loss settings.
-        generator: Source of all sampling randomness.
-    """
-
-    def __init__(
-        self, mdps: TabularMDPBatch, settings: A2CSettings, generator: torch.Generator
-    ) -> None:
-        self.mdps = mdps
-        self.tensors = MDPTensors.from_mdps(mdps)
-        super().__init__(len(mdps), settings, generator, TabularScorer(self.tensors.num_states))
-
-    def draw_noise(self) -> SamplingNoise:
-        s = self.settings
-        means = self.tensors.reward_means
-        return SamplingNoise.draw(
-            self.generator, s.horizon, len(self), s.trajectories, means.dtype, means.device
-        )
-
-    def simulate(
-        self, policy: PolicyFn, noise: SamplingNoise, index: int | None = None
-    ) -> Trajectories:
-        if self.settings.reward_noise != 1.0:
-            noise = noise._replace(normal=noise.normal * self.settings.reward_noise)
-        tensors = self.tensors if index is None else self.tensors.select(index)
-        return simulate(policy, tensors, noise)
-
-    def subset(self, indices: slice) -> MDPTaskBatch:
-        mdps = TabularMDPBatch(self.mdps.transitions[indices], self.mdps.reward_means[indices])
-        return MDPTaskBatch(mdps, self.settings, self.generator)
-
-    def mean_entropy(self, policy: PolicyFn) -> float:
-        return _mean_entropy(policy, self.tensors)
-
-
-def _mean_entropy(policy: PolicyFn, tensors: MDPTensors) -> float:
-    with torch.no_grad():
-        means = tensors.reward_means
-        logits, _ = policy_table(
-            policy, tensors.num_tasks, tensors.num_states, means.dtype, means.device
-        )
-        log_p = torch.log_softmax(logits, dim=-1)
-        return -(log_p.exp() * log_p).sum(-1).mean().item()

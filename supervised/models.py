@@ -1,18 +1,19 @@
-"""The networks of the supervised families, and seeded construction that leaves global RNG alone."""
+"""The supervised families' own network (`conv4`; their MLPs are `metaopt.nn.mlp`), and seeded
+construction that leaves global RNG alone."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import TypeVar
 
 import torch
 from torch import nn
 
+from metaopt.nn import ACTIVATIONS
 from supervised.config import ACTIVATION_NAMES
 
-__all__ = ["ACTIVATIONS", "conv4", "mlp", "seeded"]
+__all__ = ["conv4", "seeded"]
 
-ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "tanh": nn.Tanh}
 assert tuple(ACTIVATIONS) == ACTIVATION_NAMES  # the names the configs check, without torch
 
 ModuleT = TypeVar("ModuleT", bound=nn.Module)
@@ -28,26 +29,6 @@ def seeded(build: Callable[[], ModuleT], seed: int) -> ModuleT:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return build()
-
-
-def mlp(
-    in_features: int, hidden: Sequence[int], out_features: int, activation: str = "relu"
-) -> nn.Sequential:
-    """A fully connected network ``in -> hidden[0] -> ... -> out`` with ``activation`` between.
-
-    The MAML sine network is ``mlp(1, [40, 40], 1, "relu")`` (Finn et al., 2017); the Reptile demo's
-    is ``mlp(1, [64, 64], 1, "tanh")`` (Nichol et al., 2018, whose demo notes that tanh works
-    slightly better than the paper's ReLU). ``hidden=[]`` is a linear (logistic) model.
-    """
-    if activation not in ACTIVATIONS:
-        raise ValueError(f"activation must be one of {', '.join(ACTIVATIONS)}; got {activation!r}")
-    layers: list[nn.Module] = []
-    width = in_features
-    for size in hidden:
-        layers += [nn.Linear(width, size), ACTIVATIONS[activation]()]
-        width = size
-    layers.append(nn.Linear(width, out_features))
-    return nn.Sequential(*layers)
 
 
 def conv4(

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from supervised.omniglot import make_fixture
+from supervised.omniglot.data import make_fixture
 
 #: A small synthetic Omniglot: 4 alphabets × 5 characters × 20 drawings (20 characters).
 FIXTURE = {"alphabets": 4, "characters": 5, "drawers": 20}

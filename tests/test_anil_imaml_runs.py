@@ -38,12 +38,12 @@ def test_adapt_naming_nothing_is_a_config_error(tmp_path: Path) -> None:
 
 
 def test_the_anil_timing_script_of_the_docs_runs(tmp_path: Path) -> None:
-    """docs/anil_time.py, which measured ANIL's time per iteration against MAML's in
+    """benchmarks/anil_time.py, which measured ANIL's time per iteration against MAML's in
     docs/results.md, on two tiny runs."""
     cheap = {**CHEAP["sine"], "iterations": 2}
     maml = run("sine", tmp_path / "maml", **cheap)
     anil = run("sine", tmp_path / "anil", **cheap, adapt="anil")
-    script = Path(__file__).parents[1] / "docs" / "anil_time.py"
+    script = Path(__file__).parents[1] / "benchmarks" / "anil_time.py"
     done = subprocess.run(
         [sys.executable, str(script), str(maml), str(anil), "--repeats", "3"],
         env={**os.environ, "OMP_NUM_THREADS": "1"},
@@ -57,9 +57,9 @@ def test_the_anil_timing_script_of_the_docs_runs(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_the_imaml_spectrum_script_of_the_docs_runs(tmp_path: Path) -> None:
-    """docs/imaml_spectrum.py, which measured the spectrum of I + H/λ along an iMAML run in
+    """benchmarks/imaml_spectrum.py, which measured the spectrum of I + H/λ along an iMAML run in
     docs/results.md: on a tiny run its dense solve agrees with the converged MINRES solve."""
-    script = Path(__file__).parents[1] / "docs" / "imaml_spectrum.py"
+    script = Path(__file__).parents[1] / "benchmarks" / "imaml_spectrum.py"
     cheap = ["--meta-batch", "2", "--hidden", "8", "--baseline-steps", "0", "--eval-tasks", "2"]
     cheap += ["--protocol-steps", "1", "--iterations", "2", "--quiet", "--out", str(tmp_path)]
     train = ["sine", "--algo", "imaml", "--solver", "minres", "--reg", "50", "--cg-steps", "40"]

@@ -12,22 +12,46 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("metaopt", "supervised", "rl")
+PACKAGES = ("metaopt", "supervised", "rl", "benchmarks")
+DOMAINS = ("supervised", "rl")
+
+
+def rooms(domain: str) -> tuple[str, ...]:
+    """A domain's rooms: its subpackages, one per family (``rl.tabular``, ``supervised.sine``)."""
+    return tuple(sorted(f"{domain}.{p.parent.name}" for p in (ROOT / domain).glob("*/__init__.py")))
+
 
 #: What each layer may not import (a layer is a package prefix; the most specific one applies).
+#: Nothing imports ``benchmarks``: the measurement code sits on top, beside the command line.
 FORBIDDEN = {
-    "metaopt": ("metaopt.training", "metaopt.tools", "metaopt.cli", "supervised", "rl"),
-    "metaopt.training": ("metaopt.tools", "metaopt.cli", "supervised", "rl"),
-    "metaopt.tools": ("metaopt.cli", "supervised", "rl"),
-    # Domains may plug into a tool (their `metaopt.benchmarks` cases build the bench's `Case`).
-    "supervised": ("metaopt.cli", "rl"),
-    "rl": ("metaopt.cli", "supervised"),
+    "metaopt": ("metaopt.training", "metaopt.tools", "metaopt.cli", *DOMAINS, "benchmarks"),
+    "metaopt.training": ("metaopt.tools", "metaopt.cli", *DOMAINS, "benchmarks"),
+    "metaopt.tools": ("metaopt.cli", *DOMAINS, "benchmarks"),
+    # A domain builds on the core and training, never on a tool (the bench's cases that measure
+    # it live in `benchmarks`); its shared pieces import none of its rooms, a room no other room.
+    **{
+        name: (
+            "metaopt.tools",
+            "metaopt.cli",
+            *(other for other in DOMAINS if other != domain),
+            "benchmarks",
+            *rooms(domain),
+        )
+        for domain in DOMAINS
+        for name in (domain, *rooms(domain))
+    },
+    # Measurements import the library, its tools and the domains, never the command line.
+    "benchmarks": ("metaopt.cli",),
 }
 #: The package's front door names `TaskFamily`, `TrainConfig` and `ConfigError` lazily (a
 #: module `__getattr__`): importing the core does not import training (tested below).
 LAZY = {"metaopt": ("metaopt.training",)}
-#: The command line sits on top: it may import every layer of the package (never a domain).
-TOP = {"metaopt.cli": ("supervised", "rl"), "metaopt.__main__": ("supervised", "rl")}
+#: The command line sits on top: it may import every layer of the package (never a domain, nor
+#: the measurement code).
+TOP = {
+    "metaopt.cli": (*DOMAINS, "benchmarks"),
+    "metaopt.__main__": (*DOMAINS, "benchmarks"),
+}
 
 MAX_LINES = 500
 
@@ -93,19 +117,25 @@ def test_the_checker_sees_a_forbidden_import(tmp_path: Path) -> None:
     assert {"metaopt.training", "rl.family"} <= imported(source)
 
 
+def test_each_family_has_its_room_and_rooms_keep_to_themselves() -> None:
+    assert rooms("rl") == ("rl.cheetah", "rl.nav2d", "rl.tabular")
+    assert rooms("supervised") == ("supervised.classify", "supervised.omniglot", "supervised.sine")
+    assert "rl.tabular" in layer_rules("rl.goal_family")  # shared pieces import no room
+    assert "rl.nav2d" in layer_rules("rl.cheetah.family")  # a room imports no other room
+    assert "benchmarks" in layer_rules("supervised.sine.family")
+
+
 def test_the_core_imports_without_training_tools_or_domains() -> None:
     code = (
         "import sys, metaopt, metaopt.testing; "
         "print(sorted(m for m in sys.modules if m.startswith(('metaopt.training', "
-        "'metaopt.tools', 'supervised', 'rl.')) or m == 'rl'))"
+        "'metaopt.tools', 'supervised', 'rl.', 'benchmarks')) or m == 'rl'))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
 
 
-@pytest.mark.parametrize(
-    "path", sorted((ROOT / "metaopt").rglob("*.py")), ids=lambda p: str(p.relative_to(ROOT))
-)
+@pytest.mark.parametrize("path", sources(), ids=lambda p: str(p.relative_to(ROOT)))
 def test_modules_stay_small(path: Path) -> None:
     lines = len(path.read_text().splitlines())
     assert lines <= MAX_LINES, f"{path.relative_to(ROOT)} has {lines} lines (at most {MAX_LINES})"

@@ -152,8 +152,8 @@ def test_round_robin_refills_before_it_times() -> None:
 
 
 def docs_script(name: str, *flags: str) -> str:
-    """What ``python docs/NAME FLAGS`` prints (it must exit 0)."""
-    script = Path(__file__).parents[1] / "docs" / name
+    """What ``python benchmarks/NAME FLAGS`` prints (it must exit 0)."""
+    script = Path(__file__).parents[1] / "benchmarks" / name
     return subprocess.run(
         [sys.executable, str(script), *flags],
         check=True,
@@ -164,7 +164,7 @@ def docs_script(name: str, *flags: str) -> str:
 
 
 def test_the_checkpointed_unroll_script_of_the_docs_runs() -> None:
-    """docs/checkpoint_unroll.py, the experiment behind docs/performance.md's checkpointing table:
+    """benchmarks/checkpoint_unroll.py, the experiment behind docs/performance.md's checkpointing table:
     the checkpointed unroll's meta-gradient is the plain unroll's."""
     printed = docs_script(
         "checkpoint_unroll.py", "--dtype", "float64", "--steps", "2", "--segment", "1"
@@ -175,9 +175,9 @@ def test_the_checkpointed_unroll_script_of_the_docs_runs() -> None:
 
 
 def test_the_unroll_memory_script_of_the_docs_runs() -> None:
-    """docs/unroll_memory.py, behind docs/performance.md's checkpointed-unrolling table: the
+    """benchmarks/unroll_memory.py, behind docs/performance.md's checkpointed-unrolling table: the
     shipped option's meta-gradient is the plain unroll's, and it holds less at 6 steps."""
-    script = Path(__file__).parents[1] / "docs" / "unroll_memory.py"
+    script = Path(__file__).parents[1] / "benchmarks" / "unroll_memory.py"
     flags = ["--steps", "6", "--checkpoints", "2", "--repeats", "1", "--tasks", "4"]
     printed = subprocess.run(
         [sys.executable, str(script), *flags, "--dtype", "float64"],
@@ -209,9 +209,9 @@ def test_the_unroll_memory_script_of_the_docs_runs() -> None:
     ],
 )
 def test_the_compiled_engine_scripts_of_the_docs_run(script: str, rows: tuple[str, ...]) -> None:
-    """docs/compiled_reptile.py and docs/compiled_rl.py with the eager backend (dynamo's trace
+    """benchmarks/compiled_reptile.py and benchmarks/compiled_rl.py with the eager backend (dynamo's trace
     without code generation); each checks its meta-gradients before it times anything."""
-    path = Path(__file__).parents[1] / "docs" / script
+    path = Path(__file__).parents[1] / "benchmarks" / script
     printed = subprocess.run(
         [sys.executable, str(path), "--rounds", "1", "--backend", "eager"],
         check=True,
@@ -225,7 +225,7 @@ def test_the_compiled_engine_scripts_of_the_docs_run(script: str, rows: tuple[st
 
 @pytest.mark.slow
 def test_the_cpp_wrapper_script_of_the_docs_runs() -> None:
-    """docs/compiled_wrapper.py, behind docs/performance.md's C++-wrapper table: both wrappers
+    """benchmarks/compiled_wrapper.py, behind docs/performance.md's C++-wrapper table: both wrappers
     through inductor, their meta-gradients checked against torch.func before anything is timed,
     and its --neighbours mode."""
     printed = docs_script(
@@ -239,7 +239,7 @@ def test_the_cpp_wrapper_script_of_the_docs_runs() -> None:
 
 @pytest.mark.slow
 def test_the_overhead_script_of_the_docs_runs() -> None:
-    """docs/compiled_overhead.py, behind docs/performance.md's table of where a compiled 1-step
+    """benchmarks/compiled_overhead.py, behind docs/performance.md's table of where a compiled 1-step
     meta-iteration's time goes: every depth timed, the generated code's entry found by cProfile."""
     printed = docs_script(
         "compiled_overhead.py", "--rounds", "1", "--calls", "1", "--profiled", "3"
@@ -253,7 +253,7 @@ def test_the_overhead_script_of_the_docs_runs() -> None:
 
 @pytest.mark.slow
 def test_the_matmul_orientation_script_of_the_docs_runs() -> None:
-    """docs/matmul_orientation.py, behind docs/performance.md's table of the orientation pass:
+    """benchmarks/matmul_orientation.py, behind docs/performance.md's table of the orientation pass:
     both orientations of the sine products timed, the engine compiled without and with the pass
     (each meta-gradient checked against torch.func before timing), the products it timed."""
     printed = docs_script(

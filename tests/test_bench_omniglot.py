@@ -9,9 +9,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from benchmarks import bench_omniglot as omniglot_bench
 from metaopt.cli import main
 from metaopt.tools.bench import count_flops, matmul_peak, run_bench
-from supervised import bench as omniglot_bench
 
 CASES = ("omniglot-maml-1step", "omniglot-maml-5step")
 IMPLS = {"metaopt-vmap", "metaopt-loop", "torchopt-loop"}

@@ -573,11 +573,11 @@ def test_nav2d_trust_region_under_torchrun_follows_one_process(tmp_path: Path) -
 
 
 def test_the_evaluation_timing_script_of_the_docs_runs(tmp_path: Path) -> None:
-    """docs/evaluate_time.py, which measured the evaluation speed-up in docs/distributed.md."""
+    """benchmarks/evaluate_time.py, which measured the evaluation speed-up in docs/distributed.md."""
     run = tmp_path / "run"
     flags = ["--iterations", "2", "--eval-tasks", "4", "--baseline-steps", "5", "--quiet"]
     _metaopt(["train", "sine", *flags, "--out", str(run)], processes=1)
-    script = Path(__file__).parents[1] / "docs" / "evaluate_time.py"
+    script = Path(__file__).parents[1] / "benchmarks" / "evaluate_time.py"
     for processes in (1, 2):
         printed = _launch([str(script), str(run), "--tasks", "6", "--repeats", "2"], processes)
         assert f"sine: evaluate on 6 tasks, {processes} process(es)" in printed

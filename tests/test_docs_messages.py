@@ -8,7 +8,7 @@ import pytest
 
 from metaopt.training import ConfigError, resolve_config
 from metaopt.training.resuming import _resumed_config
-from supervised.families import SineFamily
+from supervised.sine.family import SineFamily
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 

@@ -265,7 +265,7 @@ def test_batchnorm_in_training_mode_on_both_engines(batch_norm: str) -> None:
 
 @pytest.mark.slow  # the profiler's start-up: about 11 s
 def test_memory_does_not_grow_with_the_inner_steps() -> None:
-    # Peak bytes of one meta-iteration (docs/imaml_memory.py on a smaller model): MAML keeps
+    # Peak bytes of one meta-iteration (benchmarks/imaml_memory.py on a smaller model): MAML keeps
     # every inner step's graph, iMAML none, so only MAML's peak grows with the steps.
     from test_engine import RegressionBatch
 

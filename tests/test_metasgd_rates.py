@@ -135,9 +135,9 @@ def test_adaptation_figure_marks_the_trained_steps_and_hides_diverged_curves(
 ) -> None:
     # Rates far too large for 8+ steps: the figure must say "diverged", not draw vertical lines
     # or title itself "nan", and must show the step count the model was meta-trained for.
-    import supervised.plots as plots
+    import supervised.sine.plots as plots
     from metaopt.training.config import resolve_config
-    from supervised.families import SineFamily
+    from supervised.sine.family import SineFamily
 
     family = SineFamily()
     config = resolve_config(family, {"algo": "metasgd", "inner_steps": 2})

@@ -23,7 +23,7 @@ from metaopt.training import ProgressLog, evaluation_summary, resolve_config
 from metaopt.training import plots as core_plots
 from metaopt.training.progress import LOGGER
 from rl import plots as rl_plots
-from rl.family import MDPFamily
+from rl.tabular.family import MDPFamily
 from supervised import plots as supervised_plots
 from supervised.evaluation import meta_vs_baseline
 

@@ -72,7 +72,7 @@ def test_the_readme_paragraph_names_the_quickstart_s_settings() -> None:
 
 def test_imaml_with_a_curvature_tied_step_runs_the_protocol_only_at_a_given_lr() -> None:
     from metaopt.training import resolve_config
-    from supervised.families import SineFamily
+    from supervised.sine.family import SineFamily
 
     family = SineFamily()
     tied = resolve_config(family, {"algo": "imaml"})  # iMAML's defaults: power iterations on

@@ -1,4 +1,4 @@
-"""``python -m rl.ceiling``: the Bayesian planner's returns lie between the random and the
+"""``python -m benchmarks.mdp_ceiling``: the Bayesian planner's returns lie between the random and the
 optimal policy's and grow with the data; its flags are checked like every command's."""
 
 from __future__ import annotations
@@ -6,9 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from rl.ceiling import main, posterior_plan_returns
-from rl.family import MDPConfig, MDPFamily
-from rl.mdp import optimal_return, random_policy_return
+from benchmarks.mdp_ceiling import main, posterior_plan_returns
+from rl.tabular.family import MDPConfig, MDPFamily
+from rl.tabular.mdp import optimal_return, random_policy_return
 
 
 def test_the_plan_is_never_better_than_the_optimum_and_improves_with_data() -> None:

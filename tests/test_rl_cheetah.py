@@ -48,7 +48,7 @@ def test_a_cheetah_family_refuses_in_one_line_without_mujoco(
 
 
 def test_the_bench_registers_no_cheetah_case_without_mujoco(without_mujoco: None) -> None:
-    from rl.cheetah.bench import cases
+    from benchmarks.bench_cheetah import cases
 
     assert cases(quick=True) == []
 

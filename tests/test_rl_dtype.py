@@ -9,10 +9,11 @@ import torch
 
 import metaopt
 from rl.continuous import GaussianMLPPolicy
-from rl.mdp import sample_mdps
-from rl.nav2d import Nav2DTaskBatch
+from rl.nav2d.task import Nav2DTaskBatch
 from rl.policy import CategoricalMLPPolicy
-from rl.task import A2CSettings, MDPTaskBatch
+from rl.tabular.mdp import sample_mdps
+from rl.tabular.task import MDPTaskBatch
+from rl.task import A2CSettings
 
 GOALS = np.array([[0.3, -0.2], [-0.05, 0.04], [0.4, 0.4]])
 

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 from gymnasium.utils.env_checker import check_env
 
-import rl
-from rl.env import TabularMDPEnv
-from rl.mdp import TabularMDP, TabularMDPBatch, sample_mdps
+import rl.tabular as rl
+from rl.tabular.env import TabularMDPEnv
+from rl.tabular.mdp import TabularMDP, TabularMDPBatch, sample_mdps
 
 
 def deterministic_task(

@@ -14,7 +14,7 @@ from metaopt.training import evaluate_run, train
 from metaopt.training.config import resolve_config
 from metaopt.training.family import ALGORITHMS, ConfigError
 from metaopt.training.registry import get_family
-from rl.family import MDPConfig, MDPFamily
+from rl.tabular.family import MDPConfig, MDPFamily
 
 TINY = {
     "iterations": 3,

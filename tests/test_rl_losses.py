@@ -8,10 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from rl.losses import a2c_loss, lambda_returns, trajectory_a2c_loss
-from rl.mdp import sample_mdps
+from rl.losses import a2c_loss, lambda_returns
 from rl.policy import CategoricalMLPPolicy
-from rl.sampler import MDPTensors, sample_trajectories
+from rl.tabular.losses import trajectory_a2c_loss
+from rl.tabular.mdp import sample_mdps
+from rl.tabular.sampler import MDPTensors, sample_trajectories
 
 H = 7
 

@@ -25,7 +25,8 @@ from rl.continuous import (
     linear_feature_baseline,
     rollout,
 )
-from rl.nav2d import ENV_ID, Nav2DDynamics, Nav2DEnv, Nav2DTaskBatch, register
+from rl.nav2d.env import ENV_ID, Nav2DEnv, register
+from rl.nav2d.task import Nav2DDynamics, Nav2DTaskBatch
 from rl.task import A2CSettings
 
 GOALS = np.array([[0.3, -0.2], [-0.05, 0.04], [0.4, 0.4]])

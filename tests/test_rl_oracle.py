@@ -17,7 +17,8 @@ import pytest
 import torch
 
 import metaopt
-from rl.mdp import (
+from rl.policy import CategoricalMLPPolicy
+from rl.tabular.mdp import (
     TabularMDP,
     TabularMDPBatch,
     optimal_q_values,
@@ -25,17 +26,17 @@ from rl.mdp import (
     random_policy_return,
     sample_mdps,
 )
-from rl.oracle import (
+from rl.tabular.oracle import (
     exact_meta_objective,
     expected_gradient_objective,
     expected_return,
     expected_return_of_table,
     tiny_mdp,
 )
-from rl.policy import CategoricalMLPPolicy
-from rl.sampler import MDPTensors, sample_trajectories
-from rl.task import A2CSettings, MDPTaskBatch
-from rl.truth import estimator_samples, exact_policy_gradient
+from rl.tabular.sampler import MDPTensors, sample_trajectories
+from rl.tabular.task import MDPTaskBatch
+from rl.tabular.truth import estimator_samples, exact_policy_gradient
+from rl.task import A2CSettings
 
 Z_BOUND = 3.6
 BATCHES, COPIES = 40, 2000
@@ -219,7 +220,7 @@ def test_compare_mdp_reports_every_estimator_against_the_truth(tmp_path) -> None
 
     from metaopt.tools import compare as mc
     from metaopt.training.config import resolve_config
-    from rl.family import MDPFamily
+    from rl.tabular.family import MDPFamily
 
     family = MDPFamily()
     config = resolve_config(family, {"meta_batch": 4, "iterations": 0, "trajectories": 4})

@@ -7,8 +7,8 @@ import itertools
 import numpy as np
 import pytest
 
-from rl.env import TabularMDPEnv
-from rl.mdp import (
+from rl.tabular.env import TabularMDPEnv
+from rl.tabular.mdp import (
     TabularMDP,
     normalized_score,
     optimal_q_values,

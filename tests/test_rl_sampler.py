@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 import torch
 
-from rl.env import TabularMDPEnv
-from rl.mdp import TabularMDP, sample_mdps
-from rl.sampler import MDPTensors, SamplingNoise, sample_trajectories, simulate
+from rl.tabular.env import TabularMDPEnv
+from rl.tabular.mdp import TabularMDP, sample_mdps
+from rl.tabular.sampler import MDPTensors, SamplingNoise, sample_trajectories, simulate
 
 Z_MAX = 5.0
 S, A, H = 4, 3, 6

@@ -10,8 +10,9 @@ import torch
 from torch import nn
 
 import metaopt
-from rl.mdp import TabularMDP, TabularMDPBatch
-from rl.task import A2CSettings, MDPTaskBatch
+from rl.tabular.mdp import TabularMDP, TabularMDPBatch
+from rl.tabular.task import MDPTaskBatch
+from rl.task import A2CSettings
 
 H = 4
 
@@ -171,7 +172,7 @@ def engine_pair(algo_name: str, seed: int = 0):
 
 
 def random_batch(seed: int, num_tasks: int = 4) -> MDPTaskBatch:
-    from rl.mdp import sample_mdps
+    from rl.tabular.mdp import sample_mdps
 
     mdps = sample_mdps(np.random.default_rng(seed), num_tasks, 5, 3)
     settings = A2CSettings(trajectories=6, horizon=5)
@@ -222,7 +223,7 @@ def test_shards_of_a_batch_give_the_whole_batch_meta_gradient(algo: str) -> None
 
     from metaopt.training import build_algorithm
     from metaopt.training.config import resolve_config
-    from rl.family import MDPFamily
+    from rl.tabular.family import MDPFamily
 
     family = MDPFamily()
     config = resolve_config(family, {"algo": algo, "meta_batch": 5})

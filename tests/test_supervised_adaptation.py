@@ -10,11 +10,12 @@ import torch
 from supervised_helpers import omniglot_dir_fixture  # noqa: F401 - fixtures
 
 import metaopt
+from metaopt.nn import mlp
 from supervised.adaptation import adaptation_curve, batched_curve, loop_curve, sgd_curve
 from supervised.batch import TaskBatch
-from supervised.models import conv4, mlp, seeded
-from supervised.omniglot import load_omniglot, sample_episodes
-from supervised.sine import sample_sine
+from supervised.models import conv4, seeded
+from supervised.omniglot.data import load_omniglot, sample_episodes
+from supervised.sine.tasks import sample_sine
 
 STEPS = [0, 1, 3, 7]
 

@@ -8,8 +8,8 @@ import torch
 
 from metaopt.training.config import resolve_config
 from metaopt.training.family import ConfigError
-from supervised.classify import ClassifyConfig
-from supervised.families import ClassifyFamily
+from supervised.classify.family import ClassifyFamily
+from supervised.classify.tasks import ClassifyConfig
 
 
 def _config(**overrides: object) -> ClassifyConfig:

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from metaopt import cli
-from supervised import omniglot
+from supervised.omniglot import data as omniglot
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "supervised.md"
 BLOCK = re.compile(r"^```bash\n(.*?)^```", re.MULTILINE | re.DOTALL)

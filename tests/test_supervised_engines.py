@@ -12,7 +12,9 @@ from supervised_helpers import FIXTURE_SPLIT, omniglot_dir_fixture  # noqa: F401
 import metaopt
 from metaopt.training.config import resolve_config
 from metaopt.training.family import ConfigError, TaskFamily
-from supervised.families import ClassifyFamily, OmniglotFamily, SineFamily
+from supervised.classify.family import ClassifyFamily
+from supervised.omniglot.family import OmniglotFamily
+from supervised.sine.family import SineFamily
 
 
 def _case(name: str, data_dir: Path) -> tuple[TaskFamily, dict[str, object]]:

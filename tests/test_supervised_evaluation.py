@@ -13,8 +13,8 @@ import torch
 from metaopt.stats import task_summary
 from metaopt.training.config import resolve_config
 from supervised.evaluation import load_or_train_baseline, meta_vs_baseline
-from supervised.families import SineFamily
 from supervised.plots import plot_metric_vs_steps
+from supervised.sine.family import SineFamily
 
 
 def test_summary_is_mean_and_normal_interval() -> None:

@@ -15,8 +15,7 @@ from supervised_helpers import FIXTURE, FIXTURE_SPLIT, omniglot_dir_fixture  # n
 
 from metaopt.training.config import resolve_config
 from metaopt.training.family import ConfigError
-from supervised.families import OmniglotFamily
-from supervised.omniglot import (
+from supervised.omniglot.data import (
     OmniglotConfig,
     download_omniglot,
     load_omniglot,
@@ -24,9 +23,8 @@ from supervised.omniglot import (
     sample_episodes,
     split_characters,
 )
-from supervised.omniglot import (
-    main as omniglot_main,
-)
+from supervised.omniglot.data import main as omniglot_main
+from supervised.omniglot.family import OmniglotFamily
 
 CHARACTERS = FIXTURE["alphabets"] * FIXTURE["characters"]
 
@@ -211,7 +209,7 @@ def test_download_flag_fetches_missing_data_before_training(
     omniglot_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     urls = _official_zips(omniglot_dir, tmp_path)
-    monkeypatch.setattr("supervised.omniglot.OMNIGLOT_URLS", urls)  # no network here
+    monkeypatch.setattr("supervised.omniglot.data.OMNIGLOT_URLS", urls)  # no network here
     target = tmp_path / "fresh"
     with pytest.raises(ConfigError, match="--download"):
         _config(target)  # without the flag, nothing is fetched

@@ -12,8 +12,8 @@ from hypothesis import strategies as st
 
 from metaopt.training.config import resolve_config
 from metaopt.training.family import ConfigError
-from supervised.families import SineFamily
-from supervised.sine import SineConfig, sample_sine
+from supervised.sine.family import SineFamily
+from supervised.sine.tasks import SineConfig, sample_sine
 
 
 def _config(**overrides: object) -> SineConfig:

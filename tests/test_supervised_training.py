@@ -19,8 +19,10 @@ from metaopt.training import evaluate_run, resume, train
 from metaopt.training.checkpoint import load_checkpoint
 from metaopt.training.config import resolve_config
 from metaopt.training.family import TaskFamily
+from supervised.classify.family import ClassifyFamily
 from supervised.evaluation import EVAL_STEPS
-from supervised.families import ClassifyFamily, OmniglotFamily, SineFamily
+from supervised.omniglot.family import OmniglotFamily
+from supervised.sine.family import SineFamily
 
 #: Keep the smoke runs small: the point is that every piece runs and writes its file.
 SMALL = {"eval_tasks": 12, "baseline_steps": 5, "baseline_tasks": 4}

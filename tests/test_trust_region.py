@@ -157,7 +157,7 @@ def test_line_search_rejects_a_step_that_does_not_lower_the_surrogate() -> None:
 
 def _nav2d_step(algo_name: str = "maml", **overrides):  # type: ignore[no-untyped-def]
     from metaopt.training.build import build_algorithm
-    from rl.nav2d_family import Nav2DConfig, Nav2DFamily
+    from rl.nav2d.family import Nav2DConfig, Nav2DFamily
 
     family = Nav2DFamily()
     values = {"meta_batch": 3, "trajectories": 4, "horizon": 12, "hidden_sizes": (8,)}
@@ -274,7 +274,7 @@ def test_trpo_refusals_are_one_line(argv, message, capsys) -> None:  # type: ign
 )
 def test_nav2d_auto_outer_step_is_trpo_where_it_applies(values, step) -> None:  # type: ignore[no-untyped-def]
     from metaopt.training.build import build_algorithm, build_outer_optimizer
-    from rl.nav2d_family import Nav2DConfig, Nav2DFamily
+    from rl.nav2d.family import Nav2DConfig, Nav2DFamily
 
     config = Nav2DConfig(**values)
     config.validate()

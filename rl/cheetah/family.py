@@ -1,9 +1,9 @@
 """``metaopt train cheetah-vel`` and ``cheetah-dir``: MAML-TRPO on HalfCheetah (MuJoCo).
 
-The families are nav2d's (`rl.nav2d_family.Nav2DFamily`: MAML-TRPO by default, the linear
-feature baseline, the pretrained and random-initialisation baselines paired per goal in
-``eval.json``) with HalfCheetah's tasks: goals from `rl.cheetah.env.sample_goals`, episodes
-sampled by `rl.cheetah.sampler.CheetahDynamics`, a 17 → 6 Gaussian policy. Their settings are
+The families are goal-conditioned ones (`rl.goal_family.GoalFamily`, as nav2d's: MAML-TRPO by
+default, the linear feature baseline, the pretrained and random-initialisation baselines paired
+per goal in ``eval.json``) with HalfCheetah's tasks: goals from `rl.cheetah.env.sample_goals`,
+episodes sampled by `rl.cheetah.sampler.CheetahDynamics`, a 17 → 6 Gaussian policy. Their settings are
 `rl.cheetah.config.CheetahConfig` (pytorch-maml-rl's ``halfcheetah-vel.yaml``). A sampling
 phase's randomness is `CheetahNoise`: the policy noise and each episode's start-state seed,
 both drawn from the batch's generator; a task's episodes depend only on its slice of them and
@@ -16,40 +16,30 @@ same run repeated, or resumed, samples the same episodes.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from pathlib import Path
-from typing import Any, ClassVar, NamedTuple
+from typing import ClassVar, NamedTuple
 
 import mujoco
 import numpy as np
 import torch
-from torch import nn
 
-from metaopt.algorithms import MetaLearner
-from metaopt.training.family import RunResults, TrainConfig
-from metaopt.trust_region import TrustRegionSettings
-from rl.cheetah.config import CHEETAH_DIR, CHEETAH_VEL, CheetahConfig
+from rl.cheetah.config import CHEETAH_DIR, CHEETAH_VEL
 from rl.cheetah.env import sample_goals
 from rl.cheetah.sampler import CheetahDynamics
 from rl.config import Nav2DConfig
 from rl.continuous import (
     ContinuousTrajectories,
-    GaussianMLPPolicy,
     GaussianNoise,
     GaussianPolicyFn,
     GaussianScorer,
     rollout,
 )
-from rl.family import config_as
-from rl.nav2d_family import Nav2DFamily
+from rl.goal_family import GoalFamily
 from rl.task import A2CSettings, RLTaskBatch
-from rl.trust_region import MetaPolicyRegion
 
 __all__ = ["CheetahDirFamily", "CheetahNoise", "CheetahTaskBatch", "CheetahVelFamily"]
 
 #: HalfCheetah-v5's observation and action sizes.
 OBS_DIM, ACTION_DIM = 17, 6
-_EVAL_STREAM = 0xC4EE
 
 
 class CheetahNoise(NamedTuple):
@@ -122,28 +112,22 @@ class CheetahTaskBatch(RLTaskBatch):
         )
 
 
-class _CheetahFamily(Nav2DFamily):
-    """nav2d's family with HalfCheetah's tasks (see the module docstring)."""
+class _CheetahFamily(GoalFamily):
+    """A goal-conditioned family with HalfCheetah's tasks (see the module docstring)."""
 
     task: ClassVar[str] = ""
+    task_batch = CheetahTaskBatch
+    eval_stream = 0xC4EE
+    obs_dim, action_dim = OBS_DIM, ACTION_DIM
 
     def __init__(self) -> None:
         super().__init__()
         self._data_pool: list[mujoco.MjData] = []  # every batch's simulations, made once
 
-    def make_model(self, config: TrainConfig) -> nn.Module:
-        config = config_as(config, CheetahConfig, f"the {self.name} family")
-        return GaussianMLPPolicy(
-            OBS_DIM,
-            ACTION_DIM,
-            config.hidden_sizes,
-            config.init_log_std,
-            config.shared_torso,
-            config.critic_time,
-            config.activation,
-        )
+    def sample_goals(self, rng: np.random.Generator, num_tasks: int) -> np.ndarray:
+        return sample_goals(rng, self.task, num_tasks)
 
-    def batch(self, config: Nav2DConfig, goals: np.ndarray, seed: int) -> CheetahTaskBatch:  # type: ignore[override]
+    def batch(self, config: Nav2DConfig, goals: np.ndarray, seed: int) -> CheetahTaskBatch:
         generator = torch.Generator().manual_seed(seed)
         return CheetahTaskBatch(
             self.task,
@@ -154,34 +138,6 @@ class _CheetahFamily(Nav2DFamily):
             config.baseline,
             self._data_pool,
         )
-
-    def sample_tasks(
-        self, config: TrainConfig, rng: np.random.Generator, num_tasks: int
-    ) -> CheetahTaskBatch:
-        config = config_as(config, CheetahConfig, f"the {self.name} family")
-        goals = sample_goals(rng, self.task, num_tasks)
-        return self.batch(config, goals, int(rng.integers(2**62)))
-
-    def test_goals(self, config: Nav2DConfig, num_tasks: int) -> np.ndarray:
-        """The first ``num_tasks`` held-out goals of ``config.eval_seed`` (a fixed set)."""
-        rng = np.random.default_rng([_EVAL_STREAM, config.eval_seed])
-        return sample_goals(rng, self.task, num_tasks)
-
-    def trust_region(
-        self, algo: MetaLearner, config: TrainConfig, tasks: Sequence[Any]
-    ) -> tuple[MetaPolicyRegion, TrustRegionSettings]:
-        """MAML-TRPO's surrogate and divergence on the meta-batch (`rl.trust_region`)."""
-        if not isinstance(tasks, CheetahTaskBatch):
-            raise TypeError(
-                f"{self.name}'s trust region needs a CheetahTaskBatch, got {type(tasks)}"
-            )
-        settings = config_as(config, CheetahConfig, self.name).trust_region_settings()
-        return MetaPolicyRegion(algo, tasks), settings
-
-    def plot(
-        self, algo: MetaLearner, config: TrainConfig, run_dir: Path, results: RunResults
-    ) -> list[Path]:
-        return self.return_plots(config, run_dir, results)
 
 
 class CheetahVelFamily(_CheetahFamily, options=CHEETAH_VEL):

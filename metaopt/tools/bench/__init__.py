@@ -5,7 +5,7 @@ initial parameters, in one process, after a warm-up, round-robin over the implem
 that machine noise falls on all of them alike, and reports medians. Before any time is printed
 it checks that all implementations computed the same meta-gradient.
 
-Baselines (written by the domains that register the cases):
+Baselines (written by the cases that compare with them):
 
 * ``torchopt-loop``: the pattern of TorchOpt's examples, one task at a time
   with ``torchopt.MetaSGD`` and ``extract_state_dict`` / ``recover_state_dict``;
@@ -14,9 +14,10 @@ Baselines (written by the domains that register the cases):
 * ``deepcopy-loop`` (Reptile): the Reptile demo's serial loop, ``deepcopy`` of the state dict,
   manual SGD, interpolation.
 
-Domains add cases through the entry-point group ``metaopt.benchmarks`` (a function
-``cases(quick: bool) -> list[Case]``): the sine and Omniglot cases live in ``supervised/``
-(``supervised.bench_sine``, ``supervised.bench``), the reinforcement-learning case in ``rl/``.
+Cases plug in through the entry-point group ``metaopt.benchmarks`` (a function
+``cases(quick: bool) -> list[Case]``): this project's live in the ``benchmarks`` package, outside
+the domains they measure (``benchmarks.bench_sine``, ``benchmarks.bench_omniglot``,
+``benchmarks.bench_mdp``, ``benchmarks.bench_cheetah``).
 
 The package: `cases` (what a case is, the registry), `timing` (agreement, then medians), `flops`
 (`count_flops`, `matmul_peak`), `memory` (`peak_memory_bytes`, the sweep over inner steps) and

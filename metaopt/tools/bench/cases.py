@@ -1,8 +1,8 @@
 """What ``metaopt bench`` measures: cases, the memory sweep, and the domains that register them.
 
-Domains add cases through the entry-point group ``metaopt.benchmarks`` (a function
-``cases(quick: bool) -> list[Case]``): the sine cases and the Omniglot cases live in
-``supervised/``, the reinforcement-learning case in ``rl/``. The bench itself knows no domain.
+Cases plug in through the entry-point group ``metaopt.benchmarks`` (a function
+``cases(quick: bool) -> list[Case]``): this project's live in the ``benchmarks`` package (sine,
+Omniglot, the MAML-RL example, HalfCheetah sampling). The bench itself knows no domain.
 """
 
 from __future__ import annotations
@@ -115,7 +115,7 @@ def clear_grads(params: Sequence[torch.Tensor]) -> None:
 
 
 def domain_cases(quick: bool) -> list[Case]:
-    """Cases that installed domains register under the ``metaopt.benchmarks`` entry points,
+    """Cases that installed packages register under the ``metaopt.benchmarks`` entry points,
     in the order of the entry points' names."""
     found = []
     for ep in sorted(entry_points(group="metaopt.benchmarks"), key=lambda ep: ep.name):

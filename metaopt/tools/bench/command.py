@@ -35,7 +35,7 @@ def run_bench(
 ) -> list[dict[str, Any]]:
     """Run the benchmark; print the table; return (and optionally save) the records.
 
-    The cases are those the installed domains register (`domain_cases`); ``cases`` selects
+    The cases are those the installed packages register (`domain_cases`); ``cases`` selects
     some by name. ``plot_path`` receives the first memory sweep's plot (a further sweep's goes
     next to it, its name appended to the file's stem). ``compiled=False`` leaves out the
     implementations that compile on their first call (`Case.compiled`: the sine cases'

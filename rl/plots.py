@@ -17,7 +17,7 @@ from metaopt.training.plots import (
     integer_ticks,
     mark_trained_steps,
     moving_average,
-    plot_summary_curve,
+    plot_summary_curves,
     save_figure,
 )
 
@@ -146,17 +146,8 @@ def plot_adaptation(
         curves.append((f"{name} + SGD (baseline)", baseline, "tab:green"))
     if random_start:
         curves.append(("random initialisation + SGD", random_start, "tab:purple"))
-    diverged = 0
-    for label, by_steps, color in curves:
-        diverged += plot_summary_curve(
-            ax,
-            by_steps,
-            label=label,
-            color=color,
-            tasks=evaluation.get("tasks"),
-            higher_is_better=True,
-            errorbars=True,
-        )
+    tasks = evaluation.get("tasks")
+    diverged = plot_summary_curves(ax, curves, tasks=tasks, higher_is_better=True, errorbars=True)
     all_steps = [int(k) for _, by_steps, _ in curves for k in by_steps]
     if all_steps:
         ax.set_xlim(min(all_steps) - 0.5, max(all_steps) + 0.5)

@@ -16,7 +16,7 @@ from metaopt.training.plots import (
     add_legend,
     integer_ticks,
     mark_trained_steps,
-    plot_summary_curve,
+    plot_summary_curves,
     save_figure,
     summary_point,
 )
@@ -46,22 +46,18 @@ def plot_metric_vs_steps(
         panels.append((_protocol_name(evaluation), evaluation["protocol_10pt"]))
     fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4.4), squeeze=False)
     for ax, (name, block) in zip(axes[0], panels, strict=True):
-        spread = []
-        diverged = 0
         curves = (
             ("meta-learned", block["by_steps"], "tab:blue"),
             ("pretrained baseline", block["baseline"]["by_steps"], "tab:orange"),
         )
-        for label, by_steps, color in curves:
-            diverged += plot_summary_curve(
-                ax,
-                by_steps,
-                label=label,
-                color=color,
-                tasks=block.get("tasks"),
-                higher_is_better=block.get("metric") not in LOSSES,
-            )
-            spread += [m for m, _, _ in map(summary_point, by_steps.values()) if m > 0]
+        higher = block.get("metric") not in LOSSES
+        diverged = plot_summary_curves(
+            ax, curves, tasks=block.get("tasks"), higher_is_better=higher
+        )
+        spread = [
+            m for _, by_steps, _ in curves for m, _, _ in map(summary_point, by_steps.values())
+        ]
+        spread = [m for m in spread if m > 0]
         if spread and max(spread) > 100 * min(spread):
             ax.set_yscale("log")
         if trained_steps is not None and block is evaluation:

@@ -34,6 +34,7 @@ __all__ = [
     "moving_average",
     "plot_run",
     "plot_summary_curve",
+    "plot_summary_curves",
     "plot_training_curve",
     "robust_ylim",
     "save_figure",
@@ -169,6 +170,22 @@ def summary_point(value: Mapping[str, Any]) -> tuple[float, float, int]:
         math.nan if mean is None else float(mean),
         math.nan if ci95 is None else float(ci95),
         0,
+    )
+
+
+def plot_summary_curves(
+    ax: Any,
+    curves: Sequence[tuple[str, Mapping[str, Mapping[str, Any]], str]],
+    *,
+    tasks: int | None,
+    higher_is_better: bool,
+    errorbars: bool = False,
+) -> int:
+    """`plot_summary_curve` of each ``(label, by_steps, color)``; the steps marked diverged."""
+    style: dict[str, Any] = {"tasks": tasks, "higher_is_better": higher_is_better}
+    return sum(
+        plot_summary_curve(ax, by_steps, label=label, color=color, errorbars=errorbars, **style)
+        for label, by_steps, color in curves
     )
 
 

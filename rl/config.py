@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from metaopt.options import check_choice
+from metaopt.registry import algorithm
 from metaopt.training.family import ConfigError, FamilyOptions, TrainConfig, flag, option
 
 if TYPE_CHECKING:
@@ -85,13 +86,13 @@ class A2CConfig(TrainConfig):
 
     def validate(self) -> None:
         super().validate()
-        if self.algo == "imaml":  # its CG solve needs one fixed support loss per task
+        if algorithm(self.algo).reevaluates_support:  # iMAML's solve: one fixed support loss
             raise ConfigError(
-                "--algo imaml is not available for RL families: its implicit gradient "
+                f"--algo {self.algo} is not available for RL families: its meta-gradient "
                 "re-evaluates the support loss, which samples new trajectories at every call, so "
-                "the linear system it solves would change under it"
+                "what it solves or differentiates would change under it"
             )
-        if self.unroll_checkpoints is not None:  # it recomputes the support losses
+        if getattr(self.options, "unroll_checkpoints", None) is not None:  # recomputes them
             raise ConfigError(
                 "--unroll-checkpoints is not available for RL families: the backward pass "
                 "recomputes the inner steps' support losses, which sample new trajectories at "
@@ -247,8 +248,8 @@ class Nav2DConfig(A2CConfig):
 
     def _trpo_refusal(self) -> str | None:
         """Why the trust-region step does not apply to these settings (``None``: it does)."""
-        if self.algo == "reptile":
-            return "--algo reptile has no meta-objective to differentiate (use maml, fomaml or metasgd)"
+        if not algorithm(self.algo).has_meta_objective:
+            return f"--algo {self.algo} has no meta-objective to differentiate (use maml, fomaml or metasgd)"
         if self.meta_gradient != "seed":
             return (
                 "it needs --meta-gradient seed (its line search re-scores the query episodes "

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from metaopt.algorithms import MetaLearner
+from metaopt.registry import algorithm
 from metaopt.task import Task
 from metaopt.tools.compare.options import BATCH_STREAM, ModelState
 from metaopt.training import (
@@ -196,9 +197,13 @@ def initial_state(family: TaskFamily, config: TrainConfig) -> ModelState:
 
 
 def method_config(config: TrainConfig, method: str) -> TrainConfig:
-    """``config`` for ``method``: Meta-SGD's inner update is always SGD (with learned rates)."""
-    optimizer = "sgd" if method == "metasgd" else config.inner_optimizer
-    return dataclasses.replace(config, algo=method, inner_optimizer=optimizer)
+    """``config`` for ``method``, with its own options alone (those ``config.algo_options`` holds
+    for it, else its defaults); an inner optimiser it does not take (Meta-SGD's update is SGD with
+    its learned rates) replaced by the first it does."""
+    allowed = algorithm(method).inner_optimizers
+    optimizer = config.inner_optimizer if config.inner_optimizer in allowed else allowed[0]
+    options = {method: config.algo_options.get(method, {})}
+    return dataclasses.replace(config, algo=method, inner_optimizer=optimizer, algo_options=options)
 
 
 def method_algorithm(

@@ -219,13 +219,19 @@ class Nav2DConfig(A2CConfig):
         "--shared-torso, where it is adam)",
     )
     max_kl: float = option(0.01, "trpo: largest mean KL of the adapted policies one step may reach")
-    cg_steps: int = option(10, "trpo: conjugate-gradient iterations of the step's direction")
+    trpo_cg_steps: int = option(
+        10,
+        "trpo: conjugate-gradient iterations of the step's direction (--cg-steps in metaopt "
+        "0.1.0: still accepted, with a warning)",
+    )
     cg_damping: float = option(1e-5, "trpo: damping added to the Fisher-vector products")
     line_search_steps: int = option(15, "trpo: backtracking line-search candidates tried at most")
     line_search_ratio: float = option(0.8, "trpo: each candidate step is this times the last")
 
     OUTER_OPTIMIZERS = ("auto", "adam", "sgd", "trpo")
     RESUMABLE = (*A2CConfig.RESUMABLE, "test_tasks", "pretrain_iterations")
+    #: TRPO's conjugate gradients had the flag of iMAML's (``--cg-steps``) until metaopt 0.1.0.
+    RENAMED = {"cg_steps": "trpo_cg_steps"}
 
     def validate(self) -> None:
         super().validate()
@@ -237,6 +243,7 @@ class Nav2DConfig(A2CConfig):
             )
         _check_real("max_kl", self.max_kl, 1e-12, None)
         _check_real("cg_damping", self.cg_damping, 0.0, None)
+        _check_int("trpo_cg_steps", self.trpo_cg_steps, 1)
         _check_int("line_search_steps", self.line_search_steps, 1)
         _check_real("line_search_ratio", self.line_search_ratio, 1e-6, 1 - 1e-6)
         if self.outer_optimizer == "trpo":
@@ -274,7 +281,7 @@ class Nav2DConfig(A2CConfig):
 
         return TrustRegionSettings(
             self.max_kl,
-            self.cg_steps,
+            self.trpo_cg_steps,
             self.cg_damping,
             self.line_search_steps,
             self.line_search_ratio,

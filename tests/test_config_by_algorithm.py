@@ -1,18 +1,22 @@
 """Configuration by algorithm: the run's fields beside the chosen algorithm's options, nested
 under its name in ``config.json``; another algorithm's flag refused by name; runs saved flat (by
-metaopt 0.1.0) read nested."""
+metaopt 0.1.0) read nested; nav2d's trust-region CG steps under their own flag."""
 
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import pytest
-from reliability_helpers import RToyFamily
+from reliability_helpers import RToyFamily, assert_same_run, family
 
 from metaopt.cli import main
-from metaopt.training import ConfigError
+from metaopt.training import ConfigError, resume, train
+from metaopt.training.algorithm_config import RenamedOptionWarning
+from metaopt.training.checkpoint import load_checkpoint, save_checkpoint
 from metaopt.training.config import load_config, resolve_config
+from metaopt.training.registry import get_family
 
 #: The options metaopt 0.1.0 wrote at the top level of every config.json, at its defaults.
 FLAT = {
@@ -91,3 +95,51 @@ def test_help_shows_each_algorithms_options_under_its_heading(capsys) -> None:
     )
     assert "options of --algo maml, fomaml, metasgd:" in shown
     assert "(default: 10; algo imaml: 30)" in " ".join(shown.split())  # --cg-steps
+
+
+def test_nav2d_trust_region_cg_steps_have_their_own_flag(capsys) -> None:
+    nav2d = get_family("nav2d")
+    assert resolve_config(nav2d, {"trpo_cg_steps": 7}).trust_region_settings().cg_steps == 7
+    with pytest.warns(RenamedOptionWarning, match="--cg-steps is the old name of --trpo-cg-steps"):
+        assert resolve_config(nav2d, {"cg_steps": 7}).trpo_cg_steps == 7
+    with pytest.raises(ConfigError, match="give only --trpo-cg-steps"):
+        resolve_config(nav2d, {"cg_steps": 7, "trpo_cg_steps": 7})
+    with pytest.raises(SystemExit):
+        main(["train", "nav2d", "--help"])
+    shown = " ".join(capsys.readouterr().out.split())
+    assert "--trpo-cg-steps" in shown and "--cg-steps CG_STEPS deprecated" in shown
+
+
+def test_an_old_nav2d_run_resumes(tmp_path: Path) -> None:
+    """A nav2d run as metaopt 0.1.0 saved it (TRPO's CG steps as cg_steps, every algorithm's
+    options flat) continues where it stopped, like a run that was never interrupted."""
+    values = {"meta_batch": 3, "trajectories": 3, "horizon": 10, "hidden_sizes": (8,)}
+    values |= {
+        "eval_every": 0,
+        "test_tasks": 2,
+        "eval_tasks": 2,
+        "trpo_cg_steps": 4,
+        "anneal": False,
+    }
+    nav2d = family("nav2d")
+    full = train(
+        nav2d, resolve_config(nav2d, {**values, "iterations": 2, "out": str(tmp_path / "a")})
+    )
+    cut = train(
+        nav2d, resolve_config(nav2d, {**values, "iterations": 1, "out": str(tmp_path / "b")})
+    )
+
+    def released(config: dict) -> dict:
+        config = {k: v for k, v in config.items() if k != "algo_options"}
+        return {**config, **FLAT, "cg_steps": config.pop("trpo_cg_steps")}
+
+    saved = json.loads((cut / "config.json").read_text())
+    (cut / "config.json").write_text(json.dumps({**saved, "config": released(saved["config"])}))
+    state = load_checkpoint(cut / "checkpoint.pt")
+    state["config"] = json.dumps(released(json.loads(state["config"])))
+    save_checkpoint(cut / "checkpoint.pt", state)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RenamedOptionWarning)  # the saved name is no flag
+        resume(cut, family=nav2d, overrides={"iterations": 2}, progress=False)
+    assert_same_run(full, cut)
+    assert json.loads((cut / "config.json").read_text())["config"]["trpo_cg_steps"] == 4

@@ -47,7 +47,6 @@ import re
 import time
 import types
 import warnings
-import weakref
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -63,6 +62,7 @@ from metaopt.functional import (
     functional_metrics,
 )
 from metaopt.matmul_orientation import Decision, MatmulOrientation
+from metaopt.rules.base import Rule
 from metaopt.task import BatchedTasks
 
 __all__ = [
@@ -75,7 +75,6 @@ __all__ = [
     "engine_of",
     "functional_meta_gradient",
     "functional_metrics",
-    "lowest_rate",
 ]
 
 
@@ -223,16 +222,14 @@ class CompiledMetaGradient:
     def __init__(
         self,
         model: nn.Module,
-        rates: Sequence[nn.Parameter],
+        rule: Rule,
+        learned: Sequence[torch.Tensor],
         *,
-        kind: str,
         steps: int,
-        first_order: bool,
         inner_optimizer: str,
         inner_lr: float,
         batch_norm: str = "running",
         options: dict[str, Any] | None = None,
-        positive_rates: bool = False,
     ) -> None:
         self.model = model
         self.batch_norm = batch_norm
@@ -241,25 +238,23 @@ class CompiledMetaGradient:
         self._layout = layout
         named = dict(model.named_parameters())
         self._theta = [named[n] for n in layout.trainable]
-        index = {id(p): i for i, p in enumerate(model.parameters())}
-        self._rates = [rates[index[id(p)]] for p in self._theta] if rates else []
+        self._learned = list(learned)
         function = functional_meta_gradient(
             model,
-            kind=kind,
+            rule,
             steps=steps,
-            first_order=first_order,
             inner_optimizer=inner_optimizer,
             inner_lr=inner_lr,
-            learned_rates=bool(rates),
+            learned=bool(self._learned),
             batch_norm=batch_norm,
-            positive_rates=positive_rates,
         )
-        metrics = functional_metrics(model, query=kind == "reptile", batch_norm=batch_norm)
+        query = rule.outer != "query-gradient"  # the metrics' graph computes the query losses
+        metrics = functional_metrics(model, query=query, batch_norm=batch_norm)
         options = {**compile_options(), **(options or {})}
         self._gradient = _Compiled(function, options, "meta-iteration")
         self._scale: tuple[tuple[float, torch.dtype, torch.device], torch.Tensor] | None = None
-        #: Meta-SGD's lowest rate at the last call (0-d; ``None`` without rates)
-        self.lowest_rate: torch.Tensor | None = None
+        #: The rule's `Rule.check` of its learned state at the last call (0-d, or ``None``).
+        self.diagnostic: torch.Tensor | None = None
         self._metrics = _Compiled(metrics, options, "metrics")
 
     def _weight(self, weight: float, like: torch.Tensor | None) -> torch.Tensor | None:
@@ -302,17 +297,17 @@ class CompiledMetaGradient:
         self, tasks: BatchedTasks, weight: float
     ) -> tuple[torch.Tensor, torch.Tensor | Callable[[], torch.Tensor], Callable[[], torch.Tensor]]:
         theta = tuple(p.detach() for p in self._theta)
-        rates = tuple(r.detach() for r in self._rates)
+        rates = tuple(r.detach() for r in self._learned)
         shared = {n: t.detach() for n, t in self._layout.shared.items()}
         scale = self._weight(weight, theta[0] if theta else None)
         with batch_norm_mode(self.model, self.batch_norm):
             result = self._gradient(theta, rates, shared, tasks, scale)
-        sums, before, query, adapted, self.lowest_rate = result
+        sums, before, query, adapted, self.diagnostic = result
         num_tasks = len(tasks)
         before = check_losses(before, num_tasks, "support_losses")
         if query is not None:
             query = check_losses(query, num_tasks, "query_losses")
-        _accumulate(self._theta + self._rates, sums)
+        _accumulate(self._theta + self._learned, sums)
         deferred: list[MetricsResult] = []
 
         def metric(index: int) -> Callable[[], torch.Tensor]:
@@ -360,64 +355,51 @@ def _fx_graph_cache() -> tuple[int, int]:
     return counts["fxgraph_cache_hit"], counts["fxgraph_cache_miss"]
 
 
-_ENGINES: weakref.WeakKeyDictionary[Any, dict[tuple[Any, ...], CompiledMetaGradient]] = (
-    weakref.WeakKeyDictionary()
-)
-#: Each learner's engine of its last compiled call.
-_LAST: weakref.WeakKeyDictionary[Any, CompiledMetaGradient] = weakref.WeakKeyDictionary()
-
-
 def compiled_meta_backward(
-    algo: Any,
+    cache: dict[tuple[Any, ...], CompiledMetaGradient],
+    model: nn.Module,
+    rule: Rule,
+    learned: Sequence[torch.Tensor],
     tasks: BatchedTasks,
     weight: float,
-    kind: str,
     *,
     steps: int,
-    first_order: bool,
     inner_optimizer: str,
     inner_lr: float,
     batch_norm: str,
-    positive_rates: bool = False,
-) -> tuple[torch.Tensor, Callable[[], torch.Tensor], torch.Tensor | Callable[[], torch.Tensor]]:
-    """One compiled meta-iteration of ``algo`` (a [`metaopt.MetaLearner`][metaopt.MetaLearner],
-    which passes its settings): accumulate ``weight ×`` its meta-gradient into ``.grad``; return
-    ``MetaMetrics``' fields (support losses before and after adaptation, query losses, each ``[B]``;
-    those the meta-gradient does not need as functions that compute them, see
-    `CompiledMetaGradient`).
+) -> tuple[CompiledMetaGradient, tuple[torch.Tensor, Any, Any]]:
+    """One compiled meta-iteration of ``rule`` on ``model``: accumulate ``weight ×`` its
+    meta-gradient into ``.grad``; return the engine that ran it and ``MetaMetrics``' fields
+    (support losses before and after adaptation, query losses, each ``[B]``; those the
+    meta-gradient does not need as functions that compute them, see `CompiledMetaGradient`).
 
-    The compiled function is kept per learner and per configuration (``steps``,
-    ``first_order``, inner optimiser and rate, BatchNorm mode, ``kind``) and per state of the
-    model's structure (`_structure`), so changing one of them builds (and compiles) a new
-    one instead of running a stale graph: a parameter frozen or unfrozen, a tensor replaced
-    (``model.to(...)`` replaces buffers), a module switched between training and evaluation.
+    The compiled functions live in ``cache`` (the learner's own), one per configuration (the
+    rule, ``steps``, inner optimiser and rate, BatchNorm mode) and per state of the model's
+    structure (`_structure`), so changing one of them builds (and compiles) a new one instead of
+    running a stale graph: a parameter frozen or unfrozen, a tensor replaced (``model.to(...)``
+    replaces buffers), a module switched between training and evaluation.
     """
     key = (
-        kind,
+        repr(rule),
         steps,
-        first_order,
         inner_optimizer,
         inner_lr,
         batch_norm,
-        positive_rates,
-        _structure(algo.model, algo.rate_parameters()),
+        _structure(model, learned),
     )
-    engines = _ENGINES.setdefault(algo, {})
-    if key not in engines:
-        engines[key] = CompiledMetaGradient(
-            algo.model,
-            algo.rate_parameters(),
-            kind=kind,
+    if key not in cache:
+        cache[key] = CompiledMetaGradient(
+            model,
+            rule,
+            learned,
             steps=steps,
-            first_order=first_order,
             inner_optimizer=inner_optimizer,
             inner_lr=inner_lr,
             batch_norm=batch_norm,
-            positive_rates=positive_rates,
         )
-    _LAST[algo] = engines[key]
-    before, query, after = engines[key](tasks, weight)
-    return before, after, query
+    engine = cache[key]
+    before, query, after = engine(tasks, weight)
+    return engine, (before, after, query)
 
 
 def _structure(model: nn.Module, rates: Sequence[torch.Tensor]) -> tuple[Any, ...]:
@@ -439,16 +421,10 @@ def _structure(model: nn.Module, rates: Sequence[torch.Tensor]) -> tuple[Any, ..
     return tuple(signature)
 
 
-def lowest_rate(algo: Any) -> float | None:
-    """Meta-SGD's lowest learned rate at ``algo``'s last compiled call, as that call's graph
-    computed it (``None`` before one, or without rates or with ``positive_rates``)."""
-    engine = _LAST.get(algo)
-    return None if engine is None or engine.lowest_rate is None else engine.lowest_rate.item()
-
-
 def engine_of(algo: Any) -> list[CompiledMetaGradient]:
-    """The compiled meta-iterations ``algo`` has built so far (for compile counts and times)."""
-    return list(_ENGINES.get(algo, {}).values())
+    """The compiled meta-iterations ``algo`` (a [`MetaLearner`][metaopt.MetaLearner]) has built so
+    far, from its own cache (for compile counts and times)."""
+    return list(getattr(algo, "compiled_cache", {}).values())
 
 
 def compile_seconds(algo: Any) -> float | None:

@@ -6,11 +6,8 @@ parameters as a dict of tensors with a leading task axis, ``θ_b = θ.expand(B, 
 tasks' losses in one call through `torch.func.functional_call` vmapped over that axis, and takes
 the inner steps with the same functional optimisers as the loop engine (``inplace=False``).
 
-Per-task gradients come from one backward pass: task *b*'s loss depends only on ``θ_b``, so the
-gradient of ``Σ_b L_b`` with respect to the stacked ``θ_b`` is, row by row, each task's own
-gradient. Because ``θ_b`` is a view of θ, the outer backward of ``Σ_b w·L^q_b(θ'_b)`` sums the
-per-task meta-gradients into ``θ.grad``; first-order MAML takes the inner gradients without a
-graph, so ``∂θ'_b/∂θ = I`` as in the loop engine.
+The inner loop itself and the meta-iteration are `metaopt.batched`'s; this module decides what
+the engine can run and how a model's tensors reach ``functional_call``.
 
 The engine gives the loop engine's answer or is not used
 ([`can_vectorise`][metaopt.engine.can_vectorise] says why):
@@ -28,17 +25,15 @@ The engine gives the loop engine's answer or is not used
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterator
+from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any
 
 import torch
-import torchopt
 from torch import nn
-from torchopt.base import GradientTransformation
 
 from metaopt.options import BATCH_NORM_MODES
-from metaopt.task import BatchedForward, BatchedTasks, is_batched
+from metaopt.task import BatchedForward, is_batched
 
 __all__ = [
     "BATCH_NORM_MODES",
@@ -47,7 +42,6 @@ __all__ = [
     "batch_norm_mode",
     "batched_forward",
     "can_vectorise",
-    "inner_path",
     "is_batching_failure",
     "unvectorisable_module",
 ]
@@ -234,71 +228,6 @@ def batched_forward(
 
 #: One state of an adaptation: the per-task tensors, the shared ones, the support losses at θ.
 Adapted = tuple[BatchedParameters, dict[str, torch.Tensor], torch.Tensor | None]
-
-
-def inner_path(
-    model: nn.Module,
-    tasks: BatchedTasks,
-    transform: GradientTransformation,
-    steps: int,
-    *,
-    create_graph: bool,
-    batch_norm: str = "running",
-    adapted: Collection[str] | None = None,
-) -> Iterator[Adapted]:
-    """Adapt every task of ``tasks`` by ``steps`` differentiable steps of ``transform``, yielding
-    the state after 0, 1, ..., ``steps`` steps (an evaluation reads the whole adaptation curve
-    from one adaptation).
-
-    ``transform`` receives one gradient per parameter in ``named_parameters()`` order, ``None``
-    for a frozen one, as under [`metaopt.inner.InnerOptimizer`][metaopt.InnerOptimizer]. ``adapted``
-    (names; ``None``: every trainable parameter) limits the update to those parameters: the others
-    get ``None`` too, but keep their per-task copy of θ, through which the meta-gradient reaches
-    them.
-
-    Yields:
-        The per-task tensors ``{name: [B, ...]}`` (adapted parameters and per-task buffer
-        copies), the shared tensors (frozen parameters and read-only buffers), and the support
-        losses at θ (``[B]``, detached; ``None`` before the first step).
-    """
-    num_tasks = len(tasks)
-    with batch_norm_mode(model, batch_norm):
-        layout = _Layout(model)
-    named = dict(model.named_parameters())
-    buffers = dict(model.named_buffers())
-    copies = {n: buffers[n].expand(num_tasks, *buffers[n].shape).clone() for n in layout.copied}
-    trainable = set(layout.trainable)
-    # Every parameter, in named_parameters() order: the trainable ones one copy per task, the
-    # frozen ones as they are (they get no gradient, hence no update).
-    every = tuple(p.expand(num_tasks, *p.shape) if n in trainable else p for n, p in named.items())
-    per_task = [(i, n) for i, n in enumerate(named) if n in trainable]
-    rows = [i for i, n in per_task if adapted is None or n in adapted]
-    flat = tuple(every[i] for i in rows)
-    state = transform.init(every)
-    before = None
-
-    for step in range(steps + 1):
-        params = {**{n: every[i] for i, n in per_task}, **copies}
-        yield params, layout.shared, before
-        if step == steps:
-            return
-        forward = batched_forward(
-            model, params, layout.shared, batch_norm=batch_norm, slots=layout.slots
-        )
-        losses = check_losses(
-            tasks.support_losses(forward, step), num_tasks, "support_losses", grad=True
-        )
-        if before is None:
-            before = losses.detach()
-        found = iter(
-            torch.autograd.grad(losses.sum(), flat, create_graph=create_graph, allow_unused=True)
-        )
-        grads: list[torch.Tensor | None] = [None] * len(every)
-        for i in rows:
-            grads[i] = next(found)
-        updates, state = transform.update(tuple(grads), state, params=every, inplace=False)
-        every = tuple(torchopt.apply_updates(every, updates, inplace=False))
-        flat = tuple(every[i] for i in rows)
 
 
 def is_batching_failure(error: BaseException) -> bool:

@@ -1,6 +1,6 @@
 """One meta-iteration as a pure function of tensors: what the compiled engine compiles.
 
-`functional_meta_gradient` takes θ (and Meta-SGD's rates), the frozen tensors and a
+`functional_meta_gradient` takes θ (and a rule's learned state), the frozen tensors and a
 [`BatchedTasks`][metaopt.BatchedTasks], and returns the meta-gradient's sums over the tasks, the
 support losses at θ, the query losses where the meta-gradient needs them and the adapted
 parameters; `functional_metrics` computes the metrics the meta-gradient does not need from
@@ -10,15 +10,16 @@ engine (`metaopt.compiled`) ``torch.compile``s them. How they compute is describ
 
 from __future__ import annotations
 
+import functools
+from collections import deque
 from collections.abc import Callable
-from typing import Any
 
 import torch
 from torch import nn
-from torchopt.base import GradientTransformation
 
+from metaopt.batched import Batch, functional_gradients, step_path
 from metaopt.engine import batched_forward, static_layout
-from metaopt.inner import inner_transform, learned_rate_sgd, plain_sgd
+from metaopt.rules.base import OUTER_RULES, Rule, difference, weighted_query_loss
 from metaopt.task import BatchedTasks
 
 __all__ = [
@@ -31,12 +32,12 @@ __all__ = [
 
 Tensors = tuple[torch.Tensor, ...]
 #: What the functional meta-gradient returns: the meta-gradient's sums over tasks (θ's, then the
-#: rates' for Meta-SGD; times the task weight when it is given one), the support losses at θ
-#: ``[B]``, the query losses ``[B]`` (MAML, whose meta-loss they are; ``None`` for Reptile, which
-#: does not need them) and the adapted parameters ``[B, ...]`` (all detached), from which
-#: `functional_metrics` computes the metrics the meta-gradient does not need when they are
-#: read; last, Meta-SGD's lowest rate (0-d, for its negative-rate warning; ``None`` without rates
-#: or with ``positive_rates``).
+#: learned state's; times the task weight when it is given one), the support losses at θ
+#: ``[B]``, the query losses ``[B]`` (the query-gradient rule's, whose meta-loss they are;
+#: ``None`` for the difference rule, which does not need them) and the adapted parameters
+#: ``[B, ...]`` (all detached), from which `functional_metrics` computes the metrics the
+#: meta-gradient does not need when they are read; last, the rule's `Rule.check` of its learned
+#: state (0-d, or ``None``).
 MetaGradientResult = tuple[Tensors, torch.Tensor, torch.Tensor | None, Tensors, torch.Tensor | None]
 #: What `functional_metrics` returns: the query losses (``None`` if not asked for) and the
 #: support losses at the adapted parameters, each ``[B]``.
@@ -45,93 +46,67 @@ MetricsResult = tuple[torch.Tensor | None, torch.Tensor]
 
 def functional_meta_gradient(
     model: nn.Module,
+    rule: Rule,
     *,
-    kind: str,
     steps: int,
-    first_order: bool,
     inner_optimizer: str,
     inner_lr: float,
-    learned_rates: bool,
+    learned: bool,
     batch_norm: str = "running",
-    positive_rates: bool = False,
 ) -> Callable[..., MetaGradientResult]:
-    """The meta-iteration of one algorithm as a pure function (eager; compile it to go fast).
+    """``rule``'s meta-iteration as a pure function (eager; compile it to go fast).
 
-    Returns ``f(theta, rates, shared, tasks, weight=None)``: ``theta`` the trainable parameters
-    (detached, ``named_parameters()`` order), ``rates`` Meta-SGD's rates for them (empty
-    otherwise), ``shared`` the frozen parameters and buffers, ``tasks`` a
-    [`BatchedTasks`][metaopt.BatchedTasks], ``weight`` a 0-d tensor that multiplies the
+    Returns ``f(theta, learned, shared, tasks, weight=None)``: ``theta`` the trainable parameters
+    (detached, ``named_parameters()`` order), ``learned`` the rule's learned state, one tensor
+    per model parameter (empty without), ``shared`` the frozen parameters and buffers, ``tasks``
+    a [`BatchedTasks`][metaopt.BatchedTasks], ``weight`` a 0-d tensor that multiplies the
     meta-gradient's sums (``None``: the unweighted sums).
 
     Args:
         model: The network; read for its structure only (``functional_call`` gets the tensors).
-        kind: ``"maml"`` (MAML, first-order MAML, Meta-SGD) or ``"reptile"``.
+        rule: The algorithm (`metaopt.rules.Rule`): its inner update and outer rule.
         steps: Inner steps.
-        first_order: Treat the inner gradients as constants (MAML only).
-        inner_optimizer: ``"sgd"`` or ``"adam"`` (ignored with ``learned_rates``).
+        inner_optimizer: ``"sgd"`` or ``"adam"``, as the rule reads it.
         inner_lr: The inner learning rate.
-        learned_rates: Meta-SGD's update ``θ − α ∘ g`` with the rates ``rates``.
-        positive_rates: ``rates`` are ρ and α = softplus(ρ) (``MetaSGD(positive_rates=True)``).
+        learned: Whether the rule's inner update reads learned state (built inside the traced
+            function then, from the traced tensors; else once, outside it).
         batch_norm: `metaopt.engine.BATCH_NORM_MODES`.
     """
-    if kind not in ("maml", "reptile"):
-        raise ValueError(f"kind must be 'maml' or 'reptile', got {kind!r}")
+    if rule.outer not in OUTER_RULES:
+        raise ValueError(
+            f"the compiled engine runs the outer rules {OUTER_RULES}; got {rule.outer!r}"
+        )
     layout = static_layout(model, batch_norm, "the compiled engine", "engine='vmap'")
-    names = layout.trainable
-
-    # Plain SGD without TorchOpt's optree mapping: fewer guards for dynamo to check per call.
-    fixed_rule = (
-        None
-        if learned_rates
-        else plain_sgd(inner_lr)
-        if inner_optimizer == "sgd"
-        else inner_transform(inner_optimizer, inner_lr)
-    )
-
-    def transform(rates: Tensors) -> GradientTransformation:
-        # Built outside the traced function: TorchOpt's constructors take a lock dynamo cannot
-        # trace. Meta-SGD's rule closes over the rates, which are inputs, so it is built inside.
-        if fixed_rule is None:
-            return learned_rate_sgd(rates, positive=positive_rates)
-        return fixed_rule
-
-    def forward(flat: Tensors, shared: dict[str, torch.Tensor]) -> Any:
-        params = dict(zip(names, flat, strict=True))
-        return batched_forward(model, params, shared, batch_norm=batch_norm, slots=layout.slots)
+    batch_of = functools.partial(Batch, model, batch_norm=batch_norm, adapted=None, layout=layout)
+    names = [n for n, _ in model.named_parameters()]
+    trainable = set(layout.trainable)
+    # Built outside the traced function: TorchOpt's constructors take a lock dynamo cannot trace.
+    # An update of learned state closes over tensors that are inputs, so it is built inside.
+    fixed_rule = None if learned else rule.transform(inner_optimizer, inner_lr, ())
+    create_graph = rule.second_order
 
     def adapt(
         theta: Tensors, rates: Tensors, shared: dict[str, torch.Tensor], tasks: BatchedTasks
-    ) -> tuple[Tensors, torch.Tensor]:
-        num_tasks = len(tasks)
-        flat = tuple(p.expand(num_tasks, *p.shape) for p in theta)
-        rule = transform(rates)
-        state = rule.init(flat)
-        before = None
-        for step in range(steps):
+    ) -> tuple[Batch, Tensors, torch.Tensor]:
+        """The last state of the inner loop (every parameter) and the support losses at θ."""
+        batch = batch_of(tasks)
+        given = iter(theta)
+        params = [next(given) if n in trainable else shared[n] for n in names]
+        every = batch.expand(params)
+        transform = fixed_rule or rule.transform(inner_optimizer, inner_lr, rates)
 
-            def support(flat: Tensors, step: int = step) -> tuple[torch.Tensor, torch.Tensor]:
-                losses = tasks.support_losses(forward(flat, shared), step)
-                return losses.sum(), losses
+        def support(every: Tensors, step: int) -> torch.Tensor:
+            return tasks.support_losses(batch.forward(every, shared), step)
 
-            grads, losses = torch.func.grad(support, has_aux=True)(flat)
-            if before is None:
-                before = losses
-            if first_order:
-                grads = tuple(g.detach() for g in grads)
-            updates, state = rule.update(grads, state, params=flat, inplace=False)
-            flat = tuple(p + u for p, u in zip(flat, updates, strict=True))
+        path = step_path(
+            support, every, batch.rows, transform, steps,
+            create_graph=create_graph, gradients=functional_gradients,
+        )  # fmt: skip
+        ((last, before),) = deque(path, maxlen=1)
         assert before is not None
-        return flat, before.detach()
+        return batch, last, before
 
-    def lowest_rate(rates: Tensors) -> torch.Tensor | None:
-        # Meta-SGD's check for a negative rate, fused into the graph (eagerly, a reduction over
-        # the rates and a host sync cost a tenth of a small compiled meta-iteration)
-        rates = tuple(r for r in rates if r.numel())
-        if positive_rates or not rates:
-            return None
-        return torch.cat([r.reshape(-1) for r in rates]).min()
-
-    def maml(
+    def query_gradient(
         theta: Tensors,
         rates: Tensors,
         shared: dict[str, torch.Tensor],
@@ -141,29 +116,36 @@ def functional_meta_gradient(
         def meta_loss(
             theta: Tensors, rates: Tensors
         ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor, Tensors]]:
-            flat, before = adapt(theta, rates, shared, tasks)
-            query = tasks.query_losses(forward(flat, shared))
-            return query.sum(), (before, query.detach(), tuple(p.detach() for p in flat))
+            batch, last, before = adapt(theta, rates, shared, tasks)
+            query = tasks.query_losses(batch.forward(last, shared))
+            # unweighted here and weighted after (`_weighted`): the weight is an input tensor
+            loss = weighted_query_loss(query, 1.0)
+            return loss, (before, query.detach(), _per_task(batch, last, detach=True))
 
         (g_theta, g_rates), (before, query, adapted) = torch.func.grad(
             meta_loss, argnums=(0, 1), has_aux=True
         )(theta, rates)
         sums = _weighted(tuple(g_theta) + tuple(g_rates), weight)
-        return sums, before, query, adapted, lowest_rate(rates)
+        return sums, before, query, adapted, rule.check(rates)
 
-    def reptile(
+    def difference_rule(
         theta: Tensors,
         rates: Tensors,
         shared: dict[str, torch.Tensor],
         tasks: BatchedTasks,
         weight: torch.Tensor | None = None,
     ) -> MetaGradientResult:
-        # Reptile's direction needs no query loss: both metrics wait until they are read.
-        flat, before = adapt(theta, rates, shared, tasks)
-        directions = tuple((p - q).sum(0) for p, q in zip(theta, flat, strict=True))
-        return _weighted(directions, weight), before, None, flat, None
+        # The difference needs no query loss: both metrics wait until they are read.
+        batch, last, before = adapt(theta, rates, shared, tasks)
+        flat = _per_task(batch, last, detach=False)
+        return _weighted(difference(theta, flat), weight), before, None, flat, rule.check(rates)
 
-    return maml if kind == "maml" else reptile
+    return query_gradient if rule.outer == "query-gradient" else difference_rule
+
+
+def _per_task(batch: Batch, every: Tensors, *, detach: bool) -> Tensors:
+    """The per-task parameters of ``every`` (``[B, ...]``, trainable order)."""
+    return tuple(every[i].detach() if detach else every[i] for i, _ in batch.per_task)
 
 
 def _weighted(sums: Tensors, weight: torch.Tensor | None) -> Tensors:

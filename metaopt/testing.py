@@ -16,8 +16,8 @@ r"""Helpers for verifying meta-gradients in your own tests.
 * [`check_meta_gradient`][metaopt.testing.check_meta_gradient]: an algorithm's ``meta_backward``
   (a learner, or any registered algorithm by name) against central finite differences of the
   meta-loss (``method="finite_differences"``, any float64 model, exact meta-gradients only), or
-  against the closed forms above (``method="closed_form"``, linear least-squares tasks, the five
-  built-in algorithms).
+  against the closed forms above (``method="closed_form"``, linear least-squares tasks: MAML,
+  first-order MAML, Meta-SGD and Reptile).
 * [`assert_state_restored`][metaopt.testing.assert_state_restored]: run a function, assert the model
   and optimiser are bit-identical.
 """
@@ -404,16 +404,21 @@ def _assert_entries_close(
 
 
 def _names(algo: MetaLearner) -> list[str]:
-    """Names of ``algo.meta_parameters()``: θ's, then the learned rates' (``inner_lrs[name]``,
-    where there is one rate tensor per parameter), then any other's by its place."""
+    """Names of ``algo.meta_parameters()``: θ's, then the learned rates' (``inner_lrs[name]``) or
+    any other learned state's (``learned[i]``)."""
     named = list(algo.model.named_parameters())
     names = [n for n, p in named if p.requires_grad]
     rates = algo.rate_parameters()
-    if len(rates) == len(named):
-        pairs = zip(named, rates, strict=True)
-        names += [f"inner_lrs[{n}]" for (n, _), rate in pairs if rate.requires_grad]
-    count = len(algo.meta_parameters())
-    return names + [f"meta_parameters()[{i}]" for i in range(len(names), count)]
+    if rates:
+        names += [
+            f"inner_lrs[{n}]"
+            for (n, _), rate in zip(named, rates, strict=True)
+            if rate.requires_grad
+        ]
+    else:
+        learned = algo.learned_tensors()
+        names += [f"learned[{i}]" for i, t in enumerate(learned) if t.requires_grad]
+    return names
 
 
 def _snapshot(model: nn.Module, optimizer: torchopt.MetaOptimizer | None) -> dict[str, Any]:

@@ -39,7 +39,8 @@ from torch import nn
 from torchopt import pytree
 from torchopt.base import GradientTransformation
 
-from metaopt.engine import Adapted, batched_forward, check_losses, static_layout
+from metaopt.batched import Batch, inner_step
+from metaopt.engine import Adapted, static_layout
 from metaopt.task import BatchedTasks
 
 __all__ = ["UnrollMismatchError", "checkpointed_adapt", "schedule_cost"]
@@ -103,7 +104,8 @@ def _schedule(steps: int, slots: int) -> list[tuple[str, int, int]]:
 
 
 class _Unroll:
-    """One meta-batch's inner loop, step by step, with and without a graph."""
+    """One meta-batch's inner loop, step by step (`metaopt.engine.inner_step`), with and without a
+    graph."""
 
     def __init__(
         self,
@@ -115,24 +117,15 @@ class _Unroll:
         adapted: Collection[str] | None,
     ) -> None:
         layout = static_layout(model, batch_norm, "unroll_checkpoints", "no unroll_checkpoints")
+        self.batch = Batch(model, tasks, batch_norm=batch_norm, adapted=adapted, layout=layout)
         self.model, self.tasks, self.transform = model, tasks, transform
-        self.batch_norm, self.layout = batch_norm, layout
-        self.names = list(dict(model.named_parameters()))
-        trainable = set(layout.trainable)
-        self.per_task = [i for i, n in enumerate(self.names) if n in trainable]
+        self.names = self.batch.names
+        self.per_task = [i for i, _ in self.batch.per_task]
         self.is_per_task = set(self.per_task)
-        self.rows = [i for i in self.per_task if adapted is None or self.names[i] in adapted]
         self.losses: dict[int, torch.Tensor] = {}
 
     def support(self, every: Tensors, step: int) -> torch.Tensor:
-        params = {self.names[i]: every[i] for i in self.per_task}
-        forward = batched_forward(
-            self.model, params, self.layout.shared, batch_norm=self.batch_norm,
-            slots=self.layout.slots,
-        )  # fmt: skip
-        losses = check_losses(
-            self.tasks.support_losses(forward, step), len(self.tasks), "support_losses", grad=True
-        )
+        losses = self.batch.support(every, step)
         seen = self.losses.get(step)
         if seen is None:
             self.losses[step] = losses.detach()
@@ -145,7 +138,9 @@ class _Unroll:
             )
         return losses
 
-    def step(self, state: Any, step: int, *, graph: bool) -> tuple[Tensors, Any, Tensors]:
+    def step(
+        self, state: Any, step: int, *, graph: bool
+    ) -> tuple[tuple[torch.Tensor | None, ...], Any, Tensors]:
         """Step ``step`` from ``state`` = (every parameter, optimiser state); with ``graph``, the
         result keeps its graph back to detached leaves of ``state``, which are returned too."""
         every, opt = state
@@ -156,17 +151,10 @@ class _Unroll:
         if graph:
             flat = [t.detach().requires_grad_() if _float(t) else t for t in flat]
             opt = pytree.tree_unflatten(spec, flat)
-        losses = self.support(every, step)
-        found = iter(
-            torch.autograd.grad(
-                losses.sum(), [every[i] for i in self.rows], create_graph=graph, allow_unused=True
-            )
-        )
-        grads: list[torch.Tensor | None] = [None] * len(every)
-        for i in self.rows:
-            grads[i] = next(found)
-        with torch.set_grad_enabled(graph):
-            updates, new_opt = self.transform.update(tuple(grads), opt, params=every, inplace=False)
+        updates, new_opt, _ = inner_step(
+            self.support, every, self.batch.rows, self.transform, opt, step,
+            create_graph=graph, graph_update=graph,
+        )  # fmt: skip
         leaves = tuple(every[i] for i in self.per_task) + tuple(t for t in flat if _float(t))
         return updates, new_opt, leaves
 
@@ -176,7 +164,9 @@ class _Unroll:
             p.detach() if u is None else (p + u).detach()
             for p, u in zip(state[0], updates, strict=True)
         )
-        return every, pytree.tree_map(lambda t: t.detach(), opt)
+        return every, pytree.tree_map(
+            lambda t: t.detach() if isinstance(t, torch.Tensor) else t, opt
+        )
 
     def vjp(
         self, state: Any, step: int, adjoint: list[torch.Tensor], extra: Sequence[torch.Tensor]
@@ -185,10 +175,12 @@ class _Unroll:
         contribution to the gradient of ``extra`` (Meta-SGD's rates)."""
         updates, new_opt, leaves = self.step(state, step, graph=True)
         count = len(self.per_task)
-        outputs, cotangents = [], []
+        outputs: list[torch.Tensor] = []
+        cotangents = []
         for k, i in enumerate(self.per_task):
-            if updates[i] is not None:
-                outputs.append(updates[i])
+            update = updates[i]
+            if update is not None:
+                outputs.append(update)
                 cotangents.append(adjoint[k])
         for t, a in zip(_float_leaves(new_opt), adjoint[count:], strict=True):
             if t.requires_grad:
@@ -301,4 +293,4 @@ def checkpointed_adapt(
     theta = [named[i] for i in unroll.per_task]
     out = _CheckpointedUnroll.apply(unroll, steps, slots, len(theta), *theta, *extra)
     params = {unroll.names[i]: t for i, t in zip(unroll.per_task, out, strict=True)}
-    return params, unroll.layout.shared, unroll.losses[0]
+    return params, unroll.batch.layout.shared, unroll.losses[0]

@@ -126,3 +126,62 @@ def test_only_the_algorithms_module_looks_inside_algorithms(path: Path) -> None:
         if ALGORITHM_TYPES.search(line)
     ]
     assert not hits, f"{path.relative_to(ROOT)} dispatches on algorithm internals: {hits}"
+
+
+#: The engines: they run any rule (`metaopt.rules`) and name none.
+EXECUTORS = ("engine.py", "batched.py", "looped.py", "functional.py", "compiled.py", "unroll.py")
+#: Algorithm names, and attributes only one algorithm has, that an engine must not mention in its
+#: code (docstrings and comments may use them as examples).
+ALGORITHM_WORDS = re.compile(
+    r"(?i)^(maml|fomaml|metasgd|meta_sgd|reptile|imaml|anil|lslr|mamlrule|metasgdrule|reptilerule"
+    r"|imamlrule)$|^(first_order|positive_rates|inner_lrs|lowest_rate|reg|cg_steps|cg_tol|solver"
+    r"|kind|learned_rates)$"
+)
+
+
+def code_words(path: Path) -> list[tuple[int, str]]:
+    """Every identifier, attribute, keyword-argument name and string literal of ``path``'s code,
+    with its line; docstrings left out."""
+    tree = ast.parse(path.read_text(), str(path))
+    docstrings = {
+        id(node.body[0].value)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef)
+        and node.body
+        and isinstance(node.body[0], ast.Expr)
+        and isinstance(node.body[0].value, ast.Constant)
+    }
+    words: list[tuple[int, str]] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Name):
+            words.append((node.lineno, node.id))
+        elif isinstance(node, ast.Attribute):
+            words.append((node.lineno, node.attr))
+        elif isinstance(node, ast.keyword) and node.arg:
+            words.append((node.lineno, node.arg))
+        elif isinstance(node, ast.arg):
+            words.append((node.lineno, node.arg))
+        elif isinstance(node, ast.FunctionDef | ast.ClassDef):
+            words.append((node.lineno, node.name))
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str):
+            if id(node) not in docstrings:
+                words += [(node.lineno, w) for w in re.findall(r"[A-Za-z_]+", node.value)]
+    return words
+
+
+@pytest.mark.parametrize("name", EXECUTORS)
+def test_the_engines_never_name_an_algorithm(name: str) -> None:
+    path = ROOT / "metaopt" / name
+    hits = sorted(
+        {f"{line}: {word}" for line, word in code_words(path) if ALGORITHM_WORDS.match(word)}
+    )
+    assert not hits, f"metaopt/{name} names algorithms or their own attributes: {hits}"
+
+
+def test_the_engine_check_sees_an_algorithm_name(tmp_path: Path) -> None:
+    source = tmp_path / "probe.py"
+    source.write_text(
+        '"""MAML in a docstring is fine."""\nif algo.first_order:\n    kind = "reptile"\n'
+    )
+    found = {word for _, word in code_words(source) if ALGORITHM_WORDS.match(word)}
+    assert found == {"first_order", "kind", "reptile"}

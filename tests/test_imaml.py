@@ -13,7 +13,7 @@ from core_helpers import TanhMLP
 
 import metaopt
 from metaopt import testing as mt
-from metaopt.algorithms.linsolve import minres, solve
+from metaopt.rules.linsolve import minres, solve
 
 
 def _setup(seed: int = 0, tasks: int = 3, dim: int = 6):
@@ -392,7 +392,7 @@ def test_the_step_is_tied_to_the_curvature() -> None:
     # A quadratic support loss ½(φ − c)ᵀA(φ − c) per task, A's spectrum known: with enough power
     # iterations each task's step is 1/(λ + its largest eigenvalue), whatever the larger lr, so
     # one step from θ lands where that closed-form step does.
-    from metaopt.algorithms.proximal import proximal_path
+    from metaopt.rules.proximal import proximal_path
 
     gen = torch.Generator().manual_seed(0)
     q, _ = torch.linalg.qr(torch.randn(2, 5, 5, dtype=torch.float64, generator=gen))
@@ -452,7 +452,7 @@ def test_on_solve_failure_skip_leaves_the_gradient_and_asks_for_no_step() -> Non
 
 
 def test_on_solve_failure_damp_solves_with_the_smallest_mu_that_converges() -> None:
-    from metaopt.algorithms.linsolve import DAMPING
+    from metaopt.rules.linsolve import DAMPING
 
     algo = _saddle_learner("damp")
     metrics = algo.meta_backward([_Saddle()])

@@ -72,14 +72,7 @@ def test_positive_rates_on_the_compiled_engines_function(setup) -> None:
     theta, tasks, raw = setup
     algo = _positive(theta, raw, 2, "loop")
     function = compiled.functional_meta_gradient(
-        algo.model,
-        kind="maml",
-        steps=2,
-        first_order=False,
-        inner_optimizer="sgd",
-        inner_lr=0.1,
-        learned_rates=True,
-        positive_rates=True,
+        algo.model, algo.rule, steps=2, inner_optimizer="sgd", inner_lr=0.1, learned=True
     )
     params = tuple(p.detach() for p in algo.model.parameters())
     rates = tuple(r.detach() for r in algo.inner_lrs)

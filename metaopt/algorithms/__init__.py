@@ -17,10 +17,11 @@ The outer step is left to any ``torch.optim`` optimiser, so a training step read
 
 from metaopt.algorithms.imaml import IMAML
 from metaopt.algorithms.learner import MetaLearner, MetaMetrics
-from metaopt.algorithms.linsolve import ConjugateGradientError
-from metaopt.algorithms.maml import MAML, MetaSGD, NegativeRateWarning
+from metaopt.algorithms.maml import MAML, MetaSGD
 from metaopt.algorithms.reptile import Reptile, linear_annealing
 from metaopt.options import ALGORITHMS, ENGINES  # defined without torch, for the command line
+from metaopt.rules.linsolve import ConjugateGradientError
+from metaopt.rules.maml import NegativeRateWarning
 
 __all__ = [
     "ALGORITHMS",

@@ -13,23 +13,13 @@ from typing import Any
 import torch
 import torchopt
 from torch import nn
-from torchopt.base import GradientTransformation
 
-from metaopt.algorithms.checks import check_tasks, scalar_loss
 from metaopt.algorithms.learner import MetaLearner, MetaMetrics
-from metaopt.algorithms.linsolve import (
-    SOLVERS,
-    SolveRecord,
-    checked_solve,
-)
-from metaopt.algorithms.proximal import (
-    InnerState,
-    linearised,
-    proximal,
-    proximal_path,
-)
 from metaopt.algorithms.subset import Adapt
+from metaopt.batched import support_after
+from metaopt.checks import check_tasks, scalar_loss
 from metaopt.engine import Adapted, _Layout, batch_norm_mode, check_losses
+from metaopt.looped import per_task
 from metaopt.options import (
     CURVATURES,
     SOLVE_FAILURE_POLICIES,
@@ -37,6 +27,13 @@ from metaopt.options import (
     check_int,
     check_real,
 )
+from metaopt.rules.imaml import IMAMLRule
+from metaopt.rules.linsolve import (
+    SOLVERS,
+    SolveRecord,
+    checked_solve,
+)
+from metaopt.rules.proximal import InnerState, linearised, proximal_path
 from metaopt.task import BatchedForward, BatchedTasks, Task
 
 Tensors = tuple[torch.Tensor, ...]
@@ -156,10 +153,10 @@ class IMAML(MetaLearner):
                 "IMAML has no compiled engine (its CG solve runs in Python); use engine='auto', "
                 "'vmap' or 'loop'"
             )
-        super().__init__(model, inner_lr, inner_steps, inner_optimizer, engine, batch_norm, adapt)
-
-    def _inner_transform(self) -> GradientTransformation:
-        return proximal(super()._inner_transform(), self.reg)
+        super().__init__(
+            model, inner_lr, inner_steps, inner_optimizer, engine, batch_norm, adapt,
+            rule=IMAMLRule(self.reg),
+        )  # fmt: skip
 
     @property
     def solves_inner(self) -> bool:
@@ -247,10 +244,6 @@ class IMAML(MetaLearner):
             return super()._inner_loop(task, index, steps, create_graph=create_graph)
         return self._solve_task(task, index, steps).before[0]
 
-    @property
-    def name(self) -> str:
-        return "imaml"
-
     def meta_backward(self, tasks: Sequence[Task], *, scale: float | None = None) -> MetaMetrics:
         """Accumulate $\\frac1B\\sum_i (I + H_i/\\lambda)^{-1}\\nabla\\mathcal{L}^q_i(\\phi^*_i)$
         into ``.grad`` of θ; the metrics carry `SolveRecord.metrics` and, when a solve failed
@@ -319,7 +312,7 @@ class IMAML(MetaLearner):
                 check_losses(query, len(batch), "query_losses", grad=True)
                 (query.sum() * weight).backward()
             forward = self._forward({n: t.detach() for n, t in params.items()}, fixed)
-            return MetaMetrics(before, self._support_after_vmap(batch, forward), query.detach())
+            return MetaMetrics(before, support_after(batch, forward), query.detach())
 
         def step(task: Task, index: int, weight: float) -> tuple[torch.Tensor, ...]:
             if self.curvature == "gauss-newton":
@@ -354,7 +347,9 @@ class IMAML(MetaLearner):
                 (query * weight).backward()
             return before, query.detach()
 
-        metrics = self._run(tasks, vectorised, lambda: self._per_task(tasks, weight, step))  # type: ignore[arg-type]
+        metrics = self._run(
+            tasks, vectorised, lambda: MetaMetrics(*per_task(self, tasks, weight, step))
+        )
         if record.failed:  # on_solve_failure="skip": this meta-batch moves nothing
             for p, grad in saved:
                 p.grad = grad

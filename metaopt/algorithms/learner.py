@@ -1,9 +1,10 @@
-"""The interface every algorithm shares ([`MetaLearner`][metaopt.MetaLearner]), its metrics, and the
-engines.
+"""The learner every algorithm is ([`MetaLearner`][metaopt.MetaLearner]) and its metrics.
 
-A subclass supplies its outer rule (``meta_backward``) and, where it differs from plain
-gradient descent in the inner loop, its inner update and learned state; the base class runs the
-inner loop on either engine, adapts for evaluation, and keeps the model exactly restored.
+A learner binds a model, a rule (`metaopt.rules`: the algorithm's inner update and outer rule)
+and an engine, which runs the rule: the loop engine (`metaopt.looped`), the vectorised one
+(`metaopt.engine`), its compiled form (`metaopt.compiled`) or checkpointed unrolling
+(`metaopt.unroll`). It adapts for evaluation, keeps the model exactly restored, and owns what
+the rule meta-learns besides θ and the compiled engine's functions.
 """
 
 from __future__ import annotations
@@ -15,115 +16,69 @@ from contextlib import contextmanager
 from typing import Any
 
 import torch
-import torchopt
 from torch import nn
 from torchopt.base import GradientTransformation
 
-from metaopt.algorithms.checks import check_task, scalar_loss
 from metaopt.algorithms.subset import Adapt, adapt_mask, resolve_adapt
-from metaopt.compiled import compiled_meta_backward
+from metaopt.batched import batched_outer, inner_path
+from metaopt.checks import check_task, check_tasks
+from metaopt.compiled import CompiledMetaGradient, compiled_meta_backward
 from metaopt.engine import (
     BATCH_NORM_MODES,
     Adapted,
     batch_norm_mode,
     batched_forward,
     can_vectorise,
-    check_losses,
-    inner_path,
     is_batching_failure,
 )
-from metaopt.inner import INNER_OPTIMIZERS, InnerOptimizer, inner_transform
-from metaopt.isolation import MISNESTED, OneThread, isolated, leave_in_order, naming_task
+from metaopt.inner import INNER_OPTIMIZERS, InnerOptimizer
+from metaopt.isolation import MISNESTED, OneThread, isolated, leave_in_order
+from metaopt.looped import inner_loop, looped_meta_backward
+from metaopt.metrics import MetaMetrics
 from metaopt.options import ENGINES, check_choice, check_int, check_real
+from metaopt.rules.base import Rule
+from metaopt.rules.maml import MAMLRule
 from metaopt.task import BatchedForward, BatchedTasks, Task, is_batched
-
-
-class MetaMetrics:
-    """Per-task losses of one ``meta_backward`` call, each a 1-D tensor with one entry per task.
-
-    Attributes:
-        support_before: support loss at θ, before adaptation.
-        support_after: support loss at the adapted parameters θ'. Computed on first access
-            (one more forward pass per task, or for RL one more round of sampling), so a caller
-            that never reads it does not pay for it; the loop engine keeps a detached copy of
-            each task's adapted parameters for it.
-        query: query loss at θ'. Computed on first access where the meta-gradient does not need
-            it (Reptile on the compiled engine); otherwise it comes with the meta-gradient.
-        extra: The algorithm's own numbers of this call (iMAML: its solves' residuals), logged
-            beside the means.
-        dropped: Whether the algorithm left ``.grad`` as it was, asking that this meta-batch
-            take no outer step (iMAML's ``on_solve_failure="skip"``).
-    """
-
-    __slots__ = ("_query", "_support_after", "dropped", "extra", "support_before")
-
-    def __init__(
-        self,
-        support_before: torch.Tensor,
-        support_after: torch.Tensor | Callable[[], torch.Tensor],
-        query: torch.Tensor | Callable[[], torch.Tensor],
-    ) -> None:
-        self.support_before = support_before
-        self._support_after = support_after
-        self._query = query
-        self.extra: dict[str, float] = {}
-        self.dropped = False
-
-    @property
-    def support_after(self) -> torch.Tensor:
-        """Per-task support loss after adaptation, ``[B]``; computed on first access."""
-        if callable(self._support_after):
-            self._support_after = self._support_after()
-        return self._support_after
-
-    @property
-    def query(self) -> torch.Tensor:
-        """Per-task query loss after adaptation, ``[B]``."""
-        if callable(self._query):
-            self._query = self._query()
-        return self._query
-
-    def means(self) -> dict[str, float]:
-        """Task-averaged values, for logging."""
-        return {
-            "support_before": self.support_before.mean().item(),
-            "support_after": self.support_after.mean().item(),
-            "query": self.query.mean().item(),
-            **self.extra,
-        }
-
-    def __repr__(self) -> str:
-        return (
-            f"MetaMetrics(support_before={self.support_before}, "
-            f"support_after={self.support_after}, query={self.query})"
-        )
+from metaopt.unroll import checkpointed_adapt
 
 
 class MetaLearner:
-    """What the four algorithms share: validation, the inner loop, the engines and ``adapt``.
+    """A model, a rule and an engine: validation, the inner loop, the engines and ``adapt``.
 
-    Subclasses define ``meta_backward``; Meta-SGD additionally swaps the inner update rule.
+    ``MetaLearner(model, rule=...)`` runs any `metaopt.rules.Rule`; [`MAML`][metaopt.MAML],
+    [`MetaSGD`][metaopt.MetaSGD], [`Reptile`][metaopt.Reptile] and [`IMAML`][metaopt.IMAML] are
+    learners that build their rule from their own keyword arguments.
 
     Attributes:
+        rule: The algorithm (`metaopt.rules.Rule`).
         last_engine: The engine the last ``meta_backward`` ran on, ``"loop"``, ``"vmap"`` or
             ``"compiled"``
             (``None`` before the first call). With ``engine="auto"`` it is ``"vmap"`` exactly
             when the meta-batch is a [`BatchedTasks`][metaopt.BatchedTasks] and the model passed
             [`metaopt.engine.can_vectorise`][metaopt.engine.can_vectorise].
+        compiled_cache: The compiled engine's functions this learner has built, by configuration.
     """
+
+    #: Checkpointed unrolling's held states (``None``: the plain unroll).
+    unroll_checkpoints: int | None = None
 
     def __init__(
         self,
         model: nn.Module,
-        inner_lr: float,
-        inner_steps: int,
+        inner_lr: float = 0.01,
+        inner_steps: int = 1,
         inner_optimizer: str = "sgd",
         engine: str = "auto",
         batch_norm: str = "running",
         adapt: Adapt = None,
+        *,
+        rule: Rule | None = None,
+        unroll_checkpoints: int | None = None,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        if not isinstance(rule, Rule):
+            raise TypeError(f"rule must be a metaopt.rules.Rule, got {type(rule).__name__}")
         if not any(p.requires_grad for p in model.parameters()):
             raise ValueError("model has no trainable parameters (none with requires_grad=True)")
         check_real("inner_lr", inner_lr, low=0, low_open=True)
@@ -131,6 +86,10 @@ class MetaLearner:
         check_choice("inner_optimizer", inner_optimizer, INNER_OPTIMIZERS)
         check_choice("engine", engine, ENGINES)
         check_choice("batch_norm", batch_norm, BATCH_NORM_MODES)
+        if engine == "compiled" and not rule.compiles:
+            raise ValueError(
+                f"{type(self).__name__} has no compiled engine; use engine='auto', 'vmap' or 'loop'"
+            )
         #: Names of the parameters the inner loop adapts (``None``: all; ANIL, `subset`).
         self.adapted = resolve_adapt(model, adapt)
         if self.adapted is not None and engine == "compiled":
@@ -138,6 +97,7 @@ class MetaLearner:
                 "engine='compiled' adapts every parameter; with adapt= (a subset) use "
                 "engine='auto', 'vmap' or 'loop'"
             )
+        self.rule = rule
         self.engine = engine
         self.batch_norm = batch_norm
         self.last_engine: str | None = None
@@ -147,10 +107,18 @@ class MetaLearner:
         self.inner_lr = float(inner_lr)
         self.inner_steps = inner_steps
         self.inner_optimizer_name = inner_optimizer
-        self._init_learned_state()
+        self.compiled_cache: dict[tuple[Any, ...], CompiledMetaGradient] = {}
+        #: The compiled function of the last compiled call (``None`` before one).
+        self.last_compiled: CompiledMetaGradient | None = None
+        adapts = adapt_mask(model, self.adapted) or [True] * len(list(model.parameters()))
+        self.learned = nn.ParameterList(
+            nn.Parameter(t.detach(), requires_grad=t.requires_grad)
+            for t in rule.learned(list(model.parameters()), adapts, self.inner_lr)
+        )
         self.inner_optimizer = InnerOptimizer(
             model, self._inner_transform(), adapt_mask(model, self.adapted)
         )
+        self.unroll_checkpoints = check_unroll_checkpoints(unroll_checkpoints, rule, engine)
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         """Every algorithm's ``meta_backward`` runs under the learner's one-thread guard."""
@@ -161,14 +129,16 @@ class MetaLearner:
     def _one_thread(self) -> OneThread:  # created on first use: older pickles lack it
         return self.__dict__.setdefault("_guard", OneThread())
 
-    def _init_learned_state(self) -> None:
-        """Create what the inner update meta-learns (Meta-SGD's rates), from the validated
-        hyper-parameters; nothing for the algorithms with a fixed inner update."""
+    def learned_tensors(self) -> list[nn.Parameter]:
+        """What the rule meta-learns besides θ (Meta-SGD's rates), as parameters, read from the
+        ParameterList's registry (its iterator indexes by string and costs more than a small
+        compiled meta-iteration's own Python)."""
+        return list(self.learned._parameters.values())  # type: ignore[arg-type]
 
     def _inner_transform(self) -> GradientTransformation:
-        """The inner update rule. Both engines hand it one gradient per model parameter, in
+        """The inner update rule. Every engine hands it one gradient per model parameter, in
         ``parameters()`` order (``None`` for a frozen parameter)."""
-        return inner_transform(self.inner_optimizer_name, self.inner_lr)
+        return self.rule.transform(self.inner_optimizer_name, self.inner_lr, self.learned_tensors())
 
     def _vectorise(self, tasks: Sequence[Task]) -> bool:
         """Whether this meta-batch goes to the vectorised engine (decided before any work)."""
@@ -238,28 +208,68 @@ class MetaLearner:
                 restore_grads()
                 raise
 
-    def _compiled_or(
-        self, eager: Callable[[], MetaMetrics], tasks: Sequence[Task], weight: float, kind: str
-    ) -> Callable[[], MetaMetrics]:
-        """The vectorised engine's meta-iteration: ``eager``, or with ``engine="compiled"`` the
-        same meta-iteration compiled (`metaopt.compiled.compiled_meta_backward`)."""
-        if self.engine != "compiled":
-            return eager
-        batch: BatchedTasks = tasks  # type: ignore[assignment]
-        first_order = bool(getattr(self, "first_order", False))
-        return lambda: MetaMetrics(
-            *compiled_meta_backward(
-                self,
-                batch,
-                weight,
-                kind,
-                steps=self.inner_steps,
-                first_order=first_order,
-                inner_optimizer=self.inner_optimizer_name,
-                inner_lr=self.inner_lr,
-                batch_norm=self.batch_norm,
-                positive_rates=bool(getattr(self, "positive_rates", False)),
+    def meta_backward(self, tasks: Sequence[Task], *, scale: float | None = None) -> MetaMetrics:
+        """Adapt to each task, accumulate the meta-gradient (averaged over the tasks, or times
+        ``scale``) into ``.grad`` of [`meta_parameters`][metaopt.MetaLearner.meta_parameters],
+        restore the model, return metrics.
+
+        Args:
+            tasks: The meta-batch.
+            scale: Weight of each task's share (default ``1 / len(tasks)``); a sharded
+                meta-batch passes ``1 / global_batch``.
+        """
+        tasks, weight = check_tasks(tasks, scale)
+        diagnostic: list[torch.Tensor | None] = [None]
+
+        def batched() -> MetaMetrics:
+            batch: BatchedTasks = tasks  # type: ignore[assignment]
+            if self.engine == "compiled":
+                engine, fields = compiled_meta_backward(
+                    self.compiled_cache, self.model, self.rule, self.learned_tensors(), batch,
+                    weight, steps=self.inner_steps, inner_optimizer=self.inner_optimizer_name,
+                    inner_lr=self.inner_lr, batch_norm=self.batch_norm,
+                )  # fmt: skip
+                self.last_compiled, diagnostic[0] = engine, engine.diagnostic
+                return MetaMetrics(*fields)
+            adapted = self._adapt_batched(batch)
+            fields = batched_outer(
+                self.rule.outer, self.model, batch, adapted, weight, batch_norm=self.batch_norm
             )
+            return MetaMetrics(*fields)
+
+        def looped() -> MetaMetrics:
+            if self.unroll_checkpoints is not None:
+                reason = can_vectorise(self.model, tasks, self.batch_norm) or self._refused
+                raise TypeError(
+                    "unroll_checkpoints runs on the vectorised engine, but this meta-batch went "
+                    f"to the loop engine ({reason}); use unroll_checkpoints=None"
+                )
+            return MetaMetrics(*looped_meta_backward(self, tasks, weight))
+
+        metrics = self._run(tasks, batched, looped)
+        if not self.__dict__.get("_warned_rule", False):
+            names = [n for n, _ in self.model.named_parameters()]
+            warning = self.rule.warning(self.learned_tensors(), names, diagnostic[0])
+            if warning is not None:
+                self._warned_rule = True
+                # past meta_backward and its one-thread guard: the caller
+                warnings.warn(warning, stacklevel=3)
+        return metrics
+
+    def _adapt_batched(self, tasks: BatchedTasks) -> Adapted:
+        """The batched inner loop of the meta-gradient: plain, or with checkpointed unrolling."""
+        if self.unroll_checkpoints is None:
+            create_graph = self.rule.second_order and self.rule.outer == "query-gradient"
+            return self._adapt_vmap(tasks, self.inner_steps, create_graph=create_graph)
+        return checkpointed_adapt(
+            self.model,
+            tasks,
+            self._inner_transform(),
+            self.inner_steps,
+            self.unroll_checkpoints,
+            extra=[t for t in self.learned_tensors() if t.requires_grad],
+            batch_norm=self.batch_norm,
+            adapted=self.adapted,
         )
 
     def _adapt_vmap(self, tasks: BatchedTasks, steps: int, *, create_graph: bool) -> Adapted:
@@ -288,14 +298,10 @@ class MetaLearner:
         return batched_forward(self.model, params, fixed, batch_norm=self.batch_norm)
 
     def meta_parameters(self) -> list[nn.Parameter]:
-        """The tensors the outer optimiser updates: the model's trainable parameters θ."""
-        return [p for p in self.model.parameters() if p.requires_grad]
-
-    def meta_backward(self, tasks: Sequence[Task], *, scale: float | None = None) -> MetaMetrics:
-        """Adapt to each task, accumulate the meta-gradient (averaged over the tasks, or times
-        ``scale``) into ``.grad`` of [`meta_parameters`][metaopt.MetaLearner.meta_parameters],
-        restore the model, return metrics."""
-        raise NotImplementedError
+        """The tensors the outer optimiser updates: the model's trainable parameters θ, then what
+        the rule meta-learns besides them (Meta-SGD's rates)."""
+        theta = [p for p in self.model.parameters() if p.requires_grad]
+        return theta + [t for t in self.learned_tensors() if t.requires_grad]
 
     @contextmanager
     def adapt(
@@ -367,74 +373,21 @@ class MetaLearner:
         self, task: Task, index: int, steps: int, *, create_graph: bool
     ) -> torch.Tensor | None:
         """Take ``steps`` inner steps in place; return the first support loss (at θ), detached."""
-        first = None
-        for _ in range(steps):
-            loss = scalar_loss(task.support_loss(self.model), "support_loss", index)
-            if first is None:
-                first = loss.detach()
-            self.inner_optimizer.step(loss, create_graph=create_graph)
-        return first
-
-    def _per_task(
-        self,
-        tasks: Sequence[Task],
-        weight: float,
-        step: Callable[[Task, int, float], tuple[torch.Tensor, torch.Tensor]],
-    ) -> MetaMetrics:
-        """Run ``step(task, index, weight) -> (support before, query)`` on each task inside task
-        isolation; keep each task's adapted state (detached) for the lazy ``support_after``."""
-        for index, task in enumerate(tasks):  # all checked before any work is done
-            check_task(task, index)
-        before, query, adapted = [], [], []
-        with (
-            batch_norm_mode(self.model, self.batch_norm),
-            isolated(self.model, self.inner_optimizer) as restore,
-        ):
-            for index, task in enumerate(tasks):
-                with naming_task(index):  # torch's dtype errors do not say which task
-                    first, last = step(task, index, weight)
-                adapted.append(torchopt.extract_state_dict(self.model, by="deepcopy"))
-                restore()
-                before.append(first)
-                query.append(last)
-
-        def support_after() -> torch.Tensor:
-            losses = []
-            with (
-                batch_norm_mode(self.model, self.batch_norm),
-                isolated(self.model, self.inner_optimizer) as restore,
-                torch.no_grad(),
-            ):
-                for index, (task, state) in enumerate(zip(tasks, adapted, strict=True)):
-                    torchopt.recover_state_dict(self.model, state)
-                    loss = task.support_loss(self.model)
-                    losses.append(scalar_loss(loss, "support_loss", index, grad=False))
-                    restore()
-            return torch.stack(losses)
-
-        return MetaMetrics(torch.stack(before), support_after, torch.stack(query))
-
-    def _support_after_vmap(self, tasks: BatchedTasks, forward: Any) -> Callable[[], torch.Tensor]:
-        def compute() -> torch.Tensor:
-            with torch.no_grad():
-                losses = tasks.support_losses(forward, None)
-            return check_losses(losses, len(tasks), "support_losses")
-
-        return compute
+        return inner_loop(self, task, index, steps, create_graph=create_graph)
 
     # -- what code outside the algorithms reads, instead of checking their types -------------
 
     @property
     def name(self) -> str:
-        """The algorithm's name in `metaopt.options.ALGORITHMS` (``--algo``)."""
-        raise NotImplementedError
+        """The algorithm's name (``--algo``): its rule's."""
+        return self.rule.name
 
     @property
     def exact_meta_gradient(self) -> bool:
         """Whether ``meta_backward`` gives the exact gradient of the meta-loss
         $\\frac1B\\sum_i \\mathcal{L}^q_i(\\theta'_i)$ (second-order MAML and Meta-SGD), which
         finite differences of the meta-loss can check."""
-        return False
+        return self.rule.exact
 
     def rate_parameters(self) -> list[nn.Parameter]:
         """Meta-learned inner learning rates, one per model parameter in ``parameters()`` order
@@ -443,13 +396,23 @@ class MetaLearner:
         a fixed inner learning rate."""
         return []
 
+    #: The key of `learned_state` under which a checkpoint holds the rule's learned tensors.
+    LEARNED_KEY = "learned"
+
     def learned_state(self) -> dict[str, Any]:
-        """What a checkpoint needs besides ``model.state_dict()`` (Meta-SGD: ``inner_lrs``)."""
-        return {}
+        """What a checkpoint needs besides ``model.state_dict()``: the rule's learned tensors
+        (Meta-SGD: ``inner_lrs``); empty when the rule learns nothing else."""
+        learned = self.learned_tensors()
+        return {self.LEARNED_KEY: [t.detach().clone() for t in learned]} if learned else {}
 
     def load_learned_state(self, state: Mapping[str, Any]) -> None:
         """Restore what [`learned_state`][metaopt.MetaLearner.learned_state] returned (extra keys in
         ``state`` are ignored)."""
+        learned = self.learned_tensors()
+        if learned:
+            with torch.no_grad():
+                for tensor, saved in zip(learned, state[self.LEARNED_KEY], strict=True):
+                    tensor.copy_(saved)
 
     def inner_sgd_rates(self) -> float | list[torch.Tensor] | None:
         """The step sizes of the inner update when it is plain or learned-rate SGD: the scalar
@@ -459,7 +422,9 @@ class MetaLearner:
 
     def describe(self) -> dict[str, Any]:
         """How this algorithm adapts, for reports and eval.json."""
-        return {"rule": self.inner_optimizer_name, "lr": self.inner_lr, **self._adapt_report()}
+        learned = self.learned_tensors()
+        rule = self.rule.describe(self.inner_optimizer_name, self.inner_lr, learned)
+        return {**rule, **self._adapt_report()}
 
     def _adapt_report(self) -> dict[str, Any]:
         return {} if self.adapted is None else {"adapt": sorted(self.adapted)}
@@ -467,16 +432,41 @@ class MetaLearner:
     def untrained_baseline(self, model: nn.Module) -> MetaLearner:
         """A learner that adapts ``model`` the way this one adapts, minus anything meta-learned:
         the inner optimiser at ``inner_lr`` (Meta-SGD's rates start there)."""
-        from metaopt.algorithms.maml import MAML  # the subclass module imports this one
-
         name, norm, adapt = self.inner_optimizer_name, self.batch_norm, self.adapted
-        return MAML(model, self.inner_lr, inner_optimizer=name, batch_norm=norm, adapt=adapt)
+        return MetaLearner(
+            model,
+            self.inner_lr,
+            inner_optimizer=name,
+            batch_norm=norm,
+            adapt=adapt,
+            rule=MAMLRule(),
+        )
 
     def __repr__(self) -> str:
+        rule = "" if type(self) is not MetaLearner else f"rule={self.rule!r}, "
         return (
-            f"{type(self).__name__}(inner_lr={self.inner_lr}, inner_steps={self.inner_steps}, "
+            f"{type(self).__name__}({rule}inner_lr={self.inner_lr}, inner_steps={self.inner_steps}, "
             f"inner_optimizer={self.inner_optimizer_name!r}, engine={self.engine!r}, "
             f"batch_norm={self.batch_norm!r}"
             + ("" if self.adapted is None else f", adapt={sorted(self.adapted)}")
             + ")"
         )
+
+
+def check_unroll_checkpoints(value: int | None, rule: Rule, engine: str) -> int | None:
+    """``unroll_checkpoints`` validated: ``None`` or an integer ≥ 1, for a second-order unroll on
+    an engine that can recompute it (the vectorised one: ``auto`` or ``vmap``)."""
+    if value is None:
+        return None
+    check_int("unroll_checkpoints", value, 1)
+    if not (rule.second_order and rule.outer == "query-gradient"):
+        raise ValueError(
+            "unroll_checkpoints applies to a second-order unroll; first-order MAML keeps no graph "
+            "of its inner steps (its memory does not grow with them): use unroll_checkpoints=None"
+        )
+    if engine not in ("auto", "vmap"):
+        raise ValueError(
+            f"unroll_checkpoints runs on the vectorised engine, not engine={engine!r}: use "
+            "engine='auto' or 'vmap', or unroll_checkpoints=None"
+        )
+    return value

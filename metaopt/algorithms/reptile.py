@@ -3,16 +3,12 @@ inner loop; and the linear annealing of the outer rate its paper uses."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-
 import torch
 from torch import nn
 
-from metaopt.algorithms.checks import check_tasks, scalar_loss
-from metaopt.algorithms.learner import MetaLearner, MetaMetrics
+from metaopt.algorithms.learner import MetaLearner
 from metaopt.algorithms.subset import Adapt
-from metaopt.engine import check_losses
-from metaopt.task import BatchedTasks, Task
+from metaopt.rules.reptile import ReptileRule
 
 
 class Reptile(MetaLearner):
@@ -42,57 +38,10 @@ class Reptile(MetaLearner):
         batch_norm: str = "running",
         adapt: Adapt = None,
     ) -> None:
-        super().__init__(model, inner_lr, inner_steps, inner_optimizer, engine, batch_norm, adapt)
-
-    @property
-    def name(self) -> str:
-        return "reptile"
-
-    def meta_backward(self, tasks: Sequence[Task], *, scale: float | None = None) -> MetaMetrics:
-        """Accumulate $\\frac{1}{B}\\sum_i(\\theta - \\tilde\\theta_i)$ into ``.grad``."""
-        tasks, weight = check_tasks(tasks, scale)
-        theta = dict(self.model.named_parameters())
-
-        def step(task: Task, index: int, weight: float) -> tuple[torch.Tensor, ...]:
-            before = self._inner_loop(task, index, self.inner_steps, create_graph=False)
-            adapted = {n: p.unsqueeze(0) for n, p in self.model.named_parameters()}
-            _add_reptile_direction(theta, adapted, weight)
-            with torch.no_grad():
-                query = scalar_loss(task.query_loss(self.model), "query_loss", index, grad=False)
-            assert before is not None
-            return before, query
-
-        return self._run(
-            tasks,
-            self._compiled_or(
-                lambda: self._meta_backward_vmap(tasks, weight),  # type: ignore[arg-type]
-                tasks,
-                weight,
-                "reptile",
-            ),
-            lambda: self._per_task(tasks, weight, step),  # type: ignore[arg-type]
-        )
-
-    def _meta_backward_vmap(self, tasks: BatchedTasks, weight: float) -> MetaMetrics:
-        params, fixed, before = self._adapt_vmap(tasks, self.inner_steps, create_graph=False)
-        assert before is not None
-        _add_reptile_direction(dict(self.model.named_parameters()), params, weight)
-        forward = self._forward(params, fixed)
-        with torch.no_grad():
-            query = check_losses(tasks.query_losses(forward), len(tasks), "query_losses")
-        return MetaMetrics(before, self._support_after_vmap(tasks, forward), query)
-
-
-def _add_reptile_direction(
-    theta: Mapping[str, nn.Parameter], adapted: Mapping[str, torch.Tensor], weight: float
-) -> None:
-    """Reptile's outer rule, for either engine: add $w\\sum_i(\\theta - \\tilde\\theta_i)$ to
-    ``.grad`` of each trainable θ. ``adapted`` holds the adapted parameters with a leading task
-    axis (``[B, ...]``; the loop engine passes one task as ``[1, ...]``)."""
-    for name, p in theta.items():
-        if p.requires_grad:
-            direction = (p.detach() - adapted[name].detach()).sum(0) * weight
-            p.grad = direction if p.grad is None else p.grad + direction
+        super().__init__(
+            model, inner_lr, inner_steps, inner_optimizer, engine, batch_norm, adapt,
+            rule=ReptileRule(),
+        )  # fmt: skip
 
 
 def linear_annealing(

@@ -106,13 +106,20 @@ def functional_meta_gradient(
         assert before is not None
         return batch, last, before
 
-    def query_gradient(
+    differentiated = rule.outer == "query-gradient"
+
+    def meta_iteration(
         theta: Tensors,
         rates: Tensors,
         shared: dict[str, torch.Tensor],
         tasks: BatchedTasks,
         weight: torch.Tensor | None = None,
     ) -> MetaGradientResult:
+        if not differentiated:  # the difference needs no query loss: both metrics wait
+            batch, last, before = adapt(theta, rates, shared, tasks)
+            flat = _per_task(batch, last, detach=False)
+            return _weighted(difference(theta, flat), weight), before, None, flat, rule.check(rates)
+
         def meta_loss(
             theta: Tensors, rates: Tensors
         ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor, Tensors]]:
@@ -128,19 +135,7 @@ def functional_meta_gradient(
         sums = _weighted(tuple(g_theta) + tuple(g_rates), weight)
         return sums, before, query, adapted, rule.check(rates)
 
-    def difference_rule(
-        theta: Tensors,
-        rates: Tensors,
-        shared: dict[str, torch.Tensor],
-        tasks: BatchedTasks,
-        weight: torch.Tensor | None = None,
-    ) -> MetaGradientResult:
-        # The difference needs no query loss: both metrics wait until they are read.
-        batch, last, before = adapt(theta, rates, shared, tasks)
-        flat = _per_task(batch, last, detach=False)
-        return _weighted(difference(theta, flat), weight), before, None, flat, rule.check(rates)
-
-    return query_gradient if rule.outer == "query-gradient" else difference_rule
+    return meta_iteration
 
 
 def _per_task(batch: Batch, every: Tensors, *, detach: bool) -> Tensors:

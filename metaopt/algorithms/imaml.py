@@ -3,7 +3,6 @@ TorchOpt's ``torchopt.diff.implicit.custom_root``; memory does not grow with the
 
 from __future__ import annotations
 
-import functools
 import warnings
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
@@ -11,7 +10,6 @@ from contextlib import contextmanager
 from typing import Any
 
 import torch
-import torchopt
 from torch import nn
 
 from metaopt.algorithms.learner import MetaLearner, MetaMetrics
@@ -20,23 +18,23 @@ from metaopt.batched import support_after
 from metaopt.checks import check_tasks, scalar_loss
 from metaopt.engine import Adapted, _Layout, batch_norm_mode, check_losses
 from metaopt.looped import per_task
-from metaopt.options import (
-    CURVATURES,
-    SOLVE_FAILURE_POLICIES,
-    check_choice,
-    check_int,
-    check_real,
-)
 from metaopt.rules.imaml import IMAMLRule
 from metaopt.rules.linsolve import (
-    SOLVERS,
     SolveRecord,
-    checked_solve,
 )
-from metaopt.rules.proximal import InnerState, linearised, proximal_path
+from metaopt.rules.proximal import InnerState, linearised
 from metaopt.task import BatchedForward, BatchedTasks, Task
 
 Tensors = tuple[torch.Tensor, ...]
+
+
+def _option(name: str) -> Any:
+    """An option of the learner's `IMAMLRule`, read and set through the learner."""
+    return property(
+        lambda self: getattr(self.rule, name),
+        lambda self, value: setattr(self.rule, name, value),
+        doc=f"The rule's ``{name}``.",
+    )
 
 
 class IMAML(MetaLearner):
@@ -133,17 +131,10 @@ class IMAML(MetaLearner):
         on_solve_failure: str = "stop",
         curvature: str = "hessian",
     ) -> None:
-        self.reg = check_real("reg", reg, low=0, low_open=True)
-        self.solver = check_choice("solver", solver, SOLVERS)
-        self.cg_steps = check_int("cg_steps", cg_steps, 1)
-        self.cg_tol = check_real("cg_tol", cg_tol, low=0, low_open=True)
-        self.inner_tol = check_real("inner_tol", inner_tol, low=0)
-        self.power_iterations = check_int("power_iterations", power_iterations, 0)
-        self.on_solve_failure = check_choice(
-            "on_solve_failure", on_solve_failure, SOLVE_FAILURE_POLICIES
-        )
-        self.curvature = check_choice("curvature", curvature, CURVATURES)
-        if self.solves_inner and inner_optimizer != "sgd":
+        options: dict[str, Any] = {"cg_steps": cg_steps, "cg_tol": cg_tol, "solver": solver}
+        options.update(power_iterations=power_iterations, on_solve_failure=on_solve_failure)
+        rule = IMAMLRule(reg, curvature=curvature, inner_tol=inner_tol, **options)
+        if rule.solves_inner and inner_optimizer != "sgd":
             raise ValueError(
                 f"inner_tol and power_iterations need inner_optimizer='sgd' (gradient descent "
                 f"on the regularised problem); got {inner_optimizer!r}"
@@ -154,27 +145,24 @@ class IMAML(MetaLearner):
                 "'vmap' or 'loop'"
             )
         super().__init__(
-            model, inner_lr, inner_steps, inner_optimizer, engine, batch_norm, adapt,
-            rule=IMAMLRule(self.reg),
+            model, rule, inner_lr=inner_lr, inner_steps=inner_steps,
+            inner_optimizer=inner_optimizer, engine=engine, batch_norm=batch_norm, adapt=adapt,
         )  # fmt: skip
+
+    @property
+    def _rule(self) -> IMAMLRule:
+        assert isinstance(self.rule, IMAMLRule)
+        return self.rule
 
     @property
     def solves_inner(self) -> bool:
         """Whether the inner loop is `proximal_path` (a tolerance or a curvature-tied step)."""
-        return self.inner_tol > 0 or self.power_iterations > 0
+        return self._rule.solves_inner
 
     def _path(
         self, objective: Callable[[Tensors], torch.Tensor], anchor: Tensors, steps: int
     ) -> Iterator[InnerState]:
-        return proximal_path(
-            objective,
-            anchor,
-            self.reg,
-            lr=self.inner_lr,
-            steps=steps,
-            tol=self.inner_tol,
-            power_iterations=self.power_iterations,
-        )
+        return self._rule.path(objective, anchor, steps, self.inner_lr)
 
     def _solve_vmap(self, tasks: BatchedTasks, steps: int) -> Iterator[tuple[Adapted, InnerState]]:
         """`proximal_path` on the vectorised engine: each state as the engine's ``Adapted``."""
@@ -226,7 +214,7 @@ class IMAML(MetaLearner):
         anchor = tuple(named[n].detach().unsqueeze(0) for n in names)
         state = None
         for state in self._path(objective, anchor, steps):
-            if bool((state.residual <= self.inner_tol).all()):
+            if bool((state.residual <= self._rule.inner_tol).all()):
                 break
         assert state is not None
         # As the inner optimiser does: new tensors in the module's parameter slots (θ's own
@@ -288,7 +276,7 @@ class IMAML(MetaLearner):
                 )
                 if query:
                     return batch.query_losses(forward)
-                if self.curvature == "gauss-newton":
+                if self._rule.curvature == "gauss-newton":
                     forward = linearised(forward_of, (phi, th), anchor)
                 return batch.support_losses(forward, None).sum()
 
@@ -305,7 +293,7 @@ class IMAML(MetaLearner):
                 {n: t.detach() for n, t in theta.items()},
             )
             with _quiet():
-                phi = self._implicit(
+                phi = self._rule.implicit(
                     tuple(params[n].detach() for n in names), theta, names, losses, record
                 )
                 query = losses(phi, theta, True)
@@ -315,7 +303,7 @@ class IMAML(MetaLearner):
             return MetaMetrics(before, support_after(batch, forward), query.detach())
 
         def step(task: Task, index: int, weight: float) -> tuple[torch.Tensor, ...]:
-            if self.curvature == "gauss-newton":
+            if self._rule.curvature == "gauss-newton":
                 raise TypeError(
                     "IMAML(curvature='gauss-newton') needs the network's outputs, which only "
                     "the vectorised engine sees (a BatchedTasks meta-batch, engine 'auto' or "
@@ -340,7 +328,7 @@ class IMAML(MetaLearner):
                 return torch.func.functional_call(call, tensors, ())
 
             with _quiet():
-                phi = self._implicit(
+                phi = self._rule.implicit(
                     tuple(adapted[n].detach() for n in names), theta, names, losses, record
                 )
                 query = scalar_loss(losses(phi, theta, True), "query_loss", index)
@@ -357,88 +345,31 @@ class IMAML(MetaLearner):
         metrics.dropped = record.failed
         return metrics
 
-    def _implicit(
-        self,
-        solution: Tensors,
-        theta: dict[str, torch.Tensor],
-        names: list[str],
-        losses: Callable[[Tensors, dict[str, torch.Tensor], bool], torch.Tensor],
-        record: SolveRecord,
-    ) -> Tensors:
-        """The adapted parameters ``solution`` (φ*, detached) as a function of θ whose backward
-        is the implicit one: $v \\mapsto (I + H/\\lambda)^{-1} v$ for θ of the adapted
-        parameters, and the cross term for the others."""
-        reg = self.reg
-
-        keys = list(theta)  # custom_root differentiates a tuple of tensors, not a dict
-
-        def optimality(phi: Tensors, values: Tensors) -> Tensors:
-            th = dict(zip(keys, values, strict=True))
-            grads = torch.func.grad(lambda p: losses(p, th, False))(phi)
-            return tuple(p - th[n] + g / reg for p, n, g in zip(phi, names, grads, strict=True))
-
-        solve = functools.partial(self._solve, record)
-
-        @torchopt.diff.implicit.custom_root(optimality, argnums=1, solve=solve)
-        def solve_inner(phi: Tensors, values: Tensors) -> Tensors:
-            return solution
-
-        return solve_inner(solution, tuple(theta.values()))  # type: ignore[return-value]
-
-    def _solve(
-        self, record: SolveRecord, matvec: Callable[[Tensors], Tensors], b: Tensors
-    ) -> Tensors:
-        """`checked_solve` with this learner's solver, budget, tolerance and failure policy."""
-        return checked_solve(
-            record,
-            matvec,
-            b,
-            solver=self.solver,
-            steps=self.cg_steps,
-            tol=self.cg_tol,
-            on_failure=self.on_solve_failure,
-        )
-
-    def describe(self) -> dict[str, Any]:
-        return {
-            **super().describe(),
-            "reg": self.reg,
-            "cg_steps": self.cg_steps,
-            "solver": self.solver,
-            "inner_tol": self.inner_tol,
-            "power_iterations": self.power_iterations,
-            "on_solve_failure": self.on_solve_failure,
-            "curvature": self.curvature,
-        }
-
     def untrained_baseline(self, model: nn.Module) -> MetaLearner:
         """IMAML's own regularised adaptation, from ``model``."""
-        rule, solver = self.inner_optimizer_name, (self.reg, self.cg_steps, self.cg_tol)
-        scope = ("auto", self.batch_norm, self.adapted)  # engine, BatchNorm mode, adapted names
         return IMAML(
             model,
             self.inner_lr,
             self.inner_steps,
-            *solver,
-            rule,
-            *scope,
-            solver=self.solver,
-            inner_tol=self.inner_tol,
-            power_iterations=self.power_iterations,
-            on_solve_failure=self.on_solve_failure,
-            curvature=self.curvature,
+            inner_optimizer=self.inner_optimizer_name,
+            batch_norm=self.batch_norm,
+            adapt=self.adapted,
+            **self._rule.options(),
         )
 
     def inner_sgd_rates(self) -> float | list[torch.Tensor] | None:
         return None  # the inner update has the proximal term: evaluate through adapt()
 
     def __repr__(self) -> str:
-        return (
-            super().__repr__()[:-1]
-            + f", reg={self.reg}, cg_steps={self.cg_steps}, solver={self.solver!r}, "
-            f"inner_tol={self.inner_tol}, power_iterations={self.power_iterations}, "
-            f"on_solve_failure={self.on_solve_failure!r}, curvature={self.curvature!r})"
-        )
+        options = self._rule.options()
+        del options["cg_tol"]
+        fields = ", ".join(f"{k}={v!r}" for k, v in options.items())
+        return f"{super().__repr__()[:-1]}, {fields})"
+
+
+# ``algo.reg``, ``algo.cg_steps``, ...: the rule's options, read and set through the learner.
+for _name in IMAMLRule().options():
+    setattr(IMAML, _name, _option(_name))
 
 
 class _Call(nn.Module):

@@ -45,7 +45,7 @@ from metaopt.unroll import checkpointed_adapt
 class MetaLearner:
     """A model, a rule and an engine: validation, the inner loop, the engines and ``adapt``.
 
-    ``MetaLearner(model, rule=...)`` runs any `metaopt.rules.Rule`; [`MAML`][metaopt.MAML],
+    ``MetaLearner(model, rule, inner_lr=..., ...)`` runs any `metaopt.rules.Rule`; [`MAML`][metaopt.MAML],
     [`MetaSGD`][metaopt.MetaSGD], [`Reptile`][metaopt.Reptile] and [`IMAML`][metaopt.IMAML] are
     learners that build their rule from their own keyword arguments.
 
@@ -65,15 +65,15 @@ class MetaLearner:
     def __init__(
         self,
         model: nn.Module,
+        rule: Rule,
+        *,
         inner_lr: float = 0.01,
         inner_steps: int = 1,
+        adapt: Adapt = None,
         inner_optimizer: str = "sgd",
+        unroll_checkpoints: int | None = None,
         engine: str = "auto",
         batch_norm: str = "running",
-        adapt: Adapt = None,
-        *,
-        rule: Rule | None = None,
-        unroll_checkpoints: int | None = None,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -434,13 +434,9 @@ class MetaLearner:
         the inner optimiser at ``inner_lr`` (Meta-SGD's rates start there)."""
         name, norm, adapt = self.inner_optimizer_name, self.batch_norm, self.adapted
         return MetaLearner(
-            model,
-            self.inner_lr,
-            inner_optimizer=name,
-            batch_norm=norm,
+            model, MAMLRule(), inner_lr=self.inner_lr, inner_optimizer=name, batch_norm=norm,
             adapt=adapt,
-            rule=MAMLRule(),
-        )
+        )  # fmt: skip
 
     def __repr__(self) -> str:
         rule = "" if type(self) is not MetaLearner else f"rule={self.rule!r}, "

@@ -62,8 +62,9 @@ class MAML(MetaLearner):
         unroll_checkpoints: int | None = None,
     ) -> None:
         super().__init__(
-            model, inner_lr, inner_steps, inner_optimizer, engine, batch_norm, adapt,
-            rule=MAMLRule(first_order), unroll_checkpoints=unroll_checkpoints,
+            model, MAMLRule(first_order), inner_lr=inner_lr, inner_steps=inner_steps,
+            inner_optimizer=inner_optimizer, engine=engine, batch_norm=batch_norm, adapt=adapt,
+            unroll_checkpoints=unroll_checkpoints,
         )  # fmt: skip
 
     @property
@@ -117,9 +118,10 @@ class MetaSGD(MAML):
         unroll_checkpoints: int | None = None,
         positive_rates: bool = False,
     ) -> None:
+        rule = MetaSGDRule(first_order, positive_rates)
         MetaLearner.__init__(
-            self, model, inner_lr, inner_steps, "sgd", engine, batch_norm, adapt,
-            rule=MetaSGDRule(first_order, positive_rates), unroll_checkpoints=unroll_checkpoints,
+            self, model, rule, inner_lr=inner_lr, inner_steps=inner_steps, engine=engine,
+            batch_norm=batch_norm, adapt=adapt, unroll_checkpoints=unroll_checkpoints,
         )  # fmt: skip
 
     @property

@@ -39,8 +39,8 @@ class Reptile(MetaLearner):
         adapt: Adapt = None,
     ) -> None:
         super().__init__(
-            model, inner_lr, inner_steps, inner_optimizer, engine, batch_norm, adapt,
-            rule=ReptileRule(),
+            model, ReptileRule(), inner_lr=inner_lr, inner_steps=inner_steps,
+            inner_optimizer=inner_optimizer, engine=engine, batch_norm=batch_norm, adapt=adapt,
         )  # fmt: skip
 
 

@@ -5,11 +5,13 @@ and iMAML are rules with a learner class around each that keeps their constructo
 """
 
 from metaopt.rules.base import OUTER_RULES, Rule, difference, weighted_query_loss
+from metaopt.rules.imaml import IMAMLRule
 from metaopt.rules.maml import MAMLRule, MetaSGDRule, NegativeRateWarning
 from metaopt.rules.reptile import ReptileRule
 
 __all__ = [
     "OUTER_RULES",
+    "IMAMLRule",
     "MAMLRule",
     "MetaSGDRule",
     "NegativeRateWarning",

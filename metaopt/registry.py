@@ -10,7 +10,8 @@ the defaults it brings to the command line, what code outside the algorithms nee
 
 ``metaopt train FAMILY --algo NAME``, ``metaopt compare --methods NAME``, ``metaopt eval``,
 ``--resume``, torchrun and `metaopt.testing.check_meta_gradient` all find an algorithm here. A
-package adds one with an entry point naming an `AlgorithmSpec` or a factory:
+package adds one with an entry point naming an `AlgorithmSpec`, a ``metaopt.rules.Rule`` subclass
+(`rule_spec`: its name, label, colour and options come from the class) or a factory:
 
     [project.entry-points."metaopt.algorithms"]
     lslr = "mypackage.lslr:LSLR"
@@ -24,6 +25,7 @@ text ``"module:function"`` of the heavy one, imported when a learner is built.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -50,17 +52,20 @@ __all__ = [
     "algorithms",
     "build_learner",
     "register_algorithm",
+    "rule_learner",
+    "rule_spec",
+    "spec_of",
     "unregister_algorithm",
 ]
 
 ENTRY_POINT_GROUP = "metaopt.algorithms"
 
-#: How an algorithm turns adapted parameters into the meta-gradient: ``unrolled`` (the query loss
-#: differentiated back through the inner steps: MAML, first-order MAML, Meta-SGD), ``implicit``
-#: (the implicit function theorem at the inner problem's solution: iMAML) or ``pseudo-gradient``
-#: (θ − θ̃, no query loss: Reptile; it has no meta-objective that a trust region or an exact
-#: meta-gradient could be compared with).
-OUTER_RULES = ("unrolled", "implicit", "pseudo-gradient")
+#: How an algorithm turns adapted parameters into the meta-gradient, as `metaopt.rules.Rule.outer`
+#: names it: ``query-gradient`` (the query loss differentiated back through the inner steps:
+#: MAML, first-order MAML, Meta-SGD), ``implicit`` (the implicit function theorem at the inner
+#: problem's solution: iMAML) or ``difference`` (θ − θ̃, no query loss: Reptile; it has no
+#: meta-objective that a trust region or an exact meta-gradient could be compared with).
+OUTER_RULES = ("query-gradient", "implicit", "difference")
 
 #: The keywords every factory takes besides the model and the options, and the defaults of those
 #: a caller of `AlgorithmSpec.build` may leave out (those of `metaopt.MetaLearner`).
@@ -111,7 +116,7 @@ class AlgorithmSpec:
     color: str | None = None
     options: type = builtin.NoOptions
     defaults: Mapping[str, Any] = field(default_factory=dict)
-    outer: str = "unrolled"
+    outer: str = "query-gradient"
     exact: bool = False
     learned_rates: bool = False
     reevaluates_support: bool = False
@@ -133,7 +138,7 @@ class AlgorithmSpec:
     @property
     def has_meta_objective(self) -> bool:
         """Whether its meta-gradient is a gradient of the query loss (not Reptile's θ − θ̃)."""
-        return self.outer != "pseudo-gradient"
+        return self.outer != "difference"
 
     def option_names(self) -> tuple[str, ...]:
         """The fields of ``options``, in order."""
@@ -207,7 +212,7 @@ BUILTIN = {
             learned_rates=True,
             inner_optimizers=("sgd",),
         ),
-        AlgorithmSpec("reptile", builtin.reptile, "Reptile", "C3", outer="pseudo-gradient"),
+        AlgorithmSpec("reptile", builtin.reptile, "Reptile", "C3", outer="difference"),
         AlgorithmSpec(
             "imaml",
             builtin.imaml,
@@ -253,7 +258,7 @@ def register_algorithm(
 
     Installed packages should declare a ``metaopt.algorithms`` entry point instead; this is for
     notebooks and tests. ``factory`` may also be a ``metaopt.rules.Rule`` subclass (see
-    `spec_of`). ``capabilities`` are the other fields of `AlgorithmSpec` (``exact=True``, ...).
+    `rule_spec`). ``capabilities`` are the other fields of `AlgorithmSpec` (``exact=True``, ...).
 
     Raises:
         ValueError: ``name`` is a built-in algorithm's.
@@ -274,13 +279,59 @@ def unregister_algorithm(name: str) -> None:
 
 def spec_of(name: str, found: Any, **fields: Any) -> AlgorithmSpec:
     """The `AlgorithmSpec` that ``found`` (what an entry point names) describes: itself, a
-    ``metaopt.rules.Rule`` subclass (its ``name``, ``label``, ``color`` and ``Options``), or a
-    factory. ``fields`` are given to a spec made here."""
+    ``metaopt.rules.Rule`` subclass (`rule_spec`), or a factory. ``fields`` are given to a spec
+    made here.
+
+    Raises:
+        ValueError: a spec or rule named otherwise than ``name``.
+    """
     if isinstance(found, AlgorithmSpec):
-        return dataclasses.replace(found, **fields) if fields else found
-    if not callable(found) and not isinstance(found, str):
-        raise TypeError(f"{name}: expected an AlgorithmSpec or a factory, got {found!r}")
-    return AlgorithmSpec(name, found, **fields)
+        spec = dataclasses.replace(found, **fields) if fields else found
+    elif _is_rule(found):
+        spec = rule_spec(found, **fields)
+    elif callable(found) or isinstance(found, str):
+        spec = AlgorithmSpec(name, found, **fields)
+    else:
+        raise TypeError(f"{name}: expected an AlgorithmSpec, a Rule or a factory, got {found!r}")
+    if spec.name != name:
+        raise ValueError(f"{name!r} names an algorithm called {spec.name!r}")
+    return spec
+
+
+def _is_rule(found: Any) -> bool:
+    """Whether ``found`` is a ``metaopt.rules.Rule`` subclass (asked without importing torch)."""
+    return isinstance(found, type) and any(
+        base.__name__ == "Rule" and base.__module__ == "metaopt.rules.base"
+        for base in found.__mro__
+    )
+
+
+def rule_spec(rule: type, **fields: Any) -> AlgorithmSpec:
+    """The `AlgorithmSpec` of a ``metaopt.rules.Rule`` subclass: its ``name``, ``label``,
+    ``color``, ``Options`` and ``outer`` from the class, ``exact`` where its outer rule is the query
+    gradient, second order; and a factory that builds ``metaopt.MetaLearner(model, ...,
+    rule=rule(**options))`` (`rule_learner`). ``fields`` override any of them: a ``factory`` of
+    your own (one that hands the rule a run setting, such as the inner step count), capabilities.
+    """
+    values = {
+        "name": rule.name,  # type: ignore[attr-defined]
+        "factory": functools.partial(rule_learner, rule),
+        "label": rule.label,  # type: ignore[attr-defined]
+        "color": rule.color,  # type: ignore[attr-defined]
+        "options": rule.Options or builtin.NoOptions,  # type: ignore[attr-defined]
+        "outer": rule.outer,  # type: ignore[attr-defined]
+        "exact": rule.outer == "query-gradient" and bool(rule.second_order),  # type: ignore[attr-defined]
+    }
+    return AlgorithmSpec(**{**values, **fields})
+
+
+def rule_learner(rule: type, model: nn.Module, **settings: Any) -> MetaLearner:
+    """``metaopt.MetaLearner(model, ..., rule=rule(**options))``: the learner settings (`LEARNER`)
+    to the learner, the rest to the rule's constructor."""
+    from metaopt.algorithms import MetaLearner
+
+    learner = {name: settings.pop(name) for name in LEARNER if name in settings}
+    return MetaLearner(model, **learner, rule=rule(**settings))
 
 
 def _plugins() -> dict[str, AlgorithmSpec]:

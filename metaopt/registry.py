@@ -129,6 +129,9 @@ class AlgorithmSpec:
             raise TypeError(f"{self.name}: factory must be callable, got {self.factory!r}")
         if not dataclasses.is_dataclass(self.options):
             raise TypeError(f"{self.name}: options must be a dataclass, got {self.options!r}")
+        reserved = sorted(set(LEARNER) & set(self.option_names()))
+        if reserved:
+            raise ValueError(f"{self.name}: an option may not be named {', '.join(reserved)}")
         if self.outer not in OUTER_RULES:
             raise ValueError(f"{self.name}: outer must be one of {', '.join(OUTER_RULES)}")
         if not self.label:

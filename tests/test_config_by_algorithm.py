@@ -90,10 +90,8 @@ def test_help_shows_each_algorithms_options_under_its_heading(capsys) -> None:
     with pytest.raises(SystemExit):
         main(["train", "rtoy", "--help"])
     shown = capsys.readouterr().out
-    assert (
-        "iMAML options (--algo imaml):" in shown and "Meta-SGD options (--algo metasgd):" in shown
-    )
-    assert "options of --algo maml, fomaml, metasgd:" in shown
+    assert "iMAML options (algo imaml):" in shown and "Meta-SGD options (algo metasgd):" in shown
+    assert "options of algo maml, fomaml, metasgd:" in shown
     assert "(default: 10; algo imaml: 30)" in " ".join(shown.split())  # --cg-steps
 
 

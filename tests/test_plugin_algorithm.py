@@ -115,7 +115,7 @@ def test_compare_it_with_maml(plugin: Path, tmp_path: Path) -> None:
 
 def test_its_options_are_flags_of_its_own(plugin: Path, tmp_path: Path) -> None:
     shown = _metaopt(plugin, "train", "sine", "--help")
-    assert "MAML++ LSLR options (--algo lslr):" in shown and "--per-step, --no-per-step" in shown
+    assert "MAML++ LSLR options (algo lslr):" in shown and "--per-step, --no-per-step" in shown
     assert "reptile, imaml, lslr" in shown
     refused = _metaopt(plugin, "train", "sine", "--no-per-step", "--out", str(tmp_path), status=2)
     assert "--per-step applies to --algo lslr only; got --algo maml" in refused

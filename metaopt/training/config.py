@@ -4,7 +4,7 @@ Resolution order: the dataclass defaults, then the algorithm's (``TrainConfig.AL
 then the preset's values, then the flags the user gave.
 
 `add_config_arguments` gives ``metaopt train FAMILY`` its flags from the family's config, and
-each algorithm's options under a heading of their own (``iMAML options (--algo imaml)``);
+each algorithm's options under a heading of their own (``iMAML options (algo imaml)``);
 `add_dataclass_arguments` and `dataclass_from_arguments` do the same for any dataclass
 whose fields carry a ``help`` in their metadata (the tools' option classes), and build the instance
 back from the parsed arguments.
@@ -90,10 +90,11 @@ def add_config_arguments(
     for name, owned_by in owners.items():
         first = algorithm(owned_by[0])
         if tuple(owned_by) not in groups:
+            # "algo imaml", not "--algo imaml": compare refuses --algo (its --methods name them)
             title = (
-                f"{first.label} options (--algo {first.name})"
+                f"{first.label} options (algo {first.name})"
                 if len(owned_by) == 1
-                else f"options of --algo {', '.join(owned_by)}"
+                else f"options of algo {', '.join(owned_by)}"
             )
             groups[tuple(owned_by)] = parser.add_argument_group(title)
         f = {f.name: f for f in dataclasses.fields(first.options)}[name]

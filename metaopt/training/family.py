@@ -86,7 +86,7 @@ class TruthRequest:
     [`TaskFamily.compare_with_truth`][metaopt.training.TaskFamily.compare_with_truth].
 
     Attributes:
-        methods: the compared algorithms (names of `metaopt.options.ALGORITHMS`).
+        methods: the compared algorithms, by name (`metaopt.registry.algorithm_names`).
         batches: meta-batches the comparison averages over.
         progress: called once per finished row (the command's progress bar).
     """

@@ -449,6 +449,9 @@ class MetaLearner:
         )
 
 
+OneThread.guard(MetaLearner, "meta_backward")  # its subclasses' are guarded as they are defined
+
+
 def check_unroll_checkpoints(value: int | None, rule: Rule, engine: str) -> int | None:
     """``unroll_checkpoints`` validated: ``None`` or an integer ≥ 1, for a second-order unroll on
     an engine that can recompute it (the vectorised one: ``auto`` or ``vmap``)."""

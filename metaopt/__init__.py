@@ -1,5 +1,6 @@
 """metaopt: MAML, first-order MAML, Meta-SGD, Reptile, iMAML and ANIL (``adapt=``) on TorchOpt,
-through one interface.
+through one interface; your own algorithm by name with `register_algorithm` (or a
+``metaopt.algorithms`` entry point).
 
 >>> import metaopt
 >>> algo = metaopt.MAML(model, inner_lr=0.01)            # doctest: +SKIP
@@ -24,6 +25,7 @@ if TYPE_CHECKING:
     from metaopt.curves import AdaptationCurves, evaluate
     from metaopt.inner import InnerOptimizer, learned_rate_sgd
     from metaopt.isolation import isolated
+    from metaopt.registry import AlgorithmSpec, register_algorithm
     from metaopt.stats import mean_ci95
     from metaopt.task import BatchedTasks, Task
     from metaopt.training import TaskFamily, TrainConfig
@@ -55,6 +57,8 @@ __getattr__ = lazy_exports(
         "InnerOptimizer": "metaopt.inner",
         "learned_rate_sgd": "metaopt.inner",
         "isolated": "metaopt.isolation",
+        "AlgorithmSpec": "metaopt.registry",
+        "register_algorithm": "metaopt.registry",
         "mean_ci95": "metaopt.stats",
         "BatchedTasks": "metaopt.task",
         "Task": "metaopt.task",
@@ -68,6 +72,7 @@ __all__ = [
     "IMAML",
     "MAML",
     "AdaptationCurves",
+    "AlgorithmSpec",
     "BatchedTasks",
     "ConfigError",
     "InnerOptimizer",
@@ -85,4 +90,5 @@ __all__ = [
     "linear_annealing",
     "load_checkpoint",
     "mean_ci95",
+    "register_algorithm",
 ]

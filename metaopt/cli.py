@@ -1,6 +1,6 @@
 """The ``metaopt`` command.
 
-    metaopt train FAMILY [--algo maml|fomaml|metasgd|reptile] [flags]   meta-train, then evaluate
+    metaopt train FAMILY [--algo NAME] [flags]                        meta-train, then evaluate
     metaopt eval RUN_DIR [--tasks N] [--steps 0,1,5]                  re-run a run's evaluation
     metaopt compare FAMILY [flags] [--report DIR] [--steps 1,2,5,10]  second- vs first-order
     metaopt families                                                 list the task families
@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import NoReturn
 
 import metaopt
+from metaopt.options import reader
 from metaopt.training.config import add_config_arguments
 from metaopt.training.family import ConfigError, FamilyOptions, TaskFamily
 from metaopt.training.registry import (
@@ -54,24 +55,9 @@ def _steps(text: str) -> list[int]:
     return steps
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
-    return value
-
-
-def _non_negative_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from None
-    if not value >= 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text!r}")
-    return value
+#: ``--tasks``, ``--threads``, ``--repeats``: an integer >= 1; ``--min-sample-ms``: a number >= 0.
+_positive_int = reader(int, low=1)
+_non_negative_float = reader(float, low=0)
 
 
 def _names(text: str) -> list[str]:
@@ -150,7 +136,8 @@ def build_parser(families: Mapping[str, DescribedFamily | None]) -> argparse.Arg
     name only, with no flags: the family is imported when it is named)."""
     parser = _Parser(
         prog="metaopt",
-        description="Meta-learning with MAML, first-order MAML, Meta-SGD and Reptile on TorchOpt.",
+        description="Meta-learning with MAML, first-order MAML, Meta-SGD, Reptile, iMAML and the "
+        "algorithms plug-ins add (the metaopt.algorithms entry points), on TorchOpt.",
     )
     parser.add_argument("--version", action="version", version=f"metaopt {metaopt.__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -223,8 +210,8 @@ def build_parser(families: Mapping[str, DescribedFamily | None]) -> argparse.Arg
         "compare",
         help="second- vs first-order: meta-gradients, cost and learning curves of every algorithm",
         description="Compare the meta-gradients of MAML, first-order MAML, Meta-SGD and Reptile "
-        "on the same tasks and initialisation (cosine and norm ratio against second-order MAML, "
-        "per layer, against inner steps and over training), their time and memory per "
+        "(or the algorithms --methods names) on the same tasks and initialisation (cosine and "
+        "norm ratio against second-order MAML, per layer, against inner steps and over training), their time and memory per "
         "meta-iteration, and their learning curves. Writes report.md, results.json, CSV files "
         "and plots into --report.",
     )

@@ -12,13 +12,19 @@ field's flag) and the domains' own settings. Each check raises
 The allowed values of a choice come from the constant that defines them (``ENGINES``,
 ``INNER_OPTIMIZERS``, ``ALGORITHMS``), never from a literal copied next to the check. This module
 imports nothing heavier than the standard library, so a configuration validates without torch.
+
+`option` is the dataclass field that documents itself as a flag (the run's config, the tools'
+options and each algorithm's options use it), and `reader` / `tuple_reader` read a flag's text
+with the same checks, for argparse.
 """
 
 from __future__ import annotations
 
+import argparse
 import math
-from collections.abc import Sequence
-from typing import TypeVar
+from collections.abc import Callable, Sequence
+from dataclasses import field
+from typing import Any, TypeVar
 
 __all__ = [
     "ALGORITHMS",
@@ -28,10 +34,14 @@ __all__ = [
     "INNER_OPTIMIZERS",
     "SOLVE_FAILURE_POLICIES",
     "ConfigError",
+    "check_bool",
     "check_choice",
     "check_int",
     "check_real",
     "flag",
+    "option",
+    "reader",
+    "tuple_reader",
 ]
 
 T = TypeVar("T")
@@ -39,8 +49,8 @@ T = TypeVar("T")
 # The choices of the core's settings live here, in a module without torch, so that the command
 # line describes them without importing the modules that implement them (which re-export them).
 
-#: The algorithms by their names on the command line: MAML, first-order MAML, Meta-SGD, Reptile,
-#: iMAML.
+#: The built-in algorithms by their names on the command line: MAML, first-order MAML, Meta-SGD,
+#: Reptile, iMAML. Every algorithm, plug-ins included, is `metaopt.registry.algorithm_names`.
 ALGORITHMS = ("maml", "fomaml", "metasgd", "reptile", "imaml")
 
 #: ``loop``: one task at a time, as the papers write it. ``vmap``: all tasks at once
@@ -88,6 +98,20 @@ def flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
+#: Metadata of an `option` without help, until its config class gives it the base's help.
+HELP_FROM_BASE = "help_from_base"
+
+
+def option(default: Any, help: str | None = None, **kwargs: Any) -> Any:
+    """A dataclass field that documents itself as a command-line flag (``help`` in its metadata).
+
+    Without ``help``, the field must override a base config's field (in a subclass of
+    [`TrainConfig`][metaopt.training.TrainConfig] changing a default), with its help and metadata.
+    """
+    own = {"help": help} if help is not None else {HELP_FROM_BASE: True}
+    return field(default=default, metadata={**own, **kwargs.pop("metadata", {})}, **kwargs)
+
+
 def check_int(label: str, value: object, low: int, high: int | None = None, why: str = "") -> int:
     """``value`` if it is an integer (not a bool) in ``[low, high]``, else
     [`ConfigError`][metaopt.training.ConfigError].
@@ -101,9 +125,12 @@ def check_int(label: str, value: object, low: int, high: int | None = None, why:
     """
     ok = isinstance(value, int) and not isinstance(value, bool) and value >= low
     if not ok or (high is not None and value > high):  # type: ignore[operator]
-        allowed = f">= {low}" if high is None else f"between {low} and {high}"
-        raise ConfigError(f"{label} must be an integer {allowed}{why}, got {value!r}")
+        raise ConfigError(f"{label} must be {_int_range(low, high)}{why}, got {value!r}")
     return value  # type: ignore[return-value]
+
+
+def _int_range(low: int, high: int | None) -> str:
+    return f"an integer {f'>= {low}' if high is None else f'between {low} and {high}'}"
 
 
 def check_real(
@@ -145,6 +172,13 @@ def _real_range(low: float | None, high: float | None, low_open: bool) -> str:
     return f"a finite number {'>' if low_open else '>='} {low:g}"
 
 
+def check_bool(label: str, value: object) -> bool:
+    """``value`` if it is ``True`` or ``False``, else [`ConfigError`][metaopt.training.ConfigError]."""
+    if not isinstance(value, bool):
+        raise ConfigError(f"{label} must be true or false, got {value!r}")
+    return value
+
+
 def check_choice(label: str, value: T, allowed: Sequence[T]) -> T:
     """``value`` if it is one of ``allowed``, else [`ConfigError`][metaopt.training.ConfigError]
     listing them."""
@@ -152,3 +186,43 @@ def check_choice(label: str, value: T, allowed: Sequence[T]) -> T:
         choices = ", ".join(map(str, allowed))
         raise ConfigError(f"{label} must be one of {choices}; got {value!r}")
     return value
+
+
+def reader(
+    kind: type[int] | type[float], *, low: float | None = None, low_open: bool = False
+) -> Callable[[str], Any]:
+    """An argparse ``type=``: a flag's text as an ``int`` or ``float``, at least ``low`` (above it
+    with ``low_open``) when given, by `check_int` / `check_real`; anything else is argparse's one
+    line, ``expected an integer >= 1, got '0'``. Without ``low`` a float may be inf or nan (the
+    config's own check names the flag then)."""
+    if low is None:
+        expected = "an integer" if kind is int else "a number"
+    else:
+        expected = _int_range(int(low), None) if kind is int else _real_range(low, None, low_open)
+
+    def read(text: str) -> Any:
+        try:
+            value = kind(text)
+            if low is not None and kind is int:
+                check_int("", value, int(low))
+            elif low is not None:
+                check_real("", value, low=low, low_open=low_open)
+        except ValueError:  # ConfigError is one
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+        return value
+
+    return read
+
+
+def tuple_reader(kind: type) -> Callable[[str], tuple[Any, ...]]:
+    """An argparse ``type=``: comma-separated values of ``kind`` (``"1,2,5"`` -> ``(1, 2, 5)``)."""
+
+    def read(text: str) -> tuple[Any, ...]:
+        try:
+            return tuple(kind(part) for part in text.split(",") if part.strip())
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected comma-separated {kind.__name__} values, got {text!r}"
+            ) from None
+
+    return read

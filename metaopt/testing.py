@@ -14,9 +14,10 @@ r"""Helpers for verifying meta-gradients in your own tests.
 
   each averaged over the tasks. Computed in NumPy float64, independently of autograd.
 * [`check_meta_gradient`][metaopt.testing.check_meta_gradient]: an algorithm's ``meta_backward``
-  against central finite differences of the meta-loss (``method="finite_differences"``, any float64
-  model, exact meta-gradients only), or against the closed forms above (``method="closed_form"``,
-  linear least-squares tasks: MAML, first-order MAML, Meta-SGD and Reptile).
+  (a learner, or any registered algorithm by name) against central finite differences of the
+  meta-loss (``method="finite_differences"``, any float64 model, exact meta-gradients only), or
+  against the closed forms above (``method="closed_form"``, linear least-squares tasks: MAML,
+  first-order MAML, Meta-SGD and Reptile).
 * [`assert_state_restored`][metaopt.testing.assert_state_restored]: run a function, assert the model
   and optimiser are bit-identical.
 """
@@ -33,6 +34,7 @@ import torchopt
 from torch import nn
 
 from metaopt.algorithms import MetaLearner
+from metaopt.registry import build_learner
 
 __all__ = [
     "CHECK_METHODS",
@@ -246,15 +248,21 @@ CHECK_METHODS = ("finite_differences", "closed_form")
 
 
 def check_meta_gradient(
-    algo: MetaLearner,
+    algo: MetaLearner | str,
     tasks: Sequence[Any],
     *,
     method: str = "finite_differences",
     eps: float = 1e-6,
     rtol: float = 1e-5,
     atol: float = 1e-8,
+    model: nn.Module | None = None,
+    **settings: Any,
 ) -> None:
     """Assert that ``algo.meta_backward(tasks)`` matches an independent reference.
+
+    ``algo`` is a learner, or the name of any algorithm the registry knows (built-in, plug-in or
+    registered: `metaopt.registry`), built around ``model`` with ``settings`` (``inner_lr=``,
+    ``inner_steps=`` and its options, as `metaopt.registry.build_learner` takes them).
 
     ``method="finite_differences"``: central finite differences of the meta-loss
     (1/B) Σᵢ L^q_i(θ'_i), evaluated through ``algo.adapt``; each entry of each meta-parameter (θ,
@@ -276,6 +284,12 @@ def check_meta_gradient(
     """
     if method not in CHECK_METHODS:
         raise ValueError(f"method must be one of {', '.join(CHECK_METHODS)}; got {method!r}")
+    if isinstance(algo, str):
+        if model is None:
+            raise ValueError(f"check_meta_gradient({algo!r}, ...) needs the model= to build it on")
+        algo = build_learner(algo, model, **settings)
+    elif model is not None or settings:
+        raise ValueError("model= and the algorithm's settings go with an algorithm's name only")
     if method == "finite_differences" and not algo.exact_meta_gradient:
         raise ValueError(
             f"{algo!r} has no exact meta-gradient to compare with finite differences; "

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from metaopt.options import check_choice
+from metaopt.registry import algorithm
 from metaopt.training.family import ConfigError, FamilyOptions, TrainConfig, flag, option
 
 if TYPE_CHECKING:
@@ -85,13 +86,13 @@ class A2CConfig(TrainConfig):
 
     def validate(self) -> None:
         super().validate()
-        if self.algo == "imaml":  # its CG solve needs one fixed support loss per task
+        if algorithm(self.algo).reevaluates_support:  # iMAML's solve: one fixed support loss
             raise ConfigError(
-                "--algo imaml is not available for RL families: its implicit gradient "
+                f"--algo {self.algo} is not available for RL families: its meta-gradient "
                 "re-evaluates the support loss, which samples new trajectories at every call, so "
-                "the linear system it solves would change under it"
+                "what it solves or differentiates would change under it"
             )
-        if self.unroll_checkpoints is not None:  # it recomputes the support losses
+        if getattr(self.options, "unroll_checkpoints", None) is not None:  # recomputes them
             raise ConfigError(
                 "--unroll-checkpoints is not available for RL families: the backward pass "
                 "recomputes the inner steps' support losses, which sample new trajectories at "
@@ -218,13 +219,19 @@ class Nav2DConfig(A2CConfig):
         "--shared-torso, where it is adam)",
     )
     max_kl: float = option(0.01, "trpo: largest mean KL of the adapted policies one step may reach")
-    cg_steps: int = option(10, "trpo: conjugate-gradient iterations of the step's direction")
+    trpo_cg_steps: int = option(
+        10,
+        "trpo: conjugate-gradient iterations of the step's direction (--cg-steps in metaopt "
+        "0.1.0: still accepted, with a warning)",
+    )
     cg_damping: float = option(1e-5, "trpo: damping added to the Fisher-vector products")
     line_search_steps: int = option(15, "trpo: backtracking line-search candidates tried at most")
     line_search_ratio: float = option(0.8, "trpo: each candidate step is this times the last")
 
     OUTER_OPTIMIZERS = ("auto", "adam", "sgd", "trpo")
     RESUMABLE = (*A2CConfig.RESUMABLE, "test_tasks", "pretrain_iterations")
+    #: TRPO's conjugate gradients had the flag of iMAML's (``--cg-steps``) until metaopt 0.1.0.
+    RENAMED = {"cg_steps": "trpo_cg_steps"}
 
     def validate(self) -> None:
         super().validate()
@@ -236,6 +243,7 @@ class Nav2DConfig(A2CConfig):
             )
         _check_real("max_kl", self.max_kl, 1e-12, None)
         _check_real("cg_damping", self.cg_damping, 0.0, None)
+        _check_int("trpo_cg_steps", self.trpo_cg_steps, 1)
         _check_int("line_search_steps", self.line_search_steps, 1)
         _check_real("line_search_ratio", self.line_search_ratio, 1e-6, 1 - 1e-6)
         if self.outer_optimizer == "trpo":
@@ -247,8 +255,8 @@ class Nav2DConfig(A2CConfig):
 
     def _trpo_refusal(self) -> str | None:
         """Why the trust-region step does not apply to these settings (``None``: it does)."""
-        if self.algo == "reptile":
-            return "--algo reptile has no meta-objective to differentiate (use maml, fomaml or metasgd)"
+        if not algorithm(self.algo).has_meta_objective:
+            return f"--algo {self.algo} has no meta-objective to differentiate (use maml, fomaml or metasgd)"
         if self.meta_gradient != "seed":
             return (
                 "it needs --meta-gradient seed (its line search re-scores the query episodes "
@@ -273,7 +281,7 @@ class Nav2DConfig(A2CConfig):
 
         return TrustRegionSettings(
             self.max_kl,
-            self.cg_steps,
+            self.trpo_cg_steps,
             self.cg_damping,
             self.line_search_steps,
             self.line_search_ratio,

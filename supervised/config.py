@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from metaopt.options import check_choice, check_int, check_real, flag
+from metaopt.registry import algorithm
 from metaopt.training.family import ConfigError, FamilyOptions, TrainConfig, option
 
 __all__ = [
@@ -152,10 +153,10 @@ class SineConfig(SupervisedConfig):
             self.protocol_grid,
             f" (the {self.protocol_grid}-point grid)",
         )
-        if self.algo == "imaml" and self.minibatch:
+        if self.minibatch and algorithm(self.algo).reevaluates_support:
             raise ConfigError(
-                f"{flag('minibatch')} {self.minibatch} does not apply to --algo imaml: its "
-                "implicit meta-gradient needs the Hessian of the whole support loss, which a "
+                f"{flag('minibatch')} {self.minibatch} does not apply to --algo {self.algo}: its "
+                "meta-gradient re-evaluates the whole support loss (iMAML: its Hessian), which a "
                 f"task on the loop engine does not give; use {flag('minibatch')} 0"
             )
 
@@ -171,7 +172,7 @@ class SineConfig(SupervisedConfig):
         whose ``inner_lr`` is only a cap: no plain SGD step is the one it was trained for."""
         if self.protocol_lr is not None:
             return self.protocol_lr
-        return None if self.algo == "imaml" and self.power_iterations > 0 else self.inner_lr
+        return None if getattr(self.options, "inner_lr_is_cap", False) else self.inner_lr
 
     @property
     def protocol_grid(self) -> int:

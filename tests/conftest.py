@@ -22,3 +22,17 @@ def one_thread() -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True)
+def registered_algorithms() -> Iterator[None]:
+    """Forget the algorithms a test registered in-process (the docs' ``register_algorithm``), so
+    that every other test sees the installed ones alone."""
+    from metaopt.registry import algorithm_names, unregister_algorithm
+
+    before = set(algorithm_names())
+    try:
+        yield
+    finally:
+        for name in set(algorithm_names()) - before:
+            unregister_algorithm(name)

@@ -76,7 +76,7 @@ def test_imaml_with_a_curvature_tied_step_runs_the_protocol_only_at_a_given_lr()
 
     family = SineFamily()
     tied = resolve_config(family, {"algo": "imaml"})  # iMAML's defaults: power iterations on
-    assert tied.power_iterations > 0 and tied.protocol_step is None  # inner_lr is only a cap
+    assert tied.options.power_iterations > 0 and tied.protocol_step is None  # lr: only a cap
     assert resolve_config(family, {"algo": "imaml", "protocol_lr": 0.02}).protocol_step == 0.02
     fixed = resolve_config(family, {"algo": "imaml", "power_iterations": 0, "inner_lr": 0.05})
     assert fixed.protocol_step == 0.05

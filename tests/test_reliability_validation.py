@@ -18,6 +18,7 @@ from reliability_helpers import RToyFamily
 
 from metaopt.cli import main
 from metaopt.training import build_algorithm, build_outer_optimizer
+from metaopt.training.algorithm_config import config_flag_names
 from metaopt.training.config import resolve_config
 from metaopt.training.family import ConfigError, TaskFamily, TrainConfig
 from metaopt.training.registry import get_family
@@ -85,8 +86,8 @@ def test_each_field_names_itself_its_value_and_the_range(
     assert str(error.value).startswith(message)
 
 
-def test_every_field_is_audited() -> None:
-    assert {f.name for f in dataclasses.fields(TrainConfig)} == {name for name, _, _ in BAD}
+def test_every_field_is_audited() -> None:  # the run's fields and the algorithms' options
+    assert config_flag_names(TrainConfig) == {name for name, _, _ in BAD}
 
 
 def test_imaml_has_defaults_of_its_own_under_the_flags() -> None:
@@ -94,10 +95,11 @@ def test_imaml_has_defaults_of_its_own_under_the_flags() -> None:
 
     own = Base.ALGORITHM_DEFAULTS["imaml"]
     config = resolve_config(RToyFamily(), {"algo": "imaml"})
-    assert {name: getattr(config, name) for name in own} == dict(own)
-    assert resolve_config(RToyFamily(), {"algo": "imaml", "reg": 7.0}).reg == 7.0
+    flat = {**dataclasses.asdict(config), **config.algo_options["imaml"]}  # run and its options
+    assert {name: flat[name] for name in own} == dict(own)
+    assert resolve_config(RToyFamily(), {"algo": "imaml", "reg": 7.0}).options.reg == 7.0
     maml = resolve_config(RToyFamily(), {"algo": "maml"})
-    assert maml.inner_tol == 0 and maml.on_solve_failure == "stop"
+    assert maml.algo_options == {"maml": {"unroll_checkpoints": None}}  # no iMAML option
 
 
 def test_imaml_refuses_gauss_newton_on_the_loop_engine() -> None:
@@ -106,7 +108,7 @@ def test_imaml_refuses_gauss_newton_on_the_loop_engine() -> None:
     config = resolve_config(
         RToyFamily(), {"algo": "imaml", "engine": "loop", "curvature": "hessian"}
     )
-    assert config.curvature == "hessian"
+    assert config.options.curvature == "hessian"
 
 
 def test_imaml_refuses_a_tolerance_with_adam() -> None:

@@ -203,7 +203,7 @@ def test_train_flag(tmp_path, capsys) -> None:
     argv = ["train", "sine", "--iterations", "2", "--inner-steps", "3", "--quiet"]
     assert main([*argv, "--unroll-checkpoints", "1", "--out", str(out)]) == 0
     _, config, algo = load_run(out)
-    assert config.unroll_checkpoints == 1 and algo.unroll_checkpoints == 1
+    assert config.options.unroll_checkpoints == 1 and algo.unroll_checkpoints == 1
     for extra, message in (
         (["--algo", "reptile"], "--unroll-checkpoints applies to the second-order unroll"),
         (["--algo", "fomaml"], "--algo fomaml keeps no graph"),

@@ -11,7 +11,8 @@ holds), ``rundir`` (the run directory and its files), ``signals`` (SIGINT/SIGTER
 (algorithm and outer optimiser from a config), ``evaluation`` (a saved run read back and evaluated),
 ``checkpoint`` (the file format), ``distributed`` (torchrun), ``hooks``, ``progress`` (progress bars
 and lines), ``tensorboard``, ``plots``, and the family protocol, configuration and registry
-(``family``, ``config``, ``registry``).
+(``family``, ``train_config``, ``algorithm_config``: the algorithms' options among the flags,
+``config``, ``registry``).
 """
 
 from typing import TYPE_CHECKING

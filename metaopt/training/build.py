@@ -6,22 +6,15 @@ and the tools use, so a saved run is rebuilt exactly as it was trained.
 
 from __future__ import annotations
 
+import dataclasses
 import random
-from typing import Any
 
 import numpy as np
 import torch
 
-from metaopt.algorithms import (
-    ALGORITHMS,
-    IMAML,
-    MAML,
-    MetaLearner,
-    MetaSGD,
-    Reptile,
-    linear_annealing,
-)
+from metaopt.algorithms import MetaLearner, linear_annealing
 from metaopt.algorithms.subset import head_prefix
+from metaopt.registry import LEARNER, algorithm
 from metaopt.training.family import ConfigError, TaskFamily, TrainConfig
 
 __all__ = [
@@ -34,7 +27,8 @@ __all__ = [
 
 
 def build_algorithm(config: TrainConfig, model: torch.nn.Module) -> MetaLearner:
-    """The algorithm named by ``config.algo`` around ``model``, adapting ``config.adapt``."""
+    """The algorithm named by ``config.algo`` around ``model`` (its `metaopt.registry` entry's
+    factory, with ``config.options``), adapting ``config.adapt``."""
     names = [name.strip() for name in config.adapt.split(",") if name.strip()]
     try:
         adapt = [head_prefix(model) if name == "anil" else name for name in names] or None
@@ -58,43 +52,9 @@ def check_adapt(family: TaskFamily, config: TrainConfig) -> None:
 
 
 def _build(config: TrainConfig, model: torch.nn.Module, adapt: list[str] | None) -> MetaLearner:
-    shared: dict[str, Any] = {
-        "inner_lr": config.inner_lr,
-        "inner_steps": config.inner_steps,
-        "engine": config.engine,
-        "batch_norm": config.batch_norm,
-        "adapt": adapt,
-    }
-    if config.algo in ("maml", "fomaml"):
-        return MAML(
-            model,
-            first_order=config.first_order,
-            inner_optimizer=config.inner_optimizer,
-            unroll_checkpoints=config.unroll_checkpoints,
-            **shared,
-        )
-    if config.algo == "metasgd":  # its inner update is SGD with the learned rates
-        return MetaSGD(
-            model,
-            unroll_checkpoints=config.unroll_checkpoints,
-            positive_rates=config.positive_rates,
-            **shared,
-        )
-    if config.algo == "reptile":
-        return Reptile(model, inner_optimizer=config.inner_optimizer, **shared)
-    if config.algo == "imaml":
-        solver: dict[str, Any] = {
-            "reg": config.reg,
-            "cg_steps": config.cg_steps,
-            "cg_tol": config.cg_tol,
-            "solver": config.solver,
-            "inner_tol": config.inner_tol,
-            "power_iterations": config.power_iterations,
-            "on_solve_failure": config.on_solve_failure,
-            "curvature": config.curvature,
-        }
-        return IMAML(model, inner_optimizer=config.inner_optimizer, **solver, **shared)
-    raise ConfigError(f"--algo must be one of {', '.join(ALGORITHMS)}; got {config.algo!r}")
+    settings = {name: getattr(config, name) for name in LEARNER if name != "adapt"}
+    options = dataclasses.asdict(config.options)
+    return algorithm(config.algo).build(model, adapt=adapt, **settings, **options)
 
 
 def build_outer_optimizer(

@@ -3,7 +3,8 @@
 Resolution order: the dataclass defaults, then the algorithm's (``TrainConfig.ALGORITHM_DEFAULTS``),
 then the preset's values, then the flags the user gave.
 
-`add_config_arguments` gives ``metaopt train FAMILY`` its flags from the family's config;
+`add_config_arguments` gives ``metaopt train FAMILY`` its flags from the family's config, and
+each algorithm's options under a heading of their own (``iMAML options (algo imaml)``);
 `add_dataclass_arguments` and `dataclass_from_arguments` do the same for any dataclass
 whose fields carry a ``help`` in their metadata (the tools' option classes), and build the instance
 back from the parsed arguments.
@@ -16,10 +17,13 @@ import dataclasses
 import json
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from metaopt.options import flag, reader, tuple_reader
+from metaopt.registry import algorithm, algorithm_names
+from metaopt.training.algorithm_config import option_owners, renamed, run_fields, split_values
 from metaopt.training.family import ConfigError, FamilyOptions, TaskFamily, TrainConfig
 
 __all__ = [
@@ -44,77 +48,26 @@ def _base_type(annotation: Any) -> Any:
     return annotation
 
 
-def _integer(text: str) -> int:
-    """An ``int`` flag's value; the message of its error is argparse's one line."""
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-
-
-def _number(text: str) -> float:
-    """A ``float`` flag's value; the message of its error is argparse's one line."""
-    try:
-        return float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-
-
 #: How a flag of each field type reads its text (other types: as text).
-_READERS: dict[Any, Any] = {int: _integer, float: _number, Path: Path}
-
-
-def _parse_tuple(item_type: type) -> Any:
-    def parse(text: str) -> tuple[Any, ...]:
-        try:
-            return tuple(item_type(part) for part in text.split(",") if part.strip())
-        except ValueError:
-            raise argparse.ArgumentTypeError(
-                f"expected comma-separated {item_type.__name__} values, got {text!r}"
-            ) from None
-
-    return parse
+_READERS: dict[Any, Any] = {int: reader(int), float: reader(float), Path: Path}
 
 
 def add_config_arguments(
     parser: argparse.ArgumentParser, family: TaskFamily | FamilyOptions
 ) -> None:
-    """One flag per field of ``family.config_class``; help shows the default (and preset values)."""
-    hints = _field_types(family.config_class)
-    defaults = family.config_class()
-    for f in dataclasses.fields(family.config_class):
-        flag = "--" + f.name.replace("_", "-")
+    """One flag per field of ``family.config_class``, then each algorithm's options under its own
+    heading; help shows the default (and preset and algorithm values)."""
+    config_class = family.config_class
+    hints = _field_types(config_class)
+    defaults = config_class()
+    for f in dataclasses.fields(config_class):
+        if "help" not in f.metadata:
+            continue
+        help_text = f.metadata["help"]
+        if f.name == "algo":
+            help_text += ": " + ", ".join(algorithm_names())
         kind = _base_type(hints[f.name])
-        default = getattr(defaults, f.name)
-        by_preset = {
-            preset: values[f.name] for preset, values in family.presets.items() if f.name in values
-        }
-        help_text = f.metadata.get("help", "")
-        # A None default says nothing the help text does not (--out says where runs go).
-        notes = [] if default is None else [f"default: {_shown(default)}"]
-        notes += [f"preset {p}: {_shown(v)}" for p, v in by_preset.items()]
-        notes += [
-            f"algo {algo}: {_shown(values[f.name])}"
-            for algo, values in family.config_class.ALGORITHM_DEFAULTS.items()
-            if f.name in values
-        ]
-        if f.name == "preset" and family.presets:
-            notes.append("presets: " + ", ".join(sorted(family.presets)))
-        if notes:
-            help_text += f" ({'; '.join(notes)})"
-        help_text = help_text.replace("%", "%%")
-        kwargs: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS, "help": help_text}
-        if f.name == "preset" and family.presets:
-            kwargs["choices"] = sorted(family.presets)
-        if kind is bool:
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, **kwargs)
-        elif typing.get_origin(kind) is tuple:
-            item = typing.get_args(kind)[0]
-            parser.add_argument(
-                flag, type=_parse_tuple(item), metavar=item.__name__.upper() + ",...", **kwargs
-            )
-        else:
-            parser.add_argument(flag, type=_READERS.get(kind, str), **kwargs)
+        _add_flag(parser, f.name, kind, help_text, getattr(defaults, f.name), family)
         if f.name == "engine":  # the issue's spelling of --engine compiled
             parser.add_argument(
                 "--compile",
@@ -124,6 +77,71 @@ def add_config_arguments(
                 default=argparse.SUPPRESS,
                 help="the same as --engine compiled",
             )
+    for old, new in config_class.RENAMED.items():
+        parser.add_argument(
+            flag(old),
+            dest=old,
+            type=_READERS.get(_base_type(hints[new]), str),
+            default=argparse.SUPPRESS,
+            help=f"deprecated: the old name of {flag(new)}",
+        )
+    owners = option_owners(config_class)
+    groups: dict[tuple[str, ...], Any] = {}
+    for name, owned_by in owners.items():
+        first = algorithm(owned_by[0])
+        if tuple(owned_by) not in groups:
+            # "algo imaml", not "--algo imaml": compare refuses --algo (its --methods name them)
+            title = (
+                f"{first.label} options (algo {first.name})"
+                if len(owned_by) == 1
+                else f"options of algo {', '.join(owned_by)}"
+            )
+            groups[tuple(owned_by)] = parser.add_argument_group(title)
+        f = {f.name: f for f in dataclasses.fields(first.options)}[name]
+        kind = _base_type(_field_types(first.options)[name])
+        help_text = f.metadata.get("help", "")
+        _add_flag(groups[tuple(owned_by)], name, kind, help_text, _default(f), family)
+
+
+def _add_flag(
+    parser: Any,
+    name: str,
+    kind: Any,
+    help_text: str,
+    default: Any,
+    family: TaskFamily | FamilyOptions,
+) -> None:
+    """The flag of field or option ``name``: its help with the default, the presets' values and
+    the algorithms' defaults; a value given is kept (argparse's default: absent)."""
+    by_preset = {p: values[name] for p, values in family.presets.items() if name in values}
+    # A None default says nothing the help text does not (--out says where runs go).
+    notes = [] if default is None else [f"default: {_shown(default)}"]
+    notes += [f"preset {p}: {_shown(v)}" for p, v in by_preset.items()]
+    notes += [
+        f"algo {algo}: {_shown(values[name])}"
+        for algo, values in family.config_class.ALGORITHM_DEFAULTS.items()
+        if name in values
+    ]
+    if name == "preset" and family.presets:
+        notes.append("presets: " + ", ".join(sorted(family.presets)))
+    if notes:
+        help_text += f" ({'; '.join(notes)})"
+    kwargs: dict[str, Any] = {
+        "dest": name,
+        "default": argparse.SUPPRESS,
+        "help": help_text.replace("%", "%%"),
+    }
+    if name == "preset" and family.presets:
+        kwargs["choices"] = sorted(family.presets)
+    if kind is bool:
+        parser.add_argument(flag(name), action=argparse.BooleanOptionalAction, **kwargs)
+    elif typing.get_origin(kind) is tuple:
+        item = typing.get_args(kind)[0]
+        parser.add_argument(
+            flag(name), type=tuple_reader(item), metavar=item.__name__.upper() + ",...", **kwargs
+        )
+    else:
+        parser.add_argument(flag(name), type=_READERS.get(kind, str), **kwargs)
 
 
 def _shown(value: Any) -> str:
@@ -183,7 +201,7 @@ def add_dataclass_arguments(
         elif "type" in meta:
             kwargs.update(type=meta["type"], default=default)
         elif typing.get_origin(kind) is tuple:
-            kwargs.update(type=_parse_tuple(typing.get_args(kind)[0]), default=default)
+            kwargs.update(type=tuple_reader(typing.get_args(kind)[0]), default=default)
         else:
             kwargs.update(type=_READERS.get(kind, str), default=default)
         parser.add_argument(flag, metavar=meta.get("metavar"), **kwargs)
@@ -215,31 +233,41 @@ def dataclass_from_arguments(
     return options_class(**values)
 
 
-def resolve_config(family: TaskFamily, overrides: Mapping[str, Any]) -> TrainConfig:
+def resolve_config(
+    family: TaskFamily, overrides: Mapping[str, Any], *, methods: Sequence[str] = ()
+) -> TrainConfig:
     """Defaults, then the algorithm's defaults (``ALGORITHM_DEFAULTS`` of the ``algo`` the
     overrides or the preset name), then the preset (``overrides["preset"]`` or the family's
     default), then overrides.
 
+    ``overrides`` name the run's fields and the algorithms' options alike (as the flags do); the
+    chosen algorithm's options go to ``algo_options``. ``methods``: algorithms compared with it
+    (``metaopt compare``), whose options the overrides may set too.
+
     Raises:
-        ConfigError: unknown preset or field, a value out of range, or an ``adapt`` the
-            family's model does not have.
+        ConfigError: unknown preset, field or algorithm, an option of another algorithm, a value
+            out of range, or an ``adapt`` the family's model does not have.
     """
-    names = {f.name for f in dataclasses.fields(family.config_class)}
-    unknown = sorted(set(overrides) - names)
+    config_class = family.config_class
+    overrides = renamed(config_class, overrides, family.name)
+    known = run_fields(config_class) | set(option_owners(config_class))
+    unknown = sorted(set(overrides) - known)
     if unknown:
         raise ConfigError(f"{family.name}: unknown option(s) {', '.join(unknown)}")
-    preset = overrides.get("preset", family.config_class().preset)
+    preset = overrides.get("preset", config_class().preset)
     preset_values: Mapping[str, Any] = {}
     if preset is not None:
         if preset not in family.presets:
             choices = ", ".join(sorted(family.presets)) or "none"
             raise ConfigError(f"--preset must be one of {choices}; got {preset!r}")
         preset_values = family.presets[preset]
-    algo = overrides.get("algo", preset_values.get("algo", family.config_class().algo))
-    values: dict[str, Any] = dict(family.config_class.ALGORITHM_DEFAULTS.get(algo, {}))
+    algo = overrides.get("algo", preset_values.get("algo", config_class().algo))
+    algorithm(algo)  # an unknown name, before anything else is said of it
+    values: dict[str, Any] = dict(config_class.ALGORITHM_DEFAULTS.get(algo, {}))
     values.update(preset_values)
     values.update(overrides)
-    config = family.config_class(**values)
+    run, options = split_values(config_class, algo, values, set(overrides), methods)
+    config = config_class(**run, algo_options=options)
     config.validate()
     family.validate(config)
     if config.adapt:
@@ -250,8 +278,9 @@ def resolve_config(family: TaskFamily, overrides: Mapping[str, Any]) -> TrainCon
 
 
 def load_config(family: TaskFamily, path: Path) -> TrainConfig:
-    """The config saved in a run's ``config.json``, validated again."""
-    saved = json.loads(path.read_text())["config"]
+    """The config saved in a run's ``config.json`` (as this version reads it:
+    ``TrainConfig.upgrade``), validated again."""
+    saved = family.config_class.upgrade(json.loads(path.read_text())["config"])
     names = {f.name for f in dataclasses.fields(family.config_class)}
     hints = _field_types(family.config_class)
     values: dict[str, Any] = {}

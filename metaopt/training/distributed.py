@@ -33,7 +33,7 @@ from typing import Any, TypeVar
 import torch
 import torch.distributed as dist
 
-from metaopt.training.family import ConfigError
+from metaopt.options import ConfigError
 
 __all__ = [
     "DistInfo",

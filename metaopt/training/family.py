@@ -86,7 +86,7 @@ class TruthRequest:
     [`TaskFamily.compare_with_truth`][metaopt.training.TaskFamily.compare_with_truth].
 
     Attributes:
-        methods: the compared algorithms (names of `metaopt.options.ALGORITHMS`).
+        methods: the compared algorithms, by name (`metaopt.registry.algorithm_names`).
         batches: meta-batches the comparison averages over.
         progress: called once per finished row (the command's progress bar).
     """
@@ -204,8 +204,9 @@ class TaskFamily:
             return None
         params = sum(p.numel() for p in model.parameters())
         kept = config.inner_steps  # with --unroll-checkpoints N: N states and one step's graph
-        if config.unroll_checkpoints is not None:
-            kept = min(kept, config.unroll_checkpoints + 1)
+        checkpoints = getattr(config.options, "unroll_checkpoints", None)
+        if checkpoints is not None:
+            kept = min(kept, checkpoints + 1)
         per_task = (kept + 1) * (2 * params + config.activation_elements())
         return 4 * (4 * params + config.meta_batch * per_task)
 

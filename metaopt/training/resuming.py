@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from metaopt.training import distributed
+from metaopt.training.algorithm_config import config_flag_names, renamed, split_values
 from metaopt.training.build import apply_threads, build_algorithm, build_outer_optimizer
 from metaopt.training.checkpoint import (
     CheckpointError,
@@ -230,18 +231,20 @@ def _resumed_config(
     family: TaskFamily, config: TrainConfig, overrides: Mapping[str, Any]
 ) -> TrainConfig:
     """``config`` with the flags given alongside ``--resume``: equal, or a harmless change."""
-    names = {f.name for f in dataclasses.fields(config)}
-    unknown = sorted(set(overrides) - names)
+    overrides = renamed(type(config), overrides, family.name)
+    unknown = sorted(set(overrides) - config_flag_names(type(config)))
     if unknown:
         raise ConfigError(f"{family.name}: unknown option(s) {', '.join(unknown)}")
+    run, options = split_values(type(config), config.algo, overrides, set(overrides))
+    saved = _flat(config.to_dict())
     allowed = type(config).RESUMABLE
     changes: dict[str, Any] = {}
-    for name, value in overrides.items():
+    for name, value in {**run, **options[config.algo]}.items():
         if name == "out":
             raise ConfigError(
                 "--out cannot be combined with --resume: a resumed run continues in RUN_DIR"
             )
-        current = getattr(config, name)
+        current = saved[name]
         if value == current:
             continue
         if name not in allowed:
@@ -261,6 +264,13 @@ def _resumed_config(
     resumed = dataclasses.replace(config, **changes)
     resumed.validate()
     return resumed
+
+
+def _flat(values: Mapping[str, Any]) -> dict[str, Any]:
+    """A config's fields and its algorithm's options side by side, as the flags name them."""
+    options = values.get("algo_options")
+    own = options.get(values.get("algo"), {}) if isinstance(options, Mapping) else {}
+    return {**{k: v for k, v in values.items() if k != "algo_options"}, **own}
 
 
 def _load_for_resume(path: Path, run_dir: Path, family: str) -> dict[str, Any]:
@@ -304,7 +314,8 @@ def check_checkpoint(
         theirs = None
     if not isinstance(theirs, dict):
         raise ConfigError(f"checkpoint {path} holds no config: it is not a metaopt run's")
-    ours = json.loads(json.dumps(config.to_dict()))
+    theirs = _flat(type(config).upgrade(theirs))
+    ours = _flat(json.loads(json.dumps(config.to_dict())))
     ignored = set(type(config).RESUMABLE) | {"out"}
     if config.anneal:
         ignored.discard("iterations")

@@ -1,7 +1,12 @@
 """The configuration every task family shares: `TrainConfig`, one command-line flag per field, and
 `option`, the field that documents itself as a flag. A family's config subclasses `TrainConfig`
 ([`TaskFamily`][metaopt.training.TaskFamily] names it); this module imports neither torch nor
-numpy, so the command line reads every family's flags without them."""
+numpy, so the command line reads every family's flags without them.
+
+The chosen algorithm's own options (iMAML's ``--reg``, Meta-SGD's ``--positive-rates``) are not
+fields of the run: ``algo_options`` nests them under the algorithm's name, as its options
+dataclass gives them (`metaopt.registry`), and ``config.json`` records them so.
+"""
 
 from __future__ import annotations
 
@@ -11,21 +16,29 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from metaopt.options import (
-    ALGORITHMS,
     BATCH_NORM_MODES,
-    CURVATURES,
     ENGINES,
+    HELP_FROM_BASE,
     INNER_OPTIMIZERS,
-    SOLVE_FAILURE_POLICIES,
-    SOLVERS,
     ConfigError,
+    check_bool,
     check_choice,
     check_int,
     check_real,
     flag,
+    option,
 )
+from metaopt.registry import AlgorithmDefaults, algorithm, algorithms
 
-__all__ = ["DIST_BACKENDS", "MAX_SEED", "OUTER_OPTIMIZERS", "TrainConfig", "option"]
+__all__ = [
+    "DIST_BACKENDS",
+    "FLAT_OPTIONS",
+    "MAX_SEED",
+    "OUTER_OPTIMIZERS",
+    "TrainConfig",
+    "complete_options",
+    "option",
+]
 
 #: Largest ``--seed`` / ``--eval-seed`` (numpy's legacy global seeding takes 32 bits).
 MAX_SEED = 2**32 - 1
@@ -38,26 +51,45 @@ OUTER_OPTIMIZERS = ("adam", "sgd")
 #: ``--dist-backend``: ``auto`` picks nccl with CUDA, else gloo.
 DIST_BACKENDS = ("auto", "gloo", "nccl")
 
+#: The algorithms' options that ``config.json`` held at its top level, beside the run's fields,
+#: until metaopt 0.1.0; a saved config that has them is read with them nested (`TrainConfig.upgrade`).
+FLAT_OPTIONS = (
+    "positive_rates",
+    "reg",
+    "cg_steps",
+    "cg_tol",
+    "solver",
+    "inner_tol",
+    "power_iterations",
+    "on_solve_failure",
+    "curvature",
+    "unroll_checkpoints",
+)
 
-#: Metadata of an `option` without help, until its config class gives it the base's help.
-_HELP_FROM_BASE = "help_from_base"
 
-
-def option(default: Any, help: str | None = None, **kwargs: Any) -> Any:
-    """A dataclass field that documents itself as a command-line flag.
-
-    Without ``help``, the field must override a base config's field (in a subclass of
-    [`TrainConfig`][metaopt.training.TrainConfig] changing a default), with its help and metadata.
-    """
-    own = {"help": help} if help is not None else {_HELP_FROM_BASE: True}
-    return field(default=default, metadata={**own, **kwargs.pop("metadata", {})}, **kwargs)
+def complete_options(algo_options: Mapping[str, Any], algo: str) -> dict[str, Any]:
+    """``algo_options`` with an entry for ``algo`` and every entry of a known algorithm filled
+    with its options' defaults (an entry with a name its options lack is left for `validate`)."""
+    complete = {name: dict(values) for name, values in algo_options.items()}
+    specs = algorithms()
+    if algo in specs:
+        complete.setdefault(algo, {})
+    for name, values in complete.items():
+        spec = specs.get(name)
+        if spec is not None and set(values) <= set(spec.option_names()):
+            complete[name] = {**dataclasses.asdict(spec.options()), **values}
+    return complete
 
 
 @dataclass
 class TrainConfig:
     """Fields every task family shares. Families subclass this and override defaults."""
 
-    algo: str = option("maml", f"meta-learning algorithm: {', '.join(ALGORITHMS)}")
+    algo: str = option("maml", "meta-learning algorithm")
+    #: The options of the algorithms by name (``{"imaml": {"reg": 20.0, ...}}``): the chosen one's
+    #: always, every field at its value (`complete_options`); ``metaopt compare`` keeps each
+    #: compared method's. Not a flag: each option is one, under its algorithm's heading.
+    algo_options: dict[str, dict[str, Any]] = field(default_factory=dict)
     preset: str | None = option(None, "named preset of the family (sets several defaults)")
     inner_steps: int = option(1, "gradient steps of adaptation to each task's support set")
     inner_lr: float = option(
@@ -66,54 +98,11 @@ class TrainConfig:
     inner_optimizer: str = option(
         "sgd", "inner-loop optimiser: sgd or adam (MAML, Reptile and iMAML)"
     )
-    positive_rates: bool = option(
-        False,
-        "Meta-SGD: learn ρ with rates α = softplus(ρ), which stay positive (default: the raw "
-        "rates of Li et al., which may turn negative; a warning says when)",
-    )
     adapt: str = option(
         "",
         "parameters the inner loop adapts, comma-separated names or submodule prefixes as "
         "model.named_parameters() gives them (the rest held at θ during adaptation and still "
         "meta-learned); anil: the model's last layer (ANIL); default: all",
-    )
-    reg: float = option(1.0, "iMAML: λ, the pull of the inner problem towards θ")
-    cg_steps: int = option(10, "iMAML: conjugate-gradient iterations per meta-gradient")
-    cg_tol: float = option(
-        1e-3, "iMAML: largest relative CG residual accepted (beyond it training stops)"
-    )
-    solver: str = option(
-        "cg",
-        "iMAML: linear solver of (I + H/λ)x = ∇L_query: cg (needs I + H/λ positive definite), "
-        "minres (symmetric, possibly indefinite) or normal_cg (CG on the squared system)",
-    )
-    inner_tol: float = option(
-        0.0,
-        "iMAML: stop the inner loop once every task's ‖∇L(φ) + λ(φ − θ)‖ is at most this times "
-        "its value at θ, or after --inner-steps steps (0: always --inner-steps steps)",
-    )
-    power_iterations: int = option(
-        0,
-        "iMAML: power iterations estimating each task's support-loss curvature L at θ; the inner "
-        "step is then min(--inner-lr, 1/(λ + L)), halved where it raises the regularised loss "
-        "(0: --inner-lr)",
-    )
-    on_solve_failure: str = option(
-        "stop",
-        "iMAML: a linear solve that misses --cg-tol: stop (training stops), skip (no outer step "
-        "for that meta-batch, counted as solve_skipped) or damp (solve (I + H/λ + μI)x = g with "
-        "the smallest μ of 0.001, 0.01, 0.1, 1, 10 that converges; μ logged as solve_damping)",
-    )
-    curvature: str = option(
-        "hessian",
-        "iMAML: H in (I + H/λ)x = g: hessian (the support loss's) or gauss-newton (its "
-        "positive semi-definite Gauss-Newton part; vectorised engine only)",
-    )
-    unroll_checkpoints: int | None = option(
-        None,
-        "maml and metasgd: checkpointed unrolling, at most this many inner states held at once and "
-        "the others recomputed in the backward pass (memory bounded for long unrolls, for more "
-        "time; vectorised engine); default: the plain unroll, every step kept",
     )
     engine: str = option(
         "auto",
@@ -172,21 +161,14 @@ class TrainConfig:
         "(0: the memory available when the run starts)",
     )
 
-    #: Defaults that depend on ``--algo``: applied over the dataclass's defaults and under a
-    #: preset's values and the user's flags. iMAML's solve its inner problem to a tolerance with
-    #: a curvature-tied step and damp a solve that fails (docs/results.md measured them).
-    ALGORITHM_DEFAULTS: ClassVar[Mapping[str, Mapping[str, Any]]] = {
-        "imaml": {
-            "inner_lr": 1.0,
-            "inner_steps": 20,
-            "inner_tol": 1e-2,
-            "power_iterations": 3,
-            "reg": 20.0,
-            "cg_steps": 30,
-            "on_solve_failure": "damp",
-            "curvature": "gauss-newton",
-        },
-    }
+    #: Defaults that depend on ``--algo`` (each algorithm's `AlgorithmSpec.defaults`, plug-ins
+    #: included): applied over the dataclass's defaults and under a preset's values and the
+    #: user's flags.
+    ALGORITHM_DEFAULTS: ClassVar[Mapping[str, Mapping[str, Any]]] = AlgorithmDefaults()
+
+    #: A family's renamed fields, old name -> new: a saved config or a flag with the old name is
+    #: read as the new one (the flag with a warning).
+    RENAMED: ClassVar[Mapping[str, str]] = {}
 
     #: Fields that ``metaopt train FAMILY --resume RUN_DIR`` lets a flag change: they do not alter
     #: the training trajectory (``iterations`` only while ``anneal`` is off, as the schedule
@@ -203,78 +185,55 @@ class TrainConfig:
         "max_memory",
     )
 
+    def __post_init__(self) -> None:
+        if isinstance(self.algo_options, Mapping) and isinstance(self.algo, str):
+            self.algo_options = complete_options(self.algo_options, self.algo)
+
     def validate(self) -> None:
         """Raise [`ConfigError`][metaopt.training.ConfigError] naming the first field that is out of
         range."""
+        spec = algorithm(self.algo)
         for name, allowed in (
-            ("algo", ALGORITHMS),
             ("inner_optimizer", INNER_OPTIMIZERS),
             ("engine", ENGINES),
             ("batch_norm", BATCH_NORM_MODES),
             ("dist_backend", DIST_BACKENDS),
             ("outer_optimizer", self.OUTER_OPTIMIZERS),
-            ("solver", SOLVERS),
-            ("on_solve_failure", SOLVE_FAILURE_POLICIES),
-            ("curvature", CURVATURES),
         ):
             check_choice(flag(name), getattr(self, name), allowed)
-        if self.algo == "metasgd" and self.inner_optimizer != "sgd":
+        if self.inner_optimizer not in spec.inner_optimizers:
             raise ConfigError(
-                f"--inner-optimizer must be sgd with --algo metasgd (Meta-SGD's inner update is "
-                f"SGD with learned rates); got {self.inner_optimizer!r}"
+                f"--inner-optimizer must be {' or '.join(spec.inner_optimizers)} with --algo "
+                f"{self.algo} ({spec.label} adapts with an inner update of its own); got "
+                f"{self.inner_optimizer!r}"
             )
-        if self.algo == "imaml" and self.curvature == "gauss-newton" and self.engine == "loop":
-            raise ConfigError(
-                "--curvature gauss-newton needs the network's outputs, which only the vectorised "
-                "engine sees; got --engine loop (use --engine auto or vmap, or --curvature "
-                "hessian)"
-            )
-        if self.algo == "imaml" and self.inner_optimizer != "sgd":
-            for name in ("inner_tol", "power_iterations"):
-                if getattr(self, name):
-                    raise ConfigError(
-                        f"{flag(name)} {getattr(self, name)} needs --inner-optimizer sgd (gradient "
-                        f"descent on the regularised problem); got {self.inner_optimizer!r} (set "
-                        f"{flag(name)} 0 to use it)"
-                    )
-        if self.positive_rates is True and self.algo != "metasgd":
-            raise ConfigError(
-                f"--positive-rates applies to --algo metasgd (its learned rates) only; got "
-                f"--algo {self.algo}"
-            )
-        for name in ("inner_steps", "meta_batch", "eval_tasks", "cg_steps"):
+        for name in ("inner_steps", "meta_batch", "eval_tasks"):
             check_int(flag(name), getattr(self, name), 1)
-        for name in ("iterations", "eval_every", "checkpoint_every", "threads", "power_iterations"):
+        for name in ("iterations", "eval_every", "checkpoint_every", "threads"):
             check_int(flag(name), getattr(self, name), 0)
         for name in ("seed", "eval_seed"):  # numpy's legacy seeding takes 32 bits
             check_int(flag(name), getattr(self, name), 0, MAX_SEED)
-        for name in ("inner_lr", "outer_lr", "dist_timeout", "reg", "cg_tol"):
+        for name in ("inner_lr", "outer_lr", "dist_timeout"):
             check_real(flag(name), getattr(self, name), low=0, low_open=True)
-        for name in ("max_memory", "clip_grad_norm", "inner_tol"):
+        for name in ("max_memory", "clip_grad_norm"):
             check_real(flag(name), getattr(self, name), low=0)
-        for name in ("anneal", "skip_nonfinite", "positive_rates"):
-            if not isinstance(getattr(self, name), bool):
-                raise ConfigError(
-                    f"{flag(name)} must be true or false, got {getattr(self, name)!r}"
-                )
-        if self.unroll_checkpoints is not None:
-            check_int(flag("unroll_checkpoints"), self.unroll_checkpoints, 1)
-            if self.algo not in ("maml", "metasgd"):
-                raise ConfigError(
-                    f"--unroll-checkpoints applies to the second-order unroll of --algo maml and "
-                    f"metasgd; --algo {self.algo} keeps no graph of its inner steps"
-                )
-            if self.engine not in ("auto", "vmap"):
-                raise ConfigError(
-                    f"--unroll-checkpoints runs on the vectorised engine; got --engine {self.engine}"
-                    " (use auto or vmap)"
-                )
+        for name in ("anneal", "skip_nonfinite"):
+            check_bool(flag(name), getattr(self, name))
         if not isinstance(self.adapt, str):
             raise ConfigError(f"--adapt takes comma-separated names, got {self.adapt!r}")
         for name in ("preset", "out"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, str) or not value):
                 raise ConfigError(f"{flag(name)} must be a non-empty string, got {value!r}")
+        if not isinstance(self.algo_options, Mapping):
+            raise ConfigError(
+                f"algo_options must map algorithms to options, got {self.algo_options!r}"
+            )
+        for name, values in self.algo_options.items():
+            made = algorithm(name).make_options(values)
+            check = getattr(made, "check", None)
+            if name == self.algo and check is not None:
+                check(self)
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         """Give each ``option(default)`` without help the metadata of the base field it overrides.
@@ -285,7 +244,7 @@ class TrainConfig:
         super().__init_subclass__(**kwargs)
         base = {f.name: f for f in dataclasses.fields(cls)}
         for name, value in vars(cls).items():
-            if isinstance(value, dataclasses.Field) and value.metadata.get(_HELP_FROM_BASE):
+            if isinstance(value, dataclasses.Field) and value.metadata.get(HELP_FROM_BASE):
                 if name not in base:
                     raise TypeError(
                         f"{cls.__name__}.{name}: option() without help must override a field "
@@ -299,9 +258,34 @@ class TrainConfig:
         return self.outer_optimizer
 
     @property
-    def first_order(self) -> bool:
-        """Whether the algorithm drops second-order terms (``--algo fomaml``)."""
-        return self.algo == "fomaml"
+    def options(self) -> Any:
+        """The chosen algorithm's options: its options dataclass from ``algo_options[algo]``.
+
+        Raises:
+            ConfigError: an unknown algorithm, or options out of range.
+        """
+        return algorithm(self.algo).make_options(self.algo_options.get(self.algo, {}))
+
+    @classmethod
+    def upgrade(cls, saved: Mapping[str, Any]) -> dict[str, Any]:
+        """A saved config (``config.json``'s or a checkpoint's) as this version reads it: renamed
+        fields (`RENAMED`) under their new names, and the options that metaopt 0.1.0 kept at the
+        top level (`FLAT_OPTIONS`) nested under the algorithm (another algorithm's dropped), each
+        entry completed with its defaults."""
+        values = dict(saved)
+        for old, new in cls.RENAMED.items():
+            if old in values and new not in values:
+                values[new] = values.pop(old)
+        own = {f.name for f in dataclasses.fields(cls)}
+        flat = {n: values.pop(n) for n in FLAT_OPTIONS if n in values and n not in own}
+        algo = values.get("algo", cls.algo)
+        if "algo_options" not in values and isinstance(algo, str):
+            spec = algorithms().get(algo)
+            owned = spec.option_names() if spec is not None else ()
+            values["algo_options"] = {algo: {k: v for k, v in flat.items() if k in owned}}
+        if isinstance(values.get("algo_options"), Mapping) and isinstance(algo, str):
+            values["algo_options"] = complete_options(values["algo_options"], algo)
+        return values
 
     def to_dict(self) -> dict[str, Any]:
         """Every field by name, as ``config.json`` records it."""

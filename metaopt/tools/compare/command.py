@@ -65,9 +65,10 @@ def run_compare_command(family: TaskFamily, arguments: Mapping[str, Any]) -> int
         if name in arguments:
             raise ConfigError(f"{option} does not apply to metaopt compare; use {instead}")
     own = (*_COMMAND, *dataclass_arguments(CompareOptions), "command", "family")
-    config = resolve_config(family, {k: v for k, v in arguments.items() if k not in own})
     options = dataclass_from_arguments(CompareOptions, arguments)
     options.validate()
+    overrides = {k: v for k, v in arguments.items() if k not in own}
+    config = resolve_config(family, overrides, methods=options.all_methods)
     if arguments["threads"] is not None:
         if arguments["threads"] < 1:
             raise ConfigError(f"--threads must be an integer >= 1, got {arguments['threads']}")

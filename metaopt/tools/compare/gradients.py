@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from metaopt.algorithms import MetaLearner
+from metaopt.registry import algorithm
 from metaopt.task import Task
 from metaopt.tools.compare.options import BATCH_STREAM, ModelState
 from metaopt.training import (
@@ -196,9 +197,13 @@ def initial_state(family: TaskFamily, config: TrainConfig) -> ModelState:
 
 
 def method_config(config: TrainConfig, method: str) -> TrainConfig:
-    """``config`` for ``method``: Meta-SGD's inner update is always SGD (with learned rates)."""
-    optimizer = "sgd" if method == "metasgd" else config.inner_optimizer
-    return dataclasses.replace(config, algo=method, inner_optimizer=optimizer)
+    """``config`` for ``method``, with its own options alone (those ``config.algo_options`` holds
+    for it, else its defaults); an inner optimiser it does not take (Meta-SGD's update is SGD with
+    its learned rates) replaced by the first it does."""
+    allowed = algorithm(method).inner_optimizers
+    optimizer = config.inner_optimizer if config.inner_optimizer in allowed else allowed[0]
+    options = {method: config.algo_options.get(method, {})}
+    return dataclasses.replace(config, algo=method, inner_optimizer=optimizer, algo_options=options)
 
 
 def method_algorithm(
@@ -213,12 +218,17 @@ def method_algorithm(
     """``method`` with ``steps`` inner steps around a fresh model loaded with ``state``;
     ``first_order``: its first-order variant (Meta-SGD's, which ``--algo`` does not name)."""
     config = dataclasses.replace(method_config(config, method), inner_steps=steps)
+    # The first-order variant: an option of the algorithm's (a plug-in's), else MAML's flag.
+    as_option = first_order and "first_order" in algorithm(method).option_names()
+    if as_option:
+        options = {method: {**config.algo_options[method], "first_order": True}}
+        config = dataclasses.replace(config, algo_options=options)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
         model = family.make_model(config)
     model.load_state_dict(state)
     algo = build_algorithm(config, model)
-    if first_order:
+    if first_order and not as_option:
         if not hasattr(algo, "first_order"):
             raise ValueError(f"{method} has no first-order variant")
         algo.first_order = True  # MAML's flag, read at each meta_backward
@@ -237,9 +247,9 @@ class MetaGradient(NamedTuple):
 
     Attributes:
         theta: Gradient of each trainable model parameter, by name.
-        rates_norm: Meta-SGD: norm of the gradient of its learned rates; otherwise ``None``.
-        rates: Meta-SGD: the gradient of its learned rates, by parameter name; otherwise
-            ``None``.
+        rates_norm: An algorithm that learns rates (Meta-SGD): the norm of their gradient;
+            otherwise ``None``.
+        rates: The gradient of its learned rates, by parameter name; otherwise ``None``.
         query: Mean query loss of the meta-batch after adaptation.
         finite: Whether every entry of ``theta`` is finite.
     """
@@ -285,12 +295,15 @@ def meta_gradient(
         if p.requires_grad
     }
     rates_norm, rates = None, None
-    if algo.rate_parameters():
+    learned = algo.learned_tensors()  # the rates (Meta-SGD's, a plug-in's): one per parameter
+    if learned:
+        named = [name for name, _ in algo.model.named_parameters()]
+        names = (
+            named if len(named) == len(learned) else [f"learned[{i}]" for i in range(len(learned))]
+        )
         rates = {
             name: r.grad.detach().clone()
-            for (name, _), r in zip(
-                algo.model.named_parameters(), algo.rate_parameters(), strict=True
-            )
+            for name, r in zip(names, learned, strict=True)
             if r.grad is not None
         }
         rates_norm = float(_flat(list(rates.values())).norm()) if rates else 0.0

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import argparse
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from metaopt.options import tuple_reader
+from metaopt.registry import algorithm, algorithm_names, algorithms, color
 from metaopt.training import ConfigError, option
-from metaopt.training.family import ALGORITHMS, flag
+from metaopt.training.family import flag
 
 if TYPE_CHECKING:  # the command line reads CompareOptions without torch
     import torch
@@ -29,6 +30,7 @@ __all__ = [
     "gradient_rows",
     "parse_methods",
     "parse_steps",
+    "rates_row",
 ]
 
 
@@ -36,39 +38,65 @@ __all__ = [
 REFERENCE = "maml"
 #: Second-order MAML on an independent meta-batch: the meta-batch sampling noise.
 OTHER_BATCH = "maml-other-batch"
+#: A row of learned rates (`rates_row`) is named ``<method>-rates``.
+RATES_SUFFIX = "-rates"
 #: Meta-SGD's gradient row: the meta-gradient of its learned rates α, first-order Meta-SGD against
 #: second-order Meta-SGD. At the comparison points α = inner_lr, where Meta-SGD's θ-gradient is
 #: second-order MAML's exactly (tested), so a θ row against MAML could only read 1.0000 (×1).
-METASGD_RATES = "metasgd-rates"
+METASGD_RATES = "metasgd" + RATES_SUFFIX
 DEFAULT_STEPS = (1, 2, 5, 10)
 #: Key of the domain-free held-out loss in learning curves (and in the runs' metrics.jsonl).
 HELDOUT_KEY = "heldout_query_loss"
 
-LABELS = {
-    "maml": "MAML (second order)",
-    "fomaml": "first-order MAML",
-    "metasgd": "Meta-SGD",
-    "reptile": "Reptile",
-    "imaml": "iMAML",
-    OTHER_BATCH: "MAML, other batch",
-    METASGD_RATES: "Meta-SGD's rates, first vs second order",
-}
-COLORS = {
-    "maml": "C0",
-    "fomaml": "C1",
-    "metasgd": "C2",
-    "reptile": "C3",
-    "imaml": "C4",
-    OTHER_BATCH: "0.55",
-    METASGD_RATES: "C2",
-}
+
+def rates_row(method: str) -> str:
+    """The gradient row of ``method``'s learned rates (``metasgd-rates``): the methods whose rates
+    start at ``inner_lr`` (``AlgorithmSpec.learned_rates``) are compared by their rates' meta-
+    gradient, first against second order, as their θ-gradient there is second-order MAML's."""
+    return method + RATES_SUFFIX
+
+
+class _ByRow(Mapping[str, str]):
+    """The label or colour (``what``) of each row of the results: an algorithm's from the registry
+    (one without a colour gets one of a palette), its `rates_row`'s likewise, and ``rows``, the
+    rows that are no algorithm's."""
+
+    def __init__(self, what: str, rows: Mapping[str, str]) -> None:
+        self._what = what
+        self._rows = rows
+
+    def __getitem__(self, row: str) -> str:
+        if row in self._rows:
+            return self._rows[row]
+        specs = algorithms()
+        method = row if row in specs else row.removesuffix(RATES_SUFFIX)
+        if method not in specs:
+            raise KeyError(row)
+        if self._what == "color":
+            return color(method)
+        label = specs[method].label
+        return label if method == row else f"{label}'s rates, first vs second order"
+
+    def __iter__(self) -> Iterator[str]:
+        specs = algorithms()
+        rates = [rates_row(name) for name, spec in specs.items() if spec.learned_rates]
+        return iter([*specs, *self._rows, *rates])
+
+    def __len__(self) -> int:
+        return len(list(iter(self)))
+
+
+#: The label of each row of the results (an algorithm's from the registry).
+LABELS: Mapping[str, str] = _ByRow("label", {OTHER_BATCH: "MAML, other batch"})
+#: The colour of each row (an algorithm's own, else from a palette: never a KeyError).
+COLORS: Mapping[str, str] = _ByRow("color", {OTHER_BATCH: "0.55"})
 
 
 def gradient_rows(methods: Sequence[str]) -> list[str]:
     """The rows of the gradient comparison for ``methods``: each method but the reference
-    against second-order MAML (Meta-SGD: `METASGD_RATES` instead), then
+    against second-order MAML (a method with learned rates: its `rates_row` instead), then
     `OTHER_BATCH`."""
-    rows = [METASGD_RATES if m == "metasgd" else m for m in methods if m != REFERENCE]
+    rows = [rates_row(m) if algorithm(m).learned_rates else m for m in methods if m != REFERENCE]
     return [*rows, OTHER_BATCH]
 
 
@@ -81,9 +109,10 @@ HELDOUT_STREAM = 0x4E1D0
 ModelState = dict[str, "torch.Tensor"]
 
 
-#: ``--methods`` by default: every algorithm but iMAML, whose λ has to suit the family (its CG
-#: solve refuses an indefinite I + H/λ), so it is compared when named: ``--methods imaml``.
-DEFAULT_METHODS = tuple(m for m in ALGORITHMS if m != "imaml")
+#: ``--methods`` by default: every built-in algorithm but iMAML, whose λ has to suit the family
+#: (its CG solve refuses an indefinite I + H/λ), so it is compared when named, as a plug-in's
+#: algorithm is: ``--methods imaml``.
+DEFAULT_METHODS = ("maml", "fomaml", "metasgd", "reptile")
 
 
 def parse_methods(text: str) -> tuple[str, ...]:
@@ -91,14 +120,8 @@ def parse_methods(text: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in text.split(",") if part.strip())
 
 
-def parse_steps(text: str) -> tuple[int, ...]:
-    """``"1,2,5"`` -> ``(1, 2, 5)``; argparse reports the error of anything else."""
-    try:
-        return tuple(int(part) for part in text.split(",") if part.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected comma-separated integers, got {text!r}"
-        ) from None
+#: ``"1,2,5"`` -> ``(1, 2, 5)``; argparse reports the error of anything else.
+parse_steps = tuple_reader(int)
 
 
 @dataclass(frozen=True)
@@ -168,10 +191,11 @@ class CompareOptions:
     def validate(self) -> None:
         """Raise [`ConfigError`][metaopt.training.ConfigError] naming the first flag that is out of
         range."""
-        unknown = [m for m in self.methods if m not in ALGORITHMS]
+        names = algorithm_names()
+        unknown = [m for m in self.methods if m not in names]
         if unknown or not self.methods:
             raise ConfigError(
-                f"--methods must be a comma-separated subset of {', '.join(ALGORITHMS)}; "
+                f"--methods must be a comma-separated subset of {', '.join(names)}; "
                 f"got {','.join(self.methods)!r}"
             )
         if not self.steps or any(isinstance(s, bool) or s < 1 for s in self.steps):
@@ -196,6 +220,6 @@ class CompareOptions:
 
     @property
     def all_methods(self) -> tuple[str, ...]:
-        """Second-order MAML first, then the others in the order of ``ALGORITHMS``."""
+        """Second-order MAML first, then the others in the registry's order."""
         chosen = set(self.methods) | {REFERENCE}
-        return tuple(m for m in ALGORITHMS if m in chosen)
+        return tuple(m for m in algorithm_names() if m in chosen)

@@ -6,11 +6,12 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
+from metaopt.registry import algorithms
 from metaopt.tools.compare.options import (
     HELDOUT_KEY,
     LABELS,
-    METASGD_RATES,
     OTHER_BATCH,
+    RATES_SUFFIX,
     REFERENCE,
     gradient_rows,
 )
@@ -59,18 +60,25 @@ def interpret(results: Mapping[str, Any]) -> list[str]:
             cos = ", ".join(_cos(r["cosine"]) for r in rows)
             ratio = ", ".join(_fmt(r["norm_ratio"]) for r in rows)
             parts.append(f"{point_label(iteration)}: cosine {cos}; norm ratio {ratio}")
-        what = {
-            OTHER_BATCH: "second-order MAML on an independent meta-batch vs second-order MAML",
-            METASGD_RATES: "of Meta-SGD's learned rates, first-order vs second-order Meta-SGD",
-        }.get(method, f"{LABELS[method]} vs second-order MAML")
+        specs = algorithms()
+        rated = method.removesuffix(RATES_SUFFIX) if method not in specs else None
+        label = specs[rated].label if rated in specs else ""
+        if method == OTHER_BATCH:
+            what = "second-order MAML on an independent meta-batch vs second-order MAML"
+        elif label:
+            what = f"of {label}'s learned rates, first-order vs second-order {label}"
+        else:
+            what = f"{LABELS[method]} vs second-order MAML"
         line = f"Gradients, {what} ({batch}), at {'/'.join(map(str, steps))} inner steps — "
         line += " | ".join(parts) + "."
-        if method == "reptile":
-            line += " Reptile's norm is of θ − θ̃ (parameter units), not of a loss gradient."
-        if method == METASGD_RATES:
+        if method in specs and not specs[method].has_meta_objective:
+            line += (
+                f" {LABELS[method]}'s norm is of θ − θ̃ (parameter units), not of a loss gradient."
+            )
+        if label:
             norms = ", ".join(_fmt(r["reference_norm"]) for r in rows_of(results, method, 0))
             line += (
-                " At these points the rates are inner_lr, where Meta-SGD's θ-gradient is "
+                f" At these points the rates are inner_lr, where {label}'s θ-gradient is "
                 "second-order MAML's exactly (tested), so only the rates' are compared (after "
                 "one inner step first order is exact for them: no Hessian enters); their "
                 f"second-order meta-gradient norm at init: {norms}."

@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+from metaopt.registry import algorithm
 from metaopt.tools.compare.curves import checkpoint_iterations, family_curve_key, run_curve
 from metaopt.tools.compare.gradients import (
     comparison_seeds,
@@ -19,12 +20,12 @@ from metaopt.tools.compare.gradients import (
     summarize_batches,
 )
 from metaopt.tools.compare.options import (
-    METASGD_RATES,
     OTHER_BATCH,
     OTHER_BATCH_STREAM,
     REFERENCE,
     CompareOptions,
     ModelState,
+    rates_row,
 )
 from metaopt.tools.compare.outputs import write_outputs
 from metaopt.tools.compare.report import interpret
@@ -128,10 +129,10 @@ def compare_methods(
                 references = meta_gradients_on(*at, REFERENCE, seeds)
                 point = {"iteration": iteration, "steps": steps}
                 for method in others:
-                    if method == "metasgd":  # its rates' gradient: first vs second order
+                    if algorithm(method).learned_rates:  # its rates: first vs second order
                         second = [g.of_rates() for g in meta_gradients_on(*at, method, seeds)]
                         first = meta_gradients_on(*at, method, seeds, first_order=True)
-                        name = METASGD_RATES
+                        name = rates_row(method)
                         summary = summarize_batches(second, [g.of_rates() for g in first])
                     else:
                         found = meta_gradients_on(*at, method, seeds)
@@ -150,7 +151,7 @@ def compare_methods(
     # 2b. Against the exact meta-gradient, where the family can compute one.
     truth = None
     if options.truth_batches:
-        rows = 3 * len([m for m in methods if m != "reptile"])
+        rows = 3 * len([m for m in methods if algorithm(m).has_meta_objective])
         # lazy: nothing shown for a family that computes no exact meta-gradient
         exact = _steps(family, "against the exact meta-gradient", rows, "row", progress, lazy=True)
         with exact as bar:

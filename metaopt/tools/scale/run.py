@@ -28,6 +28,7 @@ from metaopt.tools.scale.measurement import (
 from metaopt.tools.scale.options import ParameterAgreement, RunRecord, ScaleFailure, ScaleOptions
 from metaopt.tools.scale.report import render_table
 from metaopt.training import ConfigError, TaskFamily, TrainConfig, new_directory
+from metaopt.training.algorithm_config import config_flag_names
 from metaopt.training.family import flag
 from metaopt.training.progress import StepProgress
 
@@ -51,6 +52,7 @@ def train_flags(config_class: type[TrainConfig], overrides: Mapping[str, Any]) -
                 + ("; use --keep DIR to keep the runs" if name == "out" else "")
             )
     fields = [f.name for f in dataclasses.fields(config_class)]
+    fields += sorted(config_flag_names(config_class) - set(fields))  # the algorithms' options
     unknown = sorted(set(overrides) - set(fields))
     if unknown:
         raise ConfigError(f"unknown option(s) {', '.join(unknown)}")

@@ -19,7 +19,6 @@ from metaopt.training.family import ConfigError, FamilyOptions, TrainConfig, fla
 
 if TYPE_CHECKING:
     from metaopt.trust_region import TrustRegionSettings
-    from rl.task import A2CSettings
 
 __all__ = [
     "ACTIVATION_NAMES",
@@ -114,19 +113,6 @@ class A2CConfig(TrainConfig):
             raise ConfigError(
                 f"--hidden-sizes must be comma-separated integers >= 1, got {self.hidden_sizes!r}"
             )
-
-    def a2c_settings(self) -> A2CSettings:
-        from rl.task import A2CSettings  # torch, only once a run is built
-
-        return A2CSettings(
-            trajectories=self.trajectories,
-            horizon=self.horizon,
-            gamma=self.gamma,
-            gae_lambda=self.gae_lambda,
-            value_coef=self.value_coef,
-            entropy_coef=self.entropy_coef,
-            meta_gradient=self.meta_gradient,
-        )
 
 
 @dataclass
@@ -294,7 +280,7 @@ MDP_PRESETS: dict[str, dict[str, Any]] = {
     "seed": {"meta_gradient": "seed"},
     # Chosen on a sweep of inner lr {0.1, 0.3, 0.5, 1}, inner steps {1, 2, 3} and
     # trajectories {20, 40} (docs/results.md), with the MAML-RL example's estimator: stable
-    # for all four algorithms.
+    # for MAML, first-order MAML, Meta-SGD and Reptile.
     "tuned": {"inner_steps": 2, "inner_lr": 0.5, "meta_gradient": "seed"},
     # A tabular actor-critic (no hidden layer: logits and values are per-state tables), whose
     # inner SGD steps can be large without interference between states.

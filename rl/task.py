@@ -76,6 +76,19 @@ class A2CSettings:
     meta_gradient: str = "seed"
     reward_noise: float = 1.0
 
+    @classmethod
+    def of(cls, config: Any) -> A2CSettings:
+        """The settings an `rl.config.A2CConfig` (a run's configuration) gives."""
+        return cls(
+            trajectories=config.trajectories,
+            horizon=config.horizon,
+            gamma=config.gamma,
+            gae_lambda=config.gae_lambda,
+            value_coef=config.value_coef,
+            entropy_coef=config.entropy_coef,
+            meta_gradient=config.meta_gradient,
+        )
+
     def __post_init__(self) -> None:
         check_size("trajectories", self.trajectories)
         check_horizon(self.horizon)

@@ -132,7 +132,7 @@ class _CheetahFamily(GoalFamily):
         return CheetahTaskBatch(
             self.task,
             goals,
-            config.a2c_settings(),
+            A2CSettings.of(config),
             generator,
             config.normalize_advantages,
             config.baseline,

@@ -30,6 +30,7 @@ from rl.continuous import GaussianNoise
 from rl.goal_family import EVAL_STEPS, GoalFamily
 from rl.nav2d.env import sample_goals
 from rl.nav2d.task import Nav2DTaskBatch
+from rl.task import A2CSettings
 
 __all__ = ["EVAL_STEPS", "Nav2DConfig", "Nav2DFamily"]
 
@@ -50,7 +51,7 @@ class Nav2DFamily(GoalFamily, options=NAV2D):
 
     def batch(self, config: Nav2DConfig, goals: np.ndarray, seed: int) -> Nav2DTaskBatch:
         generator = torch.Generator().manual_seed(seed)
-        settings = config.a2c_settings()
+        settings = A2CSettings.of(config)
         return Nav2DTaskBatch(
             goals,
             settings,

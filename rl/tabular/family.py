@@ -44,6 +44,7 @@ from rl.tabular.mdp import (
     sample_mdps,
 )
 from rl.tabular.task import MDPTaskBatch
+from rl.task import A2CSettings
 
 if TYPE_CHECKING:
     from metaopt.training.family import TruthRequest
@@ -89,7 +90,7 @@ class MDPFamily(A2CFamily, options=MDP):
         config = _mdp(config)
         mdps = sample_mdps(rng, num_tasks, config.num_states, config.num_actions)
         generator = torch.Generator().manual_seed(int(rng.integers(2**62)))
-        return MDPTaskBatch(mdps, config.a2c_settings(), generator)
+        return MDPTaskBatch(mdps, A2CSettings.of(config), generator)
 
     def periodic_extras(self, config: Any, post: torch.Tensor) -> dict[str, np.ndarray]:
         """The normalised score ``(return − random) / (optimal − random)`` after adaptation."""
@@ -179,7 +180,7 @@ class MDPFamily(A2CFamily, options=MDP):
     def test_batch(self, config: MDPConfig, num_tasks: int) -> MDPTaskBatch:
         """Fresh held-out tasks, with sampling noise that is the same at every evaluation."""
         generator = torch.Generator().manual_seed(_SAMPLING_STREAM + config.eval_seed)
-        return MDPTaskBatch(self.test_mdps(config, num_tasks), config.a2c_settings(), generator)
+        return MDPTaskBatch(self.test_mdps(config, num_tasks), A2CSettings.of(config), generator)
 
     def references(self, config: MDPConfig, num_tasks: int) -> tuple[np.ndarray, np.ndarray]:
         """Exact returns of the random and optimal policies on each held-out task (cached)."""

@@ -119,12 +119,12 @@ def cases(quick: bool) -> list[Case]:
                 "metaopt-loop": metaopt_impl("loop"),
                 "gym-torchopt-loop": gym_impl,
             },
+            max_repeats=3,
+            stochastic=("gym-torchopt-loop",),
+            ratios_to=("gym-torchopt-loop",),
             reference="metaopt-loop",
             tolerance=1e-5,
             description=f"MAML-RL, one outer iteration: {tasks} tasks × {episodes} trajectories × "
             f"{config.horizon} steps, 1 inner SGD step at lr 0.1, A2C loss",
-            ratios_to=("gym-torchopt-loop",),
-            stochastic=("gym-torchopt-loop",),
-            max_repeats=3,
         )
     ]

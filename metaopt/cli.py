@@ -197,12 +197,8 @@ def build_parser(families: Mapping[str, DescribedFamily | None]) -> argparse.Arg
     evaluate.add_argument(
         "--tasks", type=_positive_int, default=None, help="held-out tasks (default: the run's)"
     )
-    evaluate.add_argument(
-        "--steps",
-        type=_steps,
-        default=None,
-        help="adaptation steps, e.g. 0,1,5,10 (default: the family's)",
-    )
+    steps_help = "adaptation steps, e.g. 0,1,5,10 (default: the family's)"
+    evaluate.add_argument("--steps", type=_steps, default=None, help=steps_help)
 
     from metaopt.tools.compare import add_compare_arguments
 

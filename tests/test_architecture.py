@@ -274,3 +274,16 @@ def test_no_import_circles() -> None:
 def test_the_circle_check_finds_a_circle() -> None:
     graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}, "e": set()}
     assert cycles(graph) == [["a", "b", "c"]]
+
+
+def test_every_module_is_in_the_architecture_page() -> None:
+    """docs/architecture.md names every module of the library, the domains and benchmarks/ (its
+    file name in backticks, in its package's table or paragraph): a new module gets its line."""
+    page = (ROOT / "docs" / "architecture.md").read_text()
+    named = set(re.findall(r"`([\w/.]+\.py)`", page))
+    missing = [
+        str(path.relative_to(ROOT))
+        for path in sources()
+        if path.name != "__init__.py" and path.name not in named
+    ]
+    assert not missing, f"docs/architecture.md does not name {missing}"

@@ -1,4 +1,5 @@
-"""The learning results of docs/results.md: the four algorithms under one ``mdp`` preset.
+"""The learning results of docs/results.md: MAML, first-order MAML, Meta-SGD and Reptile (or
+the algorithms `--algos` names) under one ``mdp`` preset.
 
 Each algorithm is trained exactly as ``metaopt train mdp --algo ALGO --preset PRESET`` would
 (same code path, [`metaopt.training.train`][metaopt.training.train]), one after the other, and the

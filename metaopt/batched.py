@@ -17,6 +17,7 @@ graph, so ``∂θ'_b/∂θ = I`` as in the loop engine.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import nullcontext
 from typing import Any
@@ -162,14 +163,13 @@ def step_path(
 
 
 class Batch:
-    """One meta-batch laid out for the batched engines: which model parameters are per task and
-    adapted, the shared tensors, the per-task buffer copies, and the support losses as a function
-    of the parameters."""
+    """A model laid out for the batched engines: which parameters are per task and which of them
+    the inner loop adapts, the shared tensors, the per-task buffer copies, and the support losses
+    as a function of the parameters. Built once per layout (outside a compiled function)."""
 
     def __init__(
         self,
         model: nn.Module,
-        tasks: BatchedTasks,
         *,
         batch_norm: str,
         adapted: Collection[str] | None,
@@ -178,24 +178,26 @@ class Batch:
         if layout is None:
             with batch_norm_mode(model, batch_norm):
                 layout = _Layout(model)
-        self.model, self.tasks, self.batch_norm, self.layout = model, tasks, batch_norm, layout
+        self.model, self.batch_norm, self.layout = model, batch_norm, layout
         self.names = [n for n, _ in model.named_parameters()]
         trainable = set(layout.trainable)
         self.per_task = [(i, n) for i, n in enumerate(self.names) if n in trainable]
+        self.per_task_rows = frozenset(i for i, _ in self.per_task)
         self.rows = [i for i, n in self.per_task if adapted is None or n in adapted]
         self.copies: dict[str, torch.Tensor] = {}
 
-    def expand(self, params: Sequence[torch.Tensor]) -> Tensors:
+    def expand(self, params: Sequence[torch.Tensor], num_tasks: int) -> Tensors:
         """Every parameter (``parameters()`` order), the per-task ones expanded to ``[B, ...]``;
         and fresh per-task copies of the buffers a forward updates."""
-        num_tasks = len(self.tasks)
-        buffers = dict(self.model.named_buffers())
-        self.copies = {
-            n: buffers[n].expand(num_tasks, *buffers[n].shape).clone() for n in self.layout.copied
-        }
-        per_task = {i for i, _ in self.per_task}
+        if self.layout.copied:
+            buffers = dict(self.model.named_buffers())
+            self.copies = {
+                n: buffers[n].expand(num_tasks, *buffers[n].shape).clone()
+                for n in self.layout.copied
+            }
+        rows = self.per_task_rows
         return tuple(
-            p.expand(num_tasks, *p.shape) if i in per_task else p for i, p in enumerate(params)
+            p.expand(num_tasks, *p.shape) if i in rows else p for i, p in enumerate(params)
         )
 
     def params(self, every: Tensors) -> BatchedParameters:
@@ -211,9 +213,10 @@ class Batch:
             slots=self.layout.slots,
         )  # fmt: skip
 
-    def support(self, every: Tensors, step: int) -> torch.Tensor:
-        losses = self.tasks.support_losses(self.forward(every), step)
-        return check_losses(losses, len(self.tasks), "support_losses", grad=True)
+    def support(self, tasks: BatchedTasks, every: Tensors, step: int) -> torch.Tensor:
+        """The per-task support losses ``[B]`` at ``every`` (checked)."""
+        losses = tasks.support_losses(self.forward(every), step)
+        return check_losses(losses, len(tasks), "support_losses", grad=True)
 
 
 def inner_path(
@@ -241,9 +244,10 @@ def inner_path(
         copies), the shared tensors (frozen parameters and read-only buffers), and the support
         losses at θ (``[B]``, detached; ``None`` before the first step).
     """
-    batch = Batch(model, tasks, batch_norm=batch_norm, adapted=adapted)
-    every = batch.expand(list(model.parameters()))
-    path = step_path(batch.support, every, batch.rows, transform, steps, create_graph=create_graph)
+    batch = Batch(model, batch_norm=batch_norm, adapted=adapted)
+    every = batch.expand(list(model.parameters()), len(tasks))
+    support = functools.partial(batch.support, tasks)
+    path = step_path(support, every, batch.rows, transform, steps, create_graph=create_graph)
     for state, before in path:
         yield batch.params(state), batch.layout.shared, before
 

@@ -380,7 +380,7 @@ def compiled_meta_backward(
     replaces buffers), a module switched between training and evaluation.
     """
     key = (
-        repr(rule),
+        id(rule),  # a learner replaces its rule rather than change it; the engine keeps it alive
         steps,
         inner_optimizer,
         inner_lr,

@@ -10,7 +10,6 @@ engine (`metaopt.compiled`) ``torch.compile``s them. How they compute is describ
 
 from __future__ import annotations
 
-import functools
 from collections import deque
 from collections.abc import Callable
 
@@ -77,9 +76,11 @@ def functional_meta_gradient(
             f"the compiled engine runs the outer rules {OUTER_RULES}; got {rule.outer!r}"
         )
     layout = static_layout(model, batch_norm, "the compiled engine", "engine='vmap'")
-    batch_of = functools.partial(Batch, model, batch_norm=batch_norm, adapted=None, layout=layout)
-    names = [n for n, _ in model.named_parameters()]
+    batch = Batch(model, batch_norm=batch_norm, adapted=None, layout=layout)
     trainable = set(layout.trainable)
+    # Where each model parameter comes from: θ (None) or the shared tensors (its name); a tuple of
+    # constants, so that the traced function guards on nothing here.
+    sources = tuple(None if n in trainable else n for n in batch.names)
     # Built outside the traced function: TorchOpt's constructors take a lock dynamo cannot trace.
     # An update of learned state closes over tensors that are inputs, so it is built inside.
     fixed_rule = None if learned else rule.transform(inner_optimizer, inner_lr, ())
@@ -87,12 +88,11 @@ def functional_meta_gradient(
 
     def adapt(
         theta: Tensors, rates: Tensors, shared: dict[str, torch.Tensor], tasks: BatchedTasks
-    ) -> tuple[Batch, Tensors, torch.Tensor]:
+    ) -> tuple[Tensors, torch.Tensor]:
         """The last state of the inner loop (every parameter) and the support losses at θ."""
-        batch = batch_of(tasks)
         given = iter(theta)
-        params = [next(given) if n in trainable else shared[n] for n in names]
-        every = batch.expand(params)
+        params = [next(given) if name is None else shared[name] for name in sources]
+        every = batch.expand(params, len(tasks))
         transform = fixed_rule or rule.transform(inner_optimizer, inner_lr, rates)
 
         def support(every: Tensors, step: int) -> torch.Tensor:
@@ -104,7 +104,7 @@ def functional_meta_gradient(
         )  # fmt: skip
         ((last, before),) = deque(path, maxlen=1)
         assert before is not None
-        return batch, last, before
+        return last, before
 
     differentiated = rule.outer == "query-gradient"
 
@@ -116,14 +116,14 @@ def functional_meta_gradient(
         weight: torch.Tensor | None = None,
     ) -> MetaGradientResult:
         if not differentiated:  # the difference needs no query loss: both metrics wait
-            batch, last, before = adapt(theta, rates, shared, tasks)
+            last, before = adapt(theta, rates, shared, tasks)
             flat = _per_task(batch, last, detach=False)
             return _weighted(difference(theta, flat), weight), before, None, flat, rule.check(rates)
 
         def meta_loss(
             theta: Tensors, rates: Tensors
         ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor, Tensors]]:
-            batch, last, before = adapt(theta, rates, shared, tasks)
+            last, before = adapt(theta, rates, shared, tasks)
             query = tasks.query_losses(batch.forward(last, shared))
             # unweighted here and weighted after (`_weighted`): the weight is an input tensor
             loss = weighted_query_loss(query, 1.0)

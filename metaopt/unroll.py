@@ -117,7 +117,7 @@ class _Unroll:
         adapted: Collection[str] | None,
     ) -> None:
         layout = static_layout(model, batch_norm, "unroll_checkpoints", "no unroll_checkpoints")
-        self.batch = Batch(model, tasks, batch_norm=batch_norm, adapted=adapted, layout=layout)
+        self.batch = Batch(model, batch_norm=batch_norm, adapted=adapted, layout=layout)
         self.model, self.tasks, self.transform = model, tasks, transform
         self.names = self.batch.names
         self.per_task = [i for i, _ in self.batch.per_task]
@@ -125,7 +125,7 @@ class _Unroll:
         self.losses: dict[int, torch.Tensor] = {}
 
     def support(self, every: Tensors, step: int) -> torch.Tensor:
-        losses = self.batch.support(every, step)
+        losses = self.batch.support(self.tasks, every, step)
         seen = self.losses.get(step)
         if seen is None:
             self.losses[step] = losses.detach()

@@ -247,7 +247,7 @@ class MetaLearner:
             return MetaMetrics(*looped_meta_backward(self, tasks, weight))
 
         metrics = self._run(tasks, batched, looped)
-        if not self.__dict__.get("_warned_rule", False):
+        if type(self.rule).warning is not Rule.warning and not self.__dict__.get("_warned_rule"):
             names = [n for n, _ in self.model.named_parameters()]
             warning = self.rule.warning(self.learned_tensors(), names, diagnostic[0])
             if warning is not None:

@@ -50,9 +50,10 @@ ADAM_EPS_ROOT = 1e-8
 
 
 def inner_transform(name: str, lr: float) -> GradientTransformation:
-    """TorchOpt's functional optimiser ``name`` ("sgd" or "adam") at learning rate ``lr``."""
+    """The functional optimiser ``name`` at learning rate ``lr``: ``"sgd"``, TorchOpt's SGD step
+    written on tuples (`plain_sgd`, the same operation), or ``"adam"`` (`adam`)."""
     if name == "sgd":
-        return torchopt.sgd(lr=lr)
+        return plain_sgd(lr)
     if name == "adam":
         return adam(lr)
     raise ValueError(f"inner_optimizer must be one of {', '.join(INNER_OPTIMIZERS)}; got {name!r}")

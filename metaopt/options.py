@@ -28,6 +28,7 @@ from typing import Any, TypeVar
 
 __all__ = [
     "ALGORITHMS",
+    "ALGORITHM_LOOKS",
     "BATCH_NORM_MODES",
     "CURVATURES",
     "ENGINES",
@@ -52,6 +53,16 @@ T = TypeVar("T")
 #: The built-in algorithms by their names on the command line: MAML, first-order MAML, Meta-SGD,
 #: Reptile, iMAML. Every algorithm, plug-ins included, is `metaopt.registry.algorithm_names`.
 ALGORITHMS = ("maml", "fomaml", "metasgd", "reptile", "imaml")
+
+#: How reports name and colour the built-in algorithms: their rules (`metaopt.rules`) and their
+#: registry entries (`metaopt.registry`) both read it.
+ALGORITHM_LOOKS = {
+    "maml": ("MAML (second order)", "C0"),
+    "fomaml": ("first-order MAML", "C1"),
+    "metasgd": ("Meta-SGD", "C2"),
+    "reptile": ("Reptile", "C3"),
+    "imaml": ("iMAML", "C4"),
+}
 
 #: ``loop``: one task at a time, as the papers write it. ``vmap``: all tasks at once
 #: (`metaopt.engine`). ``auto``: ``vmap`` whenever the meta-batch implements

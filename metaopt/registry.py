@@ -33,7 +33,7 @@ from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any
 
 from metaopt import algorithm_options as builtin
-from metaopt.options import ALGORITHMS, INNER_OPTIMIZERS, ConfigError
+from metaopt.options import ALGORITHM_LOOKS, ALGORITHMS, INNER_OPTIMIZERS, ConfigError
 
 if TYPE_CHECKING:
     from torch import nn
@@ -193,34 +193,30 @@ BUILTIN = {
         AlgorithmSpec(
             "maml",
             builtin.maml,
-            "MAML (second order)",
-            "C0",
+            *ALGORITHM_LOOKS["maml"],
             builtin.MAMLOptions,
             exact=True,
         ),
         AlgorithmSpec(
             "fomaml",
             builtin.first_order_maml,
-            "first-order MAML",
-            "C1",
+            *ALGORITHM_LOOKS["fomaml"],
             builtin.FirstOrderMAMLOptions,
         ),
         AlgorithmSpec(
             "metasgd",
             builtin.metasgd,
-            "Meta-SGD",
-            "C2",
+            *ALGORITHM_LOOKS["metasgd"],
             builtin.MetaSGDOptions,
             exact=True,
             learned_rates=True,
             inner_optimizers=("sgd",),
         ),
-        AlgorithmSpec("reptile", builtin.reptile, "Reptile", "C3", outer="difference"),
+        AlgorithmSpec("reptile", builtin.reptile, *ALGORITHM_LOOKS["reptile"], outer="difference"),
         AlgorithmSpec(
             "imaml",
             builtin.imaml,
-            "iMAML",
-            "C4",
+            *ALGORITHM_LOOKS["imaml"],
             builtin.IMAMLOptions,
             # Its inner problem solved to a tolerance with a curvature-tied step, a failed solve
             # damped (docs/results.md measured them).

@@ -149,3 +149,21 @@ def test_a_learner_is_its_rule_bound_to_a_model(
 def test_a_learner_needs_a_rule() -> None:
     with pytest.raises(TypeError, match="rule must be a metaopt.rules.Rule, got str"):
         metaopt.MetaLearner(nn.Linear(2, 1), "maml")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "rule",
+    [
+        MAMLRule(),
+        MAMLRule(first_order=True),
+        metaopt.rules.MetaSGDRule(),
+        ReptileRule(),
+        metaopt.rules.IMAMLRule(),
+    ],
+)
+def test_a_built_in_rule_is_named_and_coloured_as_its_registry_entry(rule: Rule) -> None:
+    from metaopt.registry import algorithm
+
+    spec = algorithm(rule.name)
+    assert (rule.label, rule.color) == (spec.label, spec.color)
+    assert spec.outer == rule.outer and spec.exact == rule.exact

@@ -16,6 +16,7 @@ import torchopt
 from torchopt.base import GradientTransformation
 
 from metaopt.options import (
+    ALGORITHM_LOOKS,
     CURVATURES,
     SOLVE_FAILURE_POLICIES,
     check_choice,
@@ -41,8 +42,7 @@ class IMAMLRule(Rule):
     [`IMAML`][metaopt.IMAML]'s."""
 
     name = "imaml"
-    label = "iMAML"
-    color = "C4"
+    label, color = ALGORITHM_LOOKS[name]
     outer = "implicit"
     second_order = False
     compiles = False

@@ -10,6 +10,7 @@ import torch
 from torchopt.base import GradientTransformation
 
 from metaopt.inner import learned_rate_sgd, positive_rates, softplus_inverse
+from metaopt.options import ALGORITHM_LOOKS
 from metaopt.rules.base import Diagnostic, Learned, Names, Rule
 
 __all__ = ["MAMLRule", "MetaSGDRule", "NegativeRateWarning"]
@@ -25,8 +26,7 @@ class MAMLRule(Rule):
         self.first_order = first_order
         self.second_order = not first_order
         self.name = "fomaml" if first_order else "maml"
-        self.label = "first-order MAML" if first_order else "MAML (second order)"
-        self.color = "C1" if first_order else "C0"
+        self.label, self.color = ALGORITHM_LOOKS[self.name]
 
     def options(self) -> dict[str, Any]:
         return {"first_order": self.first_order}
@@ -46,7 +46,8 @@ class MetaSGDRule(MAMLRule):
             raise TypeError(f"positive_rates must be a bool, got {positive_rates!r}")
         super().__init__(first_order)
         self.positive_rates = positive_rates
-        self.name, self.label, self.color = "metasgd", "Meta-SGD", "C2"
+        self.name = "metasgd"
+        self.label, self.color = ALGORITHM_LOOKS[self.name]
 
     def options(self) -> dict[str, Any]:
         return {**super().options(), "positive_rates": self.positive_rates}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from metaopt.options import ALGORITHM_LOOKS
 from metaopt.rules.base import Rule
 
 __all__ = ["ReptileRule"]
@@ -14,8 +15,7 @@ class ReptileRule(Rule):
     difference rule $\\sum_b(\\theta - \\tilde\\theta_b)$."""
 
     name = "reptile"
-    label = "Reptile"
-    color = "C3"
+    label, color = ALGORITHM_LOOKS[name]
     outer = "difference"
     second_order = False
 

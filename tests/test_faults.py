@@ -514,11 +514,18 @@ def test_kill_9_at_random_moments_then_resume_is_bit_identical(
     run_dir = tmp_path / "run"
     args = ["train", "sine", *QUICK, "--checkpoint-every", "1"]
     # Kill moments as fractions of an uninterrupted run on this machine, so that the kills land
-    # inside the run however fast the machine is (fixed seconds let a quiet machine finish first).
+    # inside the run however fast the machine is (fixed seconds let a quiet machine finish first),
+    # counted from the moment its run directory appears: before it, a process is still importing
+    # (half of a short run), and a kill there leaves nothing to resume.
+    timing = tmp_path / "timing"
     start = time.perf_counter()
-    assert _metaopt(*args, "--out", str(tmp_path / "timing")).returncode == 0
+    process = _start(*args, "--out", str(timing))
+    while process.poll() is None and not (timing / "config.json").exists():
+        time.sleep(0.005)
+    created = time.perf_counter() - start
+    assert process.wait() == 0
     duration = time.perf_counter() - start
-    delays = duration * np.random.default_rng(19).uniform(0.15, 0.6, size=8)
+    delays = created + (duration - created) * np.random.default_rng(19).uniform(0.15, 0.6, size=8)
     kills = 0
     for delay in delays:
         resuming = (run_dir / "config.json").exists()

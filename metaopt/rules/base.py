@@ -12,10 +12,13 @@ The outer rules, each written once here and used by every engine:
   $w\\sum_b \\mathcal{L}^q_b(\\theta'_b)$ (`weighted_query_loss`), differentiated back to θ and the
   learned state: through the inner steps' graphs when the rule is ``second_order``, through
   their updates with the inner gradients held constant otherwise (first-order MAML's
-  $\\partial\\theta'_b/\\partial\\theta = I$), or through an implicit function when the rule
-  ``attach``es the adapted parameters to θ itself (iMAML);
+  $\\partial\\theta'_b/\\partial\\theta = I$);
 * ``"difference"``: no derivative at all, $\\sum_b (\\theta - \\theta'_b)$ (`difference`), times
   the task weight (Reptile).
+
+A third, ``"implicit"`` (iMAML's: the query loss differentiated through the implicit function
+theorem at the inner problem's solution, `metaopt.rules.imaml`), is run by its own learner on the
+vectorised and the loop engine; the compiled engine cannot trace its solve.
 """
 
 from __future__ import annotations

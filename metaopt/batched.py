@@ -48,6 +48,7 @@ __all__ = [
     "inner_step",
     "step_path",
     "support_after",
+    "with_rows",
 ]
 
 Tensors = tuple[torch.Tensor, ...]
@@ -116,10 +117,7 @@ def inner_step(
     """
 
     def losses_of(point: Tensors) -> torch.Tensor:
-        merged = list(every)
-        for i, tensor in zip(rows, point, strict=True):
-            merged[i] = tensor
-        return support(tuple(merged), step)
+        return support(with_rows(every, rows, point), step)
 
     found, losses = gradients(losses_of, tuple(every[i] for i in rows), create_graph)
     grads: list[torch.Tensor | None] = [None] * len(every)
@@ -128,6 +126,14 @@ def inner_step(
     with nullcontext() if graph_update else torch.no_grad():
         updates, state = transform.update(tuple(grads), state, params=every, inplace=False)
     return updates, state, losses
+
+
+def with_rows(every: Tensors, rows: Sequence[int], point: Sequence[torch.Tensor]) -> Tensors:
+    """``every`` with its entries at ``rows`` replaced by ``point``'s, in order."""
+    merged = list(every)
+    for i, tensor in zip(rows, point, strict=True):
+        merged[i] = tensor
+    return tuple(merged)
 
 
 def applied(every: Tensors, updates: Sequence[torch.Tensor | None]) -> Tensors:
@@ -213,8 +219,9 @@ class Batch:
             slots=self.layout.slots,
         )  # fmt: skip
 
-    def support(self, tasks: BatchedTasks, every: Tensors, step: int) -> torch.Tensor:
-        """The per-task support losses ``[B]`` at ``every`` (checked)."""
+    def support(self, tasks: BatchedTasks, every: Tensors, step: int | None) -> torch.Tensor:
+        """The per-task support losses ``[B]`` at ``every`` (checked; ``step=None``: the whole
+        support set, as the tasks define it)."""
         losses = tasks.support_losses(self.forward(every), step)
         return check_losses(losses, len(tasks), "support_losses", grad=True)
 

@@ -121,7 +121,6 @@ class _Unroll:
         self.model, self.tasks, self.transform = model, tasks, transform
         self.names = self.batch.names
         self.per_task = [i for i, _ in self.batch.per_task]
-        self.is_per_task = set(self.per_task)
         self.losses: dict[int, torch.Tensor] = {}
 
     def support(self, every: Tensors, step: int) -> torch.Tensor:
@@ -145,7 +144,8 @@ class _Unroll:
         result keeps its graph back to detached leaves of ``state``, which are returned too."""
         every, opt = state
         every = tuple(
-            p.detach().requires_grad_() if i in self.is_per_task else p for i, p in enumerate(every)
+            p.detach().requires_grad_() if i in self.batch.per_task_rows else p
+            for i, p in enumerate(every)
         )
         flat, spec = pytree.tree_flatten(opt)
         if graph:
@@ -210,12 +210,8 @@ class _CheckpointedUnroll(torch.autograd.Function):
     def forward(
         ctx: Any, unroll: _Unroll, steps: int, slots: int, num_theta: int, *inputs: torch.Tensor
     ) -> Tensors:
-        num_tasks = len(unroll.tasks)
-        named = list(unroll.model.parameters())
-        every = tuple(
-            p.detach().expand(num_tasks, *p.shape) if i in unroll.is_per_task else p
-            for i, p in enumerate(named)
-        )
+        params = [p.detach() for p in unroll.model.parameters()]
+        every = unroll.batch.expand(params, len(unroll.tasks))
         held = {0: (every, unroll.transform.init(every))}
         actions = _schedule(steps, slots)
         state, at = held[0], 0

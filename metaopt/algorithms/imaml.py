@@ -14,9 +14,9 @@ from torch import nn
 
 from metaopt.algorithms.learner import MetaLearner, MetaMetrics
 from metaopt.algorithms.subset import Adapt
-from metaopt.batched import support_after
+from metaopt.batched import Batch, support_after, with_rows
 from metaopt.checks import check_tasks, scalar_loss
-from metaopt.engine import Adapted, _Layout, batch_norm_mode, check_losses
+from metaopt.engine import Adapted, check_losses
 from metaopt.looped import per_task
 from metaopt.rules.imaml import IMAMLRule
 from metaopt.rules.linsolve import (
@@ -166,25 +166,16 @@ class IMAML(MetaLearner):
 
     def _solve_vmap(self, tasks: BatchedTasks, steps: int) -> Iterator[tuple[Adapted, InnerState]]:
         """`proximal_path` on the vectorised engine: each state as the engine's ``Adapted``."""
-        num_tasks = len(tasks)
-        with batch_norm_mode(self.model, self.batch_norm):
-            layout = _Layout(self.model)
-        named = dict(self.model.named_parameters())
-        buffers = dict(self.model.named_buffers())
-        copies = {n: buffers[n].expand(num_tasks, *buffers[n].shape).clone() for n in layout.copied}
-        every = {n: named[n].expand(num_tasks, *named[n].shape) for n in layout.trainable}
-        names = [n for n in every if self.adapted is None or n in self.adapted]
+        batch = Batch(self.model, batch_norm=self.batch_norm, adapted=self.adapted)
+        every = batch.expand(list(self.model.parameters()), len(tasks))
 
         def objective(phi: Tensors) -> torch.Tensor:
-            params = {**every, **dict(zip(names, phi, strict=True)), **copies}
-            forward = self._forward(params, layout.shared)
-            losses = tasks.support_losses(forward, None)
-            return check_losses(losses, num_tasks, "support_losses", grad=True)
+            return batch.support(tasks, with_rows(every, batch.rows, phi), None)
 
-        anchor = tuple(every[n].detach() for n in names)
+        anchor = tuple(every[i].detach() for i in batch.rows)
         for state in self._path(objective, anchor, steps):
-            params = {**every, **dict(zip(names, state.params, strict=True)), **copies}
-            yield (params, layout.shared, state.before), state
+            adapted = batch.params(with_rows(every, batch.rows, state.params))
+            yield (adapted, batch.layout.shared, state.before), state
 
     def _vmap_path(
         self, tasks: BatchedTasks, steps: int, *, create_graph: bool

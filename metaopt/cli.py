@@ -190,7 +190,9 @@ def build_parser(families: Mapping[str, DescribedFamily | None]) -> argparse.Arg
         "and its plots. With --tasks or --steps, evaluate those instead and write "
         "eval-<tasks>-<steps>.json (e.g. eval-1000-0,1,5.json) and plots named likewise "
         "(mse_vs_steps-1000-0,1,5.png), leaving the run's eval.json and plots as they were; the "
-        "same flags again rewrite that file.",
+        "same flags again rewrite that file. A run that kept best.pt (the parameters selected on "
+        "validation tasks) is evaluated with it, and says so; --checkpoint last evaluates the "
+        "last parameters.",
     )
     evaluate.set_defaults(subparser=evaluate)
     evaluate.add_argument("run_dir", metavar="RUN_DIR", help="directory written by metaopt train")
@@ -199,6 +201,14 @@ def build_parser(families: Mapping[str, DescribedFamily | None]) -> argparse.Arg
     )
     steps_help = "adaptation steps, e.g. 0,1,5,10 (default: the family's)"
     evaluate.add_argument("--steps", type=_steps, default=None, help=steps_help)
+    evaluate.add_argument(
+        "--checkpoint",
+        choices=("best", "last"),
+        default=None,
+        help="the parameters evaluated: best (best.pt, selected on validation tasks) or last "
+        "(checkpoint.pt; its files are tagged last: eval-last.json); default: best.pt when the "
+        "run has one, as its own final evaluation did, else the last",
+    )
 
     from metaopt.tools.compare import add_compare_arguments
 
@@ -434,12 +444,19 @@ def _main(argv: Sequence[str] | None) -> int:
             from metaopt.training import evaluate_run, evaluation_summary, progress_to_stderr
 
             with progress_to_stderr():
-                evaluation = evaluate_run(args.run_dir, num_tasks=args.tasks, steps=args.steps)
+                evaluation = evaluate_run(
+                    args.run_dir, num_tasks=args.tasks, steps=args.steps, checkpoint=args.checkpoint
+                )
             if _is_main_process():
-                from metaopt.training.evaluation import evaluation_path, evaluation_tag
+                from metaopt.training.evaluation import evaluation_file
 
-                own = args.tasks is None and args.steps is None
-                path = evaluation_path(args.run_dir, "" if own else evaluation_tag(evaluation))
+                path = evaluation_file(
+                    args.run_dir,
+                    evaluation,
+                    num_tasks=args.tasks,
+                    steps=args.steps,
+                    checkpoint=args.checkpoint,
+                )
                 print(evaluation_summary(evaluation))
                 print(f"evaluation: {path}")
             return 0

@@ -281,9 +281,20 @@ class OmniglotConfig(SupervisedConfig):
     minibatch: int = option(0, "support images per inner step, walking one shuffled epoch (0: all)")
     baseline_steps: int = option(500, "Adam steps of the pretrained baseline (0: untrained)")
     baseline_tasks: int = option(8)
+    # The standard protocol's model selection (a family with validation classes takes this block):
+    # validate every --eval-every iterations and after the last on --val-episodes episodes of the
+    # validation classes; best.pt keeps the best (metaopt.training.selection).
+    eval_every: int = option(
+        500,
+        "validate on --val-episodes episodes of the validation classes every N iterations and "
+        "after the last, keeping the best as best.pt (0: after the last only)",
+    )
+    val_episodes: int = option(
+        600, "validation episodes of each periodic evaluation (papers' count: 600)"
+    )
 
     #: The data may move (same images, another folder) between a run and its resumption.
-    EVALUATION_ONLY: ClassVar[tuple[str, ...]] = ("data_dir", "download")
+    EVALUATION_ONLY: ClassVar[tuple[str, ...]] = ("data_dir", "download", "val_episodes")
     RESUMABLE: ClassVar[tuple[str, ...]] = (*SupervisedConfig.RESUMABLE, *EVALUATION_ONLY)
 
     def activation_elements(self) -> int:
@@ -295,7 +306,7 @@ class OmniglotConfig(SupervisedConfig):
 
     def validate(self) -> None:
         super().validate()
-        for name in ("ways", "shots", "query_shots", "image_size", "filters"):
+        for name in ("ways", "shots", "query_shots", "image_size", "filters", "val_episodes"):
             check_int(flag(name), getattr(self, name), 1)
         for name in ("val_classes", "split_seed", "minibatch"):
             check_int(flag(name), getattr(self, name), 0)

@@ -81,13 +81,17 @@ class SupervisedFamily(TaskFamily):
     ) -> dict[str, float]:
         """Mean metric on validation tasks before and after ``inner_steps`` adaptation steps."""
         rng = np.random.default_rng([config.eval_seed, 1])  # a stream apart from the final tasks
-        batch = self.sample_batch(config, rng, min(PERIODIC_TASKS, config.eval_tasks), split="val")
+        batch = self.sample_batch(config, rng, self.validation_tasks(config), split="val")
         steps = [0, config.inner_steps]
         curve = map_tasks(
             lambda part: adaptation_curve(algo, part, steps, chunk=self.eval_chunk), batch, group
         )
         before, after = curve.mean(dim=1).tolist()
         return {f"val_{self.metric}_before": before, f"val_{self.metric}_after": after}
+
+    def validation_tasks(self, config: Any) -> int:
+        """Tasks of each periodic evaluation: `PERIODIC_TASKS`, at most ``eval_tasks``."""
+        return min(PERIODIC_TASKS, config.eval_tasks)
 
     def evaluate(
         self, algo: MetaLearner, config: Any, run_dir: Path, request: EvalRequest

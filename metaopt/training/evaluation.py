@@ -20,84 +20,133 @@ from metaopt.training.checkpoint import CheckpointError, load_checkpoint, remove
 from metaopt.training.config import load_config
 from metaopt.training.family import ConfigError, EvalRequest, TaskFamily, TrainConfig
 from metaopt.training.lock import lock_run_dir
+from metaopt.training.progress import LOGGER
 from metaopt.training.registry import get_family
 from metaopt.training.resuming import check_checkpoint
-from metaopt.training.rundir import CHECKPOINT, check_run_dir, read_run, write_json
+from metaopt.training.rundir import BEST, CHECKPOINT, check_run_dir, read_run, write_json
+from metaopt.training.selection import CHOICES, checkpoint_to_evaluate, describe, selected_block
 from metaopt.training.state import load_algorithm_state
 
-__all__ = ["evaluate_run", "evaluation_path", "evaluation_summary", "evaluation_tag", "load_run"]
+__all__ = [
+    "evaluate_run",
+    "evaluation_file",
+    "evaluation_path",
+    "evaluation_summary",
+    "evaluation_tag",
+    "load_run",
+]
 
 
-def load_run(run_dir: Path) -> tuple[TaskFamily, TrainConfig, MetaLearner]:
-    """Rebuild the family, config and trained algorithm of a saved run.
+def load_run(
+    run_dir: Path, checkpoint: str = CHECKPOINT
+) -> tuple[TaskFamily, TrainConfig, MetaLearner]:
+    """Rebuild the family, config and trained algorithm of a saved run, with the parameters of
+    ``checkpoint`` (a file of ``run_dir``: the latest by default; ``best.pt`` those selected on
+    validation tasks, `metaopt.training.selection`).
 
     Raises:
-        ConfigError: when ``run_dir`` is not a complete run directory or its checkpoint is
+        ConfigError: when ``run_dir`` is not a complete run directory or the checkpoint is
             damaged.
     """
-    run_dir = Path(run_dir)
+    family, config = _read_run(Path(run_dir))
+    algo, _ = _restore(Path(run_dir), family, config, checkpoint)
+    return family, config, algo
+
+
+def _read_run(run_dir: Path) -> tuple[TaskFamily, TrainConfig]:
+    """The family and config of a run directory that has a checkpoint."""
     for name in ("config.json", CHECKPOINT):
         if not (run_dir / name).is_file():
             raise ConfigError(
                 f"RUN_DIR {str(run_dir)!r} has no {name}; is it a metaopt run directory?"
             )
-    saved = read_run(run_dir)
-    family = get_family(saved["family"])
-    config = load_config(family, run_dir / "config.json")
-    path = run_dir / CHECKPOINT
+    family = get_family(read_run(run_dir)["family"])
+    return family, load_config(family, run_dir / "config.json")
+
+
+def _restore(
+    run_dir: Path, family: TaskFamily, config: TrainConfig, checkpoint: str
+) -> tuple[MetaLearner, dict[str, Any]]:
+    """The algorithm with the parameters of ``run_dir / checkpoint``, and the checkpoint."""
+    path = run_dir / checkpoint
+    if not path.is_file():
+        raise ConfigError(f"RUN_DIR {str(run_dir)!r} has no {checkpoint}")
     try:
-        checkpoint = load_checkpoint(path)
+        state = load_checkpoint(path)
     except CheckpointError as error:
         raise ConfigError(str(error)) from error
-    check_checkpoint(family, config, checkpoint, path, warn=False)  # as --resume checks it
+    check_checkpoint(family, config, state, path, warn=False)  # as --resume checks it
     torch.manual_seed(config.seed)
     algo = build_algorithm(config, family.make_model(config))
     try:
-        load_algorithm_state(algo, checkpoint["algorithm"])
+        load_algorithm_state(algo, state["algorithm"])
     except (RuntimeError, ValueError, KeyError, TypeError) as error:
         raise ConfigError(f"checkpoint {path} does not fit the run's model: {error}") from None
-    return family, config, algo
+    return algo, state
 
 
 def evaluate_run(
-    run_dir: Path, *, num_tasks: int | None = None, steps: Sequence[int] | None = None
+    run_dir: Path,
+    *,
+    num_tasks: int | None = None,
+    steps: Sequence[int] | None = None,
+    checkpoint: str | None = None,
 ) -> dict[str, Any]:
     """Re-run the final evaluation of a saved run and rewrite its ``eval.json`` and plots
     (atomically: the earlier files survive a failed write); with ``num_tasks`` or ``steps``,
     evaluate those instead and write ``eval-<tasks>-<steps>.json`` and plots named likewise
-    (``evaluation_path``), leaving the run's own evaluation as it was.
+    (``evaluation_file``), leaving the run's own evaluation as it was.
+
+    The parameters are those of ``best.pt`` when the run has one (selected on validation tasks,
+    `metaopt.training.selection`), as in the run's own final evaluation; ``checkpoint="last"``
+    takes ``checkpoint.pt`` instead (its files are then tagged ``last``: ``eval-last.json``),
+    ``"best"`` insists on ``best.pt``. eval.json's ``selected`` names the file used, for a
+    family that selects.
 
     Under torchrun, every rank evaluates a share of the held-out tasks and rank 0 writes. Rank 0
     holds the run directory's lock throughout, so no run or resume writes there meanwhile.
 
     Raises:
-        ConfigError: not a run directory, or a checkpoint that is damaged or belongs to another
-            run (the checks of [`resume`][metaopt.training.resume]).
+        ConfigError: not a run directory, a checkpoint that is damaged or belongs to another
+            run (the checks of [`resume`][metaopt.training.resume]), or ``checkpoint="best"``
+            for a run without ``best.pt``.
         RunDirectoryLocked: another process owns the directory.
     """
     if num_tasks is not None and num_tasks < 1:
         raise ConfigError(f"--tasks must be an integer >= 1, got {num_tasks}")
     if steps is not None and (not steps or min(steps) < 0):
         raise ConfigError(f"--steps must be integers >= 0, got {list(steps)}")
+    if checkpoint is not None and checkpoint not in CHOICES:
+        raise ConfigError(f"--checkpoint must be one of {', '.join(CHOICES)}; got {checkpoint!r}")
     run_dir = check_run_dir(Path(run_dir))  # before the lock: a directory not a run, untouched
     with lock_run_dir(run_dir) as lock:
         if lock is not None:
             remove_temporaries(run_dir)
-        return _evaluate_locked(run_dir, num_tasks, steps)
+        return _evaluate_locked(run_dir, num_tasks, steps, checkpoint)
 
 
 def _evaluate_locked(
-    run_dir: Path, num_tasks: int | None, steps: Sequence[int] | None
+    run_dir: Path, num_tasks: int | None, steps: Sequence[int] | None, choice: str | None
 ) -> dict[str, Any]:
-    family, config, algo = load_run(run_dir)
+    family, config = _read_run(run_dir)
+    checkpoint = checkpoint_to_evaluate(run_dir, family, config, choice)
+    algo, state = _restore(run_dir, family, config, checkpoint)
+    selected = None
+    if checkpoint == BEST or family.selection_metric(config) is not None:
+        selected = selected_block(
+            family, checkpoint, int(state["iteration"]), state.get("selection")
+        )
     info = distributed.setup(config.dist_backend, config.dist_timeout)
     try:
         apply_threads(config)
+        if selected is not None and info.is_main:
+            LOGGER.info("evaluating %s on held-out tasks", describe(selected))
         request = EvalRequest(num_tasks, steps, info)
         evaluation = family.evaluate(algo, config, Path(run_dir), request)
+        if selected is not None:
+            evaluation["selected"] = selected
         if info.is_main:
-            own = num_tasks is None and steps is None  # the run's own evaluation
-            tag = "" if own else evaluation_tag(evaluation)
+            tag = _tag(run_dir, evaluation, num_tasks, steps, choice)
             write_json(evaluation_path(run_dir, tag), evaluation)
             from metaopt.training.plots import plot_run
 
@@ -106,6 +155,36 @@ def _evaluate_locked(
     finally:
         distributed.teardown(info)
     return evaluation
+
+
+def evaluation_file(
+    run_dir: Path,
+    evaluation: dict[str, Any],
+    *,
+    num_tasks: int | None = None,
+    steps: Sequence[int] | None = None,
+    checkpoint: str | None = None,
+) -> Path:
+    """Where [`evaluate_run`][metaopt.training.evaluate_run] with these arguments wrote
+    ``evaluation``: ``eval.json`` for the run's own; ``eval-<tasks>-<steps>.json`` for other
+    tasks or steps; ``eval-last.json`` (or ``eval-last-<tasks>-<steps>.json``) for the last
+    parameters of a run that has ``best.pt``."""
+    return evaluation_path(run_dir, _tag(Path(run_dir), evaluation, num_tasks, steps, checkpoint))
+
+
+def _tag(
+    run_dir: Path,
+    evaluation: dict[str, Any],
+    num_tasks: int | None,
+    steps: Sequence[int] | None,
+    checkpoint: str | None,
+) -> str:
+    parts = []
+    if checkpoint == "last" and (run_dir / BEST).is_file():  # not the run's own parameters
+        parts.append("last")
+    if num_tasks is not None or steps is not None:
+        parts.append(evaluation_tag(evaluation))
+    return "-".join(parts)
 
 
 def evaluation_path(run_dir: Path, tag: str = "") -> Path:
@@ -151,6 +230,8 @@ def evaluation_summary(evaluation: dict[str, Any]) -> str:
         return lines
 
     lines = [f"metric: {evaluation.get('metric')} over {evaluation.get('tasks')} held-out tasks"]
+    if isinstance(evaluation.get("selected"), dict):
+        lines[0] += f", with {describe(evaluation['selected'])}"
     lines += table(evaluation)
     # Further protocols (sine's protocol_10pt): each block with its own curves, said as well.
     for name, block in evaluation.items():

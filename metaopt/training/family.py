@@ -150,8 +150,9 @@ class TaskFamily:
 
     The meta-training loop ([`metaopt.training.train`][metaopt.training.train]) calls, in order:
     ``make_model`` once, ``sample_tasks`` once per iteration, ``iteration_metrics`` after each
-    ``meta_backward``, ``periodic_eval`` every ``eval_every`` iterations, then ``evaluate`` and
-    ``plot`` at the end. ``metaopt eval RUN_DIR`` calls ``make_model`` and ``evaluate`` again.
+    ``meta_backward``, ``periodic_eval`` every ``eval_every`` iterations (and after the last one
+    when ``selection_metric`` names one), then ``evaluate`` and ``plot`` at the end. ``metaopt
+    eval RUN_DIR`` calls ``make_model`` and ``evaluate`` again.
 
     All randomness of training-task sampling must come from the ``rng`` handed in (a
     `numpy.random.Generator` owned by the loop, saved in checkpoints); evaluation draws its
@@ -241,6 +242,16 @@ class TaskFamily:
         `metaopt.training.distributed.map_tasks` and ``on_main`` (``None``: this one alone).
         """
         return {}
+
+    def selection_metric(self, config: TrainConfig) -> str | None:
+        """The key of `periodic_eval`'s row that selects the run's best checkpoint
+        (``best.pt``, `metaopt.training.selection`): a score on validation tasks that training
+        and the final evaluation never draw from, larger is better when `higher_is_better`.
+
+        ``None`` (the default): the family holds out no validation tasks, so the run keeps no
+        best checkpoint and is evaluated with its last parameters.
+        """
+        return None
 
     def compare_with_truth(
         self, config: TrainConfig, request: TruthRequest

@@ -2,10 +2,12 @@
 
 Each iteration draws a meta-batch from the loop's own generator, has the algorithm compute the
 meta-gradient (under torchrun, of this rank's shard, all-reduced), takes the outer step and writes
-a row of ``metrics.jsonl``; checkpoints, signals and periodic evaluation come at fixed points, and
+a row of ``metrics.jsonl``; checkpoints, signals and periodic evaluation (with the best checkpoint
+on validation tasks, `metaopt.training.selection`) come at fixed points, and
 [`TrainingHooks`][metaopt.training.TrainingHooks] are called at others. A non-finite loss or
 meta-gradient stops training after saving the last good state, or with ``skip_nonfinite`` skips the
-batch and counts it. After the last iteration the family evaluates and plots.
+batch and counts it. After the last iteration the family evaluates (the best checkpoint, when
+the family selects one) and plots.
 
 The run's clock (``seconds`` in each row and in checkpoints) is the wall-clock time of training
 alone: the hooks and the periodic evaluation are kept out of it.
@@ -29,7 +31,7 @@ from torch.nn.utils import clip_grad_norm_
 from tqdm.auto import tqdm
 
 from metaopt.algorithms import MetaLearner, MetaMetrics
-from metaopt.training import distributed
+from metaopt.training import distributed, selection
 from metaopt.training.build import (
     apply_threads,
     build_algorithm,
@@ -176,12 +178,16 @@ def fit(run: Run, progress: bool | None) -> Path:
             save(run, log=log)
         stop.stop_if_asked(log)
     family, config, algo = run.family, run.config, run.algo
+    selected = selection.use_best(run)  # the parameters chosen on validation tasks
     if run.dist.is_main and progress is not False:
-        LOGGER.info("%s/%s: evaluating on held-out tasks", family.name, config.algo)
+        chosen = "" if selected is None else f" with {selection.describe(selected)}"
+        LOGGER.info("%s/%s: evaluating%s on held-out tasks", family.name, config.algo, chosen)
     stage = "evaluation"
     try:
         # Every rank evaluates its share of the held-out tasks.
         evaluation = family.evaluate(algo, config, run.run_dir, EvalRequest(group=run.dist))
+        if selected is not None:
+            evaluation["selected"] = selected
         if not run.dist.is_main:  # rank 0 writes and plots; the others wait for it
             distributed.barrier(run.dist)
             return run.run_dir
@@ -315,11 +321,12 @@ def _loop(run: Run, log: IO[str], stop: StopOnSignal, progress: bool | None) -> 
                 row["skipped"] = run.skipped
             if metrics.extra:
                 row["solve_skipped"] = run.solve_skipped
-            if config.eval_every and iteration % config.eval_every == 0:
+            if selection.validates(run, iteration):
                 with clock.paused():  # each rank evaluates a share of the tasks
                     row.update(family.periodic_eval(algo, config, group=run.dist))
                     for hook in hooks:
                         row.update(hook.on_evaluation(iteration, algo, config))
+                    row.update(selection.keep_best(run, row))  # best.pt
             row = {key: finite_or_none(value) for key, value in row.items()}
             log.write(json.dumps(row) + "\n")
             log.flush()

@@ -46,7 +46,9 @@ from metaopt.training.rundir import (
     read_run,
     write_json_atomic,
 )
+from metaopt.training.selection import write_best_file
 from metaopt.training.state import (
+    Best,
     ResumeWarning,
     Run,
     load_algorithm_state,
@@ -70,9 +72,10 @@ def resume(
     The family and config come from ``run_dir/config.json``. Parameters, learned rates, outer
     optimiser, schedule, iteration, skip count and every random-number state come from the
     checkpoint, and ``metrics.jsonl`` is cut back to the checkpoint's iteration, so the finished
-    run's parameters and metrics (but the wall-clock ``seconds``) equal an uninterrupted run's.
-    A run killed before its first checkpoint starts again from iteration 0, with a
-    `ResumeWarning`: no run directory is a dead end. The directory is
+    run's parameters and metrics (but the wall-clock ``seconds``) equal an uninterrupted run's;
+    ``best.pt`` is written again from the best the checkpoint carries
+    (`metaopt.training.selection`). A run killed before its first checkpoint starts again from
+    iteration 0, with a `ResumeWarning`: no run directory is a dead end. The directory is
     locked for the whole resume (`metaopt.training.lock`), and the temporary files a killed
     process left there are removed.
 
@@ -136,6 +139,12 @@ def _resume_locked(
         iteration = 0
     else:
         check_checkpoint(family, config, state, path)
+        if "outer" not in state:  # best.pt: parameters alone
+            raise ConfigError(
+                f"cannot resume from {path}: it holds the parameters selected on validation "
+                "tasks, without the optimiser and random states a resume needs; continue from "
+                f"{CHECKPOINT} (the default) or {previous_path(run_dir / CHECKPOINT).name}"
+            )
         iteration = int(state["iteration"])
     if iteration > config.iterations:
         raise ConfigError(
@@ -171,6 +180,7 @@ def _resume_locked(
                 }
             )
             write_json_atomic(run_dir / "config.json", saved)
+            write_best_file(run)  # the checkpoint's best: a later best.pt goes, as its rows do
 
         distributed.on_main(rewrite_run_dir, info)
         return fit(run, progress)
@@ -222,6 +232,7 @@ def _restored_run(
         solve_skipped=int(state.get("solve_skipped", 0)),  # absent before iMAML's skip policy
         seconds=float(state["seconds"]),
         saved=iteration if from_latest else None,
+        best=Best.from_record(state.get("best")),  # absent before runs kept a best checkpoint
         dist=info,
         hooks=hooks,
     )

@@ -2,7 +2,8 @@
 
 A run directory holds ``config.json`` (resolved config, seed, package versions, the command and,
 once known, the engine used), ``metrics.jsonl`` (one JSON object per iteration),
-``checkpoint.pt`` (and ``checkpoint.prev.pt``, the one before), ``eval.json`` and PNG plots.
+``checkpoint.pt`` (and ``checkpoint.prev.pt``, the one before), ``best.pt`` (a family that
+selects on validation tasks: the best parameters so far), ``eval.json`` and PNG plots.
 JSON is written strict (RFC 8259 has no NaN or Infinity: a non-finite number becomes ``null``).
 Every file but ``metrics.jsonl`` is written atomically (a temporary file renamed over it), so a
 crash or an I/O error leaves the old file or the new one, never half of one; ``metrics.jsonl`` is
@@ -34,6 +35,7 @@ from metaopt.training.lock import LOCK_FILE, RunLock
 
 __all__ = [
     "ABANDONED",
+    "BEST",
     "CHECKPOINT",
     "check_run_dir",
     "finite_or_none",
@@ -49,6 +51,9 @@ __all__ = [
 #: The latest checkpoint of a run directory; `metaopt.training.checkpoint.previous_path` names
 #: the one before it (``checkpoint.prev.pt``).
 CHECKPOINT = "checkpoint.pt"
+#: The parameters that scored best on validation tasks (`metaopt.training.selection`), in a run
+#: of a family that selects one.
+BEST = "best.pt"
 #: Where a resume from an older checkpoint moves the latest one, so that it is never rotated into
 #: ``checkpoint.prev.pt``.
 ABANDONED = "checkpoint.abandoned.pt"

@@ -27,6 +27,7 @@ from metaopt.training.hooks import TrainingHooks
 from metaopt.training.rundir import CHECKPOINT, package_versions
 
 __all__ = [
+    "Best",
     "ResumeWarning",
     "Run",
     "algorithm_state",
@@ -93,6 +94,46 @@ def restore_random_state(rng: np.random.Generator, state: Mapping[str, Any]) -> 
             )
 
 
+@dataclasses.dataclass(frozen=True)
+class Best:
+    """The best validation score of a run so far, and the algorithm's state when it was reached
+    (`metaopt.training.selection`); every checkpoint carries it, so that a resumed run goes on
+    selecting among the same candidates.
+
+    Attributes:
+        iteration: the iteration whose parameters scored ``value``.
+        metric: the key of the metrics row that selects (``TaskFamily.selection_metric``).
+        value: the validation score at ``iteration``.
+        algorithm: `algorithm_state` at ``iteration`` (a copy, not the live tensors).
+    """
+
+    iteration: int
+    metric: str
+    value: float
+    algorithm: dict[str, Any]
+
+    def summary(self) -> dict[str, Any]:
+        """Iteration, metric and value: what metrics rows, ``best.pt`` and eval.json say of it."""
+        return {"iteration": self.iteration, "metric": self.metric, "value": self.value}
+
+    def record(self) -> dict[str, Any]:
+        """What a checkpoint holds: `summary` and the algorithm's state."""
+        return {**self.summary(), "algorithm": self.algorithm}
+
+    @classmethod
+    def from_record(cls, record: Mapping[str, Any] | None) -> Best | None:
+        """The `Best` a checkpoint's `record` holds (``None``: none, or a checkpoint written
+        before runs kept one)."""
+        if record is None:
+            return None
+        return cls(
+            int(record["iteration"]),
+            str(record["metric"]),
+            float(record["value"]),
+            record["algorithm"],
+        )
+
+
 @dataclasses.dataclass
 class Run:
     """Everything the training loop carries from one iteration to the next."""
@@ -111,6 +152,9 @@ class Run:
     seconds: float = 0.0
     #: iteration of the latest checkpoint on disk (None: none yet)
     saved: int | None = None
+    #: the best validation score so far and its parameters (None: none yet, or a family that
+    #: selects no checkpoint)
+    best: Best | None = None
     versions: dict[str, str] = dataclasses.field(default_factory=package_versions)
     #: this process's place under torchrun (one process: rank 0 of 1)
     dist: distributed.DistInfo = dataclasses.field(default_factory=distributed.DistInfo)
@@ -145,6 +189,7 @@ def save(run: Run, randomness: dict[str, Any] | None = None, *, log: IO[str] | N
             "skipped": run.skipped,
             "solve_skipped": run.solve_skipped,
             "seconds": run.seconds,
+            "best": run.best.record() if run.best is not None else None,
             "versions": run.versions,
             "threads": torch.get_num_threads(),
         },

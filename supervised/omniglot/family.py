@@ -91,3 +91,13 @@ class OmniglotFamily(SupervisedFamily, options=OMNIGLOT):
         if config.val_classes == 0:
             return {}
         return super().periodic_eval(algo, config, group=group)
+
+    def validation_tasks(self, config: OmniglotConfig) -> int:
+        """``--val-episodes`` episodes of the validation classes."""
+        return config.val_episodes
+
+    def selection_metric(self, config: TrainConfig) -> str | None:
+        """Accuracy on the validation classes after the trained inner steps selects ``best.pt``
+        (none without validation classes)."""
+        assert isinstance(config, OmniglotConfig)
+        return f"val_{self.metric}_after" if config.val_classes else None

@@ -97,6 +97,7 @@ def test_omniglot_smoke(omniglot_dir: Path, tmp_path: Path) -> None:
         iterations=2,
         meta_batch=2,
         eval_every=2,
+        val_episodes=12,
         filters=8,
     )
     _check_run_dir(run_dir, family, 2)

@@ -223,6 +223,8 @@ def test_omniglot_selects_best_pt_on_its_validation_classes(
     argv += [f"--{k.replace('_', '-')}={v}" for k, v in FIXTURE_SPLIT.items()]
     assert main([*argv, "--out", str(tmp_path / "run")]) == 0
     run_dir = tmp_path / "run"
+    summary = capsys.readouterr().out  # the console summary names the parameters tested
+    assert "over 10 held-out tasks, with best.pt (iteration " in summary
     validated = [row for row in _rows(run_dir) if "val_accuracy_after" in row]
     assert [row["iteration"] for row in validated] == [2, 4]
     scores = [row["val_accuracy_after"] for row in validated]
@@ -244,3 +246,17 @@ def test_omniglot_selects_best_pt_on_its_validation_classes(
     )
     state = load_checkpoint(run_dir / "best.pt")
     assert torch.is_tensor(next(iter(state["algorithm"]["model"].values())))
+
+
+def test_a_run_whose_scores_are_never_finite_tests_its_last_parameters_and_says_so(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """No hook supplies ``val_score``: nothing is ever selected, so no best.pt, and the final
+    test names the last checkpoint."""
+    run_dir = tmp_path / "run"
+    assert main(["train", "picky", "--eval-every", "2", "--out", str(run_dir)]) == 0
+    err = capsys.readouterr().err
+    assert "metaopt: picky/maml: evaluating checkpoint.pt (iteration 12, the last)" in err
+    assert not (run_dir / "best.pt").exists()
+    evaluation = json.loads((run_dir / "eval.json").read_text())
+    assert evaluation["selected"] == {"checkpoint": "checkpoint.pt", "iteration": 12}

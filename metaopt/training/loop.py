@@ -180,7 +180,7 @@ def fit(run: Run, progress: bool | None) -> Path:
     family, config, algo = run.family, run.config, run.algo
     selected = selection.use_best(run)  # the parameters chosen on validation tasks
     if run.dist.is_main and progress is not False:
-        chosen = "" if selected is None else f" with {selection.describe(selected)}"
+        chosen = "" if selected is None else f" {selection.describe(selected)}"
         LOGGER.info("%s/%s: evaluating%s on held-out tasks", family.name, config.algo, chosen)
     stage = "evaluation"
     try:

@@ -20,6 +20,7 @@ from supervised_helpers import FIXTURE_SPLIT, omniglot_dir_fixture  # noqa: F401
 
 from metaopt.cli import main
 from metaopt.training import TrainingHooks, load_run, resume, train
+from metaopt.training.build import build_algorithm
 from metaopt.training.checkpoint import load_checkpoint
 from metaopt.training.config import resolve_config
 from metaopt.training.family import ConfigError, TaskFamily, TrainConfig
@@ -207,9 +208,18 @@ def test_val_episodes_is_checked_and_sets_the_validation_size(omniglot_dir: Path
     data = {"data_dir": str(omniglot_dir), **FIXTURE_SPLIT}
     with pytest.raises(ConfigError, match=r"^--val-episodes must be an integer >= 1, got 0$"):
         resolve_config(family, {**data, "val_episodes": 0})
-    config = resolve_config(family, {**data, "val_episodes": 7})
-    assert family.validation_tasks(config) == 7
+    config = resolve_config(family, {**data, "val_episodes": 7, "filters": 4})
     assert family.selection_metric(config) == "val_accuracy_after"
+    drawn: list[tuple[str, int]] = []
+    sample = family.sample_batch
+
+    def spy(config: Any, rng: Any, num_tasks: int, *, split: str = "train") -> Any:
+        drawn.append((split, num_tasks))
+        return sample(config, rng, num_tasks, split=split)
+
+    family.sample_batch = spy  # type: ignore[method-assign]
+    scores = family.periodic_eval(build_algorithm(config, family.make_model(config)), config)
+    assert drawn == [("val", 7)] and set(scores) == {"val_accuracy_before", "val_accuracy_after"}
     no_val = resolve_config(family, {**data, "val_classes": 0})
     assert family.selection_metric(no_val) is None
 

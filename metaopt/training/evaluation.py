@@ -6,6 +6,7 @@ runs with [`load_run`][metaopt.training.load_run].
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -18,6 +19,7 @@ from metaopt.training import distributed
 from metaopt.training.build import apply_threads, build_algorithm
 from metaopt.training.checkpoint import CheckpointError, load_checkpoint, remove_temporaries
 from metaopt.training.config import load_config
+from metaopt.training.device import autocast, run_device
 from metaopt.training.family import ConfigError, EvalRequest, TaskFamily, TrainConfig
 from metaopt.training.lock import lock_run_dir
 from metaopt.training.registry import get_family
@@ -28,12 +30,20 @@ from metaopt.training.state import load_algorithm_state
 __all__ = ["evaluate_run", "evaluation_path", "evaluation_summary", "evaluation_tag", "load_run"]
 
 
-def load_run(run_dir: Path) -> tuple[TaskFamily, TrainConfig, MetaLearner]:
+def load_run(
+    run_dir: Path, *, device: str | None = None, precision: str | None = None
+) -> tuple[TaskFamily, TrainConfig, MetaLearner]:
     """Rebuild the family, config and trained algorithm of a saved run.
+
+    Args:
+        run_dir: A directory written by [`train`][metaopt.training.train].
+        device: ``--device`` for the rebuilt run (default: the run's own); a checkpoint written
+            on any device loads onto any other.
+        precision: ``--precision`` for the rebuilt run (default: the run's own).
 
     Raises:
         ConfigError: when ``run_dir`` is not a complete run directory or its checkpoint is
-            damaged.
+            damaged, or ``device`` / ``precision`` is not one this machine and family take.
     """
     run_dir = Path(run_dir)
     for name in ("config.json", CHECKPOINT):
@@ -43,13 +53,17 @@ def load_run(run_dir: Path) -> tuple[TaskFamily, TrainConfig, MetaLearner]:
             )
     saved = read_run(run_dir)
     family = get_family(saved["family"])
-    config = load_config(family, run_dir / "config.json")
+    trained = load_config(family, run_dir / "config.json")
+    asked: dict[str, Any] = {"device": device, "precision": precision}
+    config = dataclasses.replace(trained, **{k: v for k, v in asked.items() if v is not None})
+    config.validate()
+    run_device(config)  # a device this machine lacks is refused before the checkpoint is read
     path = run_dir / CHECKPOINT
     try:
         checkpoint = load_checkpoint(path)
     except CheckpointError as error:
         raise ConfigError(str(error)) from error
-    check_checkpoint(family, config, checkpoint, path, warn=False)  # as --resume checks it
+    check_checkpoint(family, trained, checkpoint, path, warn=False)  # as --resume checks it
     torch.manual_seed(config.seed)
     algo = build_algorithm(config, family.make_model(config))
     try:
@@ -60,12 +74,20 @@ def load_run(run_dir: Path) -> tuple[TaskFamily, TrainConfig, MetaLearner]:
 
 
 def evaluate_run(
-    run_dir: Path, *, num_tasks: int | None = None, steps: Sequence[int] | None = None
+    run_dir: Path,
+    *,
+    num_tasks: int | None = None,
+    steps: Sequence[int] | None = None,
+    device: str | None = None,
+    precision: str | None = None,
 ) -> dict[str, Any]:
     """Re-run the final evaluation of a saved run and rewrite its ``eval.json`` and plots
     (atomically: the earlier files survive a failed write); with ``num_tasks`` or ``steps``,
     evaluate those instead and write ``eval-<tasks>-<steps>.json`` and plots named likewise
     (``evaluation_path``), leaving the run's own evaluation as it was.
+
+    ``device`` and ``precision`` (default: the run's) say where and how it is evaluated
+    (`load_run`).
 
     Under torchrun, every rank evaluates a share of the held-out tasks and rank 0 writes. Rank 0
     holds the run directory's lock throughout, so no run or resume writes there meanwhile.
@@ -83,18 +105,24 @@ def evaluate_run(
     with lock_run_dir(run_dir) as lock:
         if lock is not None:
             remove_temporaries(run_dir)
-        return _evaluate_locked(run_dir, num_tasks, steps)
+        return _evaluate_locked(run_dir, num_tasks, steps, device, precision)
 
 
 def _evaluate_locked(
-    run_dir: Path, num_tasks: int | None, steps: Sequence[int] | None
+    run_dir: Path,
+    num_tasks: int | None,
+    steps: Sequence[int] | None,
+    device: str | None,
+    precision: str | None,
 ) -> dict[str, Any]:
-    family, config, algo = load_run(run_dir)
-    info = distributed.setup(config.dist_backend, config.dist_timeout)
+    family, config, algo = load_run(run_dir, device=device, precision=precision)
+    on = run_device(config)
+    info = distributed.setup(config.dist_backend, config.dist_timeout, on)
     try:
         apply_threads(config)
         request = EvalRequest(num_tasks, steps, info)
-        evaluation = family.evaluate(algo, config, Path(run_dir), request)
+        with autocast(config, on):
+            evaluation = family.evaluate(algo, config, Path(run_dir), request)
         if info.is_main:
             own = num_tasks is None and steps is None  # the run's own evaluation
             tag = "" if own else evaluation_tag(evaluation)

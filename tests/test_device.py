@@ -298,3 +298,13 @@ def test_bench_runs_each_implementation_under_autocast() -> None:
     under = case.on(torch.device("cpu"), torch.bfloat16)
     assert under.impls["a"]()[0].item() == 1.0 and under.tolerance == REDUCED_TOLERANCE
     assert seen()[0].item() == 0.0
+
+
+def test_the_gpu_check_says_it_checked_nothing_without_cuda(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from benchmarks import gpu_check
+
+    _no_accelerator(monkeypatch)
+    assert gpu_check.main([]) == 0
+    assert "no CUDA device" in capsys.readouterr().out

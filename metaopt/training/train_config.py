@@ -50,7 +50,7 @@ MAX_SEED = 2**32 - 1
 #: `TaskFamily.trust_region`).
 OUTER_OPTIMIZERS = ("adam", "sgd")
 
-#: ``--dist-backend``: ``auto`` picks nccl with CUDA, else gloo.
+#: ``--dist-backend``: ``auto`` picks nccl when the run computes on CUDA (``--device``), else gloo.
 DIST_BACKENDS = ("auto", "gloo", "nccl")
 
 #: The algorithms' options that ``config.json`` held at its top level, beside the run's fields,
@@ -172,7 +172,8 @@ class TrainConfig:
     PRECISIONS: ClassVar[tuple[str, ...]] = ("fp32",)
     dist_backend: str = option(
         "auto",
-        "under torchrun: torch.distributed backend, auto (nccl with CUDA, else gloo), gloo or nccl",
+        "under torchrun: torch.distributed backend, auto (nccl when --device is CUDA, else "
+        "gloo), gloo or nccl",
     )
     dist_timeout: float = option(
         600.0, "under torchrun: seconds a rank waits for the others before all of them fail"

@@ -23,7 +23,7 @@ from metaopt.cli import main
 from metaopt.options import ConfigError
 from metaopt.tools.bench.cases import REDUCED_TOLERANCE, Case
 from metaopt.training import device as device_module
-from metaopt.training import resolve_config, resume, train
+from metaopt.training import evaluate_run, resolve_config, resume, train
 from metaopt.training.checkpoint import load_checkpoint
 from metaopt.training.distributed import DistInfo
 from metaopt.training.evaluation import load_run
@@ -264,6 +264,10 @@ def test_bf16_training_differs_from_fp32_but_little(tmp_path: Path) -> None:
     theirs = load_checkpoint(fp32 / "checkpoint.pt")["algorithm"]["model"]
     moved = [(ours[k] - theirs[k]).abs().max().item() for k in theirs]
     assert 0 < max(moved) < 1e-2  # 3 Adam steps of 1e-3: the same direction, other rounding
+    # metaopt eval --precision fp32 --device cpu: the bf16 run, evaluated in full precision
+    full = evaluate_run(bf16, num_tasks=2, device="cpu", precision="fp32")
+    again = evaluate_run(bf16, num_tasks=2)  # the run's own bf16
+    assert full != again and full.keys() == again.keys()
 
 
 def test_bench_runs_each_implementation_under_autocast() -> None:
@@ -285,3 +289,19 @@ def test_the_gpu_check_says_it_checked_nothing_without_cuda(
     _no_accelerator(monkeypatch)
     assert gpu_check.main([]) == 0
     assert "no CUDA device" in capsys.readouterr().out
+
+
+def test_an_fp16_step_that_overflows_is_skipped_and_the_scale_halved(tmp_path: Path) -> None:
+    """Sine's first losses times the scaler's initial 65536 overflow float16 (its largest is
+    65504) in the second iteration: that step is skipped (the parameters and Adam's step count
+    are those of the iteration before) and the scale halved, and training goes on."""
+    run_dir = _sine_run(tmp_path / "run", precision="fp16", iterations=2, checkpoint_every=1)
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [row["grad_scale"] for row in rows] == [65536.0, 32768.0]
+    before = load_checkpoint(run_dir / "checkpoint.prev.pt")
+    after = load_checkpoint(run_dir / "checkpoint.pt")
+    assert (before["iteration"], after["iteration"]) == (1, 2)
+    model = before["algorithm"]["model"]
+    assert all(torch.equal(after["algorithm"]["model"][k], v) for k, v in model.items())
+    steps = [s["step"] for s in after["outer"]["state"].values()]
+    assert steps == [s["step"] for s in before["outer"]["state"].values()]

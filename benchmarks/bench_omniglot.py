@@ -24,6 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import torch
 import torchopt
 from torch import nn
 
@@ -48,13 +49,19 @@ QUICK = {"meta_batch": 2, "filters": 8}
 TOLERANCE = 1e-3
 
 
-@functools.cache
 def _workload(quick: bool) -> tuple[OmniglotFamily, OmniglotConfig, TaskBatch]:
-    """The family, its default configuration and one training meta-batch (built on first use)."""
+    """The family, its default configuration and one training meta-batch, on the bench's device
+    (``metaopt bench --device``: torch's default device while the cases are built)."""
+    return _workload_on(quick, str(torch.get_default_device()))
+
+
+@functools.cache
+def _workload_on(quick: bool, device: str) -> tuple[OmniglotFamily, OmniglotConfig, TaskBatch]:
+    """`_workload` on ``device`` (built on first use)."""
     family = OmniglotFamily()
     with tempfile.TemporaryDirectory(prefix="metaopt-bench-omniglot-") as tmp:
         root = make_fixture(Path(tmp) / "omniglot", **FIXTURE)
-        overrides = {"data_dir": str(root), **SPLIT, **(QUICK if quick else {})}
+        overrides = {"data_dir": str(root), "device": device, **SPLIT, **(QUICK if quick else {})}
         config = resolve_config(family, overrides)
         assert isinstance(config, OmniglotConfig)
         # The family reads the images once; the batch holds them after the folder is gone.

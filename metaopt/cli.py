@@ -1,7 +1,7 @@
 """The ``metaopt`` command.
 
     metaopt train FAMILY [--algo NAME] [flags]                        meta-train, then evaluate
-    metaopt eval RUN_DIR [--tasks N] [--steps 0,1,5]                  re-run a run's evaluation
+    metaopt eval RUN_DIR [--tasks N] [--steps 0,1,5] [--device D]     re-run a run's evaluation
     metaopt compare FAMILY [flags] [--report DIR] [--steps 1,2,5,10]  second- vs first-order
     metaopt families                                                 list the task families
     metaopt bench [--quick] [--threads N] [--json PATH]               time the engines
@@ -209,6 +209,7 @@ def build_parser(families: Mapping[str, DescribedFamily | None]) -> argparse.Arg
         "(checkpoint.pt; its files are tagged last: eval-last.json); default: best.pt when the "
         "run has one, as its own final evaluation did, else the last",
     )
+    _device_arguments(evaluate, None, ": where to evaluate (default: the run's --device)")
 
     from metaopt.tools.compare import add_compare_arguments
 
@@ -275,6 +276,7 @@ def build_parser(families: Mapping[str, DescribedFamily | None]) -> argparse.Arg
         "--plot", type=Path, default=None, metavar="PATH", help="save the memory plot (PNG)"
     )
     bench.add_argument("--quiet", action="store_true", help="no progress bar or lines")
+    _device_arguments(bench, "cpu", " (default: cpu); off the CPU without memory sweep or peak")
 
     from metaopt.tools.scale import add_scale_arguments
 
@@ -293,6 +295,17 @@ def build_parser(families: Mapping[str, DescribedFamily | None]) -> argparse.Arg
 
 #: The help of a family that declares no ``metaopt.family_options``, until it is named.
 _UNDESCRIBED = "(its description and flags: name it, e.g. --help after it)"
+
+
+def _device_arguments(parser: argparse.ArgumentParser, default: str | None, where: str) -> None:
+    """``--device`` and ``--precision`` of a command whose flags are not a run's config."""
+    parser.add_argument("--device", default=default, help="auto, cpu, cuda, cuda:N or mps" + where)
+    parser.add_argument(
+        "--precision",
+        default=None if default is None else "fp32",
+        help="fp32, bf16 or fp16: the forward passes under autocast (default: "
+        + ("the run's)" if default is None else "fp32)"),
+    )
 
 
 def _per_family(
@@ -430,6 +443,8 @@ def _main(argv: Sequence[str] | None) -> int:
                     json_path=args.json,
                     plot_path=args.plot,
                     progress=False if args.quiet else None,
+                    device=args.device,
+                    precision=args.precision,
                 )
             return 0
         if args.command == "scale":
@@ -445,7 +460,12 @@ def _main(argv: Sequence[str] | None) -> int:
 
             with progress_to_stderr():
                 evaluation = evaluate_run(
-                    args.run_dir, num_tasks=args.tasks, steps=args.steps, checkpoint=args.checkpoint
+                    args.run_dir,
+                    num_tasks=args.tasks,
+                    steps=args.steps,
+                    checkpoint=args.checkpoint,
+                    device=args.device,
+                    precision=args.precision,
                 )
             if _is_main_process():
                 from metaopt.training.evaluation import evaluation_file

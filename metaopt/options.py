@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import field
 from typing import Any, TypeVar
@@ -31,12 +32,15 @@ __all__ = [
     "ALGORITHM_LOOKS",
     "BATCH_NORM_MODES",
     "CURVATURES",
+    "DEVICES",
     "ENGINES",
     "INNER_OPTIMIZERS",
+    "PRECISIONS",
     "SOLVE_FAILURE_POLICIES",
     "ConfigError",
     "check_bool",
     "check_choice",
+    "check_device",
     "check_int",
     "check_real",
     "flag",
@@ -95,6 +99,15 @@ CURVATURES = ("hessian", "gauss-newton")
 #: batch it is given, in training and eval mode, and its running statistics are neither read nor
 #: changed (each task normalises with its own batch, as MAML and Reptile do on Omniglot).
 BATCH_NORM_MODES = ("running", "batch")
+
+#: ``--device``: where the model, the tasks and the optimiser's state live. ``auto``: CUDA when
+#: present (under torchrun each rank its ``cuda:LOCAL_RANK``), else Apple's MPS, else the CPU;
+#: ``cuda:N`` names one GPU (`metaopt.training.device`).
+DEVICES = ("auto", "cpu", "cuda", "cuda:N", "mps")
+
+#: ``--precision``: ``fp32``, or autocast to ``bf16`` / ``fp16`` around the forward passes
+#: (fp16 with a gradient scaler on the outer step).
+PRECISIONS = ("fp32", "bf16", "fp16")
 
 
 class ConfigError(ValueError):
@@ -196,6 +209,15 @@ def check_choice(label: str, value: T, allowed: Sequence[T]) -> T:
     if value not in allowed:
         choices = ", ".join(map(str, allowed))
         raise ConfigError(f"{label} must be one of {choices}; got {value!r}")
+    return value
+
+
+def check_device(label: str, value: object) -> str:
+    """``value`` if it spells one of `DEVICES` (``cuda:N`` with N a non-negative integer), else
+    [`ConfigError`][metaopt.training.ConfigError] listing them. Whether the machine has that
+    device is asked of torch later (`metaopt.training.device.resolve_device`)."""
+    if not isinstance(value, str) or not re.fullmatch(r"auto|cpu|cuda|cuda:\d+|mps", value):
+        raise ConfigError(f"{label} must be one of {', '.join(DEVICES)}; got {value!r}")
     return value
 
 

@@ -171,13 +171,29 @@ class TaskBatch(Sequence["SupervisedTask"]):
         x, y = self.support_x, self.support_y
         rows = None if step is None else self.minibatch_rows(step)
         if rows is not None:
-            tasks = torch.arange(self.num_tasks).unsqueeze(1)
+            tasks = torch.arange(self.num_tasks, device=rows.device).unsqueeze(1)
             x, y = x[tasks, rows], y[tasks, rows]
         return per_task_loss(self.loss, forward(x), y)
 
     def query_losses(self, forward: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
         """Query losses ``[B]`` of all tasks in one batched forward."""
         return per_task_loss(self.loss, forward(self.query_x), self.query_y)
+
+    def to(self, device: torch.device | str) -> TaskBatch:
+        """The batch with every tensor on ``device`` (itself when they are there already)."""
+        device = torch.device(device)
+        if self.support_x.device == device:
+            return self
+        return TaskBatch(
+            support_x=self.support_x.to(device),
+            support_y=self.support_y.to(device),
+            query_x=self.query_x.to(device),
+            query_y=self.query_y.to(device),
+            loss=self.loss,
+            minibatch=self.minibatch,
+            support_order=None if self.support_order is None else self.support_order.to(device),
+            info={k: v.to(device) for k, v in self.info.items()},
+        )
 
     def select(self, indices: Sequence[int] | slice | torch.Tensor) -> TaskBatch:
         """A new batch holding the chosen tasks (fresh cursors), e.g. a chunk for evaluation."""

@@ -10,7 +10,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from metaopt.options import check_choice, check_int, check_real, flag
+from metaopt.options import PRECISIONS, check_choice, check_int, check_real, flag
 from metaopt.registry import algorithm
 from metaopt.training.family import ConfigError, FamilyOptions, TrainConfig, option
 
@@ -57,6 +57,10 @@ class SupervisedConfig(TrainConfig):
     #: Fields that only say how a trained model is evaluated (or where the data lives): a
     #: family's own fields other than these are part of a cached baseline's key.
     EVALUATION_ONLY: ClassVar[tuple[str, ...]] = ()
+
+    #: `SupervisedFamily` puts every batch on the run's device, and its losses take autocast.
+    ON_DEVICE: ClassVar[bool] = True
+    PRECISIONS: ClassVar[tuple[str, ...]] = PRECISIONS
 
     #: The baseline is trained at evaluation time, so its settings may change on ``--resume``.
     RESUMABLE: ClassVar[tuple[str, ...]] = (

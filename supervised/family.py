@@ -17,6 +17,7 @@ import numpy as np
 from torch import nn
 
 from metaopt.algorithms import MetaLearner
+from metaopt.training import run_device
 from metaopt.training.distributed import DistInfo, map_tasks
 from metaopt.training.family import EvalRequest, RunResults, TaskFamily, TrainConfig
 from supervised.adaptation import adaptation_curve
@@ -56,13 +57,19 @@ class SupervisedFamily(TaskFamily):
     ) -> TaskBatch:
         raise NotImplementedError
 
+    def sample_on_device(
+        self, config: Any, rng: np.random.Generator, num_tasks: int, *, split: str = "train"
+    ) -> TaskBatch:
+        """`sample_batch`, on the run's device (`metaopt.training.device.run_device`)."""
+        return self.sample_batch(config, rng, num_tasks, split=split).to(run_device(config))
+
     def make_model(self, config: Any) -> nn.Module:
         """The network, initialised from ``config.seed`` alone (global RNG untouched)."""
         return seeded(lambda: self.build_model(config), config.seed)
 
     def sample_tasks(self, config: Any, rng: np.random.Generator, num_tasks: int) -> TaskBatch:
         """A meta-batch of training tasks; all randomness from ``rng``."""
-        return self.sample_batch(config, rng, num_tasks, split="train")
+        return self.sample_on_device(config, rng, num_tasks, split="train")
 
     def baseline(
         self, config: Any, run_dir: Path | None, group: DistInfo | None = None
@@ -70,8 +77,10 @@ class SupervisedFamily(TaskFamily):
         """The pretrained baseline (cached in ``run_dir/baseline.pt``)."""
         return load_or_train_baseline(
             config,
-            lambda: seeded(lambda: self.build_model(config), config.baseline_seed),
-            lambda rng, n: self.sample_batch(config, rng, n, split="train"),
+            lambda: seeded(lambda: self.build_model(config), config.baseline_seed).to(
+                run_device(config)
+            ),
+            lambda rng, n: self.sample_on_device(config, rng, n, split="train"),
             run_dir,
             group,
         )
@@ -81,7 +90,7 @@ class SupervisedFamily(TaskFamily):
     ) -> dict[str, float]:
         """Mean metric on validation tasks before and after ``inner_steps`` adaptation steps."""
         rng = np.random.default_rng([config.eval_seed, 1])  # a stream apart from the final tasks
-        batch = self.sample_batch(config, rng, self.validation_tasks(config), split="val")
+        batch = self.sample_on_device(config, rng, self.validation_tasks(config), split="val")
         steps = [0, config.inner_steps]
         curve = map_tasks(
             lambda part: adaptation_curve(algo, part, steps, chunk=self.eval_chunk), batch, group
@@ -98,7 +107,9 @@ class SupervisedFamily(TaskFamily):
     ) -> dict[str, Any]:
         """Metric after 0, 1, 5, 10, 32 steps on ``eval_tasks`` held-out tasks, vs the baseline."""
         n, steps, group = request.tasks(config), request.step_counts(EVAL_STEPS), request.group
-        batch = self.sample_batch(config, np.random.default_rng(config.eval_seed), n, split="test")
+        batch = self.sample_on_device(
+            config, np.random.default_rng(config.eval_seed), n, split="test"
+        )
         baseline = self.baseline(config, run_dir, group)
         result = evaluate_learners(
             algo,

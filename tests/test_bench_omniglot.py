@@ -75,10 +75,10 @@ def test_matmul_peak_record() -> None:
 
 
 def test_listing_the_cases_loads_no_images() -> None:
-    omniglot_bench._workload.cache_clear()
+    omniglot_bench._workload_on.cache_clear()
     names = [case.name for case in omniglot_bench.cases(quick=False)]
     assert names == list(CASES)
-    assert omniglot_bench._workload.cache_info().currsize == 0
+    assert omniglot_bench._workload_on.cache_info().currsize == 0
 
 
 def test_cases_without_flops_keep_their_records() -> None:

@@ -8,7 +8,8 @@ Everything outside this package imports the names below from here, not from its 
 The modules, one job each: ``loop`` (the meta-training loop: [`train`][metaopt.training.train]),
 ``resuming`` (continuing a run from a checkpoint), ``state`` (what the loop carries and a checkpoint
 holds), ``rundir`` (the run directory and its files), ``signals`` (SIGINT/SIGTERM), ``build``
-(algorithm and outer optimiser from a config), ``evaluation`` (a saved run read back and evaluated),
+(algorithm and outer optimiser from a config), ``device`` (``--device`` and ``--precision``),
+``evaluation`` (a saved run read back and evaluated),
 ``checkpoint`` (the file format), ``distributed`` (torchrun), ``hooks``, ``progress`` (progress bars
 and lines), ``tensorboard``, ``plots``, and the family protocol, configuration and registry
 (``family``, ``train_config``, ``algorithm_config``: the algorithms' options among the flags,
@@ -31,6 +32,7 @@ from metaopt.training.family import (
 if TYPE_CHECKING:
     from metaopt.training.build import build_algorithm, build_outer_optimizer
     from metaopt.training.config import resolve_config
+    from metaopt.training.device import autocast, resolve_device, run_device
     from metaopt.training.evaluation import evaluate_run, evaluation_summary, load_run
     from metaopt.training.hooks import TrainingHooks
     from metaopt.training.loop import NonFiniteError, train
@@ -50,6 +52,9 @@ __getattr__ = lazy_exports(
         "build_algorithm": "metaopt.training.build",
         "build_outer_optimizer": "metaopt.training.build",
         "resolve_config": "metaopt.training.config",
+        "autocast": "metaopt.training.device",
+        "resolve_device": "metaopt.training.device",
+        "run_device": "metaopt.training.device",
         "evaluate_run": "metaopt.training.evaluation",
         "evaluation_summary": "metaopt.training.evaluation",
         "load_run": "metaopt.training.evaluation",
@@ -82,6 +87,7 @@ __all__ = [
     "TrainingHooks",
     "TrainingInterrupted",
     "TruthRequest",
+    "autocast",
     "build_algorithm",
     "build_outer_optimizer",
     "evaluate_run",
@@ -93,7 +99,9 @@ __all__ = [
     "progress_to_stderr",
     "register_family",
     "resolve_config",
+    "resolve_device",
     "resume",
+    "run_device",
     "train",
     "with_progress",
 ]

@@ -15,6 +15,7 @@ import torch
 from metaopt.algorithms import MetaLearner, linear_annealing
 from metaopt.algorithms.subset import head_prefix
 from metaopt.registry import LEARNER, algorithm
+from metaopt.training.device import run_device
 from metaopt.training.family import ConfigError, TaskFamily, TrainConfig
 
 __all__ = [
@@ -28,7 +29,9 @@ __all__ = [
 
 def build_algorithm(config: TrainConfig, model: torch.nn.Module) -> MetaLearner:
     """The algorithm named by ``config.algo`` around ``model`` (its `metaopt.registry` entry's
-    factory, with ``config.options``), adapting ``config.adapt``."""
+    factory, with ``config.options``), adapting ``config.adapt``; the model is moved to the run's
+    device first (`metaopt.training.device.run_device`), so its learned state is made there."""
+    model = model.to(run_device(config))
     names = [name.strip() for name in config.adapt.split(",") if name.strip()]
     try:
         adapt = [head_prefix(model) if name == "anil" else name for name in names] or None

@@ -76,20 +76,24 @@ class DistInfo:
         return self.world_size > 1
 
 
-def setup(backend: str | None = None, timeout_s: float = 600.0) -> DistInfo:
+def setup(
+    backend: str | None = None, timeout_s: float = 600.0, device: torch.device | None = None
+) -> DistInfo:
     """Join the process group torchrun describes in the environment (``WORLD_SIZE`` > 1).
 
     Args:
-        backend: ``"gloo"`` or ``"nccl"``; ``None`` or ``"auto"``: NCCL when CUDA is available,
-            else gloo.
+        backend: ``"gloo"`` or ``"nccl"``; ``None`` or ``"auto"``: NCCL when the run computes on
+            CUDA (``device``; without one, when CUDA is available), else gloo.
         timeout_s: How long a collective waits for a rank before every rank fails with an error
             (a rank that died must not leave the others hanging).
+        device: The device the run computes on (`metaopt.training.device.run_device`).
     """
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size <= 1:
         return DistInfo()
     if backend is None or backend == "auto":
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        on_cuda = device.type == "cuda" if device is not None else torch.cuda.is_available()
+        backend = "nccl" if on_cuda else "gloo"
     if backend not in ("gloo", "nccl"):
         raise ConfigError(f"--dist-backend must be gloo or nccl, got {backend!r}")
     owns_group = not dist.is_initialized()

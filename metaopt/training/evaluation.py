@@ -6,6 +6,7 @@ runs with [`load_run`][metaopt.training.load_run].
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -18,6 +19,7 @@ from metaopt.training import distributed
 from metaopt.training.build import apply_threads, build_algorithm
 from metaopt.training.checkpoint import CheckpointError, load_checkpoint, remove_temporaries
 from metaopt.training.config import load_config
+from metaopt.training.device import autocast, run_device
 from metaopt.training.family import ConfigError, EvalRequest, TaskFamily, TrainConfig
 from metaopt.training.lock import lock_run_dir
 from metaopt.training.progress import LOGGER
@@ -38,18 +40,30 @@ __all__ = [
 
 
 def load_run(
-    run_dir: Path, checkpoint: str = CHECKPOINT
+    run_dir: Path,
+    checkpoint: str = CHECKPOINT,
+    *,
+    device: str | None = None,
+    precision: str | None = None,
 ) -> tuple[TaskFamily, TrainConfig, MetaLearner]:
     """Rebuild the family, config and trained algorithm of a saved run, with the parameters of
     ``checkpoint`` (a file of ``run_dir``: the latest by default; ``best.pt`` those selected on
     validation tasks, `metaopt.training.selection`).
 
+    Args:
+        run_dir: A directory written by [`train`][metaopt.training.train].
+        checkpoint: The file of ``run_dir`` whose parameters are loaded.
+        device: ``--device`` for the rebuilt run (default: the run's own); a checkpoint written
+            on any device loads onto any other.
+        precision: ``--precision`` for the rebuilt run (default: the run's own).
+
     Raises:
         ConfigError: when ``run_dir`` is not a complete run directory or the checkpoint is
-            damaged.
+            damaged, or ``device`` / ``precision`` is not one this machine and family take.
     """
-    family, config = _read_run(Path(run_dir))
-    algo, _ = _restore(Path(run_dir), family, config, checkpoint)
+    family, trained = _read_run(Path(run_dir))
+    config = _on_device(trained, device, precision)
+    algo, _ = _restore(Path(run_dir), family, trained, config, checkpoint)
     return family, config, algo
 
 
@@ -64,10 +78,25 @@ def _read_run(run_dir: Path) -> tuple[TaskFamily, TrainConfig]:
     return family, load_config(family, run_dir / "config.json")
 
 
+def _on_device(trained: TrainConfig, device: str | None, precision: str | None) -> TrainConfig:
+    """``trained`` with the ``--device`` and ``--precision`` asked for (``None``: the run's),
+    checked; a device this machine lacks is refused before any checkpoint is read."""
+    asked: dict[str, Any] = {"device": device, "precision": precision}
+    config = dataclasses.replace(trained, **{k: v for k, v in asked.items() if v is not None})
+    config.validate()
+    run_device(config)
+    return config
+
+
 def _restore(
-    run_dir: Path, family: TaskFamily, config: TrainConfig, checkpoint: str
+    run_dir: Path,
+    family: TaskFamily,
+    trained: TrainConfig,
+    config: TrainConfig,
+    checkpoint: str,
 ) -> tuple[MetaLearner, dict[str, Any]]:
-    """The algorithm with the parameters of ``run_dir / checkpoint``, and the checkpoint."""
+    """The algorithm of ``config`` with the parameters of ``run_dir / checkpoint`` (checked
+    against the run's own config, ``trained``), and the checkpoint."""
     path = run_dir / checkpoint
     if not path.is_file():
         raise ConfigError(f"RUN_DIR {str(run_dir)!r} has no {checkpoint}")
@@ -75,7 +104,7 @@ def _restore(
         state = load_checkpoint(path)
     except CheckpointError as error:
         raise ConfigError(str(error)) from error
-    check_checkpoint(family, config, state, path, warn=False)  # as --resume checks it
+    check_checkpoint(family, trained, state, path, warn=False)  # as --resume checks it
     torch.manual_seed(config.seed)
     algo = build_algorithm(config, family.make_model(config))
     try:
@@ -91,6 +120,8 @@ def evaluate_run(
     num_tasks: int | None = None,
     steps: Sequence[int] | None = None,
     checkpoint: str | None = None,
+    device: str | None = None,
+    precision: str | None = None,
 ) -> dict[str, Any]:
     """Re-run the final evaluation of a saved run and rewrite its ``eval.json`` and plots
     (atomically: the earlier files survive a failed write); with ``num_tasks`` or ``steps``,
@@ -103,13 +134,17 @@ def evaluate_run(
     ``"best"`` insists on ``best.pt``. eval.json's ``selected`` names the file used, for a
     family that selects.
 
+    ``device`` and ``precision`` (default: the run's) say where and how it is evaluated
+    (`load_run`).
+
     Under torchrun, every rank evaluates a share of the held-out tasks and rank 0 writes. Rank 0
     holds the run directory's lock throughout, so no run or resume writes there meanwhile.
 
     Raises:
         ConfigError: not a run directory, a checkpoint that is damaged or belongs to another
-            run (the checks of [`resume`][metaopt.training.resume]), or ``checkpoint="best"``
-            for a run without ``best.pt``.
+            run (the checks of [`resume`][metaopt.training.resume]), ``checkpoint="best"``
+            for a run without ``best.pt``, or a device or precision this machine or family
+            does not take.
         RunDirectoryLocked: another process owns the directory.
     """
     if num_tasks is not None and num_tasks < 1:
@@ -122,27 +157,35 @@ def evaluate_run(
     with lock_run_dir(run_dir) as lock:
         if lock is not None:
             remove_temporaries(run_dir)
-        return _evaluate_locked(run_dir, num_tasks, steps, checkpoint)
+        return _evaluate_locked(run_dir, num_tasks, steps, checkpoint, device, precision)
 
 
 def _evaluate_locked(
-    run_dir: Path, num_tasks: int | None, steps: Sequence[int] | None, choice: str | None
+    run_dir: Path,
+    num_tasks: int | None,
+    steps: Sequence[int] | None,
+    choice: str | None,
+    device: str | None,
+    precision: str | None,
 ) -> dict[str, Any]:
-    family, config = _read_run(run_dir)
+    family, trained = _read_run(run_dir)
+    config = _on_device(trained, device, precision)
     checkpoint = checkpoint_to_evaluate(run_dir, family, config, choice)
-    algo, state = _restore(run_dir, family, config, checkpoint)
+    algo, state = _restore(run_dir, family, trained, config, checkpoint)
     selected = None
     if checkpoint == BEST or family.selection_metric(config) is not None:
         selected = selected_block(
             family, checkpoint, int(state["iteration"]), state.get("selection")
         )
-    info = distributed.setup(config.dist_backend, config.dist_timeout)
+    on = run_device(config)
+    info = distributed.setup(config.dist_backend, config.dist_timeout, on)
     try:
         apply_threads(config)
         if selected is not None and info.is_main:
             LOGGER.info("evaluating %s on held-out tasks", describe(selected))
         request = EvalRequest(num_tasks, steps, info)
-        evaluation = family.evaluate(algo, config, Path(run_dir), request)
+        with autocast(config, on):
+            evaluation = family.evaluate(algo, config, Path(run_dir), request)
         if selected is not None:
             evaluation["selected"] = selected
         if info.is_main:

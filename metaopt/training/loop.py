@@ -39,11 +39,18 @@ from metaopt.training.build import (
     check_adapt,
     seed_everything,
 )
+from metaopt.training.device import autocast, grad_scaler, run_device
 from metaopt.training.family import ConfigError, EvalRequest, TaskFamily, TrainConfig
 from metaopt.training.hooks import TrainingHooks
 from metaopt.training.memory import check_memory
 from metaopt.training.progress import LOGGER, ProgressLog, compile_notice, restart_rate
-from metaopt.training.rundir import finite_or_none, new_run_dir, record_engine, write_json
+from metaopt.training.rundir import (
+    finite_or_none,
+    new_run_dir,
+    record_device,
+    record_engine,
+    write_json,
+)
 from metaopt.training.signals import StopOnSignal, TrainingInterrupted
 from metaopt.training.state import Run, random_state, save
 from metaopt.trust_region import trust_region_step
@@ -113,7 +120,8 @@ def train(
     family.validate(config)
     check_memory(family, config)
     check_adapt(family, config)
-    info = distributed.setup(config.dist_backend, config.dist_timeout)
+    device = run_device(config)  # a device this machine lacks is refused before anything is written
+    info = distributed.setup(config.dist_backend, config.dist_timeout, device)
     try:
         check_ranks(config, info)
         apply_threads(config)
@@ -154,7 +162,20 @@ def new_run(
     algo = build_algorithm(config, model)
     outer, schedule = build_outer_optimizer(config, algo)
     rng = np.random.default_rng(config.seed)
-    return Run(family, config, run_dir, algo, outer, schedule, rng, dist=info, hooks=hooks)
+    device = run_device(config)
+    return Run(
+        family,
+        config,
+        run_dir,
+        algo,
+        outer,
+        schedule,
+        rng,
+        dist=info,
+        hooks=hooks,
+        device=device,
+        scaler=grad_scaler(config, device),
+    )
 
 
 def check_ranks(config: TrainConfig, info: distributed.DistInfo) -> None:
@@ -168,6 +189,17 @@ def fit(run: Run, progress: bool | None) -> Path:
     """Train ``run`` from ``run.iteration`` to ``config.iterations``, then evaluate and plot."""
     stop = StopOnSignal(run)
     metrics_path = run.run_dir / "metrics.jsonl" if run.dist.is_main else Path(os.devnull)
+    if run.dist.is_main:
+        record_device(run.run_dir, str(run.device))
+        if progress is not False:
+            LOGGER.info(
+                "%s/%s: on %s (--device %s), %s",
+                run.family.name,
+                run.config.algo,
+                run.device,
+                run.config.device,
+                run.config.precision,
+            )
     for hook in run.hooks:
         hook.on_train_start(run.run_dir, run.config, run.iteration)
     with stop.installed(), open(metrics_path, "a") as log:
@@ -185,7 +217,8 @@ def fit(run: Run, progress: bool | None) -> Path:
     stage = "evaluation"
     try:
         # Every rank evaluates its share of the held-out tasks.
-        evaluation = family.evaluate(algo, config, run.run_dir, EvalRequest(group=run.dist))
+        with autocast(config, run.device):
+            evaluation = family.evaluate(algo, config, run.run_dir, EvalRequest(group=run.dist))
         if selected is not None:
             evaluation["selected"] = selected
         if not run.dist.is_main:  # rank 0 writes and plots; the others wait for it
@@ -266,7 +299,10 @@ def _loop(run: Run, log: IO[str], stop: StopOnSignal, progress: bool | None) -> 
             tasks = family.sample_tasks(config, run.rng, config.meta_batch)
             local = distributed.shard(tasks, run.dist)
             outer.zero_grad(set_to_none=True)
-            metrics = algo.meta_backward(local, scale=1 / len(tasks))
+            # fp16: the losses are multiplied by the scaler's scale, the gradient divided again
+            loss_scale = 1.0 if run.scaler is None else _loss_scale(run.scaler, run.device)
+            with autocast(config, run.device):
+                metrics = algo.meta_backward(local, scale=loss_scale / len(tasks))
             if algo.last_engine != recorded_engine:
                 recorded_engine = algo.last_engine
                 if run.dist.is_main:
@@ -276,7 +312,9 @@ def _loop(run: Run, log: IO[str], stop: StopOnSignal, progress: bool | None) -> 
                 distributed.all_reduce_gradients(params, run.dist)
                 metrics = _gathered(metrics, len(tasks), run.dist)
                 extra = distributed.weighted_means(extra, len(local), len(tasks), run.dist)
-            problem = _non_finite(metrics, algo)
+            if run.scaler is not None:  # an overflow lowers the scale and skips the step
+                run.scaler.unscale_(outer)
+            problem = _non_finite(metrics, algo, gradients=run.scaler is None)
             if problem is not None and not config.skip_nonfinite:
                 _stop_non_finite(run, problem, iteration, tasks, before, log)
             # The algorithm asked for no step (iMAML's skipped solve): every rank skips alike.
@@ -291,7 +329,10 @@ def _loop(run: Run, log: IO[str], stop: StopOnSignal, progress: bool | None) -> 
                     region, settings = family.trust_region(algo, config, local)
                     reduce = distributed.task_weighted_sum(len(local), len(tasks), run.dist)
                     extra.update(trust_region_step(params, region, settings, reduce).metrics())
-                outer.step()
+                if run.scaler is not None:
+                    run.scaler.step(outer)
+                else:
+                    outer.step()
                 if not bool(torch.stack([torch.isfinite(p).all() for p in params]).all()):
                     latest = (
                         f"the latest checkpoint is iteration {run.saved} in {run.checkpoint}"
@@ -307,6 +348,8 @@ def _loop(run: Run, log: IO[str], stop: StopOnSignal, progress: bool | None) -> 
             else:
                 outer.zero_grad(set_to_none=True)
                 run.skipped += 1
+            if run.scaler is not None:
+                run.scaler.update()
             if run.schedule is not None:  # the rate follows the iteration, skipped or not
                 run.schedule.step()
             run.iteration = iteration
@@ -321,8 +364,10 @@ def _loop(run: Run, log: IO[str], stop: StopOnSignal, progress: bool | None) -> 
                 row["skipped"] = run.skipped
             if metrics.extra:
                 row["solve_skipped"] = run.solve_skipped
+            if run.scaler is not None:
+                row["grad_scale"] = run.scaler.get_scale()
             if selection.validates(run, iteration):
-                with clock.paused():  # each rank evaluates a share of the tasks
+                with clock.paused(), autocast(config, run.device):  # each rank: a share
                     row.update(family.periodic_eval(algo, config, group=run.dist))
                     for hook in hooks:
                         row.update(hook.on_evaluation(iteration, algo, config))
@@ -347,6 +392,12 @@ def _loop(run: Run, log: IO[str], stop: StopOnSignal, progress: bool | None) -> 
                 restart_rate(bar)
 
 
+def _loss_scale(scaler: torch.amp.GradScaler, device: torch.device) -> float:
+    """What fp16's scaler multiplies a loss by now (scaling a one also starts its state, which
+    ``meta_backward``, scaling its losses itself, would otherwise leave unset)."""
+    return float(scaler.scale(torch.ones((), device=device)))
+
+
 def _gathered(metrics: MetaMetrics, num_tasks: int, info: distributed.DistInfo) -> MetaMetrics:
     """Every rank's per-task losses, in task order, on every rank (one collective); the
     algorithm's own numbers averaged over the ranks, weighted by their tasks."""
@@ -358,15 +409,18 @@ def _gathered(metrics: MetaMetrics, num_tasks: int, info: distributed.DistInfo) 
     return gathered
 
 
-def _non_finite(metrics: Any, algo: MetaLearner) -> tuple[str, int | None] | None:
-    """(what is wrong, task index) for the first NaN/inf among task losses and meta-gradient."""
+def _non_finite(
+    metrics: Any, algo: MetaLearner, *, gradients: bool = True
+) -> tuple[str, int | None] | None:
+    """(what is wrong, task index) for the first NaN/inf among task losses and meta-gradient
+    (the losses alone without ``gradients``: fp16's scaler skips a step that overflowed)."""
     for quantity, described in _QUANTITIES.items():
         values = getattr(metrics, quantity)
         bad = (~torch.isfinite(values)).nonzero().flatten()
         if len(bad):
             task = int(bad[0])
             return f"{described} of task {task} is {values[task].item()}", task
-    for index, p in enumerate(algo.meta_parameters()):
+    for index, p in enumerate(algo.meta_parameters() if gradients else ()):
         if p.grad is not None and not bool(torch.isfinite(p.grad).all()):
             shape = tuple(p.shape)
             return f"meta-gradient of meta-parameter {index} (shape {shape}) is not finite", None

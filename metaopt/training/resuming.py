@@ -32,6 +32,7 @@ from metaopt.training.checkpoint import (
     remove_temporaries,
 )
 from metaopt.training.config import load_config
+from metaopt.training.device import grad_scaler, run_device
 from metaopt.training.family import ConfigError, TaskFamily, TrainConfig, flag
 from metaopt.training.hooks import TrainingHooks
 from metaopt.training.lock import lock_run_dir
@@ -151,7 +152,8 @@ def _resume_locked(
             f"--iterations {config.iterations} is less than the checkpoint's iteration {iteration}"
         )
 
-    info = distributed.setup(config.dist_backend, config.dist_timeout)
+    device = run_device(config)  # a device this machine lacks is refused before anything changes
+    info = distributed.setup(config.dist_backend, config.dist_timeout, device)
     try:
         check_ranks(config, info)
         apply_threads(config)
@@ -177,6 +179,7 @@ def _resume_locked(
                     "versions": package_versions(),
                     "threads": torch.get_num_threads(),
                     "world_size": info.world_size,
+                    "device": str(run.device),
                 }
             )
             write_json_atomic(run_dir / "config.json", saved)
@@ -206,13 +209,19 @@ def _restored_run(
 ) -> Run:
     """The run as the checkpoint ``state`` (read from ``path``) left it."""
     torch.manual_seed(config.seed)
+    # The model is on the run's device before the checkpoint (read onto the CPU) is copied into
+    # it, and the optimiser moves its state to its parameters' device: any device to any other.
     algo = build_algorithm(config, family.make_model(config))
     outer, schedule = build_outer_optimizer(config, algo)
+    device = run_device(config)
+    scaler = grad_scaler(config, device)
     try:
         load_algorithm_state(algo, state["algorithm"])
         outer.load_state_dict(state["outer"])
         if schedule is not None:
             schedule.load_state_dict(state["schedule"])
+        if scaler is not None and state.get("scaler"):  # absent before --precision
+            scaler.load_state_dict(state["scaler"])
     except (RuntimeError, ValueError, KeyError, TypeError) as error:
         raise ConfigError(f"checkpoint {path} does not fit the run's model: {error}") from None
     rng = np.random.default_rng(config.seed)
@@ -235,6 +244,8 @@ def _restored_run(
         best=Best.from_record(state.get("best")),  # absent before runs kept a best checkpoint
         dist=info,
         hooks=hooks,
+        device=device,
+        scaler=scaler,
     )
 
 
@@ -355,11 +366,13 @@ def check_checkpoint(
                 f"config.json has {ours[name]!r}: it belongs to another run"
             )
     if warn:  # the threads this process will train with: apply_threads sets them after these checks
-        _warn_if_environment_differs(state, config.threads or torch.get_num_threads())
+        device = str(run_device(config))
+        _warn_if_environment_differs(state, config.threads or torch.get_num_threads(), device)
 
 
-def _warn_if_environment_differs(state: Mapping[str, Any], threads: int) -> None:
-    """A `ResumeWarning` for each package version or thread count unlike the checkpoint's."""
+def _warn_if_environment_differs(state: Mapping[str, Any], threads: int, device: str) -> None:
+    """A `ResumeWarning` for each package version, thread count or device unlike the
+    checkpoint's."""
     mine, theirs = package_versions(), state.get("versions", {})
     for package in ("metaopt", "torch", "torchopt", "numpy"):
         if theirs.get(package) != mine.get(package):
@@ -375,6 +388,14 @@ def _warn_if_environment_differs(state: Mapping[str, Any], threads: int) -> None
             f"the checkpoint was written with {state['threads']} torch threads, this process "
             f"trains with {threads}: the continuation may differ from an uninterrupted run "
             "in the last bits (torch.set_num_threads or OMP_NUM_THREADS sets it)",
+            ResumeWarning,
+            stacklevel=4,
+        )
+    written_on = state.get("device", "cpu")  # checkpoints before --device were the CPU's
+    if written_on != device:
+        warnings.warn(
+            f"the checkpoint was written on {written_on}, this process trains on {device}: the "
+            "continuation may differ from an uninterrupted run in the last bits",
             ResumeWarning,
             stacklevel=4,
         )

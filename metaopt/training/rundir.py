@@ -43,6 +43,7 @@ __all__ = [
     "new_run_dir",
     "package_versions",
     "read_run",
+    "record_device",
     "record_engine",
     "write_json",
     "write_json_atomic",
@@ -196,6 +197,16 @@ def record_engine(run_dir: Path, engine: str | None) -> None:
     saved = json.loads(path.read_text())
     if saved.get("engine_used") != engine:
         saved["engine_used"] = engine
+        write_json_atomic(path, saved)
+
+
+def record_device(run_dir: Path, device: str) -> None:
+    """Write the device the run computes on into config.json (``device_used``: ``--device auto``
+    resolved); a resume on another device writes its own."""
+    path = run_dir / "config.json"
+    saved = json.loads(path.read_text())
+    if saved.get("device_used") != device:
+        saved["device_used"] = device
         write_json_atomic(path, saved)
 
 

@@ -159,6 +159,10 @@ class Run:
     #: this process's place under torchrun (one process: rank 0 of 1)
     dist: distributed.DistInfo = dataclasses.field(default_factory=distributed.DistInfo)
     hooks: Sequence[TrainingHooks] = ()
+    #: where the model, the tasks and the optimiser's state live (`metaopt.training.device`)
+    device: torch.device = dataclasses.field(default_factory=lambda: torch.device("cpu"))
+    #: fp16's gradient scaler (None for fp32 and bf16)
+    scaler: torch.amp.GradScaler | None = None
 
     @property
     def checkpoint(self) -> Path:
@@ -192,6 +196,8 @@ def save(run: Run, randomness: dict[str, Any] | None = None, *, log: IO[str] | N
             "best": run.best.record() if run.best is not None else None,
             "versions": run.versions,
             "threads": torch.get_num_threads(),
+            "device": str(run.device),  # a record: the run may resume on another
+            "scaler": run.scaler.state_dict() if run.scaler is not None else None,
         },
         keep_previous=True,
     )

@@ -20,9 +20,11 @@ from metaopt.options import (
     ENGINES,
     HELP_FROM_BASE,
     INNER_OPTIMIZERS,
+    PRECISIONS,
     ConfigError,
     check_bool,
     check_choice,
+    check_device,
     check_int,
     check_real,
     flag,
@@ -48,7 +50,7 @@ MAX_SEED = 2**32 - 1
 #: `TaskFamily.trust_region`).
 OUTER_OPTIMIZERS = ("adam", "sgd")
 
-#: ``--dist-backend``: ``auto`` picks nccl with CUDA, else gloo.
+#: ``--dist-backend``: ``auto`` picks nccl when the run computes on CUDA (``--device``), else gloo.
 DIST_BACKENDS = ("auto", "gloo", "nccl")
 
 #: The algorithms' options that ``config.json`` held at its top level, beside the run's fields,
@@ -148,9 +150,30 @@ class TrainConfig:
         "torch intra-op threads (0: torch's default); meta-learning models are small, and "
         "one thread per process is the fastest on a machine others also use",
     )
+    device: str = option(
+        "auto",
+        "where the model, the tasks and the optimiser's state live: auto (CUDA when present, "
+        "else MPS, else the CPU; the device chosen is written into config.json as device_used), "
+        "cpu, cuda, cuda:N or mps; under torchrun auto and cuda give each rank cuda:LOCAL_RANK; "
+        "a checkpoint resumes and evaluates on another device (families that sample on the CPU, "
+        "the RL ones, take auto, which resolves to cpu for them, or cpu)",
+    )
+    precision: str = option(
+        "fp32",
+        "fp32, or bf16 / fp16: the forward passes, inner and outer, under torch.autocast (fp16 "
+        "with gradient scaling of the outer step); the supervised families (the others: fp32)",
+    )
+    #: Whether the family puts its tasks on the run's device
+    #: (`metaopt.training.device.run_device`), so that ``--device`` may name an accelerator.
+    #: False: it samples and trains on the CPU, and ``--device`` takes ``auto`` (resolved to the
+    #: CPU) or ``cpu``.
+    ON_DEVICE: ClassVar[bool] = False
+    #: The ``--precision`` values this family's config accepts (`PRECISIONS`).
+    PRECISIONS: ClassVar[tuple[str, ...]] = ("fp32",)
     dist_backend: str = option(
         "auto",
-        "under torchrun: torch.distributed backend, auto (nccl with CUDA, else gloo), gloo or nccl",
+        "under torchrun: torch.distributed backend, auto (nccl when --device is CUDA, else "
+        "gloo), gloo or nccl",
     )
     dist_timeout: float = option(
         600.0, "under torchrun: seconds a rank waits for the others before all of them fail"
@@ -183,6 +206,7 @@ class TrainConfig:
         "dist_timeout",
         "threads",
         "max_memory",
+        "device",
     )
 
     def __post_init__(self) -> None:
@@ -207,6 +231,7 @@ class TrainConfig:
                 f"{self.algo} ({spec.label} adapts with an inner update of its own); got "
                 f"{self.inner_optimizer!r}"
             )
+        self._check_device()
         for name in ("inner_steps", "meta_batch", "eval_tasks"):
             check_int(flag(name), getattr(self, name), 1)
         for name in ("iterations", "eval_every", "checkpoint_every", "threads"):
@@ -234,6 +259,21 @@ class TrainConfig:
             check = getattr(made, "check", None)
             if name == self.algo and check is not None:
                 check(self)
+
+    def _check_device(self) -> None:
+        """``--device`` spelled right and one the family can use; ``--precision`` one it has."""
+        check_device(flag("device"), self.device)
+        if not self.ON_DEVICE and self.device not in ("auto", "cpu"):
+            raise ConfigError(
+                f"--device must be auto or cpu for this family (it samples and trains on the "
+                f"CPU; auto resolves to cpu); got {self.device!r}"
+            )
+        check_choice(flag("precision"), self.precision, PRECISIONS)
+        if self.precision not in self.PRECISIONS:
+            raise ConfigError(
+                f"--precision must be {' or '.join(self.PRECISIONS)} for this family (it has no "
+                f"mixed-precision path); got {self.precision!r}"
+            )
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         """Give each ``option(default)`` without help the metadata of the base field it overrides.

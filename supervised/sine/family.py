@@ -15,6 +15,7 @@ from torch import nn
 
 from metaopt.algorithms import MetaLearner
 from metaopt.nn import mlp
+from metaopt.training import run_device
 from metaopt.training.family import EvalRequest, RunResults
 from supervised.batch import TaskBatch
 from supervised.config import SINE
@@ -51,7 +52,7 @@ class SineFamily(SupervisedFamily, options=SINE):
         if lr is None:
             return {}
         rng = np.random.default_rng(config.eval_seed)
-        batch = tasks.sample_protocol(config, rng, request.tasks(config))
+        batch = tasks.sample_protocol(config, rng, request.tasks(config)).to(run_device(config))
         last = config.protocol_steps
         # --steps given: exactly those; else the family's up to the protocol's own count.
         steps = request.step_counts(EVAL_STEPS)
@@ -81,7 +82,7 @@ class SineFamily(SupervisedFamily, options=SINE):
     ) -> list[Path]:
         """The metric plot, and ``adaptation.png`` (the Reptile demo's figure) on a held-out task."""
         paths = super().plot(algo, config, run_dir, results)
-        task = self.sample_batch(
+        task = self.sample_on_device(
             config, np.random.default_rng([config.eval_seed, 3]), 1, split="test"
         )[0]
         baseline = algo.untrained_baseline(self.baseline(config, run_dir))

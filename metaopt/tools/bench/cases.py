@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 __all__ = [
+    "REDUCED_TOLERANCE",
     "Case",
     "Gradient",
     "MemorySweep",
@@ -26,6 +27,11 @@ __all__ = [
 ]
 
 Gradient = list[torch.Tensor]
+
+#: The agreement a case asks of its implementations' meta-gradients under bf16 / fp16 autocast
+#: (``metaopt bench --precision``): each rounds its products to 8 or 11 significant bits in its
+#: own order, so they agree to a few per cent, not to float32's 1e-4.
+REDUCED_TOLERANCE = 5e-2
 
 
 @dataclass(frozen=True)
@@ -92,6 +98,27 @@ class Case:
     compiled: dict[str, Callable[[], dict[str, Any]]] = field(default_factory=dict)
     steps: int | None = None
     cores: dict[str, int] = field(default_factory=dict)
+
+    def on(self, device: torch.device, dtype: torch.dtype | None) -> Case:
+        """This case with each implementation run under autocast to ``dtype`` (``None``: none)
+        and, on CUDA, synchronised, so that a timed call ends when its kernels do; the agreement
+        tolerance at least `REDUCED_TOLERANCE` under autocast (implementations round apart)."""
+        if device.type == "cpu" and dtype is None:
+            return self
+
+        def wrapped(fn: Callable[[], Gradient]) -> Callable[[], Gradient]:
+            def run() -> Gradient:
+                with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+                    gradient = fn()
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                return gradient
+
+            return run
+
+        impls = {name: wrapped(fn) for name, fn in self.impls.items()}
+        tolerance = self.tolerance if dtype is None else max(self.tolerance, REDUCED_TOLERANCE)
+        return dataclasses.replace(self, impls=impls, tolerance=tolerance)
 
     def without_compiled(self) -> Case:
         """This case without its compiled implementations (``metaopt bench --no-compiled``)."""

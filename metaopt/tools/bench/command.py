@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from metaopt.options import PRECISIONS, check_choice
 from metaopt.tools.bench.cases import Case, MemorySweep, domain_cases, memory_sweeps
 from metaopt.tools.bench.flops import matmul_peak
 from metaopt.tools.bench.memory import memory_sweep, plot_memory, sweep_table
 from metaopt.tools.bench.timing import time_case
-from metaopt.training import ConfigError
+from metaopt.training import ConfigError, resolve_device
 from metaopt.training.progress import StepProgress
 
 __all__ = ["run_bench"]
@@ -32,6 +34,8 @@ def run_bench(
     plot_path: Path | None = None,
     echo: Callable[[str], None] = print,
     progress: bool | None = None,
+    device: str = "cpu",
+    precision: str = "fp32",
 ) -> list[dict[str, Any]]:
     """Run the benchmark; print the table; return (and optionally save) the records.
 
@@ -45,49 +49,66 @@ def run_bench(
     (`time_case`; 0: one call per sample). ``progress``: a bar
     over the parts (the matmul peak, each case, each memory sweep) on a terminal and lines off it
     (``None``), the bar (``True``) or neither (``False``); see ``StepProgress``.
+    ``device`` (``--device``): the cases are built and run there (off the CPU, each call
+    synchronised, and without the memory sweep and the matmul peak, which measure the CPU);
+    ``precision``: every implementation under autocast (`Case.on`).
 
     Raises:
-        ConfigError: ``cases`` names a case no domain registers.
+        ConfigError: ``cases`` names a case no domain registers, or ``device`` / ``precision``
+            is not one this machine has.
     """
-    if threads is not None:
-        torch.set_num_threads(threads)
-    threads = torch.get_num_threads()
-    repeats = repeats or (3 if quick else 15)
-    all_cases = domain_cases(quick)
-    sweeps = memory_sweeps(all_cases)
-    if cases:
-        unknown = sorted(set(cases) - {c.name for c in all_cases})
-        if unknown:
-            names = ", ".join(c.name for c in all_cases)
-            raise ConfigError(f"--cases: unknown case(s) {', '.join(unknown)}; available: {names}")
-        all_cases = [c for c in all_cases if c.name in cases]
-    if not compiled:
-        all_cases = [c.without_compiled() for c in all_cases]
-    if min_sample_s < 0:
-        raise ConfigError(f"--min-sample-ms must be at least 0, got {min_sample_s * 1e3:g}")
-    block = (
-        f", each a block of calls of at least {min_sample_s * 1e3:g} ms" if min_sample_s > 0 else ""
-    )
-    echo(
-        f"metaopt bench: {threads} thread(s), median of {repeats} repetitions{block}, "
-        f"torch {torch.__version__}"
-    )
-    with_peak = any(case.flops_from is not None for case in all_cases)
-    parts = int(with_peak) + len(all_cases) + (len(sweeps) if memory else 0)
-    with StepProgress("bench", parts, unit="part", show=progress) as bar:
-        return _run(
-            all_cases,
-            sweeps if memory else [],
-            with_peak=with_peak,
-            quick=quick,
-            threads=threads,
-            repeats=repeats,
-            min_sample_s=min_sample_s,
-            json_path=json_path,
-            plot_path=plot_path,
-            echo=bar.printer(echo),
-            bar=bar,
+    on = resolve_device(device)
+    check_choice("--precision", precision, PRECISIONS)
+    with ExitStack() as stack:
+        if on.type != "cpu":  # factories make the cases' tensors there (no mode on the CPU)
+            stack.enter_context(torch.device(on))
+        if threads is not None:
+            torch.set_num_threads(threads)
+        threads = torch.get_num_threads()
+        repeats = repeats or (3 if quick else 15)
+        all_cases = domain_cases(quick)
+        sweeps = memory_sweeps(all_cases)
+        if cases:
+            unknown = sorted(set(cases) - {c.name for c in all_cases})
+            if unknown:
+                names = ", ".join(c.name for c in all_cases)
+                raise ConfigError(
+                    f"--cases: unknown case(s) {', '.join(unknown)}; available: {names}"
+                )
+            all_cases = [c for c in all_cases if c.name in cases]
+        if not compiled:
+            all_cases = [c.without_compiled() for c in all_cases]
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+        all_cases = [c.on(on, dtype) for c in all_cases]
+        if min_sample_s < 0:
+            raise ConfigError(f"--min-sample-ms must be at least 0, got {min_sample_s * 1e3:g}")
+        block = (
+            f", each a block of calls of at least {min_sample_s * 1e3:g} ms"
+            if min_sample_s > 0
+            else ""
         )
+        echo(
+            f"metaopt bench: {threads} thread(s), median of {repeats} repetitions{block}, "
+            f"torch {torch.__version__}, {on}, {precision}"
+        )
+        with_peak = on.type == "cpu" and any(case.flops_from is not None for case in all_cases)
+        parts = (
+            int(with_peak) + len(all_cases) + (len(sweeps) if memory and on.type == "cpu" else 0)
+        )
+        with StepProgress("bench", parts, unit="part", show=progress) as bar:
+            return _run(
+                all_cases,
+                sweeps if memory and on.type == "cpu" else [],
+                with_peak=with_peak,
+                quick=quick,
+                threads=threads,
+                repeats=repeats,
+                min_sample_s=min_sample_s,
+                json_path=json_path,
+                plot_path=plot_path,
+                echo=bar.printer(echo),
+                bar=bar,
+            )
 
 
 def _run(
@@ -126,7 +147,7 @@ def _run(
             min_sample_s=min_sample_s,
         )
         echo(f"\n{case.name}: {case.description}")
-        flops = timed[case.flops_from]["flops"] if case.flops_from is not None else None
+        flops = timed[case.flops_from]["flops"] if case.flops_from and peak else None
         if flops is not None:
             echo(
                 f"  {flops / 1e9:.2f} GFLOP per meta-iteration (FlopCounterMode, {case.flops_from})"

@@ -21,7 +21,9 @@ from metaopt.tools.compare.options import BATCH_STREAM, ModelState
 from metaopt.training import (
     TaskFamily,
     TrainConfig,
+    autocast,
     build_algorithm,
+    run_device,
 )
 
 __all__ = [
@@ -288,7 +290,8 @@ def meta_gradient(
     tasks = draw_tasks(family, config, task_seed, config.meta_batch)
     for p in algo.meta_parameters():
         p.grad = None
-    metrics = algo.meta_backward(tasks)
+    with autocast(config, run_device(config)):
+        metrics = algo.meta_backward(tasks)
     theta = {
         name: p.grad.detach().clone() if p.grad is not None else torch.zeros_like(p)
         for name, p in algo.model.named_parameters()

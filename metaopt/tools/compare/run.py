@@ -36,6 +36,7 @@ from metaopt.training import (
     TruthRequest,
     new_directory,
     package_versions,
+    run_device,
 )
 from metaopt.training.progress import StepProgress
 
@@ -92,6 +93,7 @@ def compare_methods(
     options.validate()
     config.validate()
     family.validate(config)
+    run_device(config)  # --device this machine lacks: refused before the report directory
     report = _prepare_report_dir(family, report_dir)
     methods = options.all_methods
     initial = initial_state(family, config)

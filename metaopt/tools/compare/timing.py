@@ -18,7 +18,9 @@ from metaopt.tools.compare.options import ModelState
 from metaopt.training import (
     TaskFamily,
     TrainConfig,
+    autocast,
     build_outer_optimizer,
+    run_device,
 )
 
 __all__ = ["Timing", "time_meta_iterations"]
@@ -70,6 +72,7 @@ class _Timed:
         self.config, self.algo = built
         self.outer, _ = build_outer_optimizer(self.config, self.algo)
         self.learned = self.algo.learned_state()
+        self.device = run_device(self.config)
 
     def reset(self) -> Sequence[Task]:
         """Back to ``state`` (rates included) and the same tasks, untimed."""
@@ -80,7 +83,8 @@ class _Timed:
     def iteration(self, tasks: Sequence[Task]) -> float:
         start = time.perf_counter()
         self.outer.zero_grad(set_to_none=True)
-        self.algo.meta_backward(tasks)
+        with autocast(self.config, self.device):
+            self.algo.meta_backward(tasks)
         self.outer.step()
         return time.perf_counter() - start
 

@@ -27,7 +27,7 @@ from metaopt.tools.scale.measurement import (
 )
 from metaopt.tools.scale.options import ParameterAgreement, RunRecord, ScaleFailure, ScaleOptions
 from metaopt.tools.scale.report import render_table
-from metaopt.training import ConfigError, TaskFamily, TrainConfig, new_directory
+from metaopt.training import ConfigError, TaskFamily, TrainConfig, new_directory, run_device
 from metaopt.training.algorithm_config import config_flag_names
 from metaopt.training.family import flag
 from metaopt.training.progress import StepProgress
@@ -178,6 +178,7 @@ def run_scale(
     options.validate()
     user_flags = train_flags(family.config_class, overrides)
     config = resolve_config(family, {**overrides, "threads": options.threads})
+    run_device(config)  # --device this machine lacks: refused before anything is launched
     if config.meta_batch < max(options.processes):
         raise ConfigError(
             f"--processes {max(options.processes)} is more than --meta-batch "

@@ -71,18 +71,31 @@ class MAMLOptions:
         "time; vectorised engine); default: the plain unroll, every step kept",
         metadata={"applies": "the second-order unroll of --algo maml and metasgd"},
     )
+    lslr: bool = option(
+        False,
+        "maml and fomaml: MAML++'s learned per-layer, per-step inner learning rates (one rate "
+        "per parameter tensor and inner step, starting at --inner-lr, meta-learned; inner SGD)",
+        metadata={"applies": "--algo maml and fomaml (Meta-SGD learns a rate per entry already)"},
+    )
 
     def validate(self) -> None:
-        """``--unroll-checkpoints``: none, or an integer >= 1."""
+        """``--unroll-checkpoints``: none, or an integer >= 1; ``--lslr`` true or false."""
         if self.unroll_checkpoints is not None:
             check_int("--unroll-checkpoints", self.unroll_checkpoints, 1)
+        check_bool("--lslr", self.lslr)
 
     def check(self, config: Any) -> None:
-        """Checkpointed unrolling recomputes on the vectorised engine alone."""
+        """Checkpointed unrolling recomputes on the vectorised engine alone; learned per-step
+        rates are SGD's."""
         if self.unroll_checkpoints is not None and config.engine not in ("auto", "vmap"):
             raise ConfigError(
                 f"--unroll-checkpoints runs on the vectorised engine; got --engine {config.engine}"
                 " (use auto or vmap)"
+            )
+        if self.lslr and config.inner_optimizer != "sgd":
+            raise ConfigError(
+                f"--lslr learns the rates of inner SGD; got --inner-optimizer "
+                f"{config.inner_optimizer} (use sgd)"
             )
 
 
@@ -97,6 +110,7 @@ class FirstOrderMAMLOptions(MAMLOptions):
                 "--unroll-checkpoints applies to the second-order unroll of --algo maml and "
                 f"metasgd; --algo {config.algo} keeps no graph of its inner steps"
             )
+        super().check(config)
 
 
 @dataclass(frozen=True)
@@ -114,6 +128,15 @@ class MetaSGDOptions(MAMLOptions):
         """MAML's, and ``--positive-rates`` true or false."""
         super().validate()
         check_bool("--positive-rates", self.positive_rates)
+
+    def check(self, config: Any) -> None:
+        """MAML's; and no per-step rates on top of the per-entry ones."""
+        if self.lslr:
+            raise ConfigError(
+                "--lslr does not apply to --algo metasgd: Meta-SGD learns a rate for every "
+                "parameter entry already (use --algo maml or fomaml with --lslr)"
+            )
+        super().check(config)
 
 
 @dataclass(frozen=True)
@@ -213,6 +236,8 @@ def metasgd(model: nn.Module, *, inner_optimizer: str, **settings: Any) -> MetaL
     registry admits ``inner_optimizer="sgd"`` alone)."""
     from metaopt.algorithms import MetaSGD
 
+    if settings.pop("lslr", False):  # refused by its options' check; here for direct builds
+        raise ValueError("lslr does not apply to Meta-SGD, which learns per-entry rates already")
     return MetaSGD(model, **settings)
 
 

@@ -46,6 +46,7 @@ __all__ = [
     "functional_gradients",
     "inner_path",
     "inner_step",
+    "multi_step_outer",
     "step_path",
     "support_after",
     "with_rows",
@@ -296,6 +297,37 @@ def batched_outer(
             query = check_losses(tasks.query_losses(forward), len(tasks), "query_losses")
 
     return before, support_after(tasks, forward), query
+
+
+def multi_step_outer(
+    model: nn.Module,
+    tasks: BatchedTasks,
+    path: Sequence[Adapted],
+    step_weights: Sequence[float],
+    weight: float,
+    *,
+    batch_norm: str = "running",
+) -> tuple[torch.Tensor, Callable[[], torch.Tensor], torch.Tensor]:
+    r"""The query-gradient rule with a weighted query loss after every inner step, eagerly: the
+    backward of $w\sum_b\sum_{k=1}^K v_k\mathcal{L}^q_b(\theta^{(k)}_b)$ over ``path`` (the
+    states after 0, 1, ..., K steps, `inner_path`) with ``step_weights`` $v_1, \dots, v_K$.
+    Returns `batched_outer`'s fields, the query losses those of the last step."""
+    if len(step_weights) != len(path) - 1:
+        raise ValueError(
+            f"{len(step_weights)} step weights for {len(path) - 1} inner steps: one per step"
+        )
+    total: torch.Tensor | None = None
+    forward = None
+    query = None
+    for (params, fixed, _), step_weight in zip(path[1:], step_weights, strict=True):
+        forward = batched_forward(model, params, fixed, batch_norm=batch_norm)
+        query = check_losses(tasks.query_losses(forward), len(tasks), "query_losses", grad=True)
+        total = query * step_weight if total is None else total + query * step_weight
+    assert total is not None and forward is not None and query is not None
+    weighted_query_loss(total, weight).backward()
+    before = path[-1][2]
+    assert before is not None
+    return before, support_after(tasks, forward), query.detach()
 
 
 def support_after(tasks: BatchedTasks, forward: BatchedForward) -> Callable[[], torch.Tensor]:

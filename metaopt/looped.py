@@ -29,16 +29,24 @@ TaskStep = Callable[[Task, int, float], tuple[torch.Tensor, ...]]
 
 
 def inner_loop(
-    algo: Any, task: Task, index: int, steps: int, *, create_graph: bool
+    algo: Any,
+    task: Task,
+    index: int,
+    steps: int,
+    *,
+    create_graph: bool,
+    after: Callable[[int], None] | None = None,
 ) -> torch.Tensor | None:
-    """Take ``steps`` inner steps of ``algo``'s inner optimiser in place; return the first
-    support loss (at θ), detached."""
+    """Take ``steps`` inner steps of ``algo``'s inner optimiser in place, calling ``after(k)``
+    after step k (1, ..., ``steps``) when given; return the first support loss (at θ), detached."""
     first = None
-    for _ in range(steps):
+    for step in range(steps):
         loss = scalar_loss(task.support_loss(algo.model), "support_loss", index)
         if first is None:
             first = loss.detach()
         algo.inner_optimizer.step(loss, create_graph=create_graph)
+        if after is not None:
+            after(step + 1)
     return first
 
 
@@ -48,12 +56,28 @@ def looped_meta_backward(algo: Any, tasks: Sequence[Task], weight: float) -> tup
     theta = [p for p in algo.model.parameters() if p.requires_grad]
     names = [n for n, p in algo.model.named_parameters() if p.requires_grad]
 
+    step_weights = getattr(algo, "step_weights", None)
+
     def query_gradient(task: Task, index: int, weight: float) -> tuple[torch.Tensor, ...]:
-        before = inner_loop(algo, task, index, algo.inner_steps, create_graph=rule.second_order)
-        query = scalar_loss(task.query_loss(algo.model), "query_loss", index)
-        weighted_query_loss(query, weight).backward()
+        if step_weights is None:
+            before = inner_loop(algo, task, index, algo.inner_steps, create_graph=rule.second_order)
+            query = scalar_loss(task.query_loss(algo.model), "query_loss", index)
+            weighted_query_loss(query, weight).backward()
+            assert before is not None
+            return before, query.detach()
+        # The multi-step loss: Σ_k w_k L^q(θ_k), the query loss after every inner step k.
+        queries: list[torch.Tensor] = []
+
+        def query_after(step: int) -> None:
+            queries.append(scalar_loss(task.query_loss(algo.model), "query_loss", index))
+
+        before = inner_loop(
+            algo, task, index, algo.inner_steps, create_graph=rule.second_order, after=query_after
+        )
+        total = sum(w * q for w, q in zip(step_weights, queries, strict=True))
+        weighted_query_loss(torch.as_tensor(total), weight).backward()
         assert before is not None
-        return before, query.detach()
+        return before, queries[-1].detach()
 
     def difference_rule(task: Task, index: int, weight: float) -> tuple[torch.Tensor, ...]:
         before = inner_loop(algo, task, index, algo.inner_steps, create_graph=False)

@@ -20,7 +20,7 @@ from torch import nn
 from torchopt.base import GradientTransformation
 
 from metaopt.algorithms.subset import Adapt, adapt_mask, resolve_adapt
-from metaopt.batched import batched_outer, inner_path
+from metaopt.batched import batched_outer, inner_path, multi_step_outer
 from metaopt.checks import check_task, check_tasks
 from metaopt.compiled import CompiledMetaGradient, compiled_meta_backward
 from metaopt.engine import (
@@ -119,6 +119,9 @@ class MetaLearner:
             model, self._inner_transform(), adapt_mask(model, self.adapted)
         )
         self.unroll_checkpoints = check_unroll_checkpoints(unroll_checkpoints, rule, engine)
+        #: The multi-step loss's weights, one per inner step (``None``: the query loss after
+        #: the last step alone); a training schedule sets them per iteration.
+        self.step_weights: tuple[float, ...] | None = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         """Every algorithm's ``meta_backward`` runs under the learner's one-thread guard."""
@@ -220,6 +223,7 @@ class MetaLearner:
         """
         tasks, weight = check_tasks(tasks, scale)
         diagnostic: list[torch.Tensor | None] = [None]
+        step_weights = self._checked_step_weights()
 
         def batched() -> MetaMetrics:
             batch: BatchedTasks = tasks  # type: ignore[assignment]
@@ -230,6 +234,13 @@ class MetaLearner:
                     inner_lr=self.inner_lr, batch_norm=self.batch_norm,
                 )  # fmt: skip
                 self.last_compiled, diagnostic[0] = engine, engine.diagnostic
+                return MetaMetrics(*fields)
+            if step_weights is not None:
+                create_graph = self.rule.second_order
+                path = list(self._vmap_path(batch, self.inner_steps, create_graph=create_graph))
+                fields = multi_step_outer(
+                    self.model, batch, path, step_weights, weight, batch_norm=self.batch_norm
+                )
                 return MetaMetrics(*fields)
             adapted = self._adapt_batched(batch)
             fields = batched_outer(
@@ -255,6 +266,24 @@ class MetaLearner:
                 # past meta_backward and its one-thread guard: the caller
                 warnings.warn(warning, stacklevel=3)
         return metrics
+
+    def _checked_step_weights(self) -> tuple[float, ...] | None:
+        """`step_weights`, checked against the inner steps, the rule and the engine."""
+        weights = self.__dict__.get("step_weights")
+        if weights is None:
+            return None
+        if len(weights) != self.inner_steps:
+            raise ValueError(
+                f"step_weights has {len(weights)} weights for {self.inner_steps} inner steps"
+            )
+        if self.rule.outer != "query-gradient":
+            raise ValueError(f"step_weights (a multi-step loss) does not apply to {self.name}")
+        if self.engine == "compiled" or self.unroll_checkpoints is not None:
+            raise ValueError(
+                "step_weights (a multi-step loss) runs on the loop and vectorised engines, "
+                "without unroll_checkpoints"
+            )
+        return tuple(weights)
 
     def _adapt_batched(self, tasks: BatchedTasks) -> Adapted:
         """The batched inner loop of the meta-gradient: plain, or with checkpointed unrolling."""

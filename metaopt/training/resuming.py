@@ -253,10 +253,11 @@ def _resumed_config(
                 f"the configuration it started with (flags that may change: "
                 f"{', '.join(map(flag, allowed))})"
             )
-        if name == "iterations" and config.anneal:
+        if name == "iterations" and config.schedule != "constant":
             raise ConfigError(
-                f"--iterations {value!r} differs from the run's {current!r}: with --anneal the "
-                "outer learning-rate schedule is built for the run's iterations, so they are fixed"
+                f"--iterations {value!r} differs from the run's {current!r}: with --anneal or "
+                "--outer-schedule linear or cosine the outer learning-rate schedule is built for "
+                "the run's iterations, so they are fixed"
             )
         changes[name] = value
     if not changes:
@@ -317,7 +318,7 @@ def check_checkpoint(
     theirs = _flat(type(config).upgrade(theirs))
     ours = _flat(json.loads(json.dumps(config.to_dict())))
     ignored = set(type(config).RESUMABLE) | {"out"}
-    if config.anneal:
+    if config.schedule != "constant":
         ignored.discard("iterations")
     # As JSON holds them (a tuple default reads back as a list), to compare with ``ours``.
     defaults = json.loads(

@@ -47,6 +47,7 @@ __all__ = [
     "MAMLOptions",
     "MetaSGDOptions",
     "NoOptions",
+    "UnrollOptions",
     "first_order_maml",
     "imaml",
     "maml",
@@ -61,7 +62,7 @@ class NoOptions:
 
 
 @dataclass(frozen=True)
-class MAMLOptions:
+class UnrollOptions:
     """Options of the algorithms that differentiate the query loss through the inner loop."""
 
     unroll_checkpoints: int | None = option(
@@ -71,6 +72,25 @@ class MAMLOptions:
         "time; vectorised engine); default: the plain unroll, every step kept",
         metadata={"applies": "the second-order unroll of --algo maml and metasgd"},
     )
+
+    def validate(self) -> None:
+        """``--unroll-checkpoints``: none, or an integer >= 1."""
+        if self.unroll_checkpoints is not None:
+            check_int("--unroll-checkpoints", self.unroll_checkpoints, 1)
+
+    def check(self, config: Any) -> None:
+        """Checkpointed unrolling recomputes on the vectorised engine alone."""
+        if self.unroll_checkpoints is not None and config.engine not in ("auto", "vmap"):
+            raise ConfigError(
+                f"--unroll-checkpoints runs on the vectorised engine; got --engine {config.engine}"
+                " (use auto or vmap)"
+            )
+
+
+@dataclass(frozen=True)
+class MAMLOptions(UnrollOptions):
+    """MAML's options: checkpointed unrolling, and MAML++'s learned per-step rates."""
+
     lslr: bool = option(
         False,
         "maml and fomaml: MAML++'s learned per-layer, per-step inner learning rates (one rate "
@@ -79,19 +99,13 @@ class MAMLOptions:
     )
 
     def validate(self) -> None:
-        """``--unroll-checkpoints``: none, or an integer >= 1; ``--lslr`` true or false."""
-        if self.unroll_checkpoints is not None:
-            check_int("--unroll-checkpoints", self.unroll_checkpoints, 1)
+        """``--unroll-checkpoints`` as `UnrollOptions`; ``--lslr`` true or false."""
+        super().validate()
         check_bool("--lslr", self.lslr)
 
     def check(self, config: Any) -> None:
-        """Checkpointed unrolling recomputes on the vectorised engine alone; learned per-step
-        rates are SGD's."""
-        if self.unroll_checkpoints is not None and config.engine not in ("auto", "vmap"):
-            raise ConfigError(
-                f"--unroll-checkpoints runs on the vectorised engine; got --engine {config.engine}"
-                " (use auto or vmap)"
-            )
+        """`UnrollOptions`'; and learned per-step rates are inner SGD's."""
+        super().check(config)
         if self.lslr and config.inner_optimizer != "sgd":
             raise ConfigError(
                 f"--lslr learns the rates of inner SGD; got --inner-optimizer "
@@ -114,8 +128,9 @@ class FirstOrderMAMLOptions(MAMLOptions):
 
 
 @dataclass(frozen=True)
-class MetaSGDOptions(MAMLOptions):
-    """Meta-SGD's options: MAML's, and how its learned rates are parameterised."""
+class MetaSGDOptions(UnrollOptions):
+    """Meta-SGD's options: checkpointed unrolling, and how its learned rates are parameterised
+    (no ``--lslr``: its rates are per entry already)."""
 
     positive_rates: bool = option(
         False,
@@ -125,18 +140,9 @@ class MetaSGDOptions(MAMLOptions):
     )
 
     def validate(self) -> None:
-        """MAML's, and ``--positive-rates`` true or false."""
+        """`UnrollOptions`', and ``--positive-rates`` true or false."""
         super().validate()
         check_bool("--positive-rates", self.positive_rates)
-
-    def check(self, config: Any) -> None:
-        """MAML's; and no per-step rates on top of the per-entry ones."""
-        if self.lslr:
-            raise ConfigError(
-                "--lslr does not apply to --algo metasgd: Meta-SGD learns a rate for every "
-                "parameter entry already (use --algo maml or fomaml with --lslr)"
-            )
-        super().check(config)
 
 
 @dataclass(frozen=True)

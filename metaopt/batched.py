@@ -34,6 +34,7 @@ from metaopt.engine import (
     batched_forward,
     check_losses,
 )
+from metaopt.nn import at_inner_step
 from metaopt.rules.base import difference, weighted_query_loss
 from metaopt.task import BatchedForward, BatchedTasks
 
@@ -120,7 +121,8 @@ def inner_step(
     def losses_of(point: Tensors) -> torch.Tensor:
         return support(with_rows(every, rows, point), step)
 
-    found, losses = gradients(losses_of, tuple(every[i] for i in rows), create_graph)
+    with at_inner_step(step):  # what a per-step module reads (`metaopt.nn.at_inner_step`)
+        found, losses = gradients(losses_of, tuple(every[i] for i in rows), create_graph)
     grads: list[torch.Tensor | None] = [None] * len(every)
     for i, grad in zip(rows, found, strict=True):
         grads[i] = grad
@@ -277,14 +279,15 @@ def batched_outer(
     weight: float,
     *,
     batch_norm: str = "running",
+    steps: int = 0,
 ) -> tuple[torch.Tensor, Callable[[], torch.Tensor], torch.Tensor]:
     """A rule's outer rule on the adapted meta-batch, eagerly: the query-gradient rule's backward
     of `weighted_query_loss`, or the difference rule's sums added to ``.grad`` of θ. Returns the
     fields of ``MetaMetrics``: support losses at θ, the lazy support losses after adaptation and
-    the query losses (detached)."""
+    the query losses (detached). ``steps``: the inner steps ``adapted`` has taken."""
     params, fixed, before = adapted
     assert before is not None
-    forward = batched_forward(model, params, fixed, batch_norm=batch_norm)
+    forward = batched_forward(model, params, fixed, batch_norm=batch_norm, step=steps)
     if outer == "query-gradient":
         query = check_losses(tasks.query_losses(forward), len(tasks), "query_losses", grad=True)
         weighted_query_loss(query, weight).backward()
@@ -319,8 +322,10 @@ def multi_step_outer(
     total: torch.Tensor | None = None
     forward = None
     query = None
-    for (params, fixed, _), step_weight in zip(path[1:], step_weights, strict=True):
-        forward = batched_forward(model, params, fixed, batch_norm=batch_norm)
+    for step, ((params, fixed, _), step_weight) in enumerate(
+        zip(path[1:], step_weights, strict=True), 1
+    ):
+        forward = batched_forward(model, params, fixed, batch_norm=batch_norm, step=step)
         query = check_losses(tasks.query_losses(forward), len(tasks), "query_losses", grad=True)
         total = query * step_weight if total is None else total + query * step_weight
     assert total is not None and forward is not None and query is not None

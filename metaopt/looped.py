@@ -19,6 +19,7 @@ from metaopt.batched import add_to_grad
 from metaopt.checks import check_task, scalar_loss
 from metaopt.engine import batch_norm_mode
 from metaopt.isolation import isolated, naming_task
+from metaopt.nn import at_inner_step
 from metaopt.rules.base import difference, weighted_query_loss
 from metaopt.task import Task
 
@@ -41,7 +42,8 @@ def inner_loop(
     after step k (1, ..., ``steps``) when given; return the first support loss (at θ), detached."""
     first = None
     for step in range(steps):
-        loss = scalar_loss(task.support_loss(algo.model), "support_loss", index)
+        with at_inner_step(step):  # what a per-step module reads (`metaopt.nn.at_inner_step`)
+            loss = scalar_loss(task.support_loss(algo.model), "support_loss", index)
         if first is None:
             first = loss.detach()
         algo.inner_optimizer.step(loss, create_graph=create_graph)
@@ -61,7 +63,8 @@ def looped_meta_backward(algo: Any, tasks: Sequence[Task], weight: float) -> tup
     def query_gradient(task: Task, index: int, weight: float) -> tuple[torch.Tensor, ...]:
         if step_weights is None:
             before = inner_loop(algo, task, index, algo.inner_steps, create_graph=rule.second_order)
-            query = scalar_loss(task.query_loss(algo.model), "query_loss", index)
+            with at_inner_step(algo.inner_steps):
+                query = scalar_loss(task.query_loss(algo.model), "query_loss", index)
             weighted_query_loss(query, weight).backward()
             assert before is not None
             return before, query.detach()
@@ -69,7 +72,8 @@ def looped_meta_backward(algo: Any, tasks: Sequence[Task], weight: float) -> tup
         queries: list[torch.Tensor] = []
 
         def query_after(step: int) -> None:
-            queries.append(scalar_loss(task.query_loss(algo.model), "query_loss", index))
+            with at_inner_step(step):
+                queries.append(scalar_loss(task.query_loss(algo.model), "query_loss", index))
 
         before = inner_loop(
             algo, task, index, algo.inner_steps, create_graph=rule.second_order, after=query_after
@@ -86,7 +90,7 @@ def looped_meta_backward(algo: Any, tasks: Sequence[Task], weight: float) -> tup
             [p.detach() for p in theta], [adapted[n].detach().unsqueeze(0) for n in names]
         )
         add_to_grad(theta, sums, weight)
-        with torch.no_grad():
+        with torch.no_grad(), at_inner_step(algo.inner_steps):
             query = scalar_loss(task.query_loss(algo.model), "query_loss", index, grad=False)
         assert before is not None
         return before, query
@@ -117,6 +121,7 @@ def per_task(algo: Any, tasks: Sequence[Task], weight: float, step: TaskStep) ->
             batch_norm_mode(model, algo.batch_norm),
             isolated(model, algo.inner_optimizer) as restore,
             torch.no_grad(),
+            at_inner_step(algo.inner_steps),
         ):
             for index, (task, state) in enumerate(zip(tasks, adapted, strict=True)):
                 torchopt.recover_state_dict(model, state)

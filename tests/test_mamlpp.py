@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from metaopt import MAML, MetaSGD
+from metaopt.nn import PerStepBatchNorm, at_inner_step, per_step_batch_norm
 from metaopt.training.build import outer_schedule
 from metaopt.training.schedules import multi_step_weights
 
@@ -82,16 +83,27 @@ class Task:
 # -- the hand-written reference: the network as a function of its tensors, a plain inner loop --
 
 
-def reference_forward(p: dict[str, torch.Tensor], x: torch.Tensor, step: int = 0) -> torch.Tensor:
-    """``ConvNet``'s forward with BatchNorm on the batch's statistics; a per-step BatchNorm's
-    affine parameters (``[S, C]``) read at row ``min(step, S - 1)``."""
+def reference_forward(
+    p: dict[str, torch.Tensor],
+    x: torch.Tensor,
+    step: int = 0,
+    running: dict[str, torch.Tensor] | None = None,
+) -> torch.Tensor:
+    """``ConvNet``'s forward with BatchNorm on the batch's statistics (or on the ``running``
+    statistics, as a module in evaluation mode); a per-step BatchNorm's tensors (``[S, C]``)
+    read at row ``min(step, S - 1)``."""
 
     def norm(h: torch.Tensor, name: str) -> torch.Tensor:
         w, b = p[f"{name}.weight"], p[f"{name}.bias"]
+        row = min(step, len(w) - 1)
         if w.dim() == 2:
-            w, b = w[min(step, len(w) - 1)], b[min(step, len(b) - 1)]
-        mean = h.mean(dim=(0, 2, 3), keepdim=True)
-        var = h.var(dim=(0, 2, 3), unbiased=False, keepdim=True)
+            w, b = w[row], b[row]
+        if running is not None:
+            mean = running[f"{name}.running_mean"][row].view(1, -1, 1, 1)
+            var = running[f"{name}.running_var"][row].view(1, -1, 1, 1)
+        else:
+            mean = h.mean(dim=(0, 2, 3), keepdim=True)
+            var = h.var(dim=(0, 2, 3), unbiased=False, keepdim=True)
         return (h - mean) / torch.sqrt(var + 1e-5) * w.view(1, -1, 1, 1) + b.view(1, -1, 1, 1)
 
     h = F.relu(norm(F.conv2d(x, p["conv1.weight"], p["conv1.bias"], padding=1), "bn1"))
@@ -106,6 +118,7 @@ def reference_meta_gradient(
     second_order: bool,
     rates: dict[str, torch.Tensor] | None = None,
     step_weights: tuple[float, ...] | None = None,
+    running: dict[str, torch.Tensor] | None = None,
 ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """The mean over tasks of the meta-gradient, written out: ``STEPS`` SGD steps per task at
     ``LR`` or at the per-step ``rates[name][k]``; the query loss after the last step, or
@@ -117,17 +130,23 @@ def reference_meta_gradient(
         params = dict(theta)
         outer = torch.zeros((), dtype=torch.float64)
         for k in range(STEPS):
-            support = F.cross_entropy(reference_forward(params, tasks.xs[b], k), tasks.ys[b])
+            support = F.cross_entropy(
+                reference_forward(params, tasks.xs[b], k, running), tasks.ys[b]
+            )
             grads = torch.autograd.grad(support, list(params.values()), create_graph=second_order)
             params = {
                 n: q - (lrs[n][k] if lrs else LR) * g
                 for (n, q), g in zip(params.items(), grads, strict=True)
             }
             if step_weights is not None:
-                query = F.cross_entropy(reference_forward(params, tasks.xq[b], k + 1), tasks.yq[b])
+                query = F.cross_entropy(
+                    reference_forward(params, tasks.xq[b], k + 1, running), tasks.yq[b]
+                )
                 outer = outer + step_weights[k] * query
         if step_weights is None:
-            outer = F.cross_entropy(reference_forward(params, tasks.xq[b], STEPS), tasks.yq[b])
+            outer = F.cross_entropy(
+                reference_forward(params, tasks.xq[b], STEPS, running), tasks.yq[b]
+            )
         total = total + outer / len(tasks)
     found = torch.autograd.grad(total, [*theta.values(), *lrs.values()])
     return dict(zip(theta, found[: len(theta)], strict=True)), dict(
@@ -267,3 +286,89 @@ def test_cosine_outer_schedule_follows_the_formula() -> None:
         opt.step()
         schedule.step()
     assert outer_schedule(opt, "constant", 8) is None
+
+
+# -- per-step BatchNorm -----------------------------------------------------------------------
+
+
+def per_step_net() -> ConvNet:
+    """``ConvNet`` with per-step BatchNorm whose rows all differ, so that a wrong row shows."""
+    model = per_step_batch_norm(ConvNet(), STEPS)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, PerStepBatchNorm):
+                module.weight.uniform_(0.5, 1.5)
+                module.bias.uniform_(-0.5, 0.5)
+                module.running_mean.uniform_(-0.3, 0.3)
+                module.running_var.uniform_(0.5, 2.0)
+    return model
+
+
+def test_per_step_batch_norm_starts_as_the_layer_it_replaces() -> None:
+    plain, x = ConvNet(), Tasks().xs[0]
+    converted = per_step_batch_norm(ConvNet(), STEPS)
+    assert isinstance(converted.bn1, PerStepBatchNorm)
+    assert tuple(converted.bn1.weight.shape) == (STEPS + 1, 3)
+    assert tuple(converted.bn2.running_mean.shape) == (STEPS + 1, 2)
+    for step in range(STEPS + 2):  # a step past the last reuses the last row
+        with at_inner_step(step):
+            torch.testing.assert_close(converted(x), plain(x), rtol=0, atol=0)
+    with pytest.raises(ValueError, match="momentum"):
+        PerStepBatchNorm(3, 2, momentum=None)
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("algo_name", ["maml", "fomaml", "metasgd"])
+def test_per_step_batch_norm_meta_gradient_matches_the_reference(
+    engine: str, algo_name: str
+) -> None:
+    model, tasks = per_step_net(), Tasks()
+    settings = {"inner_lr": LR, "inner_steps": STEPS, "engine": engine, "batch_norm": "batch"}
+    if algo_name == "metasgd":
+        algo: MAML = MetaSGD(model, **settings)
+    else:
+        algo = MAML(model, first_order=algo_name == "fomaml", **settings)
+    want, _ = reference_meta_gradient(model, tasks, second_order=algo_name != "fomaml")
+    theta, _ = meta_gradient(algo, tasks)
+    assert_close(theta, want)
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_per_step_running_statistics_with_lslr_and_the_multi_step_loss(engine: str) -> None:
+    # a model in evaluation mode normalises with each step's own running statistics
+    model, tasks = per_step_net().eval(), Tasks()
+    algo = MAML(model, inner_lr=LR, inner_steps=STEPS, engine=engine, lslr=True)
+    algo.step_weights = (0.2, 0.3, 0.5)
+    names = [n for n, _ in model.named_parameters()]
+    rates = dict(zip(names, algo.learned_tensors(), strict=True))
+    running = {n: b.clone() for n, b in model.named_buffers()}
+    want_theta, want_rates = reference_meta_gradient(
+        model, tasks, second_order=True, rates=rates, step_weights=algo.step_weights,
+        running=running,
+    )  # fmt: skip
+    theta, found_rates = meta_gradient(algo, tasks)
+    assert_close(theta, want_theta)
+    assert_close(dict(zip(names, found_rates, strict=True)), want_rates)
+
+
+def test_adapted_models_read_the_row_of_their_step() -> None:
+    model, tasks = per_step_net(), Tasks()
+    algo = MAML(model, inner_lr=LR, inner_steps=STEPS, batch_norm="batch")
+    params = {n: p.detach() for n, p in model.named_parameters()}
+    for k in range(2):  # the reference: two steps on task 0
+        with torch.enable_grad():
+            leaves = {n: q.clone().requires_grad_() for n, q in params.items()}
+            loss = F.cross_entropy(reference_forward(leaves, tasks.xs[0], k), tasks.ys[0])
+            grads = torch.autograd.grad(loss, list(leaves.values()))
+        params = {n: q - LR * g for (n, q), g in zip(params.items(), grads, strict=True)}
+    want = reference_forward(params, tasks.xq[0], 2)
+    with algo.adapt(tasks[0], steps=2) as adapted, torch.no_grad():
+        torch.testing.assert_close(adapted(tasks.xq[0]), want, rtol=1e-10, atol=1e-12)
+    forward = list(algo.adapt_batch_path(tasks, 2))[2]
+    with torch.no_grad():
+        torch.testing.assert_close(forward(tasks.xq)[0], want, rtol=1e-10, atol=1e-12)
+
+
+def test_the_compiled_engine_refuses_per_step_batch_norm() -> None:
+    with pytest.raises(ValueError, match="cannot run bn1, whose forward reads the inner-step"):
+        MAML(per_step_net(), inner_lr=LR, inner_steps=STEPS, engine="compiled")

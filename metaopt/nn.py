@@ -105,7 +105,7 @@ class PerStepBatchNorm(nn.modules.batchnorm._BatchNorm):
             if self.affine:
                 self.weight = nn.Parameter(self.weight.detach().repeat(rows, 1))
                 self.bias = nn.Parameter(self.bias.detach().repeat(rows, 1))
-            if self.track_running_stats:
+            if self.running_mean is not None and self.running_var is not None:
                 self.running_mean = self.running_mean.repeat(rows, 1)
                 self.running_var = self.running_var.repeat(rows, 1)
 

@@ -6,17 +6,28 @@ BatchNorm; then the ``mamlpp`` preset end to end and an exact resume."""
 
 from __future__ import annotations
 
+import json
 import math
+import signal
+from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 import torch.nn.functional as F
+from reliability_helpers import assert_same_run, interrupting
+from supervised_helpers import FIXTURE_SPLIT, omniglot_dir_fixture  # noqa: F401 - a fixture
 from torch import nn
 
 from metaopt import MAML, MetaSGD
+from metaopt.cli import main
 from metaopt.nn import PerStepBatchNorm, at_inner_step, per_step_batch_norm
+from metaopt.training import TrainingInterrupted, resume, train
+from metaopt.training import checkpoint as ckpt
 from metaopt.training.build import outer_schedule
-from metaopt.training.schedules import multi_step_weights
+from metaopt.training.config import resolve_config
+from metaopt.training.schedules import apply_schedules, multi_step_weights
+from supervised.omniglot.family import OmniglotFamily
 
 STEPS = 3
 LR = 0.3
@@ -372,3 +383,113 @@ def test_adapted_models_read_the_row_of_their_step() -> None:
 def test_the_compiled_engine_refuses_per_step_batch_norm() -> None:
     with pytest.raises(ValueError, match="cannot run bn1, whose forward reads the inner-step"):
         MAML(per_step_net(), inner_lr=LR, inner_steps=STEPS, engine="compiled")
+
+
+# -- the schedules the training loop applies --------------------------------------------------
+
+
+def test_apply_schedules_switches_order_and_weights_by_iteration() -> None:
+    algo = MAML(ConvNet(), inner_lr=LR, inner_steps=STEPS, batch_norm="batch")
+    config = SimpleNamespace(
+        first_order_until=2, multi_step_loss=True, msl_iterations=3, inner_steps=STEPS
+    )
+    seen = []
+    for iteration in range(1, 6):
+        apply_schedules(algo, config, iteration)
+        seen.append((algo.first_order, algo.step_weights))
+    assert [order for order, _ in seen] == [True, True, False, False, False]
+    assert [w for _, w in seen] == [multi_step_weights(STEPS, t, 3) for t in range(5)]
+    assert seen[-1][1] is None  # past --msl-iterations: the last step's loss alone
+    # the first-order iterations' meta-gradient is first-order MAML's
+    apply_schedules(algo, config, 1)
+    algo.step_weights = None
+    want, _ = reference_meta_gradient(algo.model, Tasks(), second_order=False)
+    assert_close(meta_gradient(algo, Tasks())[0], want)
+
+
+# -- the preset end to end, resume, refusals --------------------------------------------------
+
+#: The mamlpp preset shrunk to the fixture: every option on, each schedule crossing mid-run.
+TINY = {
+    **FIXTURE_SPLIT,
+    "preset": "mamlpp",
+    "iterations": 6,
+    "msl_iterations": 4,
+    "first_order_until": 3,
+    "inner_steps": 2,
+    "meta_batch": 2,
+    "filters": 8,
+    "image_size": 14,
+    "eval_tasks": 4,
+    "baseline_steps": 2,
+}
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_mamlpp_preset_trains_and_resumes_exactly(tmp_path: Path, omniglot_dir: Path) -> None:
+    values = {**TINY, "data_dir": str(omniglot_dir), "checkpoint_every": 2}
+    config = resolve_config(OmniglotFamily(), {**values, "out": str(tmp_path / "full")})
+    assert (config.algo, config.options.lslr, config.per_step_bn, config.multi_step_loss) == (
+        "maml", True, True, True,
+    )  # fmt: skip
+    assert (config.outer_schedule, config.outer_lr_min) == ("cosine", 1e-5)
+    full = train(OmniglotFamily(), config, progress=False)
+    state = ckpt.load_checkpoint(full / "checkpoint.pt")
+    rates = state["algorithm"]["learned"]
+    assert [tuple(r.shape) for r in rates] == [(2,)] * len(rates)  # per layer, per step
+    assert any(not torch.equal(r, torch.full_like(r, 0.1)) for r in rates)  # meta-learned
+    model = state["algorithm"]["model"]
+    weights = [t for n, t in model.items() if n.endswith("1.weight") and t.dim() == 2]
+    assert weights and all(w.shape[0] == 3 for w in weights)  # K + 1 BatchNorm rows
+    cut = tmp_path / "cut"
+    with pytest.raises(TrainingInterrupted):
+        train(
+            interrupting(OmniglotFamily(), 3, signal.SIGTERM),
+            resolve_config(OmniglotFamily(), {**values, "out": str(cut)}),
+            progress=False,
+        )
+    resume(cut, family=OmniglotFamily(), progress=False)
+    assert_same_run(full, cut)
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["sine", "--per-step-bn"], "--per-step-bn: the sine family's model has no BatchNorm"),
+        (["sine", "--algo", "reptile", "--per-step-bn"], "--per-step-bn applies to maml"),
+        (["sine", "--engine", "compiled", "--per-step-bn"], "--per-step-bn runs on the loop"),
+        (["sine", "--algo", "metasgd", "--lslr"], "--lslr applies to --algo maml and fomaml"),
+        (["sine", "--algo", "fomaml", "--first-order-until", "5"], "--first-order-until applies"),
+        (["sine", "--algo", "imaml", "--multi-step-loss"], "--multi-step-loss applies"),
+        (["sine", "--outer-schedule", "step"], "--outer-schedule must be one of"),
+        (["sine", "--anneal", "--outer-schedule", "cosine"], "--anneal is --outer-schedule linear"),
+        (["sine", "--msl-iterations", "0"], "--msl-iterations must be"),
+    ],
+)
+def test_refusals_are_one_line_and_write_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], flags: list[str], message: str
+) -> None:
+    out = tmp_path / "run"
+    try:
+        status = main(["train", *flags, "--iterations", "1", "--out", str(out)])
+    except SystemExit as exit_:  # argparse's own refusals exit, the config's return
+        status = exit_.code
+    assert status == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1, err
+    assert not out.exists()
+
+
+def test_the_preset_on_the_command_line(
+    tmp_path: Path, omniglot_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "run"
+    flags = [f"--{k.replace('_', '-')}={v}" for k, v in TINY.items() if k != "iterations"]
+    status = main(
+        ["train", "omniglot", "--data-dir", str(omniglot_dir), *flags, "--iterations", "2",
+         "--out", str(out)]
+    )  # fmt: skip
+    assert status in (0, None)
+    saved = json.loads((out / "config.json").read_text())["config"]
+    assert saved["per_step_bn"] and saved["algo_options"]["maml"]["lslr"]
+    assert (out / "eval.json").exists()

@@ -21,7 +21,7 @@ from torchopt.base import GradientTransformation
 
 from metaopt.algorithms.subset import Adapt, adapt_mask, resolve_adapt
 from metaopt.batched import batched_outer, inner_path, multi_step_outer
-from metaopt.checks import check_task, check_tasks
+from metaopt.checks import check_step_weights, check_task, check_tasks
 from metaopt.compiled import CompiledMetaGradient, compiled_meta_backward
 from metaopt.engine import (
     BATCH_NORM_MODES,
@@ -230,7 +230,10 @@ class MetaLearner:
         """
         tasks, weight = check_tasks(tasks, scale)
         diagnostic: list[torch.Tensor | None] = [None]
-        step_weights = self._checked_step_weights()
+        step_weights = check_step_weights(
+            self.__dict__.get("step_weights"), self.inner_steps, self.rule.outer,
+            self.engine == "compiled" or self.unroll_checkpoints is not None,
+        )  # fmt: skip
 
         def batched() -> MetaMetrics:
             batch: BatchedTasks = tasks  # type: ignore[assignment]
@@ -274,24 +277,6 @@ class MetaLearner:
                 # past meta_backward and its one-thread guard: the caller
                 warnings.warn(warning, stacklevel=3)
         return metrics
-
-    def _checked_step_weights(self) -> tuple[float, ...] | None:
-        """`step_weights`, checked against the inner steps, the rule and the engine."""
-        weights = self.__dict__.get("step_weights")
-        if weights is None:
-            return None
-        if len(weights) != self.inner_steps:
-            raise ValueError(
-                f"step_weights has {len(weights)} weights for {self.inner_steps} inner steps"
-            )
-        if self.rule.outer != "query-gradient":
-            raise ValueError(f"step_weights (a multi-step loss) does not apply to {self.name}")
-        if self.engine == "compiled" or self.unroll_checkpoints is not None:
-            raise ValueError(
-                "step_weights (a multi-step loss) runs on the loop and vectorised engines, "
-                "without unroll_checkpoints"
-            )
-        return tuple(weights)
 
     def _adapt_batched(self, tasks: BatchedTasks) -> Adapted:
         """The batched inner loop of the meta-gradient: plain, or with checkpointed unrolling."""

@@ -121,7 +121,9 @@ def inner_step(
     def losses_of(point: Tensors) -> torch.Tensor:
         return support(with_rows(every, rows, point), step)
 
-    with at_inner_step(step):  # what a per-step module reads (`metaopt.nn.at_inner_step`)
+    # The step a per-step module reads (`metaopt.nn.at_inner_step`); the compiled engine, which
+    # refuses such modules, cannot trace a context variable.
+    with nullcontext() if torch.compiler.is_compiling() else at_inner_step(step):
         found, losses = gradients(losses_of, tuple(every[i] for i in rows), create_graph)
     grads: list[torch.Tensor | None] = [None] * len(every)
     for i, grad in zip(rows, found, strict=True):

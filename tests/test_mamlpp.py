@@ -215,6 +215,8 @@ def test_lslr_refuses_meta_sgd_and_adam() -> None:
     with pytest.raises(ValueError, match="learned per-step rates .* SGD's"):
         MAML(ConvNet(), inner_lr=LR, inner_steps=2, inner_optimizer="adam", lslr=True)
     assert not MetaSGD(ConvNet(), inner_lr=LR).rule.lslr_steps
+    with pytest.raises(ValueError, match="has no compiled engine"):
+        MAML(ConvNet(), inner_lr=LR, inner_steps=2, engine="compiled", lslr=True)
 
 
 # -- the multi-step loss ----------------------------------------------------------------------
@@ -459,6 +461,7 @@ def test_mamlpp_preset_trains_and_resumes_exactly(tmp_path: Path, omniglot_dir: 
         (["sine", "--algo", "reptile", "--per-step-bn"], "--per-step-bn applies to maml"),
         (["sine", "--engine", "compiled", "--per-step-bn"], "--per-step-bn runs on the loop"),
         (["sine", "--algo", "metasgd", "--lslr"], "--lslr applies to --algo maml and fomaml"),
+        (["sine", "--engine", "compiled", "--lslr"], "--lslr runs on the loop and vectorised"),
         (["sine", "--algo", "fomaml", "--first-order-until", "5"], "--first-order-until applies"),
         (["sine", "--algo", "imaml", "--multi-step-loss"], "--multi-step-loss applies"),
         (["sine", "--outer-schedule", "step"], "--outer-schedule must be one of"),

@@ -26,6 +26,7 @@ from metaopt.training import TrainingInterrupted, resume, train
 from metaopt.training import checkpoint as ckpt
 from metaopt.training.build import outer_schedule
 from metaopt.training.config import resolve_config
+from metaopt.training.family import ConfigError
 from metaopt.training.schedules import apply_schedules, multi_step_weights
 from supervised.omniglot.family import OmniglotFamily
 
@@ -450,6 +451,8 @@ def test_mamlpp_preset_trains_and_resumes_exactly(tmp_path: Path, omniglot_dir: 
             resolve_config(OmniglotFamily(), {**values, "out": str(cut)}),
             progress=False,
         )
+    with pytest.raises(ConfigError, match="with --outer-schedule cosine the outer learning-rate"):
+        resume(cut, family=OmniglotFamily(), overrides={"iterations": 8}, progress=False)
     resume(cut, family=OmniglotFamily(), progress=False)
     assert_same_run(full, cut)
 

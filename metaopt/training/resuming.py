@@ -254,10 +254,10 @@ def _resumed_config(
                 f"{', '.join(map(flag, allowed))})"
             )
         if name == "iterations" and config.schedule != "constant":
+            which = "--anneal" if config.anneal else f"--outer-schedule {config.outer_schedule}"
             raise ConfigError(
-                f"--iterations {value!r} differs from the run's {current!r}: with --anneal or "
-                "--outer-schedule linear or cosine the outer learning-rate schedule is built for "
-                "the run's iterations, so they are fixed"
+                f"--iterations {value!r} differs from the run's {current!r}: with {which} the "
+                "outer learning-rate schedule is built for the run's iterations, so they are fixed"
             )
         changes[name] = value
     if not changes:

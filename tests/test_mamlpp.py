@@ -394,7 +394,7 @@ def test_the_compiled_engine_refuses_per_step_batch_norm() -> None:
 def test_apply_schedules_switches_order_and_weights_by_iteration() -> None:
     algo = MAML(ConvNet(), inner_lr=LR, inner_steps=STEPS, batch_norm="batch")
     config = SimpleNamespace(
-        first_order_until=2, multi_step_loss=True, msl_iterations=3, inner_steps=STEPS
+        algo="maml", first_order_until=2, multi_step_loss=True, msl_iterations=3, inner_steps=STEPS
     )
     seen = []
     for iteration in range(1, 6):
@@ -408,6 +408,10 @@ def test_apply_schedules_switches_order_and_weights_by_iteration() -> None:
     algo.step_weights = None
     want, _ = reference_meta_gradient(algo.model, Tasks(), second_order=False)
     assert_close(meta_gradient(algo, Tasks())[0], want)
+    # first-order MAML is first order throughout: the annealing leaves it so
+    fomaml = MAML(ConvNet(), inner_lr=LR, inner_steps=STEPS, first_order=True)
+    apply_schedules(fomaml, SimpleNamespace(**{**vars(config), "algo": "fomaml"}), 5)
+    assert fomaml.first_order
 
 
 # -- the preset end to end, resume, refusals --------------------------------------------------
@@ -465,7 +469,7 @@ def test_mamlpp_preset_trains_and_resumes_exactly(tmp_path: Path, omniglot_dir: 
         (["sine", "--engine", "compiled", "--per-step-bn"], "--per-step-bn runs on the loop"),
         (["sine", "--algo", "metasgd", "--lslr"], "--lslr applies to --algo maml and fomaml"),
         (["sine", "--engine", "compiled", "--lslr"], "--lslr runs on the loop and vectorised"),
-        (["sine", "--algo", "fomaml", "--first-order-until", "5"], "--first-order-until applies"),
+        (["sine", "--algo", "reptile", "--first-order-until", "5"], "--first-order-until applies"),
         (["sine", "--algo", "imaml", "--multi-step-loss"], "--multi-step-loss applies"),
         (["sine", "--outer-schedule", "step"], "--outer-schedule must be one of"),
         (["sine", "--anneal", "--outer-schedule", "cosine"], "--anneal is --outer-schedule linear"),

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from metaopt.registry import algorithm
+
 __all__ = ["apply_schedules", "multi_step_weights"]
 
 #: The floor of a non-final step's weight, times the number of steps (MAML++'s code: 0.03 / K).
@@ -41,8 +43,9 @@ def multi_step_weights(steps: int, done: int, anneal: int) -> tuple[float, ...] 
 def apply_schedules(algo: Any, config: Any, iteration: int) -> None:
     """Set ``algo`` for meta-iteration ``iteration`` (1-based) of a run configured by ``config``:
     first-order meta-gradients while ``iteration <= config.first_order_until`` (derivative-order
-    annealing), and the multi-step loss's weights under ``config.multi_step_loss``."""
-    if config.first_order_until:
+    annealing, for an algorithm that is second order: first-order MAML stays first order), and
+    the multi-step loss's weights under ``config.multi_step_loss``."""
+    if config.first_order_until and algorithm(config.algo).exact:
         first_order = iteration <= config.first_order_until
         if algo.first_order != first_order:  # a new rule (and compile) only when it changes
             algo.first_order = first_order

@@ -143,7 +143,8 @@ class TrainConfig:
     first_order_until: int = option(
         0,
         "derivative-order annealing (MAML++): first-order meta-gradients for the first N "
-        "iterations, second order after (0: second order throughout; maml and metasgd)",
+        "iterations, second order after (0: second order throughout; maml and metasgd; fomaml "
+        "stays first order)",
     )
     multi_step_loss: bool = option(
         False,
@@ -257,10 +258,11 @@ class TrainConfig:
             check_real(flag(name), getattr(self, name), low=0)
         for name in ("anneal", "skip_nonfinite", "multi_step_loss"):
             check_bool(flag(name), getattr(self, name))
-        if self.first_order_until and not spec.exact:
+        if self.first_order_until and spec.outer != "query-gradient":
             raise ConfigError(
-                f"--first-order-until applies to the second-order algorithms (maml, metasgd); "
-                f"--algo {self.algo} has no second-order meta-gradient to anneal towards"
+                f"--first-order-until applies to maml and metasgd (fomaml is first order "
+                f"throughout and ignores it); --algo {self.algo} has no second-order "
+                "meta-gradient to anneal towards"
             )
         if self.multi_step_loss and spec.outer != "query-gradient":
             raise ConfigError(

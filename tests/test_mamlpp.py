@@ -503,3 +503,18 @@ def test_the_preset_on_the_command_line(
     saved = json.loads((out / "config.json").read_text())["config"]
     assert saved["per_step_bn"] and saved["algo_options"]["maml"]["lslr"]
     assert (out / "eval.json").exists()
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_per_step_running_statistics_in_training_mode_are_restored(engine: str) -> None:
+    # training mode with running statistics: batch statistics normalise, each step's row of the
+    # running statistics is updated during a task's adaptation and restored after it
+    model, tasks = per_step_net(), Tasks()
+    saved = {n: b.clone() for n, b in model.named_buffers()}
+    algo = MAML(model, inner_lr=LR, inner_steps=STEPS, engine=engine, batch_norm="running")
+    want, _ = reference_meta_gradient(model, tasks, second_order=True)
+    theta, _ = meta_gradient(algo, tasks)
+    assert algo.last_engine == engine
+    assert_close(theta, want)
+    for name, buffer in model.named_buffers():
+        assert torch.equal(buffer, saved[name]), name

@@ -471,6 +471,8 @@ def test_mamlpp_preset_trains_and_resumes_exactly(tmp_path: Path, omniglot_dir: 
         (["sine", "--engine", "compiled", "--lslr"], "--lslr runs on the loop and vectorised"),
         (["sine", "--algo", "reptile", "--first-order-until", "5"], "--first-order-until applies"),
         (["sine", "--algo", "imaml", "--multi-step-loss"], "--multi-step-loss applies"),
+        (["sine", "--engine", "compiled", "--multi-step-loss"], "--multi-step-loss runs on the"),
+        (["mdp", "--multi-step-loss"], "--multi-step-loss is not available for RL families"),
         (["sine", "--outer-schedule", "step"], "--outer-schedule must be one of"),
         (["sine", "--anneal", "--outer-schedule", "cosine"], "--anneal is --outer-schedule linear"),
         (["sine", "--msl-iterations", "0"], "--msl-iterations must be"),

@@ -106,11 +106,6 @@ class MAMLOptions(UnrollOptions):
     def check(self, config: Any) -> None:
         """`UnrollOptions`'; and learned per-step rates are inner SGD's."""
         super().check(config)
-        if self.lslr and config.engine == "compiled":
-            raise ConfigError(
-                "--lslr runs on the loop and vectorised engines; got --engine compiled "
-                "(use auto, vmap or loop)"
-            )
         if self.lslr and config.inner_optimizer != "sgd":
             raise ConfigError(
                 f"--lslr learns the rates of inner SGD; got --inner-optimizer "

@@ -12,6 +12,7 @@ import signal
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -216,8 +217,6 @@ def test_lslr_refuses_meta_sgd_and_adam() -> None:
     with pytest.raises(ValueError, match="learned per-step rates .* SGD's"):
         MAML(ConvNet(), inner_lr=LR, inner_steps=2, inner_optimizer="adam", lslr=True)
     assert not MetaSGD(ConvNet(), inner_lr=LR).rule.lslr_steps
-    with pytest.raises(ValueError, match="has no compiled engine"):
-        MAML(ConvNet(), inner_lr=LR, inner_steps=2, engine="compiled", lslr=True)
 
 
 # -- the multi-step loss ----------------------------------------------------------------------
@@ -468,7 +467,6 @@ def test_mamlpp_preset_trains_and_resumes_exactly(tmp_path: Path, omniglot_dir: 
         (["sine", "--algo", "reptile", "--per-step-bn"], "--per-step-bn applies to maml"),
         (["sine", "--engine", "compiled", "--per-step-bn"], "--per-step-bn runs on the loop"),
         (["sine", "--algo", "metasgd", "--lslr"], "--lslr applies to --algo maml and fomaml"),
-        (["sine", "--engine", "compiled", "--lslr"], "--lslr runs on the loop and vectorised"),
         (["sine", "--algo", "reptile", "--first-order-until", "5"], "--first-order-until applies"),
         (["sine", "--algo", "imaml", "--multi-step-loss"], "--multi-step-loss applies"),
         (["sine", "--engine", "compiled", "--multi-step-loss"], "--multi-step-loss runs on the"),
@@ -520,3 +518,32 @@ def test_per_step_running_statistics_in_training_mode_are_restored(engine: str) 
     assert_close(theta, want)
     for name, buffer in model.named_buffers():
         assert torch.equal(buffer, saved[name]), name
+
+
+@pytest.mark.slow
+def test_lslr_traced_as_the_compiled_engine_traces_it(omniglot_dir: Path) -> None:
+    # The compiled engine's trace (dynamo and AOT autograd, the ``aot_eager`` backend) of a
+    # meta-iteration with per-step rates gives the vectorised engine's meta-gradient exactly.
+    from metaopt.compiled import CompiledMetaGradient
+    from metaopt.training.build import build_algorithm
+
+    family = OmniglotFamily()
+    values = {**TINY, "data_dir": str(omniglot_dir), "engine": "vmap"}
+    config = resolve_config(family, {**values, "per_step_bn": False})
+    algo = build_algorithm(config, family.make_model(config))
+    with torch.no_grad():
+        for i, rate in enumerate(algo.learned_tensors()):
+            rate.mul_(torch.tensor([1.0, 0.5]) * (1 + 0.1 * i))
+    tasks = family.sample_tasks(config, np.random.default_rng(0), 2)
+    algo.meta_backward(tasks)
+    want = [p.grad.clone() for p in algo.meta_parameters()]
+    for p in algo.meta_parameters():
+        p.grad = None
+    engine = CompiledMetaGradient(
+        algo.model, algo.rule, algo.learned_tensors(), steps=config.inner_steps,
+        inner_optimizer="sgd", inner_lr=algo.inner_lr, batch_norm=config.batch_norm,
+        options={"backend": "aot_eager"},
+    )  # fmt: skip
+    engine(tasks, 1 / len(tasks))
+    for found, expected in zip((p.grad for p in algo.meta_parameters()), want, strict=True):
+        torch.testing.assert_close(found, expected, rtol=1e-5, atol=1e-7)

@@ -35,11 +35,6 @@ class MAMLRule(Rule):
         self.first_order = first_order
         self.second_order = not first_order
         self.lslr_steps = lslr_steps
-        # Not verified on the compiled engine: the eager functional meta-iteration it compiles
-        # agrees exactly with the vectorised engine, but a one-off compiled run on the Omniglot
-        # fixture disagreed with the vectorised engine with and without these rates alike
-        # (before this change too), so it could not tell. Refused there until checked.
-        self.compiles = not lslr_steps
         self.name = "fomaml" if first_order else "maml"
         self.label, self.color = ALGORITHM_LOOKS[self.name]
 

@@ -47,6 +47,7 @@ __all__ = [
     "MAMLOptions",
     "MetaSGDOptions",
     "NoOptions",
+    "UnrollOptions",
     "first_order_maml",
     "imaml",
     "maml",
@@ -61,7 +62,7 @@ class NoOptions:
 
 
 @dataclass(frozen=True)
-class MAMLOptions:
+class UnrollOptions:
     """Options of the algorithms that differentiate the query loss through the inner loop."""
 
     unroll_checkpoints: int | None = option(
@@ -87,6 +88,32 @@ class MAMLOptions:
 
 
 @dataclass(frozen=True)
+class MAMLOptions(UnrollOptions):
+    """MAML's options: checkpointed unrolling, and MAML++'s learned per-step rates."""
+
+    lslr: bool = option(
+        False,
+        "maml and fomaml: MAML++'s learned per-layer, per-step inner learning rates (one rate "
+        "per parameter tensor and inner step, starting at --inner-lr, meta-learned; inner SGD)",
+        metadata={"applies": "--algo maml and fomaml (Meta-SGD learns a rate per entry already)"},
+    )
+
+    def validate(self) -> None:
+        """``--unroll-checkpoints`` as `UnrollOptions`; ``--lslr`` true or false."""
+        super().validate()
+        check_bool("--lslr", self.lslr)
+
+    def check(self, config: Any) -> None:
+        """`UnrollOptions`'; and learned per-step rates are inner SGD's."""
+        super().check(config)
+        if self.lslr and config.inner_optimizer != "sgd":
+            raise ConfigError(
+                f"--lslr learns the rates of inner SGD; got --inner-optimizer "
+                f"{config.inner_optimizer} (use sgd)"
+            )
+
+
+@dataclass(frozen=True)
 class FirstOrderMAMLOptions(MAMLOptions):
     """First-order MAML's: MAML's, of which checkpointed unrolling does not apply."""
 
@@ -97,11 +124,13 @@ class FirstOrderMAMLOptions(MAMLOptions):
                 "--unroll-checkpoints applies to the second-order unroll of --algo maml and "
                 f"metasgd; --algo {config.algo} keeps no graph of its inner steps"
             )
+        super().check(config)
 
 
 @dataclass(frozen=True)
-class MetaSGDOptions(MAMLOptions):
-    """Meta-SGD's options: MAML's, and how its learned rates are parameterised."""
+class MetaSGDOptions(UnrollOptions):
+    """Meta-SGD's options: checkpointed unrolling, and how its learned rates are parameterised
+    (no ``--lslr``: its rates are per entry already)."""
 
     positive_rates: bool = option(
         False,
@@ -111,7 +140,7 @@ class MetaSGDOptions(MAMLOptions):
     )
 
     def validate(self) -> None:
-        """MAML's, and ``--positive-rates`` true or false."""
+        """`UnrollOptions`', and ``--positive-rates`` true or false."""
         super().validate()
         check_bool("--positive-rates", self.positive_rates)
 
@@ -213,6 +242,8 @@ def metasgd(model: nn.Module, *, inner_optimizer: str, **settings: Any) -> MetaL
     registry admits ``inner_optimizer="sgd"`` alone)."""
     from metaopt.algorithms import MetaSGD
 
+    if settings.pop("lslr", False):  # refused by its options' check; here for direct builds
+        raise ValueError("lslr does not apply to Meta-SGD, which learns per-entry rates already")
     return MetaSGD(model, **settings)
 
 

@@ -34,6 +34,7 @@ from metaopt.engine import (
     batched_forward,
     check_losses,
 )
+from metaopt.nn import at_inner_step
 from metaopt.rules.base import difference, weighted_query_loss
 from metaopt.task import BatchedForward, BatchedTasks
 
@@ -46,6 +47,7 @@ __all__ = [
     "functional_gradients",
     "inner_path",
     "inner_step",
+    "multi_step_outer",
     "step_path",
     "support_after",
     "with_rows",
@@ -119,7 +121,10 @@ def inner_step(
     def losses_of(point: Tensors) -> torch.Tensor:
         return support(with_rows(every, rows, point), step)
 
-    found, losses = gradients(losses_of, tuple(every[i] for i in rows), create_graph)
+    # The step a per-step module reads (`metaopt.nn.at_inner_step`); the compiled engine, which
+    # refuses such modules, cannot trace a context variable.
+    with nullcontext() if torch.compiler.is_compiling() else at_inner_step(step):
+        found, losses = gradients(losses_of, tuple(every[i] for i in rows), create_graph)
     grads: list[torch.Tensor | None] = [None] * len(every)
     for i, grad in zip(rows, found, strict=True):
         grads[i] = grad
@@ -276,14 +281,15 @@ def batched_outer(
     weight: float,
     *,
     batch_norm: str = "running",
+    steps: int = 0,
 ) -> tuple[torch.Tensor, Callable[[], torch.Tensor], torch.Tensor]:
     """A rule's outer rule on the adapted meta-batch, eagerly: the query-gradient rule's backward
     of `weighted_query_loss`, or the difference rule's sums added to ``.grad`` of θ. Returns the
     fields of ``MetaMetrics``: support losses at θ, the lazy support losses after adaptation and
-    the query losses (detached)."""
+    the query losses (detached). ``steps``: the inner steps ``adapted`` has taken."""
     params, fixed, before = adapted
     assert before is not None
-    forward = batched_forward(model, params, fixed, batch_norm=batch_norm)
+    forward = batched_forward(model, params, fixed, batch_norm=batch_norm, step=steps)
     if outer == "query-gradient":
         query = check_losses(tasks.query_losses(forward), len(tasks), "query_losses", grad=True)
         weighted_query_loss(query, weight).backward()
@@ -296,6 +302,39 @@ def batched_outer(
             query = check_losses(tasks.query_losses(forward), len(tasks), "query_losses")
 
     return before, support_after(tasks, forward), query
+
+
+def multi_step_outer(
+    model: nn.Module,
+    tasks: BatchedTasks,
+    path: Sequence[Adapted],
+    step_weights: Sequence[float],
+    weight: float,
+    *,
+    batch_norm: str = "running",
+) -> tuple[torch.Tensor, Callable[[], torch.Tensor], torch.Tensor]:
+    r"""The query-gradient rule with a weighted query loss after every inner step, eagerly: the
+    backward of $w\sum_b\sum_{k=1}^K v_k\mathcal{L}^q_b(\theta^{(k)}_b)$ over ``path`` (the
+    states after 0, 1, ..., K steps, `inner_path`) with ``step_weights`` $v_1, \dots, v_K$.
+    Returns `batched_outer`'s fields, the query losses those of the last step."""
+    if len(step_weights) != len(path) - 1:
+        raise ValueError(
+            f"{len(step_weights)} step weights for {len(path) - 1} inner steps: one per step"
+        )
+    total: torch.Tensor | None = None
+    forward = None
+    query = None
+    for step, ((params, fixed, _), step_weight) in enumerate(
+        zip(path[1:], step_weights, strict=True), 1
+    ):
+        forward = batched_forward(model, params, fixed, batch_norm=batch_norm, step=step)
+        query = check_losses(tasks.query_losses(forward), len(tasks), "query_losses", grad=True)
+        total = query * step_weight if total is None else total + query * step_weight
+    assert total is not None and forward is not None and query is not None
+    weighted_query_loss(total, weight).backward()
+    before = path[-1][2]
+    assert before is not None
+    return before, support_after(tasks, forward), query.detach()
 
 
 def support_after(tasks: BatchedTasks, forward: BatchedForward) -> Callable[[], torch.Tensor]:

@@ -46,3 +46,25 @@ def scalar_loss(loss: object, what: str, index: int, *, grad: bool = True) -> to
             "(its result has requires_grad=False)"
         )
     return loss.reshape(())
+
+
+def check_step_weights(
+    weights: Sequence[float] | None, steps: int, outer: str, replayed: bool
+) -> tuple[float, ...] | None:
+    """A multi-step loss's weights (``None``: none), one per inner step, for a query-gradient
+    rule on an engine that keeps every step's state (``replayed``: the compiled engine or
+    checkpointed unrolling, which do not)."""
+    if weights is None:
+        return None
+    if len(weights) != steps:
+        raise ValueError(f"step_weights has {len(weights)} weights for {steps} inner steps")
+    if outer != "query-gradient":
+        raise ValueError(
+            f"step_weights (a multi-step loss) needs the query-gradient rule, not {outer}"
+        )
+    if replayed:
+        raise ValueError(
+            "step_weights (a multi-step loss) runs on the loop and vectorised engines, "
+            "without unroll_checkpoints"
+        )
+    return tuple(weights)

@@ -32,6 +32,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from metaopt.nn import at_inner_step
 from metaopt.options import BATCH_NORM_MODES
 from metaopt.task import BatchedForward, is_batched
 
@@ -195,6 +196,7 @@ def batched_forward(
     *,
     batch_norm: str = "running",
     slots: list[tuple[str, str]] | None = None,
+    step: int | None = None,
 ) -> BatchedForward:
     """``forward(x)`` with ``x`` stacked ``[B, ...]``: task b's parameters applied to ``x[b]``.
 
@@ -205,6 +207,8 @@ def batched_forward(
         fixed: Frozen parameters and read-only buffers, shared by all tasks.
         batch_norm: BatchNorm behaviour (`BATCH_NORM_MODES`), applied at every call.
         slots: ``_Layout(model).slots``, when the caller has it already.
+        step: The inner steps ``params`` have taken, set for every call
+            (`metaopt.nn.at_inner_step`; ``None``: as the caller has it).
     """
     if slots is None:
         slots = _Layout(model).slots
@@ -216,11 +220,14 @@ def batched_forward(
 
     vectorised = torch.vmap(one_task, in_dims=(0, 0), randomness="different")
 
-    if batch_norm == "running":  # the modules as they are
+    if batch_norm == "running" and step is None:  # the modules as they are
         return lambda x: vectorised(params, x)
 
     def forward(x: Any) -> Any:
-        with batch_norm_mode(model, batch_norm):
+        with (
+            batch_norm_mode(model, batch_norm),
+            nullcontext() if step is None else at_inner_step(step),
+        ):
             return vectorised(params, x)
 
     return forward

@@ -37,6 +37,7 @@ __all__ = [
     "adam",
     "inner_transform",
     "learned_rate_sgd",
+    "per_step_rate_sgd",
     "plain_sgd",
     "positive_rates",
     "softplus_inverse",
@@ -204,6 +205,45 @@ def learned_rate_sgd(
         return tuple(
             None if g is None else -a * g for a, g in zip(alphas, updates, strict=True)
         ), state
+
+    return GradientTransformation(init, update)
+
+
+class StepCount(NamedTuple):
+    """The inner steps taken so far (a Python number: the same for every task of a meta-batch,
+    and a constant where the compiled engine traces the unrolled loop)."""
+
+    step: int
+
+
+def per_step_rate_sgd(rates: Sequence[torch.Tensor]) -> GradientTransformation:
+    """SGD with a learned rate per parameter tensor and per inner step: step k updates parameter
+    i by u = −α_{i,k} g, with ``rates[i]`` the vector ``[α_{i,0}, ..., α_{i,K-1}]`` (a step past
+    the last one reuses α_{i,K-1}).
+
+    MAML++'s learned per-layer per-step learning rates, LSLR (Antoniou et al., 2019, §4,
+    "Learning Per-Layer Per-Step Learning Rates and Gradient Directions").
+
+    Args:
+        rates: One vector ``[K]`` per parameter, in the order in which ``update`` receives
+            gradients (``parameters()`` order, as `learned_rate_sgd`'s).
+    """
+    rates = tuple(rates)
+
+    def init(params: object) -> StepCount:
+        return StepCount(0)
+
+    def update(
+        updates: Sequence[torch.Tensor | None], state: StepCount, **_: object
+    ) -> tuple[tuple[torch.Tensor | None, ...], StepCount]:
+        if len(updates) != len(rates):
+            raise ValueError(f"{len(rates)} per-step rates but {len(updates)} grads")
+        k = state.step
+        moved = tuple(
+            None if g is None else -a[min(k, a.shape[0] - 1)] * g
+            for a, g in zip(rates, updates, strict=True)
+        )
+        return moved, StepCount(k + 1)
 
     return GradientTransformation(init, update)
 

@@ -19,6 +19,7 @@ from metaopt.batched import add_to_grad
 from metaopt.checks import check_task, scalar_loss
 from metaopt.engine import batch_norm_mode
 from metaopt.isolation import isolated, naming_task
+from metaopt.nn import at_inner_step
 from metaopt.rules.base import difference, weighted_query_loss
 from metaopt.task import Task
 
@@ -29,16 +30,25 @@ TaskStep = Callable[[Task, int, float], tuple[torch.Tensor, ...]]
 
 
 def inner_loop(
-    algo: Any, task: Task, index: int, steps: int, *, create_graph: bool
+    algo: Any,
+    task: Task,
+    index: int,
+    steps: int,
+    *,
+    create_graph: bool,
+    after: Callable[[int], None] | None = None,
 ) -> torch.Tensor | None:
-    """Take ``steps`` inner steps of ``algo``'s inner optimiser in place; return the first
-    support loss (at θ), detached."""
+    """Take ``steps`` inner steps of ``algo``'s inner optimiser in place, calling ``after(k)``
+    after step k (1, ..., ``steps``) when given; return the first support loss (at θ), detached."""
     first = None
-    for _ in range(steps):
-        loss = scalar_loss(task.support_loss(algo.model), "support_loss", index)
+    for step in range(steps):
+        with at_inner_step(step):  # what a per-step module reads (`metaopt.nn.at_inner_step`)
+            loss = scalar_loss(task.support_loss(algo.model), "support_loss", index)
         if first is None:
             first = loss.detach()
         algo.inner_optimizer.step(loss, create_graph=create_graph)
+        if after is not None:
+            after(step + 1)
     return first
 
 
@@ -48,12 +58,30 @@ def looped_meta_backward(algo: Any, tasks: Sequence[Task], weight: float) -> tup
     theta = [p for p in algo.model.parameters() if p.requires_grad]
     names = [n for n, p in algo.model.named_parameters() if p.requires_grad]
 
+    step_weights = getattr(algo, "step_weights", None)
+
     def query_gradient(task: Task, index: int, weight: float) -> tuple[torch.Tensor, ...]:
-        before = inner_loop(algo, task, index, algo.inner_steps, create_graph=rule.second_order)
-        query = scalar_loss(task.query_loss(algo.model), "query_loss", index)
-        weighted_query_loss(query, weight).backward()
+        if step_weights is None:
+            before = inner_loop(algo, task, index, algo.inner_steps, create_graph=rule.second_order)
+            with at_inner_step(algo.inner_steps):
+                query = scalar_loss(task.query_loss(algo.model), "query_loss", index)
+            weighted_query_loss(query, weight).backward()
+            assert before is not None
+            return before, query.detach()
+        # The multi-step loss: Σ_k w_k L^q(θ_k), the query loss after every inner step k.
+        queries: list[torch.Tensor] = []
+
+        def query_after(step: int) -> None:
+            with at_inner_step(step):
+                queries.append(scalar_loss(task.query_loss(algo.model), "query_loss", index))
+
+        before = inner_loop(
+            algo, task, index, algo.inner_steps, create_graph=rule.second_order, after=query_after
+        )
+        total = sum(w * q for w, q in zip(step_weights, queries, strict=True))
+        weighted_query_loss(torch.as_tensor(total), weight).backward()
         assert before is not None
-        return before, query.detach()
+        return before, queries[-1].detach()
 
     def difference_rule(task: Task, index: int, weight: float) -> tuple[torch.Tensor, ...]:
         before = inner_loop(algo, task, index, algo.inner_steps, create_graph=False)
@@ -62,7 +90,7 @@ def looped_meta_backward(algo: Any, tasks: Sequence[Task], weight: float) -> tup
             [p.detach() for p in theta], [adapted[n].detach().unsqueeze(0) for n in names]
         )
         add_to_grad(theta, sums, weight)
-        with torch.no_grad():
+        with torch.no_grad(), at_inner_step(algo.inner_steps):
             query = scalar_loss(task.query_loss(algo.model), "query_loss", index, grad=False)
         assert before is not None
         return before, query
@@ -93,6 +121,7 @@ def per_task(algo: Any, tasks: Sequence[Task], weight: float, step: TaskStep) ->
             batch_norm_mode(model, algo.batch_norm),
             isolated(model, algo.inner_optimizer) as restore,
             torch.no_grad(),
+            at_inner_step(algo.inner_steps),
         ):
             for index, (task, state) in enumerate(zip(tasks, adapted, strict=True)):
                 torchopt.recover_state_dict(model, state)

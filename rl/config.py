@@ -91,6 +91,11 @@ class A2CConfig(TrainConfig):
                 "re-evaluates the support loss, which samples new trajectories at every call, so "
                 "what it solves or differentiates would change under it"
             )
+        if self.multi_step_loss:  # a query loss per inner step: new trajectories at each
+            raise ConfigError(
+                "--multi-step-loss is not available for RL families: a query loss after every "
+                "inner step would sample new query trajectories at each step"
+            )
         if getattr(self.options, "unroll_checkpoints", None) is not None:  # recomputes them
             raise ConfigError(
                 "--unroll-checkpoints is not available for RL families: the backward pass "

@@ -10,7 +10,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from metaopt.options import PRECISIONS, check_choice, check_int, check_real, flag
+from metaopt.options import PRECISIONS, check_bool, check_choice, check_int, check_real, flag
 from metaopt.registry import algorithm
 from metaopt.training.family import ConfigError, FamilyOptions, TrainConfig, option
 
@@ -25,6 +25,7 @@ __all__ = [
     "OmniglotConfig",
     "SineConfig",
     "SupervisedConfig",
+    "image_presets",
     "paper_presets",
 ]
 
@@ -35,6 +36,16 @@ ACTIVATION_NAMES = ("relu", "tanh")
 def paper_presets() -> Any:
     """The ``preset`` field of a family whose presets are the two papers' settings."""
     return option("maml", "named preset: maml (Finn et al. 2017) or reptile (Nichol et al. 2018)")
+
+
+def image_presets() -> Any:
+    """The ``preset`` field of the image families: the two papers' settings and MAML++'s."""
+    return option(
+        "maml",
+        "named preset: maml (Finn et al. 2017), reptile (Nichol et al. 2018) or mamlpp (MAML++, "
+        "Antoniou et al. 2019: --lslr --per-step-bn --multi-step-loss --first-order-until "
+        "--outer-schedule cosine)",
+    )
 
 
 @dataclass
@@ -53,6 +64,11 @@ class SupervisedConfig(TrainConfig):
     baseline_lr: float = option(1e-3, "Adam learning rate of the pretrained baseline")
     baseline_tasks: int = option(25, "tasks pooled into each baseline training step")
     baseline_seed: int = option(0, "seed of the baseline's initialisation and training tasks")
+    per_step_bn: bool = option(
+        False,
+        "MAML++'s per-step BatchNorm: every BatchNorm layer keeps its weight, bias and running "
+        "statistics per inner step (maml, fomaml, metasgd; loop and vectorised engines)",
+    )
 
     #: Fields that only say how a trained model is evaluated (or where the data lives): a
     #: family's own fields other than these are part of a cached baseline's key.
@@ -77,6 +93,17 @@ class SupervisedConfig(TrainConfig):
         check_int(flag("baseline_tasks"), self.baseline_tasks, 1)
         check_int(flag("baseline_seed"), self.baseline_seed, 0)
         check_real(flag("baseline_lr"), self.baseline_lr, low=0, low_open=True)
+        check_bool(flag("per_step_bn"), self.per_step_bn)
+        if self.per_step_bn and algorithm(self.algo).outer != "query-gradient":
+            raise ConfigError(
+                f"--per-step-bn applies to maml, fomaml and metasgd (whose engines say which "
+                f"inner step a forward runs at); got --algo {self.algo}"
+            )
+        if self.per_step_bn and self.engine == "compiled":
+            raise ConfigError(
+                "--per-step-bn runs on the loop and vectorised engines; got --engine compiled "
+                "(use auto, vmap or loop)"
+            )
 
 
 @dataclass
@@ -260,7 +287,7 @@ ROTATIONS = 4
 class OmniglotConfig(SupervisedConfig):
     """N-way K-shot Omniglot; the defaults are MAML's 5-way 1-shot setting (Finn et al., 2017)."""
 
-    preset: str | None = paper_presets()
+    preset: str | None = image_presets()
     iterations: int = option(60000, "meta-iterations (MAML paper: 60000)")
     inner_lr: float = option(0.4)
     meta_batch: int = option(32)
@@ -339,6 +366,29 @@ OMNIGLOT_PRESETS: dict[str, dict[str, Any]] = {
         "outer_lr": 1.0,
         "anneal": True,
         "iterations": 100000,
+    },
+    # MAML++ (Antoniou et al., 2019, "How to train your MAML", §4-5 and the Omniglot configs of
+    # their code, github.com/AntreasAntoniou/HowToTrainYourMAMLPytorch, experiment_config/
+    # omniglot_maml++-omniglot_*): 5 inner steps, LSLR from an inner rate of 0.1, per-step
+    # BatchNorm, meta-batch 8, Adam at 1e-3 cosine-annealed to 1e-5 over 100 epochs of 500
+    # iterations, the multi-step loss annealed over the first 10 epochs, first order for the
+    # first 50 epochs (the paper's derivative-order annealing; the released configs set
+    # first_order_to_second_order_epoch = -1, second order throughout).
+    "mamlpp": {
+        "algo": "maml",
+        "inner_steps": 5,
+        "inner_lr": 0.1,
+        "lslr": True,
+        "per_step_bn": True,
+        "multi_step_loss": True,
+        "msl_iterations": 10 * 500,
+        "first_order_until": 50 * 500,
+        "meta_batch": 8,
+        "outer_optimizer": "adam",
+        "outer_lr": 1e-3,
+        "outer_schedule": "cosine",
+        "outer_lr_min": 1e-5,
+        "iterations": 100 * 500,
     },
 }
 

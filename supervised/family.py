@@ -14,12 +14,20 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
+import torch
 from torch import nn
 
 from metaopt.algorithms import MetaLearner
+from metaopt.nn import per_step_batch_norm, reads_inner_step
 from metaopt.training import run_device
 from metaopt.training.distributed import DistInfo, map_tasks
-from metaopt.training.family import EvalRequest, RunResults, TaskFamily, TrainConfig
+from metaopt.training.family import (
+    ConfigError,
+    EvalRequest,
+    RunResults,
+    TaskFamily,
+    TrainConfig,
+)
 from supervised.adaptation import adaptation_curve
 from supervised.batch import TaskBatch
 from supervised.config import SupervisedConfig
@@ -64,8 +72,26 @@ class SupervisedFamily(TaskFamily):
         return self.sample_batch(config, rng, num_tasks, split=split).to(run_device(config))
 
     def make_model(self, config: Any) -> nn.Module:
-        """The network, initialised from ``config.seed`` alone (global RNG untouched)."""
-        return seeded(lambda: self.build_model(config), config.seed)
+        """The network, initialised from ``config.seed`` alone (global RNG untouched); under
+        ``--per-step-bn`` its BatchNorm layers made per-step ones for ``config.inner_steps``
+        steps (`metaopt.nn.per_step_batch_norm`; the pretrained baseline keeps plain ones)."""
+        model = seeded(lambda: self.build_model(config), config.seed)
+        if getattr(config, "per_step_bn", False):
+            per_step_batch_norm(model, config.inner_steps)
+        return model
+
+    def validate(self, config: TrainConfig) -> None:
+        """``--per-step-bn`` needs a model with BatchNorm (built once here, the global random
+        state left as it was)."""
+        super().validate(config)
+        if getattr(config, "per_step_bn", False):
+            with torch.random.fork_rng(devices=[]):
+                model = self.make_model(config)
+            if reads_inner_step(model) is None:
+                raise ConfigError(
+                    f"--per-step-bn: the {self.name} family's model has no BatchNorm layer to "
+                    "make per-step"
+                )
 
     def sample_tasks(self, config: Any, rng: np.random.Generator, num_tasks: int) -> TaskBatch:
         """A meta-batch of training tasks; all randomness from ``rng``."""

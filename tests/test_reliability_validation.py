@@ -78,6 +78,12 @@ BAD = [
     ),
     ("curvature", "fisher", "--curvature must be one of hessian, gauss-newton; got 'fisher'"),
     ("unroll_checkpoints", 0, "--unroll-checkpoints must be an integer >= 1, got 0"),
+    ("lslr", "yes", "--lslr must be true or false, got 'yes'"),
+    ("outer_schedule", "step", "--outer-schedule must be one of constant, linear, cosine; got"),
+    ("outer_lr_min", -1.0, "--outer-lr-min must be a finite number >= 0, got -1.0"),
+    ("first_order_until", -1, "--first-order-until must be an integer >= 0, got -1"),
+    ("multi_step_loss", 1, "--multi-step-loss must be true or false, got 1"),
+    ("msl_iterations", 0, "--msl-iterations must be an integer >= 1, got 0"),
 ]
 
 
@@ -103,7 +109,7 @@ def test_imaml_has_defaults_of_its_own_under_the_flags() -> None:
     assert {name: flat[name] for name in own} == dict(own)
     assert resolve_config(RToyFamily(), {"algo": "imaml", "reg": 7.0}).options.reg == 7.0
     maml = resolve_config(RToyFamily(), {"algo": "maml"})
-    assert maml.algo_options == {"maml": {"unroll_checkpoints": None}}  # no iMAML option
+    assert maml.algo_options == {"maml": {"unroll_checkpoints": None, "lslr": False}}  # no iMAML
 
 
 def test_imaml_refuses_gauss_newton_on_the_loop_engine() -> None:

@@ -20,8 +20,8 @@ from torch import nn
 from torchopt.base import GradientTransformation
 
 from metaopt.algorithms.subset import Adapt, adapt_mask, resolve_adapt
-from metaopt.batched import batched_outer, inner_path
-from metaopt.checks import check_task, check_tasks
+from metaopt.batched import batched_outer, inner_path, multi_step_outer
+from metaopt.checks import check_step_weights, check_task, check_tasks
 from metaopt.compiled import CompiledMetaGradient, compiled_meta_backward
 from metaopt.engine import (
     BATCH_NORM_MODES,
@@ -35,6 +35,7 @@ from metaopt.inner import INNER_OPTIMIZERS, InnerOptimizer
 from metaopt.isolation import MISNESTED, OneThread, isolated, leave_in_order
 from metaopt.looped import inner_loop, looped_meta_backward
 from metaopt.metrics import MetaMetrics
+from metaopt.nn import at_inner_step, reads_inner_step
 from metaopt.options import ENGINES, check_choice, check_int, check_real
 from metaopt.rules.base import Rule
 from metaopt.rules.maml import MAMLRule
@@ -86,6 +87,12 @@ class MetaLearner:
         check_choice("inner_optimizer", inner_optimizer, INNER_OPTIMIZERS)
         check_choice("engine", engine, ENGINES)
         check_choice("batch_norm", batch_norm, BATCH_NORM_MODES)
+        reader = reads_inner_step(model) if engine == "compiled" else None
+        if reader is not None:
+            raise ValueError(
+                f"engine='compiled' cannot run {reader}, whose forward reads the inner-step index "
+                "(per-step BatchNorm); use engine='auto', 'vmap' or 'loop'"
+            )
         if engine == "compiled" and not rule.compiles:
             raise ValueError(
                 f"{type(self).__name__} has no compiled engine; use engine='auto', 'vmap' or 'loop'"
@@ -119,6 +126,9 @@ class MetaLearner:
             model, self._inner_transform(), adapt_mask(model, self.adapted)
         )
         self.unroll_checkpoints = check_unroll_checkpoints(unroll_checkpoints, rule, engine)
+        #: The multi-step loss's weights, one per inner step (``None``: the query loss after
+        #: the last step alone); a training schedule sets them per iteration.
+        self.step_weights: tuple[float, ...] | None = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         """Every algorithm's ``meta_backward`` runs under the learner's one-thread guard."""
@@ -220,6 +230,10 @@ class MetaLearner:
         """
         tasks, weight = check_tasks(tasks, scale)
         diagnostic: list[torch.Tensor | None] = [None]
+        step_weights = check_step_weights(
+            self.__dict__.get("step_weights"), self.inner_steps, self.rule.outer,
+            self.engine == "compiled" or self.unroll_checkpoints is not None,
+        )  # fmt: skip
 
         def batched() -> MetaMetrics:
             batch: BatchedTasks = tasks  # type: ignore[assignment]
@@ -231,10 +245,18 @@ class MetaLearner:
                 )  # fmt: skip
                 self.last_compiled, diagnostic[0] = engine, engine.diagnostic
                 return MetaMetrics(*fields)
+            if step_weights is not None:
+                create_graph = self.rule.second_order
+                path = list(self._vmap_path(batch, self.inner_steps, create_graph=create_graph))
+                fields = multi_step_outer(
+                    self.model, batch, path, step_weights, weight, batch_norm=self.batch_norm
+                )
+                return MetaMetrics(*fields)
             adapted = self._adapt_batched(batch)
             fields = batched_outer(
-                self.rule.outer, self.model, batch, adapted, weight, batch_norm=self.batch_norm
-            )
+                self.rule.outer, self.model, batch, adapted, weight, batch_norm=self.batch_norm,
+                steps=self.inner_steps,
+            )  # fmt: skip
             return MetaMetrics(*fields)
 
         def looped() -> MetaMetrics:
@@ -293,9 +315,12 @@ class MetaLearner:
         )
 
     def _forward(
-        self, params: dict[str, torch.Tensor], fixed: dict[str, torch.Tensor]
+        self,
+        params: dict[str, torch.Tensor],
+        fixed: dict[str, torch.Tensor],
+        steps: int | None = None,
     ) -> BatchedForward:
-        return batched_forward(self.model, params, fixed, batch_norm=self.batch_norm)
+        return batched_forward(self.model, params, fixed, batch_norm=self.batch_norm, step=steps)
 
     def meta_parameters(self) -> list[nn.Parameter]:
         """The tensors the outer optimiser updates: the model's trainable parameters θ, then what
@@ -326,7 +351,8 @@ class MetaLearner:
                 open_contexts.append(frame)
                 try:
                     self._inner_loop(task, 0, steps, create_graph=create_graph)
-                    yield self.model
+                    with at_inner_step(steps):  # the adapted model's forwards (per-step modules)
+                        yield self.model
                 finally:
                     misnested = leave_in_order(open_contexts, frame)
             frame.get("then", lambda: None)()  # an outer context left first: its state again
@@ -348,7 +374,7 @@ class MetaLearner:
         """
         steps = self._batch_steps(tasks, steps)
         params, fixed, _ = self._adapt_vmap(tasks, steps, create_graph=create_graph)
-        return self._forward(params, fixed)
+        return self._forward(params, fixed, steps)
 
     def adapt_batch_path(self, tasks: BatchedTasks, steps: int) -> Iterator[BatchedForward]:
         """[`adapt_batch`][metaopt.MetaLearner.adapt_batch]'s ``forward`` after 0, 1, ..., ``steps``
@@ -359,7 +385,7 @@ class MetaLearner:
             TypeError: as [`adapt_batch`][metaopt.MetaLearner.adapt_batch].
         """
         path = self._vmap_path(tasks, self._batch_steps(tasks, steps), create_graph=False)
-        return (self._forward(params, fixed) for params, fixed, _ in path)
+        return (self._forward(params, fixed, k) for k, (params, fixed, _) in enumerate(path))
 
     def _batch_steps(self, tasks: BatchedTasks, steps: int | None) -> int:
         """The validated step count of a batched adaptation; TypeError when it cannot run."""

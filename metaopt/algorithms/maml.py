@@ -60,9 +60,13 @@ class MAML(MetaLearner):
         batch_norm: str = "running",
         adapt: Adapt = None,
         unroll_checkpoints: int | None = None,
+        lslr: bool = False,
     ) -> None:
+        if not isinstance(lslr, bool):
+            raise TypeError(f"lslr must be a bool, got {lslr!r}")
+        rule = MAMLRule(first_order, inner_steps if lslr else 0)
         super().__init__(
-            model, MAMLRule(first_order), inner_lr=inner_lr, inner_steps=inner_steps,
+            model, rule, inner_lr=inner_lr, inner_steps=inner_steps,
             inner_optimizer=inner_optimizer, engine=engine, batch_norm=batch_norm, adapt=adapt,
             unroll_checkpoints=unroll_checkpoints,
         )  # fmt: skip
@@ -80,6 +84,8 @@ class MAML(MetaLearner):
     def __repr__(self) -> str:
         checkpoints = self.unroll_checkpoints
         extra = "" if checkpoints is None else f", unroll_checkpoints={checkpoints}"
+        if getattr(self.rule, "lslr_steps", 0):
+            extra += ", lslr=True"
         return super().__repr__()[:-1] + f", first_order={self.first_order}{extra})"
 
 

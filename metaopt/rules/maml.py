@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torchopt.base import GradientTransformation
 
-from metaopt.inner import learned_rate_sgd, positive_rates, softplus_inverse
+from metaopt.inner import learned_rate_sgd, per_step_rate_sgd, positive_rates, softplus_inverse
 from metaopt.options import ALGORITHM_LOOKS
 from metaopt.rules.base import Diagnostic, Learned, Names, Rule
 
@@ -18,18 +18,65 @@ __all__ = ["MAMLRule", "MetaSGDRule", "NegativeRateWarning"]
 
 class MAMLRule(Rule):
     """MAML (Finn et al., 2017): the inner optimiser's steps, differentiated through (second
-    order) or with the inner gradients held constant (``first_order``, first-order MAML)."""
+    order) or with the inner gradients held constant (``first_order``, first-order MAML).
 
-    def __init__(self, first_order: bool = False) -> None:
+    With ``lslr_steps`` = K > 0 the inner update is SGD with MAML++'s learned per-layer,
+    per-step rates (LSLR, Antoniou et al., 2019): one rate α_{i,k} per parameter tensor i and
+    inner step k, starting at the inner learning rate and meta-learned with θ
+    (`metaopt.inner.per_step_rate_sgd`); a parameter the inner loop does not adapt keeps rates
+    of 0, not meta-learned.
+    """
+
+    def __init__(self, first_order: bool = False, lslr_steps: int = 0) -> None:
         if not isinstance(first_order, bool):
             raise TypeError(f"first_order must be a bool, got {first_order!r}")
+        if isinstance(lslr_steps, bool) or not isinstance(lslr_steps, int) or lslr_steps < 0:
+            raise ValueError(f"lslr_steps must be an integer >= 0, got {lslr_steps!r}")
         self.first_order = first_order
         self.second_order = not first_order
+        self.lslr_steps = lslr_steps
         self.name = "fomaml" if first_order else "maml"
         self.label, self.color = ALGORITHM_LOOKS[self.name]
 
     def options(self) -> dict[str, Any]:
-        return {"first_order": self.first_order}
+        return {"first_order": self.first_order, "lslr_steps": self.lslr_steps}
+
+    def learned(
+        self, params: Sequence[torch.Tensor], adapts: Sequence[bool], inner_lr: float
+    ) -> list[torch.Tensor]:
+        if not self.lslr_steps:
+            return []
+        return [
+            torch.full(
+                (self.lslr_steps,), inner_lr if a else 0.0, dtype=p.dtype, device=p.device
+            ).requires_grad_(p.requires_grad and a)
+            for p, a in zip(params, adapts, strict=True)
+        ]
+
+    def transform(
+        self, inner_optimizer: str, inner_lr: float, learned: Sequence[torch.Tensor]
+    ) -> GradientTransformation:
+        if not self.lslr_steps:
+            return super().transform(inner_optimizer, inner_lr, learned)
+        if inner_optimizer != "sgd":
+            raise ValueError(
+                f"learned per-step rates (lslr) are SGD's; got inner_optimizer={inner_optimizer!r}"
+            )
+        return per_step_rate_sgd(learned)
+
+    def describe(
+        self, inner_optimizer: str, inner_lr: float, learned: Sequence[torch.Tensor]
+    ) -> dict[str, Any]:
+        if not self.lslr_steps:
+            return super().describe(inner_optimizer, inner_lr, learned)
+        rates = [r.detach() for r in learned if r.requires_grad]
+        return {
+            "rule": "sgd (learned per-layer, per-step rates: MAML++'s LSLR)",
+            "lr": inner_lr,
+            "step_rates_mean": [
+                torch.stack([r[k] for r in rates]).mean().item() for k in range(self.lslr_steps)
+            ],
+        }
 
 
 class NegativeRateWarning(UserWarning):
@@ -50,7 +97,7 @@ class MetaSGDRule(MAMLRule):
         self.label, self.color = ALGORITHM_LOOKS[self.name]
 
     def options(self) -> dict[str, Any]:
-        return {**super().options(), "positive_rates": self.positive_rates}
+        return {"first_order": self.first_order, "positive_rates": self.positive_rates}
 
     def learned(
         self, params: Sequence[torch.Tensor], adapts: Sequence[bool], inner_lr: float

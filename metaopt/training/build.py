@@ -23,6 +23,7 @@ __all__ = [
     "build_algorithm",
     "build_outer_optimizer",
     "check_adapt",
+    "outer_schedule",
     "seed_everything",
 ]
 
@@ -63,14 +64,36 @@ def _build(config: TrainConfig, model: torch.nn.Module, adapt: list[str] | None)
 def build_outer_optimizer(
     config: TrainConfig, algo: MetaLearner
 ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler | None]:
-    """The outer optimiser over ``algo.meta_parameters()``, and the annealing schedule if asked."""
+    """The outer optimiser over ``algo.meta_parameters()``, and its learning-rate schedule if
+    one is asked (``--outer-schedule``, ``--anneal``; `outer_schedule`)."""
     params = algo.meta_parameters()
     if config.outer_step in ("adam", "trpo"):  # trpo: Adam moves what it does not
         outer: torch.optim.Optimizer = torch.optim.Adam(params, lr=config.outer_lr)
     else:
         outer = torch.optim.SGD(params, lr=config.outer_lr)
-    schedule = linear_annealing(outer, max(config.iterations, 1)) if config.anneal else None
-    return outer, schedule
+    return outer, outer_schedule(outer, config.schedule, config.iterations, config.outer_lr_min)
+
+
+def outer_schedule(
+    outer: torch.optim.Optimizer, name: str, iterations: int, minimum: float = 0.0
+) -> torch.optim.lr_scheduler.LRScheduler | None:
+    """The outer learning-rate schedule ``name`` over ``iterations`` (stepped once per
+    iteration; ``None`` for ``"constant"``).
+
+    ``"linear"``: β_t = β_0 (1 − t/T), the Reptile demo's (`linear_annealing`). ``"cosine"``:
+    β_t = β_min + (β_0 − β_min)(1 + cos(π t/T))/2, MAML++'s (Antoniou et al., 2019, §4
+    "Cosine annealing of meta-optimizer learning rate"; their code anneals to 1e-5 over every
+    iteration of the run with ``torch.optim.lr_scheduler.CosineAnnealingLR``), t the completed
+    iterations and T = ``iterations``.
+    """
+    total = max(iterations, 1)
+    if name == "constant":
+        return None
+    if name == "linear":
+        return linear_annealing(outer, total)
+    if name == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(outer, T_max=total, eta_min=minimum)
+    raise ValueError(f"outer_schedule must be one of constant, linear, cosine; got {name!r}")
 
 
 def apply_threads(config: TrainConfig) -> None:

@@ -51,6 +51,7 @@ from metaopt.training.rundir import (
     record_engine,
     write_json,
 )
+from metaopt.training.schedules import apply_schedules
 from metaopt.training.signals import StopOnSignal, TrainingInterrupted
 from metaopt.training.state import Run, random_state, save
 from metaopt.trust_region import trust_region_step
@@ -294,6 +295,7 @@ def _loop(run: Run, log: IO[str], stop: StopOnSignal, progress: bool | None) -> 
             with clock.paused():
                 for hook in hooks:
                     hook.on_iteration_start(iteration, algo)
+            apply_schedules(algo, config, iteration)  # MAML++'s per-iteration settings
             before = random_state(run.rng)  # what a checkpoint of the last good state holds
             # Every rank draws the whole meta-batch and adapts to its shard of it.
             tasks = family.sample_tasks(config, run.rng, config.meta_batch)

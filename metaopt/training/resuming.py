@@ -275,9 +275,10 @@ def _resumed_config(
                 f"the configuration it started with (flags that may change: "
                 f"{', '.join(map(flag, allowed))})"
             )
-        if name == "iterations" and config.anneal:
+        if name == "iterations" and config.schedule != "constant":
+            which = "--anneal" if config.anneal else f"--outer-schedule {config.outer_schedule}"
             raise ConfigError(
-                f"--iterations {value!r} differs from the run's {current!r}: with --anneal the "
+                f"--iterations {value!r} differs from the run's {current!r}: with {which} the "
                 "outer learning-rate schedule is built for the run's iterations, so they are fixed"
             )
         changes[name] = value
@@ -339,7 +340,7 @@ def check_checkpoint(
     theirs = _flat(type(config).upgrade(theirs))
     ours = _flat(json.loads(json.dumps(config.to_dict())))
     ignored = set(type(config).RESUMABLE) | {"out"}
-    if config.anneal:
+    if config.schedule != "constant":
         ignored.discard("iterations")
     # As JSON holds them (a tuple default reads back as a list), to compare with ``ours``.
     defaults = json.loads(

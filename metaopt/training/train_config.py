@@ -37,6 +37,7 @@ __all__ = [
     "FLAT_OPTIONS",
     "MAX_SEED",
     "OUTER_OPTIMIZERS",
+    "OUTER_SCHEDULES",
     "TrainConfig",
     "complete_options",
     "option",
@@ -49,6 +50,10 @@ MAX_SEED = 2**32 - 1
 #: offer more: ``trpo``, a trust-region step, where its family implements
 #: `TaskFamily.trust_region`).
 OUTER_OPTIMIZERS = ("adam", "sgd")
+
+#: ``--outer-schedule``: the outer rate constant, annealed linearly to 0, or cosine-annealed to
+#: ``--outer-lr-min`` (`metaopt.training.build.outer_schedule`).
+OUTER_SCHEDULES = ("constant", "linear", "cosine")
 
 #: ``--dist-backend``: ``auto`` picks nccl when the run computes on CUDA (``--device``), else gloo.
 DIST_BACKENDS = ("auto", "gloo", "nccl")
@@ -125,7 +130,33 @@ class TrainConfig:
     #: The ``--outer-optimizer`` values this family's config accepts.
     OUTER_OPTIMIZERS: ClassVar[tuple[str, ...]] = OUTER_OPTIMIZERS
     anneal: bool = option(
-        False, "anneal the outer learning rate linearly to 0 (the Reptile demo's)"
+        False,
+        "anneal the outer learning rate linearly to 0 (the Reptile demo's); the same as "
+        "--outer-schedule linear",
+    )
+    outer_schedule: str = option(
+        "constant",
+        "outer learning-rate schedule over the run's iterations: constant, linear (to 0, as "
+        "--anneal) or cosine (to --outer-lr-min; MAML++'s)",
+    )
+    outer_lr_min: float = option(
+        0.0, "the outer learning rate that --outer-schedule cosine ends at (MAML++: 1e-5)"
+    )
+    first_order_until: int = option(
+        0,
+        "derivative-order annealing (MAML++): first-order meta-gradients for the first N "
+        "iterations, second order after (0: second order throughout; maml and metasgd; fomaml "
+        "stays first order)",
+    )
+    multi_step_loss: bool = option(
+        False,
+        "multi-step loss (MAML++): the outer loss is a weighted sum of the query losses after "
+        "every inner step, the weights annealed towards the last step over --msl-iterations",
+    )
+    msl_iterations: int = option(
+        1000,
+        "with --multi-step-loss: iterations over which the step weights move from uniform to "
+        "the last step's; the last step's loss alone after them",
     )
     clip_grad_norm: float = option(
         0.0,
@@ -194,7 +225,7 @@ class TrainConfig:
     RENAMED: ClassVar[Mapping[str, str]] = {}
 
     #: Fields that ``metaopt train FAMILY --resume RUN_DIR`` lets a flag change: they do not alter
-    #: the training trajectory (``iterations`` only while ``anneal`` is off, as the schedule
+    #: the training trajectory (``iterations`` only while the outer rate is constant, as a schedule
     #: depends on it). A family may extend the tuple with harmless fields of its own.
     RESUMABLE: ClassVar[tuple[str, ...]] = (
         "iterations",
@@ -223,6 +254,7 @@ class TrainConfig:
             ("batch_norm", BATCH_NORM_MODES),
             ("dist_backend", DIST_BACKENDS),
             ("outer_optimizer", self.OUTER_OPTIMIZERS),
+            ("outer_schedule", OUTER_SCHEDULES),
         ):
             check_choice(flag(name), getattr(self, name), allowed)
         if self.inner_optimizer not in spec.inner_optimizers:
@@ -234,16 +266,49 @@ class TrainConfig:
         self._check_device()
         for name in ("inner_steps", "meta_batch", "eval_tasks"):
             check_int(flag(name), getattr(self, name), 1)
-        for name in ("iterations", "eval_every", "checkpoint_every", "threads"):
+        check_int(flag("msl_iterations"), self.msl_iterations, 1)
+        for name in (
+            "iterations",
+            "eval_every",
+            "checkpoint_every",
+            "threads",
+            "first_order_until",
+        ):
             check_int(flag(name), getattr(self, name), 0)
         for name in ("seed", "eval_seed"):  # numpy's legacy seeding takes 32 bits
             check_int(flag(name), getattr(self, name), 0, MAX_SEED)
         for name in ("inner_lr", "outer_lr", "dist_timeout"):
             check_real(flag(name), getattr(self, name), low=0, low_open=True)
-        for name in ("max_memory", "clip_grad_norm"):
+        for name in ("max_memory", "clip_grad_norm", "outer_lr_min"):
             check_real(flag(name), getattr(self, name), low=0)
-        for name in ("anneal", "skip_nonfinite"):
+        for name in ("anneal", "skip_nonfinite", "multi_step_loss"):
             check_bool(flag(name), getattr(self, name))
+        if self.first_order_until and spec.outer != "query-gradient":
+            raise ConfigError(
+                f"--first-order-until applies to maml and metasgd (fomaml is first order "
+                f"throughout and ignores it); --algo {self.algo} has no second-order "
+                "meta-gradient to anneal towards"
+            )
+        if self.multi_step_loss and spec.outer != "query-gradient":
+            raise ConfigError(
+                f"--multi-step-loss applies to algorithms that differentiate the query loss after "
+                f"the inner steps (maml, fomaml, metasgd); got --algo {self.algo}"
+            )
+        if self.multi_step_loss and self.engine == "compiled":
+            raise ConfigError(
+                "--multi-step-loss runs on the loop and vectorised engines; got --engine compiled "
+                "(use auto, vmap or loop)"
+            )
+        if self.anneal and self.outer_schedule not in ("constant", "linear"):
+            raise ConfigError(
+                f"--anneal is --outer-schedule linear; it cannot be combined with "
+                f"--outer-schedule {self.outer_schedule} (use --no-anneal)"
+            )
+        if self.outer_lr_min >= self.outer_lr and self.schedule == "cosine":
+            raise ConfigError(
+                f"--outer-lr-min must be below --outer-lr ({self.outer_lr!r}) for the cosine "
+                f"schedule to anneal; got {self.outer_lr_min!r}"
+            )
         if not isinstance(self.adapt, str):
             raise ConfigError(f"--adapt takes comma-separated names, got {self.adapt!r}")
         for name in ("preset", "out"):
@@ -291,6 +356,12 @@ class TrainConfig:
                         f"of a base config; give it a help text"
                     )
                 value.metadata = base[name].metadata
+
+    @property
+    def schedule(self) -> str:
+        """The outer learning-rate schedule that runs: ``outer_schedule``, or ``"linear"`` under
+        ``anneal`` (its alias)."""
+        return "linear" if self.anneal else self.outer_schedule
 
     @property
     def outer_step(self) -> str:

@@ -51,6 +51,7 @@ class OmniglotFamily(SupervisedFamily, options=OMNIGLOT):
     def validate(self, config: TrainConfig) -> None:
         """Read the folder now, so that a missing or malformed one fails before training starts."""
         assert isinstance(config, OmniglotConfig)
+        super().validate(config)
         omniglot.check_episodes(config, self.data(config), Path(config.data_dir))
 
     def characters(self, config: OmniglotConfig, split: str) -> np.ndarray:

@@ -4,9 +4,9 @@ A folder is read once (`load_images`: the layout of `supervised.images.layouts`,
 `supervised.images.cache`) into an `ImageData`: one uint8 array of every image, and per class
 its first row and its number of images. Classes are split into training, validation and test
 classes by a seeded shuffle (`split_classes`), unless the layout carries its own split. An
-episode is then a gather by index (`sample_episodes`): numpy draws the classes and the images
-of a whole meta-batch at once, and torch rotates and augments whole tensors, with no Python
-work per image.
+episode is then a gather by index (`sample_episodes`): numpy draws the classes and the image
+indices (a loop per task and per class), one fancy index gathers the pixels of the whole
+meta-batch, and torch rotates and augments whole tensors, with no Python work per image.
 
 With ``rotations`` every base class also appears rotated by 90°, 180° and 270°, each rotation a
 class of its own (Santoro et al., 2016); a base class's rotations stay in its split, so no base
@@ -159,17 +159,14 @@ def sample_episodes(
     """
     per_class = shots + query_shots
     num_classes = len(classes) * rotations
-    # A random subset of `ways` classes per task, in random order: the smallest of uniform keys.
-    keys = rng.random((num_tasks, num_classes))
-    picks = np.argpartition(keys, ways - 1, axis=1)[:, :ways]
-    picks = np.take_along_axis(picks, np.argsort(np.take_along_axis(keys, picks, 1), 1), 1)
+    # Python per task and per class, never per image (and the stream Omniglot runs always had).
+    picks = np.stack([rng.choice(num_classes, size=ways, replace=False) for _ in range(num_tasks)])
     bases, turns = classes[picks // rotations], picks % rotations
-    # `per_class` distinct images of each: the smallest keys among the class's own images.
-    counts, starts = data.counts[bases], data.starts[bases]
-    keys = rng.random((num_tasks, ways, int(counts.max())))
-    keys[np.arange(keys.shape[-1]) >= counts[..., None]] = np.inf
-    offsets = np.argpartition(keys, per_class - 1, axis=-1)[..., :per_class]
-    rows = starts[..., None] + offsets
+    rows = np.empty((num_tasks, ways, per_class), dtype=np.int64)
+    for b in range(num_tasks):
+        for n in range(ways):
+            c = bases[b, n]
+            rows[b, n] = data.starts[c] + rng.choice(data.counts[c], size=per_class, replace=False)
     order = None
     if minibatch:
         order = rng.permuted(np.tile(np.arange(ways * shots), (num_tasks, 1)), axis=1)

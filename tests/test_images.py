@@ -5,6 +5,7 @@ augmentation."""
 from __future__ import annotations
 
 import csv
+import json
 import os
 from pathlib import Path
 
@@ -314,3 +315,19 @@ def test_augment_applies_to_training_episodes_only(tmp_path: Path) -> None:
     )
     assert batch.support_x.shape == (5, 6, 3, SIDE, SIDE) and batch.query_x.shape[1] == 3
     assert torch.equal(batch.support_y[0], torch.tensor([0, 0, 1, 1, 2, 2]))
+
+
+def test_train_then_eval_through_the_command(tmp_path: Path, capsys) -> None:
+    root = make_layout(tmp_path / "data", "nested", colour=True)
+    out = tmp_path / "run"
+    argv = ["train", "images", "--data-dir", str(root), "--ways", "2", "--query-shots", "2"]
+    argv += ["--train-classes", "4", "--val-classes", "2", "--filters", "4", "--meta-batch", "2"]
+    argv += ["--iterations", "2", "--eval-tasks", "4", "--baseline-steps", "1", "--out", str(out)]
+    assert main(argv) == 0
+    assert "--layout auto chose nested" in capsys.readouterr().err
+    saved = json.loads((out / "config.json").read_text())["config"]
+    assert saved["layout"] == "auto"  # as asked; what auto chose is said, and read again
+    resolved = {k: saved[k] for k in ("channels", "image_size", "query_shots", "filters")}
+    assert resolved == {"channels": 3, "image_size": SIDE, "query_shots": 2, "filters": 4}
+    assert main(["eval", str(out), "--tasks", "4", "--steps", "0,1"]) == 0
+    assert json.loads((out / "eval.json").read_text())["tasks"] == 4

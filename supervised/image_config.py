@@ -58,7 +58,7 @@ class ImageEpisodesConfig(SupervisedConfig):
         "BatchNorm in adaptation: batch (each task normalises with its own batch's statistics, "
         "as MAML and Reptile do on Omniglot) or running (each layer as its train/eval mode says)",
     )
-    data_dir: str = option("", "folder holding the images (see --layout)")
+    data_dir: str | None = option(None, "folder holding the images (see --layout); required")
     ways: int = option(5, "classes N per task")
     shots: int = option(1, "support images K per class")
     query_shots: int | None = option(
@@ -123,6 +123,8 @@ class ImageEpisodesConfig(SupervisedConfig):
         check_class_count(flag("val_classes"), self.val_classes, 0)
         check_choice(flag("model"), self.model, IMAGE_MODELS)
         check_choice(flag("batch_norm"), self.batch_norm, ("batch", "running"))
+        if self.data_dir is None:
+            raise ConfigError("--data-dir is required: the folder that holds the images")
         if not self.data_dir:
             raise ConfigError("--data-dir must name a folder; got an empty string")
         if self.augment and self.channels == 1:
@@ -175,7 +177,7 @@ class OmniglotConfig(ImageEpisodesConfig):
 
     preset: str | None = paper_presets()
     iterations: int = option(60000, "meta-iterations (MAML paper: 60000)")
-    data_dir: str = option(
+    data_dir: str | None = option(
         "data/omniglot", "folder holding images_background/ and images_evaluation/"
     )
     download: bool = option(False, "download the official Omniglot zips into --data-dir if missing")

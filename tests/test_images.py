@@ -331,3 +331,17 @@ def test_train_then_eval_through_the_command(tmp_path: Path, capsys) -> None:
     assert resolved == {"channels": 3, "image_size": SIDE, "query_shots": 2, "filters": 4}
     assert main(["eval", str(out), "--tasks", "4", "--steps", "0,1"]) == 0
     assert json.loads((out / "eval.json").read_text())["tasks"] == 4
+
+
+def test_data_dir_is_required(tmp_path: Path, capsys) -> None:
+    err = _refused(["train", "images", "--out", str(tmp_path / "run")], capsys)
+    assert "--data-dir is required" in err and not (tmp_path / "run").exists()
+
+
+def test_image_size_resizes_mixed_sizes(tmp_path: Path) -> None:
+    root = make_layout(tmp_path / "data", "folders")
+    Image.new("L", (12, 12), color=200).save(root / "class5" / "000.png")
+    config = _config(root, image_size=10)
+    data = ImagesFamily().data(config)
+    assert data.images.shape == (48, 1, 10, 10) and config.image_size == 10
+    assert np.all(data.images[data.starts[data.names.index("class5")]] == 200)

@@ -258,13 +258,13 @@ def test_cache_is_reused_and_rebuilt_when_the_files_change(
     Image.new("L", (SIDE, SIDE), color=7).save(changed)
     os.utime(changed, ns=(1, 1))
     rebuilt = ImagesFamily().data(_config(root))
-    assert len(_cache_files(root)) == 2
+    assert _cache_files(root) == [Path(rebuilt.images.filename)]  # the stale file is gone
     row = rebuilt.starts[rebuilt.names.index("class1")]
     assert np.all(rebuilt.images[row] == 7) and not np.all(first.images[row] == 7)
     resized = ImagesFamily().data(_config(root, image_size=6))  # other settings: another file
-    assert resized.images.shape[-1] == 6 and len(_cache_files(root)) == 3
+    assert resized.images.shape[-1] == 6 and len(_cache_files(root)) == 2
     assert ImagesFamily().data(_config(root, cache=False)).images.shape == first.images.shape
-    assert len(_cache_files(root)) == 3
+    assert len(_cache_files(root)) == 2
 
 
 def test_cache_goes_to_the_user_folder_when_the_data_folder_is_not_writable(

@@ -4,7 +4,8 @@ The array is ``[M, C, S, S]`` (M images, C channels, side S), the classes' image
 other. With the cache on, it is written as ``<fingerprint>.npy`` under ``DIR/.metaopt-cache/``
 (or ``$XDG_CACHE_HOME/metaopt/images/`` when ``DIR`` cannot be written) and memory-mapped by later
 runs: the fingerprint hashes every file's path, size and modification time and the decoding
-settings, so changed data or settings build a new file and never read a stale one.
+settings, so changed data or settings build a new file and never read a stale one; a file built
+for the same folder and settings from older files is deleted when its successor is written.
 
 Decoding is the only work per image; an episode is then gathered from the array by index
 (`supervised.images.data.sample_episodes`).
@@ -191,12 +192,17 @@ def load_or_decode(
     hit = _cached(root, key)
     if hit is None:
         images = decode(classes, settings)
-        described = {"channels": images.shape[1], "image_size": images.shape[-1]}
+        described = {
+            "channels": images.shape[1],
+            "image_size": images.shape[-1],
+            "source": _source(root, settings),
+        }
         for folder in cache_dirs(root):
             try:
                 folder.mkdir(parents=True, exist_ok=True)
                 _write_atomic(folder / f"{key}.npy", images)
                 _write_atomic(folder / f"{key}.json", json.dumps(described).encode())
+                _remove_stale(folder, key, described["source"])
                 break
             except OSError:
                 continue
@@ -208,6 +214,26 @@ def load_or_decode(
     # Copy-on-write: writable for torch.from_numpy, while the file itself never changes.
     images = np.load(path, mmap_mode="c")
     return Decoded(images, int(described["channels"]), int(described["image_size"]), path)
+
+
+def _source(root: Path, settings: DecodeSettings) -> str:
+    """What a cache file was built from, but for the files' sizes and times: a newer file of the
+    same source replaces it."""
+    return repr((str(root.resolve()), FORMAT, settings))
+
+
+def _remove_stale(folder: Path, key: str, source: str) -> None:
+    """Delete the older cache files of ``source`` in ``folder`` (the data changed since). A run
+    still mapping one keeps reading it: the mapping outlives the name."""
+    for meta in folder.glob("*.json"):
+        if meta.stem == key:
+            continue
+        try:
+            if json.loads(meta.read_text()).get("source") == source:
+                meta.with_suffix(".npy").unlink(missing_ok=True)
+                meta.unlink(missing_ok=True)
+        except (OSError, ValueError):
+            continue  # another process's file, half-written or already gone: leave it
 
 
 def _write_atomic(path: Path, payload: np.ndarray | bytes) -> None:

@@ -119,8 +119,9 @@ class ImageEpisodesConfig(SupervisedConfig):
             check_choice(flag("channels"), self.channels, (1, 3))
         for name in ("split_seed", "minibatch"):
             check_int(flag(name), getattr(self, name), 0)
-        check_class_count(flag("train_classes"), self.train_classes, 1)
-        check_class_count(flag("val_classes"), self.val_classes, 0)
+        # A whole count reads back as one (`--train-classes 12` is 12, not 12.0, in config.json).
+        self.train_classes = check_class_count(flag("train_classes"), self.train_classes, 1)
+        self.val_classes = check_class_count(flag("val_classes"), self.val_classes, 0)
         check_choice(flag("model"), self.model, IMAGE_MODELS)
         check_choice(flag("batch_norm"), self.batch_norm, ("batch", "running"))
         if self.data_dir is None:
@@ -139,11 +140,14 @@ class ImageEpisodesConfig(SupervisedConfig):
 
 
 def check_class_count(label: str, value: object, low: int) -> float:
-    """A split size: a whole count >= ``low``, or a fraction strictly between 0 and 1."""
+    """A split size: a whole count >= ``low`` (returned as an ``int``), or a fraction strictly
+    between 0 and 1."""
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
         raise ConfigError(f"{label} must be a class count or a fraction in (0, 1); got {value!r}")
-    if 0 < value < 1 or (value == int(value) and value >= low):
+    if 0 < value < 1:
         return value
+    if value == int(value) and value >= low:
+        return int(value)
     raise ConfigError(
         f"{label} must be a whole class count >= {low} or a fraction in (0, 1); got {value!r}"
     )

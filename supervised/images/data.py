@@ -171,21 +171,21 @@ def sample_episodes(
     if minibatch:
         order = rng.permuted(np.tile(np.arange(ways * shots), (num_tasks, 1)), axis=1)
 
-    images = torch.from_numpy(np.ascontiguousarray(data.images[rows])).float().div_(255.0)
+    # Rotated and augmented as uint8 (a quarter of the bytes); one division makes each part float.
+    pixels = torch.from_numpy(np.ascontiguousarray(data.images[rows]))  # [B, N, K+Q, C, S, S]
     turns_t = torch.from_numpy(turns)
     for k in range(1, rotations):  # one rotation per angle, over every image it applies to
         chosen = turns_t == k
-        images[chosen] = torch.rot90(images[chosen], k, dims=(-2, -1))
+        pixels[chosen] = torch.rot90(pixels[chosen], k, dims=(-2, -1))
     if augment:
-        flat = images.flatten(0, 2)
-        images = augment_images(rng, flat).view(images.shape)
-    shape = images.shape[-3:]
+        pixels = augment_images(rng, pixels.flatten(0, 2)).view(pixels.shape)
+    shape = pixels.shape[-3:]
     labels = torch.arange(ways).view(1, ways, 1)
 
     def part(lo: int, hi: int) -> tuple[torch.Tensor, torch.Tensor]:
-        x = images[:, :, lo:hi].reshape(num_tasks, ways * (hi - lo), *shape)
+        x = pixels[:, :, lo:hi].reshape(num_tasks, ways * (hi - lo), *shape) / 255.0
         y = labels.expand(num_tasks, ways, hi - lo).reshape(num_tasks, ways * (hi - lo))
-        return x.contiguous(), y.contiguous()
+        return x, y.contiguous()
 
     support_x, support_y = part(0, shots)
     query_x, query_y = part(shots, per_class)
@@ -203,7 +203,7 @@ def sample_episodes(
 
 def augment_images(rng: np.random.Generator, images: torch.Tensor) -> torch.Tensor:
     """Random crop (zero padding of side/8 on each border) and horizontal flip (probability ½)
-    of each image of ``images`` ``[T, C, S, S]``, by one gather for the whole tensor."""
+    of each image of ``images`` ``[T, C, S, S]`` (any dtype), by one gather for the whole tensor."""
     count, _, side, _ = images.shape
     pad = max(1, side // 8)
     padded = torch.nn.functional.pad(images, (pad, pad, pad, pad))

@@ -29,6 +29,8 @@ from supervised.images.layouts import ClassFiles, find_classes
 __all__ = [
     "ImageData",
     "augment_images",
+    "check_episodes",
+    "image_shape",
     "load_images",
     "read_classes",
     "sample_episodes",

@@ -17,12 +17,8 @@ from metaopt.training.family import ConfigError, FamilyOptions, TrainConfig, opt
 __all__ = [
     "ACTIVATION_NAMES",
     "CLASSIFY",
-    "OMNIGLOT",
-    "OMNIGLOT_PRESETS",
-    "ROTATIONS",
     "SINE",
     "ClassifyConfig",
-    "OmniglotConfig",
     "SineConfig",
     "SupervisedConfig",
     "image_presets",
@@ -279,127 +275,8 @@ CLASSIFY_PRESETS: dict[str, dict[str, Any]] = {"maml": {}}
 SINE = FamilyOptions(
     "sine-wave regression y = A·sin(x + φ) (MAML and Reptile papers)", SineConfig, SINE_PRESETS
 )
-#: Rotations of each character that ``--rotations`` adds as classes (0°, 90°, 180°, 270°).
-ROTATIONS = 4
-
-
-@dataclass
-class OmniglotConfig(SupervisedConfig):
-    """N-way K-shot Omniglot; the defaults are MAML's 5-way 1-shot setting (Finn et al., 2017)."""
-
-    preset: str | None = image_presets()
-    iterations: int = option(60000, "meta-iterations (MAML paper: 60000)")
-    inner_lr: float = option(0.4)
-    meta_batch: int = option(32)
-    batch_norm: str = option(
-        "batch",
-        "BatchNorm in adaptation: batch (each task normalises with its own batch's statistics, "
-        "as MAML and Reptile do on Omniglot) or running (each layer as its train/eval mode says)",
-    )
-    data_dir: str = option(
-        "data/omniglot", "folder holding images_background/ and images_evaluation/"
-    )
-    download: bool = option(False, "download the official Omniglot zips into --data-dir if missing")
-    ways: int = option(5, "classes N per task")
-    shots: int = option(1, "support images K per class")
-    query_shots: int = option(5, "query images per class")
-    rotations: bool = option(True, "add 90°, 180°, 270° rotations of each character as classes")
-    image_size: int = option(28, "side of the resized square images")
-    train_classes: int = option(1200, "characters in the training split")
-    val_classes: int = option(100, "characters in the validation split (the rest are test)")
-    split_seed: int = option(0, "seed of the character shuffle that defines the splits")
-    filters: int = option(64, "filters per convolution")
-    minibatch: int = option(0, "support images per inner step, walking one shuffled epoch (0: all)")
-    baseline_steps: int = option(500, "Adam steps of the pretrained baseline (0: untrained)")
-    baseline_tasks: int = option(8)
-    # The standard protocol's model selection (a family with validation classes takes this block):
-    # validate every --eval-every iterations and after the last on --val-episodes episodes of the
-    # validation classes; best.pt keeps the best (metaopt.training.selection).
-    eval_every: int = option(
-        500,
-        "validate on --val-episodes episodes of the validation classes every N iterations and "
-        "after the last, keeping the best as best.pt (0: after the last only)",
-    )
-    val_episodes: int = option(
-        600, "validation episodes of each periodic evaluation (papers' count: 600)"
-    )
-
-    #: The data may move (same images, another folder) between a run and its resumption.
-    EVALUATION_ONLY: ClassVar[tuple[str, ...]] = ("data_dir", "download", "val_episodes")
-    RESUMABLE: ClassVar[tuple[str, ...]] = (*SupervisedConfig.RESUMABLE, *EVALUATION_ONLY)
-
-    def activation_elements(self) -> int:
-        """Support and query images, each with its pixels and, per convolution block
-        (convolution, batch norm, ReLU; the side halving each time), three maps of ``filters``
-        channels: about 4 × filters numbers per pixel of the input over the four blocks."""
-        images = self.ways * (self.shots + self.query_shots)
-        return images * self.image_size**2 * (1 + 4 * self.filters)
-
-    def validate(self) -> None:
-        super().validate()
-        for name in ("ways", "shots", "query_shots", "image_size", "filters", "val_episodes"):
-            check_int(flag(name), getattr(self, name), 1)
-        for name in ("val_classes", "split_seed", "minibatch"):
-            check_int(flag(name), getattr(self, name), 0)
-        check_int(flag("train_classes"), self.train_classes, 1)
-        if not self.data_dir:
-            raise ConfigError("--data-dir must name a folder; got an empty string")
-
-    @property
-    def rotation_count(self) -> int:
-        return ROTATIONS if self.rotations else 1
-
-
-OMNIGLOT_PRESETS: dict[str, dict[str, Any]] = {
-    "maml": {},
-    # Nichol et al. (2018), Omniglot 5-way 5-shot: inner Adam at 1e-3 (their β1 = 0 is not
-    # offered here), 5 inner steps on minibatches of 10, meta-batch 5, meta step 1 annealed to 0.
-    "reptile": {
-        "algo": "reptile",
-        "shots": 5,
-        "inner_optimizer": "adam",
-        "inner_lr": 1e-3,
-        "inner_steps": 5,
-        "minibatch": 10,
-        "meta_batch": 5,
-        "outer_optimizer": "sgd",
-        "outer_lr": 1.0,
-        "anneal": True,
-        "iterations": 100000,
-    },
-    # MAML++ (Antoniou et al., 2019, "How to train your MAML", §4-5 and the Omniglot configs of
-    # their code, github.com/AntreasAntoniou/HowToTrainYourMAMLPytorch, experiment_config/
-    # omniglot_maml++-omniglot_*): 5 inner steps, LSLR from an inner rate of 0.1, per-step
-    # BatchNorm, meta-batch 8, Adam at 1e-3 cosine-annealed to 1e-5 over 100 epochs of 500
-    # iterations, the multi-step loss annealed over the first 10 epochs, first order for the
-    # first 50 epochs (the paper's derivative-order annealing; the released configs set
-    # first_order_to_second_order_epoch = -1, second order throughout).
-    "mamlpp": {
-        "algo": "maml",
-        "inner_steps": 5,
-        "inner_lr": 0.1,
-        "lslr": True,
-        "per_step_bn": True,
-        "multi_step_loss": True,
-        "msl_iterations": 10 * 500,
-        "first_order_until": 50 * 500,
-        "meta_batch": 8,
-        "outer_optimizer": "adam",
-        "outer_lr": 1e-3,
-        "outer_schedule": "cosine",
-        "outer_lr_min": 1e-5,
-        "iterations": 100 * 500,
-    },
-}
-
-
 CLASSIFY = FamilyOptions(
     "binary classification, a random linear decision boundary per task",
     ClassifyConfig,
     CLASSIFY_PRESETS,
-)
-OMNIGLOT = FamilyOptions(
-    "N-way K-shot Omniglot from a local folder (images_background/, images_evaluation/)",
-    OmniglotConfig,
-    OMNIGLOT_PRESETS,
 )

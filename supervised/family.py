@@ -1,8 +1,8 @@
 """What the supervised task families share, as the ``metaopt`` command and
 [`metaopt.training.train`][metaopt.training.train] see them: `SupervisedFamily`.
 
-``sine``, ``classify`` and ``omniglot`` (each in its room: `supervised.sine.family`,
-`supervised.classify.family`, `supervised.omniglot.family`) are registered in ``pyproject.toml``
+``sine``, ``classify``, ``images`` and ``omniglot`` (each in its room: `supervised.sine.family`,
+`supervised.classify.family`, `supervised.images.family`, `supervised.omniglot.family`) are registered in ``pyproject.toml``
 under the entry-point group ``metaopt.task_families``. Each family samples `TaskBatch`
 meta-batches from the ``numpy.random.Generator`` it is handed, and evaluates a trained model
 against a pretrained baseline on held-out tasks (see `supervised.evaluation`).

@@ -21,6 +21,21 @@ def rooms(domain: str) -> tuple[str, ...]:
     return tuple(sorted(f"{domain}.{p.parent.name}" for p in (ROOT / domain).glob("*/__init__.py")))
 
 
+#: Rooms that other rooms build on, and which: ``omniglot`` is a preset of the ``images`` family.
+SHARED_ROOMS = {"supervised.images": ("supervised.omniglot",)}
+
+
+def other_rooms(name: str, domain: str) -> tuple[str, ...]:
+    """The rooms of ``domain`` that module ``name`` may not import."""
+    return tuple(
+        room
+        for room in rooms(domain)
+        if not any(
+            name == user or name.startswith(user + ".") for user in SHARED_ROOMS.get(room, ())
+        )
+    )
+
+
 #: What each layer may not import (a layer is a package prefix; the most specific one applies).
 #: Nothing imports ``benchmarks``: the measurement code sits on top, beside the command line.
 FORBIDDEN = {
@@ -35,7 +50,7 @@ FORBIDDEN = {
             "metaopt.cli",
             *(other for other in DOMAINS if other != domain),
             "benchmarks",
-            *rooms(domain),
+            *other_rooms(name, domain),
         )
         for domain in DOMAINS
         for name in (domain, *rooms(domain))
@@ -119,7 +134,15 @@ def test_the_checker_sees_a_forbidden_import(tmp_path: Path) -> None:
 
 def test_each_family_has_its_room_and_rooms_keep_to_themselves() -> None:
     assert rooms("rl") == ("rl.cheetah", "rl.nav2d", "rl.tabular")
-    assert rooms("supervised") == ("supervised.classify", "supervised.omniglot", "supervised.sine")
+    assert rooms("supervised") == (
+        "supervised.classify",
+        "supervised.images",
+        "supervised.omniglot",
+        "supervised.sine",
+    )
+    assert "supervised.images" not in layer_rules("supervised.omniglot.family")  # its preset
+    assert "supervised.omniglot" in layer_rules("supervised.images.family")
+    assert "supervised.images" in layer_rules("supervised.sine.family")
     assert "rl.tabular" in layer_rules("rl.goal_family")  # shared pieces import no room
     assert "rl.nav2d" in layer_rules("rl.cheetah.family")  # a room imports no other room
     assert "benchmarks" in layer_rules("supervised.sine.family")

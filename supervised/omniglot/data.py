@@ -14,6 +14,10 @@ characters (Finn et al. 2017 and Nichol et al. 2018: 1200 training characters). 
 its own (Santoro et al., 2016); the rotations of a character stay in its split, so the splits
 share no character. Images are resized to 28×28 grayscale with strokes 1 and background 0.
 
+This room holds what is Omniglot's own (the official layout, the download, a synthetic fixture);
+reading, caching and sampling are the ``images`` family's (`supervised.images`), of which
+``metaopt train omniglot`` is a preset.
+
 The official zips are fetched only when asked (``--download``). Without network access,
 ``python -m supervised.omniglot make-fixture DIR`` writes a small synthetic folder in the same
 layout (random pen strokes per character, jittered per drawer), which the tests and docs use.
@@ -33,12 +37,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw, UnidentifiedImageError
+from PIL import Image, ImageDraw
 
 from metaopt.training.family import ConfigError
 from supervised.batch import TaskBatch
-from supervised.config import OMNIGLOT_PRESETS as PRESETS
-from supervised.config import ROTATIONS, OmniglotConfig
+from supervised.image_config import OMNIGLOT_PRESETS as PRESETS
+from supervised.image_config import ROTATIONS, OmniglotConfig
+from supervised.images import data as images
+from supervised.images.cache import DecodeSettings, decode
+from supervised.images.layouts import ClassFiles
 
 __all__ = [
     "OMNIGLOT_URLS",
@@ -50,6 +57,7 @@ __all__ = [
     "download_omniglot",
     "load_omniglot",
     "make_fixture",
+    "omniglot_classes",
     "sample_episodes",
     "split_characters",
 ]
@@ -131,16 +139,20 @@ def _character_folders(root: Path) -> list[Path]:
     return characters
 
 
-def _read_image(path: Path, size: int) -> np.ndarray:
-    try:
-        with Image.open(path) as image:
-            gray = image.convert("L").resize((size, size), Image.Resampling.LANCZOS)
-    except (OSError, UnidentifiedImageError, ValueError) as error:
-        raise ConfigError(
-            f"--data-dir: cannot read image {path} ({error}); Omniglot images are PNG files"
-        ) from error
-    # Omniglot draws black strokes on white; invert so that strokes are the signal.
-    return 255 - np.asarray(gray, dtype=np.uint8)
+def omniglot_classes(root: Path) -> list[ClassFiles]:
+    """Every character of the official layout under ``root`` as a class ``subset/alphabet/character``.
+
+    Raises:
+        ConfigError: the folder is missing or not in the official layout, or a character folder
+            holds no PNG. The message names the path and the layout.
+    """
+    classes = []
+    for character in _character_folders(root):
+        files = tuple(sorted(p for p in character.iterdir() if p.suffix.lower() == ".png"))
+        if not files:
+            raise _layout_error(root, f"character folder {character} holds no .png images")
+        classes.append(ClassFiles(str(character.relative_to(root)), files))
+    return classes
 
 
 def load_omniglot(root: str | Path, image_size: int = 28) -> OmniglotData:
@@ -150,22 +162,14 @@ def load_omniglot(root: str | Path, image_size: int = 28) -> OmniglotData:
         ConfigError: the folder is missing or not in the official layout, a character folder
             holds no PNG, or an image cannot be read. The message names the path and the layout.
     """
-    root = Path(root)
-    images: list[np.ndarray] = []
-    starts, counts, names = [], [], []
-    for character in _character_folders(root):
-        files = sorted(p for p in character.iterdir() if p.suffix.lower() == ".png")
-        if not files:
-            raise _layout_error(root, f"character folder {character} holds no .png images")
-        starts.append(len(images))
-        counts.append(len(files))
-        names.append(str(character.relative_to(root)))
-        images.extend(_read_image(path, image_size) for path in files)
+    classes = omniglot_classes(Path(root))
+    pixels = decode(classes, DecodeSettings(image_size, 1, invert=True))
+    counts = np.asarray([len(c.files) for c in classes], dtype=np.int64)
     return OmniglotData(
-        images=torch.from_numpy(np.stack(images)),
-        starts=np.asarray(starts, dtype=np.int64),
-        counts=np.asarray(counts, dtype=np.int64),
-        names=tuple(names),
+        images=torch.from_numpy(pixels[:, 0]),
+        starts=np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64),
+        counts=counts,
+        names=tuple(c.name for c in classes),
     )
 
 
@@ -189,87 +193,33 @@ def sample_episodes(
     rotations: int = ROTATIONS,
     minibatch: int = 0,
 ) -> TaskBatch:
-    """Draw ``num_tasks`` N-way K-shot episodes from the classes of ``characters``.
-
-    A class is a (character, rotation) pair; each task picks ``ways`` distinct classes, labels
-    them 0..N-1 in the order drawn, and for each picks ``shots + query_shots`` distinct drawings.
+    """Draw ``num_tasks`` N-way K-shot episodes from the classes of ``characters``
+    (`supervised.images.data.sample_episodes` on the drawings of ``data``).
 
     Returns:
         A batch with ``support_x`` ``[B, N·K, 1, S, S]`` float32 in [0, 1], ``support_y``
         ``[B, N·K]`` int64 (class-major order), the query set likewise, and ``info["classes"]``
         ``[B, N]`` (the global class id ``character · rotations + rotation``).
     """
-    per_class = shots + query_shots
-    num_classes = len(characters) * rotations
-    picks = np.stack([rng.choice(num_classes, size=ways, replace=False) for _ in range(num_tasks)])
-    chars = characters[picks // rotations]
-    turns = picks % rotations
-    rows = np.empty((num_tasks, ways, per_class), dtype=np.int64)
-    for b in range(num_tasks):
-        for n in range(ways):
-            c = chars[b, n]
-            rows[b, n] = data.starts[c] + rng.choice(data.counts[c], size=per_class, replace=False)
-    order = None
-    if minibatch:
-        order = rng.permuted(np.tile(np.arange(ways * shots), (num_tasks, 1)), axis=1)
-
-    images = data.images[torch.from_numpy(rows)].float().div_(255.0)  # [B, N, K+Q, S, S]
-    turns_t = torch.from_numpy(turns)
-    for k in range(1, rotations):
-        chosen = turns_t == k
-        images[chosen] = torch.rot90(images[chosen], k, dims=(-2, -1))
-    side = images.shape[-1]
-    labels = torch.arange(ways).view(1, ways, 1)
-
-    def part(lo: int, hi: int) -> tuple[torch.Tensor, torch.Tensor]:
-        x = images[:, :, lo:hi].reshape(num_tasks, ways * (hi - lo), 1, side, side)
-        y = labels.expand(num_tasks, ways, hi - lo).reshape(num_tasks, ways * (hi - lo))
-        return x.contiguous(), y.contiguous()
-
-    support_x, support_y = part(0, shots)
-    query_x, query_y = part(shots, per_class)
-    return TaskBatch(
-        support_x=support_x,
-        support_y=support_y,
-        query_x=query_x,
-        query_y=query_y,
-        loss="ce",
-        minibatch=minibatch or None,
-        support_order=None if order is None else torch.as_tensor(order, dtype=torch.long),
-        info={"classes": torch.as_tensor(characters[picks // rotations] * rotations + turns)},
+    grouped = images.ImageData(
+        images=data.images.numpy()[:, None],
+        starts=data.starts,
+        counts=data.counts,
+        names=data.names,
+        splits=(None,) * data.num_characters,
+        layout="nested",
     )
-
-
-def check_episodes(config: OmniglotConfig, data: OmniglotData, root: Path) -> None:
-    """Raise [`ConfigError`][metaopt.training.ConfigError] when the folder cannot supply the
-    configured episodes."""
-    total = data.num_characters
-    if config.train_classes + config.val_classes >= total:
-        raise ConfigError(
-            f"--train-classes {config.train_classes} + --val-classes {config.val_classes} leave no "
-            f"test characters: {root} holds {total} characters"
-        )
-    per_class = config.shots + config.query_shots
-    fewest = int(data.counts.min())
-    if per_class > fewest:
-        name = data.names[int(data.counts.argmin())]
-        raise ConfigError(
-            f"--shots {config.shots} + --query-shots {config.query_shots} = {per_class} drawings "
-            f"per class, but character {name} has only {fewest}"
-        )
-    test = total - config.train_classes - config.val_classes
-    for split, count in (
-        ("train", config.train_classes),
-        ("val", config.val_classes),
-        ("test", test),
-    ):
-        classes = count * config.rotation_count
-        if count and config.ways > classes:
-            raise ConfigError(
-                f"--ways {config.ways} exceeds the {classes} classes of the {split} split "
-                f"({count} characters × {config.rotation_count} rotations); lower --ways or "
-                "change the split sizes"
-            )
+    return images.sample_episodes(
+        rng,
+        grouped,
+        characters,
+        num_tasks,
+        ways=ways,
+        shots=shots,
+        query_shots=query_shots,
+        rotations=rotations,
+        minibatch=minibatch,
+    )
 
 
 def download_omniglot(root: str | Path, urls: Mapping[str, str] | None = None) -> Path:

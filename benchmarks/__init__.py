@@ -9,6 +9,7 @@ flags and the page that quotes it).
 
 * `benchmarks.bench_sine`: sine, MAML at 1 and 5 inner steps, Meta-SGD, Reptile, iMAML;
 * `benchmarks.bench_omniglot`: Omniglot 5-way 1-shot conv4;
+* `benchmarks.bench_images`: conv4 5-way 1-shot at 28×28 and 84×84 (``images-conv4-5w1s``);
 * `benchmarks.bench_mdp`: one outer iteration of TorchOpt's MAML-RL example;
 * `benchmarks.bench_cheetah`: one HalfCheetah meta-batch's support sampling.
 

@@ -247,7 +247,10 @@ def build_parser(families: Mapping[str, DescribedFamily | None]) -> argparse.Arg
         "the caches the previous one evicted (default: 10)",
     )
     bench.add_argument(
-        "--cases", type=_names, default=None, help="comma-separated case names (default: all)"
+        "--cases",
+        type=_names,
+        default=None,
+        help="comma-separated case names; GROUP selects every GROUP/... case (default: all)",
     )
     bench.add_argument(
         "--no-memory", action="store_true", help="skip the peak-memory sweep over inner steps"

@@ -56,11 +56,13 @@ def run_bench(
     all_cases = domain_cases(quick)
     sweeps = memory_sweeps(all_cases)
     if cases:
-        unknown = sorted(set(cases) - {c.name for c in all_cases})
+        # A name selects its case, or every sub-case of a group (``group/variant``).
+        known = {c.name for c in all_cases} | {c.name.partition("/")[0] for c in all_cases}
+        unknown = sorted(set(cases) - known)
         if unknown:
             names = ", ".join(c.name for c in all_cases)
             raise ConfigError(f"--cases: unknown case(s) {', '.join(unknown)}; available: {names}")
-        all_cases = [c for c in all_cases if c.name in cases]
+        all_cases = [c for c in all_cases if {c.name, c.name.partition("/")[0]} & set(cases)]
     if not compiled:
         all_cases = [c.without_compiled() for c in all_cases]
     if min_sample_s < 0:

@@ -1,0 +1,46 @@
+"""`metaopt bench`'s ``images-conv4-5w1s`` cases (benchmarks/bench_images.py) and selecting a
+group of cases by its name."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from benchmarks import bench_images
+from metaopt.cli import main
+from metaopt.tools.bench import count_flops
+
+CASES = ("images-conv4-5w1s/28px", "images-conv4-5w1s/84px")
+
+
+def test_listing_the_cases_makes_no_images() -> None:
+    bench_images._batch.cache_clear()
+    assert [case.name for case in bench_images.cases(quick=False)] == list(CASES)
+    assert bench_images._batch.cache_info().currsize == 0
+
+
+def test_group_name_selects_both_sizes(tmp_path: Path, capsys) -> None:
+    path = tmp_path / "bench.json"
+    argv = ["bench", "--quick", "--threads", "1", "--repeats", "1", "--no-memory"]
+    assert main([*argv, "--cases", "images-conv4-5w1s", "--json", str(path)]) == 0
+    assert "images-conv4-5w1s/84px" in capsys.readouterr().out
+    records = [r for r in json.loads(path.read_text()) if r["case"] != "matmul-peak"]
+    assert {r["case"] for r in records} == set(CASES)
+    for row in records:
+        assert row["max_rel_grad_diff"] <= bench_images.TOLERANCE
+        assert row["flops"] > 0 and row["peak_fraction"] > 0
+        assert "speedup_vs_torchopt-loop" in row
+
+
+def test_unknown_group_is_refused(capsys) -> None:
+    assert main(["bench", "--quick", "--cases", "images-conv4"]) == 2
+    assert "--cases: unknown case(s) images-conv4" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_every_implementation_counts_the_same_flops(name: str) -> None:
+    (case,) = [c for c in bench_images.cases(quick=True) if c.name == name]
+    counts = {impl: count_flops(fn) for impl, fn in case.impls.items()}
+    assert len(set(counts.values())) == 1, counts

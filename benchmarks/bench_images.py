@@ -13,7 +13,8 @@ images per class (the count of Finn et al., 2017 and of Ravi & Larochelle's prot
 `supervised.models.build_image_model` gives the ``images`` family by default. The images are
 random pixels (a seeded generator): the arithmetic of a meta-iteration does not depend on what
 they show. Implementations, from the same initial parameters on the same meta-batch: the
-vectorised and loop engines, and TorchOpt's example pattern (a loop over tasks with
+compiled, vectorised and loop engines (``metaopt bench --no-compiled`` leaves out the compiled
+row and its compile of a minute or more), and TorchOpt's example pattern (a loop over tasks with
 ``torchopt.MetaSGD``), the reference. The rows report achieved FLOP/s and its share of the
 machine's measured matmul peak (``Case.flops_from``).
 
@@ -23,6 +24,7 @@ Registered as the ``images`` entry of the ``metaopt.benchmarks`` entry-point gro
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -32,6 +34,7 @@ import torchopt
 from torch import nn
 
 from metaopt.algorithms import MAML
+from metaopt.compiled import compile_record
 from metaopt.tools.bench import Case, Gradient, clear_grads, gradients_of
 from supervised.batch import TaskBatch, task_loss
 from supervised.models import build_image_model, seeded
@@ -40,6 +43,9 @@ __all__ = ["CASE", "SIZES", "cases"]
 
 CASE = "images-conv4-5w1s"
 WAYS, SHOTS, QUERY_SHOTS, META_BATCH = 5, 1, 15, 32
+#: Tasks per call of the batched engines: all 32 at once are slower on a CPU (their activations
+#: outgrow the caches; 84×84 would need about 14 GB), docs/performance.md.
+CHUNK = 4
 QUICK = {"meta_batch": 2, "filters": 4, "query_shots": 2}
 
 #: Largest relative difference of meta-gradients accepted (float32), as the Omniglot cases'
@@ -100,23 +106,57 @@ def _lazy(build: Callable[[], Callable[[], Gradient]]) -> Callable[[], Gradient]
     return run
 
 
-def _metaopt(size: Size, quick: bool, engine: str) -> Callable[[], Gradient]:
+@functools.cache
+def _algo(size: Size, quick: bool, engine: str) -> MAML:
+    return MAML(_model(size, quick), size.inner_lr, 1, engine=engine)
+
+
+def chunks(batch: TaskBatch, size: int) -> list[TaskBatch]:
+    """``batch`` cut into meta-batches of ``size`` tasks (views; the last may be smaller)."""
+    return [
+        TaskBatch(
+            batch.support_x[i : i + size],
+            batch.support_y[i : i + size],
+            batch.query_x[i : i + size],
+            batch.query_y[i : i + size],
+            batch.loss,
+        )
+        for i in range(0, batch.num_tasks, size)
+    ]
+
+
+def _metaopt(size: Size, quick: bool, engine: str, chunk: int | None) -> Callable[[], Gradient]:
+    """metaopt's ``engine``; the batched engines take the tasks ``chunk`` at a time (``None``: all
+    at once), each chunk's share weighted ``1 / B`` as a sharded meta-batch's."""
     batch = _batch(size, quick)
-    algo = MAML(_model(size, quick), size.inner_lr, 1, engine=engine)
+    algo = _algo(size, quick, engine)
     params = algo.meta_parameters()
+    parts = [list(batch)] if engine == "loop" else chunks(batch, chunk or batch.num_tasks)
 
     def run() -> Gradient:
         clear_grads(params)
-        algo.meta_backward(batch if engine == "vmap" else list(batch))
+        for part in parts:
+            algo.meta_backward(part, scale=1 / batch.num_tasks)
         return gradients_of(params)
 
     return run
 
 
-def _torchopt_loop(size: Size, quick: bool) -> Callable[[], Gradient]:
-    """TorchOpt's example pattern: one task at a time, a MetaSGD step, state extracted/recovered."""
+def _channels_last(x: torch.Tensor) -> torch.Tensor:
+    """Stacked images ``[B, N, C, H, W]`` stored channels-last (each task's view keeps it)."""
+    return x.flatten(0, 1).contiguous(memory_format=torch.channels_last).view(x.shape)
+
+
+def _torchopt_loop(size: Size, quick: bool, channels_last: bool = False) -> Callable[[], Gradient]:
+    """TorchOpt's example pattern: one task at a time, a MetaSGD step, state extracted/recovered
+    (``channels_last``: the weights and images in that memory format, docs/performance.md)."""
     batch = _batch(size, quick)
     model = _model(size, quick)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+        batch = dataclasses.replace(
+            batch, support_x=_channels_last(batch.support_x), query_x=_channels_last(batch.query_x)
+        )
     inner = torchopt.MetaSGD(model, lr=size.inner_lr)
     params = list(model.parameters())
 
@@ -146,8 +186,9 @@ def cases(quick: bool) -> list[Case]:
         pooled = any(isinstance(m, nn.MaxPool2d) for m in model.modules())
         colour = "RGB" if size.channels == 3 else "greyscale"
         impls = {
-            "metaopt-vmap": _lazy(functools.partial(_metaopt, size, quick, "vmap")),
-            "metaopt-loop": _lazy(functools.partial(_metaopt, size, quick, "loop")),
+            "metaopt-compiled": _lazy(functools.partial(_metaopt, size, quick, "compiled", CHUNK)),
+            "metaopt-vmap": _lazy(functools.partial(_metaopt, size, quick, "vmap", CHUNK)),
+            "metaopt-loop": _lazy(functools.partial(_metaopt, size, quick, "loop", None)),
             "torchopt-loop": _lazy(functools.partial(_torchopt_loop, size, quick)),
         }
         found.append(
@@ -163,6 +204,11 @@ def cases(quick: bool) -> list[Case]:
                 ratios_to=("torchopt-loop",),
                 max_repeats=None if quick else 3,
                 flops_from="metaopt-vmap",
+                compiled={
+                    "metaopt-compiled": lambda size=size: compile_record(
+                        _algo(size, quick, "compiled")
+                    )
+                },
             )
         )
     return found

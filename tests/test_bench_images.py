@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from benchmarks import bench_images
 from metaopt.cli import main
@@ -23,7 +24,7 @@ def test_listing_the_cases_makes_no_images() -> None:
 
 def test_group_name_selects_both_sizes(tmp_path: Path, capsys) -> None:
     path = tmp_path / "bench.json"
-    argv = ["bench", "--quick", "--threads", "1", "--repeats", "1", "--no-memory"]
+    argv = ["bench", "--quick", "--threads", "1", "--repeats", "1", "--no-memory", "--no-compiled"]
     assert main([*argv, "--cases", "images-conv4-5w1s", "--json", str(path)]) == 0
     assert "images-conv4-5w1s/84px" in capsys.readouterr().out
     records = [r for r in json.loads(path.read_text()) if r["case"] != "matmul-peak"]
@@ -42,5 +43,25 @@ def test_unknown_group_is_refused(capsys) -> None:
 @pytest.mark.parametrize("name", CASES)
 def test_every_implementation_counts_the_same_flops(name: str) -> None:
     (case,) = [c for c in bench_images.cases(quick=True) if c.name == name]
-    counts = {impl: count_flops(fn) for impl, fn in case.impls.items()}
+    counts = {impl: count_flops(fn) for impl, fn in case.without_compiled().impls.items()}
     assert len(set(counts.values())) == 1, counts
+
+
+def test_channels_last_loop_computes_the_same_meta_gradient() -> None:
+    size = bench_images.SIZES[0]
+    default = bench_images._torchopt_loop(size, True)()
+    channels_last = bench_images._torchopt_loop(size, True, channels_last=True)()
+    for a, b in zip(channels_last, default, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_compiled_rows_agree(tmp_path: Path) -> None:
+    path = tmp_path / "bench.json"
+    argv = ["bench", "--quick", "--threads", "1", "--repeats", "1", "--no-memory"]
+    assert main([*argv, "--cases", "images-conv4-5w1s", "--json", str(path)]) == 0
+    rows = [r for r in json.loads(path.read_text()) if r.get("impl") == "metaopt-compiled"]
+    assert len(rows) == 2
+    assert all(
+        r["max_rel_grad_diff"] <= bench_images.TOLERANCE and r["compile_s"] > 0 for r in rows
+    )

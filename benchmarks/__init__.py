@@ -20,5 +20,6 @@ The engines (docs/performance.md, docs/algorithms.md, docs/distributed.md, docs/
 `benchmarks.compiled_overhead`, `benchmarks.compiled_reptile`, `benchmarks.compiled_rl`,
 `benchmarks.compiled_wrapper`, `benchmarks.matmul_orientation`, `benchmarks.checkpoint_unroll`,
 `benchmarks.unroll_memory`, `benchmarks.imaml_memory`, `benchmarks.imaml_spectrum`,
-`benchmarks.anil_time`, `benchmarks.evaluate_time`, `benchmarks.cheetah_physics_floor`.
+`benchmarks.anil_time`, `benchmarks.evaluate_time`, `benchmarks.cheetah_physics_floor`,
+`benchmarks.images_layouts`.
 """

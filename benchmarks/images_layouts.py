@@ -5,14 +5,16 @@ loop's ordinary ones (docs/performance.md).
 Measurements on the bench case's workload (`benchmarks.bench_images`), at one thread:
 
 * the TorchOpt-pattern loop (the bench's reference) with the model and the images in the default
-  (NCHW) memory format and in channels-last, and the vectorised engine given the tasks ``CHUNKS``
-  at a time, timed round robin, medians;
+  (NCHW) memory format and in channels-last, and the batched engines (``--engines``) given the
+  tasks ``--chunks`` at a time, timed round robin, medians (a compiled row compiles once per
+  chunk size first);
 * one meta-iteration of the vectorised and of the loop engine under ``torch.profiler``: the self
   time of the convolutions (forward and backward; the vectorised engine runs the tasks' convolutions
   as one grouped convolution) and of everything else.
 
 Run ``python -m benchmarks.images_layouts [--size 28|84] [--meta-batch 32] [--chunks 32,4]
-[--repeats 3]`` (28 px: a few minutes; 84 px with a chunk of 32 needs about 14 GB).
+[--engines vmap,compiled] [--repeats 3]`` (28 px: a few minutes, and a compile of a few minutes per
+compiled row when inductor has not cached it; 84 px with a chunk of 32 needs about 14 GB).
 """
 
 from __future__ import annotations
@@ -60,7 +62,8 @@ def main() -> None:
         "--size", type=int, choices=[s.pixels for s in bench_images.SIZES], default=28
     )
     parser.add_argument("--meta-batch", type=int, default=32)
-    parser.add_argument("--chunks", default="32,4", help="vectorised engine's tasks per call")
+    parser.add_argument("--chunks", default="32,4", help="batched engines' tasks per call")
+    parser.add_argument("--engines", default="vmap,compiled", help="batched engines to time")
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -71,10 +74,11 @@ def main() -> None:
         "torchopt-loop (NCHW)": bench_images._torchopt_loop(size, False),
         "torchopt-loop (channels-last)": bench_images._torchopt_loop(size, False, True),
     }
-    for chunk in map(int, args.chunks.split(",")):
-        impls[f"metaopt-vmap ({chunk} tasks a call)"] = bench_images._metaopt(
-            size, False, "vmap", chunk
-        )
+    for engine in args.engines.split(","):
+        for chunk in map(int, args.chunks.split(",")):
+            impls[f"metaopt-{engine} ({chunk} tasks a call)"] = bench_images._metaopt(
+                size, False, engine, chunk
+            )
     times = _median_ms(impls, args.repeats)
     for name, ms in times.items():
         print(f"  {name:32s} {ms:8.0f} ms (median of {args.repeats})")

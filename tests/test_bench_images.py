@@ -30,7 +30,7 @@ def test_group_name_selects_both_sizes(tmp_path: Path, capsys) -> None:
     records = [r for r in json.loads(path.read_text()) if r["case"] != "matmul-peak"]
     assert {r["case"] for r in records} == set(CASES)
     for row in records:
-        assert row["max_rel_grad_diff"] <= bench_images.TOLERANCE
+        assert row["max_rel_grad_diff"] <= 5e-3
         assert row["flops"] > 0 and row["peak_fraction"] > 0
         assert "speedup_vs_torchopt-loop" in row
 
@@ -62,6 +62,4 @@ def test_compiled_rows_agree(tmp_path: Path) -> None:
     assert main([*argv, "--cases", "images-conv4-5w1s", "--json", str(path)]) == 0
     rows = [r for r in json.loads(path.read_text()) if r.get("impl") == "metaopt-compiled"]
     assert len(rows) == 2
-    assert all(
-        r["max_rel_grad_diff"] <= bench_images.TOLERANCE and r["compile_s"] > 0 for r in rows
-    )
+    assert all(r["max_rel_grad_diff"] <= 5e-3 and r["compile_s"] > 0 for r in rows)

@@ -9,12 +9,13 @@ images per class (the count of Finn et al., 2017 and of Ravi & Larochelle's prot
 * ``images-conv4-5w1s/84px``: 84×84 RGB, conv4 with 32 filters and 2×2 max-pooling
   (mini-ImageNet's network), inner SGD at lr 0.01.
 
-``metaopt bench --cases images-conv4-5w1s`` selects both. The networks are those
-`supervised.models.build_image_model` gives the ``images`` family by default. The images are
-random pixels (a seeded generator): the arithmetic of a meta-iteration does not depend on what
-they show. Implementations, from the same initial parameters on the same meta-batch: the
-compiled, vectorised and loop engines (``metaopt bench --no-compiled`` leaves out the compiled
-row and its compile of a minute or more), and TorchOpt's example pattern (a loop over tasks with
+``metaopt bench --cases images-conv4-5w1s`` selects both; a run without ``--cases`` leaves them
+out (``Case.on_request``: about 15 minutes at one thread, most of it the 84×84 sub-case). The
+networks are those `supervised.models.build_image_model` gives the ``images`` family by
+default. The images are random pixels (a seeded generator): the arithmetic of a meta-iteration
+does not depend on what they show. Implementations, from the same initial parameters on the same meta-batch: the
+compiled, vectorised and loop engines (the batched ones given the tasks `CHUNK` at a time;
+``metaopt bench --no-compiled`` leaves out the compiled row and its compile of minutes), and TorchOpt's example pattern (a loop over tasks with
 ``torchopt.MetaSGD``), the reference. The rows report achieved FLOP/s and its share of the
 machine's measured matmul peak (``Case.flops_from``).
 
@@ -208,6 +209,7 @@ def cases(quick: bool) -> list[Case]:
                 f"{'max-pooling' if pooled else 'strided'}) on {size.pixels}×{size.pixels} {colour}",
                 ratios_to=("torchopt-loop",),
                 max_repeats=None if quick else 3,
+                on_request=True,
                 flops_from="metaopt-vmap",
                 compiled={
                     "metaopt-compiled": lambda size=size: compile_record(

@@ -11,7 +11,7 @@ import torch
 
 from benchmarks import bench_images
 from metaopt.cli import main
-from metaopt.tools.bench import count_flops
+from metaopt.tools.bench import Case, command, count_flops, run_bench
 
 CASES = ("images-conv4-5w1s/28px", "images-conv4-5w1s/84px")
 
@@ -63,3 +63,20 @@ def test_compiled_rows_agree(tmp_path: Path) -> None:
     rows = [r for r in json.loads(path.read_text()) if r.get("impl") == "metaopt-compiled"]
     assert len(rows) == 2
     assert all(r["max_rel_grad_diff"] <= 5e-3 and r["compile_s"] > 0 for r in rows)
+
+
+def test_cases_on_request_run_only_when_named(monkeypatch) -> None:
+    def case(name: str, on_request: bool) -> Case:
+        return Case(name, {"a": lambda: [torch.ones(1)]}, reference="a", on_request=on_request)
+
+    registered = [case("cheap", False), case("slow/one", True), case("slow/two", True)]
+    monkeypatch.setattr(command, "domain_cases", lambda quick: registered)
+
+    def run(cases: list[str] | None) -> set[str]:
+        records = run_bench(quick=True, repeats=1, cases=cases, memory=False, echo=lambda _: None)
+        return {r["case"] for r in records}
+
+    assert run(None) == {"cheap"}
+    assert run(["slow"]) == {"slow/one", "slow/two"}
+    assert run(["slow/two", "cheap"]) == {"slow/two", "cheap"}
+    assert all(case.on_request for case in bench_images.cases(quick=True))

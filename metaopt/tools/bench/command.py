@@ -36,7 +36,8 @@ def run_bench(
     """Run the benchmark; print the table; return (and optionally save) the records.
 
     The cases are those the installed packages register (`domain_cases`); ``cases`` selects
-    some by name. ``plot_path`` receives the first memory sweep's plot (a further sweep's goes
+    some by name (a group's name selects its ``group/...`` cases), and without it every case
+    runs but those that run only on request (`Case.on_request`). ``plot_path`` receives the first memory sweep's plot (a further sweep's goes
     next to it, its name appended to the file's stem). ``compiled=False`` leaves out the
     implementations that compile on their first call (`Case.compiled`: the sine cases'
     ``metaopt-compiled`` rows, whose compiles take most of a full bench's time); with them, their
@@ -63,6 +64,8 @@ def run_bench(
             names = ", ".join(c.name for c in all_cases)
             raise ConfigError(f"--cases: unknown case(s) {', '.join(unknown)}; available: {names}")
         all_cases = [c for c in all_cases if {c.name, c.name.partition("/")[0]} & set(cases)]
+    else:
+        all_cases = [c for c in all_cases if not c.on_request]
     if not compiled:
         all_cases = [c.without_compiled() for c in all_cases]
     if min_sample_s < 0:

@@ -44,8 +44,8 @@ __all__ = ["CASE", "SIZES", "cases"]
 
 CASE = "images-conv4-5w1s"
 WAYS, SHOTS, QUERY_SHOTS, META_BATCH = 5, 1, 15, 32
-#: Tasks per call of the batched engines: all 32 at once are slower on a CPU (their activations
-#: outgrow the caches; 84×84 would need about 14 GB), docs/performance.md.
+#: Tasks per call of the batched engines: all 32 at once are slower on this CPU, and at 84×84
+#: hold every task's activations at once (docs/performance.md).
 CHUNK = 4
 QUICK = {"meta_batch": 2, "filters": 4, "query_shots": 2}
 

@@ -14,7 +14,7 @@ Measurements on the bench case's workload (`benchmarks.bench_images`), at one th
 
 Run ``python -m benchmarks.images_layouts [--size 28|84] [--meta-batch 32] [--chunks 32,4]
 [--engines vmap,compiled] [--repeats 3]`` (28 px: a few minutes, and a compile of a few minutes per
-compiled row when inductor has not cached it; 84 px with a chunk of 32 needs about 14 GB).
+compiled row when inductor has not cached it; 84 px with a chunk of 32 needs many GB).
 """
 
 from __future__ import annotations

@@ -13,10 +13,11 @@ images per class (the count of Finn et al., 2017 and of Ravi & Larochelle's prot
 out (``Case.on_request``: about 15 minutes at one thread, most of it the 84×84 sub-case). The
 networks are those `supervised.models.build_image_model` gives the ``images`` family by
 default. The images are random pixels (a seeded generator): the arithmetic of a meta-iteration
-does not depend on what they show. Implementations, from the same initial parameters on the same meta-batch: the
-compiled, vectorised and loop engines (the batched ones given the tasks `CHUNK` at a time;
-``metaopt bench --no-compiled`` leaves out the compiled row and its compile of minutes), and TorchOpt's example pattern (a loop over tasks with
-``torchopt.MetaSGD``), the reference. The rows report achieved FLOP/s and its share of the
+does not depend on what they show. Implementations, from the same initial parameters on the same
+meta-batch: the compiled, vectorised and loop engines (the batched ones given the tasks `CHUNK`
+at a time; ``metaopt bench --no-compiled`` leaves out the compiled row and its compile of
+minutes), and TorchOpt's example pattern (a loop over tasks with ``torchopt.MetaSGD``), the
+reference. The rows report achieved FLOP/s and its share of the
 machine's measured matmul peak (``Case.flops_from``).
 
 Registered as the ``images`` entry of the ``metaopt.benchmarks`` entry-point group. Quick mode

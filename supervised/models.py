@@ -83,7 +83,8 @@ def conv4(
 
 class _Residual(nn.Module):
     """One ResNet-12 block: three 3×3 convolutions with BatchNorm, leaky ReLU (0.1) between them,
-    a 1×1 convolution (and BatchNorm) on the shortcut, leaky ReLU after the sum, 2×2 max-pooling."""
+    a 1×1 convolution (and BatchNorm) on the shortcut, leaky ReLU after the sum, 2×2
+    max-pooling."""
 
     def __init__(self, width_in: int, width: int) -> None:
         super().__init__()

@@ -27,7 +27,7 @@ def test_conv4_default_is_the_omniglot_network() -> None:
 def test_conv4_with_pooling_is_the_mini_imagenet_network() -> None:
     model = conv4(5, filters=32, image_size=84, channels=3, pool=True)
     assert model(torch.zeros(2, 3, 84, 84)).shape == (2, 5)
-    # 84 → 42 → 21 → 10 → 5 pixels: the head reads 5×5×32 features; 32,901 in all (MAML's count).
+    # 84 → 42 → 21 → 10 → 5 pixels: the head reads 5×5×32 features; 32,901 in all.
     assert _parameters(model) == 32901
     assert sum(isinstance(m, torch.nn.MaxPool2d) for m in model.modules()) == 4
 

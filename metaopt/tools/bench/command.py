@@ -37,8 +37,9 @@ def run_bench(
 
     The cases are those the installed packages register (`domain_cases`); ``cases`` selects
     some by name (a group's name selects its ``group/...`` cases), and without it every case
-    runs but those that run only on request (`Case.on_request`). ``plot_path`` receives the first memory sweep's plot (a further sweep's goes
-    next to it, its name appended to the file's stem). ``compiled=False`` leaves out the
+    runs but those that run only on request (`Case.on_request`). ``plot_path`` receives the
+    first memory sweep's plot (a further sweep's goes next to it, its name appended to the
+    file's stem). ``compiled=False`` leaves out the
     implementations that compile on their first call (`Case.compiled`: the sine cases'
     ``metaopt-compiled`` rows, whose compiles take most of a full bench's time); with them, their
     rows carry ``compile_s`` and ``compile_cache`` and the table a column ``compile s``.

@@ -9,6 +9,7 @@ flags and the page that quotes it).
 
 * `benchmarks.bench_sine`: sine, MAML at 1 and 5 inner steps, Meta-SGD, Reptile, iMAML;
 * `benchmarks.bench_omniglot`: Omniglot 5-way 1-shot conv4;
+* `benchmarks.bench_images`: conv4 5-way 1-shot at 28×28 and 84×84 (``images-conv4-5w1s``);
 * `benchmarks.bench_mdp`: one outer iteration of TorchOpt's MAML-RL example;
 * `benchmarks.bench_cheetah`: one HalfCheetah meta-batch's support sampling.
 
@@ -19,5 +20,6 @@ The engines (docs/performance.md, docs/algorithms.md, docs/distributed.md, docs/
 `benchmarks.compiled_overhead`, `benchmarks.compiled_reptile`, `benchmarks.compiled_rl`,
 `benchmarks.compiled_wrapper`, `benchmarks.matmul_orientation`, `benchmarks.checkpoint_unroll`,
 `benchmarks.unroll_memory`, `benchmarks.imaml_memory`, `benchmarks.imaml_spectrum`,
-`benchmarks.anil_time`, `benchmarks.evaluate_time`, `benchmarks.cheetah_physics_floor`.
+`benchmarks.anil_time`, `benchmarks.evaluate_time`, `benchmarks.cheetah_physics_floor`,
+`benchmarks.images_layouts`.
 """

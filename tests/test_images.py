@@ -179,7 +179,7 @@ def test_refusals_are_one_line_and_write_nothing(
         (["--channels", "2"], ["--channels must be one of 1, 3"]),
         (["--train-classes", "0.9", "--val-classes", "0.1"], ["leave no test classes", "8"]),
         (["--augment"], ["--augment", "colour images", "1 channel"]),
-        (["--model", "resnet12"], ["--model resnet12"]),
+        (["--model", "resnet12", "--image-size", "12"], ["--model resnet12", "16", "12"]),
     ],
 )
 def test_flag_refusals(tmp_path: Path, flags, words, capsys: pytest.CaptureFixture[str]) -> None:

@@ -98,7 +98,10 @@ def add_bench_parser(commands: argparse._SubParsersAction[argparse.ArgumentParse
         "the caches the previous one evicted (default: 10)",
     )
     bench.add_argument(
-        "--cases", type=_names, default=None, help="comma-separated case names (default: all)"
+        "--cases",
+        type=_names,
+        default=None,
+        help="comma-separated case names; GROUP selects every GROUP/... case (default: all)",
     )
     bench.add_argument(
         "--no-memory", action="store_true", help="skip the peak-memory sweep over inner steps"

@@ -83,6 +83,8 @@ class Case:
             ``steps_per_second``, ``cores`` and ``steps_per_second_per_core``. ``None``: none.
         cores: Implementation -> the processes or threads it computes on (default: the bench's
             torch threads).
+        on_request: Run only when ``--cases`` names the case (or its group): a case of many
+            minutes that would swamp the default run.
     """
 
     name: str
@@ -98,6 +100,7 @@ class Case:
     compiled: dict[str, Callable[[], dict[str, Any]]] = field(default_factory=dict)
     steps: int | None = None
     cores: dict[str, int] = field(default_factory=dict)
+    on_request: bool = False
 
     def on(self, device: torch.device, dtype: torch.dtype | None) -> Case:
         """This case with each implementation run under autocast to ``dtype`` (``None``: none)

@@ -40,8 +40,10 @@ def run_bench(
     """Run the benchmark; print the table; return (and optionally save) the records.
 
     The cases are those the installed packages register (`domain_cases`); ``cases`` selects
-    some by name. ``plot_path`` receives the first memory sweep's plot (a further sweep's goes
-    next to it, its name appended to the file's stem). ``compiled=False`` leaves out the
+    some by name (a group's name selects its ``group/...`` cases), and without it every case
+    runs but those that run only on request (`Case.on_request`). ``plot_path`` receives the
+    first memory sweep's plot (a further sweep's goes next to it, its name appended to the
+    file's stem). ``compiled=False`` leaves out the
     implementations that compile on their first call (`Case.compiled`: the sine cases'
     ``metaopt-compiled`` rows, whose compiles take most of a full bench's time); with them, their
     rows carry ``compile_s`` and ``compile_cache`` and the table a column ``compile s``.
@@ -69,13 +71,17 @@ def run_bench(
         all_cases = domain_cases(quick)
         sweeps = memory_sweeps(all_cases)
         if cases:
-            unknown = sorted(set(cases) - {c.name for c in all_cases})
+            # A name selects its case, or every sub-case of a group (``group/variant``).
+            known = {c.name for c in all_cases} | {c.name.partition("/")[0] for c in all_cases}
+            unknown = sorted(set(cases) - known)
             if unknown:
                 names = ", ".join(c.name for c in all_cases)
                 raise ConfigError(
                     f"--cases: unknown case(s) {', '.join(unknown)}; available: {names}"
                 )
-            all_cases = [c for c in all_cases if c.name in cases]
+            all_cases = [c for c in all_cases if {c.name, c.name.partition("/")[0]} & set(cases)]
+        else:
+            all_cases = [c for c in all_cases if not c.on_request]
         if not compiled:
             all_cases = [c.without_compiled() for c in all_cases]
         dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)

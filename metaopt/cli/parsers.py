@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
 from metaopt.options import reader
 
@@ -33,7 +34,7 @@ def _names(text: str) -> list[str]:
     return [part.strip() for part in text.split(",") if part.strip()]
 
 
-def add_eval_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def add_eval_parser(commands: argparse._SubParsersAction[Any]) -> None:
     """``metaopt eval RUN_DIR``: its parser, added to the ``commands`` subparsers."""
     evaluate = commands.add_parser(
         "eval",
@@ -65,7 +66,7 @@ def add_eval_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser
     device_arguments(evaluate, None, ": where to evaluate (default: the run's --device)")
 
 
-def add_bench_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def add_bench_parser(commands: argparse._SubParsersAction[Any]) -> None:
     """``metaopt bench``: its parser, added to the ``commands`` subparsers."""
     bench = commands.add_parser(
         "bench",

@@ -8,7 +8,8 @@ On a machine with CUDA, with the same seeds on both devices:
    (TF32 is switched off for the comparison: with it, cuDNN's convolutions keep 10 significant
    bits and differ by ~1e-3);
 2. **bf16**: the same meta-gradient under bf16 autocast on ``--device`` against the CPU's fp32
-   one: cosine at least `BF16_COSINE` (tests/test_device.py measures 0.998+ on the CPU);
+   one, on the loop engine that ``--precision`` runs on: cosine at least `BF16_COSINE` (the bound
+   tests/test_device.py holds the CPU's bf16 to; measured there 0.93 on conv4);
 3. **training**: ``metaopt train`` for a few iterations on each device, every iteration's query
    loss within `TRAINING_TOLERANCE` (relative) of the CPU's;
 4. **resume and eval across devices**: a run checkpointed on ``--device`` resumed on the CPU, and
@@ -56,7 +57,7 @@ from supervised.omniglot.data import make_fixture
 #: kernels sum in different orders; float32 keeps 24 bits, a conv net's chain loses a few).
 FP32_TOLERANCE = 1e-3
 #: Smallest cosine of a bf16 meta-gradient on the device with the CPU's fp32 one.
-BF16_COSINE = 0.99
+BF16_COSINE = 0.9
 #: Largest relative difference of a training loss between the devices, iteration by iteration.
 TRAINING_TOLERANCE = 1e-3
 #: Iterations of the short training runs.

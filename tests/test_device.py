@@ -131,6 +131,9 @@ def _refused(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
         (["train", "mdp", "--device", "cuda"], "--device must be auto or cpu for this family"),
         (["train", "nav2d", "--device", "mps"], "--device must be auto or cpu for this family"),
         (["train", "mdp", "--precision", "bf16"], "--precision must be fp32 for this family"),
+        # torch.autocast does not reach inside torch.func.vmap: bf16 there would stay float32
+        (["train", "sine", "--precision", "bf16", "--engine", "vmap"], "runs on the loop engine"),
+        (["train", "sine", "--precision", "fp16", "--compile"], "got --engine compiled"),
         (["compare", "sine", "--device", "cuda"], "--device cuda: this machine has no CUDA"),
         (["scale", "sine", "--device", "cuda"], "--device cuda: this machine has no CUDA"),
         (["bench", "--device", "cuda"], "--device cuda: this machine has no CUDA"),
@@ -216,25 +219,64 @@ def test_task_batches_move_whole() -> None:
 @pytest.mark.parametrize("seed", [0, 1])
 def test_the_bf16_and_fp16_meta_gradients_stay_near_float64(learner: Any, seed: int) -> None:
     """Second-order MAML and Meta-SGD, two inner steps, on conv4 (16 filters): the meta-gradient
-    under CPU autocast against the same one in float64. bf16 keeps 8 significant bits, so a
-    product is off by up to 2^-8 ≈ 0.4% and a deep chain of them by a few per cent: measured, a
-    relative error of 3.1-5.8% and a cosine of 0.9983-0.9995 (fp16, 11 bits: 1.4-3.1%, 0.9995+;
-    ``python -m benchmarks.precision_error``); the bounds below leave room for other machines'
-    kernels. float32 itself is within 1e-4. The vectorised engine, which ``auto`` picks for
-    these batches (the loop engine's error is larger: docs/performance.md)."""
+    under CPU autocast, on the loop engine (the one ``--precision`` runs on: autocast does not
+    reach inside torch.func.vmap), against the same one in float64. bf16 keeps 8 significant
+    bits; through two inner steps of second derivatives of batch-statistics BatchNorm over 5
+    support images the error grows to tens of per cent: measured, bf16 a cosine of 0.927-0.931
+    and a relative error of 0.37-0.40, fp16 (11 bits) 0.980-0.996 and 0.085-0.20
+    (``python -m benchmarks.precision_error``); the bounds below leave room for other machines'
+    kernels. float32 itself is within 1e-4."""
     torch.manual_seed(seed)
     model = conv4(5, filters=16)
     exact = meta_gradient(
-        learner, copy.deepcopy(model).double(), episodes(seed, torch.float64), None
+        learner, copy.deepcopy(model).double(), episodes(seed, torch.float64), None, "loop"
     )
-    fp32 = meta_gradient(learner, copy.deepcopy(model), episodes(seed, torch.float32), None)
+    fp32 = meta_gradient(learner, copy.deepcopy(model), episodes(seed, torch.float32), None, "loop")
     assert ((fp32 - exact).norm() / exact.norm()).item() < 1e-4
-    for dtype, bound in ((torch.bfloat16, 0.08), (torch.float16, 0.05)):
-        reduced = meta_gradient(learner, copy.deepcopy(model), episodes(seed, torch.float32), dtype)
+    for dtype, low, bound in ((torch.bfloat16, 0.9, 0.5), (torch.float16, 0.97, 0.3)):
+        reduced = meta_gradient(
+            learner, copy.deepcopy(model), episodes(seed, torch.float32), dtype, "loop"
+        )
         cosine = torch.nn.functional.cosine_similarity(reduced, exact, dim=0).item()
         relative = ((reduced - exact).norm() / exact.norm()).item()
-        assert cosine > 0.995 and relative < bound, (dtype, cosine, relative)
-        assert relative > 1e-4  # autocast did compute in the lower precision
+        assert cosine > low and relative < bound, (dtype, cosine, relative)
+        assert relative > 1e-3  # autocast did compute in the lower precision
+
+
+def test_autocast_reaches_the_loop_engine_and_not_inside_vmap() -> None:
+    """Why reduced precision runs on the loop engine only: under CPU bf16 autocast a convolution
+    inside torch.func.vmap stays float32 (autocast entered outside or inside the vmapped
+    function), and conv4's layers compute in float32 on the vectorised engine, in bfloat16 on the
+    loop engine. If a torch release changes this, this test fails: revisit the refusal."""
+    weight, images = torch.randn(4, 1, 3, 3), torch.randn(3, 2, 1, 8, 8)
+
+    def inside(w: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return torch.nn.functional.conv2d(x, w, padding=1)
+
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.nn.functional.conv2d(images[0], weight, padding=1).dtype == torch.bfloat16
+        outside = torch.vmap(lambda x: torch.nn.functional.conv2d(x, weight, padding=1))(images)
+    assert outside.dtype == torch.float32
+    assert torch.vmap(inside, in_dims=(None, 0))(weight, images).dtype == torch.float32
+    for engine, dtype in (("vmap", torch.float32), ("loop", torch.bfloat16)):
+        model, seen = conv4(5, filters=4), set[torch.dtype]()
+        for layer in model.modules():
+            if isinstance(layer, torch.nn.Conv2d | torch.nn.Linear):
+                layer.register_forward_hook(lambda _m, _i, out, seen=seen: seen.add(out.dtype))
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            MAML(model, inner_lr=0.4, engine=engine).meta_backward(episodes(0, torch.float32))
+        assert seen == {dtype}, (engine, seen)
+
+
+def test_auto_picks_the_loop_engine_under_reduced_precision() -> None:
+    from metaopt.training.build import build_algorithm
+    from supervised.sine.family import SineFamily
+
+    family = SineFamily()
+    for precision, engine in (("fp32", "auto"), ("bf16", "loop"), ("fp16", "loop")):
+        config = resolve_config(family, {"precision": precision})
+        assert build_algorithm(config, family.make_model(config)).engine == engine
 
 
 def test_fp16_training_scales_the_loss_and_resumes_bit_for_bit(tmp_path: Path) -> None:

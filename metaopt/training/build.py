@@ -57,6 +57,10 @@ def check_adapt(family: TaskFamily, config: TrainConfig) -> None:
 
 def _build(config: TrainConfig, model: torch.nn.Module, adapt: list[str] | None) -> MetaLearner:
     settings = {name: getattr(config, name) for name in LEARNER if name != "adapt"}
+    if config.precision != "fp32" and settings.get("engine") == "auto":
+        # torch.autocast does not reach inside torch.func.vmap, on which the vectorised and
+        # compiled engines run: only the loop engine computes in the precision asked for.
+        settings["engine"] = "loop"
     options = dataclasses.asdict(config.options)
     return algorithm(config.algo).build(model, adapt=adapt, **settings, **options)
 

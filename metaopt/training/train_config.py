@@ -192,7 +192,8 @@ class TrainConfig:
     precision: str = option(
         "fp32",
         "fp32, or bf16 / fp16: the forward passes, inner and outer, under torch.autocast (fp16 "
-        "with gradient scaling of the outer step); the supervised families (the others: fp32)",
+        "with gradient scaling of the outer step) on the loop engine, which --engine auto then "
+        "picks (autocast does not reach inside vmap); the supervised families (others: fp32)",
     )
     #: Whether the family puts its tasks on the run's device
     #: (`metaopt.training.device.run_device`), so that ``--device`` may name an accelerator.
@@ -338,6 +339,13 @@ class TrainConfig:
             raise ConfigError(
                 f"--precision must be {' or '.join(self.PRECISIONS)} for this family (it has no "
                 f"mixed-precision path); got {self.precision!r}"
+            )
+        if self.precision != "fp32" and self.engine in ("vmap", "compiled"):
+            raise ConfigError(
+                f"--precision {self.precision} runs on the loop engine (--engine auto picks it): "
+                "torch.autocast does not reach inside torch.func.vmap, on which the vectorised "
+                f"and compiled engines run, so their passes would stay float32; got --engine "
+                f"{self.engine}"
             )
 
     def __init_subclass__(cls, **kwargs: Any) -> None:

@@ -32,13 +32,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-import torchopt
 from torch import nn
 
+from benchmarks.bench_omniglot import torchopt_loop
 from metaopt.algorithms import MAML
 from metaopt.compiled import compile_record
 from metaopt.tools.bench import Case, Gradient, clear_grads, gradients_of
-from supervised.batch import TaskBatch, task_loss
+from supervised.batch import TaskBatch
 from supervised.models import build_image_model, seeded
 
 __all__ = ["CASE", "SIZES", "cases"]
@@ -164,22 +164,7 @@ def _torchopt_loop(size: Size, quick: bool, channels_last: bool = False) -> Call
         batch = dataclasses.replace(
             batch, support_x=_channels_last(batch.support_x), query_x=_channels_last(batch.query_x)
         )
-    inner = torchopt.MetaSGD(model, lr=size.inner_lr)
-    params = list(model.parameters())
-
-    def run() -> Gradient:
-        clear_grads(params)
-        model_state = torchopt.extract_state_dict(model)
-        inner_state = torchopt.extract_state_dict(inner)
-        for i in range(batch.num_tasks):
-            inner.step(task_loss(batch.loss, model(batch.support_x[i]), batch.support_y[i]))
-            query = task_loss(batch.loss, model(batch.query_x[i]), batch.query_y[i])
-            (query / batch.num_tasks).backward()
-            torchopt.recover_state_dict(model, model_state)
-            torchopt.recover_state_dict(inner, inner_state)
-        return gradients_of(params)
-
-    return run
+    return torchopt_loop(model, batch, size.inner_lr, 1)
 
 
 def cases(quick: bool) -> list[Case]:

@@ -35,7 +35,7 @@ from supervised.batch import TaskBatch, task_loss
 from supervised.omniglot.data import OmniglotConfig, make_fixture
 from supervised.omniglot.family import OmniglotFamily
 
-__all__ = ["cases"]
+__all__ = ["cases", "torchopt_loop"]
 
 #: The synthetic folder: 4 alphabets × 5 characters × 20 drawings, of which 12 characters train.
 FIXTURE = {"alphabets": 4, "characters": 5, "drawers": 20, "seed": 0}
@@ -100,10 +100,17 @@ def _metaopt(quick: bool, steps: int, engine: str) -> Callable[[], Gradient]:
 
 
 def _torchopt_loop(quick: bool, steps: int) -> Callable[[], Gradient]:
-    """TorchOpt's example pattern: one task at a time, MetaSGD steps, state extracted/recovered."""
+    """TorchOpt's example pattern on the Omniglot workload (`torchopt_loop`)."""
     _, config, batch = _workload(quick)
-    model = _model(quick)
-    inner = torchopt.MetaSGD(model, lr=config.inner_lr)
+    return torchopt_loop(_model(quick), batch, config.inner_lr, steps)
+
+
+def torchopt_loop(
+    model: nn.Module, batch: TaskBatch, inner_lr: float, steps: int
+) -> Callable[[], Gradient]:
+    """TorchOpt's example pattern: one task at a time, ``steps`` MetaSGD steps at ``inner_lr``,
+    the state extracted and recovered around each task (the conv-net cases' reference row)."""
+    inner = torchopt.MetaSGD(model, lr=inner_lr)
     params = list(model.parameters())
 
     def run() -> Gradient:

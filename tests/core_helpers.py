@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import nn
 
@@ -59,3 +60,19 @@ class StackedTask:
     def query_loss(self, model):
         b, i = self.batch, self.index
         return ((model(b.xq[i]) - b.yq[i]) ** 2).mean()
+
+
+def refused(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
+    """stderr of ``metaopt ARGV``, which must exit with status 2 in one line, without a traceback
+    (the house rule for a user's error on the command line)."""
+    from metaopt.cli import main
+
+    try:
+        status = main(argv)
+    except SystemExit as stop:
+        status = stop.code
+    err = capsys.readouterr().err
+    assert status == 2, err
+    assert err.startswith("metaopt: error: ") and len(err.strip().splitlines()) == 1, err
+    assert "Traceback" not in err
+    return err.strip()

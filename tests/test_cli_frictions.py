@@ -8,20 +8,9 @@ from pathlib import Path
 
 import pytest
 import reliability_helpers  # registers the rtoy family
+from core_helpers import refused
 
 from metaopt.cli import main
-
-
-def _refused(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
-    """stderr of a command that must exit with status 2, in one line, without a traceback."""
-    try:
-        status = main(argv)
-    except SystemExit as stop:
-        status = stop.code
-    err = capsys.readouterr().err
-    assert status == 2, err
-    assert err.startswith("metaopt: error: ") and len(err.strip().splitlines()) == 1, err
-    return err.strip()
 
 
 @pytest.mark.parametrize(
@@ -68,14 +57,14 @@ def _refused(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
 def test_argparse_errors_are_one_line_with_a_pointer_to_help(
     argv: list[str], message: str, command: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    err = _refused(argv, capsys)
+    err = refused(argv, capsys)
     assert message in err and "usage:" not in err
     assert err.endswith(f"(see {command} --help)")
 
 
 @pytest.mark.parametrize("value", ["-5", "0"])
 def test_scale_gives_iterations_the_bound_of_training(value: str, capsys) -> None:
-    err = _refused(["scale", "sine", "--iterations", value, "--repeats", "1"], capsys)
+    err = refused(["scale", "sine", "--iterations", value, "--repeats", "1"], capsys)
     assert f"--iterations must be an integer >= 1 to train, got {value}" in err
 
 
@@ -85,7 +74,7 @@ def test_iterations_has_one_bound_for_training(
 ) -> None:
     out = tmp_path / "run"
     argv = ["train", "rtoy", "--iterations", value, "--out", str(out), "--quiet"]
-    err = _refused(argv, capsys)
+    err = refused(argv, capsys)
     assert f"--iterations must be an integer >= 1 to train, got {value}" in err
     assert not out.exists()
 
@@ -104,7 +93,7 @@ def test_iterations_has_one_bound_for_training(
     ],
 )
 def test_grid_has_one_bound(argv: list[str], message: str, capsys) -> None:
-    assert message in _refused(argv, capsys)
+    assert message in refused(argv, capsys)
 
 
 def _listing(directory: Path) -> dict[str, tuple[int, int]]:
@@ -137,7 +126,7 @@ def test_a_directory_that_is_not_a_run_is_left_untouched(
     (mine / "notes.txt").write_text("my notes\n")
     (mine / "sub").mkdir()
     before = _listing(mine)
-    err = _refused([a.format(dir=mine) for a in argv], capsys)
+    err = refused([a.format(dir=mine) for a in argv], capsys)
     assert message.format(dir=mine) in err and "--resume" not in err.replace("--resume '", "")
     assert _listing(mine) == before  # no .lock left, nothing changed
 
@@ -146,7 +135,7 @@ def test_out_at_a_run_directory_suggests_resume(tmp_path: Path, capsys) -> None:
     out = tmp_path / "run"
     assert main(["train", "rtoy", "--iterations", "1", "--out", str(out), "--quiet"]) == 0
     capsys.readouterr()
-    err = _refused(["train", "rtoy", "--out", str(out), "--quiet"], capsys)
+    err = refused(["train", "rtoy", "--out", str(out), "--quiet"], capsys)
     assert f"continue the run there with --resume {out}" in err
 
 
@@ -159,7 +148,7 @@ def test_a_missing_run_directory_is_said_not_to_exist(
         ["eval", str(missing)] if command == "eval" else ["train", "rtoy", "--resume", str(missing)]
     )
     label = "RUN_DIR" if command == "eval" else "--resume"
-    assert f"{label} '{missing}' does not exist" in _refused(argv, capsys)
+    assert f"{label} '{missing}' does not exist" in refused(argv, capsys)
     assert not missing.exists()
 
 

@@ -16,10 +16,10 @@ from typing import Any
 
 import pytest
 import torch
+from core_helpers import refused
 
 from benchmarks.precision_error import episodes, meta_gradient
 from metaopt import MAML, MetaSGD
-from metaopt.cli import main
 from metaopt.options import ConfigError
 from metaopt.tools.bench.cases import REDUCED_TOLERANCE, Case
 from metaopt.training import device as device_module
@@ -85,7 +85,7 @@ def test_cuda_is_picked_by_auto_and_by_local_rank(
     assert device_module.resolve_device(name, local_rank=local_rank) == torch.device(expected)
 
 
-def test_a_gpu_the_machine_lacks_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_gpu_the_machine_lacks_isrefused(monkeypatch: pytest.MonkeyPatch) -> None:
     _two_gpus(monkeypatch)
     with pytest.raises(ConfigError, match=r"--device cuda:2: cuda:2 does not exist.*2 CUDA"):
         device_module.resolve_device("cuda:2")
@@ -108,17 +108,6 @@ def test_torchrun_ranks_take_their_local_gpu(monkeypatch: pytest.MonkeyPatch) ->
 
 
 # -- the command line ------------------------------------------------------------------------------
-
-
-def _refused(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
-    try:
-        status = main(argv)
-    except SystemExit as stop:
-        status = stop.code
-    err = capsys.readouterr().err
-    assert status == 2, err
-    assert err.startswith("metaopt: error: ") and len(err.strip().splitlines()) == 1, err
-    return err.strip()
 
 
 @pytest.mark.parametrize(
@@ -150,7 +139,7 @@ def test_a_device_or_precision_that_cannot_run_is_one_line_and_writes_nothing(
     _no_accelerator(monkeypatch)
     monkeypatch.chdir(tmp_path)
     out = {"train": ["--out", "run"], "compare": ["--report", "report"], "scale": []}
-    err = _refused([*argv, *out.get(argv[0], [])], capsys)
+    err = refused([*argv, *out.get(argv[0], [])], capsys)
     assert message in err
     assert list(tmp_path.iterdir()) == []
 
@@ -165,7 +154,7 @@ def test_auto_resolves_to_the_cpu_and_config_json_says_so(
     assert load_checkpoint(run_dir / "checkpoint.pt")["device"] == "cpu"
     # eval elsewhere: --device cuda here is refused, and the run's files stay as they were
     before = {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()}
-    assert "no CUDA device" in _refused(["eval", str(run_dir), "--device", "cuda"], capsys)
+    assert "no CUDA device" in refused(["eval", str(run_dir), "--device", "cuda"], capsys)
     assert {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()} == before
 
 

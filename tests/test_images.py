@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from core_helpers import refused
 from PIL import Image
 
 from metaopt.cli import main
@@ -118,18 +119,6 @@ def test_query_shots_follow_the_colour(tmp_path: Path) -> None:
     assert _config(grey, query_shots=None, channels=3).query_shots == 15  # converted to RGB
 
 
-def _refused(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
-    try:
-        status = main(argv)
-    except SystemExit as stop:
-        status = stop.code
-    err = capsys.readouterr().err
-    assert status == 2, err
-    assert err.startswith("metaopt: error: ") and len(err.strip().splitlines()) == 1, err
-    assert "Traceback" not in err
-    return err.strip()
-
-
 def _break(root: Path, problem: str) -> list[str]:
     """Spoil a good folder; return the words its refusal must say."""
     if problem == "unreadable":
@@ -164,7 +153,7 @@ def test_refusals_are_one_line_and_write_nothing(
     before = sorted(p.relative_to(root) for p in root.rglob("*"))
     argv = ["train", "images", "--data-dir", str(root), "--ways", ways, "--shots", "1"]
     argv += ["--query-shots", "2", "--train-classes", "4", "--val-classes", "2"]
-    err = _refused([*argv, "--iterations", "1", "--out", str(out)], capsys)
+    err = refused([*argv, "--iterations", "1", "--out", str(out)], capsys)
     for word in words:
         assert word in err, err
     assert not out.exists()
@@ -186,17 +175,17 @@ def test_flag_refusals(tmp_path: Path, flags, words, capsys: pytest.CaptureFixtu
     root = make_layout(tmp_path / "data", "folders")
     argv = ["train", "images", "--data-dir", str(root), "--ways", "2", "--query-shots", "2"]
     argv += ["--train-classes", "4", "--val-classes", "2"]
-    err = _refused([*argv, *flags, "--out", str(tmp_path / "run")], capsys)
+    err = refused([*argv, *flags, "--out", str(tmp_path / "run")], capsys)
     for word in words:
         assert word in err, err
     assert not (tmp_path / "run").exists()
 
 
-def test_csv_naming_a_missing_file_is_refused(tmp_path: Path, capsys) -> None:
+def test_csv_naming_a_missing_file_isrefused(tmp_path: Path, capsys) -> None:
     root = make_layout(tmp_path / "data", "csv")
     with (root / "val.csv").open("a") as handle:
         handle.write("missing.png,n04\n")
-    err = _refused(
+    err = refused(
         ["train", "images", "--data-dir", str(root), "--out", str(tmp_path / "r")], capsys
     )
     assert "val.csv line 14" in err and "missing.png" in err
@@ -334,7 +323,7 @@ def test_train_then_eval_through_the_command(tmp_path: Path, capsys) -> None:
 
 
 def test_data_dir_is_required(tmp_path: Path, capsys) -> None:
-    err = _refused(["train", "images", "--out", str(tmp_path / "run")], capsys)
+    err = refused(["train", "images", "--out", str(tmp_path / "run")], capsys)
     assert "--data-dir is required" in err and not (tmp_path / "run").exists()
 
 

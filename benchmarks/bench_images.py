@@ -34,7 +34,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from benchmarks.bench_omniglot import torchopt_loop
+from benchmarks.bench_omniglot import lazy, torchopt_loop
 from metaopt.algorithms import MAML
 from metaopt.compiled import compile_record
 from metaopt.tools.bench import Case, Gradient, clear_grads, gradients_of
@@ -98,18 +98,6 @@ def _model(size: Size, quick: bool) -> nn.Module:
         channels=size.channels,
     )  # fmt: skip
     return seeded(build, 0)  # every implementation starts from the same parameters
-
-
-def _lazy(build: Callable[[], Callable[[], Gradient]]) -> Callable[[], Gradient]:
-    """Build an implementation on its first call."""
-    built: list[Callable[[], Gradient]] = []
-
-    def run() -> Gradient:
-        if not built:
-            built.append(build())
-        return built[0]()
-
-    return run
 
 
 @functools.cache
@@ -178,10 +166,10 @@ def cases(quick: bool) -> list[Case]:
         pooled = any(isinstance(m, nn.MaxPool2d) for m in model.modules())
         colour = "RGB" if size.channels == 3 else "greyscale"
         impls = {
-            "metaopt-compiled": _lazy(functools.partial(_metaopt, size, quick, "compiled", CHUNK)),
-            "metaopt-vmap": _lazy(functools.partial(_metaopt, size, quick, "vmap", CHUNK)),
-            "metaopt-loop": _lazy(functools.partial(_metaopt, size, quick, "loop", None)),
-            "torchopt-loop": _lazy(functools.partial(_torchopt_loop, size, quick)),
+            "metaopt-compiled": lazy(functools.partial(_metaopt, size, quick, "compiled", CHUNK)),
+            "metaopt-vmap": lazy(functools.partial(_metaopt, size, quick, "vmap", CHUNK)),
+            "metaopt-loop": lazy(functools.partial(_metaopt, size, quick, "loop", None)),
+            "torchopt-loop": lazy(functools.partial(_torchopt_loop, size, quick)),
         }
         found.append(
             Case(

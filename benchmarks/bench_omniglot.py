@@ -35,7 +35,7 @@ from supervised.batch import TaskBatch, task_loss
 from supervised.omniglot.data import OmniglotConfig, make_fixture
 from supervised.omniglot.family import OmniglotFamily
 
-__all__ = ["cases", "torchopt_loop"]
+__all__ = ["cases", "lazy", "torchopt_loop"]
 
 #: The synthetic folder: 4 alphabets × 5 characters × 20 drawings, of which 12 characters train.
 FIXTURE = {"alphabets": 4, "characters": 5, "drawers": 20, "seed": 0}
@@ -74,7 +74,7 @@ def _model(quick: bool) -> nn.Module:
     return family.make_model(config)  # seeded by config.seed: every implementation starts equal
 
 
-def _lazy(build: Callable[[], Callable[[], Gradient]]) -> Callable[[], Gradient]:
+def lazy(build: Callable[[], Callable[[], Gradient]]) -> Callable[[], Gradient]:
     """Build an implementation on its first call: listing the cases must not load the images."""
     built: list[Callable[[], Gradient]] = []
 
@@ -140,9 +140,9 @@ def cases(quick: bool) -> list[Case]:
             Case(
                 f"omniglot-maml-{steps}step",
                 {
-                    "metaopt-vmap": _lazy(functools.partial(_metaopt, quick, steps, "vmap")),
-                    "metaopt-loop": _lazy(functools.partial(_metaopt, quick, steps, "loop")),
-                    "torchopt-loop": _lazy(functools.partial(_torchopt_loop, quick, steps)),
+                    "metaopt-vmap": lazy(functools.partial(_metaopt, quick, steps, "vmap")),
+                    "metaopt-loop": lazy(functools.partial(_metaopt, quick, steps, "loop")),
+                    "torchopt-loop": lazy(functools.partial(_torchopt_loop, quick, steps)),
                 },
                 reference="torchopt-loop",
                 tolerance=TOLERANCE,

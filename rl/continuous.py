@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from typing import Any, NamedTuple, Protocol
+from typing import Any, ClassVar, NamedTuple, Protocol
 
 import torch
 from torch import nn
@@ -77,6 +77,10 @@ class GaussianMLPPolicy(nn.Module):
             torso.
         activation: The torsos' hidden activation (`rl.policy.ACTIVATIONS`).
     """
+
+    #: What ``--adapt anil`` adapts (`metaopt.algorithms.subset.anil_heads`): the last layer of
+    #: the policy and of the critic; the torsos and log σ are meta-learned, not adapted.
+    anil_heads: ClassVar[tuple[str, ...]] = ("mean_head", "value_head")
 
     def __init__(
         self,

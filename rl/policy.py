@@ -4,6 +4,7 @@ and a value head."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -32,6 +33,10 @@ class CategoricalMLPPolicy(nn.Module):
         hidden_sizes: Widths of the torso's hidden layers (may be empty: linear heads).
         shared_torso: One torso for both heads (the MAML-RL example's), or one each.
     """
+
+    #: What ``--adapt anil`` adapts (`metaopt.algorithms.subset.anil_heads`): the policy's and
+    #: the critic's last layers.
+    anil_heads: ClassVar[tuple[str, ...]] = ("policy_head", "value_head")
 
     def __init__(
         self,

@@ -7,6 +7,8 @@ algorithm when every parameter adapts, and the loop engine's answer on the vecto
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -14,7 +16,9 @@ from core_helpers import TanhMLP
 
 import metaopt
 from metaopt import testing as mt
-from metaopt.algorithms.subset import head_prefix
+from metaopt.algorithms.subset import anil_heads, head_prefix
+from rl.continuous import GaussianMLPPolicy
+from rl.policy import CategoricalMLPPolicy
 
 ALGOS = ["maml", "fomaml", "metasgd", "reptile"]
 
@@ -144,3 +148,37 @@ def test_the_compiled_engine_refuses_a_subset() -> None:
     with pytest.raises(ValueError, match="engine='compiled' adapts every parameter"):
         metaopt.MAML(TanhMLP(), engine="compiled", adapt=["net.2"])
     metaopt.MAML(TanhMLP(), engine="compiled", adapt=["net"])  # everything: the full algorithm
+
+
+@pytest.mark.parametrize(
+    ("policy", "heads"),
+    [
+        (lambda: GaussianMLPPolicy(3, 2, (8, 8)), ["mean_head", "value_head"]),
+        (lambda: CategoricalMLPPolicy(4, 3, (8,)), ["policy_head", "value_head"]),
+    ],
+)
+def test_anil_adapts_a_policys_action_head_which_is_not_its_last_layer(policy, heads) -> None:
+    """The policies' last submodule with parameters is the critic's head: ``--adapt anil``
+    adapting it alone would leave the action distribution unadapted (a silent no-op)."""
+    model = policy()
+    assert head_prefix(model) == "value_head"
+    assert anil_heads(model) == heads
+    assert anil_heads(TanhMLP()) == [head_prefix(TanhMLP())]
+
+
+def test_a_declared_anil_head_that_is_not_a_submodule_is_refused() -> None:
+    model = TanhMLP()
+    model.anil_heads = ("net.1",)  # the activation: no parameters
+    with pytest.raises(ValueError, match=r"anil_heads names 'net.1'"):
+        anil_heads(model)
+
+
+def test_the_adapt_anil_flag_adapts_the_policy_heads_of_an_rl_family(tmp_path) -> None:
+    from metaopt.cli import main
+
+    out = tmp_path / "run"
+    flags = "--iterations 1 --meta-batch 2 --trajectories 2 --horizon 5 --test-tasks 2".split()
+    flags += ["--eval-tasks", "2", "--pretrain-iterations", "1", "--eval-every", "0"]
+    assert main(["train", "nav2d", "--adapt", "anil", *flags, "--out", str(out), "--quiet"]) == 0
+    adapted = json.loads((out / "eval.json").read_text())["adaptation"]["adapt"]
+    assert adapted == ["mean_head.bias", "mean_head.weight", "value_head.bias", "value_head.weight"]

@@ -163,6 +163,32 @@ def test_train_runs_maml_trpo_and_pairs_the_baselines_per_goal(family: str, tmp_
     for key in ("baseline", "random_baseline", "meta_minus_baseline", "meta_minus_random"):
         assert key in evaluation
     assert (out / "rl_adaptation.png").stat().st_size > 0
+    assert (out / "cheetah_velocity.png").stat().st_size > 0
+
+
+def test_the_velocity_picture_reads_the_torsos_velocity_of_each_goals_episode(tmp_path) -> None:
+    """The curves start at ``qvel[0]`` of ``HalfCheetah-v5``'s ``reset(seed)`` for each goal's
+    episode seed (so the observation index is the forward velocity), one per policy and step."""
+    pytest.importorskip("mujoco")
+    import gymnasium as gym
+
+    from metaopt.training.evaluation import load_run
+
+    out = tmp_path / "run"
+    flags = ["--iterations", "1", "--meta-batch", "2", *TINY, "--out", str(out), "--quiet"]
+    assert main(["train", "cheetah-vel", *flags]) == 0
+    family, config, algo = load_run(out)
+    data = family.velocities(algo, family.own_config(config), num_goals=2)
+    assert set(data["velocities"]) == {"meta-learned", "pretrained", "random initialisation"}
+    env = gym.make("HalfCheetah-v5")
+    start = [env.unwrapped.reset(seed=int(seed))[0] for seed in data["seeds"]]
+    assert data["dt"] == pytest.approx(0.05)
+    for by_steps in data["velocities"].values():
+        assert sorted(by_steps) == [0, 1]
+        for velocity in by_steps.values():
+            assert velocity.shape == (2, 11) and np.isfinite(velocity).all()
+            for g, obs in enumerate(start):
+                assert velocity[g, 0] == np.float32(obs[8])
 
 
 def test_the_same_seed_trains_the_same_run(tmp_path) -> None:

@@ -21,7 +21,7 @@ from collections.abc import Callable, Collection
 
 from torch import nn
 
-__all__ = ["Adapt", "adapt_mask", "head_prefix", "resolve_adapt"]
+__all__ = ["Adapt", "adapt_mask", "anil_heads", "head_prefix", "resolve_adapt"]
 
 #: What ``adapt=`` accepts: ``None`` (every parameter), a name or a list of names as
 #: ``model.named_parameters()`` gives them (a name may also be a submodule's prefix: ``"head"``
@@ -82,6 +82,29 @@ def head_prefix(model: nn.Module) -> str:
             "has no head to adapt on its own; name the parameters with adapt= instead"
         )
     return last
+
+
+def anil_heads(model: nn.Module) -> list[str]:
+    """What ``--adapt anil`` adapts: the submodules the model names in an ``anil_heads``
+    attribute, when it has one (a model with several outputs: a policy's action head, not its
+    critic's, which `head_prefix` would find last), else `head_prefix`'s last layer.
+
+    Raises:
+        ValueError: a declared name is not a submodule holding trainable parameters.
+    """
+    declared = getattr(model, "anil_heads", None)
+    if declared is None:
+        return [head_prefix(model)]
+    modules = dict(model.named_modules())
+    names = [declared] if isinstance(declared, str) else list(declared)
+    for name in names:
+        module = modules.get(name) if isinstance(name, str) else None
+        if module is None or not any(p.requires_grad for p in module.parameters()):
+            raise ValueError(
+                f"{type(model).__name__}.anil_heads names {name!r}, which is not a submodule "
+                "holding trainable parameters"
+            )
+    return names
 
 
 def adapt_mask(model: nn.Module, adapted: frozenset[str] | None) -> list[bool] | None:

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from metaopt.algorithms import MetaLearner, linear_annealing
-from metaopt.algorithms.subset import head_prefix
+from metaopt.algorithms.subset import anil_heads
 from metaopt.registry import LEARNER, algorithm
 from metaopt.training.device import run_device
 from metaopt.training.family import ConfigError, TaskFamily, TrainConfig
@@ -35,10 +35,15 @@ def build_algorithm(config: TrainConfig, model: torch.nn.Module) -> MetaLearner:
     model = model.to(run_device(config))
     names = [name.strip() for name in config.adapt.split(",") if name.strip()]
     try:
-        adapt = [head_prefix(model) if name == "anil" else name for name in names] or None
+        adapt = [head for name in names for head in _named_heads(model, name)] or None
         return _build(config, model, adapt)
     except ValueError as error:  # adapt= names what the model does not have
         raise ConfigError(f"--adapt {config.adapt}: {error}") from error
+
+
+def _named_heads(model: torch.nn.Module, name: str) -> list[str]:
+    """``--adapt``'s ``name``, with ``anil`` standing for the model's heads (`anil_heads`)."""
+    return anil_heads(model) if name == "anil" else [name]
 
 
 def check_adapt(family: TaskFamily, config: TrainConfig) -> None:

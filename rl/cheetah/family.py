@@ -12,18 +12,25 @@ loop engine, a torchrun shard) as when the whole batch is: the float32 policy fo
 differently with the batch's shape, and 100 steps of the cheetah's dynamics amplify a last-bit
 difference into another episode from the same distribution (measured: rewards 0.9 apart). The
 same run repeated, or resumed, samples the same episodes.
+
+``cheetah_velocity.png`` is the picture of a run: the torso's forward velocity over an episode
+of the mean action, before and after one inner step, for a few held-out goals, of the
+meta-learned, pretrained and randomly initialised policies.
 """
 
 from __future__ import annotations
 
-from typing import ClassVar, NamedTuple
+from pathlib import Path
+from typing import Any, ClassVar, NamedTuple
 
 import mujoco
 import numpy as np
 import torch
 
+from metaopt.algorithms import MetaLearner
+from metaopt.training.family import RunResults, TrainConfig
 from rl.cheetah.config import CHEETAH_DIR, CHEETAH_VEL
-from rl.cheetah.env import sample_goals
+from rl.cheetah.env import GoalCheetahEnv, sample_goals
 from rl.cheetah.sampler import CheetahDynamics
 from rl.config import Nav2DConfig
 from rl.continuous import (
@@ -40,6 +47,11 @@ __all__ = ["CheetahDirFamily", "CheetahNoise", "CheetahTaskBatch", "CheetahVelFa
 
 #: HalfCheetah-v5's observation and action sizes.
 OBS_DIM, ACTION_DIM = 17, 6
+#: Where HalfCheetah-v5's observation (``qpos[1:]``, then ``qvel``) holds the torso's forward
+#: velocity, ``qvel[0]``.
+FORWARD_VELOCITY = 8
+#: Inner steps drawn in the velocity picture.
+PICTURE_STEPS = (0, 1)
 
 
 class CheetahNoise(NamedTuple):
@@ -138,6 +150,50 @@ class _CheetahFamily(GoalFamily):
             config.baseline,
             self._data_pool,
         )
+
+    # -- pictures -------------------------------------------------------------------------
+
+    def velocities(
+        self, algo: MetaLearner, config: Nav2DConfig, num_goals: int = 3
+    ) -> dict[str, Any]:
+        """The torso's forward velocity ``{policy: {steps: [G, H + 1]}}`` over one episode of
+        the mean action on each of the first held-out goals, after 0 and 1 inner steps (each
+        adaptation on that goal's sampled support episodes), and each goal's episode ``seeds``
+        ``[G]`` (its start state is ``HalfCheetah-v5``'s ``reset(seed=...)``)."""
+        learners = {"meta-learned": algo, **self.baselines(algo, config)}
+        names = {"baseline": "pretrained", "random_baseline": "random initialisation"}
+        # One episode per goal, from the same start states for every curve, without policy noise.
+        noise = self.test_batch(config, num_goals).draw_noise()
+        mean = CheetahNoise(torch.zeros_like(noise.normal[:, :, :1]), noise.seeds[:, :, :1])
+        curves: dict[str, Any] = {}
+        for key, learner in learners.items():
+            by_steps = {}
+            for k in PICTURE_STEPS:
+                batch = self.test_batch(config, num_goals)
+                forward = learner.adapt_batch(batch, k)
+                with torch.no_grad():
+                    observed = batch.simulate(forward, mean).observations
+                by_steps[k] = observed[:, :, 0, FORWARD_VELOCITY].transpose(0, 1).numpy()
+            curves[names.get(key, key)] = by_steps
+        goals = self.test_goals(config, num_goals)
+        return {
+            "task": self.task,
+            "goals": goals,
+            "dt": GoalCheetahEnv(self.task, goal=goals[0]).dt,
+            "seeds": mean.seeds[0, :, 0].numpy(),
+            "velocities": curves,
+        }
+
+    def plot(
+        self, algo: MetaLearner, config: TrainConfig, run_dir: Path, results: RunResults
+    ) -> list[Path]:
+        from rl.cheetah.plots import plot_velocities
+
+        velocities = self.velocities(algo, self.own_config(config))
+        return [
+            *self.return_plots(config, run_dir, results),
+            plot_velocities(results.path(run_dir, "cheetah_velocity.png"), velocities),
+        ]
 
 
 class CheetahVelFamily(_CheetahFamily, options=CHEETAH_VEL):

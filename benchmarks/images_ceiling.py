@@ -13,7 +13,8 @@ alternating, median of ``--repeats``, one thread. If the fastest ``c`` is below 
 the case's target (metaopt's fastest engine ≥ 1.5× the TorchOpt loop) is out of reach of any
 engine made of these kernels.
 
-Run: ``python -m benchmarks.images_ceiling [--sizes 28 84] [--repeats 3]``.
+Run: ``python -m benchmarks.images_ceiling --sizes 28`` and ``python -m benchmarks.images_ceiling
+--sizes 84 --stacks 1 2 4 8`` (16 and more tasks stacked at 84×84 need more than 24 GiB).
 """
 
 from __future__ import annotations
@@ -63,13 +64,16 @@ def _shared(size: Size, stack: int) -> Callable[[], None]:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[s.pixels for s in SIZES])
+    parser.add_argument("--stacks", type=int, nargs="+", default=list(STACKS))
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     for size in (s for s in SIZES if s.pixels in args.sizes):
         loop = _torchopt_loop(size, False)
         timed: dict[str, Callable[[], object]] = {"torchopt-loop": loop}
-        timed.update({f"shared weights, {c} task(s) stacked": _shared(size, c) for c in STACKS})
+        timed.update(
+            {f"shared weights, {c} task(s) stacked": _shared(size, c) for c in args.stacks}
+        )
         for run in timed.values():  # warm-up
             run()
         samples: dict[str, list[float]] = {name: [] for name in timed}

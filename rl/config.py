@@ -160,7 +160,8 @@ class Nav2DConfig(A2CConfig):
     anneal: bool = option(
         True,
         "anneal Adam's outer learning rate linearly to 0 (--no-anneal: constant; at 3e-3 the "
-        "policy walks off the plane after about 270 iterations)",
+        "policy walks off the plane after about 270 iterations); under the trust region Adam "
+        "moves only the critic, and with --value-coef 0 nothing",
     )
     eval_tasks: int = option(400, "held-out goals in the final evaluation")
     horizon: int = option(100, "steps per episode (the paper's 100)")
@@ -266,6 +267,16 @@ class Nav2DConfig(A2CConfig):
         if self.outer_optimizer != "auto":
             return self.outer_optimizer
         return "trpo" if self._trpo_refusal() is None else "adam"
+
+    @property
+    def schedule(self) -> str:
+        """``constant`` under the trust region without a critic loss (``--value-coef 0``, the
+        default): TRPO takes the policy's steps, and the outer rate's optimiser (which moves the
+        critic alone) has no gradient to follow, so no schedule changes the run, and a resumed
+        run may extend ``--iterations``. Otherwise `TrainConfig.schedule`."""
+        if self.outer_step == "trpo" and self.value_coef == 0:
+            return "constant"
+        return super().schedule
 
     def trust_region_settings(self) -> TrustRegionSettings:
         from metaopt.trust_region import TrustRegionSettings  # torch, only once a run is built

@@ -241,3 +241,35 @@ def test_the_sampler_bench_case_times_every_row_with_steps_per_second_and_cores(
         )
     assert rows["gymnasium-sync"]["max_rel_grad_diff"] < 1e-6
     assert rows["maml-rl-workers"]["max_rel_grad_diff"] is None
+
+
+def test_a_run_resumed_with_more_iterations_is_the_uninterrupted_run(tmp_path) -> None:
+    """Exact resume, which the long HalfCheetah runs rely on: 2 iterations then ``--resume
+    --iterations 3`` is the 3-iteration run bit for bit (metrics and final checkpoint)."""
+    pytest.importorskip("mujoco")
+    from reliability_helpers import assert_same_run
+
+    flags = ["--meta-batch", "2", *TINY, "--checkpoint-every", "1", "--quiet"]
+    assert (
+        main(["train", "cheetah-vel", "--iterations", "3", *flags, "--out", str(tmp_path / "a")])
+        == 0
+    )
+    assert (
+        main(["train", "cheetah-vel", "--iterations", "2", *flags, "--out", str(tmp_path / "b")])
+        == 0
+    )
+    assert (
+        main(
+            [
+                "train",
+                "cheetah-vel",
+                "--resume",
+                str(tmp_path / "b"),
+                "--iterations",
+                "3",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
+    assert_same_run(tmp_path / "a", tmp_path / "b")

@@ -257,3 +257,15 @@ def test_presets_pin_their_estimator_and_tabular10_is_the_documented_configurati
         10.0,
         "dice",
     )
+
+
+def test_the_outer_rate_schedule_applies_only_where_it_moves_something() -> None:
+    """Under the trust region Adam moves only the critic: with no critic loss no schedule changes
+    the run (so a resumed run may extend --iterations); with Adam, or a critic loss, --anneal
+    anneals."""
+    from rl.config import Nav2DConfig
+
+    assert Nav2DConfig().outer_step == "trpo" and Nav2DConfig().schedule == "constant"
+    assert Nav2DConfig(value_coef=0.5).schedule == "linear"
+    assert Nav2DConfig(outer_optimizer="adam").schedule == "linear"
+    assert Nav2DConfig(outer_optimizer="adam", anneal=False).schedule == "constant"

@@ -11,6 +11,7 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 
 from metaopt.cli import main
 
@@ -273,3 +274,26 @@ def test_a_run_resumed_with_more_iterations_is_the_uninterrupted_run(tmp_path) -
         == 0
     )
     assert_same_run(tmp_path / "a", tmp_path / "b")
+
+
+def test_a_shard_of_the_meta_batch_samples_the_episodes_the_whole_batch_samples(tmp_path) -> None:
+    """What torchrun relies on: at 20 episodes per goal (the default), tasks 1-2 sampled as a
+    shard give the episodes they get in the whole batch of 4, bit for bit, unadapted and after
+    an inner step. (With 2 or 3 episodes per goal the policy forward's kernel rounds differently
+    with the batch's shape.)"""
+    pytest.importorskip("mujoco")
+    from metaopt.training.evaluation import load_run
+
+    out = tmp_path / "run"
+    flags = ["--iterations", "1", "--meta-batch", "2", *TINY[4:], "--horizon", "10"]
+    assert main(["train", "cheetah-vel", *flags, "--out", str(out), "--quiet"]) == 0
+    family, config, algo = load_run(out)
+    config = family.own_config(config)
+    assert config.trajectories == 20
+    for steps in (0, 1):
+        whole = family.test_batch(config, 4)
+        shard = whole.select(slice(1, 3))  # its noise: the whole batch's, sliced (as torchrun's)
+        a = whole.sample_queries(algo.adapt_batch(whole, steps))
+        b = shard.sample_queries(algo.adapt_batch(shard, steps))
+        assert torch.equal(a.observations[:, 1:3], b.observations)
+        assert torch.equal(a.rewards[:, 1:3], b.rewards)

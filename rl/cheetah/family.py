@@ -7,11 +7,14 @@ episodes sampled by `rl.cheetah.sampler.CheetahDynamics`, a 17 → 6 Gaussian po
 `rl.cheetah.config.CheetahConfig` (pytorch-maml-rl's ``halfcheetah-vel.yaml``). A sampling
 phase's randomness is `CheetahNoise`: the policy noise and each episode's start-state seed,
 both drawn from the batch's generator; a task's episodes depend only on its slice of them and
-on the policy. Unlike nav2d's, they are not the same episodes when a task is sampled alone (the
-loop engine, a torchrun shard) as when the whole batch is: the float32 policy forward rounds
-differently with the batch's shape, and 100 steps of the cheetah's dynamics amplify a last-bit
-difference into another episode from the same distribution (measured: rewards 0.9 apart). The
-same run repeated, or resumed, samples the same episodes.
+on the policy. At the default 20 episodes per goal a torchrun shard samples the episodes the
+whole batch samples, bit for bit (`tests/test_rl_cheetah.py`); with 2 or 3 episodes per goal,
+or a task sampled alone by the loop engine, the float32 policy forward rounds differently with
+the batch's shape, and 100 steps of the cheetah's dynamics amplify a last-bit difference into
+another episode from the same distribution (measured: rewards 0.9 apart). After the first outer
+step, runs on different process counts part the same way: the all-reduced meta-gradient rounds
+differently from one process's sum (`metaopt scale cheetah-vel --check-iterations 1` checks the
+first iteration). The same run repeated, or resumed, samples the same episodes.
 
 ``cheetah_velocity.png`` is the picture of a run: the torso's forward velocity over an episode
 of the mean action, before and after one inner step, for a few held-out goals, of the

@@ -109,7 +109,8 @@ class TrainConfig:
         "",
         "parameters the inner loop adapts, comma-separated names or submodule prefixes as "
         "model.named_parameters() gives them (the rest held at θ during adaptation and still "
-        "meta-learned); anil: the model's last layer (ANIL); default: all",
+        "meta-learned); anil: the model's head (ANIL): its last layer, or the submodules its "
+        "anil_heads names (an RL policy's action and critic heads); default: all",
     )
     engine: str = option(
         "auto",

@@ -33,6 +33,8 @@ def speed(run_dir: Path) -> dict[str, float]:
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     seconds = [row["seconds"] for row in rows]
     steps = [b - a for a, b in itertools.pairwise(seconds)]
+    if not steps:
+        raise SystemExit(f"{run_dir}: fewer than 2 iterations in metrics.jsonl, no step to time")
     world, batch = int(meta["world_size"]), int(meta["config"]["meta_batch"])
     return {
         "processes": world,

@@ -21,8 +21,9 @@ class MetaMetrics:
             each task's adapted parameters for it.
         query: query loss at θ'. Computed on first access where the meta-gradient does not need
             it (Reptile on the compiled engine); otherwise it comes with the meta-gradient.
-        extra: The algorithm's own numbers of this call (iMAML: its solves' residuals), logged
-            beside the means.
+        extra: The algorithm's own numbers of this call, each the worst (largest) over its
+            tasks (iMAML: its solves' residuals, steps and damping), logged beside the means;
+            under torchrun the largest over the processes.
         dropped: Whether the algorithm left ``.grad`` as it was, asking that this meta-batch
             take no outer step (iMAML's ``on_solve_failure="skip"``).
     """

@@ -45,6 +45,7 @@ __all__ = [
     "config_hash",
     "gather_tasks",
     "map_tasks",
+    "maxima",
     "on_main",
     "setup",
     "shard",
@@ -253,6 +254,17 @@ def weighted_means(
     )
     dist.all_reduce(sums, op=dist.ReduceOp.SUM)
     return {k: float(v) / total for k, v in zip(keys, sums.tolist(), strict=True)}
+
+
+def maxima(values: dict[str, float], info: DistInfo) -> dict[str, float]:
+    """Each number's largest value over the ranks (every rank passes the same keys): what a
+    number that is the worst over a rank's tasks is over all of them."""
+    if not info.active or not values:
+        return values
+    keys = sorted(values)
+    largest = torch.tensor([values[k] for k in keys], dtype=torch.float64, device=_device(info))
+    dist.all_reduce(largest, op=dist.ReduceOp.MAX)
+    return dict(zip(keys, largest.tolist(), strict=True))
 
 
 def task_weighted_sum(

@@ -402,11 +402,10 @@ def _loss_scale(scaler: torch.amp.GradScaler, device: torch.device) -> float:
 
 def _gathered(metrics: MetaMetrics, num_tasks: int, info: distributed.DistInfo) -> MetaMetrics:
     """Every rank's per-task losses, in task order, on every rank (one collective); the
-    algorithm's own numbers averaged over the ranks, weighted by their tasks."""
+    algorithm's own numbers, each the worst over a rank's tasks, the worst over the ranks."""
     rows = torch.stack([metrics.support_before, metrics.support_after, metrics.query])
-    local = len(metrics.support_before)
     gathered = MetaMetrics(*distributed.gather_tasks(rows, num_tasks, info).unbind(0))
-    gathered.extra = distributed.weighted_means(metrics.extra, local, num_tasks, info)
+    gathered.extra = distributed.maxima(metrics.extra, info)
     gathered.dropped = metrics.dropped
     return gathered
 

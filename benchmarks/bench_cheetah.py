@@ -37,7 +37,7 @@ import torch
 
 from metaopt.tools.bench import Case
 
-__all__ = ["WORKERS", "cases"]
+__all__ = ["WORKERS", "cases", "make_env", "reference_policy", "vector_episodes"]
 
 #: Processes of the ``gymnasium-async`` and ``maml-rl-workers`` rows.
 WORKERS = 2
@@ -45,7 +45,7 @@ WORKERS = 2
 _TASK = "vel"
 
 
-def _policy() -> torch.nn.Module:
+def reference_policy() -> torch.nn.Module:
     from rl.continuous import GaussianMLPPolicy
 
     torch.manual_seed(0)
@@ -58,7 +58,7 @@ def _actions(policy: torch.nn.Module, obs: np.ndarray, normal: torch.Tensor) -> 
     return (mean + log_std.exp() * normal).to(torch.float64).numpy()
 
 
-def _make_env(goal: float) -> Callable[[], Any]:
+def make_env(goal: float) -> Callable[[], Any]:
     def make() -> Any:
         import gymnasium as gym
 
@@ -70,7 +70,7 @@ def _make_env(goal: float) -> Callable[[], Any]:
     return make
 
 
-def _vector_episodes(
+def vector_episodes(
     vector: Any, policy: torch.nn.Module, seeds: np.ndarray, normal: torch.Tensor
 ) -> np.ndarray:
     """Rewards ``[H, E]`` of one episode in each of ``vector``'s E environments."""
@@ -91,9 +91,9 @@ def _worker_start(state: dict[str, torch.Tensor], goals: np.ndarray, episodes: i
     import gymnasium as gym
 
     torch.set_num_threads(1)
-    policy = _policy()
+    policy = reference_policy()
     policy.load_state_dict(state)
-    envs = gym.vector.SyncVectorEnv([_make_env(float(goals[0]))] * episodes)
+    envs = gym.vector.SyncVectorEnv([make_env(float(goals[0]))] * episodes)
     _WORKER.update(policy=policy, envs=envs, goals=goals)
 
 
@@ -101,7 +101,7 @@ def _worker_task(task: int, seeds: np.ndarray, normal: torch.Tensor) -> np.ndarr
     envs = _WORKER["envs"]
     for env in envs.envs:
         env.unwrapped.reset_task(_WORKER["goals"][task])
-    return _vector_episodes(envs, _WORKER["policy"], seeds, normal)
+    return vector_episodes(envs, _WORKER["policy"], seeds, normal)
 
 
 def cases(quick: bool) -> list[Case]:
@@ -119,7 +119,7 @@ def cases(quick: bool) -> list[Case]:
     rng = np.random.default_rng(0)
     goals, seeds = sample_goals(rng, _TASK, tasks), episode_seeds(rng, tasks, episodes)
     noise = GaussianNoise.draw(torch.Generator().manual_seed(0), horizon, tasks, episodes, 6)
-    policy = _policy()
+    policy = reference_policy()
     flat_noise = noise.normal.reshape(horizon, tasks * episodes, 6)
 
     def metaopt_impl(threads: int) -> Callable[[], list[torch.Tensor]]:
@@ -132,10 +132,10 @@ def cases(quick: bool) -> list[Case]:
         return run
 
     every_goal = np.repeat(goals, episodes)
-    sync = gym.vector.SyncVectorEnv([_make_env(float(goal)) for goal in every_goal])
+    sync = gym.vector.SyncVectorEnv([make_env(float(goal)) for goal in every_goal])
 
     def sync_impl() -> list[torch.Tensor]:
-        rewards = _vector_episodes(sync, policy, seeds.ravel(), flat_noise)
+        rewards = vector_episodes(sync, policy, seeds.ravel(), flat_noise)
         return [torch.from_numpy(rewards.reshape(horizon, tasks, episodes))]
 
     per_round = min(WORKERS, tasks * episodes)
@@ -144,7 +144,7 @@ def cases(quick: bool) -> list[Case]:
         for lo in range(0, tasks * episodes, per_round)
     ]
     asynchronous = gym.vector.AsyncVectorEnv(
-        [_make_env(float(goals[0]))] * per_round, context="spawn"
+        [make_env(float(goals[0]))] * per_round, context="spawn"
     )
 
     def async_impl() -> list[torch.Tensor]:
@@ -154,7 +154,7 @@ def cases(quick: bool) -> list[Case]:
             if len(chosen) < per_round:  # the last round: fill with repeats, discarded
                 chosen += [chosen[-1]] * (per_round - len(chosen))
             asynchronous.set_attr("goal", [float(g) for g in every_goal[chosen]])
-            got = _vector_episodes(
+            got = vector_episodes(
                 asynchronous, policy, seeds.ravel()[chosen], flat_noise[:, chosen]
             )
             rewards[:, list(members)] = got[:, : len(members)]

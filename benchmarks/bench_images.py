@@ -41,7 +41,7 @@ from metaopt.tools.bench import Case, Gradient, clear_grads, gradients_of
 from supervised.batch import TaskBatch
 from supervised.models import build_image_model, seeded
 
-__all__ = ["CASE", "SIZES", "cases"]
+__all__ = ["CASE", "SIZES", "cases", "meta_batch", "network", "torchopt_row"]
 
 CASE = "images-conv4-5w1s"
 WAYS, SHOTS, QUERY_SHOTS, META_BATCH = 5, 1, 15, 32
@@ -72,7 +72,7 @@ SIZES = (Size(28, 1, 0.4, TOLERANCE), Size(84, 3, 0.01, 5e-3))
 
 
 @functools.cache
-def _batch(size: Size, quick: bool) -> TaskBatch:
+def meta_batch(size: Size, quick: bool) -> TaskBatch:
     """One meta-batch of random images (built on first use: listing the cases makes none)."""
     tasks = QUICK["meta_batch"] if quick else META_BATCH
     query_shots = QUICK["query_shots"] if quick else QUERY_SHOTS
@@ -91,7 +91,7 @@ def _batch(size: Size, quick: bool) -> TaskBatch:
     )
 
 
-def _model(size: Size, quick: bool) -> nn.Module:
+def network(size: Size, quick: bool) -> nn.Module:
     filters = QUICK["filters"] if quick else None
     build = functools.partial(
         build_image_model, "conv4", WAYS, filters=filters, image_size=size.pixels,
@@ -103,7 +103,7 @@ def _model(size: Size, quick: bool) -> nn.Module:
 @functools.cache
 def _algo(size: Size, quick: bool, engine: str, chunk: int | None) -> MAML:
     """One learner per row (a compiled engine compiles for one chunk size)."""
-    return MAML(_model(size, quick), size.inner_lr, 1, engine=engine)
+    return MAML(network(size, quick), size.inner_lr, 1, engine=engine)
 
 
 def chunks(batch: TaskBatch, size: int) -> list[TaskBatch]:
@@ -123,7 +123,7 @@ def chunks(batch: TaskBatch, size: int) -> list[TaskBatch]:
 def _metaopt(size: Size, quick: bool, engine: str, chunk: int | None) -> Callable[[], Gradient]:
     """metaopt's ``engine``; the batched engines take the tasks ``chunk`` at a time (``None``: all
     at once), each chunk's share weighted ``1 / B`` as a sharded meta-batch's."""
-    batch = _batch(size, quick)
+    batch = meta_batch(size, quick)
     algo = _algo(size, quick, engine, chunk)
     params = algo.meta_parameters()
     parts = [list(batch)] if engine == "loop" else chunks(batch, chunk or batch.num_tasks)
@@ -142,11 +142,11 @@ def _channels_last(x: torch.Tensor) -> torch.Tensor:
     return x.flatten(0, 1).contiguous(memory_format=torch.channels_last).view(x.shape)
 
 
-def _torchopt_loop(size: Size, quick: bool, channels_last: bool = False) -> Callable[[], Gradient]:
+def torchopt_row(size: Size, quick: bool, channels_last: bool = False) -> Callable[[], Gradient]:
     """TorchOpt's example pattern: one task at a time, a MetaSGD step, state extracted/recovered
     (``channels_last``: the weights and images in that memory format, docs/performance.md)."""
-    batch = _batch(size, quick)
-    model = _model(size, quick)
+    batch = meta_batch(size, quick)
+    model = network(size, quick)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
         batch = dataclasses.replace(
@@ -161,7 +161,7 @@ def cases(quick: bool) -> list[Case]:
     query_shots = QUICK["query_shots"] if quick else QUERY_SHOTS
     found = []
     for size in SIZES:
-        model = _model(size, quick)
+        model = network(size, quick)
         filters = next(m for m in model.modules() if isinstance(m, nn.Conv2d)).out_channels
         pooled = any(isinstance(m, nn.MaxPool2d) for m in model.modules())
         colour = "RGB" if size.channels == 3 else "greyscale"
@@ -169,7 +169,7 @@ def cases(quick: bool) -> list[Case]:
             "metaopt-compiled": lazy(functools.partial(_metaopt, size, quick, "compiled", CHUNK)),
             "metaopt-vmap": lazy(functools.partial(_metaopt, size, quick, "vmap", CHUNK)),
             "metaopt-loop": lazy(functools.partial(_metaopt, size, quick, "loop", None)),
-            "torchopt-loop": lazy(functools.partial(_torchopt_loop, size, quick)),
+            "torchopt-loop": lazy(functools.partial(torchopt_row, size, quick)),
         }
         found.append(
             Case(

@@ -19,7 +19,7 @@ import mujoco
 import numpy as np
 import torch
 
-from benchmarks.bench_cheetah import _make_env, _policy, _vector_episodes
+from benchmarks.bench_cheetah import make_env, reference_policy, vector_episodes
 from rl.cheetah.env import sample_goals
 from rl.cheetah.sampler import CheetahDynamics, episode_seeds
 from rl.continuous import GaussianMLPPolicy, GaussianNoise, rollout
@@ -44,12 +44,12 @@ def main() -> None:
                 mujoco.mj_step(model, data, 5)
 
     goal_of = np.repeat(goals, EPISODES)
-    vector = gym.vector.SyncVectorEnv([_make_env(float(goal)) for goal in goal_of])
-    reference = _policy()  # the bench row's policy: float32 forward, float64 actions
+    vector = gym.vector.SyncVectorEnv([make_env(float(goal)) for goal in goal_of])
+    reference = reference_policy()  # the bench row's policy: float32 forward, float64 actions
     normal = noise.normal.reshape(HORIZON, TASKS * EPISODES, 6)
 
     def gymnasium_sync() -> None:
-        _vector_episodes(vector, reference, seeds.reshape(-1), normal)
+        vector_episodes(vector, reference, seeds.reshape(-1), normal)
 
     timed = {
         "sampler": lambda: rollout(policy, dynamics, noise),

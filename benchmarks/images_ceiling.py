@@ -27,7 +27,7 @@ from collections.abc import Callable
 import torch
 from torch.func import functional_call
 
-from benchmarks.bench_images import SIZES, Size, _batch, _model, _torchopt_loop
+from benchmarks.bench_images import SIZES, Size, meta_batch, network, torchopt_row
 
 STACKS = (1, 4, 8, 16, 32)
 
@@ -35,7 +35,7 @@ STACKS = (1, 4, 8, 16, 32)
 def _shared(size: Size, stack: int) -> Callable[[], None]:
     """One MAML step on ``stack`` tasks' images at once, one set of weights, for the whole
     meta-batch (``32 / stack`` calls)."""
-    batch, model = _batch(size, False), _model(size, False)
+    batch, model = meta_batch(size, False), network(size, False)
     params = dict(model.named_parameters())
     buffers = dict(model.named_buffers())
     tasks = batch.num_tasks
@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     for size in (s for s in SIZES if s.pixels in args.sizes):
-        loop = _torchopt_loop(size, False)
+        loop = torchopt_row(size, False)
         timed: dict[str, Callable[[], object]] = {"torchopt-loop": loop}
         timed.update(
             {f"shared weights, {c} task(s) stacked": _shared(size, c) for c in args.stacks}

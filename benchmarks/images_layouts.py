@@ -71,8 +71,8 @@ def main() -> None:
     (size,) = [s for s in bench_images.SIZES if s.pixels == args.size]
     print(f"{args.size}px, meta-batch {args.meta_batch}, 1 thread, torch {torch.__version__}")
     impls = {
-        "torchopt-loop (NCHW)": bench_images._torchopt_loop(size, False),
-        "torchopt-loop (channels-last)": bench_images._torchopt_loop(size, False, True),
+        "torchopt-loop (NCHW)": bench_images.torchopt_row(size, False),
+        "torchopt-loop (channels-last)": bench_images.torchopt_row(size, False, True),
     }
     for engine in args.engines.split(","):
         for chunk in map(int, args.chunks.split(",")):

@@ -17,9 +17,9 @@ CASES = ("images-conv4-5w1s/28px", "images-conv4-5w1s/84px")
 
 
 def test_listing_the_cases_makes_no_images() -> None:
-    bench_images._batch.cache_clear()
+    bench_images.meta_batch.cache_clear()
     assert [case.name for case in bench_images.cases(quick=False)] == list(CASES)
-    assert bench_images._batch.cache_info().currsize == 0
+    assert bench_images.meta_batch.cache_info().currsize == 0
 
 
 def test_group_name_selects_both_sizes(tmp_path: Path, capsys) -> None:
@@ -49,8 +49,8 @@ def test_every_implementation_counts_the_same_flops(name: str) -> None:
 
 def test_channels_last_loop_computes_the_same_meta_gradient() -> None:
     size = bench_images.SIZES[0]
-    default = bench_images._torchopt_loop(size, True)()
-    channels_last = bench_images._torchopt_loop(size, True, channels_last=True)()
+    default = bench_images.torchopt_row(size, True)()
+    channels_last = bench_images.torchopt_row(size, True, channels_last=True)()
     for a, b in zip(channels_last, default, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
 

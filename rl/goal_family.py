@@ -194,7 +194,44 @@ class GoalFamily(A2CFamily):
     def plot(
         self, algo: MetaLearner, config: TrainConfig, run_dir: Path, results: RunResults
     ) -> list[Path]:
-        return self.return_plots(config, run_dir, results)
+        return [
+            *self.return_plots(config, run_dir, results),
+            *self.pictures(algo, self.own_config(config), run_dir, results),
+        ]
+
+    def mean_action_episodes(
+        self,
+        algo: MetaLearner,
+        config: Nav2DConfig,
+        num_goals: int,
+        steps: Sequence[int],
+        noise: Any,
+    ) -> dict[str, dict[int, np.ndarray]]:
+        """What the pictures draw: ``{policy: {k: [G, H + 1, D]}}``, the observations of one
+        episode on each of the first ``num_goals`` held-out goals, sampled with ``noise`` (the
+        family's, zero for the mean action), by the meta-learned, pretrained and randomly
+        initialised policies after each ``k`` of ``steps`` inner steps (each adaptation on that
+        goal's sampled support episodes)."""
+        learners = {"meta-learned": algo, **self.baselines(algo, config)}
+        names = {"baseline": "pretrained", "random_baseline": "random initialisation"}
+        episodes: dict[str, dict[int, np.ndarray]] = {}
+        for key, learner in learners.items():
+            by_steps = {}
+            for k in steps:
+                batch = self.test_batch(config, num_goals)
+                forward = learner.adapt_batch(batch, k)
+                with torch.no_grad():
+                    observed = batch.simulate(forward, noise).observations[:, :, 0]
+                by_steps[k] = observed.transpose(0, 1).numpy()
+            episodes[names.get(key, key)] = by_steps
+        return episodes
+
+    def pictures(
+        self, algo: MetaLearner, config: Nav2DConfig, run_dir: Path, results: RunResults
+    ) -> list[Path]:
+        """The family's own pictures beside the returns' (nav2d's paths, the cheetah's
+        velocities); none by default."""
+        return []
 
     def return_plots(self, config: TrainConfig, run_dir: Path, results: RunResults) -> list[Path]:
         """``rl_returns.png`` (training) and ``rl_adaptation.png`` (held-out goals), the figures

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from metaopt.algorithms import MetaLearner
-from metaopt.training.family import RunResults, TrainConfig
+from metaopt.training.family import RunResults
 from rl.cheetah.config import CHEETAH_DIR, CHEETAH_VEL
 from rl.cheetah.env import GoalCheetahEnv, sample_goals
 from rl.cheetah.sampler import CheetahDynamics
@@ -163,21 +163,14 @@ class _CheetahFamily(GoalFamily):
         the mean action on each of the first held-out goals, after 0 and 1 inner steps (each
         adaptation on that goal's sampled support episodes), and each goal's episode ``seeds``
         ``[G]`` (its start state is ``HalfCheetah-v5``'s ``reset(seed=...)``)."""
-        learners = {"meta-learned": algo, **self.baselines(algo, config)}
-        names = {"baseline": "pretrained", "random_baseline": "random initialisation"}
         # One episode per goal, from the same start states for every curve, without policy noise.
         noise = self.test_batch(config, num_goals).draw_noise()
         mean = CheetahNoise(torch.zeros_like(noise.normal[:, :, :1]), noise.seeds[:, :, :1])
-        curves: dict[str, Any] = {}
-        for key, learner in learners.items():
-            by_steps = {}
-            for k in PICTURE_STEPS:
-                batch = self.test_batch(config, num_goals)
-                forward = learner.adapt_batch(batch, k)
-                with torch.no_grad():
-                    observed = batch.simulate(forward, mean).observations
-                by_steps[k] = observed[:, :, 0, FORWARD_VELOCITY].transpose(0, 1).numpy()
-            curves[names.get(key, key)] = by_steps
+        episodes = self.mean_action_episodes(algo, config, num_goals, PICTURE_STEPS, mean)
+        curves = {
+            policy: {k: observed[..., FORWARD_VELOCITY] for k, observed in by_steps.items()}
+            for policy, by_steps in episodes.items()
+        }
         goals = self.test_goals(config, num_goals)
         return {
             "task": self.task,
@@ -187,16 +180,13 @@ class _CheetahFamily(GoalFamily):
             "velocities": curves,
         }
 
-    def plot(
-        self, algo: MetaLearner, config: TrainConfig, run_dir: Path, results: RunResults
+    def pictures(
+        self, algo: MetaLearner, config: Nav2DConfig, run_dir: Path, results: RunResults
     ) -> list[Path]:
         from rl.cheetah.plots import plot_velocities
 
-        velocities = self.velocities(algo, self.own_config(config))
-        return [
-            *self.return_plots(config, run_dir, results),
-            plot_velocities(results.path(run_dir, "cheetah_velocity.png"), velocities),
-        ]
+        velocities = self.velocities(algo, config)
+        return [plot_velocities(results.path(run_dir, "cheetah_velocity.png"), velocities)]
 
 
 class CheetahVelFamily(_CheetahFamily, options=CHEETAH_VEL):

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from metaopt.algorithms import MetaLearner
-from metaopt.training.family import RunResults, TrainConfig
+from metaopt.training.family import RunResults
 from rl.config import NAV2D, Nav2DConfig
 from rl.continuous import GaussianNoise
 from rl.goal_family import EVAL_STEPS, GoalFamily
@@ -68,28 +68,14 @@ class Nav2DFamily(GoalFamily, options=NAV2D):
     ) -> dict[str, Any]:
         """Mean-action paths ``{policy: {steps: [G, H + 1, 2]}}`` on the first held-out goals
         after 0, 1 and 3 inner steps (each adaptation on that goal's sampled support episodes)."""
-        learners = {"meta-learned": algo, **self.baselines(algo, config)}
-        names = {"baseline": "pretrained", "random_baseline": "random initialisation"}
-        paths: dict[str, Any] = {}
-        for key, learner in learners.items():
-            by_steps = {}
-            for k in PICTURE_STEPS:
-                batch = self.test_batch(config, num_goals)
-                forward = learner.adapt_batch(batch, k)
-                zero = GaussianNoise(torch.zeros(config.horizon, num_goals, 1, 2))
-                with torch.no_grad():
-                    observed = batch.simulate(forward, zero).observations[:, :, 0]
-                by_steps[k] = observed.transpose(0, 1).numpy()
-            paths[names.get(key, key)] = by_steps
+        zero = GaussianNoise(torch.zeros(config.horizon, num_goals, 1, 2))
+        paths = self.mean_action_episodes(algo, config, num_goals, PICTURE_STEPS, zero)
         return {"goals": self.test_goals(config, num_goals), "paths": paths}
 
-    def plot(
-        self, algo: MetaLearner, config: TrainConfig, run_dir: Path, results: RunResults
+    def pictures(
+        self, algo: MetaLearner, config: Nav2DConfig, run_dir: Path, results: RunResults
     ) -> list[Path]:
         from rl.nav2d.plots import plot_nav2d
 
-        trajectories = self.trajectories(algo, self.own_config(config))
-        return [
-            *self.return_plots(config, run_dir, results),
-            plot_nav2d(results.path(run_dir, "nav2d_trajectories.png"), trajectories),
-        ]
+        trajectories = self.trajectories(algo, config)
+        return [plot_nav2d(results.path(run_dir, "nav2d_trajectories.png"), trajectories)]

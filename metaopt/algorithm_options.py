@@ -179,7 +179,7 @@ class IMAMLOptions:
     curvature: str = option(
         "hessian",
         "iMAML: H in (I + H/λ)x = g: hessian (the support loss's) or gauss-newton (its "
-        "positive semi-definite Gauss-Newton part; vectorised engine only)",
+        "positive semi-definite Gauss-Newton part)",
     )
 
     def validate(self) -> None:
@@ -194,13 +194,7 @@ class IMAMLOptions:
         check_real("--inner-tol", self.inner_tol, low=0)
 
     def check(self, config: Any) -> None:
-        """Gauss-Newton needs the vectorised engine; the inner solve needs inner SGD."""
-        if self.curvature == "gauss-newton" and config.engine == "loop":
-            raise ConfigError(
-                "--curvature gauss-newton needs the network's outputs, which only the vectorised "
-                "engine sees; got --engine loop (use --engine auto or vmap, or --curvature "
-                "hessian)"
-            )
+        """The inner solve needs inner SGD."""
         if config.inner_optimizer != "sgd":
             for name, value in (
                 ("--inner-tol", self.inner_tol),

@@ -476,7 +476,8 @@ def test_on_solve_failure_damp_stops_when_no_mu_converges() -> None:
 
 
 @pytest.mark.slow  # the dense reference: 3,000 float64 steps and Jacobians, about 6 s
-def test_gauss_newton_against_an_explicit_jacobian_matrix() -> None:
+@pytest.mark.parametrize("engine", ["vmap", "loop"])
+def test_gauss_newton_against_an_explicit_jacobian_matrix(engine: str) -> None:
     # (I + G/λ)⁻¹∇L_q(φ*) with G = Jᵀ ∇²ℓ J built densely in float64 from the network's
     # Jacobian J at φ* and the Hessian of the loss ℓ in the outputs, task by task.
     from test_engine import RegressionBatch
@@ -489,7 +490,7 @@ def test_gauss_newton_against_an_explicit_jacobian_matrix() -> None:
         reg=reg,
         inner_tol=1e-13,
         cg_steps=200,
-        engine="vmap",
+        engine=engine,
         curvature="gauss-newton",
     )
     algo.meta_backward(tasks)
@@ -530,12 +531,55 @@ def test_gauss_newton_against_an_explicit_jacobian_matrix() -> None:
     assert (grad - expected).norm() <= 1e-8 * expected.norm()
 
 
-def test_gauss_newton_is_refused_on_the_loop_engine() -> None:
-    from test_core_gradients import RegressionTask
+def test_gauss_newton_is_the_same_on_both_engines() -> None:
+    # The loop engine hands each task's support_loss the linearised network; the vectorised
+    # engine linearises its batched forward. Same tasks, same θ: the same meta-gradient, and it
+    # is not the Hessian's (else the test could not tell the curvatures apart).
+    from test_engine import RegressionBatch
 
-    algo = metaopt.IMAML(TanhMLP(), reg=2.0, curvature="gauss-newton")
-    with pytest.raises(TypeError, match="curvature='gauss-newton'.*vectorised engine"):
-        algo.meta_backward([RegressionTask(1)])
+    tasks = RegressionBatch(3, torch.float64, seed=1)
+    grads = {}
+    for engine, curvature in [
+        ("vmap", "gauss-newton"),
+        ("loop", "gauss-newton"),
+        ("loop", "hessian"),
+    ]:
+        algo = metaopt.IMAML(
+            _tanh_net(), reg=2.0, inner_steps=30, inner_tol=1e-6, power_iterations=3,
+            cg_steps=50, cg_tol=1e-10, engine=engine, curvature=curvature,
+        )  # fmt: skip
+        metrics = algo.meta_backward(tasks)
+        assert metrics.extra["solve_failed"] == 0
+        grads[engine, curvature] = torch.cat([p.grad.reshape(-1) for p in algo.model.parameters()])
+    vmap, loop, hessian = grads.values()
+    assert (loop - vmap).norm() <= 1e-10 * vmap.norm()
+    assert (hessian - vmap).norm() > 1e-4 * vmap.norm()
+
+
+class _AsksForAMethod:
+    """A task whose support loss calls a method of the model, not the model itself."""
+
+    def __init__(self) -> None:
+        self.x = torch.randn(4, 3, dtype=torch.float64)
+
+    def support_loss(self, model: torch.nn.Module) -> torch.Tensor:
+        return model.forward_features(self.x).pow(2).mean()  # type: ignore[operator]
+
+    def query_loss(self, model: torch.nn.Module) -> torch.Tensor:
+        return model(self.x).pow(2).mean()
+
+
+def test_gauss_newton_on_the_loop_engine_refuses_a_task_that_does_more_than_call() -> None:
+    class Net(torch.nn.Sequential):
+        def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+            return self[0](x)
+
+    torch.manual_seed(0)
+    net = Net(torch.nn.Linear(3, 2), torch.nn.Tanh(), torch.nn.Linear(2, 1)).double()
+    # The inner loop runs on the real network; only the solve's linearised copy refuses.
+    algo = metaopt.IMAML(net, reg=2.0, inner_steps=2, engine="loop", curvature="gauss-newton")
+    with pytest.raises(TypeError, match=r"can only be called.*model\.forward_features"):
+        algo.meta_backward([_AsksForAMethod()])
 
 
 @pytest.mark.parametrize(

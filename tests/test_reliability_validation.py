@@ -112,13 +112,10 @@ def test_imaml_has_defaults_of_its_own_under_the_flags() -> None:
     assert maml.algo_options == {"maml": {"unroll_checkpoints": None, "lslr": False}}  # no iMAML
 
 
-def test_imaml_refuses_gauss_newton_on_the_loop_engine() -> None:
-    with pytest.raises(ConfigError, match="--curvature gauss-newton needs .* --engine loop"):
-        resolve_config(RToyFamily(), {"algo": "imaml", "engine": "loop"})
-    config = resolve_config(
-        RToyFamily(), {"algo": "imaml", "engine": "loop", "curvature": "hessian"}
-    )
-    assert config.options.curvature == "hessian"
+def test_imaml_takes_gauss_newton_on_every_engine() -> None:
+    for engine in ("loop", "vmap", "auto"):
+        config = resolve_config(RToyFamily(), {"algo": "imaml", "engine": engine})
+        assert config.options.curvature == "gauss-newton"
 
 
 def test_imaml_refuses_a_tolerance_with_adam() -> None:

@@ -109,8 +109,9 @@ class IMAML(MetaLearner):
         curvature: ``"hessian"`` (H is the support loss's Hessian) or ``"gauss-newton"`` (H is
             its Gauss-Newton part $J^\top \nabla^2_f\ell\, J$, J the Jacobian of the network's
             outputs f and ℓ the loss of them: positive semi-definite for a convex ℓ, so
-            $I + H/\lambda$ is positive definite and CG cannot break down; vectorised engine
-            only).
+            $I + H/\lambda$ is positive definite and CG cannot break down). On the loop engine
+            the task's ``support_loss`` is then handed the linearised network, which it may
+            only call (``model(x)``).
     """
 
     def __init__(
@@ -294,12 +295,6 @@ class IMAML(MetaLearner):
             return MetaMetrics(before, support_after(batch, forward), query.detach())
 
         def step(task: Task, index: int, weight: float) -> tuple[torch.Tensor, ...]:
-            if self._rule.curvature == "gauss-newton":
-                raise TypeError(
-                    "IMAML(curvature='gauss-newton') needs the network's outputs, which only "
-                    "the vectorised engine sees (a BatchedTasks meta-batch, engine 'auto' or "
-                    "'vmap'); use curvature='hessian' on the loop engine"
-                )
             if self.solves_inner:
                 state = self._solve_task(task, index, self.inner_steps)
                 solved(state)
@@ -312,11 +307,23 @@ class IMAML(MetaLearner):
 
             def losses(phi: Tensors, th: dict[str, torch.Tensor], query: bool) -> torch.Tensor:
                 loss = task.query_loss if query else task.support_loss
+                if not query and self._rule.curvature == "gauss-newton":
+                    return loss(_Called(linearised(network_of, (phi, th), anchor)))
                 call = _Call(self.model, loss)
                 every = {**th, **dict(zip(names, phi, strict=True))}
                 every.update((n, b.clone()) for n, b in self.model.named_buffers())  # as above
                 tensors = {f"model.{n}": t for n, t in every.items()}
                 return torch.func.functional_call(call, tensors, ())
+
+            def network_of(phi: Tensors, th: dict[str, torch.Tensor]) -> Callable[..., Any]:
+                every = {**th, **dict(zip(names, phi, strict=True))}
+                every.update((n, b.clone()) for n, b in self.model.named_buffers())
+                return lambda *args: torch.func.functional_call(self.model, every, args)
+
+            anchor = (  # as above
+                tuple(adapted[n].detach() for n in names),
+                {n: t.detach() for n, t in theta.items()},
+            )
 
             with _quiet():
                 phi = self._rule.implicit(
@@ -374,6 +381,28 @@ class _Call(nn.Module):
 
     def forward(self) -> torch.Tensor:
         return self.loss(self.model)
+
+
+class _Called(nn.Module):
+    """A network that can only be called: what a task's support loss is handed under
+    Gauss-Newton curvature on the loop engine, the network linearised around (φ*, θ)."""
+
+    def __init__(self, forward: Callable[..., Any]) -> None:
+        super().__init__()
+        self._call = forward
+
+    def forward(self, *args: Any) -> Any:
+        return self._call(*args)
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            raise TypeError(
+                f"IMAML(curvature='gauss-newton') hands the task's support_loss the network "
+                f"linearised in its parameters, which can only be called (model(x)); the task "
+                f"asked for model.{name} (use curvature='hessian')"
+            ) from None
 
 
 @contextmanager

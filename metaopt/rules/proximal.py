@@ -173,19 +173,24 @@ def linearised(
     """The network linearised in its parameters around ``anchor`` (φ*, θ), evaluated at ``at``:
     $f(x) \\approx f_*(x) + J_*\\,(\\text{at} - \\text{anchor})$. The Hessian of a loss of these
     outputs is the Gauss-Newton matrix $J_*^\\top \\nabla^2_f\\ell\\, J_*$ and its gradient at the
-    anchor is the loss's own, so an optimality condition built from it has the same root."""
+    anchor is the loss's own, so an optimality condition built from it has the same root.
+
+    ``forward_of(φ, θ)`` is the network at those parameters, called with whatever arguments the
+    linearised one is called with; its outputs may be a tensor or a tuple of tensors."""
     phi, th = at
     phi0, th0 = anchor
 
-    def forward(x: Any) -> Any:
+    def forward(*args: Any) -> Any:
         def outputs(p: Tensors, t: dict[str, torch.Tensor]) -> Any:
-            return forward_of(p, t)(x)
+            return forward_of(p, t)(*args)
 
         tangent = (
             tuple(a - b for a, b in zip(phi, phi0, strict=True)),
             {n: th[n] - th0[n] for n in th0},
         )
         value, change = torch.func.jvp(outputs, (phi0, th0), tangent)  # type: ignore[misc]
+        if isinstance(value, tuple):
+            return tuple(v.detach() + c for v, c in zip(value, change, strict=True))
         return value.detach() + change
 
     return forward

@@ -170,6 +170,11 @@ class IMAMLOptions:
         "step is then min(--inner-lr, 1/(λ + L)), halved where it raises the regularised loss "
         "(0: --inner-lr)",
     )
+    inner_momentum: bool = option(
+        False,
+        "iMAML: Nesterov's acceleration of the inner steps on the regularised problem, restarted "
+        "where a step raises its loss (needs --inner-optimizer sgd)",
+    )
     on_solve_failure: str = option(
         "stop",
         "iMAML: a linear solve that misses --cg-tol: stop (training stops), skip (no outer step "
@@ -192,18 +197,25 @@ class IMAMLOptions:
         check_real("--reg", self.reg, low=0, low_open=True)
         check_real("--cg-tol", self.cg_tol, low=0, low_open=True)
         check_real("--inner-tol", self.inner_tol, low=0)
+        check_bool("--inner-momentum", self.inner_momentum)
 
     def check(self, config: Any) -> None:
         """The inner solve needs inner SGD."""
         if config.inner_optimizer != "sgd":
-            for name, value in (
-                ("--inner-tol", self.inner_tol),
-                ("--power-iterations", self.power_iterations),
-            ):
+            solve = (
+                (self.inner_tol, f"--inner-tol {self.inner_tol}", "--inner-tol 0"),
+                (
+                    self.power_iterations,
+                    f"--power-iterations {self.power_iterations}",
+                    "--power-iterations 0",
+                ),
+                (self.inner_momentum, "--inner-momentum", "--no-inner-momentum"),
+            )
+            for value, given, off in solve:
                 if value:
                     raise ConfigError(
-                        f"{name} {value} needs --inner-optimizer sgd (gradient descent on the "
-                        f"regularised problem); got {config.inner_optimizer!r} (set {name} 0 to "
+                        f"{given} needs --inner-optimizer sgd (gradient descent on the "
+                        f"regularised problem); got {config.inner_optimizer!r} (set {off} to "
                         "use it)"
                     )
 

@@ -79,6 +79,32 @@ def test_the_imaml_spectrum_script_of_the_docs_runs(tmp_path: Path) -> None:
         assert float(line.rsplit(" ", 1)[1]) < 1e-4, line  # the solver's relative error
 
 
+@pytest.mark.slow
+def test_the_inner_residual_script_of_the_docs_runs(tmp_path: Path) -> None:
+    """benchmarks/imaml_inner_residual.py, behind docs/results.md's residual-against-steps table:
+    on a tiny tanh run the solve converges, plain and with momentum."""
+    cheap = ["--meta-batch", "2", "--hidden", "8", "--baseline-steps", "0", "--eval-tasks", "2"]
+    cheap += ["--protocol-steps", "1", "--iterations", "2", "--quiet", "--out", str(tmp_path)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    train = ["sine", "--algo", "imaml", "--activation", "tanh", *cheap]
+    trained = subprocess.run(
+        [sys.executable, "-m", "metaopt", "train", *train],
+        env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert trained.returncode == 0, trained.stderr
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.imaml_inner_residual", str(tmp_path), "--steps", "100"],
+        env=env, capture_output=True, text=True, timeout=120,
+        cwd=Path(__file__).parents[1],
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    rows = [line for line in done.stdout.splitlines() if line.startswith(str(tmp_path))]
+    assert [row.split()[1].rstrip(":") for row in rows] == ["plain", "momentum"], rows
+    for row in rows:
+        cells = row.split(": ")[1].split()  # worst/median task after 0, 5, 10, ... steps
+        assert cells[0] == "1/1" and float(cells[-1].split("/")[0]) < 1e-3, row
+
+
 @pytest.mark.slow  # two runs and their evaluations: about 30 s on a loaded machine
 def test_imaml_records_its_solves_and_skip_counts_the_dropped_batches(tmp_path: Path) -> None:
     # One CG step and a tolerance no solve meets: with --on-solve-failure skip every meta-batch

@@ -301,13 +301,14 @@ TOLERANT = {"inner_lr": 10.0, "inner_steps": 2000, "power_iterations": 5, "cg_to
 
 
 @pytest.mark.parametrize("engine", ["loop", "vmap"])
-@pytest.mark.parametrize("adapt", [None, ["bias"]])
-def test_closed_form_with_the_inner_tolerance(engine: str, adapt) -> None:
+@pytest.mark.parametrize(("adapt", "momentum"), [(None, False), (["bias"], False), (None, True)])
+def test_closed_form_with_the_inner_tolerance(engine: str, adapt, momentum: bool) -> None:
     theta, tasks = _setup()
     model = mt.LinearModel(theta, split=2)
     algo = metaopt.IMAML(
-        model, **TOLERANT, reg=1.5, inner_tol=1e-12, cg_steps=50, engine=engine, adapt=adapt
-    )
+        model, **TOLERANT, reg=1.5, inner_tol=1e-12, cg_steps=50, engine=engine, adapt=adapt,
+        inner_momentum=momentum,
+    )  # fmt: skip
     mt.check_meta_gradient(algo, tasks, method="closed_form", rtol=1e-8, atol=1e-12)
     assert algo.last_engine == engine
 
@@ -394,19 +395,9 @@ def test_the_step_is_tied_to_the_curvature() -> None:
     # one step from θ lands where that closed-form step does.
     from metaopt.rules.proximal import proximal_path
 
-    gen = torch.Generator().manual_seed(0)
-    q, _ = torch.linalg.qr(torch.randn(2, 5, 5, dtype=torch.float64, generator=gen))
     spectra = torch.stack([torch.linspace(0.5, 4.0, 5), torch.linspace(-1.0, 9.0, 5)])
-    a = q @ torch.diag_embed(spectra.double()) @ q.transpose(1, 2)
-    c = torch.randn(2, 5, dtype=torch.float64, generator=gen)
-    theta = torch.randn(2, 5, dtype=torch.float64, generator=gen)
+    objective, a, c, theta = _quadratic_tasks(spectra, seed=0)
     reg = 1.5
-
-    def objective(phi):
-        (p,) = phi
-        d = p - c
-        return 0.5 * torch.einsum("bi,bij,bj->b", d, a, d)
-
     path = proximal_path(objective, (theta,), reg, lr=100.0, steps=1, tol=0.0, power_iterations=200)
     *_, state = path
     top = torch.linalg.eigvalsh(a).abs().amax(dim=1)
@@ -414,6 +405,95 @@ def test_the_step_is_tied_to_the_curvature() -> None:
     expected = theta - step[:, None] * torch.einsum("bij,bj->bi", a, theta - c)
     assert torch.allclose(state.params[0], expected, rtol=1e-10, atol=1e-12)
     assert state.steps == 1
+
+
+def _quadratic_tasks(spectra: torch.Tensor, seed: int):
+    """Tasks with quadratic support losses ½(φ − c)ᵀA(φ − c), each A with the spectrum given (a
+    row per task): the per-task objective, A, c and θ."""
+    tasks, dim = spectra.shape
+    gen = torch.Generator().manual_seed(seed)
+    q, _ = torch.linalg.qr(torch.randn(tasks, dim, dim, dtype=torch.float64, generator=gen))
+    a = q @ torch.diag_embed(spectra.double()) @ q.transpose(1, 2)
+    c = torch.randn(tasks, dim, dtype=torch.float64, generator=gen)
+    theta = torch.randn(tasks, dim, dtype=torch.float64, generator=gen)
+
+    def objective(phi):
+        (p,) = phi
+        d = p - c
+        return 0.5 * torch.einsum("bi,bij,bj->b", d, a, d)
+
+    return objective, a, c, theta
+
+
+def test_momentum_reaches_the_same_point_in_fewer_steps() -> None:
+    # κ = (λ + L)/λ is 51 and 101 here: plain steps shrink the error by about 1 − 1/κ each,
+    # Nesterov's by about 1 − 1/√κ, so momentum needs several times fewer steps to the same
+    # tolerance, and both end at the closed-form φ*.
+    from metaopt.rules.proximal import proximal_path
+
+    reg, tol = 0.2, 1e-7  # (the monotone test resolves the loss to about 1e-14 of its value)
+    spectra = torch.stack([torch.linspace(0.0, 10.0, 8), torch.linspace(-0.1, 20.0, 8)])
+    objective, a, c, theta = _quadratic_tasks(spectra, seed=1)
+    system = a + reg * torch.eye(8, dtype=torch.float64)  # φ* = (A + λI)⁻¹(Ac + λθ)
+    solution = torch.linalg.solve(system, torch.einsum("bij,bj->bi", a, c) + reg * theta)
+    start = torch.func.grad(lambda t: objective((t,)).sum())(theta).norm(dim=1)  # ‖∇L(θ)‖
+    strong = torch.tensor([0.0, -0.1], dtype=torch.float64) + reg  # smallest eigenvalue of A + λI
+    used = {}
+    for momentum in (False, True):
+        path = proximal_path(
+            objective, (theta,), reg, lr=100.0, steps=5000, tol=tol, power_iterations=100,
+            momentum=momentum,
+        )  # fmt: skip
+        *_, state = path
+        assert bool((state.residual <= tol).all())
+        # ‖φ − φ*‖ ≤ ‖∇F(φ)‖/μ for a μ-strongly convex F, and ‖∇F(φ)‖ = residual·‖∇L(θ)‖
+        # (equality along the slowest eigenvector, where the last error lies; with roundoff).
+        error = (state.params[0] - solution).norm(dim=1)
+        bound = state.residual * start / strong
+        assert bool((error <= (1 + 1e-6) * bound + 1e-12).all()), (error, bound)
+        used[momentum] = state.steps
+    assert used[True] < used[False] / 3, used
+
+
+def test_inner_residuals_are_the_ones_the_solve_reports() -> None:
+    # The worst task's residual after the last step is what meta_backward records as
+    # inner_residual; the first row is 1 (the residual at θ is the scale itself).
+    from test_engine import RegressionBatch
+
+    tasks = RegressionBatch(3, torch.float64)
+    algo = metaopt.IMAML(_tanh_net(), reg=2.0, inner_steps=7, power_iterations=3, inner_tol=1e-30)
+    residuals = algo.inner_residuals(tasks, 7)
+    assert residuals.shape == (8, 3) and bool((residuals[0] == 1).all())
+    assert bool((residuals[-1] < residuals[0]).all())
+    assert algo.meta_backward(tasks).extra["inner_residual"] == float(residuals[-1].max())
+    with pytest.raises(TypeError, match="needs a BatchedTasks"):
+        algo.inner_residuals(list(tasks), 7)
+
+
+def test_momentum_never_raises_the_regularised_loss() -> None:
+    # A non-convex support loss (cosines) that λ does not make convex: momentum overshoots, so
+    # steps are undone and restarted, and every accepted point is at or below the one before.
+    from metaopt.rules.proximal import proximal_path
+
+    gen = torch.Generator().manual_seed(2)
+    scale = 4 * torch.rand(3, 6, dtype=torch.float64, generator=gen)
+    theta = torch.randn(3, 6, dtype=torch.float64, generator=gen)
+    reg = 0.5
+
+    def objective(phi):
+        (p,) = phi
+        return (scale * torch.cos(2 * p)).sum(1) + 0.1 * p.pow(2).sum(1)
+
+    def value(p):
+        return objective((p,)) + reg / 2 * (p - theta).pow(2).sum(1)
+
+    path = proximal_path(
+        objective, (theta,), reg, lr=1.0, steps=200, tol=0.0, power_iterations=3, momentum=True
+    )
+    values = torch.stack([value(state.params[0]) for state in path])
+    assert bool((values[1:] == values[:-1]).any())  # some steps were undone
+    assert bool((values[1:] <= values[:-1] + 1e-12 * values[:-1].abs()).all())
+    assert bool((values[-1] < values[0]).all())
 
 
 def test_on_solve_failure_stop_refuses_an_indefinite_system() -> None:

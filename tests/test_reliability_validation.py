@@ -71,6 +71,7 @@ BAD = [
     ("cg_tol", -1.0, "--cg-tol must be a positive finite number, got -1.0"),
     ("inner_tol", -1.0, "--inner-tol must be a finite number >= 0, got -1.0"),
     ("power_iterations", -1, "--power-iterations must be an integer >= 0, got -1"),
+    ("inner_momentum", "on", "--inner-momentum must be true or false, got 'on'"),
     (
         "on_solve_failure",
         "retry",
@@ -121,6 +122,10 @@ def test_imaml_takes_gauss_newton_on_every_engine() -> None:
 def test_imaml_refuses_a_tolerance_with_adam() -> None:
     with pytest.raises(ConfigError, match="--inner-tol 0.01 needs --inner-optimizer sgd"):
         resolve_config(RToyFamily(), {"algo": "imaml", "inner_optimizer": "adam"})
+    off = {"inner_optimizer": "adam", "inner_tol": 0.0, "power_iterations": 0}
+    with pytest.raises(ConfigError, match="--inner-momentum needs .* --no-inner-momentum"):
+        resolve_config(RToyFamily(), {"algo": "imaml", **off, "inner_momentum": True})
+    assert resolve_config(RToyFamily(), {"algo": "imaml", **off}).inner_optimizer == "adam"
 
 
 def test_positive_rates_is_refused_for_algorithms_without_learned_rates() -> None:

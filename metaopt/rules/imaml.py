@@ -58,6 +58,7 @@ class IMAMLRule(Rule):
         curvature: str = "hessian",
         inner_tol: float = 0.0,
         power_iterations: int = 0,
+        inner_momentum: bool = False,
     ) -> None:
         self.reg = check_real("reg", reg, low=0, low_open=True)
         self.solver = check_choice("solver", solver, SOLVERS)
@@ -65,6 +66,9 @@ class IMAMLRule(Rule):
         self.cg_tol = check_real("cg_tol", cg_tol, low=0, low_open=True)
         self.inner_tol = check_real("inner_tol", inner_tol, low=0)
         self.power_iterations = check_int("power_iterations", power_iterations, 0)
+        if not isinstance(inner_momentum, bool):
+            raise TypeError(f"inner_momentum must be True or False; got {inner_momentum!r}")
+        self.inner_momentum = inner_momentum
         self.on_solve_failure = check_choice(
             "on_solve_failure", on_solve_failure, SOLVE_FAILURE_POLICIES
         )
@@ -78,14 +82,16 @@ class IMAMLRule(Rule):
             "solver": self.solver,
             "inner_tol": self.inner_tol,
             "power_iterations": self.power_iterations,
+            "inner_momentum": self.inner_momentum,
             "on_solve_failure": self.on_solve_failure,
             "curvature": self.curvature,
         }
 
     @property
     def solves_inner(self) -> bool:
-        """Whether the inner loop is `proximal_path` (a tolerance or a curvature-tied step)."""
-        return self.inner_tol > 0 or self.power_iterations > 0
+        """Whether the inner loop is `proximal_path` (a tolerance, a curvature-tied step or
+        momentum)."""
+        return self.inner_tol > 0 or self.power_iterations > 0 or self.inner_momentum
 
     def transform(
         self, inner_optimizer: str, inner_lr: float, learned: Sequence[torch.Tensor]
@@ -98,16 +104,19 @@ class IMAMLRule(Rule):
         anchor: Tensors,
         steps: int,
         inner_lr: float,
+        tol: float | None = None,
     ) -> Iterator[InnerState]:
-        """`proximal_path` with this rule's λ, tolerance and power iterations."""
+        """`proximal_path` with this rule's λ, tolerance (or ``tol``), power iterations and
+        momentum."""
         return proximal_path(
             objective,
             anchor,
             self.reg,
             lr=inner_lr,
             steps=steps,
-            tol=self.inner_tol,
+            tol=self.inner_tol if tol is None else tol,
             power_iterations=self.power_iterations,
+            momentum=self.inner_momentum,
         )
 
     def implicit(

@@ -99,6 +99,7 @@ def proximal_path(
     steps: int,
     tol: float,
     power_iterations: int,
+    momentum: bool = False,
 ) -> Iterator[InnerState]:
     r"""Gradient descent on $L_b(\phi_b) + \frac{\lambda}{2}\lVert\phi_b - \theta_b\rVert^2$
     for every task b at once, yielding the state after 0, 1, ..., ``steps`` steps.
@@ -110,6 +111,15 @@ def proximal_path(
     step that raises a task's regularised loss is undone and that task's step size halved. Once
     every task's residual is at most ``tol`` the state is yielded unchanged (no more work).
 
+    With ``momentum``, each step is Nesterov's accelerated one for a strongly convex problem,
+    $\phi_{k+1} = \phi_k - \eta g_k + \beta\,[(\phi_k - \phi_{k-1}) - \eta(g_k - g_{k-1})]$
+    with g the regularised gradient, η the task's step size and
+    $\beta = (\sqrt\kappa - 1)/(\sqrt\kappa + 1)$, $\kappa = 1/(\lambda\eta)$ (the
+    regularised problem's condition number when η = 1/(λ + L)): the error shrinks by about
+    $1 - 1/\sqrt\kappa$ a step instead of $1 - 1/\kappa$. The accepted points still never
+    raise the regularised loss: a step that does is undone and the momentum restarted from
+    there (O'Donoghue & Candès's function restart); only a plain step that does halves η.
+
     Args:
         objective: Per-task support losses ``[B]`` of task-stacked parameters.
         anchor: θ, one copy per task (detached).
@@ -118,6 +128,7 @@ def proximal_path(
         steps: The most steps.
         tol: The stationarity residual at which a task counts as solved.
         power_iterations: Hessian-vector products of the curvature estimate.
+        momentum: Nesterov's acceleration, restarted where a step raises the loss.
     """
 
     def evaluate(point: Tensors, graph: bool) -> tuple[Tensors, torch.Tensor, Tensors]:
@@ -144,21 +155,42 @@ def proximal_path(
     pulled = grads  # the regularised gradient (φ = θ here)
     residual = torch.where(scale > 0, 1.0, 0.0).to(before.dtype)
     used = 0
+    # The momentum term of the next step, (φ_k − φ_{k−1}) − η(g_k − g_{k−1}): zero at the start
+    # and after a restart; `moving` says which tasks' steps carry one.
+    drift = tuple(torch.zeros_like(p) for p in phi)
+    moving = torch.zeros_like(before, dtype=torch.bool)
     yield InnerState(phi, before, residual, used)
     for _ in range(steps):
         if bool((residual <= tol).all()):
             yield InnerState(phi, before, residual, used)
             continue
         trial = tuple(p - _per_task(rate, g) for p, g in zip(phi, pulled, strict=True))
+        if momentum:
+            root = (1 / (reg * rate)).clamp_min(1).sqrt()  # √κ
+            beta = torch.where(moving, (root - 1) / (root + 1), 0.0)
+            trial = tuple(t + _per_task(beta, d) for t, d in zip(trial, drift, strict=True))
         _, losses, new_grads = evaluate(trial, False)
         used += 1
         distance = _norms([t - a for t, a in zip(trial, anchor, strict=True)])
         new_value = losses.detach() + reg / 2 * distance**2
         keep = new_value <= value + slack * value.abs()
+        if momentum:
+            new_pulled = tuple(
+                g.detach() + reg * (t - a) for g, t, a in zip(new_grads, trial, anchor, strict=True)
+            )
+            step = tuple(
+                t - p - _per_task(rate, n - g)
+                for t, p, n, g in zip(trial, phi, new_pulled, pulled, strict=True)
+            )
+            drift = _pick(keep, step, tuple(torch.zeros_like(d) for d in drift))
+            restarted = moving & ~keep  # a rejected step with momentum: restart, keep η
+            moving = keep
+        else:
+            restarted = torch.zeros_like(keep)
         phi = _pick(keep, trial, phi)
         grads = _pick(keep, tuple(g.detach() for g in new_grads), grads)
         value = torch.where(keep, new_value, value)
-        rate = torch.where(keep, rate, rate / 2)
+        rate = torch.where(keep | restarted, rate, rate / 2)
         pulled = tuple(g + reg * (p - a) for g, p, a in zip(grads, phi, anchor, strict=True))
         residual = _norms(pulled) / scale.clamp_min(torch.finfo(scale.dtype).tiny)
         residual = torch.where(scale > 0, residual, 0.0)

@@ -70,9 +70,11 @@ def adaptation_curve(
 ) -> torch.Tensor:
     """Query metric after each number of ``algo``'s own adaptation steps: ``[len(steps), B]``.
 
-    Batched (`batched_curve`) when ``algo`` adapts by (learned-rate) SGD and the batch is
-    full-batch, ``algo.adapt`` (`loop_curve`) otherwise.
+    Batched (`batched_curve`) when ``algo`` adapts by (learned-rate) SGD or by a solve whose
+    batched path stops each task as ``algo.adapt`` does (iMAML's, ``rule.solves_inner``), and the
+    batch is full-batch; ``algo.adapt`` (`loop_curve`) otherwise.
     """
-    if algo.inner_sgd_rates() is None or batch.minibatch is not None:
+    batched = algo.inner_sgd_rates() is not None or algo.rule.solves_inner
+    if not batched or batch.minibatch is not None:
         return loop_curve(algo, batch, steps)
     return batched_curve(algo, batch, steps, chunk=chunk)

@@ -44,6 +44,7 @@ def test_config_json_nests_the_chosen_algorithms_options() -> None:
             "solver": "cg",
             "inner_tol": 1e-2,
             "power_iterations": 3,
+            "inner_momentum": False,
             "on_solve_failure": "damp",
             "curvature": "hessian",
         }

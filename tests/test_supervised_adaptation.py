@@ -58,6 +58,27 @@ def test_batched_adaptation_equals_algo_adapt(name: str) -> None:
     assert not torch.equal(batched[0], batched[-1])  # adaptation did something
 
 
+@pytest.mark.parametrize("momentum", [False, True])
+def test_imaml_solve_batched_equals_algo_adapt(momentum: bool) -> None:
+    # iMAML's inner solve stops each task at the tolerance: adapt() one task at a time, and the
+    # batched path by stopping each task on its own. At 1e-6 on this tanh MLP the tasks stop at
+    # different steps before 40, so a batch that stopped all together would differ.
+    batch = _double(sample_sine(np.random.default_rng(0), 6, shots=10, query=20))
+    model = seeded(lambda: mlp(1, [16, 16], 1, activation="tanh"), 0).double()
+    algo = metaopt.IMAML(
+        model, inner_lr=1.0, reg=10.0, inner_tol=1e-6, power_iterations=3, inner_momentum=momentum
+    )
+    assert algo.inner_sgd_rates() is None and algo.rule.solves_inner
+    steps = [0, 1, 5, 40]
+    batched = adaptation_curve(algo, batch, steps)
+    looped = loop_curve(algo, batch, steps)
+    torch.testing.assert_close(batched, looped, rtol=1e-10, atol=1e-12)
+    assert not torch.equal(batched[0], batched[-1])
+    residuals = algo.inner_residuals(batch, 40)  # [41, B]: the step each task is solved at
+    solved_at = (residuals <= 1e-6).to(torch.int8).argmax(dim=0)
+    assert bool((residuals[-1] <= 1e-6).all()) and len(set(solved_at.tolist())) > 1, solved_at
+
+
 def test_batched_adaptation_of_the_conv_net_equals_algo_adapt(omniglot_dir: Path) -> None:
     data = load_omniglot(omniglot_dir, 28)
     batch = sample_episodes(

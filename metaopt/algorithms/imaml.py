@@ -172,13 +172,15 @@ class IMAML(MetaLearner):
         anchor: Tensors,
         steps: int,
         tol: float | None = None,
+        each: bool = False,
     ) -> Iterator[InnerState]:
-        return self._rule.path(objective, anchor, steps, self.inner_lr, tol)
+        return self._rule.path(objective, anchor, steps, self.inner_lr, tol, each)
 
     def _solve_vmap(
-        self, tasks: BatchedTasks, steps: int, tol: float | None = None
+        self, tasks: BatchedTasks, steps: int, tol: float | None = None, each: bool = False
     ) -> Iterator[tuple[Adapted, InnerState]]:
-        """`proximal_path` on the vectorised engine: each state as the engine's ``Adapted``."""
+        """`proximal_path` on the vectorised engine: each state as the engine's ``Adapted``
+        (``each``: every task stops at the tolerance on its own, as `adapt` stops it)."""
         batch = Batch(self.model, batch_norm=self.batch_norm, adapted=self.adapted)
         every = batch.expand(list(self.model.parameters()), len(tasks))
 
@@ -186,7 +188,7 @@ class IMAML(MetaLearner):
             return batch.support(tasks, with_rows(every, batch.rows, phi), None)
 
         anchor = tuple(every[i].detach() for i in batch.rows)
-        for state in self._path(objective, anchor, steps, tol):
+        for state in self._path(objective, anchor, steps, tol, each):
             adapted = batch.params(with_rows(every, batch.rows, state.params))
             yield (adapted, batch.layout.shared, state.before), state
 
@@ -207,7 +209,9 @@ class IMAML(MetaLearner):
         if not self.solves_inner:
             yield from super()._vmap_path(tasks, steps, create_graph=create_graph)
             return
-        for adapted, _ in self._solve_vmap(tasks, steps):
+        # Meta-training's batches stop when every task is solved; adapt_batch and the evaluation
+        # stop each task on its own, as adapt() does one task at a time.
+        for adapted, _ in self._solve_vmap(tasks, steps, each=True):
             yield adapted
 
     def _solve_task(self, task: Task, index: int, steps: int) -> InnerState:
@@ -379,7 +383,7 @@ class IMAML(MetaLearner):
         )
 
     def inner_sgd_rates(self) -> float | list[torch.Tensor] | None:
-        return None  # the inner update has the proximal term: evaluate through adapt()
+        return None  # the inner update has the proximal term
 
     def __repr__(self) -> str:
         options = self._rule.options()

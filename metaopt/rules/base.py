@@ -103,6 +103,13 @@ class Rule:
         of it can check it)."""
         return self.outer == "query-gradient" and self.second_order
 
+    @property
+    def solves_inner(self) -> bool:
+        """Whether the inner loop solves a problem to a tolerance (iMAML's `proximal_path`)
+        instead of taking the inner optimiser's steps; its batched path (``adapt_batch_path``)
+        then stops each task on its own, as ``adapt`` does."""
+        return False
+
     def check(self, learned: Sequence[torch.Tensor]) -> torch.Tensor | None:
         """A 0-d diagnostic of the learned state that the compiled engine computes inside its
         graph and hands to `warning` (Meta-SGD: its lowest rate); ``None``: none."""

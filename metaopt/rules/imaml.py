@@ -105,9 +105,10 @@ class IMAMLRule(Rule):
         steps: int,
         inner_lr: float,
         tol: float | None = None,
+        each: bool = False,
     ) -> Iterator[InnerState]:
         """`proximal_path` with this rule's λ, tolerance (or ``tol``), power iterations and
-        momentum."""
+        momentum; ``each``: each task stops at the tolerance on its own."""
         return proximal_path(
             objective,
             anchor,
@@ -117,6 +118,7 @@ class IMAMLRule(Rule):
             tol=self.inner_tol if tol is None else tol,
             power_iterations=self.power_iterations,
             momentum=self.inner_momentum,
+            each=each,
         )
 
     def implicit(

@@ -100,6 +100,7 @@ def proximal_path(
     tol: float,
     power_iterations: int,
     momentum: bool = False,
+    each: bool = False,
 ) -> Iterator[InnerState]:
     r"""Gradient descent on $L_b(\phi_b) + \frac{\lambda}{2}\lVert\phi_b - \theta_b\rVert^2$
     for every task b at once, yielding the state after 0, 1, ..., ``steps`` steps.
@@ -109,7 +110,9 @@ def proximal_path(
     $L_b$'s Hessian at θ estimated by that many power iterations (from the gradient's
     direction: no randomness), so that the step is stable for the regularised problem. A
     step that raises a task's regularised loss is undone and that task's step size halved. Once
-    every task's residual is at most ``tol`` the state is yielded unchanged (no more work).
+    every task's residual is at most ``tol`` the state is yielded unchanged (no more work);
+    with ``each``, a task stops there on its own, as it would if solved alone (the loop engine),
+    while the others go on.
 
     With ``momentum``, each step is Nesterov's accelerated one for a strongly convex problem,
     $\phi_{k+1} = \phi_k - \eta g_k + \beta\,[(\phi_k - \phi_{k-1}) - \eta(g_k - g_{k-1})]$
@@ -129,6 +132,7 @@ def proximal_path(
         tol: The stationarity residual at which a task counts as solved.
         power_iterations: Hessian-vector products of the curvature estimate.
         momentum: Nesterov's acceleration, restarted where a step raises the loss.
+        each: Each task stops once its own residual is at most ``tol``.
     """
 
     def evaluate(point: Tensors, graph: bool) -> tuple[Tensors, torch.Tensor, Tensors]:
@@ -174,6 +178,8 @@ def proximal_path(
         distance = _norms([t - a for t, a in zip(trial, anchor, strict=True)])
         new_value = losses.detach() + reg / 2 * distance**2
         keep = new_value <= value + slack * value.abs()
+        solved = residual <= tol if each else torch.zeros_like(keep)
+        keep = keep & ~solved
         if momentum:
             new_pulled = tuple(
                 g.detach() + reg * (t - a) for g, t, a in zip(new_grads, trial, anchor, strict=True)
@@ -190,7 +196,7 @@ def proximal_path(
         phi = _pick(keep, trial, phi)
         grads = _pick(keep, tuple(g.detach() for g in new_grads), grads)
         value = torch.where(keep, new_value, value)
-        rate = torch.where(keep | restarted, rate, rate / 2)
+        rate = torch.where(keep | restarted | solved, rate, rate / 2)
         pulled = tuple(g + reg * (p - a) for g, p, a in zip(grads, phi, anchor, strict=True))
         residual = _norms(pulled) / scale.clamp_min(torch.finfo(scale.dtype).tiny)
         residual = torch.where(scale > 0, residual, 0.0)

@@ -22,7 +22,7 @@ import torch
 from benchmarks.bench_cheetah import make_env, reference_policy, vector_episodes
 from rl.cheetah.env import sample_goals
 from rl.cheetah.sampler import CheetahDynamics, episode_seeds
-from rl.continuous import GaussianMLPPolicy, GaussianNoise, rollout
+from rl.continuous import GaussianNoise, rollout
 
 TASKS, EPISODES, HORIZON, REPEATS = 8, 20, 100, 5
 
@@ -32,8 +32,7 @@ def main() -> None:
     rng = np.random.default_rng(0)
     goals, seeds = sample_goals(rng, "vel", TASKS), episode_seeds(rng, TASKS, EPISODES)
     dynamics = CheetahDynamics("vel", goals, seeds)
-    torch.manual_seed(0)
-    policy = GaussianMLPPolicy(17, 6, (64, 64), 0.0, False, False, "tanh")
+    policy = reference_policy()  # the bench's, for the sampler and the gymnasium-sync row alike
     noise = GaussianNoise.draw(torch.Generator().manual_seed(0), HORIZON, TASKS, EPISODES, 6)
     model = dynamics.model
     datas = [mujoco.MjData(model) for _ in range(TASKS * EPISODES)]
@@ -45,11 +44,10 @@ def main() -> None:
 
     goal_of = np.repeat(goals, EPISODES)
     vector = gym.vector.SyncVectorEnv([make_env(float(goal)) for goal in goal_of])
-    reference = reference_policy()  # the bench row's policy: float32 forward, float64 actions
     normal = noise.normal.reshape(HORIZON, TASKS * EPISODES, 6)
 
     def gymnasium_sync() -> None:
-        vector_episodes(vector, reference, seeds.reshape(-1), normal)
+        vector_episodes(vector, policy, seeds.reshape(-1), normal)
 
     timed = {
         "sampler": lambda: rollout(policy, dynamics, noise),

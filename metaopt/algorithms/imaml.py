@@ -286,21 +286,18 @@ class IMAML(MetaLearner):
             copies = {n: t for n, t in params.items() if n not in theta}
 
             def losses(phi: Tensors, th: dict[str, torch.Tensor], query: bool) -> torch.Tensor:
-                every = {n: t.expand(len(batch), *t.shape) for n, t in th.items()}
-                # Fresh buffer copies: BatchNorm in training mode updates them in place, which
-                # torch.func.grad allows only on tensors made inside the transformed function.
-                buffers = {n: t.clone() for n, t in copies.items()}
-                forward = self._forward(
-                    {**every, **dict(zip(names, phi, strict=True)), **buffers}, fixed
-                )
                 if query:
-                    return batch.query_losses(forward)
+                    return batch.query_losses(forward_of(phi, th))
                 if self._rule.curvature == "gauss-newton":
                     forward = linearised(forward_of, (phi, th), anchor)
+                else:
+                    forward = forward_of(phi, th)
                 return batch.support_losses(forward, None).sum()
 
             def forward_of(phi: Tensors, th: dict[str, torch.Tensor]) -> BatchedForward:
                 every = {n: t.expand(len(batch), *t.shape) for n, t in th.items()}
+                # Fresh buffer copies: BatchNorm in training mode updates them in place, which
+                # torch.func.grad allows only on tensors made inside the transformed function.
                 buffers = {n: t.clone() for n, t in copies.items()}
                 return self._forward(
                     {**every, **dict(zip(names, phi, strict=True)), **buffers}, fixed
@@ -336,16 +333,17 @@ class IMAML(MetaLearner):
                 loss = task.query_loss if query else task.support_loss
                 if not query and self._rule.curvature == "gauss-newton":
                     return loss(_Called(linearised(network_of, (phi, th), anchor)))
-                call = _Call(self.model, loss)
-                every = {**th, **dict(zip(names, phi, strict=True))}
-                every.update((n, b.clone()) for n, b in self.model.named_buffers())  # as above
-                tensors = {f"model.{n}": t for n, t in every.items()}
-                return torch.func.functional_call(call, tensors, ())
+                tensors = {f"model.{n}": t for n, t in tensors_at(phi, th).items()}
+                return torch.func.functional_call(_Call(self.model, loss), tensors, ())
 
             def network_of(phi: Tensors, th: dict[str, torch.Tensor]) -> Callable[..., Any]:
-                every = {**th, **dict(zip(names, phi, strict=True))}
-                every.update((n, b.clone()) for n, b in self.model.named_buffers())
+                every = tensors_at(phi, th)
                 return lambda *args: torch.func.functional_call(self.model, every, args)
+
+            def tensors_at(phi: Tensors, th: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+                every = {**th, **dict(zip(names, phi, strict=True))}
+                every.update((n, b.clone()) for n, b in self.model.named_buffers())  # as above
+                return every
 
             anchor = (  # as above
                 tuple(adapted[n].detach() for n in names),

@@ -152,11 +152,10 @@ def proximal_path(
             vector = tuple(_per_task(1 / curvature.clamp_min(1e-30), h) for h in product)
         rate = torch.minimum(rate, 1 / (reg + curvature))
     phi = tuple(p.detach() for p in point)
-    grads = tuple(g.detach() for g in grads)
-    scale = _norms(grads)
+    pulled = tuple(g.detach() for g in grads)  # the regularised gradient (φ = θ here)
+    scale = _norms(pulled)
     value = before
     slack = 8 * torch.finfo(before.dtype).eps
-    pulled = grads  # the regularised gradient (φ = θ here)
     residual = torch.where(scale > 0, 1.0, 0.0).to(before.dtype)
     used = 0
     # The momentum term of the next step, (φ_k − φ_{k−1}) − η(g_k − g_{k−1}): zero at the start
@@ -180,10 +179,10 @@ def proximal_path(
         keep = new_value <= value + slack * value.abs()
         solved = residual <= tol if each else torch.zeros_like(keep)
         keep = keep & ~solved
+        new_pulled = tuple(
+            g.detach() + reg * (t - a) for g, t, a in zip(new_grads, trial, anchor, strict=True)
+        )
         if momentum:
-            new_pulled = tuple(
-                g.detach() + reg * (t - a) for g, t, a in zip(new_grads, trial, anchor, strict=True)
-            )
             step = tuple(
                 t - p - _per_task(rate, n - g)
                 for t, p, n, g in zip(trial, phi, new_pulled, pulled, strict=True)
@@ -194,10 +193,9 @@ def proximal_path(
         else:
             restarted = torch.zeros_like(keep)
         phi = _pick(keep, trial, phi)
-        grads = _pick(keep, tuple(g.detach() for g in new_grads), grads)
+        pulled = _pick(keep, new_pulled, pulled)
         value = torch.where(keep, new_value, value)
         rate = torch.where(keep | restarted | solved, rate, rate / 2)
-        pulled = tuple(g + reg * (p - a) for g, p, a in zip(grads, phi, anchor, strict=True))
         residual = _norms(pulled) / scale.clamp_min(torch.finfo(scale.dtype).tiny)
         residual = torch.where(scale > 0, residual, 0.0)
         yield InnerState(phi, before, residual, used)
